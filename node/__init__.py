@@ -1,0 +1,1 @@
+"""edgefleet node: a quantized small language model behind gRPC."""

@@ -1,0 +1,188 @@
+"""gRPC servicer of edgefleet.v1.Inference: translates protobuf to node services and back."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import grpc
+
+from edgefleet.node.api.status import grpc_code
+from edgefleet.node.engine.types import Event, Failed, Finished, FinishReason, TextDelta
+from edgefleet.node.errors import EdgefleetError
+from edgefleet.node.logs import request_id_var
+from edgefleet.node.service import ChatTurn, GenerateInput, NodeService
+from edgefleet.proto.v1 import inference_pb2 as pb
+from edgefleet.proto.v1 import inference_pb2_grpc as pb_grpc
+
+log = logging.getLogger("edgefleet.node.grpc")
+
+REQUEST_ID_KEY = "x-request-id"
+MAX_REQUEST_ID = 128
+_FINISH = {
+    FinishReason.STOP: pb.FINISH_REASON_STOP,
+    FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
+    FinishReason.CANCELLED: pb.FINISH_REASON_CANCELLED,
+}
+
+
+async def _request_id(context: grpc.aio.ServicerContext) -> str:
+    """The caller's x-request-id (or a new one), echoed in the initial metadata and set for logs."""
+    rid = ""
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_KEY and isinstance(value, str):
+            rid = value.strip()[:MAX_REQUEST_ID]
+    rid = rid or uuid.uuid4().hex
+    request_id_var.set(rid)
+    await context.send_initial_metadata(((REQUEST_ID_KEY, rid),))
+    return rid
+
+
+async def _abort(context: grpc.aio.ServicerContext, error: EdgefleetError) -> None:
+    code = grpc_code(error)
+    log.info("request refused", extra={"code": code.name, "reason": str(error)})
+    await context.abort(code, str(error))
+
+
+def _to_input(req: pb.GenerateRequest) -> GenerateInput:
+    return GenerateInput(
+        prompt=req.prompt,
+        messages=tuple(ChatTurn(m.role, m.content) for m in req.messages),
+        max_tokens=req.max_tokens if req.HasField("max_tokens") else None,
+        temperature=req.temperature if req.HasField("temperature") else None,
+        top_p=req.top_p if req.HasField("top_p") else None,
+        top_k=req.top_k if req.HasField("top_k") else None,
+        seed=req.seed if req.HasField("seed") else None,
+        stop=tuple(req.stop),
+        json_schema=req.json_schema,
+        adapter=req.adapter,
+        adapter_scale=req.adapter_scale if req.HasField("adapter_scale") else None,
+    )
+
+
+class InferenceServicer(pb_grpc.InferenceServicer):
+    def __init__(self, service: NodeService) -> None:
+        self.service = service
+
+    async def Generate(  # noqa: N802 - gRPC method name
+        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.GenerateChunk]:
+        arrived = time.monotonic()
+        rid = await _request_id(context)
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[Event] = asyncio.Queue()
+
+        def sink(event: Event) -> None:  # engine thread → this coroutine
+            loop.call_soon_threadsafe(events.put_nowait, event)
+
+        try:
+            self.service.generate(_to_input(request), rid, sink, arrived)
+        except EdgefleetError as e:
+            await _abort(context, e)
+            return
+        finished = False
+        try:
+            while True:
+                event = await events.get()
+                if isinstance(event, TextDelta):
+                    yield pb.GenerateChunk(text=event.text, request_id=rid)
+                elif isinstance(event, Finished):
+                    finished = True
+                    u = event.usage
+                    log.info(
+                        "generated",
+                        extra={
+                            "finish": event.reason.value, "prompt_tokens": u.prompt_tokens,
+                            "completion_tokens": u.completion_tokens, "ttft_ms": round(u.time_to_first_token_ms, 1),
+                            "tokens_per_second": round(u.tokens_per_second, 1), "cached": u.cached_prompt_tokens,
+                        },
+                    )
+                    yield pb.GenerateChunk(
+                        text=event.text_tail,
+                        request_id=rid,
+                        finish_reason=_FINISH[event.reason],
+                        usage=pb.Usage(
+                            prompt_tokens=u.prompt_tokens,
+                            completion_tokens=u.completion_tokens,
+                            time_to_first_token_ms=u.time_to_first_token_ms,
+                            tokens_per_second=u.tokens_per_second,
+                            total_ms=u.total_ms,
+                            queue_ms=u.queue_ms,
+                            cached_prompt_tokens=u.cached_prompt_tokens,
+                        ),
+                    )
+                    return
+                elif isinstance(event, Failed):
+                    finished = True
+                    await _abort(context, event.error)
+                    return
+        finally:
+            if not finished:  # client cancelled, deadline passed, or the stream broke
+                log.info("generation cancelled by the client")
+                self.service.cancel(rid)
+
+    async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:  # noqa: N802
+        await _request_id(context)
+        texts = list(request.texts)
+        try:
+            fut, n_tokens = self.service.embed(texts, request.normalize)
+        except EdgefleetError as e:
+            await _abort(context, e)
+            raise AssertionError("unreachable") from e
+        try:
+            vectors = await asyncio.wrap_future(fut)
+        except EdgefleetError as e:
+            await _abort(context, e)
+            raise AssertionError("unreachable") from e
+        except asyncio.CancelledError:
+            fut.cancel()
+            raise
+        return pb.EmbedResponse(
+            embeddings=[pb.Embedding(values=v) for v in vectors],
+            dimensions=len(vectors[0]) if vectors else 0,
+            model=self.service.model_file.name,
+            prompt_tokens=n_tokens,
+        )
+
+    async def GetNodeInfo(  # noqa: N802
+        self, request: pb.GetNodeInfoRequest, context: grpc.aio.ServicerContext
+    ) -> pb.NodeInfo:
+        await _request_id(context)
+        s = self.service.status()
+        m = s.model_meta
+        return pb.NodeInfo(
+            node_id=s.node_id,
+            profile=s.profile,
+            model=pb.ModelInfo(
+                name=s.model.name,
+                path=str(s.model.path),
+                architecture=str(m["architecture"]),
+                quantization=str(m["quantization"]),
+                file_size_bytes=s.model.size,
+                sha256=s.model.sha256,
+                n_params=int(str(m["n_params"])),
+                n_ctx_train=int(str(m["n_ctx_train"])),
+                has_chat_template=bool(m["has_chat_template"]),
+            ),
+            n_ctx=s.n_ctx,
+            slots_total=s.slots_total,
+            slots_busy=s.slots_busy,
+            slots_available=s.slots_available,
+            queue_depth=s.queue_depth,
+            queue_limit=s.queue_limit,
+            adapters=[],
+            versions=pb.Versions(**s.versions),
+            thermal=pb.ThermalState(
+                available=s.thermal.available,
+                temperature_c=s.thermal.temperature_c,
+                throttled=s.thermal.throttled,
+                shedding=s.thermal.shedding,
+            ),
+            memory_budget_bytes=s.memory_budget_bytes,
+            memory_estimate_bytes=s.memory_estimate_bytes,
+            rss_bytes=s.rss_bytes,
+            status=s.status,
+        )

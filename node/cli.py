@@ -1,0 +1,80 @@
+"""`edgefleet-node`: run a node on this device."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from pydantic import ValidationError
+
+from edgefleet.node.errors import EdgefleetError
+from edgefleet.node.logs import configure_logging
+from edgefleet.node.settings import NodeSettings
+
+log = logging.getLogger("edgefleet.node")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edgefleet-node", description="edgefleet node: a local language model over gRPC")
+    sub = p.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="load the model and serve gRPC until SIGTERM")
+    serve.add_argument("--profile", help="firmware profile name or TOML path (default: auto-detect)")
+    serve.add_argument("--model", help="catalog model name or GGUF path (default: the profile's)")
+    serve.add_argument("--port", type=int, help="gRPC port (default 50051; 0 picks one)")
+    serve.add_argument("--host", help="listen address (default 0.0.0.0)")
+    serve.add_argument("--node-id", help="this node's id (default: the hostname)")
+    serve.add_argument("--data-dir", help="state folder (default ~/.local/share/edgefleet)")
+    serve.add_argument("--log-format", choices=["json", "text"], help="log format (default json)")
+    sub.add_parser("profiles", help="list the shipped firmware profiles")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "profiles":
+        from edgefleet.node.profiles import builtin_profiles, load_profile_file
+
+        for name, path in builtin_profiles().items():
+            prof = load_profile_file(path)
+            c = prof.context
+            sys.stdout.write(
+                f"{name:24} {prof.memory.budget_mb:>6} MiB  {prof.compute.threads:>2} threads  "
+                f"{c.slots:>2} slots x {c.n_ctx} ctx  {prof.device.description}\n"
+            )
+        return 0
+    overrides = {
+        k: v
+        for k, v in {
+            "profile": args.profile, "model": args.model, "port": args.port, "host": args.host,
+            "node_id": args.node_id, "data_dir": args.data_dir, "log_format": args.log_format,
+        }.items()
+        if v is not None
+    }
+    try:
+        settings = NodeSettings(**overrides)
+    except ValidationError as e:
+        sys.stderr.write(f"edgefleet-node: invalid setting: {e}\n")
+        return 2
+    configure_logging(settings.node_id, settings.log_level, settings.log_format)
+    from edgefleet.node.api.server import serve
+    from edgefleet.node.runtime import build_node
+
+    try:
+        node = build_node(settings)
+    except EdgefleetError as e:
+        log.error("cannot start", extra={"reason": str(e)})
+        sys.stderr.write(f"edgefleet-node: cannot start: {e}\n")
+        return 2
+    try:
+        asyncio.run(serve(node, settings))
+    except OSError as e:
+        node.close()
+        sys.stderr.write(f"edgefleet-node: {e}\n")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,265 @@
+"""Thin, typed wrappers over llama.cpp's low-level C API (through llama_cpp's ctypes bindings).
+
+Only the engine thread may call decode/sample on a context: llama.cpp contexts are not
+thread-safe, and with the OpenMP build, decodes from two OS threads slow every call down.
+Tokenization reads only the vocabulary and may run on any thread.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import llama_cpp
+
+from edgefleet.node.errors import EngineFailure, ModelError
+
+log = logging.getLogger("edgefleet.llama")
+
+# ggml_log_level: 0 none, 1 debug, 2 info, 3 warn, 4 error, 5 continuation. Info is chatty: debug here.
+_LEVELS = {1: logging.DEBUG, 2: logging.DEBUG, 3: logging.WARNING, 4: logging.ERROR, 5: logging.DEBUG}
+
+
+@llama_cpp.llama_log_callback  # type: ignore[misc]
+def _log_callback(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
+    msg = text.decode("utf-8", "replace").rstrip()
+    if msg:
+        log.log(_LEVELS.get(level, logging.DEBUG), msg)
+
+
+_backend_ready = False
+
+
+def init_backend() -> None:
+    """Route llama.cpp's logs into logging and initialise its backends, once per process."""
+    global _backend_ready
+    if not _backend_ready:
+        llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
+        llama_cpp.llama_backend_init()
+        _backend_ready = True
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    architecture: str
+    description: str
+    quantization: str
+    n_params: int
+    n_ctx_train: int
+    n_layer: int
+    n_embd: int
+    n_head: int
+    n_head_kv: int
+    chat_template: str | None
+    bos_text: str
+    eos_text: str
+
+    def kv_bytes_per_token(self, bytes_per_value: int = 2) -> int:
+        """K and V cells of one token in every layer (f16 cache)."""
+        head_dim = self.n_embd // max(self.n_head, 1)
+        return self.n_layer * 2 * head_dim * self.n_head_kv * bytes_per_value
+
+
+class LoadedModel:
+    """The model weights (mmap'd) and vocabulary, shared by every context."""
+
+    def __init__(self, path: Path, gpu_layers: int = 0) -> None:
+        init_backend()
+        params = llama_cpp.llama_model_default_params()
+        params.n_gpu_layers = gpu_layers
+        params.use_mmap = True
+        ptr = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
+        if not ptr:
+            raise ModelError(f"llama.cpp could not load {path}: not a valid GGUF model?")
+        self.path = path
+        self.ptr = ptr
+        vocab = llama_cpp.llama_model_get_vocab(ptr)
+        if not vocab:
+            raise ModelError(f"{path} has no vocabulary")
+        self.vocab = vocab
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
+        self.meta = self._read_meta()
+
+    def _meta_str(self, key: str) -> str | None:
+        buf = ctypes.create_string_buffer(256 * 1024)
+        n = llama_cpp.llama_model_meta_val_str(self.ptr, key.encode(), buf, len(buf))
+        return None if n < 0 else buf.value.decode("utf-8", "replace")
+
+    def _read_meta(self) -> ModelMeta:
+        buf = ctypes.create_string_buffer(512)
+        llama_cpp.llama_model_desc(self.ptr, buf, len(buf))
+        desc = buf.value.decode("utf-8", "replace")
+        arch = self._meta_str("general.architecture") or desc.split(" ")[0]
+        parts = desc.split(" ")
+        quant = parts[-1] if len(parts) >= 3 else "unknown"
+        bos = llama_cpp.llama_vocab_bos(self.vocab)
+        eos = llama_cpp.llama_vocab_eos(self.vocab)
+        return ModelMeta(
+            architecture=arch,
+            description=desc,
+            quantization=quant,
+            n_params=int(llama_cpp.llama_model_n_params(self.ptr)),
+            n_ctx_train=int(llama_cpp.llama_model_n_ctx_train(self.ptr)),
+            n_layer=int(llama_cpp.llama_model_n_layer(self.ptr)),
+            n_embd=int(llama_cpp.llama_model_n_embd(self.ptr)),
+            n_head=int(llama_cpp.llama_model_n_head(self.ptr)),
+            n_head_kv=int(llama_cpp.llama_model_n_head_kv(self.ptr)),
+            chat_template=self._meta_str("tokenizer.chat_template"),
+            bos_text=self.token_text(bos) if bos >= 0 else "",
+            eos_text=self.token_text(eos) if eos >= 0 else "",
+        )
+
+    def token_text(self, token: int) -> str:
+        return self.token_to_piece(token, special=True).decode("utf-8", "replace")
+
+    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = False) -> list[int]:
+        data = text.encode("utf-8")
+        n_max = len(data) + 16
+        arr = (llama_cpp.llama_token * n_max)()
+        n = llama_cpp.llama_tokenize(self.vocab, data, len(data), arr, n_max, add_special, parse_special)
+        if n < 0:  # buffer too small: -n is the size needed
+            n_max = -n
+            arr = (llama_cpp.llama_token * n_max)()
+            n = llama_cpp.llama_tokenize(self.vocab, data, len(data), arr, n_max, add_special, parse_special)
+        return list(arr[:n])
+
+    def token_to_piece(self, token: int, special: bool = False) -> bytes:
+        buf = ctypes.create_string_buffer(64)
+        n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
+        return buf.raw[:n]
+
+    def is_eog(self, token: int) -> bool:
+        return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
+
+    def close(self) -> None:
+        if self.ptr:
+            llama_cpp.llama_model_free(self.ptr)
+            self.ptr = None
+
+
+class Batch:
+    """A reusable llama_batch of up to `capacity` tokens, one sequence id each."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.raw = llama_cpp.llama_batch_init(capacity, 0, 1)
+        self.n = 0
+
+    def clear(self) -> None:
+        self.n = 0
+
+    def add(self, token: int, pos: int, seq_id: int, logits: bool) -> int:
+        """Append one token; returns its index in the batch (for sampling its logits)."""
+        i = self.n
+        b = self.raw
+        b.token[i] = token
+        b.pos[i] = pos
+        b.n_seq_id[i] = 1
+        b.seq_id[i][0] = seq_id
+        b.logits[i] = logits
+        self.n = i + 1
+        return i
+
+    def free(self) -> None:
+        if self.raw is not None:
+            llama_cpp.llama_batch_free(self.raw)
+            self.raw = None
+
+
+class DecodeContext:
+    """A generation context with `n_seq` sequences sharing one unified KV buffer."""
+
+    def __init__(
+        self, model: LoadedModel, n_ctx: int, n_batch: int, n_seq: int, threads: int, embeddings: bool = False
+    ) -> None:
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = n_ctx
+        params.n_batch = n_batch
+        params.n_ubatch = n_batch
+        params.n_seq_max = n_seq
+        params.n_threads = threads
+        params.n_threads_batch = threads
+        params.kv_unified = True
+        params.no_perf = True
+        if embeddings:
+            params.embeddings = True
+            params.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_MEAN
+        ptr = llama_cpp.llama_init_from_model(model.ptr, params)
+        if not ptr:
+            raise ModelError(f"llama.cpp could not create a context of {n_ctx} tokens for {n_seq} sequences")
+        self.ptr = ptr
+        self.model = model
+        self.n_ctx = int(llama_cpp.llama_n_ctx(ptr))
+        self.mem = llama_cpp.llama_get_memory(ptr)
+        self.batch = Batch(n_batch)
+
+    def decode(self) -> None:
+        self.batch.raw.n_tokens = self.batch.n
+        rc = llama_cpp.llama_decode(self.ptr, self.batch.raw)
+        if rc != 0:
+            raise EngineFailure(f"llama_decode failed with code {rc} on a batch of {self.batch.n} tokens")
+
+    def seq_rm(self, seq_id: int, p0: int = -1, p1: int = -1) -> bool:
+        return bool(llama_cpp.llama_memory_seq_rm(self.mem, seq_id, p0, p1))
+
+    def embedding(self, seq_id: int, n_embd: int) -> list[float]:
+        ptr = llama_cpp.llama_get_embeddings_seq(self.ptr, seq_id)
+        if not ptr:
+            raise EngineFailure("llama.cpp returned no pooled embedding")
+        return list(ptr[:n_embd])
+
+    def clear(self) -> None:
+        llama_cpp.llama_memory_clear(self.mem, True)
+
+    def close(self) -> None:
+        self.batch.free()
+        if self.ptr:
+            llama_cpp.llama_free(self.ptr)
+            self.ptr = None
+
+
+class Sampler:
+    """llama.cpp's sampler chain for one sequence: grammar, top-k, top-p, temperature, seed."""
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        temperature: float,
+        top_k: int,
+        top_p: float,
+        seed: int,
+        grammar: str | None = None,
+    ) -> None:
+        chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+        self.ptr: Any = chain
+        if grammar:
+            g = llama_cpp.llama_sampler_init_grammar(model.vocab, grammar.encode(), b"root")
+            if not g:
+                llama_cpp.llama_sampler_free(chain)
+                self.ptr = None
+                raise EngineFailure("llama.cpp rejected the grammar built from the JSON schema")
+            llama_cpp.llama_sampler_chain_add(chain, g)
+        if temperature <= 0.0:
+            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())
+        else:
+            if top_k > 0:
+                llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_k(top_k))
+            if 0.0 < top_p < 1.0:
+                llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_p(top_p, 1))
+            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_temp(temperature))
+            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+
+    def sample(self, ctx: DecodeContext, batch_index: int) -> int:
+        """Sample from the logits at batch_index; the chain accepts the token itself."""
+        return int(llama_cpp.llama_sampler_sample(self.ptr, ctx.ptr, batch_index))
+
+    def free(self) -> None:
+        if self.ptr:
+            llama_cpp.llama_sampler_free(self.ptr)
+            self.ptr = None

@@ -1,0 +1,209 @@
+"""Continuous-batching policy: which sequences go into the next decode step.
+
+Data in, data out, no llama.cpp: the engine feeds it requests, sampled tokens and
+finishes, and asks it for the next step. Like llama.cpp's server loop, every running
+sequence contributes its one new token per step, and prompts are prefilled in chunks
+from what is left of the step's token budget (n_batch), so a long prompt joins without
+stalling the others for more than a step.
+
+Slots are llama.cpp sequence ids. A finished slot keeps its KV cells and the tokens they
+hold; a new request takes the free slot that shares its longest prefix (same adapter), and
+only the rest of its prompt is prefilled.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from edgefleet.node.engine.types import GenerationRequest
+from edgefleet.node.errors import QueueFull
+
+
+@dataclass
+class Sequence:
+    req: GenerationRequest
+    slot: int = -1
+    n_past: int = 0  # tokens whose KV is in the slot
+    pending: list[int] = field(default_factory=list)  # tokens to decode next
+    n_prompt_left: int = 0  # prompt tokens not yet decoded
+    n_generated: int = 0
+    cached_tokens: int = 0  # prompt tokens reused from the slot's cache
+    admitted_at: float = 0.0
+    first_token_at: float = 0.0
+    last_token_at: float = 0.0
+
+    @property
+    def request_id(self) -> str:
+        return self.req.request_id
+
+    @property
+    def prefilling(self) -> bool:
+        return self.n_prompt_left > 0
+
+
+@dataclass
+class Slot:
+    id: int
+    seq: Sequence | None = None
+    tokens: list[int] = field(default_factory=list)  # tokens whose KV the slot holds
+    adapter: str | None = None
+
+
+@dataclass(frozen=True)
+class Admission:
+    seq: Sequence
+    slot: int
+    keep: int  # KV cells [0, keep) are reused; the engine removes the rest
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    seq: Sequence
+    tokens: list[int]
+    start_pos: int
+    logits: bool  # sample after this chunk (its last token)
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    admissions: list[Admission]
+    items: list[BatchItem]
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(len(i.tokens) for i in self.items)
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class Scheduler:
+    def __init__(
+        self, n_slots: int, queue_limit: int, n_batch: int, n_ctx_slot: int, prefix_cache: bool = True
+    ) -> None:
+        if n_batch < n_slots:
+            raise ValueError(f"n_batch ({n_batch}) must be at least the number of slots ({n_slots})")
+        self.slots = [Slot(i) for i in range(n_slots)]
+        self.queue_limit = queue_limit
+        self.n_batch = n_batch
+        self.n_ctx_slot = n_ctx_slot
+        self.prefix_cache = prefix_cache
+        self.slot_limit = n_slots
+        self.waiting: deque[Sequence] = deque()
+
+    # -- state -------------------------------------------------------------------------
+    @property
+    def running(self) -> list[Sequence]:
+        return [s.seq for s in self.slots if s.seq is not None]
+
+    @property
+    def n_busy(self) -> int:
+        return sum(1 for s in self.slots if s.seq is not None)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting) or self.n_busy > 0
+
+    def capacity(self) -> int:
+        """Requests the node holds at most: usable slots plus the waiting queue."""
+        return self.slot_limit + self.queue_limit
+
+    def set_slot_limit(self, n: int) -> None:
+        """Fewer slots (thermal throttling): running sequences finish, new ones wait."""
+        self.slot_limit = max(1, min(n, len(self.slots)))
+
+    # -- inputs --------------------------------------------------------------------------
+    def add(self, req: GenerationRequest) -> Sequence:
+        if self.n_busy + len(self.waiting) >= self.capacity():
+            raise QueueFull(
+                f"node is full: {self.n_busy} of {self.slot_limit} slots busy and "
+                f"{len(self.waiting)} of {self.queue_limit} queued requests (queue_length limit)"
+            )
+        seq = Sequence(req=req, pending=list(req.prompt_tokens), n_prompt_left=len(req.prompt_tokens))
+        self.waiting.append(seq)
+        return seq
+
+    def cancel(self, request_id: str) -> Sequence | None:
+        """Remove a request wherever it is; the engine frees a running one's KV cells."""
+        for seq in self.waiting:
+            if seq.request_id == request_id:
+                self.waiting.remove(seq)
+                return seq
+        for slot in self.slots:
+            if slot.seq is not None and slot.seq.request_id == request_id:
+                seq = slot.seq
+                slot.seq = None
+                slot.tokens = []  # its cells are removed, nothing stays cached
+                return seq
+        return None
+
+    def accept_token(self, seq: Sequence, token: int) -> None:
+        """A token was sampled for seq and generation goes on: decode it next step."""
+        seq.n_generated += 1
+        seq.pending = [token]
+
+    def finish(self, seq: Sequence) -> None:
+        """seq is done; its slot keeps the KV of every decoded token for prefix reuse."""
+        slot = self.slots[seq.slot]
+        if slot.seq is seq:
+            slot.seq = None
+            if not self.prefix_cache:
+                slot.tokens = []
+
+    # -- the step ------------------------------------------------------------------------
+    def _pick_slot(self, seq: Sequence) -> tuple[Slot, int]:
+        free = [s for s in self.slots if s.seq is None]
+        best, best_keep = free[0], -1
+        for slot in free:
+            keep = 0
+            if self.prefix_cache and slot.adapter == seq.req.adapter:
+                keep = common_prefix(slot.tokens, seq.req.prompt_tokens)
+            # Prefer the longest reusable prefix, then the slot with the least cached.
+            if keep > best_keep or (keep == best_keep and len(slot.tokens) < len(best.tokens)):
+                best, best_keep = slot, keep
+        # At least the last prompt token must be decoded to get logits to sample from.
+        return best, min(best_keep, len(seq.req.prompt_tokens) - 1)
+
+    def schedule(self, now: float) -> StepPlan:
+        admissions: list[Admission] = []
+        while self.waiting and self.n_busy < self.slot_limit:
+            seq = self.waiting.popleft()
+            slot, keep = self._pick_slot(seq)
+            slot.seq, slot.adapter = seq, seq.req.adapter
+            slot.tokens = slot.tokens[:keep]
+            seq.slot, seq.n_past, seq.cached_tokens, seq.admitted_at = slot.id, keep, keep, now
+            seq.pending = list(seq.req.prompt_tokens[keep:])
+            seq.n_prompt_left = len(seq.pending)
+            admissions.append(Admission(seq, slot.id, keep))
+
+        items: list[BatchItem] = []
+        budget = self.n_batch
+        running = self.running
+        for seq in running:  # decoding sequences first: one token each
+            if not seq.prefilling and seq.pending:
+                items.append(BatchItem(seq, seq.pending, seq.n_past, True))
+                budget -= len(seq.pending)
+        for seq in sorted((s for s in running if s.prefilling), key=lambda s: s.admitted_at):
+            if budget <= 0:
+                break
+            chunk = seq.pending[:budget]
+            last = len(chunk) == len(seq.pending)
+            items.append(BatchItem(seq, chunk, seq.n_past, last))
+            budget -= len(chunk)
+        return StepPlan(admissions, items)
+
+    def decoded(self, plan: StepPlan) -> None:
+        """The step's batch was decoded: advance positions, record the cached tokens."""
+        for item in plan.items:
+            seq = item.seq
+            slot = self.slots[seq.slot]
+            seq.n_past += len(item.tokens)
+            slot.tokens.extend(item.tokens)
+            del seq.pending[: len(item.tokens)]
+            if seq.n_prompt_left:
+                seq.n_prompt_left -= len(item.tokens)

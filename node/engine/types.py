@@ -1,0 +1,71 @@
+"""Typed requests and events of the engine. Nothing here knows of gRPC, MQTT or SQLite."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+
+from edgefleet.node.errors import EdgefleetError
+
+
+class FinishReason(str, Enum):
+    STOP = "stop"
+    LENGTH = "length"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int = 128
+    temperature: float = 0.8
+    top_p: float = 0.95
+    top_k: int = 40
+    seed: int = 0
+    stop: tuple[str, ...] = ()
+    grammar: str | None = None  # GBNF, built from a JSON schema by the caller
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    cached_prompt_tokens: int
+    queue_ms: float
+    time_to_first_token_ms: float
+    tokens_per_second: float
+    total_ms: float
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    reason: FinishReason
+    usage: Usage
+    text_tail: str = ""  # text held back for stop-string matching and released at the end
+
+
+@dataclass(frozen=True)
+class Failed:
+    error: EdgefleetError
+
+
+Event = TextDelta | Finished | Failed
+EventSink = Callable[[Event], None]
+
+
+@dataclass
+class GenerationRequest:
+    """One generation: prompt tokens in, events out through `sink` (called on the engine thread)."""
+
+    request_id: str
+    prompt_tokens: list[int]
+    params: SamplingParams
+    sink: EventSink
+    adapter: str | None = None
+    arrived: float = field(default_factory=time.monotonic)

@@ -1,0 +1,159 @@
+"""Firmware profiles: one TOML file per device class, validated by a strict pydantic model.
+
+A profile says what a device can afford: memory budget, threads, context per slot, slots,
+queue length, GPU layers, the preferred model and the thermal limits. It is chosen by
+``--profile`` / ``EDGEFLEET_PROFILE`` (a name or a path), else auto-detected from
+``/proc/device-tree/model``, else ``x86-dev``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from edgefleet.node.errors import ProfileError
+
+DEFAULT_PROFILE = "x86-dev"
+DEVICE_TREE_MODEL = Path("/proc/device-tree/model")
+MiB = 1024 * 1024
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DeviceSection(_Strict):
+    name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]*$", description="Profile name")]
+    description: str = ""
+    match: list[str] = Field(default_factory=list, description="Substrings of the device-tree model")
+    min_ram_mb: Annotated[int, Field(ge=0)] = 0
+
+
+class MemorySection(_Strict):
+    budget_mb: Annotated[int, Field(gt=0, description="Memory the node may use, in MiB")]
+    overhead_mb: Annotated[int, Field(ge=0, description="Runtime overhead beyond model and KV")] = 150
+
+
+class ComputeSection(_Strict):
+    threads: Annotated[int, Field(ge=1, le=256)]
+    gpu_layers: Annotated[int, Field(ge=0, le=1000)] = 0
+
+
+class ContextSection(_Strict):
+    n_ctx: Annotated[int, Field(ge=128, le=131072, description="Context tokens each slot gets")]
+    n_batch: Annotated[int, Field(ge=32, le=8192, description="Tokens per decode step")]
+    slots: Annotated[int, Field(ge=1, le=64, description="Sequences decoded together")]
+    queue_length: Annotated[int, Field(ge=0, le=10000, description="Requests waiting for a slot")]
+
+
+class ModelSection(_Strict):
+    preferred: str = "smollm2-135m-instruct"
+    quantization: str = "Q4_1"
+
+
+class ThermalSection(_Strict):
+    zone: str = "/sys/class/thermal/thermal_zone0/temp"
+    throttle_c: Annotated[float, Field(gt=0, lt=200)]
+    shed_c: Annotated[float, Field(gt=0, lt=200)]
+    throttle_slots: Annotated[int, Field(ge=1)] = 1
+    poll_interval_s: Annotated[float, Field(gt=0, le=60)] = 2.0
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ThermalSection:
+        if self.shed_c <= self.throttle_c:
+            raise ValueError(f"shed_c ({self.shed_c}) must be above throttle_c ({self.throttle_c})")
+        return self
+
+
+class FirmwareProfile(_Strict):
+    device: DeviceSection
+    memory: MemorySection
+    compute: ComputeSection
+    context: ContextSection
+    model: ModelSection = ModelSection()
+    thermal: ThermalSection
+    source: str = Field(default="", exclude=True, description="File the profile came from")
+
+    @property
+    def name(self) -> str:
+        return self.device.name
+
+    @model_validator(mode="after")
+    def _slots(self) -> FirmwareProfile:
+        if self.thermal.throttle_slots > self.context.slots:
+            raise ValueError(
+                f"thermal.throttle_slots ({self.thermal.throttle_slots}) exceeds "
+                f"context.slots ({self.context.slots})"
+            )
+        return self
+
+
+def _builtin_dir() -> Path:
+    return Path(str(resources.files("edgefleet.firmware_profiles")))
+
+
+def builtin_profiles() -> dict[str, Path]:
+    """Names of the shipped profiles and their files."""
+    return {p.stem: p for p in sorted(_builtin_dir().glob("*.toml"))}
+
+
+def load_profile_file(path: Path) -> FirmwareProfile:
+    """Parse and validate one profile file; errors name the file and the field."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise ProfileError(f"profile file {path} does not exist") from e
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ProfileError(f"profile file {path} is not valid TOML: {e}") from e
+    try:
+        return FirmwareProfile.model_validate({**data, "source": str(path)})
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}" for err in e.errors()
+        )
+        raise ProfileError(f"invalid profile {path}: {problems}") from e
+
+
+def detect_profile_name(device_tree_model: Path = DEVICE_TREE_MODEL) -> str:
+    """The shipped profile whose `match` names this board, else the default."""
+    try:
+        model = device_tree_model.read_bytes().rstrip(b"\x00").decode("utf-8", "replace")
+    except OSError:
+        return DEFAULT_PROFILE
+    for name, path in builtin_profiles().items():
+        for needle in load_profile_file(path).device.match:
+            if needle and needle in model:
+                return name
+    return DEFAULT_PROFILE
+
+
+def resolve_profile(choice: str | None, device_tree_model: Path = DEVICE_TREE_MODEL) -> FirmwareProfile:
+    """A profile by name or path; None means auto-detect."""
+    if not choice:
+        choice = detect_profile_name(device_tree_model)
+    builtin = builtin_profiles()
+    if choice in builtin:
+        return load_profile_file(builtin[choice])
+    path = Path(choice)
+    if path.suffix == ".toml" or path.exists():
+        return load_profile_file(path)
+    raise ProfileError(f"unknown profile {choice!r}; shipped profiles: {', '.join(builtin)}, or give a path")
+
+
+def estimate_memory_bytes(
+    profile: FirmwareProfile, model_file_bytes: int, kv_bytes_per_token: int
+) -> dict[str, int]:
+    """Model file + KV cache for n_ctx x slots + the profile's overhead, in bytes."""
+    kv = kv_bytes_per_token * profile.context.n_ctx * profile.context.slots
+    overhead = profile.memory.overhead_mb * MiB
+    return {
+        "model": model_file_bytes,
+        "kv_cache": kv,
+        "overhead": overhead,
+        "total": model_file_bytes + kv + overhead,
+        "budget": profile.memory.budget_mb * MiB,
+    }

@@ -1,0 +1,81 @@
+"""Assembles a node: settings → profile → model → memory check → engine → services."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgefleet.node.engine.engine import Engine, EngineConfig
+from edgefleet.node.engine.llama_backend import LoadedModel
+from edgefleet.node.errors import OverBudget
+from edgefleet.node.model_catalog import resolve_model
+from edgefleet.node.profiles import MiB, estimate_memory_bytes, resolve_profile
+from edgefleet.node.service import NodeService
+from edgefleet.node.settings import NodeSettings
+from edgefleet.node.thermal import ThermalGovernor
+
+log = logging.getLogger("edgefleet.node")
+
+
+@dataclass
+class Node:
+    service: NodeService
+    engine: Engine
+    model: LoadedModel
+
+    def close(self) -> None:
+        self.engine.stop()
+        self.model.close()
+
+
+def _mib(n: int) -> str:
+    return f"{n / MiB:.0f} MiB"
+
+
+def build_node(settings: NodeSettings) -> Node:
+    """Load everything a node serves with; raises typed errors naming what is wrong."""
+    profile = resolve_profile(settings.profile)
+    model_file = resolve_model(settings.model or profile.model.preferred, settings.data_dir)
+    model = LoadedModel(model_file.path, profile.compute.gpu_layers)
+    try:
+        memory = estimate_memory_bytes(profile, model_file.size, model.meta.kv_bytes_per_token())
+        log.info(
+            "model loaded",
+            extra={
+                "model": model_file.name, "path": str(model_file.path), "quantization": model.meta.quantization,
+                "architecture": model.meta.architecture, "size_bytes": model_file.size, "sha256": model_file.sha256,
+            },
+        )
+        log.info(
+            "memory estimate",
+            extra={
+                "profile": profile.name, "model": _mib(memory["model"]), "kv_cache": _mib(memory["kv_cache"]),
+                "overhead": _mib(memory["overhead"]), "total": _mib(memory["total"]), "budget": _mib(memory["budget"]),
+            },
+        )
+        if memory["total"] > memory["budget"]:
+            raise OverBudget(
+                f"profile {profile.name} allows {_mib(memory['budget'])} but this node needs "
+                f"{_mib(memory['total'])}: model {_mib(memory['model'])} + KV cache {_mib(memory['kv_cache'])} "
+                f"({profile.context.slots} slots x {profile.context.n_ctx} tokens) + overhead "
+                f"{_mib(memory['overhead'])}; use fewer slots, a shorter context or a smaller model"
+            )
+        ctx = profile.context
+        engine = Engine(
+            model,
+            EngineConfig(
+                n_ctx_slot=ctx.n_ctx, slots=ctx.slots, n_batch=ctx.n_batch, queue_limit=ctx.queue_length,
+                threads=profile.compute.threads, embed_n_ctx=settings.embed_n_ctx,
+                prefix_cache=settings.prefix_cache,
+            ),
+        )
+        engine.start()
+    except BaseException:
+        model.close()
+        raise
+    zone = Path(settings.thermal_zone or profile.thermal.zone)
+    thermal = ThermalGovernor(profile.thermal, zone)
+    service = NodeService(settings, profile, model_file, model, engine, thermal, memory)
+    service.apply_thermal(thermal.poll())
+    return Node(service, engine, model)

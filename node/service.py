@@ -1,0 +1,256 @@
+"""Node services: typed requests in, engine work out. gRPC and (later) MQTT translate to these."""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import secrets
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from importlib import metadata
+
+import jsonschema
+import psutil
+from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+from edgefleet.node.engine.engine import Engine
+from edgefleet.node.engine.llama_backend import LoadedModel
+from edgefleet.node.engine.types import EventSink, GenerationRequest, SamplingParams
+from edgefleet.node.errors import InvalidRequest, NotFound, Unavailable
+from edgefleet.node.model_catalog import ModelFile
+from edgefleet.node.profiles import FirmwareProfile
+from edgefleet.node.settings import NodeSettings
+from edgefleet.node.thermal import ThermalGovernor, ThermalState
+
+ROLES = frozenset({"system", "user", "assistant", "tool"})
+MAX_STOP_CHARS = 64
+MAX_SCHEMA_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class ChatTurn:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class GenerateInput:
+    """A generation request as any edge (gRPC, MQTT, CLI) hands it over, not yet validated."""
+
+    prompt: str = ""
+    messages: tuple[ChatTurn, ...] = ()
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    json_schema: str = ""
+    adapter: str = ""
+    adapter_scale: float | None = None
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    node_id: str
+    profile: str
+    model: ModelFile
+    model_meta: dict[str, object]
+    n_ctx: int
+    slots_total: int
+    slots_busy: int
+    slots_available: int
+    queue_depth: int
+    queue_limit: int
+    thermal: ThermalState
+    memory_budget_bytes: int
+    memory_estimate_bytes: int
+    rss_bytes: int
+    status: str
+    versions: dict[str, str] = field(default_factory=dict)
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class NodeService:
+    def __init__(
+        self,
+        settings: NodeSettings,
+        profile: FirmwareProfile,
+        model_file: ModelFile,
+        model: LoadedModel,
+        engine: Engine,
+        thermal: ThermalGovernor,
+        memory: dict[str, int],
+    ) -> None:
+        self.settings = settings
+        self.profile = profile
+        self.model_file = model_file
+        self.model = model
+        self.engine = engine
+        self.thermal = thermal
+        self.memory = memory
+        self.draining = False
+        meta = model.meta
+        self._chat = (
+            Jinja2ChatFormatter(meta.chat_template, eos_token=meta.eos_text, bos_token=meta.bos_text)
+            if meta.chat_template
+            else None
+        )
+        self.versions = {
+            "edgefleet": _version("edgefleet"),
+            "llama_cpp_python": _version("llama-cpp-python"),
+            "grpc": _version("grpcio"),
+            "python": platform.python_version(),
+        }
+
+    # -- generation ----------------------------------------------------------------------
+    @property
+    def max_tokens_limit(self) -> int:
+        return min(self.settings.max_tokens_limit, self.engine.config.n_ctx_slot)
+
+    def _sampling(self, inp: GenerateInput) -> SamplingParams:
+        max_tokens = self.settings.default_max_tokens if inp.max_tokens is None else inp.max_tokens
+        limit = self.max_tokens_limit
+        if not 1 <= max_tokens <= limit:
+            raise InvalidRequest(f"max_tokens must be between 1 and {limit}, got {max_tokens}")
+        temperature = 0.8 if inp.temperature is None else inp.temperature
+        if not math.isfinite(temperature) or not 0.0 <= temperature <= 5.0:
+            raise InvalidRequest(f"temperature must be between 0 and 5, got {temperature}")
+        top_p = 0.95 if inp.top_p is None else inp.top_p
+        if not math.isfinite(top_p) or not 0.0 < top_p <= 1.0:
+            raise InvalidRequest(f"top_p must be in (0, 1], got {top_p}")
+        top_k = 40 if inp.top_k is None else inp.top_k
+        if not 0 <= top_k <= self.model.n_vocab:
+            raise InvalidRequest(f"top_k must be between 0 and {self.model.n_vocab}, got {top_k}")
+        if len(inp.stop) > self.settings.max_stop_strings:
+            raise InvalidRequest(f"at most {self.settings.max_stop_strings} stop strings, got {len(inp.stop)}")
+        for s in inp.stop:
+            if not s or len(s) > MAX_STOP_CHARS:
+                raise InvalidRequest(f"each stop string must be 1 to {MAX_STOP_CHARS} characters, got {s!r}")
+        seed = secrets.randbits(32) if inp.seed is None else inp.seed
+        return SamplingParams(
+            max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
+            stop=tuple(inp.stop), grammar=self._grammar(inp.json_schema),
+        )
+
+    @staticmethod
+    def _grammar(json_schema: str) -> str | None:
+        if not json_schema:
+            return None
+        if len(json_schema.encode()) > MAX_SCHEMA_BYTES:
+            raise InvalidRequest(f"json_schema is over {MAX_SCHEMA_BYTES} bytes")
+        try:
+            schema = json.loads(json_schema)
+        except ValueError as e:
+            raise InvalidRequest(f"json_schema is not valid JSON: {e}") from e
+        if not isinstance(schema, dict):
+            raise InvalidRequest("json_schema must be a JSON object")
+        try:
+            jsonschema.Draft202012Validator.check_schema(schema)
+        except jsonschema.SchemaError as e:
+            raise InvalidRequest(f"json_schema is not a valid JSON schema: {e.message}") from e
+        try:
+            return json_schema_to_gbnf(json.dumps(schema))
+        except Exception as e:  # the converter raises plain exceptions for what it cannot express
+            raise InvalidRequest(f"json_schema cannot be turned into a grammar: {e}") from e
+
+    def _prompt_tokens(self, inp: GenerateInput) -> list[int]:
+        if inp.prompt and inp.messages:
+            raise InvalidRequest("give either prompt or messages, not both")
+        if inp.prompt:
+            return self.model.tokenize(inp.prompt, add_special=True, parse_special=False)
+        if not inp.messages:
+            raise InvalidRequest("prompt and messages are both empty; give one of them")
+        for i, m in enumerate(inp.messages):
+            if m.role not in ROLES:
+                raise InvalidRequest(f"messages[{i}].role {m.role!r} is not one of {', '.join(sorted(ROLES))}")
+        if self._chat is None:
+            raise InvalidRequest(
+                f"model {self.model_file.name} has no chat template; send a raw prompt instead of messages"
+            )
+        rendered = self._chat(messages=[{"role": m.role, "content": m.content} for m in inp.messages]).prompt
+        tokens = self.model.tokenize(rendered, add_special=True, parse_special=True)
+        if len(tokens) > 1 and tokens[0] == tokens[1] and self.model.meta.bos_text and rendered.startswith(
+            self.model.meta.bos_text
+        ):
+            tokens = tokens[1:]  # the template wrote BOS itself
+        return tokens
+
+    def generate(self, inp: GenerateInput, request_id: str, sink: EventSink, arrived: float) -> None:
+        """Validate and queue; events reach `sink` on the engine thread. Raises typed errors."""
+        if self.draining:
+            raise Unavailable("node is draining for shutdown; send the request to another node")
+        if self.thermal.state.shedding:
+            raise Unavailable(
+                f"node is shedding load: {self.thermal.state.temperature_c:.1f} C is at or above the "
+                f"shed temperature {self.profile.thermal.shed_c:.1f} C; retry later or on another node"
+            )
+        if inp.adapter:
+            raise NotFound(f"adapter {inp.adapter!r} is not loaded on this node (loaded adapters: none)")
+        params = self._sampling(inp)
+        tokens = self._prompt_tokens(inp)
+        req = GenerationRequest(request_id, tokens, params, sink, arrived=arrived)
+        self.engine.submit(req)
+
+    def cancel(self, request_id: str) -> None:
+        self.engine.cancel(request_id)
+
+    # -- embeddings ----------------------------------------------------------------------
+    def embed(self, texts: list[str], normalize: bool) -> tuple[Future[list[list[float]]], int]:
+        """Queue the texts for embedding; returns the future vectors and the token count."""
+        if self.draining:
+            raise Unavailable("node is draining for shutdown")
+        if not texts:
+            raise InvalidRequest("texts is empty; give at least one text")
+        if len(texts) > self.settings.max_embed_texts:
+            raise InvalidRequest(f"at most {self.settings.max_embed_texts} texts per call, got {len(texts)}")
+        tokens = []
+        for i, t in enumerate(texts):
+            if not t.strip():
+                raise InvalidRequest(f"texts[{i}] is empty")
+            tokens.append(self.model.tokenize(t, add_special=True, parse_special=False))
+        return self.engine.embed(tokens, normalize), sum(len(t) for t in tokens)
+
+    # -- status --------------------------------------------------------------------------
+    def status(self) -> NodeStatus:
+        th = self.thermal.state
+        meta = self.model.meta
+        state = "draining" if self.draining else "shedding" if th.shedding else "throttled" if th.throttled else "serving"
+        return NodeStatus(
+            node_id=self.settings.node_id,
+            profile=self.profile.name,
+            model=self.model_file,
+            model_meta={
+                "architecture": meta.architecture,
+                "quantization": meta.quantization,
+                "n_params": meta.n_params,
+                "n_ctx_train": meta.n_ctx_train,
+                "has_chat_template": meta.chat_template is not None,
+            },
+            n_ctx=self.engine.config.n_ctx_slot,
+            slots_total=self.engine.config.slots,
+            slots_busy=self.engine.slots_busy,
+            slots_available=self.engine.scheduler.slot_limit,
+            queue_depth=self.engine.queue_depth,
+            queue_limit=self.engine.config.queue_limit,
+            thermal=th,
+            memory_budget_bytes=self.memory["budget"],
+            memory_estimate_bytes=self.memory["total"],
+            rss_bytes=psutil.Process().memory_info().rss,
+            status=state,
+            versions=self.versions,
+        )
+
+    def apply_thermal(self, state: ThermalState) -> None:
+        """Called by the thermal poller: fewer slots while throttled, all of them otherwise."""
+        slots = self.profile.thermal.throttle_slots if state.throttled else self.profile.context.slots
+        if slots != self.engine.scheduler.slot_limit:
+            self.engine.set_slot_limit(slots)

@@ -1,0 +1,74 @@
+"""Node settings: every field has a default, a doc line and an environment variable (EDGEFLEET_*)."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_data_dir() -> Path:
+    return Path.home() / ".local" / "share" / "edgefleet"
+
+
+class NodeSettings(BaseSettings):
+    """Settings of one node process. Command-line flags override these."""
+
+    model_config = SettingsConfigDict(env_prefix="EDGEFLEET_", extra="forbid", validate_default=True)
+
+    node_id: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")] = (
+        Field(default_factory=lambda: socket.gethostname().split(".")[0] or "node",
+              description="This node's id in logs and the fleet (EDGEFLEET_NODE_ID)")
+    )
+    profile: str | None = Field(
+        default=None, description="Firmware profile name or path; empty: auto-detect (EDGEFLEET_PROFILE)"
+    )
+    model: str | None = Field(
+        default=None,
+        description="Catalog model name or GGUF path; empty: the profile's preferred model (EDGEFLEET_MODEL)",
+    )
+    host: str = Field(default="0.0.0.0", description="gRPC listen address (EDGEFLEET_HOST)")
+    port: Annotated[int, Field(ge=0, le=65535)] = Field(
+        default=50051, description="gRPC port; 0 picks a free one (EDGEFLEET_PORT)"
+    )
+    data_dir: Path = Field(
+        default_factory=_default_data_dir,
+        description="Where the node keeps state: model hashes, later its SQLite stores (EDGEFLEET_DATA_DIR)",
+    )
+    max_message_bytes: Annotated[int, Field(ge=1024, le=256 * 1024 * 1024)] = Field(
+        default=4 * 1024 * 1024, description="Largest gRPC message accepted (EDGEFLEET_MAX_MESSAGE_BYTES)"
+    )
+    default_max_tokens: Annotated[int, Field(ge=1)] = Field(
+        default=128, description="max_tokens when a request names none (EDGEFLEET_DEFAULT_MAX_TOKENS)"
+    )
+    max_tokens_limit: Annotated[int, Field(ge=1)] = Field(
+        default=2048, description="Largest max_tokens a request may ask for (EDGEFLEET_MAX_TOKENS_LIMIT)"
+    )
+    max_stop_strings: Annotated[int, Field(ge=0, le=64)] = Field(
+        default=8, description="Most stop strings in one request (EDGEFLEET_MAX_STOP_STRINGS)"
+    )
+    max_embed_texts: Annotated[int, Field(ge=1)] = Field(
+        default=64, description="Most texts in one Embed call (EDGEFLEET_MAX_EMBED_TEXTS)"
+    )
+    embed_n_ctx: Annotated[int, Field(ge=64)] = Field(
+        default=512, description="Context of the embedding context; longer texts are refused (EDGEFLEET_EMBED_N_CTX)"
+    )
+    thermal_zone: str | None = Field(
+        default=None,
+        description="Temperature file (millidegrees C) overriding the profile's zone (EDGEFLEET_THERMAL_ZONE)",
+    )
+    drain_timeout_s: Annotated[float, Field(ge=0)] = Field(
+        default=30.0, description="On SIGTERM, how long in-flight requests may finish (EDGEFLEET_DRAIN_TIMEOUT_S)"
+    )
+    prefix_cache: bool = Field(
+        default=True, description="Reuse a slot's KV cells for a shared prompt prefix (EDGEFLEET_PREFIX_CACHE)"
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Log level (EDGEFLEET_LOG_LEVEL)"
+    )
+    log_format: Literal["json", "text"] = Field(
+        default="json", description="json: one object a line; text: for a terminal (EDGEFLEET_LOG_FORMAT)"
+    )

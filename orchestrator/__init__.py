@@ -1,0 +1,1 @@
+"""Site orchestrator (the control-plane issue builds it)."""

@@ -1,0 +1,1 @@
+"""Contracts between edgefleet parts: gRPC protos and (later) the MQTT topic contract."""
