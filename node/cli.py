@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import logging
+import signal
 import sys
 
 from pydantic import ValidationError
@@ -58,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"edgefleet-node: invalid setting: {e}\n")
         return 2
     configure_logging(settings.node_id, settings.log_level, settings.log_format)
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` prints every thread's stack
     from edgefleet.node.api.server import serve
     from edgefleet.node.runtime import build_node
 

@@ -309,15 +309,15 @@ class Engine:
         ctx.seq_rm(0)
 
     def _run_embed(self, task: _EmbedTask) -> None:
-        if self._embed_ctx is None:  # created on first use: ~100 MiB a node may never need
-            cfg = self.config
-            self._embed_ctx = DecodeContext(
-                self.model, cfg.embed_n_ctx, cfg.embed_n_ctx, 1, cfg.threads, embeddings=True
-            )
-        ctx = self._embed_ctx
         if task.future.done():  # cancelled by the caller
             return
         try:
+            if self._embed_ctx is None:  # created on first use: ~100 MiB a node may never need
+                cfg = self.config
+                self._embed_ctx = DecodeContext(
+                    self.model, cfg.embed_n_ctx, cfg.embed_n_ctx, 1, cfg.threads, embeddings=True
+                )
+            ctx = self._embed_ctx
             vectors = []
             n_embd = self.model.meta.n_embd
             for tokens in task.tokens:

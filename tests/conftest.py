@@ -1,0 +1,149 @@
+"""Fixtures that start real node processes on free ports and stop them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from edgefleet.proto.v1 import inference_pb2 as pb
+from edgefleet.proto.v1 import inference_pb2_grpc as pb_grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+PROFILES = ROOT / "firmware_profiles"
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_profile(path: Path, base: str = "x86-dev", **changes: object) -> Path:
+    """Copy a shipped profile, replacing `key = value` lines (keys are unique across sections)."""
+    lines = []
+    for line in (PROFILES / f"{base}.toml").read_text().splitlines():
+        key = line.split("=", 1)[0].strip()
+        if "=" in line and key in changes:
+            value = changes[key]
+            line = f"{key} = {value!r}" if isinstance(value, str) else f"{key} = {value}"
+        lines.append(line)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+class NodeProcess:
+    """`edgefleet-node serve` in a subprocess, talked to over real gRPC."""
+
+    def __init__(self, tmp: Path, profile: str | Path = "x86-dev", env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.log_path = tmp / f"node-{self.port}.log"
+        self.data_dir = tmp / f"data-{self.port}"
+        self._log = self.log_path.open("wb")
+        full_env = {**os.environ, "EDGEFLEET_LOG_FORMAT": "text", **(env or {})}
+        self.proc = subprocess.Popen(
+            [str(BIN / "edgefleet-node"), "serve", "--host", "127.0.0.1", "--port", str(self.port),
+             "--profile", str(profile), "--data-dir", str(self.data_dir), "--node-id", f"test-{self.port}"],
+            stdout=self._log, stderr=subprocess.STDOUT, env=full_env,
+        )
+        self.channel = grpc.insecure_channel(self.address)
+        self.stub = pb_grpc.InferenceStub(self.channel)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_serving(self, timeout: float = 60.0) -> None:
+        health = health_pb2_grpc.HealthStub(self.channel)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"node exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
+            try:
+                resp = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
+                if resp.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.05)
+        raise TimeoutError(f"node not serving after {timeout}s:\n{self.log()[-3000:]}")
+
+    def info(self) -> pb.NodeInfo:
+        return self.stub.GetNodeInfo(pb.GetNodeInfoRequest(), timeout=5)
+
+    def stop(self) -> int:
+        self.channel.close()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def start_node(tmp_path: Path) -> Iterator:
+    """Factory: start a node with a given profile/env; every node started is stopped after the test."""
+    nodes: list[NodeProcess] = []
+
+    def _start(profile: str | Path = "x86-dev", env: dict[str, str] | None = None, wait: bool = True) -> NodeProcess:
+        node = NodeProcess(tmp_path, profile, env)
+        nodes.append(node)
+        if wait:
+            node.wait_serving()
+        return node
+
+    yield _start
+    for n in nodes:
+        n.stop()
+
+
+@pytest.fixture(scope="session")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
+    """One node for the session: x86-dev profile, default model."""
+    tmp = tmp_path_factory.mktemp("node")
+    n = NodeProcess(tmp)
+    try:
+        n.wait_serving()
+        yield n
+    finally:
+        n.stop()
+
+
+@pytest.fixture(scope="session")
+def stub(node: NodeProcess) -> pb_grpc.InferenceStub:
+    return node.stub
+
+
+def collect(stream: Iterator[pb.GenerateChunk]) -> tuple[str, pb.GenerateChunk, int]:
+    """Concatenated text, the final chunk and the number of chunks of a Generate stream."""
+    text, last, n = [], None, 0
+    for chunk in stream:
+        text.append(chunk.text)
+        last = chunk
+        n += 1
+    assert last is not None, "empty stream"
+    return "".join(text), last, n
+
+
+def wait_for(predicate, timeout: float = 5.0, interval: float = 0.05) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
