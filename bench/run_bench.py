@@ -490,7 +490,6 @@ def run_level(
 class NodeClient(Client):
     def __init__(self, address: str) -> None:
         import grpc
-
         from edgefleet.proto.v1 import inference_pb2 as pb
         from edgefleet.proto.v1 import inference_pb2_grpc as pb_grpc
 
@@ -594,10 +593,9 @@ def wait_serving(port: int, proc: subprocess.Popen[Any], timeout: float) -> floa
 
 def node_info(address: str) -> dict[str, Any]:
     import grpc
-    from google.protobuf.json_format import MessageToDict
-
     from edgefleet.proto.v1 import inference_pb2 as pb
     from edgefleet.proto.v1 import inference_pb2_grpc as pb_grpc
+    from google.protobuf.json_format import MessageToDict
 
     with grpc.insecure_channel(address) as ch:
         info = pb_grpc.InferenceStub(ch).GetNodeInfo(pb.GetNodeInfoRequest(), timeout=10)

@@ -9,11 +9,10 @@ import logging
 import signal
 import sys
 
-from pydantic import ValidationError
-
 from edgefleet.node.errors import EdgefleetError
 from edgefleet.node.logs import configure_logging
 from edgefleet.node.settings import NodeSettings
+from pydantic import ValidationError
 
 log = logging.getLogger("edgefleet.node")
 
@@ -49,8 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {
         k: v
         for k, v in {
-            "profile": args.profile, "model": args.model, "port": args.port, "host": args.host,
-            "node_id": args.node_id, "data_dir": args.data_dir, "log_format": args.log_format,
+            "profile": args.profile,
+            "model": args.model,
+            "port": args.port,
+            "host": args.host,
+            "node_id": args.node_id,
+            "data_dir": args.data_dir,
+            "log_format": args.log_format,
         }.items()
         if v is not None
     }

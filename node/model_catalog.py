@@ -111,9 +111,7 @@ def resolve_model(choice: str | None, data_dir: Path) -> ModelFile:
         path = Path(choice).expanduser()
         name = path.stem
         if not path.exists():
-            raise ModelError(
-                f"model {choice!r} is neither a catalog name ({', '.join(CATALOG)}) nor an existing file"
-            )
+            raise ModelError(f"model {choice!r} is neither a catalog name ({', '.join(CATALOG)}) nor an existing file")
     if not path.is_file():
         raise ModelError(f"model path {path} is not a file")
     with path.open("rb") as f:

@@ -13,9 +13,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
 from edgefleet.node.errors import ProfileError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 DEFAULT_PROFILE = "x86-dev"
 DEVICE_TREE_MODEL = Path("/proc/device-tree/model")
@@ -86,8 +85,7 @@ class FirmwareProfile(_Strict):
     def _slots(self) -> FirmwareProfile:
         if self.thermal.throttle_slots > self.context.slots:
             raise ValueError(
-                f"thermal.throttle_slots ({self.thermal.throttle_slots}) exceeds "
-                f"context.slots ({self.context.slots})"
+                f"thermal.throttle_slots ({self.thermal.throttle_slots}) exceeds context.slots ({self.context.slots})"
             )
         return self
 
@@ -112,9 +110,7 @@ def load_profile_file(path: Path) -> FirmwareProfile:
     try:
         return FirmwareProfile.model_validate({**data, "source": str(path)})
     except ValidationError as e:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}" for err in e.errors()
-        )
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}" for err in e.errors())
         raise ProfileError(f"invalid profile {path}: {problems}") from e
 
 
@@ -144,9 +140,7 @@ def resolve_profile(choice: str | None, device_tree_model: Path = DEVICE_TREE_MO
     raise ProfileError(f"unknown profile {choice!r}; shipped profiles: {', '.join(builtin)}, or give a path")
 
 
-def estimate_memory_bytes(
-    profile: FirmwareProfile, model_file_bytes: int, kv_bytes_per_token: int
-) -> dict[str, int]:
+def estimate_memory_bytes(profile: FirmwareProfile, model_file_bytes: int, kv_bytes_per_token: int) -> dict[str, int]:
     """Model file + KV cache for n_ctx x slots + the profile's overhead, in bytes."""
     kv = kv_bytes_per_token * profile.context.n_ctx * profile.context.slots
     overhead = profile.memory.overhead_mb * MiB

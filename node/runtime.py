@@ -43,15 +43,23 @@ def build_node(settings: NodeSettings) -> Node:
         log.info(
             "model loaded",
             extra={
-                "model": model_file.name, "path": str(model_file.path), "quantization": model.meta.quantization,
-                "architecture": model.meta.architecture, "size_bytes": model_file.size, "sha256": model_file.sha256,
+                "model": model_file.name,
+                "path": str(model_file.path),
+                "quantization": model.meta.quantization,
+                "architecture": model.meta.architecture,
+                "size_bytes": model_file.size,
+                "sha256": model_file.sha256,
             },
         )
         log.info(
             "memory estimate",
             extra={
-                "profile": profile.name, "model": _mib(memory["model"]), "kv_cache": _mib(memory["kv_cache"]),
-                "overhead": _mib(memory["overhead"]), "total": _mib(memory["total"]), "budget": _mib(memory["budget"]),
+                "profile": profile.name,
+                "model": _mib(memory["model"]),
+                "kv_cache": _mib(memory["kv_cache"]),
+                "overhead": _mib(memory["overhead"]),
+                "total": _mib(memory["total"]),
+                "budget": _mib(memory["budget"]),
             },
         )
         if memory["total"] > memory["budget"]:
@@ -65,8 +73,12 @@ def build_node(settings: NodeSettings) -> Node:
         engine = Engine(
             model,
             EngineConfig(
-                n_ctx_slot=ctx.n_ctx, slots=ctx.slots, n_batch=ctx.n_batch, queue_limit=ctx.queue_length,
-                threads=profile.compute.threads, embed_n_ctx=settings.embed_n_ctx,
+                n_ctx_slot=ctx.n_ctx,
+                slots=ctx.slots,
+                n_batch=ctx.n_batch,
+                queue_limit=ctx.queue_length,
+                threads=profile.compute.threads,
+                embed_n_ctx=settings.embed_n_ctx,
                 prefix_cache=settings.prefix_cache,
             ),
         )

@@ -9,12 +9,10 @@ import secrets
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from importlib import metadata
+from typing import Any
 
 import jsonschema
 import psutil
-from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-from llama_cpp.llama_grammar import json_schema_to_gbnf
-
 from edgefleet.node.engine.engine import Engine
 from edgefleet.node.engine.llama_backend import LoadedModel
 from edgefleet.node.engine.types import EventSink, GenerationRequest, SamplingParams
@@ -23,6 +21,8 @@ from edgefleet.node.model_catalog import ModelFile
 from edgefleet.node.profiles import FirmwareProfile
 from edgefleet.node.settings import NodeSettings
 from edgefleet.node.thermal import ThermalGovernor, ThermalState
+from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+from llama_cpp.llama_grammar import json_schema_to_gbnf
 
 ROLES = frozenset({"system", "user", "assistant", "tool"})
 MAX_STOP_CHARS = 64
@@ -137,8 +137,13 @@ class NodeService:
                 raise InvalidRequest(f"each stop string must be 1 to {MAX_STOP_CHARS} characters, got {s!r}")
         seed = secrets.randbits(32) if inp.seed is None else inp.seed
         return SamplingParams(
-            max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
-            stop=tuple(inp.stop), grammar=self._grammar(inp.json_schema),
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            seed=seed,
+            stop=tuple(inp.stop),
+            grammar=self._grammar(inp.json_schema),
         )
 
     @staticmethod
@@ -176,10 +181,14 @@ class NodeService:
             raise InvalidRequest(
                 f"model {self.model_file.name} has no chat template; send a raw prompt instead of messages"
             )
-        rendered = self._chat(messages=[{"role": m.role, "content": m.content} for m in inp.messages]).prompt
+        turns: list[Any] = [{"role": m.role, "content": m.content} for m in inp.messages]
+        rendered = self._chat(messages=turns).prompt
         tokens = self.model.tokenize(rendered, add_special=True, parse_special=True)
-        if len(tokens) > 1 and tokens[0] == tokens[1] and self.model.meta.bos_text and rendered.startswith(
-            self.model.meta.bos_text
+        if (
+            len(tokens) > 1
+            and tokens[0] == tokens[1]
+            and self.model.meta.bos_text
+            and rendered.startswith(self.model.meta.bos_text)
         ):
             tokens = tokens[1:]  # the template wrote BOS itself
         return tokens
@@ -223,7 +232,9 @@ class NodeService:
     def status(self) -> NodeStatus:
         th = self.thermal.state
         meta = self.model.meta
-        state = "draining" if self.draining else "shedding" if th.shedding else "throttled" if th.throttled else "serving"
+        state = (
+            "draining" if self.draining else "shedding" if th.shedding else "throttled" if th.throttled else "serving"
+        )
         return NodeStatus(
             node_id=self.settings.node_id,
             profile=self.profile.name,

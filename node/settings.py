@@ -19,9 +19,9 @@ class NodeSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="EDGEFLEET_", extra="forbid", validate_default=True)
 
-    node_id: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")] = (
-        Field(default_factory=lambda: socket.gethostname().split(".")[0] or "node",
-              description="This node's id in logs and the fleet (EDGEFLEET_NODE_ID)")
+    node_id: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")] = Field(
+        default_factory=lambda: socket.gethostname().split(".")[0] or "node",
+        description="This node's id in logs and the fleet (EDGEFLEET_NODE_ID)",
     )
     profile: str | None = Field(
         default=None, description="Firmware profile name or path; empty: auto-detect (EDGEFLEET_PROFILE)"

@@ -13,10 +13,9 @@ from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from edgefleet.proto.v1 import inference_pb2 as pb
 from edgefleet.proto.v1 import inference_pb2_grpc as pb_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
 PROFILES = ROOT / "firmware_profiles"
@@ -53,9 +52,23 @@ class NodeProcess:
         self._log = self.log_path.open("wb")
         full_env = {**os.environ, "EDGEFLEET_LOG_FORMAT": "text", **(env or {})}
         self.proc = subprocess.Popen(
-            [str(BIN / "edgefleet-node"), "serve", "--host", "127.0.0.1", "--port", str(self.port),
-             "--profile", str(profile), "--data-dir", str(self.data_dir), "--node-id", f"test-{self.port}"],
-            stdout=self._log, stderr=subprocess.STDOUT, env=full_env,
+            [
+                str(BIN / "edgefleet-node"),
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--profile",
+                str(profile),
+                "--data-dir",
+                str(self.data_dir),
+                "--node-id",
+                f"test-{self.port}",
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=full_env,
         )
         self.channel = grpc.insecure_channel(self.address)
         self.stub = pb_grpc.InferenceStub(self.channel)
@@ -146,4 +159,3 @@ def wait_for(predicate, timeout: float = 5.0, interval: float = 0.05) -> bool:  
             return True
         time.sleep(interval)
     return predicate()
-

@@ -8,13 +8,12 @@ import logging
 import signal
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
-
 from edgefleet.node.api.servicer import InferenceServicer
 from edgefleet.node.runtime import Node
 from edgefleet.node.settings import NodeSettings
 from edgefleet.proto.v1 import inference_pb2, inference_pb2_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 
 log = logging.getLogger("edgefleet.node.server")
 SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
@@ -30,8 +29,11 @@ async def _poll_thermal(node: Node) -> None:
             if last is not None:
                 log.warning(
                     "thermal state changed",
-                    extra={"temperature_c": state.temperature_c, "throttled": state.throttled,
-                           "shedding": state.shedding},
+                    extra={
+                        "temperature_c": state.temperature_c,
+                        "throttled": state.throttled,
+                        "shedding": state.shedding,
+                    },
                 )
             last = (state.throttled, state.shedding)
         await asyncio.sleep(service.profile.thermal.poll_interval_s)

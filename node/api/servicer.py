@@ -9,7 +9,6 @@ import uuid
 from collections.abc import AsyncIterator
 
 import grpc
-
 from edgefleet.node.api.status import grpc_code
 from edgefleet.node.engine.types import Event, Failed, Finished, FinishReason, TextDelta
 from edgefleet.node.errors import EdgefleetError
@@ -67,7 +66,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
     def __init__(self, service: NodeService) -> None:
         self.service = service
 
-    async def Generate(  # noqa: N802 - gRPC method name
+    async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateChunk]:
         arrived = time.monotonic()
@@ -95,9 +94,12 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                     log.info(
                         "generated",
                         extra={
-                            "finish": event.reason.value, "prompt_tokens": u.prompt_tokens,
-                            "completion_tokens": u.completion_tokens, "ttft_ms": round(u.time_to_first_token_ms, 1),
-                            "tokens_per_second": round(u.tokens_per_second, 1), "cached": u.cached_prompt_tokens,
+                            "finish": event.reason.value,
+                            "prompt_tokens": u.prompt_tokens,
+                            "completion_tokens": u.completion_tokens,
+                            "ttft_ms": round(u.time_to_first_token_ms, 1),
+                            "tokens_per_second": round(u.tokens_per_second, 1),
+                            "cached": u.cached_prompt_tokens,
                         },
                     )
                     yield pb.GenerateChunk(
@@ -124,7 +126,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 log.info("generation cancelled by the client")
                 self.service.cancel(rid)
 
-    async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:  # noqa: N802
+    async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
         await _request_id(context)
         texts = list(request.texts)
         try:
@@ -147,9 +149,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             prompt_tokens=n_tokens,
         )
 
-    async def GetNodeInfo(  # noqa: N802
-        self, request: pb.GetNodeInfoRequest, context: grpc.aio.ServicerContext
-    ) -> pb.NodeInfo:
+    async def GetNodeInfo(self, request: pb.GetNodeInfoRequest, context: grpc.aio.ServicerContext) -> pb.NodeInfo:
         await _request_id(context)
         s = self.service.status()
         m = s.model_meta

@@ -57,6 +57,30 @@ class _EmbedTask:
     future: Future[list[list[float]]]
 
 
+@dataclass(frozen=True)
+class _Submit:
+    req: GenerationRequest
+    sampler: Sampler
+
+
+@dataclass(frozen=True)
+class _Cancel:
+    request_id: str
+
+
+@dataclass(frozen=True)
+class _SlotLimit:
+    n: int
+
+
+@dataclass(frozen=True)
+class _Stop:
+    pass
+
+
+_Command = _Submit | _Cancel | _SlotLimit | _EmbedTask | _Stop
+
+
 class Engine:
     def __init__(self, model: LoadedModel, config: EngineConfig) -> None:
         self.model = model
@@ -64,7 +88,7 @@ class Engine:
         self.scheduler = Scheduler(
             config.slots, config.queue_limit, config.n_batch, config.n_ctx_slot, config.prefix_cache
         )
-        self._commands: queue.SimpleQueue[tuple[str, object]] = queue.SimpleQueue()
+        self._commands: queue.SimpleQueue[_Command] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._outstanding = 0  # submitted and not yet finished, for QueueFull at once
         self._active: dict[str, _Active] = {}
@@ -90,7 +114,7 @@ class Engine:
         """Cancel whatever is left, free the contexts and end the thread."""
         self.accepting = False
         if self._thread and self._thread.is_alive():
-            self._commands.put(("stop", None))
+            self._commands.put(_Stop())
             self._thread.join(timeout)
 
     # -- called from other threads -------------------------------------------------------
@@ -117,8 +141,12 @@ class Engine:
                 f"and at least one must be left for the answer"
             )
         sampler = Sampler(
-            self.model, req.params.temperature, req.params.top_k, req.params.top_p,
-            req.params.seed, req.params.grammar,
+            self.model,
+            req.params.temperature,
+            req.params.top_k,
+            req.params.top_p,
+            req.params.seed,
+            req.params.grammar,
         )
         with self._lock:
             capacity = self.scheduler.capacity()
@@ -129,13 +157,13 @@ class Engine:
                     f"({self.scheduler.slot_limit} slots + queue_length {self.config.queue_limit})"
                 )
             self._outstanding += 1
-        self._commands.put(("submit", (req, sampler)))
+        self._commands.put(_Submit(req, sampler))
 
     def cancel(self, request_id: str) -> None:
-        self._commands.put(("cancel", request_id))
+        self._commands.put(_Cancel(request_id))
 
     def set_slot_limit(self, n: int) -> None:
-        self._commands.put(("slot_limit", n))
+        self._commands.put(_SlotLimit(n))
 
     def embed(self, tokens: list[list[int]], normalize: bool) -> Future[list[list[float]]]:
         fut: Future[list[list[float]]] = Future()
@@ -145,16 +173,14 @@ class Engine:
                     ContextOverflow(f"text is {len(t)} tokens; embeddings take at most {self.config.embed_n_ctx}")
                 )
                 return fut
-        self._commands.put(("embed", _EmbedTask(tokens, normalize, fut)))
+        self._commands.put(_EmbedTask(tokens, normalize, fut))
         return fut
 
     # -- the engine thread ---------------------------------------------------------------
     def _run(self) -> None:
         cfg = self.config
         try:
-            self._ctx = DecodeContext(
-                self.model, cfg.n_ctx_slot * cfg.slots, cfg.n_batch, cfg.slots, cfg.threads
-            )
+            self._ctx = DecodeContext(self.model, cfg.n_ctx_slot * cfg.slots, cfg.n_batch, cfg.slots, cfg.threads)
             self._warm_up(self._ctx)
         except BaseException as e:  # surfaced to start()
             self._start_error = e
@@ -176,31 +202,34 @@ class Engine:
         self._shutdown(embeds)
 
     def _take_commands(self, block: bool, embeds: list[_EmbedTask]) -> bool:
+        """Apply every queued command; wait for one when idle. False once told to stop."""
         while True:
             try:
-                kind, arg = self._commands.get(block=block)
+                cmd = self._commands.get(block=block)
             except queue.Empty:
                 return True
             block = False
-            if kind == "submit":
-                req, sampler = arg  # type: ignore[misc]
+            if isinstance(cmd, _Submit):
                 try:
-                    self.scheduler.add(req)
+                    self.scheduler.add(cmd.req)
                 except QueueFull as e:  # slots shrank (thermal) since submit() counted it
-                    sampler.free()
-                    with self._lock:
-                        self._outstanding -= 1
-                    req.sink(Failed(e))
+                    self._reject(cmd, e)
                     continue
-                self._samplers[req.request_id] = sampler
-            elif kind == "cancel":
-                self._cancel(str(arg))
-            elif kind == "slot_limit":
-                self.scheduler.set_slot_limit(int(arg))  # type: ignore[call-overload]
-            elif kind == "embed":
-                embeds.append(arg)  # type: ignore[arg-type]
-            elif kind == "stop":
+                self._samplers[cmd.req.request_id] = cmd.sampler
+            elif isinstance(cmd, _Cancel):
+                self._cancel(cmd.request_id)
+            elif isinstance(cmd, _SlotLimit):
+                self.scheduler.set_slot_limit(cmd.n)
+            elif isinstance(cmd, _EmbedTask):
+                embeds.append(cmd)
+            else:
                 return False
+
+    def _reject(self, cmd: _Submit, error: EdgefleetError) -> None:
+        cmd.sampler.free()
+        with self._lock:
+            self._outstanding -= 1
+        cmd.req.sink(Failed(error))
 
     def _cancel(self, request_id: str) -> None:
         seq = self.scheduler.cancel(request_id)
@@ -344,17 +373,14 @@ class Engine:
             task.future.set_exception(Unavailable("node is shutting down"))
         while True:  # requests submitted after the stop command
             try:
-                kind, arg = self._commands.get_nowait()
+                cmd = self._commands.get_nowait()
             except queue.Empty:
                 break
-            if kind == "submit":
-                req, sampler = arg  # type: ignore[misc]
-                sampler.free()
-                with self._lock:
-                    self._outstanding -= 1
-                req.sink(Failed(Unavailable("node is shutting down")))
+            if isinstance(cmd, _Submit):
+                self._reject(cmd, Unavailable("node is shutting down"))
+            elif isinstance(cmd, _EmbedTask):
+                cmd.future.set_exception(Unavailable("node is shutting down"))
         for ctx in (self._ctx, self._embed_ctx):
             if ctx is not None:
                 ctx.close()
         self._ctx = self._embed_ctx = None
-

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import llama_cpp
-
 from edgefleet.node.errors import EngineFailure, ModelError
 
 log = logging.getLogger("edgefleet.llama")
@@ -23,7 +22,7 @@ log = logging.getLogger("edgefleet.llama")
 _LEVELS = {1: logging.DEBUG, 2: logging.DEBUG, 3: logging.WARNING, 4: logging.ERROR, 5: logging.DEBUG}
 
 
-@llama_cpp.llama_log_callback  # type: ignore[misc]
+@llama_cpp.llama_log_callback
 def _log_callback(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
     msg = text.decode("utf-8", "replace").rstrip()
     if msg:

@@ -204,6 +204,6 @@ class Scheduler:
             slot = self.slots[seq.slot]
             seq.n_past += len(item.tokens)
             slot.tokens.extend(item.tokens)
-            del seq.pending[: len(item.tokens)]
+            seq.pending = seq.pending[len(item.tokens) :]
             if seq.n_prompt_left:
                 seq.n_prompt_left -= len(item.tokens)

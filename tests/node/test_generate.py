@@ -8,8 +8,8 @@ import threading
 import grpc
 import jsonschema
 import pytest
-
 from edgefleet.proto.v1 import inference_pb2 as pb
+
 from tests.conftest import NodeProcess, collect, wait_for
 
 COUNTING = pb.GenerateRequest(prompt="Count: 1, 2, 3, 4, 5, 6, 7,", max_tokens=1500, temperature=0)
@@ -53,7 +53,9 @@ def test_messages_are_rendered_with_the_models_chat_template(stub) -> None:
         stub.Generate(
             pb.GenerateRequest(
                 messages=[
-                    pb.ChatMessage(role="system", content="You are a helpful AI assistant named SmolLM, trained by Hugging Face"),
+                    pb.ChatMessage(
+                        role="system", content="You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+                    ),
                     pb.ChatMessage(role="user", content=SENSOR_Q),
                 ],
                 max_tokens=12,

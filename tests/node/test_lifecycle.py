@@ -10,8 +10,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-
 from edgefleet.proto.v1 import inference_pb2 as pb
+
 from tests.conftest import BIN, collect, wait_for, write_profile
 
 LONG = pb.GenerateRequest(prompt="Count: 1, 2, 3, 4, 5, 6, 7,", max_tokens=1500, temperature=0)
@@ -54,9 +54,21 @@ def test_queue_full_is_resource_exhausted_at_once(start_node, tmp_path: Path) ->
 
 def _serve(profile: Path, tmp: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(BIN / "edgefleet-node"), "serve", "--profile", str(profile), "--port", "0",
-         "--data-dir", str(tmp / "data"), "--log-format", "text"],
-        capture_output=True, text=True, timeout=60,
+        [
+            str(BIN / "edgefleet-node"),
+            "serve",
+            "--profile",
+            str(profile),
+            "--port",
+            "0",
+            "--data-dir",
+            str(tmp / "data"),
+            "--log-format",
+            "text",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 

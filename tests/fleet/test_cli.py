@@ -1,0 +1,71 @@
+"""The operator CLI against a real node, run as the installed `edgefleet` command."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from tests.conftest import BIN, NodeProcess, free_port
+
+
+def edgefleet(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(BIN / "edgefleet"), *args], capture_output=True, text=True, timeout=120)
+
+
+def test_ask_streams_the_answer_and_prints_the_usage_line(node: NodeProcess) -> None:
+    r = edgefleet(
+        "--node",
+        node.address,
+        "ask",
+        "Is 7.1 mm/s vibration on a pump bad?",
+        "--max-tokens",
+        "12",
+        "--temperature",
+        "0",
+    )
+    assert r.returncode == 0, r.stderr
+    answer, usage = r.stdout.rstrip("\n").rsplit("\n", 1)
+    assert answer.strip()
+    assert usage.startswith("[length] prompt ") and "completion 12 tokens" in usage and "tokens/s" in usage
+
+
+def test_ask_with_a_json_schema_file(node: NodeProcess, tmp_path: Path) -> None:
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+    f = tmp_path / "schema.json"
+    f.write_text(json.dumps(schema))
+    r = edgefleet(
+        "--node",
+        node.address,
+        "ask",
+        "Is the pump fine? Answer in JSON.",
+        "--json-schema",
+        str(f),
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "30",
+        "--system",
+        "You answer in JSON.",
+    )
+    assert r.returncode == 0, r.stderr
+    answer = r.stdout.rstrip("\n").rsplit("\n", 1)[0]
+    assert isinstance(json.loads(answer)["ok"], bool)
+
+
+def test_node_info_as_table_and_json(node: NodeProcess) -> None:
+    r = edgefleet("--node", node.address, "node-info")
+    assert r.returncode == 0, r.stderr
+    assert "smollm2-135m-instruct (llama, Q4_1" in r.stdout and "x86-dev" in r.stdout
+    j = edgefleet("--node", node.address, "node-info", "--json")
+    data = json.loads(j.stdout)
+    assert data["model"]["quantization"] == "Q4_1" and data["slots_total"] == 4
+
+
+def test_clear_errors(node: NodeProcess, tmp_path: Path) -> None:
+    r = edgefleet("--node", f"127.0.0.1:{free_port()}", "--timeout", "3", "node-info")
+    assert r.returncode == 1 and "cannot reach a node" in r.stderr
+    r = edgefleet("--node", node.address, "ask", "hi", "--json-schema", str(tmp_path / "none.json"))
+    assert r.returncode == 2 and "cannot read JSON schema file" in r.stderr
+    r = edgefleet("--node", node.address, "ask", "hi", "--max-tokens", "0")
+    assert r.returncode == 1 and "INVALID_ARGUMENT" in r.stderr and "max_tokens" in r.stderr

@@ -1,0 +1,124 @@
+"""The scheduler's policy, driven by a scripted decoder (no llama.cpp: it is data in, data out).
+
+The real-model tests in tests/node/ cover the same paths end to end; these pin the policy.
+"""
+
+from __future__ import annotations
+
+import pytest
+from edgefleet.node.engine.scheduler import Scheduler, StepPlan
+from edgefleet.node.engine.types import GenerationRequest, SamplingParams
+from edgefleet.node.errors import QueueFull
+
+
+def req(rid: str, n_prompt: int = 4, base: int = 100, adapter: str | None = None) -> GenerationRequest:
+    return GenerationRequest(rid, list(range(base, base + n_prompt)), SamplingParams(), lambda e: None, adapter)
+
+
+def run_step(s: Scheduler, now: float = 0.0, sampled: int = 7) -> StepPlan:
+    """Schedule, 'decode', and feed back one sampled token for each item that wants logits."""
+    plan = s.schedule(now)
+    s.decoded(plan)
+    for item in plan.items:
+        if item.logits:
+            s.accept_token(item.seq, sampled)
+    return plan
+
+
+def test_admits_up_to_the_slots_and_queues_the_rest() -> None:
+    s = Scheduler(n_slots=2, queue_limit=1, n_batch=64, n_ctx_slot=128)
+    for r in "abc":
+        s.add(req(r))
+    plan = s.schedule(0.0)
+    assert [a.seq.request_id for a in plan.admissions] == ["a", "b"]
+    assert [w.request_id for w in s.waiting] == ["c"]
+    with pytest.raises(QueueFull, match="queue_length"):
+        s.add(req("d"))
+
+
+def test_running_sequences_decode_one_token_each_and_prefill_takes_the_rest() -> None:
+    s = Scheduler(n_slots=3, queue_limit=0, n_batch=8, n_ctx_slot=128)
+    s.add(req("a", n_prompt=3))
+    s.add(req("b", n_prompt=3))
+    run_step(s)  # both prompts (6 tokens) fit one step
+    s.add(req("long", n_prompt=20, base=500))
+    plan = run_step(s)
+    sizes = {i.seq.request_id: len(i.tokens) for i in plan.items}
+    assert sizes == {"a": 1, "b": 1, "long": 6}, "two decode tokens + a prefill chunk of the remaining budget"
+    long_item = next(i for i in plan.items if i.seq.request_id == "long")
+    assert not long_item.logits, "no sampling until the whole prompt is in"
+    plan = run_step(s)
+    assert {i.seq.request_id: len(i.tokens) for i in plan.items}["long"] == 6
+    assert [i.start_pos for i in plan.items if i.seq.request_id == "long"] == [6]
+
+
+def test_prompt_completes_with_logits_on_its_last_token() -> None:
+    s = Scheduler(n_slots=1, queue_limit=0, n_batch=4, n_ctx_slot=128)
+    s.add(req("a", n_prompt=6))
+    first, second = run_step(s), run_step(s)
+    assert [len(i.tokens) for i in first.items] == [4] and not first.items[0].logits
+    assert [len(i.tokens) for i in second.items] == [2] and second.items[0].logits
+    third = run_step(s)
+    assert third.items[0].tokens == [7] and third.items[0].start_pos == 6
+
+
+def test_cancel_removes_a_waiting_or_running_request() -> None:
+    s = Scheduler(n_slots=1, queue_limit=2, n_batch=16, n_ctx_slot=128)
+    s.add(req("a"))
+    s.add(req("b"))
+    run_step(s)
+    assert s.cancel("b") is not None and not s.waiting
+    seq = s.cancel("a")
+    assert seq is not None and seq.slot == 0
+    assert s.n_busy == 0 and s.slots[0].tokens == [], "a cancelled slot keeps nothing cached"
+    assert s.cancel("a") is None
+    assert not s.has_work()
+
+
+def test_slot_limit_throttles_admission_without_preempting() -> None:
+    s = Scheduler(n_slots=4, queue_limit=4, n_batch=64, n_ctx_slot=128)
+    for r in "abc":
+        s.add(req(r, base=ord(r) * 10))
+    run_step(s)
+    assert s.n_busy == 3
+    s.set_slot_limit(1)
+    s.add(req("d"))
+    run_step(s)
+    assert s.n_busy == 3 and [w.request_id for w in s.waiting] == ["d"], "running ones finish, new ones wait"
+    for seq in list(s.running):
+        s.finish(seq)
+    run_step(s)
+    assert s.n_busy == 1
+
+
+def test_prefix_cache_reuses_the_slot_with_the_longest_common_prefix() -> None:
+    s = Scheduler(n_slots=2, queue_limit=2, n_batch=64, n_ctx_slot=128)
+    s.add(req("sys-a", n_prompt=10, base=0))
+    s.add(req("other", n_prompt=10, base=1000))
+    run_step(s)
+    for seq in list(s.running):
+        s.finish(seq)
+    s.add(GenerationRequest("sys-b", [*range(8), 42, 43], SamplingParams(), lambda e: None))
+    plan = s.schedule(1.0)
+    (adm,) = plan.admissions
+    assert adm.keep == 8 and adm.slot == 0
+    assert plan.items[0].tokens == [42, 43] and plan.items[0].start_pos == 8
+
+
+def test_prefix_cache_is_keyed_by_adapter_and_always_leaves_a_token_to_decode() -> None:
+    s = Scheduler(n_slots=1, queue_limit=2, n_batch=64, n_ctx_slot=128)
+    s.add(req("a", n_prompt=6, base=0))
+    run_step(s)
+    s.finish(s.running[0])
+    s.add(req("same", n_prompt=6, base=0))
+    (adm,) = s.schedule(0.0).admissions
+    assert adm.keep == 5, "an identical prompt still decodes its last token for logits"
+    s.finish(s.running[0])
+    s.add(req("lora", n_prompt=6, base=0, adapter="alarm"))
+    (adm,) = s.schedule(0.0).admissions
+    assert adm.keep == 0, "KV computed without the adapter is not reused with it"
+
+
+def test_n_batch_must_cover_one_token_per_slot() -> None:
+    with pytest.raises(ValueError, match="n_batch"):
+        Scheduler(n_slots=8, queue_limit=0, n_batch=4, n_ctx_slot=128)

@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from edgefleet.node.errors import ProfileError
+from edgefleet.node.profiles import builtin_profiles, detect_profile_name, load_profile_file, resolve_profile
+
+from tests.conftest import write_profile
+
+REQUIRED = {"rpi4-4gb", "rpi5-8gb", "jetson-orin-nano-8gb", "jetson-agx-orin-64gb", "x86-dev"}
+
+
+def test_every_shipped_profile_validates() -> None:
+    names = builtin_profiles()
+    assert set(names) >= REQUIRED
+    for name, path in names.items():
+        p = load_profile_file(path)
+        assert p.name == name, f"{path} declares name {p.name}"
+        assert p.thermal.shed_c > p.thermal.throttle_c
+
+
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        (b"Raspberry Pi 4 Model B Rev 1.4\x00", "rpi4-4gb"),
+        (b"Raspberry Pi 5 Model B Rev 1.0\x00", "rpi5-8gb"),
+        (b"NVIDIA Jetson Orin Nano Developer Kit\x00", "jetson-orin-nano-8gb"),
+        (b"Jetson AGX Orin\x00", "jetson-agx-orin-64gb"),
+        (b"Some other board\x00", "x86-dev"),
+    ],
+)
+def test_auto_detect_from_the_device_tree(tmp_path: Path, model: bytes, expected: str) -> None:
+    dt = tmp_path / "model"
+    dt.write_bytes(model)
+    assert detect_profile_name(dt) == expected
+    assert resolve_profile(None, dt).name == expected
+
+
+def test_no_device_tree_means_x86_dev(tmp_path: Path) -> None:
+    assert detect_profile_name(tmp_path / "missing") == "x86-dev"
+
+
+def test_errors_name_the_file_and_the_field(tmp_path: Path) -> None:
+    bad = write_profile(tmp_path / "bad.toml", name="bad", n_batch="lots")
+    with pytest.raises(ProfileError, match=r"bad\.toml.*context\.n_batch"):
+        load_profile_file(bad)
+    hot = write_profile(tmp_path / "hot.toml", name="hot", shed_c=60.0, throttle_c=70.0)
+    with pytest.raises(ProfileError, match="shed_c"):
+        load_profile_file(hot)
+    extra = tmp_path / "extra.toml"
+    extra.write_text((tmp_path / "hot.toml").read_text().replace("[memory]", "[memory]\nbudget_gb = 3"))
+    with pytest.raises(ProfileError, match=r"memory\.budget_gb"):
+        load_profile_file(extra)
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[device\nname=")
+    with pytest.raises(ProfileError, match="not valid TOML"):
+        load_profile_file(broken)
+
+
+def test_unknown_profile_name_lists_the_shipped_ones() -> None:
+    with pytest.raises(ProfileError, match="x86-dev"):
+        resolve_profile("toaster-9000")
