@@ -897,11 +897,12 @@ def worker_inprocess(spec_path: Path, out_path: Path) -> int:
     return 0
 
 
-def bench_inprocess(ctx: BenchContext) -> dict[str, Any]:
+def _inprocess_attempt(ctx: BenchContext, attempt: int) -> dict[str, Any]:
+    """One run of the in-process worker over every level (prompt set `attempt`)."""
     spec = {
         "model": str(ctx.model), "max_tokens": ctx.args.max_tokens, "flash_attn": ctx.args.flash_attn == "on",
         "warm": asdict(ctx.warm_prompt),
-        "levels": [{"plan": [[asdict(p) for p in row] for row in ctx.plans[n]]} for n in ctx.levels],
+        "levels": [{"plan": [[asdict(p) for p in row] for row in ctx.plans[n][attempt]]} for n in ctx.levels],
     }
     log_path = LOG_DIR / "inprocess.log"
     with tempfile.TemporaryDirectory(prefix="edgefleet-bench-") as tmp_s:
@@ -909,10 +910,11 @@ def bench_inprocess(ctx: BenchContext) -> dict[str, Any]:
         spec_path.write_text(json.dumps(spec))
         cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "inprocess",
                "--worker-spec", str(spec_path), "--worker-out", str(out_path)]
-        total_tokens = sum(n * ctx.args.rounds for n in ctx.levels) * ctx.args.max_tokens
-        timeout = 120 + total_tokens / 5.0  # generous: 5 tokens/s
+        total_tokens = sum(len(ctx.plans[n][attempt]) * len(ctx.plans[n][attempt][0]) for n in ctx.levels)
+        timeout = 120 + total_tokens * ctx.args.max_tokens / 5.0  # generous: 5 tokens/s
         proc = None
         monitor = None
+        rc = None
         with log_path.open("w") as log:
             try:
                 proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -947,7 +949,24 @@ def bench_inprocess(ctx: BenchContext) -> dict[str, Any]:
     if cpu_use["foreign_share"] >= 0.02:
         print(f"  {cpu_use['foreign_share']:.0%} CPU used by OTHER processes during the worker run", flush=True)
     return {"command": cmd, "peak_rss_bytes": monitor.peak if monitor else None, "levels": levels,
+            "foreign_share": cpu_use["foreign_share"], "prompt_set": attempt,
             "note": "one context; requests run back to back on one thread; TTFT includes the FIFO wait"}
+
+
+def bench_inprocess(ctx: BenchContext) -> dict[str, Any]:
+    best: dict[str, Any] | None = None
+    for attempt in range(1 + ctx.args.load_retries):
+        if attempt:
+            print(f"  re-measuring (other processes were busy), fresh prompt set {attempt}", flush=True)
+            wait_quiet(ctx.args.quiet_wait, what=" again")
+        res = _inprocess_attempt(ctx, attempt)
+        if best is None or res["foreign_share"] < best["foreign_share"]:
+            best = res
+        if res["foreign_share"] < FOREIGN_SHARE_WARN:
+            break
+    assert best is not None
+    best["attempts"] = attempt + 1
+    return best
 
 
 # ---------------------------------------------------------------------------------------
@@ -958,7 +977,7 @@ class BenchContext:
     args: argparse.Namespace
     model: Path
     levels: list[int]
-    plans: dict[int, list[list[Prompt]]]
+    plans: dict[int, list[list[list[Prompt]]]]  # plans[level][prompt set][client][round]
     warm_prompt: Prompt
     count_tokens: Callable[[str], int]
 
@@ -970,15 +989,28 @@ class BenchContext:
             warm.close()
         out = {}
         for n in self.levels:
-            time.sleep(0.3)
-            wait_quiet(self.args.quiet_wait / 4, what=f" before c={n}")
-            recs, cpu = run_level(make_client, self.plans[n], self.args.max_tokens, [pid])
-            res = summarize(n, recs)
-            res.cpu = cpu
-            out[str(n)] = asdict(res)
-            busy = f", {cpu['foreign_share']:.0%} CPU used by OTHER processes" if cpu["foreign_share"] >= 0.02 else ""
-            print(f"  c={n}: {res.tokens_per_s:7.1f} tok/s, TTFT {res.ttft_ms_mean:7.1f} ms "
-                  f"({res.requests} requests, {res.completion_tokens} tokens, {res.wall_s:.2f} s{busy})", flush=True)
+            best: LevelResult | None = None
+            for attempt in range(1 + self.args.load_retries):
+                time.sleep(0.3)
+                wait_quiet(self.args.quiet_wait / 4, what=f" before c={n}")
+                # A re-measurement gets a fresh prompt set: a prompt the server has seen would
+                # be served from its prefix cache.
+                recs, cpu = run_level(make_client, self.plans[n][attempt], self.args.max_tokens, [pid])
+                res = summarize(n, recs)
+                res.cpu = {**cpu, "attempt": attempt}
+                busy = (f", {cpu['foreign_share']:.0%} CPU used by OTHER processes"
+                        if cpu["foreign_share"] >= 0.02 else "")
+                print(f"  c={n}: {res.tokens_per_s:7.1f} tok/s, TTFT {res.ttft_ms_mean:7.1f} ms "
+                      f"({res.requests} requests, {res.completion_tokens} tokens, {res.wall_s:.2f} s{busy})",
+                      flush=True)
+                if best is None or cpu["foreign_share"] < best.cpu["foreign_share"]:
+                    best = res
+                if cpu["foreign_share"] < FOREIGN_SHARE_WARN:
+                    break
+                if attempt < self.args.load_retries:
+                    print(f"  re-measuring c={n}: other processes used the CPUs", flush=True)
+            assert best is not None
+            out[str(n)] = asdict(best)
         return out
 
 
@@ -987,6 +1019,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--concurrency", default="1,2,4,8", help="concurrency levels, comma separated (default 1,2,4,8)")
     p.add_argument("--max-tokens", type=int, default=64, help="completion tokens per request (default 64)")
     p.add_argument("--rounds", type=int, default=2, help="requests per client per level (default 2)")
+    p.add_argument("--min-requests", type=int, default=8,
+                   help="at least this many requests per level: low levels get more rounds (default 8)")
+    p.add_argument("--load-retries", type=int, default=2,
+                   help="re-measure a level (in-process: the whole run) up to this many times when other "
+                        "processes used over 10%% of the CPUs meanwhile (default 2)")
     p.add_argument("--only", default=",".join(BACKENDS), help=f"backends to run (default all: {','.join(BACKENDS)})")
     p.add_argument("--out", default=str(BENCH_DIR / "results"), help="results folder (default bench/results)")
     p.add_argument("--flash-attn", choices=["on", "off"], default="on",
@@ -1067,24 +1104,28 @@ def report(results: dict[str, Any], levels: list[int], facts: ModelFacts, max_to
     print("\n=== ratios (tokens/s) ===")
     checks: list[dict[str, Any]] = []
 
-    def ratio(name: str, a: float | None, b: float | None, target: float) -> None:
+    def ratio(name: str, a: float | None, b: float | None, target: float, loaded_pair: bool = False) -> None:
         if a is None or b is None or b <= 0:
             print(f"{name:46} n/a")
             checks.append({"check": name, "ratio": None, "target": target, "result": "n/a"})
             return
         r = a / b
         verdict = "PASS" if r >= target else "FAIL"
-        print(f"{name:46} {r:5.2f}x  (target >= {target:.2f}x)  {verdict}   [{a:.1f} vs {b:.1f} tok/s]")
+        note = "   (* measured under load from other processes: suspect)" if loaded_pair else ""
+        print(f"{name:46} {r:5.2f}x  (target >= {target:.2f}x)  {verdict}   [{a:.1f} vs {b:.1f} tok/s]{note}")
         checks.append({"check": name, "ratio": round(r, 3), "target": target, "result": verdict,
-                       "node_tps": a, "other_tps": b})
+                       "node_tps": a, "other_tps": b, "under_load": loaded_pair})
+
+    def loaded(other: str, n: int) -> bool:
+        return max(_foreign(results, "node", n), _foreign(results, other, n)) >= FOREIGN_SHARE_WARN
 
     ratio("node c=1 / in-process c=1", tps(results, "node", 1), tps(results, "inprocess", 1),
-          TARGET_NODE_VS_INPROCESS_C1)
+          TARGET_NODE_VS_INPROCESS_C1, loaded("inprocess", 1))
     for n in (4, 8):
         ratio(f"node c={n} / llama-server c={n}", tps(results, "node", n), tps(results, "llama-server", n),
-              TARGET_NODE_VS_LLAMA_SERVER)
+              TARGET_NODE_VS_LLAMA_SERVER, loaded("llama-server", n))
     ratio("node c=4 / llama_cpp.server c=4", tps(results, "node", 4), tps(results, "llama_cpp.server", 4),
-          TARGET_NODE_VS_LLAMA_CPP_SERVER_C4)
+          TARGET_NODE_VS_LLAMA_CPP_SERVER_C4, loaded("llama_cpp.server", 4))
     for other in ("inprocess", "llama_cpp.server", "llama-server"):
         parts = []
         for n in levels:
@@ -1197,19 +1238,23 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(only) - set(BACKENDS)
     if unknown:
         raise SystemExit(f"unknown backend(s) {', '.join(sorted(unknown))}; choose from {', '.join(BACKENDS)}")
-    if args.max_tokens < 1 or args.rounds < 1:
-        raise SystemExit("--max-tokens and --rounds must be at least 1")
+    if args.max_tokens < 1 or args.rounds < 1 or args.min_requests < 1 or args.load_retries < 0:
+        raise SystemExit("--max-tokens, --rounds and --min-requests must be at least 1, --load-retries at least 0")
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     LOG_DIR.mkdir(parents=True, exist_ok=True)
 
     model = model_path()
-    n_prompts = 1 + sum(n * args.rounds for n in levels)
+    rounds = {n: max(args.rounds, -(-args.min_requests // n)) for n in levels}
+    n_sets = 1 + max(0, args.load_retries)
+    n_prompts = 1 + n_sets * sum(n * rounds[n] for n in levels)
     prompts, facts = render_prompts(model, [sensor_prompt(i) for i in range(n_prompts)])
-    plans, offset = {}, 1
-    for n in levels:
-        plans[n] = plan_level(prompts, n, args.rounds, offset)
-        offset += n * args.rounds
+    plans: dict[int, list[list[list[Prompt]]]] = {n: [] for n in levels}
+    offset = 1
+    for _ in range(n_sets):  # set 0 is measured; the others are for re-measurements
+        for n in levels:
+            plans[n].append(plan_level(prompts, n, rounds[n], offset))
+            offset += n * rounds[n]
 
     import llama_cpp
 
@@ -1224,8 +1269,8 @@ def main(argv: list[str] | None = None) -> int:
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     print(f"model {model.name} ({fmt_mib(facts.size_bytes)}), llama-cpp-python {environment()['llama_cpp_python']}, "
           f"{os.cpu_count()} CPUs")
-    print(f"levels {levels}, {args.rounds} request(s) per client per level, max_tokens {args.max_tokens}, "
-          f"temperature {TEMPERATURE}, {n_prompts} distinct prompts "
+    print(f"levels {levels}, requests per client per level {rounds} (--rounds {args.rounds}, --min-requests "
+          f"{args.min_requests}), max_tokens {args.max_tokens}, temperature {TEMPERATURE}, {n_prompts} distinct prompts "
           f"({min(p.n_tokens for p in prompts)}-{max(p.n_tokens for p in prompts)} tokens)")
 
     runners = {"node": bench_node, "inprocess": bench_inprocess, "llama_cpp.server": bench_llama_cpp_server,
@@ -1257,7 +1302,8 @@ def main(argv: list[str] | None = None) -> int:
         "timestamp": stamp,
         "duration_s": round(time.perf_counter() - t_run, 1),
         "config": {
-            "levels": levels, "rounds": args.rounds, "max_tokens": args.max_tokens, "temperature": TEMPERATURE,
+            "levels": levels, "rounds": args.rounds, "min_requests": args.min_requests,
+            "rounds_per_level": {str(n): r for n, r in rounds.items()}, "load_retries": args.load_retries, "max_tokens": args.max_tokens, "temperature": TEMPERATURE,
             "top_p": TOP_P, "top_k": TOP_K, "seed": SEED, "repeat_penalty": REPEAT_PENALTY,
             "flash_attn": args.flash_attn, "llama_server_ignore_eos": not args.no_ignore_eos,
             "slots": SLOTS, "n_ctx_per_slot": N_CTX_SLOT, "n_batch": N_BATCH, "threads": THREADS,
@@ -1275,7 +1321,7 @@ def main(argv: list[str] | None = None) -> int:
     png = out_dir / "throughput.png"
     try:
         plot(results, levels, png, f"{model.name}, {os.cpu_count()} CPUs, max_tokens {args.max_tokens}, "
-                                   f"{args.rounds} rounds, {stamp}")
+                                   f">= {args.min_requests} requests/level, {stamp}")
     except Exception as e:  # the figures are already written
         print(f"plot failed: {e}")
     print(f"\nwrote {stamped}, {out_dir / 'latest.json'} and {png}  (run took {doc['duration_s']:.0f} s)")

@@ -109,7 +109,10 @@ def _node_info(stub: pb_grpc.InferenceStub, args: argparse.Namespace, out: TextI
             else "no thermal zone",
         ),
         ("adapters", ", ".join(f"{a.name}@{a.version}" for a in info.adapters) or "none"),
-        ("versions", ", ".join(f"{k} {v}" for k, v in MessageToDict(info.versions).items())),
+        (
+            "versions",
+            ", ".join(f"{k} {v}" for k, v in MessageToDict(info.versions, preserving_proto_field_name=True).items()),
+        ),
     ]
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
