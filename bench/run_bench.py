@@ -161,15 +161,35 @@ class ModelFacts:
     kv_bytes_per_token: int
 
 
+@contextlib.contextmanager
+def quiet_stderr() -> Iterator[None]:
+    """Silence fd 2 (llama.cpp prints context warnings straight to it) for a moment."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def vocab_model(path: Path) -> Any:
+    import llama_cpp
+
+    with quiet_stderr():
+        return llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+
+
 def render_prompts(path: Path, users: list[str]) -> tuple[list[Prompt], ModelFacts]:
     """Render messages exactly as the node does (the GGUF's chat template, Jinja2ChatFormatter).
 
     Uses a vocab-only llama.cpp model: no weights, no context, nothing decoded here.
     """
-    import llama_cpp
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-    llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+    llm = vocab_model(path)
     try:
         meta = llm.metadata
         template = meta.get("tokenizer.chat_template")
@@ -216,6 +236,7 @@ class RequestRecord:
     server_ttft_ms: float | None = None
     tokens_exact: bool = True  # False: counted from the stream (the backend reports no usage)
     retries: int = 0  # HTTP keep-alive races: the server closed the idle connection before reading
+    expected_prompt_tokens: int = 0  # the rendered prompt's tokens, as the bench counts them
 
     @property
     def ttft_ms(self) -> float:
@@ -520,6 +541,7 @@ class NodeClient(Client):
         return RequestRecord(
             client, rnd, int(u.prompt_tokens), int(u.completion_tokens), finish,
             t_send - t0, (t_first or t_end) - t0, t_end - t0, server_ttft_ms=round(u.time_to_first_token_ms, 1),
+            expected_prompt_tokens=prompt.n_tokens,
         )
 
     def close(self) -> None:
@@ -718,7 +740,8 @@ class OpenAICompletionsClient(Client):
         else:  # stopped at EOS: the tokens of the text, plus the EOS token (as the node counts it)
             n, exact = self.count_tokens("".join(text)) + 1, False
         return RequestRecord(client, rnd, prompt.n_tokens, n, finish or "?", t_send - t0,
-                             (t_first or t_end) - t0, t_end - t0, tokens_exact=exact, retries=retries)
+                             (t_first or t_end) - t0, t_end - t0, tokens_exact=exact, retries=retries,
+                             expected_prompt_tokens=prompt.n_tokens)
 
     def close(self) -> None:
         self.http.close()
@@ -760,7 +783,8 @@ class LlamaServerClient(Client):
         finish = {"limit": "length", "eos": "stop", "word": "stop"}.get(stop_type, stop_type)
         prompt_n = int(final.get("tokens_evaluated") or prompt.n_tokens)
         return RequestRecord(client, rnd, prompt_n, n, finish, t_send - t0, (t_first or t_end) - t0,
-                             t_end - t0, server_ttft_ms=timings.get("prompt_ms"), retries=retries)
+                             t_end - t0, server_ttft_ms=timings.get("prompt_ms"), retries=retries,
+                             expected_prompt_tokens=prompt.n_tokens)
 
     def close(self) -> None:
         self.http.close()
@@ -800,7 +824,8 @@ def bench_http_server(
             levels = ctx.run_threaded(name, make_client, proc.pid)
             monitor.stop()
             hwm = monitor.vm_hwm()
-            return {"command": cmd, "start_s": round(t_ready - t_start, 3), "peak_rss_bytes": max(monitor.peak, hwm or 0),
+            return {"command": cmd, "start_s": round(t_ready - t_start, 3),
+                    "peak_rss_bytes": max(monitor.peak, hwm or 0),
                     "levels": levels}
         except RuntimeError as e:
             raise RuntimeError(f"{e}\n--- {name} log ---\n{log_tail(log_path)}") from e
@@ -853,7 +878,9 @@ def worker_inprocess(spec_path: Path, out_path: Path) -> int:
     def one(prompt: dict[str, Any]) -> tuple[float, float, float, int, str, bool]:
         t_start = time.perf_counter()
         t_first = 0.0
-        pieces, finish = [], None
+        pieces: list[str] = []
+        finish = None
+        chunk: Any
         for chunk in llm.create_completion(
             prompt["rendered"], max_tokens=max_tokens, temperature=TEMPERATURE, top_p=TOP_P, top_k=TOP_K,
             seed=SEED, repeat_penalty=REPEAT_PENALTY, stream=True,
@@ -889,7 +916,7 @@ def worker_inprocess(spec_path: Path, out_path: Path) -> int:
                 records.append({
                     "client": c, "round": r, "prompt_tokens": p["n_tokens"], "completion_tokens": toks,
                     "finish": finish, "t_send": sent - t0, "t_first": t_first - t0, "t_end": t_end - t0,
-                    "tokens_exact": exact, "t_start": t_start - t0,
+                    "tokens_exact": exact, "t_start": t_start - t0, "expected_prompt_tokens": p["n_tokens"],
                 })
         levels.append({"concurrency": n, "records": records})
     out_path.write_text(json.dumps({"levels": levels}))
@@ -1015,7 +1042,9 @@ class BenchContext:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=(__doc__ or "").split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--concurrency", default="1,2,4,8", help="concurrency levels, comma separated (default 1,2,4,8)")
     p.add_argument("--max-tokens", type=int, default=64, help="completion tokens per request (default 64)")
     p.add_argument("--rounds", type=int, default=2, help="requests per client per level (default 2)")
@@ -1070,7 +1099,9 @@ def report(results: dict[str, Any], levels: list[int], facts: ModelFacts, max_to
             if v is not None and _foreign(results, b, n) >= FOREIGN_SHARE_WARN:
                 cell += "*"
             row += f"{cell:>11}"
-        print(row + ("" if "levels" in results[b] else f"   ({results[b].get('skipped') or results[b].get('error', '')[:60]})"))
+        if "levels" not in results[b]:
+            row += f"   ({results[b].get('skipped') or results[b].get('error', '')[:60]})"
+        print(row)
     loaded = [f"{LABELS[b]} c={n} ({_foreign(results, b, n):.0%})" for b in names for n in levels
               if tps(results, b, n) is not None and _foreign(results, b, n) >= FOREIGN_SHARE_WARN]
     if loaded:
@@ -1101,6 +1132,19 @@ def report(results: dict[str, Any], levels: list[int], facts: ModelFacts, max_to
         if short:
             print(f"{'':{w}}note: some requests stopped at EOS before {max_tokens} tokens")
 
+    mismatched = []
+    for b in names:
+        for lv in (results[b].get("levels") or {}).values():
+            bad = [r for r in lv["records"]
+                   if r["expected_prompt_tokens"] and r["prompt_tokens"] != r["expected_prompt_tokens"]]
+            if bad:
+                mismatched.append(f"{LABELS[b]} c={lv['concurrency']}: {len(bad)} request(s), e.g. "
+                                  f"{bad[0]['prompt_tokens']} vs {bad[0]['expected_prompt_tokens']} tokens")
+    if mismatched:
+        print("WARNING: prompt token counts differ from the rendered prompts: " + "; ".join(mismatched))
+    else:
+        print("prompt tokens: every backend that reports them saw the same token counts as rendered")
+
     print("\n=== ratios (tokens/s) ===")
     checks: list[dict[str, Any]] = []
 
@@ -1116,21 +1160,21 @@ def report(results: dict[str, Any], levels: list[int], facts: ModelFacts, max_to
         checks.append({"check": name, "ratio": round(r, 3), "target": target, "result": verdict,
                        "node_tps": a, "other_tps": b, "under_load": loaded_pair})
 
-    def loaded(other: str, n: int) -> bool:
+    def under_load(other: str, n: int) -> bool:
         return max(_foreign(results, "node", n), _foreign(results, other, n)) >= FOREIGN_SHARE_WARN
 
     ratio("node c=1 / in-process c=1", tps(results, "node", 1), tps(results, "inprocess", 1),
-          TARGET_NODE_VS_INPROCESS_C1, loaded("inprocess", 1))
+          TARGET_NODE_VS_INPROCESS_C1, under_load("inprocess", 1))
     for n in (4, 8):
         ratio(f"node c={n} / llama-server c={n}", tps(results, "node", n), tps(results, "llama-server", n),
-              TARGET_NODE_VS_LLAMA_SERVER, loaded("llama-server", n))
+              TARGET_NODE_VS_LLAMA_SERVER, under_load("llama-server", n))
     ratio("node c=4 / llama_cpp.server c=4", tps(results, "node", 4), tps(results, "llama_cpp.server", 4),
-          TARGET_NODE_VS_LLAMA_CPP_SERVER_C4, loaded("llama_cpp.server", 4))
+          TARGET_NODE_VS_LLAMA_CPP_SERVER_C4, under_load("llama_cpp.server", 4))
     for other in ("inprocess", "llama_cpp.server", "llama-server"):
         parts = []
         for n in levels:
-            a, b = tps(results, "node", n), tps(results, other, n)
-            parts.append(f"c={n}: {'n/a' if a is None or b is None or not b else f'{a / b:.2f}x'}")
+            mine, theirs = tps(results, "node", n), tps(results, other, n)
+            parts.append(f"c={n}: " + ("n/a" if mine is None or not theirs else f"{mine / theirs:.2f}x"))
         print(f"  (node / {other}: " + ", ".join(parts) + ")")
 
     print("\n=== node start-up and memory ===")
@@ -1140,9 +1184,11 @@ def report(results: dict[str, Any], levels: list[int], facts: ModelFacts, max_to
         print(f"{'node cold start (Popen -> SERVING)':46} n/a")
         checks.append({"check": "node cold start", "value_s": None, "target_s": TARGET_COLD_START_S, "result": "n/a"})
     else:
-        v = "PASS" if cold <= TARGET_COLD_START_S else "FAIL"
-        print(f"{'node cold start (Popen -> SERVING)':46} {cold:.3f} s  (target <= {TARGET_COLD_START_S:.1f} s)  {v}")
-        checks.append({"check": "node cold start", "value_s": cold, "target_s": TARGET_COLD_START_S, "result": v})
+        verdict = "PASS" if cold <= TARGET_COLD_START_S else "FAIL"
+        print(f"{'node cold start (Popen -> SERVING)':46} {cold:.3f} s  (target <= {TARGET_COLD_START_S:.1f} s)  "
+              f"{verdict}")
+        checks.append({"check": "node cold start", "value_s": cold, "target_s": TARGET_COLD_START_S,
+                       "result": verdict})
     kv = facts.kv_bytes_per_token * N_CTX_SLOT * SLOTS
     bound = facts.size_bytes + kv + OVERHEAD_BYTES
     peak = node.get("peak_rss_bytes")
@@ -1150,10 +1196,10 @@ def report(results: dict[str, Any], levels: list[int], facts: ModelFacts, max_to
           f"({facts.kv_bytes_per_token} B/token x {N_CTX_SLOT} x {SLOTS} slots) + {fmt_mib(OVERHEAD_BYTES)} "
           f"= {fmt_mib(bound)}")
     if peak:
-        v = "PASS" if peak <= bound else "FAIL"
-        print(f"{'node peak RSS':46} {fmt_mib(peak)}  (bound {fmt_mib(bound)})  {v}   "
+        verdict = "PASS" if peak <= bound else "FAIL"
+        print(f"{'node peak RSS':46} {fmt_mib(peak)}  (bound {fmt_mib(bound)})  {verdict}   "
               f"[VmHWM {fmt_mib(node.get('vm_hwm_bytes'))}, polled {fmt_mib(node.get('peak_rss_polled_bytes'))}]")
-        checks.append({"check": "node peak RSS", "value_bytes": peak, "bound_bytes": bound, "result": v})
+        checks.append({"check": "node peak RSS", "value_bytes": peak, "bound_bytes": bound, "result": verdict})
         info = node.get("node_info") or {}
         if info:
             print(f"  GetNodeInfo: rss {fmt_mib(float(info.get('rss_bytes', 0)))}, memory_estimate "
@@ -1256,9 +1302,7 @@ def main(argv: list[str] | None = None) -> int:
             plans[n].append(plan_level(prompts, n, rounds[n], offset))
             offset += n * rounds[n]
 
-    import llama_cpp
-
-    vocab = llama_cpp.Llama(model_path=str(model), vocab_only=True, verbose=False)
+    vocab = vocab_model(model)
     vocab_lock = threading.Lock()
 
     def count_tokens(text: str) -> int:
@@ -1270,7 +1314,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model {model.name} ({fmt_mib(facts.size_bytes)}), llama-cpp-python {environment()['llama_cpp_python']}, "
           f"{os.cpu_count()} CPUs")
     print(f"levels {levels}, requests per client per level {rounds} (--rounds {args.rounds}, --min-requests "
-          f"{args.min_requests}), max_tokens {args.max_tokens}, temperature {TEMPERATURE}, {n_prompts} distinct prompts "
+          f"{args.min_requests}), max_tokens {args.max_tokens}, temperature {TEMPERATURE}, "
+          f"{n_prompts} distinct prompts "
           f"({min(p.n_tokens for p in prompts)}-{max(p.n_tokens for p in prompts)} tokens)")
 
     runners = {"node": bench_node, "inprocess": bench_inprocess, "llama_cpp.server": bench_llama_cpp_server,
@@ -1303,7 +1348,8 @@ def main(argv: list[str] | None = None) -> int:
         "duration_s": round(time.perf_counter() - t_run, 1),
         "config": {
             "levels": levels, "rounds": args.rounds, "min_requests": args.min_requests,
-            "rounds_per_level": {str(n): r for n, r in rounds.items()}, "load_retries": args.load_retries, "max_tokens": args.max_tokens, "temperature": TEMPERATURE,
+            "rounds_per_level": {str(n): r for n, r in rounds.items()}, "load_retries": args.load_retries,
+            "max_tokens": args.max_tokens, "temperature": TEMPERATURE,
             "top_p": TOP_P, "top_k": TOP_K, "seed": SEED, "repeat_penalty": REPEAT_PENALTY,
             "flash_attn": args.flash_attn, "llama_server_ignore_eos": not args.no_ignore_eos,
             "slots": SLOTS, "n_ctx_per_slot": N_CTX_SLOT, "n_batch": N_BATCH, "threads": THREADS,

@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import TextIO
 
 import grpc
+from google.protobuf.json_format import MessageToDict
+
 from edgefleet.fleet.settings import FleetSettings
 from edgefleet.proto.v1 import inference_pb2 as pb
 from edgefleet.proto.v1 import inference_pb2_grpc as pb_grpc
-from google.protobuf.json_format import MessageToDict
 
 
 class CliError(Exception):

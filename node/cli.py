@@ -9,10 +9,11 @@ import logging
 import signal
 import sys
 
+from pydantic import ValidationError
+
 from edgefleet.node.errors import EdgefleetError
 from edgefleet.node.logs import configure_logging
 from edgefleet.node.settings import NodeSettings
-from pydantic import ValidationError
 
 log = logging.getLogger("edgefleet.node")
 

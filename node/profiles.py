@@ -13,8 +13,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated
 
-from edgefleet.node.errors import ProfileError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from edgefleet.node.errors import ProfileError
 
 DEFAULT_PROFILE = "x86-dev"
 DEVICE_TREE_MODEL = Path("/proc/device-tree/model")

@@ -6,6 +6,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgefleet.node.control.agent import ControlAgent
+from edgefleet.node.control.desired_store import DesiredStateStore, open_node_db
 from edgefleet.node.engine.engine import Engine, EngineConfig
 from edgefleet.node.engine.llama_backend import LoadedModel
 from edgefleet.node.errors import OverBudget
@@ -23,8 +25,15 @@ class Node:
     service: NodeService
     engine: Engine
     model: LoadedModel
+    agent: ControlAgent | None = None
+
+    def start_control_plane(self) -> None:
+        if self.agent is not None:
+            self.agent.start()
 
     def close(self) -> None:
+        if self.agent is not None:
+            self.agent.stop()  # `offline` before the engine goes away
         self.engine.stop()
         self.model.close()
 
@@ -90,4 +99,8 @@ def build_node(settings: NodeSettings) -> Node:
     thermal = ThermalGovernor(profile.thermal, zone)
     service = NodeService(settings, profile, model_file, model, engine, thermal, memory)
     service.apply_thermal(thermal.poll())
-    return Node(service, engine, model)
+    agent = None
+    if settings.mqtt_url:
+        store = DesiredStateStore(open_node_db(settings.data_dir / "node.db"))
+        agent = ControlAgent(settings, service, store)
+    return Node(service, engine, model, agent)

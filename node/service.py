@@ -13,6 +13,9 @@ from typing import Any
 
 import jsonschema
 import psutil
+from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+from llama_cpp.llama_grammar import json_schema_to_gbnf
+
 from edgefleet.node.engine.engine import Engine
 from edgefleet.node.engine.llama_backend import LoadedModel
 from edgefleet.node.engine.types import EventSink, GenerationRequest, SamplingParams
@@ -21,8 +24,7 @@ from edgefleet.node.model_catalog import ModelFile
 from edgefleet.node.profiles import FirmwareProfile
 from edgefleet.node.settings import NodeSettings
 from edgefleet.node.thermal import ThermalGovernor, ThermalState
-from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-from llama_cpp.llama_grammar import json_schema_to_gbnf
+from edgefleet.proto.templates import CompiledTemplate, TemplateError
 
 ROLES = frozenset({"system", "user", "assistant", "tool"})
 MAX_STOP_CHARS = 64
@@ -50,6 +52,8 @@ class GenerateInput:
     json_schema: str = ""
     adapter: str = ""
     adapter_scale: float | None = None
+    template: str = ""
+    variables: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,8 @@ class NodeService:
         self.thermal = thermal
         self.memory = memory
         self.draining = False
+        self.templates: dict[str, CompiledTemplate] = {}  # swapped whole by the control agent
+        self.groups = list(dict.fromkeys([profile.name, *settings.groups]))
         meta = model.meta
         self._chat = (
             Jinja2ChatFormatter(meta.chat_template, eos_token=meta.eos_text, bos_token=meta.bos_text)
@@ -167,7 +173,28 @@ class NodeService:
         except Exception as e:  # the converter raises plain exceptions for what it cannot express
             raise InvalidRequest(f"json_schema cannot be turned into a grammar: {e}") from e
 
+    def _from_template(self, inp: GenerateInput) -> list[ChatTurn]:
+        if inp.prompt or inp.messages:
+            raise InvalidRequest("give a template or prompt or messages, not several")
+        compiled = self.templates.get(inp.template)
+        if compiled is None:
+            known = ", ".join(sorted(self.templates)) or "none"
+            raise NotFound(f"template {inp.template!r} is not on this node (templates: {known})")
+        try:
+            system, user = compiled.render(inp.variables)
+        except TemplateError as e:
+            raise InvalidRequest(str(e)) from e
+        return [*([ChatTurn("system", system)] if system else []), ChatTurn("user", user)]
+
     def _prompt_tokens(self, inp: GenerateInput) -> list[int]:
+        if inp.template:
+            rendered_turns = self._from_template(inp)
+            if self._chat is None:  # a base model: system prompt and text as one raw prompt
+                text = "\n\n".join(t.content for t in rendered_turns)
+                return self.model.tokenize(text, add_special=True, parse_special=False)
+            inp = GenerateInput(messages=tuple(rendered_turns))
+        elif inp.variables:
+            raise InvalidRequest("variables are only for a template; name the template")
         if inp.prompt and inp.messages:
             raise InvalidRequest("give either prompt or messages, not both")
         if inp.prompt:

@@ -6,8 +6,10 @@ import socket
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from edgefleet.proto.topics import check_name
 
 
 def _default_data_dir() -> Path:
@@ -66,9 +68,51 @@ class NodeSettings(BaseSettings):
     prefix_cache: bool = Field(
         default=True, description="Reuse a slot's KV cells for a shared prompt prefix (EDGEFLEET_PREFIX_CACHE)"
     )
+    mqtt_url: str | None = Field(
+        default=None,
+        description="Site broker, e.g. mqtt://127.0.0.1:1883; empty: no control plane (EDGEFLEET_MQTT_URL)",
+    )
+    mqtt_username: str | None = Field(default=None, description="Broker user name (EDGEFLEET_MQTT_USERNAME)")
+    mqtt_password: str | None = Field(default=None, description="Broker password (EDGEFLEET_MQTT_PASSWORD)")
+    mqtt_ca_file: str | None = Field(
+        default=None, description="CA file for mqtts:// brokers; empty: system CAs (EDGEFLEET_MQTT_CA_FILE)"
+    )
+    site: str = Field(default="default", description="Site this node belongs to (EDGEFLEET_SITE)")
+    topic_root: str = Field(
+        default="edgefleet/{site}/", description="Root of every MQTT topic; {site} is replaced (EDGEFLEET_TOPIC_ROOT)"
+    )
+    groups: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Groups besides the profile's name, comma separated (EDGEFLEET_GROUPS)",
+    )
+    telemetry_interval_s: Annotated[float, Field(gt=0, le=3600)] = Field(
+        default=5.0, description="Seconds between telemetry messages (EDGEFLEET_TELEMETRY_INTERVAL_S)"
+    )
+    advertise_address: str | None = Field(
+        default=None, description="gRPC address announced to the fleet; empty: host:port (EDGEFLEET_ADVERTISE_ADDRESS)"
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Log level (EDGEFLEET_LOG_LEVEL)"
     )
     log_format: Literal["json", "text"] = Field(
         default="json", description="json: one object a line; text: for a terminal (EDGEFLEET_LOG_FORMAT)"
     )
+
+    @field_validator("groups", mode="before")
+    @classmethod
+    def _split_groups(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [g.strip() for g in v.split(",") if g.strip()]
+        return v
+
+    @field_validator("groups")
+    @classmethod
+    def _check_groups(cls, v: list[str]) -> list[str]:
+        for g in v:
+            check_name("group", g)
+        return v
+
+    @field_validator("site")
+    @classmethod
+    def _check_site(cls, v: str) -> str:
+        return check_name("site", v)

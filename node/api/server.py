@@ -8,12 +8,13 @@ import logging
 import signal
 
 import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
 from edgefleet.node.api.servicer import InferenceServicer
 from edgefleet.node.runtime import Node
 from edgefleet.node.settings import NodeSettings
 from edgefleet.proto.v1 import inference_pb2, inference_pb2_grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 log = logging.getLogger("edgefleet.node.server")
 SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
@@ -62,6 +63,7 @@ async def serve(node: Node, settings: NodeSettings, ready: asyncio.Event | None 
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("listening", extra={"address": f"{settings.host}:{port}", "port": port})
+    node.start_control_plane()
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 import grpc
+
 from edgefleet.node.api.status import grpc_code
 from edgefleet.node.engine.types import Event, Failed, Finished, FinishReason, TextDelta
 from edgefleet.node.errors import EdgefleetError
@@ -59,6 +60,8 @@ def _to_input(req: pb.GenerateRequest) -> GenerateInput:
         json_schema=req.json_schema,
         adapter=req.adapter,
         adapter_scale=req.adapter_scale if req.HasField("adapter_scale") else None,
+        template=req.template,
+        variables=dict(req.variables),
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import grpc
+
 from edgefleet.node import errors
 
 _CODES: list[tuple[type[errors.EdgefleetError], grpc.StatusCode]] = [

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import llama_cpp
+
 from edgefleet.node.errors import EngineFailure, ModelError
 
 log = logging.getLogger("edgefleet.llama")

@@ -24,41 +24,45 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"edgefleet/proto/v1/inference.proto\x12\x0c\x65\x64gefleet.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xda\x02\n\x0fGenerateRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12+\n\x08messages\x18\x02 \x03(\x0b\x32\x19.edgefleet.v1.ChatMessage\x12\x17\n\nmax_tokens\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x04 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x05 \x01(\x02H\x02\x88\x01\x01\x12\x12\n\x05top_k\x18\x06 \x01(\x05H\x03\x88\x01\x01\x12\x11\n\x04seed\x18\x07 \x01(\rH\x04\x88\x01\x01\x12\x0c\n\x04stop\x18\x08 \x03(\t\x12\x13\n\x0bjson_schema\x18\t \x01(\t\x12\x0f\n\x07\x61\x64\x61pter\x18\n \x01(\t\x12\x1a\n\radapter_scale\x18\x0b \x01(\x02H\x05\x88\x01\x01\x42\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x07\n\x05_seedB\x10\n\x0e_adapter_scale\"\xb6\x01\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x1e\n\x16time_to_first_token_ms\x18\x03 \x01(\x01\x12\x19\n\x11tokens_per_second\x18\x04 \x01(\x01\x12\x10\n\x08total_ms\x18\x05 \x01(\x01\x12\x10\n\x08queue_ms\x18\x06 \x01(\x01\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x07 \x01(\x05\"\x88\x01\n\rGenerateChunk\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x31\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x1a.edgefleet.v1.FinishReason\x12\"\n\x05usage\x18\x03 \x01(\x0b\x32\x13.edgefleet.v1.Usage\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"0\n\x0c\x45mbedRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\x11\n\tnormalize\x18\x02 \x01(\x08\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"v\n\rEmbedResponse\x12+\n\nembeddings\x18\x01 \x03(\x0b\x32\x17.edgefleet.v1.Embedding\x12\x12\n\ndimensions\x18\x02 \x01(\x05\x12\r\n\x05model\x18\x03 \x01(\t\x12\x15\n\rprompt_tokens\x18\x04 \x01(\x05\"\x14\n\x12GetNodeInfoRequest\"\xbe\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x03 \x01(\t\x12\x14\n\x0cquantization\x18\x04 \x01(\t\x12\x17\n\x0f\x66ile_size_bytes\x18\x05 \x01(\x03\x12\x0e\n\x06sha256\x18\x06 \x01(\t\x12\x10\n\x08n_params\x18\x07 \x01(\x03\x12\x13\n\x0bn_ctx_train\x18\x08 \x01(\x05\x12\x19\n\x11has_chat_template\x18\t \x01(\x08\"P\n\x0b\x41\x64\x61pterInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x12\n\nsize_bytes\x18\x04 \x01(\x03\"U\n\x08Versions\x12\x11\n\tedgefleet\x18\x01 \x01(\t\x12\x18\n\x10llama_cpp_python\x18\x02 \x01(\t\x12\x0c\n\x04grpc\x18\x03 \x01(\t\x12\x0e\n\x06python\x18\x04 \x01(\t\"]\n\x0cThermalState\x12\x11\n\tavailable\x18\x01 \x01(\x08\x12\x15\n\rtemperature_c\x18\x02 \x01(\x01\x12\x11\n\tthrottled\x18\x03 \x01(\x08\x12\x10\n\x08shedding\x18\x04 \x01(\x08\"\xb2\x03\n\x08NodeInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07profile\x18\x02 \x01(\t\x12&\n\x05model\x18\x03 \x01(\x0b\x32\x17.edgefleet.v1.ModelInfo\x12\r\n\x05n_ctx\x18\x04 \x01(\x05\x12\x13\n\x0bslots_total\x18\x05 \x01(\x05\x12\x12\n\nslots_busy\x18\x06 \x01(\x05\x12\x17\n\x0fslots_available\x18\x07 \x01(\x05\x12\x13\n\x0bqueue_depth\x18\x08 \x01(\x05\x12\x13\n\x0bqueue_limit\x18\t \x01(\x05\x12+\n\x08\x61\x64\x61pters\x18\n \x03(\x0b\x32\x19.edgefleet.v1.AdapterInfo\x12(\n\x08versions\x18\x0b \x01(\x0b\x32\x16.edgefleet.v1.Versions\x12+\n\x07thermal\x18\x0c \x01(\x0b\x32\x1a.edgefleet.v1.ThermalState\x12\x1b\n\x13memory_budget_bytes\x18\r \x01(\x03\x12\x1d\n\x15memory_estimate_bytes\x18\x0e \x01(\x03\x12\x11\n\trss_bytes\x18\x0f \x01(\x03\x12\x0e\n\x06status\x18\x10 \x01(\t*|\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x03\x32\xe0\x01\n\tInference\x12H\n\x08Generate\x12\x1d.edgefleet.v1.GenerateRequest\x1a\x1b.edgefleet.v1.GenerateChunk0\x01\x12@\n\x05\x45mbed\x12\x1a.edgefleet.v1.EmbedRequest\x1a\x1b.edgefleet.v1.EmbedResponse\x12G\n\x0bGetNodeInfo\x12 .edgefleet.v1.GetNodeInfoRequest\x1a\x16.edgefleet.v1.NodeInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"edgefleet/proto/v1/inference.proto\x12\x0c\x65\x64gefleet.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xdf\x03\n\x0fGenerateRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12+\n\x08messages\x18\x02 \x03(\x0b\x32\x19.edgefleet.v1.ChatMessage\x12\x17\n\nmax_tokens\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x04 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x05 \x01(\x02H\x02\x88\x01\x01\x12\x12\n\x05top_k\x18\x06 \x01(\x05H\x03\x88\x01\x01\x12\x11\n\x04seed\x18\x07 \x01(\rH\x04\x88\x01\x01\x12\x0c\n\x04stop\x18\x08 \x03(\t\x12\x13\n\x0bjson_schema\x18\t \x01(\t\x12\x0f\n\x07\x61\x64\x61pter\x18\n \x01(\t\x12\x1a\n\radapter_scale\x18\x0b \x01(\x02H\x05\x88\x01\x01\x12\x10\n\x08template\x18\x0c \x01(\t\x12?\n\tvariables\x18\r \x03(\x0b\x32,.edgefleet.v1.GenerateRequest.VariablesEntry\x1a\x30\n\x0eVariablesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x07\n\x05_seedB\x10\n\x0e_adapter_scale\"\xb6\x01\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x1e\n\x16time_to_first_token_ms\x18\x03 \x01(\x01\x12\x19\n\x11tokens_per_second\x18\x04 \x01(\x01\x12\x10\n\x08total_ms\x18\x05 \x01(\x01\x12\x10\n\x08queue_ms\x18\x06 \x01(\x01\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x07 \x01(\x05\"\x88\x01\n\rGenerateChunk\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x31\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x1a.edgefleet.v1.FinishReason\x12\"\n\x05usage\x18\x03 \x01(\x0b\x32\x13.edgefleet.v1.Usage\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"0\n\x0c\x45mbedRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\x11\n\tnormalize\x18\x02 \x01(\x08\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"v\n\rEmbedResponse\x12+\n\nembeddings\x18\x01 \x03(\x0b\x32\x17.edgefleet.v1.Embedding\x12\x12\n\ndimensions\x18\x02 \x01(\x05\x12\r\n\x05model\x18\x03 \x01(\t\x12\x15\n\rprompt_tokens\x18\x04 \x01(\x05\"\x14\n\x12GetNodeInfoRequest\"\xbe\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x03 \x01(\t\x12\x14\n\x0cquantization\x18\x04 \x01(\t\x12\x17\n\x0f\x66ile_size_bytes\x18\x05 \x01(\x03\x12\x0e\n\x06sha256\x18\x06 \x01(\t\x12\x10\n\x08n_params\x18\x07 \x01(\x03\x12\x13\n\x0bn_ctx_train\x18\x08 \x01(\x05\x12\x19\n\x11has_chat_template\x18\t \x01(\x08\"P\n\x0b\x41\x64\x61pterInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x12\n\nsize_bytes\x18\x04 \x01(\x03\"U\n\x08Versions\x12\x11\n\tedgefleet\x18\x01 \x01(\t\x12\x18\n\x10llama_cpp_python\x18\x02 \x01(\t\x12\x0c\n\x04grpc\x18\x03 \x01(\t\x12\x0e\n\x06python\x18\x04 \x01(\t\"]\n\x0cThermalState\x12\x11\n\tavailable\x18\x01 \x01(\x08\x12\x15\n\rtemperature_c\x18\x02 \x01(\x01\x12\x11\n\tthrottled\x18\x03 \x01(\x08\x12\x10\n\x08shedding\x18\x04 \x01(\x08\"\xb2\x03\n\x08NodeInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07profile\x18\x02 \x01(\t\x12&\n\x05model\x18\x03 \x01(\x0b\x32\x17.edgefleet.v1.ModelInfo\x12\r\n\x05n_ctx\x18\x04 \x01(\x05\x12\x13\n\x0bslots_total\x18\x05 \x01(\x05\x12\x12\n\nslots_busy\x18\x06 \x01(\x05\x12\x17\n\x0fslots_available\x18\x07 \x01(\x05\x12\x13\n\x0bqueue_depth\x18\x08 \x01(\x05\x12\x13\n\x0bqueue_limit\x18\t \x01(\x05\x12+\n\x08\x61\x64\x61pters\x18\n \x03(\x0b\x32\x19.edgefleet.v1.AdapterInfo\x12(\n\x08versions\x18\x0b \x01(\x0b\x32\x16.edgefleet.v1.Versions\x12+\n\x07thermal\x18\x0c \x01(\x0b\x32\x1a.edgefleet.v1.ThermalState\x12\x1b\n\x13memory_budget_bytes\x18\r \x01(\x03\x12\x1d\n\x15memory_estimate_bytes\x18\x0e \x01(\x03\x12\x11\n\trss_bytes\x18\x0f \x01(\x03\x12\x0e\n\x06status\x18\x10 \x01(\t*|\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x03\x32\xe0\x01\n\tInference\x12H\n\x08Generate\x12\x1d.edgefleet.v1.GenerateRequest\x1a\x1b.edgefleet.v1.GenerateChunk0\x01\x12@\n\x05\x45mbed\x12\x1a.edgefleet.v1.EmbedRequest\x1a\x1b.edgefleet.v1.EmbedResponse\x12G\n\x0bGetNodeInfo\x12 .edgefleet.v1.GetNodeInfoRequest\x1a\x16.edgefleet.v1.NodeInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'edgefleet.proto.v1.inference_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FINISHREASON']._serialized_start=1886
-  _globals['_FINISHREASON']._serialized_end=2010
+  _globals['_GENERATEREQUEST_VARIABLESENTRY']._loaded_options = None
+  _globals['_GENERATEREQUEST_VARIABLESENTRY']._serialized_options = b'8\001'
+  _globals['_FINISHREASON']._serialized_start=2019
+  _globals['_FINISHREASON']._serialized_end=2143
   _globals['_CHATMESSAGE']._serialized_start=52
   _globals['_CHATMESSAGE']._serialized_end=96
   _globals['_GENERATEREQUEST']._serialized_start=99
-  _globals['_GENERATEREQUEST']._serialized_end=445
-  _globals['_USAGE']._serialized_start=448
-  _globals['_USAGE']._serialized_end=630
-  _globals['_GENERATECHUNK']._serialized_start=633
-  _globals['_GENERATECHUNK']._serialized_end=769
-  _globals['_EMBEDREQUEST']._serialized_start=771
-  _globals['_EMBEDREQUEST']._serialized_end=819
-  _globals['_EMBEDDING']._serialized_start=821
-  _globals['_EMBEDDING']._serialized_end=848
-  _globals['_EMBEDRESPONSE']._serialized_start=850
-  _globals['_EMBEDRESPONSE']._serialized_end=968
-  _globals['_GETNODEINFOREQUEST']._serialized_start=970
-  _globals['_GETNODEINFOREQUEST']._serialized_end=990
-  _globals['_MODELINFO']._serialized_start=993
-  _globals['_MODELINFO']._serialized_end=1183
-  _globals['_ADAPTERINFO']._serialized_start=1185
-  _globals['_ADAPTERINFO']._serialized_end=1265
-  _globals['_VERSIONS']._serialized_start=1267
-  _globals['_VERSIONS']._serialized_end=1352
-  _globals['_THERMALSTATE']._serialized_start=1354
-  _globals['_THERMALSTATE']._serialized_end=1447
-  _globals['_NODEINFO']._serialized_start=1450
-  _globals['_NODEINFO']._serialized_end=1884
-  _globals['_INFERENCE']._serialized_start=2013
-  _globals['_INFERENCE']._serialized_end=2237
+  _globals['_GENERATEREQUEST']._serialized_end=578
+  _globals['_GENERATEREQUEST_VARIABLESENTRY']._serialized_start=452
+  _globals['_GENERATEREQUEST_VARIABLESENTRY']._serialized_end=500
+  _globals['_USAGE']._serialized_start=581
+  _globals['_USAGE']._serialized_end=763
+  _globals['_GENERATECHUNK']._serialized_start=766
+  _globals['_GENERATECHUNK']._serialized_end=902
+  _globals['_EMBEDREQUEST']._serialized_start=904
+  _globals['_EMBEDREQUEST']._serialized_end=952
+  _globals['_EMBEDDING']._serialized_start=954
+  _globals['_EMBEDDING']._serialized_end=981
+  _globals['_EMBEDRESPONSE']._serialized_start=983
+  _globals['_EMBEDRESPONSE']._serialized_end=1101
+  _globals['_GETNODEINFOREQUEST']._serialized_start=1103
+  _globals['_GETNODEINFOREQUEST']._serialized_end=1123
+  _globals['_MODELINFO']._serialized_start=1126
+  _globals['_MODELINFO']._serialized_end=1316
+  _globals['_ADAPTERINFO']._serialized_start=1318
+  _globals['_ADAPTERINFO']._serialized_end=1398
+  _globals['_VERSIONS']._serialized_start=1400
+  _globals['_VERSIONS']._serialized_end=1485
+  _globals['_THERMALSTATE']._serialized_start=1487
+  _globals['_THERMALSTATE']._serialized_end=1580
+  _globals['_NODEINFO']._serialized_start=1583
+  _globals['_NODEINFO']._serialized_end=2017
+  _globals['_INFERENCE']._serialized_start=2146
+  _globals['_INFERENCE']._serialized_end=2370
 # @@protoc_insertion_point(module_scope)

@@ -6,8 +6,8 @@ import json
 
 import grpc
 import pytest
-from edgefleet.proto.v1 import inference_pb2 as pb
 
+from edgefleet.proto.v1 import inference_pb2 as pb
 from tests.conftest import NodeProcess
 
 USER = [pb.ChatMessage(role="user", content="hello")]

@@ -8,8 +8,8 @@ import threading
 import grpc
 import jsonschema
 import pytest
-from edgefleet.proto.v1 import inference_pb2 as pb
 
+from edgefleet.proto.v1 import inference_pb2 as pb
 from tests.conftest import NodeProcess, collect, wait_for
 
 COUNTING = pb.GenerateRequest(prompt="Count: 1, 2, 3, 4, 5, 6, 7,", max_tokens=1500, temperature=0)

@@ -6,10 +6,10 @@ import hashlib
 import math
 from pathlib import Path
 
-from edgefleet.proto.v1 import inference_pb2 as pb
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from edgefleet.proto.v1 import inference_pb2 as pb
 from tests.conftest import NodeProcess
 
 

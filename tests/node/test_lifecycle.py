@@ -10,8 +10,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from edgefleet.proto.v1 import inference_pb2 as pb
 
+from edgefleet.proto.v1 import inference_pb2 as pb
 from tests.conftest import BIN, collect, wait_for, write_profile
 
 LONG = pb.GenerateRequest(prompt="Count: 1, 2, 3, 4, 5, 6, 7,", max_tokens=1500, temperature=0)

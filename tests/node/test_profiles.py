@@ -3,9 +3,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from edgefleet.node.errors import ProfileError
 from edgefleet.node.profiles import builtin_profiles, detect_profile_name, load_profile_file, resolve_profile
-
 from tests.conftest import write_profile
 
 REQUIRED = {"rpi4-4gb", "rpi5-8gb", "jetson-orin-nano-8gb", "jetson-agx-orin-64gb", "x86-dev"}

@@ -6,6 +6,7 @@ The real-model tests in tests/node/ cover the same paths end to end; these pin t
 from __future__ import annotations
 
 import pytest
+
 from edgefleet.node.engine.scheduler import Scheduler, StepPlan
 from edgefleet.node.engine.types import GenerationRequest, SamplingParams
 from edgefleet.node.errors import QueueFull

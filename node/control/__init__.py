@@ -1,0 +1,1 @@
+"""The node side of the MQTT control plane: presence, telemetry, desired state."""

@@ -1,0 +1,185 @@
+"""The node's MQTT agent: birth and will, telemetry, and desired-state reconciliation.
+
+Desired state arrives retained on `desired/node/<id>` and `desired/group/<g>`; on every
+(re)connect the broker sends it again, and applying it is idempotent: an older generation is
+ignored, the same one changes nothing, a newer one replaces that source's templates in one
+transaction. The node then publishes its reported state (retained). Bad input is refused with
+a reason on the errors topic and changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import paho.mqtt.client as mqtt
+
+from edgefleet.node.control.desired_store import DesiredStateStore, effective_templates
+from edgefleet.node.service import NodeService
+from edgefleet.node.settings import NodeSettings
+from edgefleet.proto.mqtt_link import LastWill, MqttLink
+from edgefleet.proto.payloads import (
+    DesiredState,
+    ErrorReport,
+    ModelRef,
+    NodeInfoPayload,
+    NodeStatus,
+    PayloadError,
+    ReportedState,
+    Telemetry,
+    parse_payload,
+)
+from edgefleet.proto.templates import TemplateError, compile_template
+from edgefleet.proto.topics import Topics
+
+log = logging.getLogger("edgefleet.node.control")
+
+
+class ControlAgent:
+    def __init__(self, settings: NodeSettings, service: NodeService, store: DesiredStateStore) -> None:
+        assert settings.mqtt_url
+        self.settings = settings
+        self.service = service
+        self.store = store
+        self.node_id = settings.node_id
+        self.topics = Topics.for_site(settings.site, settings.topic_root)
+        self.groups = service.groups
+        self._lock = threading.Lock()
+        self._errors: list[str] = []
+        self._stop = threading.Event()
+        self._telemetry: threading.Thread | None = None
+        self._last_tokens = 0
+        offline = NodeStatus(node_id=self.node_id, state="offline", reason="connection lost").dumps()
+        self.link = MqttLink(
+            settings.mqtt_url,
+            client_id=f"node-{settings.site}-{self.node_id}",
+            username=settings.mqtt_username,
+            password=settings.mqtt_password,
+            ca_file=settings.mqtt_ca_file,
+            will=LastWill(self.topics.node_status(self.node_id), offline),
+            birth=self._birth,
+        )
+        self.link.subscribe(self.topics.desired_node(self.node_id), self._on_desired)
+        for g in self.groups:
+            self.link.subscribe(self.topics.desired_group(g), self._on_desired)
+        self._install(self.store.docs())
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.link.start()
+        self._telemetry = threading.Thread(target=self._telemetry_loop, name="edgefleet-telemetry", daemon=True)
+        self._telemetry.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        bye = NodeStatus(node_id=self.node_id, state="offline", reason="shutdown").dumps()
+        self.link.stop(final=[(self.topics.node_status(self.node_id), bye)])
+
+    # -- presence and telemetry ---------------------------------------------------------------------
+    def _birth(self) -> list[tuple[str, bytes]]:
+        s = self.service.status()
+        info = NodeInfoPayload(
+            profile=s.profile,
+            groups=self.groups,
+            model=ModelRef(name=s.model.name, quantization=str(s.model_meta["quantization"]), sha256=s.model.sha256),
+            grpc_address=self.settings.advertise_address or f"{self.settings.host}:{self.settings.port}",
+            versions=s.versions,
+        )
+        online = NodeStatus(node_id=self.node_id, state="online", info=info).dumps()
+        return [
+            (self.topics.node_status(self.node_id), online),
+            (self.topics.node_reported(self.node_id), self._reported().dumps()),
+        ]
+
+    def _telemetry_loop(self) -> None:
+        interval = self.settings.telemetry_interval_s
+        while not self._stop.wait(interval):
+            if not self.link.connected.is_set():
+                continue
+            s = self.service.status()
+            tokens = self.service.engine.tokens_generated
+            rate = (tokens - self._last_tokens) / interval
+            self._last_tokens = tokens
+            t = Telemetry(
+                node_id=self.node_id,
+                queue_depth=s.queue_depth,
+                slots_busy=s.slots_busy,
+                slots_total=s.slots_total,
+                slots_available=s.slots_available,
+                tokens_per_second=round(rate, 1),
+                temperature_c=s.thermal.temperature_c if s.thermal.available else None,
+                throttled=s.thermal.throttled,
+                shedding=s.thermal.shedding,
+                rss_bytes=s.rss_bytes,
+            )
+            self.link.publish(self.topics.node_telemetry(self.node_id), t.dumps(), qos=0)
+
+    # -- desired state ------------------------------------------------------------------------------
+    def _reported(self) -> ReportedState:
+        docs = self.store.docs()
+        return ReportedState(
+            node_id=self.node_id,
+            generations={k: d.generation for k, d in docs.items()},
+            templates={name: t.version for name, t in self.service.templates.items()},
+            errors=list(self._errors),
+        )
+
+    def _reject(self, topic: str, code: str, message: str) -> None:
+        log.warning("desired state refused", extra={"topic": topic, "code": code, "reason": message})
+        with self._lock:
+            self._errors = [*self._errors[-4:], message]
+        report = ErrorReport(source=self.node_id, code=code, message=message, topic=topic)
+        self.link.publish(self.topics.errors(self.node_id), report.dumps(), qos=1)
+        self.link.publish(self.topics.node_reported(self.node_id), self._reported().dumps(), qos=1, retain=True)
+
+    def _on_desired(self, msg: mqtt.MQTTMessage) -> None:
+        if not msg.payload:  # a cleared retained message: the orchestrator removed this target
+            return
+        try:
+            doc = parse_payload(DesiredState, msg.payload)
+        except PayloadError as e:
+            self._reject(msg.topic, "invalid_payload", f"desired state on {msg.topic} refused: {e}")
+            return
+        if doc.site != self.settings.site:
+            self._reject(
+                msg.topic, "wrong_site", f"desired state for site {doc.site!r} refused on site {self.settings.site!r}"
+            )
+            return
+        if self.topics.desired_target(msg.topic) != (doc.target.kind, doc.target.name):
+            self._reject(msg.topic, "wrong_target", f"desired state for {doc.target.key} arrived on {msg.topic}")
+            return
+        with self._lock:
+            applied = self.store.generation(doc.target.key)
+            if doc.generation < applied:
+                log.info(
+                    "older desired state ignored",
+                    extra={"target": doc.target.key, "generation": doc.generation, "applied": applied},
+                )
+                return
+            if doc.generation > applied:
+                try:
+                    for spec in doc.templates.values():
+                        compile_template(spec)
+                except TemplateError as e:
+                    self._reject(
+                        msg.topic, "template_error", f"generation {doc.generation} of {doc.target.key} refused: {e}"
+                    )
+                    return
+                self.store.save(doc)
+                self._install(self.store.docs())
+                self._errors = []
+                log.info(
+                    "desired state applied",
+                    extra={"target": doc.target.key, "generation": doc.generation, "templates": sorted(doc.templates)},
+                )
+        self.link.publish(self.topics.node_reported(self.node_id), self._reported().dumps(), qos=1, retain=True)
+
+    def _install(self, docs: dict[str, DesiredState]) -> None:
+        specs = effective_templates(docs, self.node_id, self.groups)
+        compiled = {}
+        for name, spec in specs.items():
+            try:
+                compiled[name] = compile_template(spec)
+            except TemplateError as e:  # stored earlier by another version of edgefleet
+                log.error("stored template does not compile", extra={"template": name, "reason": str(e)})
+        self.service.templates = compiled  # one assignment: requests see the old set or the new

@@ -1,0 +1,176 @@
+"""One MQTT connection done the same way by every part (paho-mqtt 2.x, MQTT 5).
+
+Birth and will in one place, resubscribe on every connect and wait for the SUBACK, reconnect
+by itself with backoff (as Home Assistant's MQTT integration does). Handlers run on paho's
+network thread: they must be quick or hand work off.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlparse
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+log = logging.getLogger("edgefleet.mqtt")
+
+Handler = Callable[[mqtt.MQTTMessage], None]
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    host: str
+    port: int
+    tls: bool
+
+    @classmethod
+    def parse(cls, url: str) -> BrokerAddress:
+        u = urlparse(url)
+        if u.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not u.hostname:
+            raise ValueError(f"broker URL {url!r} must look like mqtt://host:1883 or mqtts://host:8883")
+        tls = u.scheme in ("mqtts", "ssl")
+        return cls(u.hostname, u.port or (8883 if tls else 1883), tls)
+
+
+@dataclass(frozen=True)
+class LastWill:
+    topic: str
+    payload: bytes
+
+
+class MqttLink:
+    def __init__(
+        self,
+        url: str,
+        client_id: str | None = None,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        ca_file: str | None = None,
+        will: LastWill | None = None,
+        birth: Callable[[], list[tuple[str, bytes]]] | None = None,
+        keepalive: int = 15,
+    ) -> None:
+        self.address = BrokerAddress.parse(url)
+        self.client_id = client_id or f"edgefleet-{uuid.uuid4().hex[:12]}"
+        self._subs: dict[str, tuple[int, Handler]] = {}
+        self._birth = birth
+        self._lock = threading.Lock()
+        self.connected = threading.Event()
+        self._suback = threading.Event()
+        self._pending_sub_mid: int | None = None
+        self.keepalive = keepalive
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5)
+        if username:
+            c.username_pw_set(username, password)
+        if self.address.tls:
+            c.tls_set(ca_certs=ca_file, cert_reqs=ssl.CERT_REQUIRED)
+        if will is not None:
+            c.will_set(will.topic, will.payload, qos=1, retain=True)
+        c.reconnect_delay_set(min_delay=1, max_delay=30)
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_message = self._on_message
+        c.on_subscribe = self._on_subscribe
+        self.client = c
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Connect in the background; paho reconnects by itself whenever the link drops."""
+        self.client.connect_async(self.address.host, self.address.port, keepalive=self.keepalive, clean_start=True)
+        self.client.loop_start()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self.connected.wait(timeout)
+
+    def stop(self, final: list[tuple[str, bytes]] | None = None, timeout: float = 3.0) -> None:
+        """Publish `final` messages (retained, e.g. `offline`) and wait for their PUBACK, then disconnect."""
+        if final and self.connected.is_set():
+            for topic, payload in final:
+                info = self.client.publish(topic, payload, qos=1, retain=True)
+                try:
+                    info.wait_for_publish(timeout)
+                except (RuntimeError, ValueError):
+                    log.warning("final message not delivered", extra={"topic": topic})
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    # -- subscriptions and publishing ---------------------------------------------------------------
+    def subscribe(self, topic_filter: str, handler: Handler, qos: int = 1) -> None:
+        """Add a subscription; it is renewed on every connect."""
+        with self._lock:
+            self._subs[topic_filter] = (qos, handler)
+        if self.connected.is_set():
+            self.client.subscribe(topic_filter, qos=qos)
+
+    def publish(
+        self, topic: str, payload: bytes, qos: int = 1, retain: bool = False, properties: Properties | None = None
+    ) -> mqtt.MQTTMessageInfo:
+        return self.client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
+
+    def publish_wait(self, topic: str, payload: bytes, retain: bool = False, timeout: float = 5.0) -> bool:
+        """QoS 1 publish that waits for the broker's PUBACK; False when it did not come in time."""
+        info = self.publish(topic, payload, qos=1, retain=retain)
+        try:
+            info.wait_for_publish(timeout)
+        except (RuntimeError, ValueError):
+            return False
+        return info.is_published()
+
+    # -- paho callbacks (network thread) ------------------------------------------------------------
+    def _on_connect(
+        self, client: mqtt.Client, _ud: Any, _flags: Any, reason: ReasonCode, _props: Properties | None
+    ) -> None:
+        if reason.is_failure:
+            log.warning("broker refused the connection", extra={"reason": str(reason)})
+            return
+        with self._lock:
+            subs = [(f, q) for f, (q, _) in self._subs.items()]
+        if subs:
+            self._suback.clear()
+            _, mid = client.subscribe(subs)
+            self._pending_sub_mid = mid
+        if self._birth is not None:
+            for topic, payload in self._birth():
+                client.publish(topic, payload, qos=1, retain=True)
+        self.connected.set()
+        log.info("connected to the broker", extra={"broker": f"{self.address.host}:{self.address.port}"})
+
+    def _on_subscribe(
+        self, _c: mqtt.Client, _ud: Any, mid: int, reasons: list[ReasonCode], _props: Properties | None
+    ) -> None:
+        failed = [str(r) for r in reasons if r.is_failure]
+        if failed:
+            log.error("broker refused subscriptions", extra={"reasons": failed})
+        if mid == self._pending_sub_mid:
+            self._suback.set()
+
+    def wait_subscribed(self, timeout: float) -> bool:
+        """After connect: wait until the broker acknowledged the subscriptions."""
+        return self.connected.wait(timeout) and (not self._subs or self._suback.wait(timeout))
+
+    def _on_disconnect(
+        self, _c: mqtt.Client, _ud: Any, _flags: Any, reason: ReasonCode, _props: Properties | None
+    ) -> None:
+        was = self.connected.is_set()
+        self.connected.clear()
+        if was:
+            log.warning("lost the broker; reconnecting with backoff", extra={"reason": str(reason)})
+
+    def _on_message(self, _c: mqtt.Client, _ud: Any, msg: mqtt.MQTTMessage) -> None:
+        with self._lock:
+            handlers = [h for f, (_, h) in self._subs.items() if mqtt.topic_matches_sub(f, msg.topic)]
+        for handler in handlers:
+            try:
+                handler(msg)
+            except Exception:  # a handler bug must not kill the network thread
+                log.exception("message handler failed", extra={"topic": msg.topic})

@@ -1,0 +1,184 @@
+"""Versioned JSON payloads of the MQTT contract, validated by pydantic on both sides.
+
+Every payload carries `v` (the payload version). A receiver refuses a version it does not know
+and anything that does not validate, with a reason on the errors topic.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from edgefleet.proto.topics import check_name
+
+PAYLOAD_VERSION = 1
+MAX_PAYLOAD_BYTES = 256 * 1024
+MAX_TEMPLATE_CHARS = 32 * 1024
+
+
+class PayloadError(ValueError):
+    """A payload that cannot be accepted; the message says why."""
+
+
+class _Payload(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    v: Literal[1] = PAYLOAD_VERSION
+
+    def dumps(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+P = TypeVar("P", bound=_Payload)
+
+
+def _now() -> float:
+    return round(time.time(), 3)
+
+
+class ModelRef(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str
+    quantization: str = ""
+    sha256: str = ""
+
+
+class NodeInfoPayload(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    profile: str
+    groups: list[str]
+    model: ModelRef
+    grpc_address: str = ""
+    adapters: list[str] = Field(default_factory=list)
+    versions: dict[str, str] = Field(default_factory=dict)
+
+
+class NodeStatus(_Payload):
+    node_id: str
+    state: Literal["online", "offline"]
+    ts: float = Field(default_factory=_now)
+    reason: str = ""
+    info: NodeInfoPayload | None = None
+
+
+class Telemetry(_Payload):
+    node_id: str
+    ts: float = Field(default_factory=_now)
+    queue_depth: int
+    slots_busy: int
+    slots_total: int
+    slots_available: int
+    tokens_per_second: float
+    temperature_c: float | None
+    throttled: bool
+    shedding: bool
+    rss_bytes: int
+
+
+class TemplateSpec(BaseModel):
+    """A prompt template: a sandboxed Jinja2 body with declared variables and an optional system prompt."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str
+    version: Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")]
+    template: Annotated[str, Field(min_length=1, max_length=MAX_TEMPLATE_CHARS)]
+    system: Annotated[str, Field(max_length=MAX_TEMPLATE_CHARS)] = ""
+    variables: list[str] = Field(default_factory=list)
+    description: str = ""
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return check_name("template", v)
+
+    @field_validator("variables")
+    @classmethod
+    def _vars(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if not name.isidentifier():
+                raise ValueError(f"variable {name!r} is not an identifier")
+        return v
+
+
+class Target(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    kind: Literal["node", "group"]
+    name: str
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return check_name("target", v)
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind}:{self.name}"
+
+
+class DesiredState(_Payload):
+    """What one target should run. `generation` only grows; a node ignores older ones."""
+
+    site: str
+    target: Target
+    generation: Annotated[int, Field(ge=1)]
+    templates: dict[str, TemplateSpec] = Field(default_factory=dict)
+    ts: float = Field(default_factory=_now)
+
+
+class ReportedState(_Payload):
+    node_id: str
+    ts: float = Field(default_factory=_now)
+    generations: dict[str, int] = Field(default_factory=dict)  # target key → applied generation
+    templates: dict[str, str] = Field(default_factory=dict)  # name → version in effect
+    errors: list[str] = Field(default_factory=list)  # why something desired is not applied
+
+
+class ErrorReport(_Payload):
+    source: str
+    code: str
+    message: str
+    topic: str = ""
+    ts: float = Field(default_factory=_now)
+
+
+class OrchestratorStatus(_Payload):
+    state: Literal["online", "offline"]
+    ts: float = Field(default_factory=_now)
+
+
+class Command(_Payload):
+    op: Literal["status", "push-template", "rm-template"]
+    target: Target | None = None
+    template: TemplateSpec | None = None
+    name: str = ""
+
+
+class CommandResult(_Payload):
+    ok: bool
+    message: str = ""
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+def parse_payload(model: type[P], raw: bytes) -> P:
+    """Size, UTF-8, JSON, version and schema checks, each with a message a person can act on."""
+    if len(raw) > MAX_PAYLOAD_BYTES:
+        raise PayloadError(f"payload is {len(raw)} bytes; the limit is {MAX_PAYLOAD_BYTES}")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise PayloadError(f"payload is not UTF-8: {e}") from e
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        raise PayloadError(f"payload is not JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise PayloadError("payload must be a JSON object")
+    if data.get("v") != PAYLOAD_VERSION:
+        raise PayloadError(f"payload version {data.get('v')!r} is not supported (expected {PAYLOAD_VERSION})")
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}" for err in e.errors())
+        raise PayloadError(f"invalid {model.__name__}: {problems}") from e

@@ -1,0 +1,143 @@
+"""The MQTT topic contract: every topic edgefleet publishes or subscribes to is built here.
+
+All topics live under a root, `edgefleet/<site>/` by default. No other module writes a topic
+string. The README's topic table is this module in prose.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def valid_name(name: str) -> bool:
+    """Site, node, group, template names: no path separators, wildcards or `..`."""
+    return bool(NAME_RE.match(name)) and ".." not in name
+
+
+def check_name(kind: str, name: str) -> str:
+    if not valid_name(name):
+        raise ValueError(
+            f"{kind} name {name!r} is invalid: use 1-64 letters, digits, '.', '_' or '-', "
+            f"starting with a letter or digit, without '..' or '/'"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Topics of one site. `root` ends with '/'."""
+
+    site: str
+    root: str
+
+    @classmethod
+    def for_site(cls, site: str, root_template: str = "edgefleet/{site}/") -> Topics:
+        check_name("site", site)
+        root = root_template.format(site=site)
+        if not root.endswith("/"):
+            root += "/"
+        if any(c in root for c in "+#") or root.startswith("$"):
+            raise ValueError(f"topic root {root!r} may not contain wildcards or start with '$'")
+        return cls(site, root)
+
+    # -- node presence and state (published by nodes) ---------------------------------------
+    def node_status(self, node_id: str) -> str:
+        """Retained `online` birth / `offline` will and shutdown message of a node."""
+        return f"{self.root}node/{node_id}/status"
+
+    def node_telemetry(self, node_id: str) -> str:
+        return f"{self.root}node/{node_id}/telemetry"
+
+    def node_reported(self, node_id: str) -> str:
+        """Retained: what the node applied (generations, templates) and why not, if it could not."""
+        return f"{self.root}node/{node_id}/reported"
+
+    # -- desired state (published by the orchestrator, retained) -----------------------------
+    def desired_node(self, node_id: str) -> str:
+        return f"{self.root}desired/node/{node_id}"
+
+    def desired_group(self, group: str) -> str:
+        return f"{self.root}desired/group/{group}"
+
+    # -- errors, commands -----------------------------------------------------------------------
+    def errors(self, source_id: str) -> str:
+        """Rejected input, with the reason: from node `source_id` or the orchestrator."""
+        return f"{self.root}errors/{source_id}"
+
+    def orchestrator_status(self) -> str:
+        return f"{self.root}orchestrator/status"
+
+    def orchestrator_commands(self) -> str:
+        """Operator commands (MQTT 5 request/response: response topic + correlation data)."""
+        return f"{self.root}orchestrator/commands"
+
+    def cli_responses(self, client_id: str) -> str:
+        return f"{self.root}cli/{client_id}/responses"
+
+    # -- subscription filters -------------------------------------------------------------------
+    def all_node_status(self) -> str:
+        return f"{self.root}node/+/status"
+
+    def all_node_reported(self) -> str:
+        return f"{self.root}node/+/reported"
+
+    def all_node_telemetry(self) -> str:
+        return f"{self.root}node/+/telemetry"
+
+    def all_desired(self) -> str:
+        return f"{self.root}desired/#"
+
+    def all_errors(self) -> str:
+        return f"{self.root}errors/+"
+
+    # -- parsing --------------------------------------------------------------------------------
+    def parse(self, topic: str) -> tuple[str, ...] | None:
+        """Split a topic under this root into its levels; None when it is not ours."""
+        if not topic.startswith(self.root):
+            return None
+        return tuple(topic[len(self.root) :].split("/"))
+
+    def node_of(self, topic: str, kind: str) -> str | None:
+        """The node id of `<root>node/<id>/<kind>`, else None."""
+        levels = self.parse(topic)
+        if levels and len(levels) == 3 and levels[0] == "node" and levels[2] == kind:
+            return levels[1]
+        return None
+
+    def desired_target(self, topic: str) -> tuple[str, str] | None:
+        """('node'|'group', name) of a desired-state topic, else None."""
+        levels = self.parse(topic)
+        if levels and len(levels) == 3 and levels[0] == "desired" and levels[1] in ("node", "group"):
+            return levels[1], levels[2]
+        return None
+
+
+TOPIC_TABLE = [
+    (
+        "node/<node>/status",
+        "node",
+        "retained, QoS 1",
+        "NodeStatus: `online` + info on connect; `offline` by will/shutdown",
+    ),
+    (
+        "node/<node>/telemetry",
+        "node",
+        "QoS 0, every few s",
+        "Telemetry: queue, slots, tokens/s, temperature, memory",
+    ),
+    (
+        "node/<node>/reported",
+        "node",
+        "retained, QoS 1",
+        "ReportedState: applied generations, templates, errors",
+    ),
+    ("desired/node/<node>", "orchestrator", "retained, QoS 1", "DesiredState for one node"),
+    ("desired/group/<group>", "orchestrator", "retained, QoS 1", "DesiredState for every node of a group"),
+    ("errors/<source>", "node, orchestrator", "QoS 1", "ErrorReport: rejected input and why"),
+    ("orchestrator/status", "orchestrator", "retained, QoS 1", "OrchestratorStatus: online/offline"),
+    ("orchestrator/commands", "CLI", "QoS 1, MQTT 5 request", "Command; the answer goes to the response topic"),
+    ("cli/<client>/responses", "orchestrator", "QoS 1", "CommandResult for one CLI call"),
+]
