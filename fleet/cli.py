@@ -12,6 +12,8 @@ from typing import TextIO
 import grpc
 from google.protobuf.json_format import MessageToDict
 
+from edgefleet.fleet import site_commands
+from edgefleet.fleet.control import OrchestratorUnreachable
 from edgefleet.fleet.settings import FleetSettings
 from edgefleet.proto.v1 import inference_pb2 as pb
 from edgefleet.proto.v1 import inference_pb2_grpc as pb_grpc
@@ -37,6 +39,7 @@ def _parser(settings: FleetSettings) -> argparse.ArgumentParser:
     ask.add_argument("--raw", action="store_true", help="send the question as a raw prompt, not a chat message")
     info = sub.add_parser("node-info", help="show what a node runs and how busy it is")
     info.add_argument("--json", action="store_true", help="machine-readable output")
+    site_commands.add_parser(sub)
     return p
 
 
@@ -124,6 +127,12 @@ def _node_info(stub: pb_grpc.InferenceStub, args: argparse.Namespace, out: TextI
 def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
     settings = FleetSettings()
     args = _parser(settings).parse_args(argv)
+    if args.command == "fleet":
+        try:
+            return site_commands.run(args, settings, out)
+        except (site_commands.FleetCommandError, OrchestratorUnreachable, ValueError) as e:
+            sys.stderr.write(f"edgefleet: {e}\n")
+            return 2
     channel = grpc.insecure_channel(args.node)
     stub = pb_grpc.InferenceStub(channel)
     try:

@@ -15,3 +15,9 @@ class FleetSettings(BaseSettings):
     timeout_s: Annotated[float, Field(gt=0)] = Field(
         default=120.0, description="Deadline of one CLI call in seconds (EDGEFLEET_TIMEOUT_S)"
     )
+    mqtt_url: str = Field(default="mqtt://127.0.0.1:1883", description="Site broker (EDGEFLEET_MQTT_URL)")
+    mqtt_username: str | None = Field(default=None, description="Broker user name (EDGEFLEET_MQTT_USERNAME)")
+    mqtt_password: str | None = Field(default=None, description="Broker password (EDGEFLEET_MQTT_PASSWORD)")
+    mqtt_ca_file: str | None = Field(default=None, description="CA file for mqtts:// (EDGEFLEET_MQTT_CA_FILE)")
+    site: str = Field(default="default", description="Site to operate (EDGEFLEET_SITE)")
+    topic_root: str = Field(default="edgefleet/{site}/", description="Root of every MQTT topic (EDGEFLEET_TOPIC_ROOT)")

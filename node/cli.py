@@ -12,8 +12,8 @@ import sys
 from pydantic import ValidationError
 
 from edgefleet.node.errors import EdgefleetError
-from edgefleet.node.logs import configure_logging
 from edgefleet.node.settings import NodeSettings
+from edgefleet.proto.logs import configure_logging
 
 log = logging.getLogger("edgefleet.node")
 

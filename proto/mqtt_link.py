@@ -69,6 +69,7 @@ class MqttLink:
         self._suback = threading.Event()
         self._pending_sub_mid: int | None = None
         self.keepalive = keepalive
+        self._stopping = False
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5)
         if username:
             c.username_pw_set(username, password)
@@ -101,6 +102,7 @@ class MqttLink:
                     info.wait_for_publish(timeout)
                 except (RuntimeError, ValueError):
                     log.warning("final message not delivered", extra={"topic": topic})
+        self._stopping = True
         self.client.disconnect()
         self.client.loop_stop()
 
@@ -163,7 +165,7 @@ class MqttLink:
     ) -> None:
         was = self.connected.is_set()
         self.connected.clear()
-        if was:
+        if was and not self._stopping:
             log.warning("lost the broker; reconnecting with backoff", extra={"reason": str(reason)})
 
     def _on_message(self, _c: mqtt.Client, _ud: Any, msg: mqtt.MQTTMessage) -> None:

@@ -25,7 +25,7 @@ class PayloadError(ValueError):
 
 class _Payload(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    v: Literal[1] = PAYLOAD_VERSION
+    v: Literal[1] = 1
 
     def dumps(self) -> bytes:
         return self.model_dump_json().encode()
@@ -149,8 +149,10 @@ class OrchestratorStatus(_Payload):
 
 
 class Command(_Payload):
+    """An operator command. `target` is `node:<id>`, `group:<name>`, or a bare name: a known node, else a group."""
+
     op: Literal["status", "push-template", "rm-template"]
-    target: Target | None = None
+    target: str = ""
     template: TemplateSpec | None = None
     name: str = ""
 

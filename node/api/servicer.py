@@ -13,8 +13,8 @@ import grpc
 from edgefleet.node.api.status import grpc_code
 from edgefleet.node.engine.types import Event, Failed, Finished, FinishReason, TextDelta
 from edgefleet.node.errors import EdgefleetError
-from edgefleet.node.logs import request_id_var
 from edgefleet.node.service import ChatTurn, GenerateInput, NodeService
+from edgefleet.proto.logs import request_id_var
 from edgefleet.proto.v1 import inference_pb2 as pb
 from edgefleet.proto.v1 import inference_pb2_grpc as pb_grpc
 

@@ -120,7 +120,7 @@ class ControlAgent:
         return ReportedState(
             node_id=self.node_id,
             generations={k: d.generation for k, d in docs.items()},
-            templates={name: t.version for name, t in self.service.templates.items()},
+            templates={name: t.spec.version for name, t in self.service.templates.items()},
             errors=list(self._errors),
         )
 

@@ -8,6 +8,7 @@ serves with exactly what it last applied.
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from pathlib import Path
 
@@ -28,7 +29,8 @@ MIGRATIONS: list[str] = [
 def open_node_db(path: Path) -> sqlite_utils.Database:
     """Open (and migrate) the node's database: WAL, synchronous FULL, one migration set."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite_utils.Database(path)
+    # Used from the MQTT thread and the gRPC loop; the callers serialize writes.
+    db = sqlite_utils.Database(sqlite3.connect(str(path), check_same_thread=False))
     db.enable_wal()
     db.execute("PRAGMA synchronous=FULL")
     version = db.execute("PRAGMA user_version").fetchone()[0]

@@ -44,6 +44,8 @@ class TextFormatter(logging.Formatter):
         node = extras.pop("node_id", "-")
         rid = extras.pop("request_id", "-")
         tail = " ".join(f"{k}={v}" for k, v in extras.items())
+        if record.exc_info:
+            tail += "\n" + self.formatException(record.exc_info)
         return f"{time.strftime('%H:%M:%S')} {record.levelname[0]} [{node} {rid}] {record.getMessage()} {tail}".rstrip()
 
 

@@ -1,0 +1,126 @@
+"""`edgefleet fleet …`: site-wide commands, answered by the orchestrator over MQTT."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+import yaml
+from pydantic import ValidationError
+
+from edgefleet.fleet.control import request
+from edgefleet.fleet.settings import FleetSettings
+from edgefleet.proto.payloads import Command, TemplateSpec
+from edgefleet.proto.templates import TemplateError, compile_template, declared_variables
+
+
+class FleetCommandError(Exception):
+    """A problem the operator can fix (bad file, refused command)."""
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    fleet = sub.add_parser("fleet", help="site-wide commands through the orchestrator")
+    fsub = fleet.add_subparsers(dest="fleet_command", required=True)
+    st = fsub.add_parser("status", help="nodes, groups, status, last seen, templates in sync or drifted")
+    st.add_argument("--json", action="store_true")
+    push = fsub.add_parser("push-template", help="push a prompt template to a group or a node")
+    push.add_argument("file", type=Path, help="a Jinja2 file, or YAML/JSON with template, system, variables")
+    push.add_argument("--name", required=True)
+    push.add_argument("--version", required=True)
+    push.add_argument("--target", required=True, help="GROUP or NODE (or group:NAME / node:NAME)")
+    push.add_argument("--system", help="system prompt (overrides the file's)")
+    rm = fsub.add_parser("rm-template", help="remove a template from a group or a node")
+    rm.add_argument("name")
+    rm.add_argument("--target", required=True)
+
+
+def load_template(path: Path, name: str, version: str, system: str | None) -> TemplateSpec:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise FleetCommandError(f"cannot read {path}: {e.strerror}") from e
+    except UnicodeDecodeError as e:
+        raise FleetCommandError(f"{path} is not UTF-8 text") from e
+    fields: dict[str, Any] = {}
+    if path.suffix in (".yaml", ".yml", ".json"):
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise FleetCommandError(f"{path} is not valid YAML/JSON: {e}") from e
+        if not isinstance(data, dict) or "template" not in data:
+            raise FleetCommandError(f"{path} must be a mapping with a 'template' key (and system, variables)")
+        fields = {k: data[k] for k in ("template", "system", "variables", "description") if k in data}
+    else:
+        fields["template"] = text
+    if system is not None:
+        fields["system"] = system
+    try:
+        if "variables" not in fields:
+            used = set(declared_variables(fields["template"]))
+            if fields.get("system"):
+                used |= set(declared_variables(fields["system"]))
+            fields["variables"] = sorted(used)
+        spec = TemplateSpec(name=name, version=version, **fields)
+        compile_template(spec)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors())
+        raise FleetCommandError(f"template refused: {problems}") from e
+    except TemplateError as e:
+        raise FleetCommandError(str(e)) from e
+    return spec
+
+
+def _age(ts: float) -> str:
+    s = max(0.0, time.time() - ts)
+    return f"{s:.0f}s ago" if s < 120 else f"{s / 60:.0f}m ago" if s < 7200 else f"{s / 3600:.0f}h ago"
+
+
+def print_status(nodes: list[dict[str, Any]], out: TextIO) -> None:
+    header = ["NODE", "GROUPS", "PROFILE", "MODEL", "STATUS", "LAST SEEN", "TEMPLATES"]
+    rows = []
+    for n in nodes:
+        templates = ", ".join(f"{k}@{v}" for k, v in sorted(n["templates"].items())) or "-"
+        sync = n["sync"] + (f" ({'; '.join(n['drift'])})" if n["drift"] else "")
+        rows.append(
+            [
+                n["node_id"],
+                ",".join(n["groups"]),
+                n["profile"],
+                n["model"],
+                n["state"],
+                _age(n["last_seen"]),
+                f"{sync}: {templates}",
+            ]
+        )
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header) - 1)]
+    for r in [header, *rows]:
+        out.write("  ".join(str(c).ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + str(r[-1]) + "\n")
+    if not rows:
+        out.write("(no nodes have reported yet)\n")
+
+
+def run(args: argparse.Namespace, settings: FleetSettings, out: TextIO) -> int:
+    timeout = min(args.timeout, 30.0)
+    if args.fleet_command == "status":
+        result = request(settings, Command(op="status"), timeout)
+        if not result.ok:
+            raise FleetCommandError(result.message)
+        nodes = result.data.get("nodes", [])
+        if args.json:
+            out.write(json.dumps(nodes, indent=2) + "\n")
+        else:
+            print_status(nodes, out)
+        return 0
+    if args.fleet_command == "push-template":
+        spec = load_template(args.file, args.name, args.version, args.system)
+        cmd = Command(op="push-template", target=args.target, template=spec)
+    else:
+        cmd = Command(op="rm-template", target=args.target, name=args.name)
+    result = request(settings, cmd, timeout)
+    if not result.ok:
+        raise FleetCommandError(f"refused: {result.message}")
+    out.write(result.message + "\n")
+    return 0

@@ -1,0 +1,64 @@
+"""`edgefleet-orchestrator`: one per site."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+
+from pydantic import ValidationError
+
+from edgefleet.orchestrator.registry import Registry, open_registry
+from edgefleet.orchestrator.service import Orchestrator
+from edgefleet.orchestrator.settings import OrchestratorSettings
+from edgefleet.proto.logs import configure_logging
+
+log = logging.getLogger("edgefleet.orchestrator")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="edgefleet-orchestrator", description="edgefleet site orchestrator")
+    sub = p.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="keep the fleet in sync until SIGTERM")
+    serve.add_argument("--mqtt-url", help="site broker, e.g. mqtt://127.0.0.1:1883")
+    serve.add_argument("--site", help="site name")
+    serve.add_argument("--registry-db", help="registry SQLite file")
+    serve.add_argument("--log-format", choices=["json", "text"])
+    args = p.parse_args(argv)
+    overrides = {
+        k: v
+        for k, v in {
+            "mqtt_url": args.mqtt_url,
+            "site": args.site,
+            "registry_db": args.registry_db,
+            "log_format": args.log_format,
+        }.items()
+        if v is not None
+    }
+    try:
+        settings = OrchestratorSettings(**overrides)
+    except (ValidationError, KeyError, ValueError) as e:
+        sys.stderr.write(f"edgefleet-orchestrator: invalid setting: {e}\n")
+        return 2
+    configure_logging("orchestrator", settings.log_level, settings.log_format)
+    try:
+        registry = Registry(open_registry(settings.registry_db))
+        orch = Orchestrator(settings, registry)
+    except Exception as e:
+        sys.stderr.write(f"edgefleet-orchestrator: cannot start: {e}\n")
+        return 2
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    orch.start()
+    log.info("orchestrator running", extra={"site": settings.site, "broker": settings.mqtt_url})
+    stop.wait()
+    orch.stop()
+    log.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""The orchestrator: keeps the registry from what nodes publish and publishes desired state.
+
+Operator commands arrive on the commands topic as MQTT 5 requests (response topic and
+correlation data) and are answered there. Desired state is retained per target with a
+generation that only grows, so nodes converge whenever they (re)connect.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edgefleet.orchestrator.registry import Registry
+from edgefleet.orchestrator.settings import OrchestratorSettings
+from edgefleet.proto.mqtt_link import LastWill, MqttLink
+from edgefleet.proto.payloads import (
+    Command,
+    CommandResult,
+    DesiredState,
+    ErrorReport,
+    NodeStatus,
+    OrchestratorStatus,
+    PayloadError,
+    ReportedState,
+    Target,
+    Telemetry,
+    parse_payload,
+)
+from edgefleet.proto.templates import TemplateError, compile_template
+from edgefleet.proto.topics import Topics, valid_name
+
+log = logging.getLogger("edgefleet.orchestrator")
+SOURCE = "orchestrator"
+
+
+class CommandError(Exception):
+    pass
+
+
+class Orchestrator:
+    def __init__(self, settings: OrchestratorSettings, registry: Registry) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.topics = Topics.for_site(settings.site, settings.topic_root)
+        self._lock = threading.Lock()  # commands and desired-state echoes
+        t = self.topics
+        self.link = MqttLink(
+            settings.mqtt_url,
+            client_id=f"orchestrator-{settings.site}",
+            username=settings.mqtt_username,
+            password=settings.mqtt_password,
+            ca_file=settings.mqtt_ca_file,
+            will=LastWill(t.orchestrator_status(), OrchestratorStatus(state="offline").dumps()),
+            birth=lambda: [(t.orchestrator_status(), OrchestratorStatus(state="online").dumps())],
+        )
+        self.link.subscribe(t.all_node_status(), self._on_status)
+        self.link.subscribe(t.all_node_reported(), self._on_reported)
+        self.link.subscribe(t.all_node_telemetry(), self._on_telemetry, qos=0)
+        self.link.subscribe(t.all_desired(), self._on_desired)
+        self.link.subscribe(t.orchestrator_commands(), self._on_command)
+
+    def start(self) -> None:
+        self.link.start()
+
+    def stop(self) -> None:
+        self.link.stop(final=[(self.topics.orchestrator_status(), OrchestratorStatus(state="offline").dumps())])
+
+    # -- what nodes publish ---------------------------------------------------------------------------
+    def _error(self, topic: str, code: str, message: str) -> None:
+        log.warning("input refused", extra={"topic": topic, "code": code, "reason": message})
+        report = ErrorReport(source=SOURCE, code=code, message=message, topic=topic)
+        self.link.publish(self.topics.errors(SOURCE), report.dumps())
+
+    def _on_status(self, msg: mqtt.MQTTMessage) -> None:
+        node_id = self.topics.node_of(msg.topic, "status")
+        if not msg.payload or node_id is None:
+            return
+        try:
+            status = parse_payload(NodeStatus, msg.payload)
+        except PayloadError as e:
+            self._error(msg.topic, "invalid_payload", str(e))
+            return
+        if status.node_id != node_id:
+            self._error(msg.topic, "wrong_node", f"status of {status.node_id!r} on the topic of {node_id!r}")
+            return
+        self.registry.record_status(status)
+        log.info("node status", extra={"node": node_id, "state": status.state})
+
+    def _on_reported(self, msg: mqtt.MQTTMessage) -> None:
+        node_id = self.topics.node_of(msg.topic, "reported")
+        if not msg.payload or node_id is None:
+            return
+        try:
+            rep = parse_payload(ReportedState, msg.payload)
+        except PayloadError as e:
+            self._error(msg.topic, "invalid_payload", str(e))
+            return
+        if rep.node_id == node_id:
+            self.registry.record_reported(rep)
+
+    def _on_telemetry(self, msg: mqtt.MQTTMessage) -> None:
+        node_id = self.topics.node_of(msg.topic, "telemetry")
+        try:
+            t = parse_payload(Telemetry, msg.payload)
+        except PayloadError as e:
+            self._error(msg.topic, "invalid_payload", str(e))
+            return
+        if t.node_id == node_id:
+            self.registry.record_telemetry(t)
+
+    def _on_desired(self, msg: mqtt.MQTTMessage) -> None:
+        """Retained desired state (ours, echoed or from before a restart) rebuilds the registry."""
+        if not msg.payload:
+            return
+        try:
+            doc = parse_payload(DesiredState, msg.payload)
+        except PayloadError as e:
+            self._error(msg.topic, "invalid_payload", str(e))
+            return
+        if doc.site == self.settings.site and self.topics.desired_target(msg.topic) == (
+            doc.target.kind,
+            doc.target.name,
+        ):
+            with self._lock:
+                self.registry.record_desired(doc)
+
+    # -- operator commands ------------------------------------------------------------------------------
+    def _on_command(self, msg: mqtt.MQTTMessage) -> None:
+        props = msg.properties
+        response_topic = getattr(props, "ResponseTopic", None)
+        correlation = getattr(props, "CorrelationData", None)
+        try:
+            cmd = parse_payload(Command, msg.payload)
+            with self._lock:
+                result = self._run(cmd)
+        except (PayloadError, CommandError, TemplateError) as e:
+            self._error(msg.topic, "command_refused", str(e))
+            result = CommandResult(ok=False, message=str(e))
+        if response_topic:
+            out = Properties(PacketTypes.PUBLISH)
+            if correlation is not None:
+                out.CorrelationData = correlation
+            self.link.publish(response_topic, result.dumps(), qos=1, properties=out)
+
+    def _target(self, spec: str) -> Target:
+        kind, _, name = spec.partition(":") if ":" in spec else ("", "", spec)
+        if not name or not valid_name(name):
+            raise CommandError(f"target {spec!r} is not a valid node or group name")
+        if kind not in ("", "node", "group"):
+            raise CommandError(f"target kind {kind!r} must be node or group")
+        if not kind:
+            kind = "node" if name in self.registry.node_ids() else "group"
+        return Target.model_validate({"kind": kind, "name": name})
+
+    def _publish_desired(self, target: Target, templates: dict[str, Any]) -> DesiredState:
+        current = self.registry.desired(target.key)
+        doc = DesiredState(
+            site=self.settings.site,
+            target=target,
+            generation=(current.generation if current else 0) + 1,
+            templates=templates,
+        )
+        self.registry.record_desired(doc)
+        topic = (
+            self.topics.desired_node(target.name) if target.kind == "node" else self.topics.desired_group(target.name)
+        )
+        self.link.publish(topic, doc.dumps(), qos=1, retain=True)
+        log.info("desired state published", extra={"target": target.key, "generation": doc.generation})
+        return doc
+
+    def _run(self, cmd: Command) -> CommandResult:
+        if cmd.op == "status":
+            return CommandResult(ok=True, data={"nodes": [r.as_dict() for r in self.registry.rows()]})
+        target = self._target(cmd.target)
+        current = self.registry.desired(target.key)
+        templates = dict(current.templates) if current else {}
+        if cmd.op == "push-template":
+            if cmd.template is None:
+                raise CommandError("push-template needs a template")
+            compile_template(cmd.template)
+            templates[cmd.template.name] = cmd.template
+            doc = self._publish_desired(target, templates)
+            return CommandResult(
+                ok=True,
+                message=f"template {cmd.template.name}@{cmd.template.version} pushed to {target.key}, "
+                f"generation {doc.generation}",
+                data={"generation": doc.generation, "target": target.key},
+            )
+        if cmd.name not in templates:
+            raise CommandError(f"template {cmd.name!r} is not desired for {target.key}")
+        del templates[cmd.name]
+        doc = self._publish_desired(target, templates)
+        return CommandResult(
+            ok=True,
+            message=f"template {cmd.name} removed from {target.key}, generation {doc.generation}",
+            data={"generation": doc.generation, "target": target.key},
+        )

@@ -1,0 +1,36 @@
+"""Orchestrator settings: every field has a default, a doc line and an environment variable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from edgefleet.proto.topics import check_name
+
+
+def _default_db() -> Path:
+    return Path.home() / ".local" / "share" / "edgefleet" / "orchestrator.db"
+
+
+class OrchestratorSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EDGEFLEET_", extra="ignore", validate_default=True)
+
+    mqtt_url: str = Field(default="mqtt://127.0.0.1:1883", description="Site broker (EDGEFLEET_MQTT_URL)")
+    mqtt_username: str | None = Field(default=None, description="Broker user name (EDGEFLEET_MQTT_USERNAME)")
+    mqtt_password: str | None = Field(default=None, description="Broker password (EDGEFLEET_MQTT_PASSWORD)")
+    mqtt_ca_file: str | None = Field(default=None, description="CA file for mqtts:// (EDGEFLEET_MQTT_CA_FILE)")
+    site: str = Field(default="default", description="Site this node belongs to (EDGEFLEET_SITE)")
+    topic_root: str = Field(default="edgefleet/{site}/", description="Root of every MQTT topic (EDGEFLEET_TOPIC_ROOT)")
+    registry_db: Path = Field(
+        default_factory=_default_db, description="The fleet registry, SQLite (EDGEFLEET_REGISTRY_DB)"
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="(EDGEFLEET_LOG_LEVEL)")
+    log_format: Literal["json", "text"] = Field(default="json", description="(EDGEFLEET_LOG_FORMAT)")
+
+    @field_validator("site")
+    @classmethod
+    def _site(cls, v: str) -> str:
+        return check_name("site", v)
