@@ -3,19 +3,24 @@
 
 One run, one model (the node's default, SmolLM2-135M-Instruct Q4_1), one llama.cpp build
 (the llama.cpp that llama-cpp-python 0.3.36 vendors, built with the same CPU flags), four
-backends, measured one after another (never two at once):
+backends:
 
   node             edgefleet-node over gRPC (continuous batching, 8 slots x 2048 ctx)
   inprocess        llama_cpp.Llama.create_completion in a worker process (one context)
   llama_cpp.server llama-cpp-python's OpenAI-style server over HTTP (/v1/completions)
   llama-server     llama.cpp's own C++ server over HTTP (/completion), -np 8 --kv-unified
 
-At each concurrency level N (default 1, 2, 4, 8), N clients each send `--rounds`
-streamed requests back to back (a closed loop). Every backend gets the same prompts (a
-chat-rendered sensor question, distinct per request), the same max_tokens, temperature 0
-(greedy) and the same top_p/top_k/seed/repeat-penalty.
+The node is started first, alone, for its cold start; then the others. All stay up, and
+only one generates at a time: each concurrency level is measured --repeats times, the
+backends taking turns in an order that rotates, so that a slow drift of the machine's
+speed does not favour one of them; a level's figure is the median of its repeats.
 
-Figures per backend and level:
+At a concurrency level N, N clients each send their requests back to back (a closed
+loop; --rounds each, more at low N so a level has at least --min-requests). Every
+backend gets the same prompts (chat-rendered sensor questions, each measurement a set no
+backend has seen, so no prefix cache holds a whole prompt), the same max_tokens,
+temperature 0 (greedy) and the same top_p/top_k/seed/repeat-penalty.
+
   tokens/s  = completion tokens of every request of the level / wall time of the level
               (first request sent -> last token received)
   TTFT      = mean over requests of (request sent -> first text received), client side
@@ -28,12 +33,16 @@ client c's round r request is "sent" when its round r-1 request finished (or at 
 start), so TTFT = first token time - that send time. Its concurrency-1 figure is a plain,
 real measurement; that is the one the done-when target uses.
 
+Other processes on the machine spoil the figures (llama.cpp's threads wait for each other
+at every step), so the script waits for idle CPUs before each measurement, accounts the
+CPU time others used during it, and re-measures (fresh prompts) when it was over 10 %.
+
 Also measured: the node's cold start (Popen -> grpc.health.v1 SERVING, polled every 20 ms)
-and its peak RSS (psutil polling of the node process during the whole node phase, and the
+and its peak RSS (psutil polling of the node process during the whole run, and the
 kernel's VmHWM), compared with model file + KV cache (n_layer * 2 * head_dim * n_head_kv *
 2 bytes per token, times n_ctx per slot, times slots) + 150 MiB.
 
-Results: a table, ratio and PASS/FAIL lines on stdout; bench/results/bench-<UTC time>.json,
+Results: tables, ratio and PASS/FAIL lines on stdout; bench/results/bench-<UTC time>.json,
 bench/results/latest.json and bench/results/throughput.png.
 
 Run:  bench/setup_llama_server.sh && .venv/bin/python bench/run_bench.py
@@ -427,14 +436,28 @@ class CpuAccount:
 FOREIGN_SHARE_WARN = 0.10  # more than 10 % of the machine used by others: figures are suspect
 
 
+WAIT_BUDGET = {"left_s": 150.0, "waited_s": 0.0}  # all the waiting one run may do (--wait-budget)
+
+
 def wait_quiet(max_wait_s: float, threshold: float = 0.10, what: str = "") -> float:
     """Wait (up to max_wait_s) until the machine is idle: under `threshold` of all CPUs busy.
 
     Called while no backend is generating, so whatever is busy is someone else's.
-    Returns the busy share of the last sample.
+    Returns the busy share of the last sample. The whole run waits at most WAIT_BUDGET.
     """
     import psutil
 
+    max_wait_s = min(max_wait_s, WAIT_BUDGET["left_s"])
+    t_begin = time.monotonic()
+    try:
+        return _wait_quiet(max_wait_s, threshold, what, psutil)
+    finally:
+        spent = time.monotonic() - t_begin
+        WAIT_BUDGET["left_s"] = max(0.0, WAIT_BUDGET["left_s"] - spent)
+        WAIT_BUDGET["waited_s"] += spent
+
+
+def _wait_quiet(max_wait_s: float, threshold: float, what: str, psutil: Any) -> float:
     t_end = time.monotonic() + max_wait_s
     share = psutil.cpu_percent(interval=0.5) / 100.0
     if share < threshold:
@@ -446,7 +469,8 @@ def wait_quiet(max_wait_s: float, threshold: float = 0.10, what: str = "") -> fl
         if share < threshold:
             print(f"  quiet now ({share:.0%} busy)", flush=True)
             return share
-    print(f"  WARNING: still {share:.0%} busy after {max_wait_s:.0f} s; measuring anyway "
+    left = "" if WAIT_BUDGET["left_s"] > max_wait_s else " (the run's waiting budget is spent)"
+    print(f"  WARNING: still {share:.0%} busy after {max_wait_s:.0f} s{left}; measuring anyway "
           f"(figures will be low and noisy)", flush=True)
     return share
 
@@ -511,6 +535,7 @@ def run_level(
 class NodeClient(Client):
     def __init__(self, address: str) -> None:
         import grpc
+
         from edgefleet.proto.v1 import inference_pb2 as pb
         from edgefleet.proto.v1 import inference_pb2_grpc as pb_grpc
 
@@ -615,54 +640,14 @@ def wait_serving(port: int, proc: subprocess.Popen[Any], timeout: float) -> floa
 
 def node_info(address: str) -> dict[str, Any]:
     import grpc
+    from google.protobuf.json_format import MessageToDict
+
     from edgefleet.proto.v1 import inference_pb2 as pb
     from edgefleet.proto.v1 import inference_pb2_grpc as pb_grpc
-    from google.protobuf.json_format import MessageToDict
 
     with grpc.insecure_channel(address) as ch:
         info = pb_grpc.InferenceStub(ch).GetNodeInfo(pb.GetNodeInfoRequest(), timeout=10)
     return MessageToDict(info, preserving_proto_field_name=True)
-
-
-def bench_node(ctx: BenchContext) -> dict[str, Any]:
-    port = free_port()
-    address = f"127.0.0.1:{port}"
-    node_bin = Path(sys.executable).parent / "edgefleet-node"
-    with tempfile.TemporaryDirectory(prefix="edgefleet-bench-") as tmp_s:
-        tmp = Path(tmp_s)
-        profile = node_profile(tmp)
-        cmd = [str(node_bin) if node_bin.exists() else "edgefleet-node", "serve", "--port", str(port),
-               "--host", "127.0.0.1", "--profile", str(profile), "--data-dir", str(tmp / "data"),
-               "--log-format", "text"]
-        log_path = LOG_DIR / "node.log"
-        proc = None
-        monitor = None
-        with log_path.open("w") as log:
-            try:
-                t_start = time.perf_counter()
-                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                        cwd=str(tmp))
-                monitor = RssMonitor(proc.pid).start()
-                try:
-                    t_ready = wait_serving(port, proc, START_TIMEOUT_S)
-                except RuntimeError as e:
-                    raise RuntimeError(f"{e}\n--- node log ---\n{log_tail(log_path)}") from e
-                cold = t_ready - t_start
-                print(f"  node cold start (Popen -> SERVING): {cold:.3f} s", flush=True)
-                levels = ctx.run_threaded("node", lambda: NodeClient(address), proc.pid)
-                info = node_info(address)
-                monitor.stop()
-                hwm = monitor.vm_hwm()
-                return {
-                    "command": cmd, "profile_file": profile.read_text(), "cold_start_s": round(cold, 3),
-                    "peak_rss_polled_bytes": monitor.peak, "rss_samples": monitor.samples,
-                    "vm_hwm_bytes": hwm, "peak_rss_bytes": max(monitor.peak, hwm or 0),
-                    "node_info": info, "levels": levels,
-                }
-            finally:
-                if monitor is not None:
-                    monitor.stop()
-                stop_process(proc)
 
 
 # -- HTTP servers ---------------------------------------------------------------------------
@@ -807,76 +792,181 @@ def wait_http(base: str, path: str, proc: subprocess.Popen[Any], timeout: float,
     raise RuntimeError(f"{base}{path} not ready within {timeout:.0f} s\n--- log ---\n{log_tail(log_path)}")
 
 
-def bench_http_server(
-    ctx: BenchContext, name: str, cmd: list[str], base: str, ready_path: str, make_client: Callable[[], Client]
-) -> dict[str, Any]:
-    log_path = LOG_DIR / f"{name}.log"
-    proc = None
-    monitor = None
-    with log_path.open("w") as log:
+# ---------------------------------------------------------------------------------------
+# Backends: started once, measured level by level, stopped at the end
+# ---------------------------------------------------------------------------------------
+class Backend:
+    """A running backend. Idle between measurements; only one generates at a time."""
+
+    name = ""
+
+    def __init__(self, ctx: BenchContext) -> None:
+        self.ctx = ctx
+        self.proc: subprocess.Popen[Any] | None = None
+        self.monitor: RssMonitor | None = None
+        self.log_path = LOG_DIR / f"{self.name}.log"
+        self._log: Any = None
+        self.info: dict[str, Any] = {}
+
+    def _spawn(self, cmd: list[str], cwd: Path, **kw: Any) -> subprocess.Popen[Any]:
+        self._log = self.log_path.open("w")
+        self.info["command"] = cmd
+        self.proc = subprocess.Popen(cmd, stderr=self._log, start_new_session=True, cwd=str(cwd),
+                                     **({"stdout": self._log} | kw))
+        self.monitor = RssMonitor(self.proc.pid).start()
+        return self.proc
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def warm(self) -> None:
+        """One request before measuring: graph allocation, caches, connections."""
+        self.measure([[self.ctx.warm_prompt]])
+
+    def measure(self, plan: list[list[Prompt]]) -> tuple[list[RequestRecord], dict[str, float]]:
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        """Final figures, taken while the process still runs."""
+        if self.monitor is not None:
+            self.monitor.stop()
+            hwm = self.monitor.vm_hwm()
+            self.info.update(peak_rss_polled_bytes=self.monitor.peak, vm_hwm_bytes=hwm,
+                             peak_rss_bytes=max(self.monitor.peak, hwm or 0), rss_samples=self.monitor.samples)
+
+    def stop(self) -> None:
+        if self.monitor is not None:
+            self.monitor.stop()
+        stop_process(self.proc)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def failure(self, e: BaseException) -> RuntimeError:
+        return RuntimeError(f"{e}\n--- {self.name} log ({self.log_path}) ---\n{log_tail(self.log_path)}")
+
+
+class ThreadedBackend(Backend):
+    """Measured with N client threads, each with its own connection."""
+
+    def make_client(self) -> Client:
+        raise NotImplementedError
+
+    def measure(self, plan: list[list[Prompt]]) -> tuple[list[RequestRecord], dict[str, float]]:
+        return run_level(self.make_client, plan, self.ctx.args.max_tokens, [self.pid])
+
+
+class NodeBackend(ThreadedBackend):
+    name = "node"
+
+    def start(self) -> None:
+        port = free_port()
+        self.address = f"127.0.0.1:{port}"
+        node_bin = Path(sys.executable).parent / "edgefleet-node"
+        self._tmp = tempfile.TemporaryDirectory(prefix="edgefleet-bench-")
+        tmp = Path(self._tmp.name)
+        profile = node_profile(tmp)
+        cmd = [str(node_bin) if node_bin.exists() else "edgefleet-node", "serve", "--port", str(port),
+               "--host", "127.0.0.1", "--profile", str(profile), "--data-dir", str(tmp / "data"),
+               "--log-format", "text"]
+        self.info["profile_file"] = profile.read_text()
+        t_start = time.perf_counter()
+        proc = self._spawn(cmd, tmp)
         try:
-            t_start = time.perf_counter()
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                    cwd=str(BENCH_DIR))
-            monitor = RssMonitor(proc.pid).start()
-            t_ready = wait_http(base, ready_path, proc, START_TIMEOUT_S, log_path)
-            print(f"  {name} ready in {t_ready - t_start:.2f} s", flush=True)
-            levels = ctx.run_threaded(name, make_client, proc.pid)
-            monitor.stop()
-            hwm = monitor.vm_hwm()
-            return {"command": cmd, "start_s": round(t_ready - t_start, 3),
-                    "peak_rss_bytes": max(monitor.peak, hwm or 0),
-                    "levels": levels}
+            t_ready = wait_serving(port, proc, START_TIMEOUT_S)
         except RuntimeError as e:
-            raise RuntimeError(f"{e}\n--- {name} log ---\n{log_tail(log_path)}") from e
-        finally:
-            if monitor is not None:
-                monitor.stop()
-            stop_process(proc)
+            raise self.failure(e) from e
+        self.info["cold_start_s"] = round(t_ready - t_start, 3)
+        print(f"  node cold start (Popen -> SERVING): {t_ready - t_start:.3f} s", flush=True)
+
+    def make_client(self) -> Client:
+        return NodeClient(self.address)
+
+    def finish(self) -> None:
+        with contextlib.suppress(Exception):
+            self.info["node_info"] = node_info(self.address)
+        super().finish()
+
+    def stop(self) -> None:
+        super().stop()
+        if getattr(self, "_tmp", None) is not None:
+            self._tmp.cleanup()
 
 
-def bench_llama_cpp_server(ctx: BenchContext) -> dict[str, Any]:
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    cmd = [
-        sys.executable, "-m", "llama_cpp.server", "--model", str(ctx.model), "--host", "127.0.0.1",
-        "--port", str(port), "--n_ctx", str(N_CTX_SLOT), "--n_batch", str(N_BATCH), "--n_ubatch", str(N_BATCH),
-        "--n_threads", str(THREADS), "--n_threads_batch", str(THREADS),
-        "--flash_attn", str(ctx.args.flash_attn == "on"),
-        # Its default (True) cancels a running stream when the next request arrives.
-        "--interrupt_requests", "False", "--verbose", "False",
-    ]
-    return bench_http_server(ctx, "llama_cpp.server", cmd, base, "/v1/models",
-                             lambda: OpenAICompletionsClient(base, ctx.count_tokens))
+class HttpBackend(ThreadedBackend):
+    ready_path = "/health"
+
+    def command(self, port: int) -> list[str]:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        port = free_port()
+        self.base = f"http://127.0.0.1:{port}"
+        t_start = time.perf_counter()
+        proc = self._spawn(self.command(port), BENCH_DIR)
+        t_ready = wait_http(self.base, self.ready_path, proc, START_TIMEOUT_S, self.log_path)
+        self.info["start_s"] = round(t_ready - t_start, 3)
+        print(f"  {self.name} ready in {t_ready - t_start:.2f} s", flush=True)
 
 
-def bench_llama_server(ctx: BenchContext) -> dict[str, Any]:
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    cmd = [
-        str(LLAMA_SERVER_BIN), "-m", str(ctx.model), "--host", "127.0.0.1", "--port", str(port),
-        "-np", str(SLOTS), "--kv-unified", "-c", str(N_CTX_SLOT * SLOTS), "-t", str(THREADS), "-tb", str(THREADS),
-        "-b", str(N_BATCH), "-ub", str(N_BATCH), "--flash-attn", "auto" if ctx.args.flash_attn == "on" else "off",
-        "--no-webui",
-    ]
-    return bench_http_server(ctx, "llama-server", cmd, base, "/health",
-                             lambda: LlamaServerClient(base, ignore_eos=not ctx.args.no_ignore_eos))
+class LlamaCppServerBackend(HttpBackend):
+    name = "llama_cpp.server"
+    ready_path = "/v1/models"
+
+    def command(self, port: int) -> list[str]:
+        return [
+            sys.executable, "-m", "llama_cpp.server", "--model", str(self.ctx.model), "--host", "127.0.0.1",
+            "--port", str(port), "--n_ctx", str(N_CTX_SLOT), "--n_batch", str(N_BATCH),
+            "--n_ubatch", str(N_BATCH), "--n_threads", str(THREADS), "--n_threads_batch", str(THREADS),
+            "--flash_attn", str(self.ctx.args.flash_attn == "on"),
+            # Its default (True) cancels a running stream when the next request arrives.
+            "--interrupt_requests", "False", "--verbose", "False",
+        ]
+
+    def make_client(self) -> Client:
+        return OpenAICompletionsClient(self.base, self.ctx.count_tokens)
+
+
+class LlamaServerBackend(HttpBackend):
+    name = "llama-server"
+
+    def command(self, port: int) -> list[str]:
+        return [
+            str(LLAMA_SERVER_BIN), "-m", str(self.ctx.model), "--host", "127.0.0.1", "--port", str(port),
+            "-np", str(SLOTS), "--kv-unified", "-c", str(N_CTX_SLOT * SLOTS), "-t", str(THREADS),
+            "-tb", str(THREADS), "-b", str(N_BATCH), "-ub", str(N_BATCH),
+            "--flash-attn", "auto" if self.ctx.args.flash_attn == "on" else "off", "--no-webui",
+        ]
+
+    def make_client(self) -> Client:
+        return LlamaServerClient(self.base, ignore_eos=not self.ctx.args.no_ignore_eos)
 
 
 # -- in-process (worker subprocess) ---------------------------------------------------------
-def worker_inprocess(spec_path: Path, out_path: Path) -> int:
-    """--worker inprocess: one llama_cpp.Llama, every request on this (main) thread."""
+def worker_inprocess() -> int:
+    """--worker inprocess: one llama_cpp.Llama; every request on this (main) thread.
+
+    Protocol: one JSON object a line. In: the config, then {"plan": plan[client][round]}
+    per level (a FIFO server's order of N closed-loop clients). Out: {"ready": true}, then
+    {"records": [...]} per level.
+    """
+    out = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # anything llama.cpp prints goes to the log, not into the protocol
     import llama_cpp
 
-    spec = json.loads(spec_path.read_text())
+    cfg = json.loads(sys.stdin.readline())
     llm = llama_cpp.Llama(
-        model_path=spec["model"], n_ctx=N_CTX_SLOT, n_batch=N_BATCH, n_ubatch=N_BATCH, n_threads=THREADS,
-        n_threads_batch=THREADS, flash_attn=spec["flash_attn"], seed=SEED, verbose=False,
+        model_path=cfg["model"], n_ctx=N_CTX_SLOT, n_batch=N_BATCH, n_ubatch=N_BATCH, n_threads=THREADS,
+        n_threads_batch=THREADS, flash_attn=cfg["flash_attn"], seed=SEED, verbose=False,
     )
-    max_tokens = spec["max_tokens"]
+    max_tokens = cfg["max_tokens"]
 
-    def one(prompt: dict[str, Any]) -> tuple[float, float, float, int, str, bool]:
-        t_start = time.perf_counter()
+    def one(prompt: dict[str, Any]) -> tuple[float, float, int, str, bool]:
         t_first = 0.0
         pieces: list[str] = []
         finish = None
@@ -897,103 +987,76 @@ def worker_inprocess(spec_path: Path, out_path: Path) -> int:
             n, exact = max_tokens, True
         else:
             n, exact = len(llm.tokenize("".join(pieces).encode(), add_bos=False, special=True)) + 1, False
-        return t_start, t_first or t_end, t_end, n, finish or "?", exact
+        return t_first or t_end, t_end, n, finish or "?", exact
 
-    one(spec["warm"])
-    levels = []
-    for level in spec["levels"]:
-        plan = level["plan"]  # plan[client][round]
+    out.write(json.dumps({"ready": True}) + "\n")
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        plan = json.loads(line)["plan"]
         n, rounds = len(plan), len(plan[0])
         t0 = time.perf_counter()
         done_at: dict[int, float] = {}
         records = []
-        for r in range(rounds):  # FIFO order of N closed-loop clients
+        for r in range(rounds):
             for c in range(n):
                 p = plan[c][r]
-                t_start, t_first, t_end, toks, finish, exact = one(p)
+                t_first, t_end, toks, finish, exact = one(p)
                 sent = done_at.get(c, t0)  # the client sent this when its previous request ended
                 done_at[c] = t_end
                 records.append({
                     "client": c, "round": r, "prompt_tokens": p["n_tokens"], "completion_tokens": toks,
                     "finish": finish, "t_send": sent - t0, "t_first": t_first - t0, "t_end": t_end - t0,
-                    "tokens_exact": exact, "t_start": t_start - t0, "expected_prompt_tokens": p["n_tokens"],
+                    "tokens_exact": exact, "expected_prompt_tokens": p["n_tokens"],
                 })
-        levels.append({"concurrency": n, "records": records})
-    out_path.write_text(json.dumps({"levels": levels}))
+        out.write(json.dumps({"records": records}) + "\n")
     llm.close()
     return 0
 
 
-def _inprocess_attempt(ctx: BenchContext, attempt: int) -> dict[str, Any]:
-    """One run of the in-process worker over every level (prompt set `attempt`)."""
-    spec = {
-        "model": str(ctx.model), "max_tokens": ctx.args.max_tokens, "flash_attn": ctx.args.flash_attn == "on",
-        "warm": asdict(ctx.warm_prompt),
-        "levels": [{"plan": [[asdict(p) for p in row] for row in ctx.plans[n][attempt]]} for n in ctx.levels],
-    }
-    log_path = LOG_DIR / "inprocess.log"
-    with tempfile.TemporaryDirectory(prefix="edgefleet-bench-") as tmp_s:
-        spec_path, out_path = Path(tmp_s) / "spec.json", Path(tmp_s) / "out.json"
-        spec_path.write_text(json.dumps(spec))
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "inprocess",
-               "--worker-spec", str(spec_path), "--worker-out", str(out_path)]
-        total_tokens = sum(len(ctx.plans[n][attempt]) * len(ctx.plans[n][attempt][0]) for n in ctx.levels)
-        timeout = 120 + total_tokens * ctx.args.max_tokens / 5.0  # generous: 5 tokens/s
-        proc = None
-        monitor = None
-        rc = None
-        with log_path.open("w") as log:
-            try:
-                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-                monitor = RssMonitor(proc.pid).start()
-                cpu = CpuAccount([proc.pid])
-                cpu_use = cpu.stop()
-                while proc.poll() is None and time.perf_counter() - monitor.t_started < timeout:
-                    cpu_use = cpu.stop()  # sampled while the worker lives (its CPU time is gone after exit)
-                    time.sleep(0.2)
-                rc = proc.wait(max(0.1, timeout - (time.perf_counter() - monitor.t_started)))
-                monitor.stop()
-            except subprocess.TimeoutExpired as e:
-                raise RuntimeError(f"in-process worker ran over {timeout:.0f} s") from e
-            finally:
-                if monitor is not None:
-                    monitor.stop()
-                stop_process(proc)
-        if rc != 0 or not out_path.exists():
-            raise RuntimeError(f"in-process worker failed (exit {rc})\n--- log ---\n{log_tail(log_path)}")
-        data = json.loads(out_path.read_text())
-    levels = {}
-    for lv in data["levels"]:
-        recs = []
-        for d in lv["records"]:
-            d.pop("t_start", None)
-            recs.append(RequestRecord(**d))
-        res = summarize(lv["concurrency"], recs)
-        res.cpu = cpu_use  # the whole worker run, not per level
-        levels[str(res.concurrency)] = asdict(res)
-        print(f"  c={res.concurrency}: {res.tokens_per_s:7.1f} tok/s, TTFT {res.ttft_ms_mean:7.1f} ms "
-              f"(sequential, queued as {res.concurrency} clients)", flush=True)
-    if cpu_use["foreign_share"] >= 0.02:
-        print(f"  {cpu_use['foreign_share']:.0%} CPU used by OTHER processes during the worker run", flush=True)
-    return {"command": cmd, "peak_rss_bytes": monitor.peak if monitor else None, "levels": levels,
-            "foreign_share": cpu_use["foreign_share"], "prompt_set": attempt,
-            "note": "one context; requests run back to back on one thread; TTFT includes the FIFO wait"}
+class InProcessBackend(Backend):
+    name = "inprocess"
+
+    def start(self) -> None:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "inprocess"]
+        t_start = time.perf_counter()
+        proc = self._spawn(cmd, BENCH_DIR, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+        assert proc.stdin is not None
+        proc.stdin.write(json.dumps({"model": str(self.ctx.model), "max_tokens": self.ctx.args.max_tokens,
+                                     "flash_attn": self.ctx.args.flash_attn == "on"}) + "\n")
+        self._reply(START_TIMEOUT_S)
+        self.info["start_s"] = round(time.perf_counter() - t_start, 3)
+        self.info["note"] = ("one context; the requests of a level run back to back on one thread, in the "
+                             "order of a FIFO server; TTFT includes the wait behind the other clients")
+        print(f"  in-process worker ready in {self.info['start_s']:.2f} s", flush=True)
+
+    def _reply(self, timeout: float) -> dict[str, Any]:
+        import selectors
+
+        assert self.proc is not None and self.proc.stdout is not None
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.proc.stdout, selectors.EVENT_READ)
+            if not sel.select(timeout):
+                raise self.failure(RuntimeError(f"in-process worker gave no answer within {timeout:.0f} s"))
+        line = self.proc.stdout.readline()
+        if not line:
+            raise self.failure(RuntimeError(f"in-process worker exited (code {self.proc.poll()})"))
+        return dict(json.loads(line))
+
+    def measure(self, plan: list[list[Prompt]]) -> tuple[list[RequestRecord], dict[str, float]]:
+        assert self.proc is not None and self.proc.stdin is not None
+        cpu = CpuAccount([self.pid])
+        self.proc.stdin.write(json.dumps({"plan": [[asdict(p) for p in row] for row in plan]}) + "\n")
+        n_req = sum(len(row) for row in plan)
+        reply = self._reply(60 + n_req * self.ctx.args.max_tokens / 5.0)  # generous: 5 tokens/s
+        cpu_use = cpu.stop()
+        return [RequestRecord(**d) for d in reply["records"]], cpu_use
 
 
-def bench_inprocess(ctx: BenchContext) -> dict[str, Any]:
-    best: dict[str, Any] | None = None
-    for attempt in range(1 + ctx.args.load_retries):
-        if attempt:
-            print(f"  re-measuring (other processes were busy), fresh prompt set {attempt}", flush=True)
-            wait_quiet(ctx.args.quiet_wait, what=" again")
-        res = _inprocess_attempt(ctx, attempt)
-        if best is None or res["foreign_share"] < best["foreign_share"]:
-            best = res
-        if res["foreign_share"] < FOREIGN_SHARE_WARN:
-            break
-    assert best is not None
-    best["attempts"] = attempt + 1
-    return best
+BACKEND_CLASSES: dict[str, type[Backend]] = {
+    "node": NodeBackend, "inprocess": InProcessBackend, "llama_cpp.server": LlamaCppServerBackend,
+    "llama-server": LlamaServerBackend,
+}
 
 
 # ---------------------------------------------------------------------------------------
@@ -1004,41 +1067,100 @@ class BenchContext:
     args: argparse.Namespace
     model: Path
     levels: list[int]
-    plans: dict[int, list[list[list[Prompt]]]]  # plans[level][prompt set][client][round]
+    # plans[level][repeat][attempt] -> plan[client][round]; the same prompts for every backend
+    plans: dict[int, list[list[list[list[Prompt]]]]]
     warm_prompt: Prompt
     count_tokens: Callable[[str], int]
 
-    def run_threaded(self, name: str, make_client: Callable[[], Client], pid: int) -> dict[str, Any]:
-        warm = make_client()  # one request before measuring: graph allocation, caches, connections
-        try:
-            warm.generate(self.warm_prompt, self.args.max_tokens, time.perf_counter(), 0, 0)
-        finally:
-            warm.close()
-        out = {}
-        for n in self.levels:
-            best: LevelResult | None = None
-            for attempt in range(1 + self.args.load_retries):
-                time.sleep(0.3)
-                wait_quiet(self.args.quiet_wait / 4, what=f" before c={n}")
-                # A re-measurement gets a fresh prompt set: a prompt the server has seen would
-                # be served from its prefix cache.
-                recs, cpu = run_level(make_client, self.plans[n][attempt], self.args.max_tokens, [pid])
-                res = summarize(n, recs)
-                res.cpu = {**cpu, "attempt": attempt}
-                busy = (f", {cpu['foreign_share']:.0%} CPU used by OTHER processes"
-                        if cpu["foreign_share"] >= 0.02 else "")
-                print(f"  c={n}: {res.tokens_per_s:7.1f} tok/s, TTFT {res.ttft_ms_mean:7.1f} ms "
-                      f"({res.requests} requests, {res.completion_tokens} tokens, {res.wall_s:.2f} s{busy})",
-                      flush=True)
-                if best is None or cpu["foreign_share"] < best.cpu["foreign_share"]:
-                    best = res
-                if cpu["foreign_share"] < FOREIGN_SHARE_WARN:
-                    break
-                if attempt < self.args.load_retries:
-                    print(f"  re-measuring c={n}: other processes used the CPUs", flush=True)
-            assert best is not None
-            out[str(n)] = asdict(best)
-        return out
+
+def measure_level(ctx: BenchContext, b: Backend, n: int, rep: int) -> LevelResult:
+    """One measurement of backend b at concurrency n; re-measured (fresh prompts) under load."""
+    best: LevelResult | None = None
+    for attempt in range(1 + ctx.args.load_retries):
+        time.sleep(0.2)
+        wait_quiet(ctx.args.quiet_wait / 4, what=f" before {b.name} c={n}")
+        # A re-measurement gets a fresh prompt set: a prompt the server has seen would be
+        # served from its prefix cache.
+        recs, cpu = b.measure(ctx.plans[n][rep][attempt])
+        res = summarize(n, recs)
+        res.cpu = {**cpu, "attempt": attempt, "repeat": rep}
+        busy = f", {cpu['foreign_share']:.0%} CPU used by OTHER processes" if cpu["foreign_share"] >= 0.02 else ""
+        print(f"  c={n} #{rep + 1} {LABELS[b.name]:20} {res.tokens_per_s:7.1f} tok/s, TTFT {res.ttft_ms_mean:7.1f} ms"
+              f"  ({res.requests} requests, {res.wall_s:.2f} s{busy})", flush=True)
+        if best is None or cpu["foreign_share"] < best.cpu["foreign_share"]:
+            best = res
+        if cpu["foreign_share"] < FOREIGN_SHARE_WARN:
+            break
+        if attempt < ctx.args.load_retries:
+            print(f"  re-measuring {b.name} c={n}: other processes used the CPUs", flush=True)
+    assert best is not None
+    return best
+
+
+def _median(xs: list[float]) -> float:
+    s = sorted(xs)
+    m = len(s) // 2
+    return s[m] if len(s) % 2 else (s[m - 1] + s[m]) / 2
+
+
+def combine(reps: list[LevelResult]) -> dict[str, Any]:
+    """The figures of a level: medians over the repeats (each repeat kept in full)."""
+    out: dict[str, Any] = {
+        "concurrency": reps[0].concurrency,
+        "tokens_per_s": round(_median([r.tokens_per_s for r in reps]), 2),
+        "ttft_ms_mean": round(_median([r.ttft_ms_mean for r in reps]), 1),
+        "tokens_per_s_repeats": [r.tokens_per_s for r in reps],
+        "ttft_ms_repeats": [r.ttft_ms_mean for r in reps],
+        "requests": sum(r.requests for r in reps),
+        "completion_tokens_mean": round(sum(r.completion_tokens for r in reps) / sum(r.requests for r in reps), 1),
+        "finished_by_length": sum(r.finished_by_length for r in reps),
+        "cpu": {"foreign_share": round(_median([r.cpu["foreign_share"] for r in reps]), 3)},
+        "repeats": [asdict(r) for r in reps],
+    }
+    return out
+
+
+def run_all(ctx: BenchContext, names: list[str], results: dict[str, Any]) -> None:
+    """Start every backend (the node first, on a quiet machine), then measure level by level.
+
+    Within a level the backends take turns (the order rotates between repeats and levels),
+    so that slow drifts of the machine's speed do not favour one of them.
+    """
+    running: list[Backend] = []
+    try:
+        for name in names:
+            print(f"\n--- starting {LABELS[name]}", flush=True)
+            wait_quiet(ctx.args.quiet_wait)
+            b = BACKEND_CLASSES[name](ctx)
+            try:
+                b.start()
+                b.warm()
+            except Exception as e:
+                print(f"  ERROR: {e}", flush=True)
+                results[name] = {"error": str(e), **b.info}
+                b.stop()
+                continue
+            running.append(b)
+        reps_of: dict[str, dict[int, list[LevelResult]]] = {b.name: {} for b in running}
+        for li, n in enumerate(ctx.levels):
+            print(f"\n--- concurrency {n}", flush=True)
+            for rep in range(ctx.args.repeats):
+                k = (li + rep) % max(1, len(running))
+                for b in running[k:] + running[:k]:
+                    if b.name in results:  # failed earlier
+                        continue
+                    try:
+                        reps_of[b.name].setdefault(n, []).append(measure_level(ctx, b, n, rep))
+                    except Exception as e:
+                        print(f"  ERROR: {b.name}: {e}", flush=True)
+                        results[b.name] = {"error": str(e), **b.info}
+        for b in running:
+            b.finish()
+            if b.name not in results:
+                results[b.name] = {**b.info, "levels": {str(n): combine(r) for n, r in reps_of[b.name].items()}}
+    finally:
+        for b in reversed(running):
+            b.stop()
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -1050,9 +1172,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=2, help="requests per client per level (default 2)")
     p.add_argument("--min-requests", type=int, default=8,
                    help="at least this many requests per level: low levels get more rounds (default 8)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="measure every level this many times, the backends taking turns; the figures are the "
+                        "medians (default 3)")
     p.add_argument("--load-retries", type=int, default=2,
-                   help="re-measure a level (in-process: the whole run) up to this many times when other "
-                        "processes used over 10%% of the CPUs meanwhile (default 2)")
+                   help="re-measure a level up to this many times when other processes used over 10%% of the "
+                        "CPUs meanwhile (default 2)")
     p.add_argument("--only", default=",".join(BACKENDS), help=f"backends to run (default all: {','.join(BACKENDS)})")
     p.add_argument("--out", default=str(BENCH_DIR / "results"), help="results folder (default bench/results)")
     p.add_argument("--flash-attn", choices=["on", "off"], default="on",
@@ -1061,11 +1186,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-ignore-eos", action="store_true", help="do not send ignore_eos to llama-server")
     p.add_argument("--check", action="store_true", help="exit 1 when a target FAILs")
     p.add_argument("--quiet-wait", type=float, default=120.0,
-                   help="before each backend, wait up to this many seconds for other processes to leave the "
-                        "CPUs idle (a quarter of it before each level); default 120")
+                   help="before starting each backend, wait up to this many seconds for other processes to "
+                        "leave the CPUs idle (a quarter of it before each measurement); default 120")
+    p.add_argument("--wait-budget", type=float, default=150.0,
+                   help="seconds the whole run may spend waiting for a quiet machine (default 150)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
-    p.add_argument("--worker-spec", help=argparse.SUPPRESS)
-    p.add_argument("--worker-out", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -1102,6 +1227,15 @@ def report(results: dict[str, Any], levels: list[int], facts: ModelFacts, max_to
         if "levels" not in results[b]:
             row += f"   ({results[b].get('skipped') or results[b].get('error', '')[:60]})"
         print(row)
+    print("(median of the repeats; each repeat's tokens/s:)")
+    for b in names:
+        if "levels" not in results[b]:
+            continue
+        cells = []
+        for n in levels:
+            lv = results[b]["levels"].get(str(n))
+            cells.append("n/a" if lv is None else "/".join(f"{x:.0f}" for x in lv["tokens_per_s_repeats"]))
+        print(f"{LABELS[b]:{w}}" + "".join(f"{c:>16}" for c in cells))
     loaded = [f"{LABELS[b]} c={n} ({_foreign(results, b, n):.0%})" for b in names for n in levels
               if tps(results, b, n) is not None and _foreign(results, b, n) >= FOREIGN_SHARE_WARN]
     if loaded:
@@ -1135,7 +1269,7 @@ def report(results: dict[str, Any], levels: list[int], facts: ModelFacts, max_to
     mismatched = []
     for b in names:
         for lv in (results[b].get("levels") or {}).values():
-            bad = [r for r in lv["records"]
+            bad = [r for one in lv["repeats"] for r in one["records"]
                    if r["expected_prompt_tokens"] and r["prompt_tokens"] != r["expected_prompt_tokens"]]
             if bad:
                 mismatched.append(f"{LABELS[b]} c={lv['concurrency']}: {len(bad)} request(s), e.g. "
@@ -1276,7 +1410,7 @@ def environment() -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker == "inprocess":
-        return worker_inprocess(Path(args.worker_spec), Path(args.worker_out))
+        return worker_inprocess()
     levels = sorted({int(x) for x in args.concurrency.split(",") if x.strip()})
     if not levels or min(levels) < 1 or max(levels) > SLOTS + QUEUE_LENGTH:
         raise SystemExit(f"--concurrency must be between 1 and {SLOTS + QUEUE_LENGTH}")
@@ -1284,23 +1418,29 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(only) - set(BACKENDS)
     if unknown:
         raise SystemExit(f"unknown backend(s) {', '.join(sorted(unknown))}; choose from {', '.join(BACKENDS)}")
-    if args.max_tokens < 1 or args.rounds < 1 or args.min_requests < 1 or args.load_retries < 0:
-        raise SystemExit("--max-tokens, --rounds and --min-requests must be at least 1, --load-retries at least 0")
+    if min(args.max_tokens, args.rounds, args.min_requests, args.repeats) < 1 or args.load_retries < 0:
+        raise SystemExit("--max-tokens, --rounds, --min-requests and --repeats must be at least 1, "
+                         "--load-retries at least 0")
+    WAIT_BUDGET["left_s"] = max(0.0, args.wait_budget)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     LOG_DIR.mkdir(parents=True, exist_ok=True)
 
     model = model_path()
     rounds = {n: max(args.rounds, -(-args.min_requests // n)) for n in levels}
-    n_sets = 1 + max(0, args.load_retries)
+    n_sets = args.repeats * (1 + args.load_retries)
     n_prompts = 1 + n_sets * sum(n * rounds[n] for n in levels)
     prompts, facts = render_prompts(model, [sensor_prompt(i) for i in range(n_prompts)])
-    plans: dict[int, list[list[list[Prompt]]]] = {n: [] for n in levels}
+    # Every measurement (level, repeat, re-measurement) gets prompts no backend has seen.
+    plans: dict[int, list[list[list[list[Prompt]]]]] = {n: [] for n in levels}
     offset = 1
-    for _ in range(n_sets):  # set 0 is measured; the others are for re-measurements
-        for n in levels:
-            plans[n].append(plan_level(prompts, n, rounds[n], offset))
-            offset += n * rounds[n]
+    for n in levels:
+        for _ in range(args.repeats):
+            sets = []
+            for _ in range(1 + args.load_retries):
+                sets.append(plan_level(prompts, n, rounds[n], offset))
+                offset += n * rounds[n]
+            plans[n].append(sets)
 
     vocab = vocab_model(model)
     vocab_lock = threading.Lock()
@@ -1313,15 +1453,13 @@ def main(argv: list[str] | None = None) -> int:
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     print(f"model {model.name} ({fmt_mib(facts.size_bytes)}), llama-cpp-python {environment()['llama_cpp_python']}, "
           f"{os.cpu_count()} CPUs")
-    print(f"levels {levels}, requests per client per level {rounds} (--rounds {args.rounds}, --min-requests "
-          f"{args.min_requests}), max_tokens {args.max_tokens}, temperature {TEMPERATURE}, "
-          f"{n_prompts} distinct prompts "
-          f"({min(p.n_tokens for p in prompts)}-{max(p.n_tokens for p in prompts)} tokens)")
+    print(f"levels {levels}, requests per client {rounds} (--rounds {args.rounds}, --min-requests "
+          f"{args.min_requests}), {args.repeats} repeats, max_tokens {args.max_tokens}, temperature {TEMPERATURE}, "
+          f"{n_prompts} distinct prompts ({min(p.n_tokens for p in prompts)}-{max(p.n_tokens for p in prompts)} "
+          f"tokens)")
 
-    runners = {"node": bench_node, "inprocess": bench_inprocess, "llama_cpp.server": bench_llama_cpp_server,
-               "llama-server": bench_llama_server}
     results: dict[str, Any] = {}
-    t_run = time.perf_counter()
+    names = []
     for b in BACKENDS:
         if b not in only:
             continue
@@ -1330,25 +1468,22 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n--- {LABELS[b]}: SKIPPED: {msg}", flush=True)
             results[b] = {"skipped": msg}
             continue
-        print(f"\n--- {LABELS[b]}", flush=True)
-        wait_quiet(args.quiet_wait)
-        t_b = time.perf_counter()
-        try:
-            results[b] = runners[b](ctx)
-        except (RuntimeError, OSError) as e:
-            print(f"  ERROR: {e}", flush=True)
-            results[b] = {"error": str(e)}
-        print(f"  ({time.perf_counter() - t_b:.1f} s)", flush=True)
-        time.sleep(1.0)  # let the machine settle between backends
-    vocab.close()
+        names.append(b)
+    t_run = time.perf_counter()
+    try:
+        run_all(ctx, names, results)
+    finally:
+        vocab.close()
 
     checks = report(results, levels, facts, args.max_tokens)
     doc = {
         "timestamp": stamp,
         "duration_s": round(time.perf_counter() - t_run, 1),
+        "waited_for_quiet_s": round(WAIT_BUDGET["waited_s"], 1),
         "config": {
             "levels": levels, "rounds": args.rounds, "min_requests": args.min_requests,
-            "rounds_per_level": {str(n): r for n, r in rounds.items()}, "load_retries": args.load_retries,
+            "rounds_per_level": {str(n): r for n, r in rounds.items()}, "repeats": args.repeats,
+            "load_retries": args.load_retries,
             "max_tokens": args.max_tokens, "temperature": TEMPERATURE,
             "top_p": TOP_P, "top_k": TOP_K, "seed": SEED, "repeat_penalty": REPEAT_PENALTY,
             "flash_attn": args.flash_attn, "llama_server_ignore_eos": not args.no_ignore_eos,
@@ -1367,10 +1502,11 @@ def main(argv: list[str] | None = None) -> int:
     png = out_dir / "throughput.png"
     try:
         plot(results, levels, png, f"{model.name}, {os.cpu_count()} CPUs, max_tokens {args.max_tokens}, "
-                                   f">= {args.min_requests} requests/level, {stamp}")
+                                   f">= {args.min_requests} requests x {args.repeats} repeats per level, {stamp}")
     except Exception as e:  # the figures are already written
         print(f"plot failed: {e}")
-    print(f"\nwrote {stamped}, {out_dir / 'latest.json'} and {png}  (run took {doc['duration_s']:.0f} s)")
+    print(f"\nwrote {stamped}, {out_dir / 'latest.json'} and {png}  (run took {doc['duration_s']:.0f} s, "
+          f"{doc['waited_for_quiet_s']:.0f} s of it waiting for other processes)")
     if args.check and any(c["result"] == "FAIL" for c in checks):
         return 1
     return 0

@@ -15,6 +15,7 @@ from edgefleet.fleet.control import request
 from edgefleet.fleet.settings import FleetSettings
 from edgefleet.proto.payloads import Command, TemplateSpec
 from edgefleet.proto.templates import TemplateError, compile_template, declared_variables
+from edgefleet.proto.topics import valid_name
 
 
 class FleetCommandError(Exception):
@@ -38,6 +39,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def load_template(path: Path, name: str, version: str, system: str | None) -> TemplateSpec:
+    if not valid_name(name):
+        raise FleetCommandError(
+            f"template name {name!r} is invalid: use letters, digits, '.', '_' or '-', no '/' or '..'"
+        )
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:

@@ -163,12 +163,12 @@ class CommandResult(_Payload):
     data: dict[str, Any] = Field(default_factory=dict)
 
 
-def parse_payload(model: type[P], raw: bytes) -> P:
+def parse_payload(model: type[P], raw: bytes | bytearray) -> P:
     """Size, UTF-8, JSON, version and schema checks, each with a message a person can act on."""
     if len(raw) > MAX_PAYLOAD_BYTES:
         raise PayloadError(f"payload is {len(raw)} bytes; the limit is {MAX_PAYLOAD_BYTES}")
     try:
-        text = raw.decode("utf-8")
+        text = bytes(raw).decode("utf-8")
     except UnicodeDecodeError as e:
         raise PayloadError(f"payload is not UTF-8: {e}") from e
     try:

@@ -45,12 +45,20 @@ def write_profile(path: Path, base: str = "x86-dev", **changes: object) -> Path:
 class NodeProcess:
     """`edgefleet-node serve` in a subprocess, talked to over real gRPC."""
 
-    def __init__(self, tmp: Path, profile: str | Path = "x86-dev", env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
+    def __init__(
+        self,
+        tmp: Path,
+        profile: str | Path = "x86-dev",
+        env: dict[str, str] | None = None,
+        node_id: str | None = None,
+        port: int | None = None,
+    ) -> None:
+        self.port = port or free_port()
         self.address = f"127.0.0.1:{self.port}"
-        self.log_path = tmp / f"node-{self.port}.log"
-        self.data_dir = tmp / f"data-{self.port}"
-        self._log = self.log_path.open("wb")
+        self.node_id = node_id or f"test-{self.port}"
+        self.log_path = tmp / f"node-{self.node_id}.log"
+        self.data_dir = tmp / f"data-{self.node_id}"
+        self._log = self.log_path.open("ab")
         full_env = {**os.environ, "EDGEFLEET_LOG_FORMAT": "text", **(env or {})}
         self.proc = subprocess.Popen(
             [
@@ -65,7 +73,7 @@ class NodeProcess:
                 "--data-dir",
                 str(self.data_dir),
                 "--node-id",
-                f"test-{self.port}",
+                self.node_id,
             ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -95,6 +103,11 @@ class NodeProcess:
     def info(self) -> pb.NodeInfo:
         return self.stub.GetNodeInfo(pb.GetNodeInfoRequest(), timeout=5)
 
+    def kill(self) -> None:
+        """SIGKILL: no goodbye, the broker publishes the last will."""
+        self.proc.kill()
+        self.proc.wait()
+
     def stop(self) -> int:
         self.channel.close()
         if self.proc.poll() is None:
@@ -113,8 +126,14 @@ def start_node(tmp_path: Path) -> Iterator:
     """Factory: start a node with a given profile/env; every node started is stopped after the test."""
     nodes: list[NodeProcess] = []
 
-    def _start(profile: str | Path = "x86-dev", env: dict[str, str] | None = None, wait: bool = True) -> NodeProcess:
-        node = NodeProcess(tmp_path, profile, env)
+    def _start(
+        profile: str | Path = "x86-dev",
+        env: dict[str, str] | None = None,
+        wait: bool = True,
+        node_id: str | None = None,
+        port: int | None = None,
+    ) -> NodeProcess:
+        node = NodeProcess(tmp_path, profile, env, node_id, port)
         nodes.append(node)
         if wait:
             node.wait_serving()

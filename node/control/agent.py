@@ -44,7 +44,7 @@ class ControlAgent:
         self.node_id = settings.node_id
         self.topics = Topics.for_site(settings.site, settings.topic_root)
         self.groups = service.groups
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # _reject runs inside _on_desired's critical section
         self._errors: list[str] = []
         self._stop = threading.Event()
         self._telemetry: threading.Thread | None = None

@@ -1,0 +1,149 @@
+"""Real Mosquitto brokers and orchestrator processes for tests, on free ports, cleaned up after."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from tests.conftest import BIN, free_port
+
+
+def mosquitto_binary() -> str:
+    found = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+    if not found:
+        raise RuntimeError("mosquitto is not installed: run scripts/setup (it installs the Debian package)")
+    return found
+
+
+class Mosquitto:
+    """A broker with a generated config and persistence on, so it can be stopped and restarted."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.dir = tmp / "mosquitto"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.url = f"mqtt://127.0.0.1:{self.port}"
+        self.conf = self.dir / "mosquitto.conf"
+        self.conf.write_text(
+            # `user`: as root, mosquitto would switch to its own user and could not write here.
+            f"user {pwd.getpwuid(os.getuid()).pw_name}\n"
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+            f"persistence_location {self.dir}/\nautosave_interval 1\nlog_dest stderr\n"
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        log = (self.dir / "mosquitto.log").open("ab")
+        self.proc = subprocess.Popen([mosquitto_binary(), "-c", str(self.conf)], stdout=log, stderr=log)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                import socket
+
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"mosquitto did not start:\n{(self.dir / 'mosquitto.log').read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)  # saves the persistence file
+            self.proc.wait(10)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+class Orchestrator:
+    def __init__(self, tmp: Path, broker: Mosquitto, site: str = "lab", db: Path | None = None) -> None:
+        self.db = db or tmp / "registry.db"
+        self.log_path = tmp / "orchestrator.log"
+        self.broker, self.site = broker, site
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [
+                str(BIN / "edgefleet-orchestrator"),
+                "serve",
+                "--mqtt-url",
+                self.broker.url,
+                "--site",
+                self.site,
+                "--registry-db",
+                str(self.db),
+                "--log-format",
+                "text",
+            ],
+            stdout=log,
+            stderr=log,
+        )
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(10)
+
+
+def node_env(broker: Mosquitto, site: str = "lab", **extra: str) -> dict[str, str]:
+    return {"EDGEFLEET_MQTT_URL": broker.url, "EDGEFLEET_SITE": site, "EDGEFLEET_TELEMETRY_INTERVAL_S": "1", **extra}
+
+
+def fleet(broker: Mosquitto, *args: str, site: str = "lab") -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "EDGEFLEET_MQTT_URL": broker.url, "EDGEFLEET_SITE": site}
+    return subprocess.run([str(BIN / "edgefleet"), *args], capture_output=True, text=True, timeout=60, env=env)
+
+
+def fleet_status(broker: Mosquitto) -> dict[str, dict[str, Any]]:
+    r = fleet(broker, "--timeout", "3", "fleet", "status", "--json")
+    if r.returncode != 0:
+        return {}
+    return {n["node_id"]: n for n in json.loads(r.stdout)}
+
+
+class Watcher:
+    """A plain MQTT client that records what arrives on a topic filter."""
+
+    def __init__(self, broker: Mosquitto, topic_filter: str) -> None:
+        self.messages: list[tuple[str, bytes]] = []
+        self._lock = threading.Lock()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        ready = threading.Event()
+        self.client.on_connect = lambda c, *_: c.subscribe(topic_filter, qos=1)
+        self.client.on_subscribe = lambda *_: ready.set()
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", broker.port)
+        self.client.loop_start()
+        if not ready.wait(10):
+            raise RuntimeError("watcher could not subscribe")
+
+    def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        with self._lock:
+            self.messages.append((msg.topic, bytes(msg.payload)))
+
+    def json(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [json.loads(p) for _, p in self.messages if p]
+
+    def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        self.client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(5)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
