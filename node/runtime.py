@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,6 +80,13 @@ def build_node(settings: NodeSettings) -> Node:
                 f"{_mib(memory['overhead'])}; use fewer slots, a shorter context or a smaller model"
             )
         ctx = profile.context
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        threads = min(profile.compute.threads, cores)
+        if threads < profile.compute.threads:  # more threads than cores: llama.cpp's spinning threads thrash
+            log.warning(
+                "fewer cores than the profile's threads",
+                extra={"threads": threads, "profile_threads": profile.compute.threads},
+            )
         engine = Engine(
             model,
             EngineConfig(
@@ -86,7 +94,7 @@ def build_node(settings: NodeSettings) -> Node:
                 slots=ctx.slots,
                 n_batch=ctx.n_batch,
                 queue_limit=ctx.queue_length,
-                threads=profile.compute.threads,
+                threads=threads,
                 embed_n_ctx=settings.embed_n_ctx,
                 prefix_cache=settings.prefix_cache,
             ),

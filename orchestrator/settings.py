@@ -22,13 +22,17 @@ class OrchestratorSettings(BaseSettings):
     mqtt_username: str | None = Field(default=None, description="Broker user name (EDGEFLEET_MQTT_USERNAME)")
     mqtt_password: str | None = Field(default=None, description="Broker password (EDGEFLEET_MQTT_PASSWORD)")
     mqtt_ca_file: str | None = Field(default=None, description="CA file for mqtts:// (EDGEFLEET_MQTT_CA_FILE)")
-    site: str = Field(default="default", description="Site this node belongs to (EDGEFLEET_SITE)")
+    site: str = Field(default="default", description="The site this orchestrator runs (EDGEFLEET_SITE)")
     topic_root: str = Field(default="edgefleet/{site}/", description="Root of every MQTT topic (EDGEFLEET_TOPIC_ROOT)")
     registry_db: Path = Field(
         default_factory=_default_db, description="The fleet registry, SQLite (EDGEFLEET_REGISTRY_DB)"
     )
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="(EDGEFLEET_LOG_LEVEL)")
-    log_format: Literal["json", "text"] = Field(default="json", description="(EDGEFLEET_LOG_FORMAT)")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Log level (EDGEFLEET_LOG_LEVEL)"
+    )
+    log_format: Literal["json", "text"] = Field(
+        default="json", description="json: one object a line; text: for a terminal (EDGEFLEET_LOG_FORMAT)"
+    )
 
     @field_validator("site")
     @classmethod

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from edgefleet.fleet.settings import FleetSettings
 from edgefleet.node.settings import NodeSettings
+from edgefleet.orchestrator.settings import OrchestratorSettings
 from tests.conftest import ROOT
 
 
 def test_every_setting_is_documented_with_its_environment_variable() -> None:
     readme = (ROOT / "README.md").read_text()
-    for model in (NodeSettings, FleetSettings):
+    for model in (NodeSettings, FleetSettings, OrchestratorSettings):
         for name, field in model.model_fields.items():
             env = f"EDGEFLEET_{name.upper()}"
             assert f"`{env}`" in readme, f"{env} is not documented in README.md"
