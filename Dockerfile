@@ -10,6 +10,7 @@ COPY proto/ proto/
 COPY orchestrator/ orchestrator/
 COPY fleet/ fleet/
 COPY firmware_profiles/ firmware_profiles/
+COPY deploy/ deploy/
 ARG EDGEFLEET_CMAKE_ARGS=""
 RUN EDGEFLEET_CMAKE_ARGS="$EDGEFLEET_CMAKE_ARGS" scripts/setup
 ENV PATH=/opt/edgefleet/.venv/bin:$PATH \
