@@ -7,11 +7,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgefleet.node.adapter_manager import AdapterManager
 from edgefleet.node.control.agent import ControlAgent
 from edgefleet.node.control.desired_store import DesiredStateStore, open_node_db
 from edgefleet.node.engine.engine import Engine, EngineConfig
 from edgefleet.node.engine.llama_backend import LoadedModel
-from edgefleet.node.errors import OverBudget
+from edgefleet.node.errors import EdgefleetError, InvalidRequest, ModelError, OverBudget
 from edgefleet.node.model_catalog import resolve_model
 from edgefleet.node.profiles import MiB, estimate_memory_bytes, resolve_profile
 from edgefleet.node.service import NodeService
@@ -107,6 +108,18 @@ def build_node(settings: NodeSettings) -> Node:
     thermal = ThermalGovernor(profile.thermal, zone)
     service = NodeService(settings, profile, model_file, model, engine, thermal, memory)
     service.apply_thermal(thermal.poll())
+    service.adapter_manager = AdapterManager(engine, model_file.path, memory)
+    for item in settings.adapters:
+        name, sep, path = item.partition("=")
+        if not sep:
+            node = Node(service, engine, model)
+            node.close()
+            raise InvalidRequest(f"EDGEFLEET_ADAPTERS entry {item!r} must be name=path.gguf")
+        try:
+            service.adapter_manager.install(name.strip(), "local", Path(path.strip()))
+        except (EdgefleetError, OSError) as e:
+            Node(service, engine, model).close()
+            raise ModelError(f"adapter {item!r} cannot be loaded: {e}") from e
     agent = None
     if settings.mqtt_url:
         store = DesiredStateStore(open_node_db(settings.data_dir / "node.db"))

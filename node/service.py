@@ -16,6 +16,7 @@ import psutil
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 from llama_cpp.llama_grammar import json_schema_to_gbnf
 
+from edgefleet.node.adapter_manager import AdapterManager
 from edgefleet.node.engine.engine import Engine
 from edgefleet.node.engine.llama_backend import LoadedModel
 from edgefleet.node.engine.types import EventSink, GenerationRequest, SamplingParams
@@ -103,6 +104,7 @@ class NodeService:
         self.memory = memory
         self.draining = False
         self.templates: dict[str, CompiledTemplate] = {}  # swapped whole by the control agent
+        self.adapter_manager: AdapterManager | None = None
         self.groups = list(dict.fromkeys([profile.name, *settings.groups]))
         meta = model.meta
         self._chat = (
@@ -229,12 +231,18 @@ class NodeService:
                 f"node is shedding load: {self.thermal.state.temperature_c:.1f} C is at or above the "
                 f"shed temperature {self.profile.thermal.shed_c:.1f} C; retry later or on another node"
             )
-        if inp.adapter:
-            raise NotFound(f"adapter {inp.adapter!r} is not loaded on this node (loaded adapters: none)")
         params = self._sampling(inp)
         tokens = self._prompt_tokens(inp)
-        req = GenerationRequest(request_id, tokens, params, sink, arrived=arrived)
-        self.engine.submit(req)
+        scale = 1.0 if inp.adapter_scale is None else inp.adapter_scale
+        if not math.isfinite(scale) or not 0.0 < scale <= 4.0:
+            raise InvalidRequest(f"adapter_scale must be in (0, 4], got {scale}")
+        use = self.engine.adapters.acquire(inp.adapter, scale) if inp.adapter else None
+        req = GenerationRequest(request_id, tokens, params, sink, adapter=use, arrived=arrived)
+        try:
+            self.engine.submit(req)
+        except BaseException:
+            self.engine.discard(req)
+            raise
 
     def cancel(self, request_id: str) -> None:
         self.engine.cancel(request_id)

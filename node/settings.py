@@ -91,6 +91,10 @@ class NodeSettings(BaseSettings):
     advertise_address: str | None = Field(
         default=None, description="gRPC address announced to the fleet; empty: host:port (EDGEFLEET_ADVERTISE_ADDRESS)"
     )
+    adapters: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="LoRA adapters to load at start, name=path.gguf, comma separated (EDGEFLEET_ADAPTERS)",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Log level (EDGEFLEET_LOG_LEVEL)"
     )
@@ -98,7 +102,7 @@ class NodeSettings(BaseSettings):
         default="json", description="json: one object a line; text: for a terminal (EDGEFLEET_LOG_FORMAT)"
     )
 
-    @field_validator("groups", mode="before")
+    @field_validator("groups", "adapters", mode="before")
     @classmethod
     def _split_groups(cls, v: object) -> object:
         if isinstance(v, str):

@@ -176,7 +176,10 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             slots_available=s.slots_available,
             queue_depth=s.queue_depth,
             queue_limit=s.queue_limit,
-            adapters=[],
+            adapters=[
+                pb.AdapterInfo(name=a.name, version=a.version, sha256=a.sha256, size_bytes=a.size)
+                for a in self.service.engine.adapters.listing()
+            ],
             versions=pb.Versions(**s.versions),
             thermal=pb.ThermalState(
                 available=s.thermal.available,

@@ -14,11 +14,15 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+from edgefleet.node.engine.adapters import AdapterTable, LoadedAdapter
 from edgefleet.node.engine.llama_backend import DecodeContext, LoadedModel, Sampler
 from edgefleet.node.engine.scheduler import Scheduler, Sequence
 from edgefleet.node.engine.text_stream import TextStream
 from edgefleet.node.engine.types import (
+    AdapterUse,
     Failed,
     Finished,
     FinishReason,
@@ -78,7 +82,28 @@ class _Stop:
     pass
 
 
-_Command = _Submit | _Cancel | _SlotLimit | _EmbedTask | _Stop
+@dataclass(frozen=True)
+class _LoadAdapter:
+    name: str
+    version: str
+    path: Path
+    sha256: str
+    size: int
+    future: Future[LoadedAdapter]
+
+
+@dataclass(frozen=True)
+class _UnloadAdapter:
+    name: str
+    future: Future[bool]
+
+
+@dataclass(frozen=True)
+class _Release:
+    use: AdapterUse
+
+
+_Command = _Submit | _Cancel | _SlotLimit | _EmbedTask | _Stop | _LoadAdapter | _UnloadAdapter | _Release
 
 
 class Engine:
@@ -99,6 +124,8 @@ class Engine:
         self._ctx: DecodeContext | None = None
         self._embed_ctx: DecodeContext | None = None
         self.accepting = True
+        self.adapters = AdapterTable()
+        self._lora_state: tuple[Any, float] = (None, 1.0)  # what the context has set now
         self.tokens_generated = 0
         self.decode_steps = 0
 
@@ -162,6 +189,22 @@ class Engine:
     def cancel(self, request_id: str) -> None:
         self._commands.put(_Cancel(request_id))
 
+    def load_adapter(self, name: str, version: str, path: Path, sha256: str, size: int) -> Future[LoadedAdapter]:
+        """Load on the engine thread; the new version serves new requests once the future is done."""
+        fut: Future[LoadedAdapter] = Future()
+        self._commands.put(_LoadAdapter(name, version, path, sha256, size, fut))
+        return fut
+
+    def unload_adapter(self, name: str) -> Future[bool]:
+        fut: Future[bool] = Future()
+        self._commands.put(_UnloadAdapter(name, fut))
+        return fut
+
+    def discard(self, req: GenerationRequest) -> None:
+        """A request that never reached submit(): give back its adapter pin."""
+        if req.adapter is not None:
+            self._commands.put(_Release(req.adapter))
+
     def set_slot_limit(self, n: int) -> None:
         self._commands.put(_SlotLimit(n))
 
@@ -222,13 +265,44 @@ class Engine:
                 self.scheduler.set_slot_limit(cmd.n)
             elif isinstance(cmd, _EmbedTask):
                 embeds.append(cmd)
+            elif isinstance(cmd, _LoadAdapter):
+                self._load_adapter(cmd)
+            elif isinstance(cmd, _UnloadAdapter):
+                self._free_lora(self.adapters.remove(cmd.name))
+                cmd.future.set_result(True)
+            elif isinstance(cmd, _Release):
+                self._free_lora(self.adapters.release(cmd.use))
             else:
                 return False
 
-    def _reject(self, cmd: _Submit, error: EdgefleetError) -> None:
-        cmd.sampler.free()
+    def _load_adapter(self, cmd: _LoadAdapter) -> None:
+        try:
+            handle = self.model.load_lora(cmd.path)
+        except EdgefleetError as e:
+            cmd.future.set_exception(e)
+            return
+        entry = LoadedAdapter(cmd.name, cmd.version, cmd.sha256, cmd.size, handle)
+        self._free_lora(self.adapters.install(entry))
+        cmd.future.set_result(entry)
+
+    def _free_lora(self, handle: Any) -> None:
+        """Free a retired adapter nobody uses; unset it first if the context still has it."""
+        if handle is None:
+            return
+        if self._lora_state[0] is handle and self._ctx is not None:
+            self._ctx.set_lora(None, 1.0)
+            self._lora_state = (None, 1.0)
+        self.model.free_lora(handle)
+
+    def _done(self, req: GenerationRequest) -> None:
         with self._lock:
             self._outstanding -= 1
+        if req.adapter is not None:
+            self._free_lora(self.adapters.release(req.adapter))
+
+    def _reject(self, cmd: _Submit, error: EdgefleetError) -> None:
+        cmd.sampler.free()
+        self._done(cmd.req)
         cmd.req.sink(Failed(error))
 
     def _cancel(self, request_id: str) -> None:
@@ -250,6 +324,11 @@ class Engine:
             self._active[adm.seq.request_id] = _Active(sampler, TextStream(adm.seq.req.params.stop))
         if not plan.items:
             return
+        use = plan.items[0].seq.req.adapter  # one adapter group per step
+        want = (use.handle, use.scale) if use is not None else (None, 1.0)
+        if want != self._lora_state:
+            ctx.set_lora(*want)
+            self._lora_state = want
         batch = ctx.batch
         batch.clear()
         sample_at: list[tuple[Sequence, int]] = []
@@ -299,8 +378,7 @@ class Engine:
         if sampler is not None:
             sampler.free()
         tail = active.text.flush() if active and reason is not FinishReason.CANCELLED else ""
-        with self._lock:
-            self._outstanding -= 1
+        self._done(seq.req)
         arrived = seq.req.arrived
         admitted = seq.admitted_at or now
         first = seq.first_token_at or now
@@ -326,8 +404,7 @@ class Engine:
             active = self._active.pop(seq.request_id, None)
             if active:
                 active.sampler.free()
-            with self._lock:
-                self._outstanding -= 1
+            self._done(seq.req)
             seq.req.sink(Failed(error))
 
     def _warm_up(self, ctx: DecodeContext) -> None:
@@ -378,7 +455,7 @@ class Engine:
                 break
             if isinstance(cmd, _Submit):
                 self._reject(cmd, Unavailable("node is shutting down"))
-            elif isinstance(cmd, _EmbedTask):
+            elif isinstance(cmd, _EmbedTask | _LoadAdapter | _UnloadAdapter):
                 cmd.future.set_exception(Unavailable("node is shutting down"))
         for ctx in (self._ctx, self._embed_ctx):
             if ctx is not None:

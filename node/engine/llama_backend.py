@@ -134,6 +134,17 @@ class LoadedModel:
             n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
         return buf.raw[:n]
 
+    def load_lora(self, path: Path) -> Any:
+        """Load a LoRA adapter GGUF against this model; raises ModelError when llama.cpp refuses it."""
+        ptr = llama_cpp.llama_adapter_lora_init(self.ptr, str(path).encode())
+        if not ptr:
+            raise ModelError(f"llama.cpp refused the adapter {path.name}: it does not fit {self.meta.description}")
+        return ptr
+
+    @staticmethod
+    def free_lora(handle: Any) -> None:
+        llama_cpp.llama_adapter_lora_free(handle)
+
     def is_eog(self, token: int) -> bool:
         return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
 
@@ -210,6 +221,17 @@ class DecodeContext:
         rc = llama_cpp.llama_decode(self.ptr, self.batch.raw)
         if rc != 0:
             raise EngineFailure(f"llama_decode failed with code {rc} on a batch of {self.batch.n} tokens")
+
+    def set_lora(self, handle: Any, scale: float) -> None:
+        """Apply one adapter to the next decodes, or none (handle None: the base model)."""
+        if handle is None:
+            rc = llama_cpp.llama_set_adapters_lora(self.ptr, None, 0, None)
+        else:
+            arr = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(handle)
+            scales = (ctypes.c_float * 1)(scale)
+            rc = llama_cpp.llama_set_adapters_lora(self.ptr, arr, 1, scales)
+        if rc != 0:
+            raise EngineFailure(f"llama.cpp could not set the adapter (code {rc})")
 
     def seq_rm(self, seq_id: int, p0: int = -1, p1: int = -1) -> bool:
         return bool(llama_cpp.llama_memory_seq_rm(self.mem, seq_id, p0, p1))

@@ -9,6 +9,11 @@ stalling the others for more than a step.
 Slots are llama.cpp sequence ids. A finished slot keeps its KV cells and the tokens they
 hold; a new request takes the free slot that shares its longest prefix (same adapter), and
 only the rest of its prompt is prefilled.
+
+llama.cpp applies LoRA adapters per context, so one decode step serves one adapter group
+(adapter, version and scale; the base model is the group ""). Steps alternate between the
+groups with work, least recently served first, so no group starves; a sequence keeps its
+adapter for its whole life, since its KV cells were computed with it.
 """
 
 from __future__ import annotations
@@ -41,13 +46,17 @@ class Sequence:
     def prefilling(self) -> bool:
         return self.n_prompt_left > 0
 
+    @property
+    def group(self) -> str:
+        return self.req.adapter.group if self.req.adapter else ""
+
 
 @dataclass
 class Slot:
     id: int
     seq: Sequence | None = None
     tokens: list[int] = field(default_factory=list)  # tokens whose KV the slot holds
-    adapter: str | None = None
+    adapter: str = ""  # adapter group of the KV cells
 
 
 @dataclass(frozen=True)
@@ -69,6 +78,7 @@ class BatchItem:
 class StepPlan:
     admissions: list[Admission]
     items: list[BatchItem]
+    group: str = ""  # the adapter group this step decodes
 
     @property
     def n_tokens(self) -> int:
@@ -96,6 +106,8 @@ class Scheduler:
         self.prefix_cache = prefix_cache
         self.slot_limit = n_slots
         self.waiting: deque[Sequence] = deque()
+        self._served: dict[str, int] = {}  # adapter group → step it was last served
+        self._steps = 0
 
     # -- state -------------------------------------------------------------------------
     @property
@@ -161,7 +173,7 @@ class Scheduler:
         best, best_keep = free[0], -1
         for slot in free:
             keep = 0
-            if self.prefix_cache and slot.adapter == seq.req.adapter:
+            if self.prefix_cache and slot.adapter == seq.group:
                 keep = common_prefix(slot.tokens, seq.req.prompt_tokens)
             # Prefer the longest reusable prefix, then the slot with the least cached.
             if keep > best_keep or (keep == best_keep and len(slot.tokens) < len(best.tokens)):
@@ -174,7 +186,7 @@ class Scheduler:
         while self.waiting and self.n_busy < self.slot_limit:
             seq = self.waiting.popleft()
             slot, keep = self._pick_slot(seq)
-            slot.seq, slot.adapter = seq, seq.req.adapter
+            slot.seq, slot.adapter = seq, seq.group
             slot.tokens = slot.tokens[:keep]
             seq.slot, seq.n_past, seq.cached_tokens, seq.admitted_at = slot.id, keep, keep, now
             seq.pending = list(seq.req.prompt_tokens[keep:])
@@ -183,7 +195,14 @@ class Scheduler:
 
         items: list[BatchItem] = []
         budget = self.n_batch
-        running = self.running
+        running = [s for s in self.running if s.pending]
+        groups = {s.group for s in running}
+        if not groups:
+            return StepPlan(admissions, items)
+        group = min(groups, key=lambda g: (self._served.get(g, -1), g))
+        self._steps += 1
+        self._served[group] = self._steps
+        running = [s for s in running if s.group == group]
         for seq in running:  # decoding sequences first: one token each
             if not seq.prefilling and seq.pending:
                 items.append(BatchItem(seq, seq.pending, seq.n_past, True))
@@ -195,7 +214,7 @@ class Scheduler:
             last = len(chunk) == len(seq.pending)
             items.append(BatchItem(seq, chunk, seq.n_past, last))
             budget -= len(chunk)
-        return StepPlan(admissions, items)
+        return StepPlan(admissions, items, group)
 
     def decoded(self, plan: StepPlan) -> None:
         """The step's batch was decoded: advance positions, record the cached tokens."""

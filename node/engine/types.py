@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from edgefleet.node.errors import EdgefleetError
 
@@ -59,6 +60,21 @@ Event = TextDelta | Finished | Failed
 EventSink = Callable[[Event], None]
 
 
+@dataclass(frozen=True)
+class AdapterUse:
+    """A loaded LoRA adapter as one request uses it: pinned to the version it started with."""
+
+    name: str
+    version: str
+    scale: float
+    handle: Any  # owned by the engine's adapter table; opaque here
+
+    @property
+    def group(self) -> str:
+        """Sequences decode together only with the same adapter at the same scale."""
+        return f"{self.name}@{self.version}*{self.scale:g}"
+
+
 @dataclass
 class GenerationRequest:
     """One generation: prompt tokens in, events out through `sink` (called on the engine thread)."""
@@ -67,5 +83,5 @@ class GenerationRequest:
     prompt_tokens: list[int]
     params: SamplingParams
     sink: EventSink
-    adapter: str | None = None
+    adapter: AdapterUse | None = None
     arrived: float = field(default_factory=time.monotonic)

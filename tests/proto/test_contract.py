@@ -76,8 +76,13 @@ def test_desired_state_round_trips_and_validates_its_templates() -> None:
 
 def test_templates_render_in_a_sandbox_with_declared_variables() -> None:
     t = compile_template(
-        TemplateSpec(name="t", version="1", template="{{ sensor }}: {{ value }}", system="Site {{ sensor }}",
-                     variables=["sensor", "value"])
+        TemplateSpec(
+            name="t",
+            version="1",
+            template="{{ sensor }}: {{ value }}",
+            system="Site {{ sensor }}",
+            variables=["sensor", "value"],
+        )
     )
     assert t.render({"sensor": "p3", "value": "7"}) == ("Site p3", "p3: 7")
     with pytest.raises(MissingVariable, match="value"):

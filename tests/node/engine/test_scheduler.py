@@ -8,12 +8,13 @@ from __future__ import annotations
 import pytest
 
 from edgefleet.node.engine.scheduler import Scheduler, StepPlan
-from edgefleet.node.engine.types import GenerationRequest, SamplingParams
+from edgefleet.node.engine.types import AdapterUse, GenerationRequest, SamplingParams
 from edgefleet.node.errors import QueueFull
 
 
 def req(rid: str, n_prompt: int = 4, base: int = 100, adapter: str | None = None) -> GenerationRequest:
-    return GenerationRequest(rid, list(range(base, base + n_prompt)), SamplingParams(), lambda e: None, adapter)
+    use = AdapterUse(adapter, "1", 1.0, None) if adapter else None
+    return GenerationRequest(rid, list(range(base, base + n_prompt)), SamplingParams(), lambda e: None, use)
 
 
 def run_step(s: Scheduler, now: float = 0.0, sampled: int = 7) -> StepPlan:
@@ -123,3 +124,25 @@ def test_prefix_cache_is_keyed_by_adapter_and_always_leaves_a_token_to_decode() 
 def test_n_batch_must_cover_one_token_per_slot() -> None:
     with pytest.raises(ValueError, match="n_batch"):
         Scheduler(n_slots=8, queue_limit=0, n_batch=4, n_ctx_slot=128)
+
+
+def test_steps_alternate_between_adapter_groups_and_none_starves() -> None:
+    s = Scheduler(n_slots=4, queue_limit=0, n_batch=64, n_ctx_slot=512)
+    for rid, adapter in (("a1", "alarm"), ("b1", None), ("a2", "alarm"), ("t1", "translate")):
+        s.add(req(rid, base=hash(rid) % 1000, adapter=adapter))
+    served = []
+    for _ in range(9):
+        plan = run_step(s)
+        assert len({i.seq.group for i in plan.items}) == 1, "one adapter group per decode step"
+        served.append(plan.group)
+    assert served[:3] and set(served[:3]) == {"", "alarm@1*1", "translate@1*1"}
+    assert served[3:6] == served[:3] and served[6:9] == served[:3], "round robin, least recently served first"
+    plan = next(p for p in (run_step(s) for _ in range(3)) if p.group == "alarm@1*1")
+    assert {i.seq.request_id for i in plan.items} == {"a1", "a2"}, "same adapter: decoded together"
+
+
+def test_same_adapter_at_another_scale_is_another_group() -> None:
+    a = AdapterUse("alarm", "1", 1.0, None)
+    b = AdapterUse("alarm", "1", 0.5, None)
+    c = AdapterUse("alarm", "2", 1.0, None)
+    assert len({a.group, b.group, c.group}) == 3
