@@ -10,8 +10,9 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from edgefleet.node.api.event_channel import EventChannel
 from edgefleet.node.api.status import grpc_code
-from edgefleet.node.engine.types import Event, Failed, Finished, FinishReason, TextDelta
+from edgefleet.node.engine.types import Failed, Finished, FinishReason, TextDelta
 from edgefleet.node.errors import EdgefleetError
 from edgefleet.node.service import ChatTurn, GenerateInput, NodeService
 from edgefleet.proto.logs import request_id_var
@@ -74,23 +75,20 @@ class InferenceServicer(pb_grpc.InferenceServicer):
     ) -> AsyncIterator[pb.GenerateChunk]:
         arrived = time.monotonic()
         rid = await _request_id(context)
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue[Event] = asyncio.Queue()
-
-        def sink(event: Event) -> None:  # engine thread → this coroutine
-            loop.call_soon_threadsafe(events.put_nowait, event)
-
+        channel = EventChannel(asyncio.get_running_loop())
         try:
-            self.service.generate(_to_input(request), rid, sink, arrived)
+            self.service.generate(_to_input(request), rid, channel.put, arrived)
         except EdgefleetError as e:
             await _abort(context, e)
             return
         finished = False
         try:
             while True:
-                event = await events.get()
+                batch = await channel.get_all()
+                text = "".join(e.text for e in batch if isinstance(e, TextDelta))
+                event = batch[-1]
                 if isinstance(event, TextDelta):
-                    yield pb.GenerateChunk(text=event.text, request_id=rid)
+                    yield pb.GenerateChunk(text=text, request_id=rid)
                 elif isinstance(event, Finished):
                     finished = True
                     u = event.usage
@@ -106,7 +104,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                         },
                     )
                     yield pb.GenerateChunk(
-                        text=event.text_tail,
+                        text=text + event.text_tail,
                         request_id=rid,
                         finish_reason=_FINISH[event.reason],
                         usage=pb.Usage(
@@ -122,6 +120,8 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                     return
                 elif isinstance(event, Failed):
                     finished = True
+                    if text:
+                        yield pb.GenerateChunk(text=text, request_id=rid)
                     await _abort(context, event.error)
                     return
         finally:
