@@ -38,6 +38,12 @@ class EventChannel:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
+    def take_nowait(self) -> list[Event]:
+        with self._lock:
+            items = list(self._items)
+            self._items.clear()
+            return items
+
     async def get_all(self) -> list[Event]:
         """Every event that arrived since the last call; waits when there is none."""
         while True:

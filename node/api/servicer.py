@@ -82,9 +82,17 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             await _abort(context, e)
             return
         finished = False
+        loop = asyncio.get_running_loop()
+        interval = self.service.settings.stream_interval_ms / 1000.0
+        last_sent = 0.0
         try:
             while True:
                 batch = await channel.get_all()
+                wait = last_sent + interval - loop.time()
+                if isinstance(batch[-1], TextDelta) and wait > 0:  # at most one chunk per interval
+                    await asyncio.sleep(wait)
+                    batch += channel.take_nowait()
+                last_sent = loop.time()
                 text = "".join(e.text for e in batch if isinstance(e, TextDelta))
                 event = batch[-1]
                 if isinstance(event, TextDelta):
