@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from edgefleet.fleet.control import request
 from edgefleet.fleet.settings import FleetSettings
-from edgefleet.proto.payloads import Command, TemplateSpec
+from edgefleet.proto.payloads import Command, TemplateSpec, describe_validation_error
 from edgefleet.proto.templates import TemplateError, compile_template, declared_variables
 from edgefleet.proto.topics import valid_name
 
@@ -71,8 +71,7 @@ def load_template(path: Path, name: str, version: str, system: str | None) -> Te
         spec = TemplateSpec(name=name, version=version, **fields)
         compile_template(spec)
     except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors())
-        raise FleetCommandError(f"template refused: {problems}") from e
+        raise FleetCommandError(f"template refused: {describe_validation_error(e)}") from e
     except TemplateError as e:
         raise FleetCommandError(str(e)) from e
     return spec

@@ -16,6 +16,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edgefleet.node.errors import ProfileError
+from edgefleet.proto.payloads import describe_validation_error
 
 DEFAULT_PROFILE = "x86-dev"
 DEVICE_TREE_MODEL = Path("/proc/device-tree/model")
@@ -111,8 +112,7 @@ def load_profile_file(path: Path) -> FirmwareProfile:
     try:
         return FirmwareProfile.model_validate({**data, "source": str(path)})
     except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}" for err in e.errors())
-        raise ProfileError(f"invalid profile {path}: {problems}") from e
+        raise ProfileError(f"invalid profile {path}: {describe_validation_error(e)}") from e
 
 
 def detect_profile_name(device_tree_model: Path = DEVICE_TREE_MODEL) -> str:

@@ -66,9 +66,9 @@ class NodeSettings(BaseSettings):
         default=30.0, description="On SIGTERM, how long in-flight requests may finish (EDGEFLEET_DRAIN_TIMEOUT_S)"
     )
     stream_interval_ms: Annotated[float, Field(ge=0, le=1000)] = Field(
-        default=20.0,
-        description="Least time between two streamed chunks; tokens in between are sent together; "
-        "the first is sent at once (EDGEFLEET_STREAM_INTERVAL_MS)",
+        default=0.0,
+        description="Least time between two streamed chunks (tokens in between go together; the first "
+        "and the last are never held); 0: as they come (EDGEFLEET_STREAM_INTERVAL_MS)",
     )
     prefix_cache: bool = Field(
         default=True, description="Reuse a slot's KV cells for a shared prompt prefix (EDGEFLEET_PREFIX_CACHE)"

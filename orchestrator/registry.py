@@ -7,7 +7,6 @@ messages (node status, reported state, desired state), so a deleted file heals i
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 import sqlite_utils
 
 from edgefleet.proto.payloads import DesiredState, NodeStatus, ReportedState, Telemetry, TemplateSpec
+from edgefleet.proto.sqlite_db import open_database
 
 MIGRATIONS: list[str] = [
     """CREATE TABLE IF NOT EXISTS nodes (
@@ -33,17 +33,7 @@ MIGRATIONS: list[str] = [
 
 
 def open_registry(path: Path) -> sqlite_utils.Database:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Written from paho's network thread only; read for commands on the same thread.
-    db = sqlite_utils.Database(sqlite3.connect(str(path), check_same_thread=False))
-    db.enable_wal()
-    db.execute("PRAGMA synchronous=NORMAL")
-    version = db.execute("PRAGMA user_version").fetchone()[0]
-    for i, sql in enumerate(MIGRATIONS[version:], start=version + 1):
-        with db.conn:
-            db.execute(sql)
-            db.execute(f"PRAGMA user_version={i}")
-    return db
+    return open_database(path, MIGRATIONS, "NORMAL")
 
 
 @dataclass(frozen=True)

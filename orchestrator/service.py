@@ -25,6 +25,7 @@ from edgefleet.proto.payloads import (
     ErrorReport,
     NodeStatus,
     OrchestratorStatus,
+    P,
     PayloadError,
     ReportedState,
     Target,
@@ -76,51 +77,44 @@ class Orchestrator:
         report = ErrorReport(source=SOURCE, code=code, message=message, topic=topic)
         self.link.publish(self.topics.errors(SOURCE), report.dumps())
 
-    def _on_status(self, msg: mqtt.MQTTMessage) -> None:
-        node_id = self.topics.node_of(msg.topic, "status")
-        if not msg.payload or node_id is None:
-            return
+    def _parse(self, msg: mqtt.MQTTMessage, model: type[P]) -> P | None:
+        """The payload as `model`, or None: empty (a cleared retained message) or refused with a reason."""
+        if not msg.payload:
+            return None
         try:
-            status = parse_payload(NodeStatus, msg.payload)
+            return parse_payload(model, msg.payload)
         except PayloadError as e:
             self._error(msg.topic, "invalid_payload", str(e))
-            return
-        if status.node_id != node_id:
-            self._error(msg.topic, "wrong_node", f"status of {status.node_id!r} on the topic of {node_id!r}")
-            return
-        self.registry.record_status(status)
-        log.info("node status", extra={"node": node_id, "state": status.state})
+            return None
+
+    def _from_node(self, msg: mqtt.MQTTMessage, kind: str, payload_node: str) -> bool:
+        """A node speaks only for itself: the payload's node id must be the topic's."""
+        node_id = self.topics.node_of(msg.topic, kind)
+        if node_id != payload_node:
+            self._error(msg.topic, "wrong_node", f"{kind} of {payload_node!r} on the topic of {node_id!r}")
+            return False
+        return True
+
+    def _on_status(self, msg: mqtt.MQTTMessage) -> None:
+        status = self._parse(msg, NodeStatus)
+        if status is not None and self._from_node(msg, "status", status.node_id):
+            self.registry.record_status(status)
+            log.info("node status", extra={"node": status.node_id, "state": status.state})
 
     def _on_reported(self, msg: mqtt.MQTTMessage) -> None:
-        node_id = self.topics.node_of(msg.topic, "reported")
-        if not msg.payload or node_id is None:
-            return
-        try:
-            rep = parse_payload(ReportedState, msg.payload)
-        except PayloadError as e:
-            self._error(msg.topic, "invalid_payload", str(e))
-            return
-        if rep.node_id == node_id:
+        rep = self._parse(msg, ReportedState)
+        if rep is not None and self._from_node(msg, "reported", rep.node_id):
             self.registry.record_reported(rep)
 
     def _on_telemetry(self, msg: mqtt.MQTTMessage) -> None:
-        node_id = self.topics.node_of(msg.topic, "telemetry")
-        try:
-            t = parse_payload(Telemetry, msg.payload)
-        except PayloadError as e:
-            self._error(msg.topic, "invalid_payload", str(e))
-            return
-        if t.node_id == node_id:
+        t = self._parse(msg, Telemetry)
+        if t is not None and self._from_node(msg, "telemetry", t.node_id):
             self.registry.record_telemetry(t)
 
     def _on_desired(self, msg: mqtt.MQTTMessage) -> None:
         """Retained desired state (ours, echoed or from before a restart) rebuilds the registry."""
-        if not msg.payload:
-            return
-        try:
-            doc = parse_payload(DesiredState, msg.payload)
-        except PayloadError as e:
-            self._error(msg.topic, "invalid_payload", str(e))
+        doc = self._parse(msg, DesiredState)
+        if doc is None:
             return
         if doc.site == self.settings.site and self.topics.desired_target(msg.topic) == (
             doc.target.kind,

@@ -182,5 +182,9 @@ def parse_payload(model: type[P], raw: bytes | bytearray) -> P:
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}" for err in e.errors())
-        raise PayloadError(f"invalid {model.__name__}: {problems}") from e
+        raise PayloadError(f"invalid {model.__name__}: {describe_validation_error(e)}") from e
+
+
+def describe_validation_error(e: ValidationError) -> str:
+    """`field.path: problem; …`, the way every edge of edgefleet reports a pydantic error."""
+    return "; ".join(f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}" for err in e.errors())

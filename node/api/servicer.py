@@ -75,24 +75,16 @@ class InferenceServicer(pb_grpc.InferenceServicer):
     ) -> AsyncIterator[pb.GenerateChunk]:
         arrived = time.monotonic()
         rid = await _request_id(context)
-        channel = EventChannel(asyncio.get_running_loop())
+        channel = EventChannel(asyncio.get_running_loop(), self.service.settings.stream_interval_ms / 1000.0)
         try:
             self.service.generate(_to_input(request), rid, channel.put, arrived)
         except EdgefleetError as e:
             await _abort(context, e)
             return
         finished = False
-        loop = asyncio.get_running_loop()
-        interval = self.service.settings.stream_interval_ms / 1000.0
-        last_sent = 0.0
         try:
             while True:
-                batch = await channel.get_all()
-                wait = last_sent + interval - loop.time()
-                if isinstance(batch[-1], TextDelta) and wait > 0:  # at most one chunk per interval
-                    await asyncio.sleep(wait)
-                    batch += channel.take_nowait()
-                last_sent = loop.time()
+                batch = await channel.next_batch()
                 text = "".join(e.text for e in batch if isinstance(e, TextDelta))
                 event = batch[-1]
                 if isinstance(event, TextDelta):

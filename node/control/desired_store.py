@@ -8,13 +8,13 @@ serves with exactly what it last applied.
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from pathlib import Path
 
 import sqlite_utils
 
 from edgefleet.proto.payloads import DesiredState, TemplateSpec
+from edgefleet.proto.sqlite_db import open_database
 
 MIGRATIONS: list[str] = [
     """CREATE TABLE IF NOT EXISTS desired_sources (
@@ -27,18 +27,8 @@ MIGRATIONS: list[str] = [
 
 
 def open_node_db(path: Path) -> sqlite_utils.Database:
-    """Open (and migrate) the node's database: WAL, synchronous FULL, one migration set."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Used from the MQTT thread and the gRPC loop; the callers serialize writes.
-    db = sqlite_utils.Database(sqlite3.connect(str(path), check_same_thread=False))
-    db.enable_wal()
-    db.execute("PRAGMA synchronous=FULL")
-    version = db.execute("PRAGMA user_version").fetchone()[0]
-    for i, sql in enumerate(MIGRATIONS[version:], start=version + 1):
-        with db.conn:
-            db.execute(sql)
-            db.execute(f"PRAGMA user_version={i}")
-    return db
+    """The node's database: WAL, synchronous FULL (survives power loss), its migrations."""
+    return open_database(path, MIGRATIONS, "FULL")
 
 
 class DesiredStateStore:

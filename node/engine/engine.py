@@ -358,7 +358,7 @@ class Engine:
             seq.n_generated += 1
             self._finish(seq, FinishReason.STOP, now)
             return
-        text = active.text.feed(self.model.token_to_piece(token))
+        text = active.text.feed(self.model.piece(token))
         if text:
             seq.req.sink(TextDelta(text))
         if active.text.stopped:

@@ -81,6 +81,8 @@ class LoadedModel:
             raise ModelError(f"{path} has no vocabulary")
         self.vocab = vocab
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
+        self._pieces: dict[int, bytes] = {}  # token → bytes, filled as tokens are first seen
+        self._eog: dict[int, bool] = {}
         self.meta = self._read_meta()
 
     def _meta_str(self, key: str) -> str | None:
@@ -126,6 +128,13 @@ class LoadedModel:
             n = llama_cpp.llama_tokenize(self.vocab, data, len(data), arr, n_max, add_special, parse_special)
         return list(arr[:n])
 
+    def piece(self, token: int) -> bytes:
+        """The bytes of a generated token (memoized: this runs once per token per step)."""
+        p = self._pieces.get(token)
+        if p is None:
+            p = self._pieces[token] = self.token_to_piece(token)
+        return p
+
     def token_to_piece(self, token: int, special: bool = False) -> bytes:
         buf = ctypes.create_string_buffer(64)
         n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
@@ -146,7 +155,10 @@ class LoadedModel:
         llama_cpp.llama_adapter_lora_free(handle)
 
     def is_eog(self, token: int) -> bool:
-        return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
+        eog = self._eog.get(token)
+        if eog is None:
+            eog = self._eog[token] = bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
+        return eog
 
     def close(self) -> None:
         if self.ptr:

@@ -1,0 +1,44 @@
+"""The benchmark's fixed settings: paths, backends, the node configuration, sampling, targets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_DIR = BENCH_DIR.parent
+BUILD_DIR = BENCH_DIR / ".build"
+LLAMA_SERVER_BIN = BUILD_DIR / "llama-server"
+LOG_DIR = BUILD_DIR / "logs"
+PROFILE_TEMPLATE = REPO_DIR / "firmware_profiles" / "x86-dev.toml"
+
+BACKENDS = ("node", "inprocess", "llama_cpp.server", "llama-server")
+LABELS = {
+    "node": "node (gRPC)",
+    "inprocess": "in-process Llama",
+    "llama_cpp.server": "llama_cpp.server",
+    "llama-server": "llama-server (C++)",
+}
+
+# One node configuration for every level, like llama-server -np 8: 8 slots x 2048 tokens.
+SLOTS = 8
+N_CTX_SLOT = 2048
+N_BATCH = 512
+THREADS = 2
+QUEUE_LENGTH = 16
+OVERHEAD_BYTES = 150 * 1024 * 1024  # the profile's overhead_mb (150 MiB)
+
+# Sampling shared by every backend. Greedy, so top_p/top_k do not change the output.
+TEMPERATURE = 0.0
+TOP_P = 0.95
+TOP_K = 40
+SEED = 1234
+REPEAT_PENALTY = 1.0  # llama_cpp.server's default is 1.1: state it for everyone
+
+REQUEST_TIMEOUT_S = 180.0
+START_TIMEOUT_S = 90.0
+
+# Targets of the issue's done-when.
+TARGET_NODE_VS_INPROCESS_C1 = 0.90
+TARGET_NODE_VS_LLAMA_SERVER = 0.85  # at concurrency 4 and 8
+TARGET_NODE_VS_LLAMA_CPP_SERVER_C4 = 1.60
+TARGET_COLD_START_S = 2.0
