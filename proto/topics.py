@@ -62,6 +62,22 @@ class Topics:
     def desired_group(self, group: str) -> str:
         return f"{self.root}desired/group/{group}"
 
+    # -- artifacts and results (the adapter, knowledge and sensor-rule issues use these) ----------
+    def artifact_manifest(self, kind: str, name: str) -> str:
+        """Retained, signed manifest of the newest version of a large artifact (adapter, knowledge)."""
+        return f"{self.root}artifact/{kind}/{name}/manifest"
+
+    def artifact_chunk(self, kind: str, name: str, version: str, index: int) -> str:
+        return f"{self.root}artifact/{kind}/{name}/{version}/chunk/{index}"
+
+    def artifact_chunk_requests(self) -> str:
+        """Nodes ask here for the chunks they are missing."""
+        return f"{self.root}artifact/requests"
+
+    def results(self, node_id: str) -> str:
+        """Answers to sensor messages, published by the node that answered."""
+        return f"{self.root}results/{node_id}"
+
     # -- errors, commands -----------------------------------------------------------------------
     def errors(self, source_id: str) -> str:
         """Rejected input, with the reason: from node `source_id` or the orchestrator."""
@@ -136,6 +152,10 @@ TOPIC_TABLE = [
     ),
     ("desired/node/<node>", "orchestrator", "retained, QoS 1", "DesiredState for one node"),
     ("desired/group/<group>", "orchestrator", "retained, QoS 1", "DesiredState for every node of a group"),
+    ("artifact/<kind>/<name>/manifest", "orchestrator", "retained, QoS 1", "signed manifest (adapter issue)"),
+    ("artifact/<kind>/<name>/<version>/chunk/<i>", "orchestrator", "QoS 1", "artifact bytes (adapter issue)"),
+    ("artifact/requests", "node", "QoS 1", "chunks a node is missing (adapter issue)"),
+    ("results/<node>", "node", "QoS 1", "answers to sensor messages (sensor-rules issue)"),
     ("errors/<source>", "node, orchestrator", "QoS 1", "ErrorReport: rejected input and why"),
     ("orchestrator/status", "orchestrator", "retained, QoS 1", "OrchestratorStatus: online/offline"),
     ("orchestrator/commands", "CLI", "QoS 1, MQTT 5 request", "Command; the answer goes to the response topic"),

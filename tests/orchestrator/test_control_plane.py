@@ -236,3 +236,38 @@ def test_bad_input_is_refused_on_the_errors_topic_and_the_node_keeps_serving(
         assert last.finish_reason == pb.FINISH_REASON_LENGTH
     finally:
         errors.close()
+
+
+def test_older_or_repeated_generation_changes_nothing_and_an_offline_restart_keeps_templates(
+    broker: Mosquitto, orchestrator: Orchestrator, start_node, tmp_path: Path
+) -> None:
+    env = node_env(broker, EDGEFLEET_GROUPS="line-5")
+    n = start_node(env=env, node_id="iota")
+    push(broker, tmp_path, "group:line-5", name="fault", version="6")
+    push(broker, tmp_path, "group:line-5", name="fault", version="7")  # generation 2
+    assert wait_for(lambda: fleet_status(broker).get("iota", {}).get("templates", {}).get("fault") == "7", timeout=10)
+    watcher = Watcher(broker, "edgefleet/lab/desired/group/line-5")
+    try:
+        assert wait_for(lambda: bool(watcher.json()), timeout=5), "the retained desired state"
+        current = watcher.json()[-1]
+        assert current["generation"] == 2
+        older = {**current, "generation": 1, "templates": {}}
+        watcher.publish("edgefleet/lab/desired/group/line-5", json.dumps(older).encode())
+        watcher.publish("edgefleet/lab/desired/group/line-5", json.dumps(current).encode(), retain=True)
+    finally:
+        watcher.close()
+    assert wait_for(lambda: "older desired state ignored" in n.log(), timeout=5)
+    ask(n, sensor="p", reading="r")  # still answers with the template after an older and a repeated generation
+    assert fleet_status(broker)["iota"]["templates"]["fault"] == "7"
+    applied = [line for line in n.log().splitlines() if "desired state applied" in line and "group:line-5" in line]
+    assert len(applied) <= 2 and "generation=2" in applied[-1], "the repeated generation was not applied again"
+
+    # Broker down, node restarted: it serves what it last applied, from its own database.
+    broker.stop()
+    try:
+        assert n.stop() == 0
+        offline = start_node(env=env, node_id="iota", port=n.port)
+        assert has_template(offline), "templates survive a restart with no broker"
+        assert ask(offline, sensor="p", reading="r")
+    finally:
+        broker.start()
