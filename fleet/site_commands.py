@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from edgefleet.fleet.control import request
 from edgefleet.fleet.settings import FleetSettings
+from edgefleet.proto.artifacts import SiteKey
 from edgefleet.proto.payloads import Command, TemplateSpec, describe_validation_error
 from edgefleet.proto.templates import TemplateError, compile_template, declared_variables
 from edgefleet.proto.topics import valid_name
@@ -33,6 +34,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     push.add_argument("--version", required=True)
     push.add_argument("--target", required=True, help="GROUP or NODE (or group:NAME / node:NAME)")
     push.add_argument("--system", help="system prompt (overrides the file's)")
+    init = fsub.add_parser("init-site", help="create the site's Ed25519 key pair for signing artifacts")
+    init.add_argument("--dir", type=Path, default=Path.home() / ".config" / "edgefleet", help="where to write it")
+    init.add_argument("--force", action="store_true", help="replace an existing key pair (key rotation)")
     rm = fsub.add_parser("rm-template", help="remove a template from a group or a node")
     rm.add_argument("name")
     rm.add_argument("--target", required=True)
@@ -106,7 +110,19 @@ def print_status(nodes: list[dict[str, Any]], out: TextIO) -> None:
         out.write("(no nodes have reported yet)\n")
 
 
+def init_site(directory: Path, force: bool, site: str, out: TextIO) -> int:
+    private, public = directory / f"{site}.key", directory / f"{site}.pub"
+    if private.exists() and not force:
+        raise FleetCommandError(f"{private} exists; pass --force to replace it (nodes must then pin the new {public})")
+    directory.mkdir(parents=True, exist_ok=True)
+    SiteKey.generate().save(private, public)
+    out.write(f"wrote {private} (keep it on the orchestrator only) and {public} (pin it on every node)\n")
+    return 0
+
+
 def run(args: argparse.Namespace, settings: FleetSettings, out: TextIO) -> int:
+    if args.fleet_command == "init-site":
+        return init_site(args.dir, args.force, settings.site, out)
     timeout = min(args.timeout, 30.0)
     if args.fleet_command == "status":
         result = request(settings, Command(op="status"), timeout)

@@ -69,3 +69,18 @@ def test_clear_errors(node: NodeProcess, tmp_path: Path) -> None:
     assert r.returncode == 2 and "cannot read JSON schema file" in r.stderr
     r = edgefleet("--node", node.address, "ask", "hi", "--max-tokens", "0")
     assert r.returncode == 1 and "INVALID_ARGUMENT" in r.stderr and "max_tokens" in r.stderr
+
+
+def test_init_site_writes_a_key_pair_and_refuses_to_overwrite(tmp_path: Path) -> None:
+    from edgefleet.proto.artifacts import SiteKey, build_manifest, load_public_key, verify
+
+    r = edgefleet("fleet", "init-site", "--dir", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    key, pub = tmp_path / "default.key", tmp_path / "default.pub"
+    assert key.stat().st_mode & 0o777 == 0o600
+    blob = tmp_path / "x.bin"
+    blob.write_bytes(b"x" * 5000)
+    verify(SiteKey.load(key).sign(build_manifest(blob, "adapter", "x", "1", chunk_bytes=1024)), load_public_key(pub))
+    r = edgefleet("fleet", "init-site", "--dir", str(tmp_path))
+    assert r.returncode == 2 and "--force" in r.stderr
+    assert edgefleet("fleet", "init-site", "--dir", str(tmp_path), "--force").returncode == 0
