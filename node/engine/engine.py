@@ -18,11 +18,21 @@ from pathlib import Path
 from typing import Any
 
 from edgefleet.node.engine.adapters import AdapterTable, LoadedAdapter
+from edgefleet.node.engine.commands import (
+    Cancel,
+    Command,
+    EmbedTask,
+    LoadAdapter,
+    Release,
+    SlotLimit,
+    Stop,
+    Submit,
+    UnloadAdapter,
+)
 from edgefleet.node.engine.llama_backend import DecodeContext, LoadedModel, Sampler
 from edgefleet.node.engine.scheduler import Scheduler, Sequence
 from edgefleet.node.engine.text_stream import TextStream
 from edgefleet.node.engine.types import (
-    AdapterUse,
     Failed,
     Finished,
     FinishReason,
@@ -54,58 +64,6 @@ class _Active:
     text: TextStream
 
 
-@dataclass(frozen=True)
-class _EmbedTask:
-    tokens: list[list[int]]
-    normalize: bool
-    future: Future[list[list[float]]]
-
-
-@dataclass(frozen=True)
-class _Submit:
-    req: GenerationRequest
-    sampler: Sampler
-
-
-@dataclass(frozen=True)
-class _Cancel:
-    request_id: str
-
-
-@dataclass(frozen=True)
-class _SlotLimit:
-    n: int
-
-
-@dataclass(frozen=True)
-class _Stop:
-    pass
-
-
-@dataclass(frozen=True)
-class _LoadAdapter:
-    name: str
-    version: str
-    path: Path
-    sha256: str
-    size: int
-    future: Future[LoadedAdapter]
-
-
-@dataclass(frozen=True)
-class _UnloadAdapter:
-    name: str
-    future: Future[bool]
-
-
-@dataclass(frozen=True)
-class _Release:
-    use: AdapterUse
-
-
-_Command = _Submit | _Cancel | _SlotLimit | _EmbedTask | _Stop | _LoadAdapter | _UnloadAdapter | _Release
-
-
 class Engine:
     def __init__(self, model: LoadedModel, config: EngineConfig) -> None:
         self.model = model
@@ -113,7 +71,7 @@ class Engine:
         self.scheduler = Scheduler(
             config.slots, config.queue_limit, config.n_batch, config.n_ctx_slot, config.prefix_cache
         )
-        self._commands: queue.SimpleQueue[_Command] = queue.SimpleQueue()
+        self._commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._outstanding = 0  # submitted and not yet finished, for QueueFull at once
         self._active: dict[str, _Active] = {}
@@ -141,7 +99,7 @@ class Engine:
         """Cancel whatever is left, free the contexts and end the thread."""
         self.accepting = False
         if self._thread and self._thread.is_alive():
-            self._commands.put(_Stop())
+            self._commands.put(Stop())
             self._thread.join(timeout)
 
     # -- called from other threads -------------------------------------------------------
@@ -184,29 +142,29 @@ class Engine:
                     f"({self.scheduler.slot_limit} slots + queue_length {self.config.queue_limit})"
                 )
             self._outstanding += 1
-        self._commands.put(_Submit(req, sampler))
+        self._commands.put(Submit(req, sampler))
 
     def cancel(self, request_id: str) -> None:
-        self._commands.put(_Cancel(request_id))
+        self._commands.put(Cancel(request_id))
 
     def load_adapter(self, name: str, version: str, path: Path, sha256: str, size: int) -> Future[LoadedAdapter]:
         """Load on the engine thread; the new version serves new requests once the future is done."""
         fut: Future[LoadedAdapter] = Future()
-        self._commands.put(_LoadAdapter(name, version, path, sha256, size, fut))
+        self._commands.put(LoadAdapter(name, version, path, sha256, size, fut))
         return fut
 
     def unload_adapter(self, name: str) -> Future[bool]:
         fut: Future[bool] = Future()
-        self._commands.put(_UnloadAdapter(name, fut))
+        self._commands.put(UnloadAdapter(name, fut))
         return fut
 
     def discard(self, req: GenerationRequest) -> None:
         """A request that never reached submit(): give back its adapter pin."""
         if req.adapter is not None:
-            self._commands.put(_Release(req.adapter))
+            self._commands.put(Release(req.adapter))
 
     def set_slot_limit(self, n: int) -> None:
-        self._commands.put(_SlotLimit(n))
+        self._commands.put(SlotLimit(n))
 
     def embed(self, tokens: list[list[int]], normalize: bool) -> Future[list[list[float]]]:
         fut: Future[list[list[float]]] = Future()
@@ -216,7 +174,7 @@ class Engine:
                     ContextOverflow(f"text is {len(t)} tokens; embeddings take at most {self.config.embed_n_ctx}")
                 )
                 return fut
-        self._commands.put(_EmbedTask(tokens, normalize, fut))
+        self._commands.put(EmbedTask(tokens, normalize, fut))
         return fut
 
     # -- the engine thread ---------------------------------------------------------------
@@ -230,7 +188,7 @@ class Engine:
             self._ready.set()
             return
         self._ready.set()
-        embeds: list[_EmbedTask] = []
+        embeds: list[EmbedTask] = []
         running = True
         while running:
             block = not (self.scheduler.has_work() or embeds)
@@ -244,7 +202,7 @@ class Engine:
                     self._fail_all(e)
         self._shutdown(embeds)
 
-    def _take_commands(self, block: bool, embeds: list[_EmbedTask]) -> bool:
+    def _take_commands(self, block: bool, embeds: list[EmbedTask]) -> bool:
         """Apply every queued command; wait for one when idle. False once told to stop."""
         while True:
             try:
@@ -252,30 +210,30 @@ class Engine:
             except queue.Empty:
                 return True
             block = False
-            if isinstance(cmd, _Submit):
+            if isinstance(cmd, Submit):
                 try:
                     self.scheduler.add(cmd.req)
                 except QueueFull as e:  # slots shrank (thermal) since submit() counted it
                     self._reject(cmd, e)
                     continue
                 self._samplers[cmd.req.request_id] = cmd.sampler
-            elif isinstance(cmd, _Cancel):
+            elif isinstance(cmd, Cancel):
                 self._cancel(cmd.request_id)
-            elif isinstance(cmd, _SlotLimit):
+            elif isinstance(cmd, SlotLimit):
                 self.scheduler.set_slot_limit(cmd.n)
-            elif isinstance(cmd, _EmbedTask):
+            elif isinstance(cmd, EmbedTask):
                 embeds.append(cmd)
-            elif isinstance(cmd, _LoadAdapter):
+            elif isinstance(cmd, LoadAdapter):
                 self._load_adapter(cmd)
-            elif isinstance(cmd, _UnloadAdapter):
+            elif isinstance(cmd, UnloadAdapter):
                 self._free_lora(self.adapters.remove(cmd.name))
                 cmd.future.set_result(True)
-            elif isinstance(cmd, _Release):
+            elif isinstance(cmd, Release):
                 self._free_lora(self.adapters.release(cmd.use))
             else:
                 return False
 
-    def _load_adapter(self, cmd: _LoadAdapter) -> None:
+    def _load_adapter(self, cmd: LoadAdapter) -> None:
         try:
             handle = self.model.load_lora(cmd.path)
         except EdgefleetError as e:
@@ -300,7 +258,7 @@ class Engine:
         if req.adapter is not None:
             self._free_lora(self.adapters.release(req.adapter))
 
-    def _reject(self, cmd: _Submit, error: EdgefleetError) -> None:
+    def _reject(self, cmd: Submit, error: EdgefleetError) -> None:
         cmd.sampler.free()
         self._done(cmd.req)
         cmd.req.sink(Failed(error))
@@ -414,7 +372,7 @@ class Engine:
         ctx.decode()
         ctx.seq_rm(0)
 
-    def _run_embed(self, task: _EmbedTask) -> None:
+    def _run_embed(self, task: EmbedTask) -> None:
         if task.future.done():  # cancelled by the caller
             return
         try:
@@ -443,7 +401,7 @@ class Engine:
         except Exception as e:  # keep the engine alive whatever llama.cpp says
             task.future.set_exception(EngineFailure(f"embedding failed: {e}"))
 
-    def _shutdown(self, embeds: list[_EmbedTask]) -> None:
+    def _shutdown(self, embeds: list[EmbedTask]) -> None:
         for seq in list(self.scheduler.waiting) + self.scheduler.running:
             self._cancel(seq.request_id)
         for task in embeds:
@@ -453,9 +411,9 @@ class Engine:
                 cmd = self._commands.get_nowait()
             except queue.Empty:
                 break
-            if isinstance(cmd, _Submit):
+            if isinstance(cmd, Submit):
                 self._reject(cmd, Unavailable("node is shutting down"))
-            elif isinstance(cmd, _EmbedTask | _LoadAdapter | _UnloadAdapter):
+            elif isinstance(cmd, EmbedTask | LoadAdapter | UnloadAdapter):
                 cmd.future.set_exception(Unavailable("node is shutting down"))
         for ctx in (self._ctx, self._embed_ctx):
             if ctx is not None:
