@@ -163,6 +163,17 @@ def stream_events(http: Any, path: str, body: dict[str, Any]) -> Iterator[dict[s
             yield RETRY
 
 
+# The sampling settings every HTTP backend gets, the same as the node's request.
+SAMPLING: dict[str, Any] = {
+    "temperature": TEMPERATURE,
+    "top_p": TOP_P,
+    "top_k": TOP_K,
+    "seed": SEED,
+    "repeat_penalty": REPEAT_PENALTY,
+    "stream": True,
+}
+
+
 class OpenAICompletionsClient(Client):
     """llama_cpp.server: POST /v1/completions with stream=true (no usage in the stream)."""
 
@@ -176,12 +187,7 @@ class OpenAICompletionsClient(Client):
         body = {
             "prompt": prompt.rendered,
             "max_tokens": max_tokens,
-            "temperature": TEMPERATURE,
-            "top_p": TOP_P,
-            "top_k": TOP_K,
-            "seed": SEED,
-            "repeat_penalty": REPEAT_PENALTY,
-            "stream": True,
+            **SAMPLING,
         }
         t_send = time.perf_counter()
         t_first = 0.0
@@ -236,12 +242,7 @@ class LlamaServerClient(Client):
         body = {
             "prompt": prompt.rendered,
             "n_predict": max_tokens,
-            "temperature": TEMPERATURE,
-            "top_p": TOP_P,
-            "top_k": TOP_K,
-            "seed": SEED,
-            "repeat_penalty": REPEAT_PENALTY,
-            "stream": True,
+            **SAMPLING,
             "ignore_eos": self.ignore_eos,
             "cache_prompt": True,
         }
