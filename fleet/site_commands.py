@@ -11,6 +11,8 @@ from typing import Any, TextIO
 import yaml
 from pydantic import ValidationError
 
+from edgefleet.fleet import adapter_commands
+from edgefleet.fleet.adapter_commands import bar
 from edgefleet.fleet.control import request
 from edgefleet.fleet.settings import FleetSettings
 from edgefleet.proto.artifacts import SiteKey
@@ -40,6 +42,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     rm = fsub.add_parser("rm-template", help="remove a template from a group or a node")
     rm.add_argument("name")
     rm.add_argument("--target", required=True)
+    adapter_commands.add_parsers(fsub)
 
 
 def load_template(path: Path, name: str, version: str, system: str | None) -> TemplateSpec:
@@ -87,10 +90,16 @@ def _age(ts: float) -> str:
 
 
 def print_status(nodes: list[dict[str, Any]], out: TextIO) -> None:
-    header = ["NODE", "GROUPS", "PROFILE", "MODEL", "STATUS", "LAST SEEN", "TEMPLATES"]
+    header = ["NODE", "GROUPS", "PROFILE", "MODEL", "STATUS", "LAST SEEN", "TEMPLATES / ADAPTERS"]
     rows = []
     for n in nodes:
         templates = ", ".join(f"{k}@{v}" for k, v in sorted(n["templates"].items())) or "-"
+        adapters = ", ".join(f"{k}@{v}" for k, v in sorted(n.get("adapters", {}).items()))
+        if adapters:
+            templates += f"; adapters {adapters}"
+        for key, t in sorted(n.get("transfers", {}).items()):
+            if t["state"] in ("fetching", "verifying"):
+                templates += f"; {key}@{t['version']} {bar(t['have'], t['total'], 12)}"
         sync = n["sync"] + (f" ({'; '.join(n['drift'])})" if n["drift"] else "")
         rows.append(
             [
@@ -123,6 +132,11 @@ def init_site(directory: Path, force: bool, site: str, out: TextIO) -> int:
 def run(args: argparse.Namespace, settings: FleetSettings, out: TextIO) -> int:
     if args.fleet_command == "init-site":
         return init_site(args.dir, args.force, settings.site, out)
+    if args.fleet_command in ("push-adapter", "rm-adapter", "adapters"):
+        try:
+            return adapter_commands.run(args, settings, out)
+        except adapter_commands.AdapterCommandError as e:
+            raise FleetCommandError(str(e)) from e
     timeout = min(args.timeout, 30.0)
     if args.fleet_command == "status":
         result = request(settings, Command(op="status"), timeout)

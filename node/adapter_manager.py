@@ -35,6 +35,18 @@ class AdapterManager:
             self._shapes = base_tensor_shapes(self.model_path)
         return self._shapes
 
+    def check_fit(self, label: str, architecture: str, tensors: dict[str, list[int]]) -> None:
+        """Before any byte is fetched: does a manifest's description fit this node's base model?"""
+        arch, shapes = self._base()
+        if architecture != arch:
+            raise InvalidRequest(f"{label} is for architecture {architecture!r}; this node's model is {arch!r}")
+        for name, shape in tensors.items():
+            base = shapes.get(name)
+            if base is None:
+                raise InvalidRequest(f"{label}: tensor {name} has no counterpart in this node's model")
+            if list(base) != list(shape):
+                raise InvalidRequest(f"{label}: tensor {name} fits shape {list(shape)}; this node's is {list(base)}")
+
     def install(self, name: str, version: str, path: Path, sha256: str | None = None) -> LoadedAdapter:
         """Check and load; raises InvalidRequest / OverBudget / ModelError naming the problem."""
         try:

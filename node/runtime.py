@@ -18,6 +18,7 @@ from edgefleet.node.profiles import MiB, estimate_memory_bytes, resolve_profile
 from edgefleet.node.service import NodeService
 from edgefleet.node.settings import NodeSettings
 from edgefleet.node.thermal import ThermalGovernor
+from edgefleet.proto.artifacts import load_public_key
 
 log = logging.getLogger("edgefleet.node")
 
@@ -122,6 +123,14 @@ def build_node(settings: NodeSettings) -> Node:
             raise ModelError(f"adapter {item!r} cannot be loaded: {e}") from e
     agent = None
     if settings.mqtt_url:
+        key_path = settings.site_key_path()
+        try:
+            site_key = load_public_key(key_path) if key_path is not None else None
+        except (OSError, ValueError) as e:
+            Node(service, engine, model).close()
+            raise ModelError(f"site public key {key_path} cannot be read: {e}") from e
+        if site_key is None:
+            log.warning("no site public key pinned: artifacts (adapters, knowledge) will be refused")
         store = DesiredStateStore(open_node_db(settings.data_dir / "node.db"))
-        agent = ControlAgent(settings, service, store)
+        agent = ControlAgent(settings, service, store, site_key)
     return Node(service, engine, model, agent)

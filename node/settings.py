@@ -100,6 +100,18 @@ class NodeSettings(BaseSettings):
         default_factory=list,
         description="LoRA adapters to load at start, name=path.gguf, comma separated (EDGEFLEET_ADAPTERS)",
     )
+    site_public_key: Path | None = Field(
+        default=None,
+        description="The site's Ed25519 public key (PEM) that artifact manifests must be signed with; empty: "
+        "~/.config/edgefleet/<site>.pub if present, else every artifact is refused (EDGEFLEET_SITE_PUBLIC_KEY)",
+    )
+    artifact_window: Annotated[int, Field(ge=1, le=1024)] = Field(
+        default=16, description="Artifact chunks asked for at a time (EDGEFLEET_ARTIFACT_WINDOW)"
+    )
+    artifact_retry_s: Annotated[float, Field(gt=0, le=3600)] = Field(
+        default=10.0,
+        description="Ask again for missing chunks when none came for this long (EDGEFLEET_ARTIFACT_RETRY_S)",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Log level (EDGEFLEET_LOG_LEVEL)"
     )
@@ -125,3 +137,9 @@ class NodeSettings(BaseSettings):
     @classmethod
     def _check_site(cls, v: str) -> str:
         return check_name("site", v)
+
+    def site_key_path(self) -> Path | None:
+        if self.site_public_key is not None:
+            return self.site_public_key
+        default = Path.home() / ".config" / "edgefleet" / f"{self.site}.pub"
+        return default if default.exists() else None

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import sqlite_utils
 
-from edgefleet.proto.payloads import DesiredState, NodeStatus, ReportedState, Telemetry, TemplateSpec
+from edgefleet.proto.payloads import ArtifactRef, DesiredState, NodeStatus, ReportedState, Telemetry, TemplateSpec
 from edgefleet.proto.sqlite_db import open_database
 
 MIGRATIONS: list[str] = [
@@ -48,6 +48,8 @@ class NodeRow:
     sync: str  # "in sync", "drifted", "unknown"
     drift: list[str]
     templates: dict[str, str]
+    adapters: dict[str, str] = field(default_factory=dict)  # name → version loaded
+    transfers: dict[str, dict[str, Any]] = field(default_factory=dict)  # `<kind>/<name>` → progress
     outbox: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -161,6 +163,8 @@ class Registry:
                     sync,
                     drift,
                     rep.templates if rep else {},
+                    rep.adapters if rep else {},
+                    {k: t.model_dump() for k, t in rep.transfers.items()} if rep else {},
                 )
             )
         return out
@@ -168,20 +172,27 @@ class Registry:
 
 def _expected(
     node_id: str, groups: list[str], desired: dict[str, DesiredState]
-) -> tuple[dict[str, TemplateSpec], dict[str, int]]:
+) -> tuple[dict[str, TemplateSpec], dict[str, ArtifactRef], dict[str, int]]:
     templates: dict[str, TemplateSpec] = {}
+    adapters: dict[str, ArtifactRef] = {}
     generations: dict[str, int] = {}
     for key in [*(f"group:{g}" for g in groups), f"node:{node_id}"]:
         if key in desired:
             templates.update(desired[key].templates)
+            adapters.update(desired[key].adapters)
             generations[key] = desired[key].generation
-    return templates, generations
+    return templates, adapters, generations
+
+
+def expected_adapters(node_id: str, groups: list[str], desired: dict[str, DesiredState]) -> dict[str, ArtifactRef]:
+    """The adapters a node should hold: its groups' (in order), then its own, which win on a name clash."""
+    return _expected(node_id, groups, desired)[1]
 
 
 def _drift(node_id: str, groups: list[str], desired: dict[str, DesiredState], rep: ReportedState | None) -> list[str]:
     if rep is None:
         return ["no reported state yet"]
-    want, gens = _expected(node_id, groups, desired)
+    want, want_adapters, gens = _expected(node_id, groups, desired)
     reasons = []
     for key, gen in gens.items():
         have = rep.generations.get(key, 0)
@@ -196,5 +207,14 @@ def _drift(node_id: str, groups: list[str], desired: dict[str, DesiredState], re
     for name in rep.templates:
         if name not in want:
             reasons.append(f"template {name} not desired")
+    for name, ref in want_adapters.items():
+        have_v = rep.adapters.get(name)
+        if have_v != ref.version:
+            t = rep.transfers.get(f"adapter/{name}")
+            where = f"{t.state} {t.have}/{t.total}" if t else (f"at {have_v}" if have_v else "missing")
+            reasons.append(f"adapter {name} {where}, desired {ref.version}")
+    for name in rep.adapters:
+        if name not in want_adapters:
+            reasons.append(f"adapter {name} not desired")
     reasons.extend(f"error: {e}" for e in rep.errors)
     return reasons

@@ -15,6 +15,9 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from edgefleet.orchestrator.adapter_commands import AdapterCommands, CommandError
+from edgefleet.orchestrator.artifact_store import ArtifactStore
+from edgefleet.orchestrator.chunk_sender import ChunkSender
 from edgefleet.orchestrator.registry import Registry
 from edgefleet.orchestrator.settings import OrchestratorSettings
 from edgefleet.proto.mqtt_link import LastWill, MqttLink
@@ -39,8 +42,7 @@ log = logging.getLogger("edgefleet.orchestrator")
 SOURCE = "orchestrator"
 
 
-class CommandError(Exception):
-    pass
+ADAPTER_OPS = frozenset({"upload-chunk", "push-adapter", "rm-adapter", "adapters"})
 
 
 class Orchestrator:
@@ -57,18 +59,38 @@ class Orchestrator:
             password=settings.mqtt_password,
             ca_file=settings.mqtt_ca_file,
             will=LastWill(t.orchestrator_status(), OrchestratorStatus(state="offline").dumps()),
-            birth=lambda: [(t.orchestrator_status(), OrchestratorStatus(state="online").dumps())],
+            birth=self._birth,
+        )
+        self.store = ArtifactStore(settings.artifact_dir)
+        self.sender = ChunkSender(self.link, t, self.store.read_chunk, settings.artifact_chunk_interval_ms / 1000)
+        self.adapters = AdapterCommands(
+            self.store,
+            registry,
+            self.link,
+            t,
+            self.sender,
+            settings.site_key_path(),
+            settings.artifact_chunk_bytes,
+            self._publish_desired,
+            self._error,
         )
         self.link.subscribe(t.all_node_status(), self._on_status)
         self.link.subscribe(t.all_node_reported(), self._on_reported)
         self.link.subscribe(t.all_node_telemetry(), self._on_telemetry, qos=0)
         self.link.subscribe(t.all_desired(), self._on_desired)
         self.link.subscribe(t.orchestrator_commands(), self._on_command)
+        self.link.subscribe(t.artifact_chunk_requests(), self.adapters.on_chunk_request)
+
+    def _birth(self) -> list[tuple[str, bytes]]:
+        online = (self.topics.orchestrator_status(), OrchestratorStatus(state="online").dumps())
+        return [online, *self.adapters.retained_manifests()]
 
     def start(self) -> None:
+        self.sender.start()
         self.link.start()
 
     def stop(self) -> None:
+        self.sender.stop()
         self.link.stop(final=[(self.topics.orchestrator_status(), OrchestratorStatus(state="offline").dumps())])
 
     # -- what nodes publish ---------------------------------------------------------------------------
@@ -151,13 +173,15 @@ class Orchestrator:
             kind = "node" if name in self.registry.node_ids() else "group"
         return Target.model_validate({"kind": kind, "name": name})
 
-    def _publish_desired(self, target: Target, templates: dict[str, Any]) -> DesiredState:
-        current = self.registry.desired(target.key)
+    def _publish_desired(self, target: Target, current: DesiredState | None, changes: dict[str, Any]) -> DesiredState:
+        """The next generation of `target`'s desired state: `current` with `changes` (templates, adapters)."""
+        fields: dict[str, Any] = {"templates": current.templates, "adapters": current.adapters} if current else {}
+        fields.update(changes)
         doc = DesiredState(
             site=self.settings.site,
             target=target,
             generation=(current.generation if current else 0) + 1,
-            templates=templates,
+            **fields,
         )
         self.registry.record_desired(doc)
         topic = (
@@ -170,6 +194,8 @@ class Orchestrator:
     def _run(self, cmd: Command) -> CommandResult:
         if cmd.op == "status":
             return CommandResult(ok=True, data={"nodes": [r.as_dict() for r in self.registry.rows()]})
+        if cmd.op in ADAPTER_OPS:
+            return self.adapters.run(cmd, self._target)
         target = self._target(cmd.target)
         current = self.registry.desired(target.key)
         templates = dict(current.templates) if current else {}
@@ -178,7 +204,7 @@ class Orchestrator:
                 raise CommandError("push-template needs a template")
             compile_template(cmd.template)
             templates[cmd.template.name] = cmd.template
-            doc = self._publish_desired(target, templates)
+            doc = self._publish_desired(target, current, {"templates": templates})
             return CommandResult(
                 ok=True,
                 message=f"template {cmd.template.name}@{cmd.template.version} pushed to {target.key}, "
@@ -188,7 +214,7 @@ class Orchestrator:
         if cmd.name not in templates:
             raise CommandError(f"template {cmd.name!r} is not desired for {target.key}")
         del templates[cmd.name]
-        doc = self._publish_desired(target, templates)
+        doc = self._publish_desired(target, current, {"templates": templates})
         return CommandResult(
             ok=True,
             message=f"template {cmd.name} removed from {target.key}, generation {doc.generation}",

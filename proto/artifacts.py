@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -22,6 +23,15 @@ from edgefleet.proto.topics import check_name
 
 DEFAULT_CHUNK_BYTES = 256 * 1024
 MAX_ARTIFACT_BYTES = 2 * 1024**3
+
+
+def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
+    """Natural order of versions: `1.10` after `1.9`, `2` after `1.9.9`; numbers sort before words."""
+    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in re.findall(r"\d+|[A-Za-z]+", version))
+
+
+def is_older(version: str, than: str) -> bool:
+    return version_key(version) < version_key(than)
 
 
 class ArtifactError(ValueError):

@@ -68,6 +68,7 @@ class MqttLink:
         self.connected = threading.Event()
         self._suback = threading.Event()
         self._pending_sub_mid: int | None = None
+        self._sub_waiters: dict[int, threading.Event] = {}
         self.keepalive = keepalive
         self._stopping = False
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5)
@@ -114,6 +115,29 @@ class MqttLink:
         if self.connected.is_set():
             self.client.subscribe(topic_filter, qos=qos)
 
+    def subscribe_wait(self, topic_filter: str, handler: Handler, qos: int = 1, timeout: float = 5.0) -> bool:
+        """Add a subscription and wait for its SUBACK (False: not connected, or no ack in time)."""
+        with self._lock:
+            self._subs[topic_filter] = (qos, handler)
+            if not self.connected.is_set():
+                return False
+            done = threading.Event()
+            rc, mid = self.client.subscribe(topic_filter, qos=qos)
+            if rc != mqtt.MQTT_ERR_SUCCESS or mid is None:
+                return False
+            self._sub_waiters[mid] = done
+        ok = done.wait(timeout)
+        with self._lock:
+            self._sub_waiters.pop(mid, None)
+        return ok
+
+    def unsubscribe(self, topic_filter: str) -> None:
+        with self._lock:
+            if self._subs.pop(topic_filter, None) is None:
+                return
+        if self.connected.is_set():
+            self.client.unsubscribe(topic_filter)
+
     def publish(
         self, topic: str, payload: bytes, qos: int = 1, retain: bool = False, properties: Properties | None = None
     ) -> mqtt.MQTTMessageInfo:
@@ -155,6 +179,10 @@ class MqttLink:
             log.error("broker refused subscriptions", extra={"reasons": failed})
         if mid == self._pending_sub_mid:
             self._suback.set()
+        with self._lock:
+            waiter = self._sub_waiters.get(mid)
+        if waiter is not None:
+            waiter.set()
 
     def wait_subscribed(self, timeout: float) -> bool:
         """After connect: wait until the broker acknowledged the subscriptions."""

@@ -117,6 +117,25 @@ class Target(BaseModel):
         return f"{self.kind}:{self.name}"
 
 
+VERSION_FIELD = Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+SHA256_FIELD = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class ArtifactRef(BaseModel):
+    """An artifact a target should hold: the node fetches it through its signed manifest."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str
+    version: Annotated[str, VERSION_FIELD]
+    sha256: Annotated[str, SHA256_FIELD]
+    size: Annotated[int, Field(gt=0)]
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return check_name("artifact", v)
+
+
 class DesiredState(_Payload):
     """What one target should run. `generation` only grows; a node ignores older ones."""
 
@@ -124,7 +143,22 @@ class DesiredState(_Payload):
     target: Target
     generation: Annotated[int, Field(ge=1)]
     templates: dict[str, TemplateSpec] = Field(default_factory=dict)
+    adapters: dict[str, ArtifactRef] = Field(default_factory=dict)
     ts: float = Field(default_factory=_now)
+
+
+class TransferProgress(BaseModel):
+    """Where a node is with one artifact: chunks held of the total, and the outcome."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    kind: Literal["adapter", "knowledge"]
+    name: str
+    version: str
+    have: int
+    total: int
+    resumed_from: int = 0  # chunks already on disk when this run of the node started the transfer
+    state: Literal["fetching", "verifying", "installed", "failed"]
+    error: str = ""
 
 
 class ReportedState(_Payload):
@@ -132,6 +166,8 @@ class ReportedState(_Payload):
     ts: float = Field(default_factory=_now)
     generations: dict[str, int] = Field(default_factory=dict)  # target key → applied generation
     templates: dict[str, str] = Field(default_factory=dict)  # name → version in effect
+    adapters: dict[str, str] = Field(default_factory=dict)  # name → version loaded
+    transfers: dict[str, TransferProgress] = Field(default_factory=dict)  # `<kind>/<name>` → progress
     errors: list[str] = Field(default_factory=list)  # why something desired is not applied
 
 
@@ -148,13 +184,41 @@ class OrchestratorStatus(_Payload):
     ts: float = Field(default_factory=_now)
 
 
+class ChunkRequest(_Payload):
+    """A node asks for the chunks of an artifact it is missing (a window of them at a time)."""
+
+    node_id: str
+    kind: Literal["adapter", "knowledge"]
+    name: str
+    version: Annotated[str, VERSION_FIELD]
+    sha256: Annotated[str, SHA256_FIELD]
+    chunks: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1, max_length=1024)]
+
+
+MAX_UPLOAD_CHUNK_BYTES = 128 * 1024  # base64 of it stays under MAX_PAYLOAD_BYTES
+
+
+class UploadChunk(BaseModel):
+    """One piece of a file the CLI hands to the orchestrator (base64), addressed by the file's sha256."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    sha256: Annotated[str, SHA256_FIELD]
+    size: Annotated[int, Field(gt=0, le=2 * 1024**3)]
+    chunk_bytes: Annotated[int, Field(ge=1024, le=MAX_UPLOAD_CHUNK_BYTES)]
+    index: Annotated[int, Field(ge=0)]
+    data: str
+
+
 class Command(_Payload):
     """An operator command. `target` is `node:<id>`, `group:<name>`, or a bare name: a known node, else a group."""
 
-    op: Literal["status", "push-template", "rm-template"]
+    op: Literal["status", "push-template", "rm-template", "upload-chunk", "push-adapter", "rm-adapter", "adapters"]
     target: str = ""
     template: TemplateSpec | None = None
     name: str = ""
+    version: str = ""
+    sha256: str = ""
+    upload: UploadChunk | None = None
 
 
 class CommandResult(_Payload):

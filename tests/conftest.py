@@ -58,6 +58,7 @@ class NodeProcess:
         self.node_id = node_id or f"test-{self.port}"
         self.log_path = tmp / f"node-{self.node_id}.log"
         self.data_dir = tmp / f"data-{self.node_id}"
+        self.tmp, self.profile, self.env = tmp, profile, env or {}
         self._log = self.log_path.open("ab")
         full_env = {**os.environ, "EDGEFLEET_LOG_FORMAT": "text", **(env or {})}
         self.proc = subprocess.Popen(
@@ -102,6 +103,10 @@ class NodeProcess:
 
     def info(self) -> pb.NodeInfo:
         return self.stub.GetNodeInfo(pb.GetNodeInfoRequest(), timeout=5)
+
+    def restarted(self) -> NodeProcess:
+        """A new process with this one's id, port, settings and data directory (after kill or stop)."""
+        return NodeProcess(self.tmp, self.profile, self.env, self.node_id, self.port)
 
     def kill(self) -> None:
         """SIGKILL: no goodbye, the broker publishes the last will."""

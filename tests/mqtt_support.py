@@ -69,8 +69,11 @@ class Mosquitto:
 
 
 class Orchestrator:
-    def __init__(self, tmp: Path, broker: Mosquitto, site: str = "lab", db: Path | None = None) -> None:
+    def __init__(
+        self, tmp: Path, broker: Mosquitto, site: str = "lab", db: Path | None = None, env: dict[str, str] | None = None
+    ) -> None:
         self.db = db or tmp / "registry.db"
+        self.env = {**os.environ, "EDGEFLEET_ARTIFACT_DIR": str(tmp / "artifacts"), **(env or {})}
         self.log_path = tmp / "orchestrator.log"
         self.broker, self.site = broker, site
         self.proc: subprocess.Popen[bytes] | None = None
@@ -93,6 +96,7 @@ class Orchestrator:
             ],
             stdout=log,
             stderr=log,
+            env=self.env,
         )
 
     def stop(self) -> None:
@@ -105,9 +109,9 @@ def node_env(broker: Mosquitto, site: str = "lab", **extra: str) -> dict[str, st
     return {"EDGEFLEET_MQTT_URL": broker.url, "EDGEFLEET_SITE": site, "EDGEFLEET_TELEMETRY_INTERVAL_S": "1", **extra}
 
 
-def fleet(broker: Mosquitto, *args: str, site: str = "lab") -> subprocess.CompletedProcess[str]:
+def fleet(broker: Mosquitto, *args: str, site: str = "lab", timeout: float = 60) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "EDGEFLEET_MQTT_URL": broker.url, "EDGEFLEET_SITE": site}
-    return subprocess.run([str(BIN / "edgefleet"), *args], capture_output=True, text=True, timeout=60, env=env)
+    return subprocess.run([str(BIN / "edgefleet"), *args], capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def fleet_status(broker: Mosquitto) -> dict[str, dict[str, Any]]:

@@ -13,8 +13,15 @@ import logging
 import threading
 
 import paho.mqtt.client as mqtt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from edgefleet.node.control.desired_store import DesiredStateStore, effective_templates
+from edgefleet.node.control.adapter_sync import AdapterSync
+from edgefleet.node.control.desired_store import (
+    DesiredStateStore,
+    InstalledArtifacts,
+    effective_adapters,
+    effective_templates,
+)
 from edgefleet.node.service import NodeService
 from edgefleet.node.settings import NodeSettings
 from edgefleet.proto.mqtt_link import LastWill, MqttLink
@@ -36,7 +43,13 @@ log = logging.getLogger("edgefleet.node.control")
 
 
 class ControlAgent:
-    def __init__(self, settings: NodeSettings, service: NodeService, store: DesiredStateStore) -> None:
+    def __init__(
+        self,
+        settings: NodeSettings,
+        service: NodeService,
+        store: DesiredStateStore,
+        site_key: Ed25519PublicKey | None = None,
+    ) -> None:
         assert settings.mqtt_url
         self.settings = settings
         self.service = service
@@ -59,6 +72,22 @@ class ControlAgent:
             will=LastWill(self.topics.node_status(self.node_id), offline),
             birth=self._birth,
         )
+        self.adapters: AdapterSync | None = None
+        if service.adapter_manager is not None:
+            self.adapters = AdapterSync(
+                node_id=self.node_id,
+                link=self.link,
+                topics=self.topics,
+                manager=service.adapter_manager,
+                installed=InstalledArtifacts(store.db),
+                data_dir=settings.data_dir,
+                site_key=site_key,
+                report_error=self._report_error,
+                changed=self._publish_reported,
+                window=settings.artifact_window,
+                retry_s=settings.artifact_retry_s,
+            )
+            self.adapters.load_installed()
         self.link.subscribe(self.topics.desired_node(self.node_id), self._on_desired)
         for g in self.groups:
             self.link.subscribe(self.topics.desired_group(g), self._on_desired)
@@ -66,12 +95,16 @@ class ControlAgent:
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def start(self) -> None:
+        if self.adapters is not None:
+            self.adapters.start()
         self.link.start()
         self._telemetry = threading.Thread(target=self._telemetry_loop, name="edgefleet-telemetry", daemon=True)
         self._telemetry.start()
 
     def stop(self) -> None:
         self._stop.set()
+        if self.adapters is not None:
+            self.adapters.stop()
         bye = NodeStatus(node_id=self.node_id, state="offline", reason="shutdown").dumps()
         self.link.stop(final=[(self.topics.node_status(self.node_id), bye)])
 
@@ -86,6 +119,8 @@ class ControlAgent:
             versions=s.versions,
         )
         online = NodeStatus(node_id=self.node_id, state="online", info=info).dumps()
+        if self.adapters is not None:
+            self.adapters.on_connect()
         return [
             (self.topics.node_status(self.node_id), online),
             (self.topics.node_reported(self.node_id), self._reported().dumps()),
@@ -117,12 +152,24 @@ class ControlAgent:
     # -- desired state ------------------------------------------------------------------------------
     def _reported(self) -> ReportedState:
         docs = self.store.docs()
+        adapters, transfers = self.adapters.report() if self.adapters is not None else ({}, {})
         return ReportedState(
             node_id=self.node_id,
             generations={k: d.generation for k, d in docs.items()},
             templates={name: t.spec.version for name, t in self.service.templates.items()},
+            adapters=adapters,
+            transfers=transfers,
             errors=list(self._errors),
         )
+
+    def _publish_reported(self) -> None:
+        self.link.publish(self.topics.node_reported(self.node_id), self._reported().dumps(), qos=1, retain=True)
+
+    def _report_error(self, topic: str, code: str, message: str) -> None:
+        """Refused artifact input: logged and on the errors topic; the node keeps what it had."""
+        log.warning("artifact input refused", extra={"topic": topic, "code": code, "reason": message})
+        report = ErrorReport(source=self.node_id, code=code, message=message, topic=topic)
+        self.link.publish(self.topics.errors(self.node_id), report.dumps(), qos=1)
 
     def _reject(self, topic: str, code: str, message: str) -> None:
         log.warning("desired state refused", extra={"topic": topic, "code": code, "reason": message})
@@ -183,3 +230,5 @@ class ControlAgent:
             except TemplateError as e:  # stored earlier by another version of edgefleet
                 log.error("stored template does not compile", extra={"template": name, "reason": str(e)})
         self.service.templates = compiled  # one assignment: requests see the old set or the new
+        if self.adapters is not None:
+            self.adapters.set_wanted(effective_adapters(docs, self.node_id, self.groups))

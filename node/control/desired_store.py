@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import sqlite_utils
 
-from edgefleet.proto.payloads import DesiredState, TemplateSpec
+from edgefleet.proto.payloads import ArtifactRef, DesiredState, TemplateSpec
 from edgefleet.proto.sqlite_db import open_database
 
 MIGRATIONS: list[str] = [
@@ -22,6 +23,16 @@ MIGRATIONS: list[str] = [
         generation INTEGER NOT NULL,
         doc TEXT NOT NULL,
         applied_at REAL NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS installed_artifacts (
+        kind TEXT NOT NULL,
+        name TEXT NOT NULL,
+        version TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        path TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        installed_at REAL NOT NULL,
+        PRIMARY KEY (kind, name)
     )""",
 ]
 
@@ -51,6 +62,50 @@ class DesiredStateStore:
     def docs(self) -> dict[str, DesiredState]:
         rows = self.db.execute("SELECT target_key, doc FROM desired_sources").fetchall()
         return {key: DesiredState.model_validate(json.loads(doc)) for key, doc in rows}
+
+
+@dataclass(frozen=True)
+class InstalledArtifact:
+    kind: str
+    name: str
+    version: str
+    sha256: str
+    path: Path
+    size: int
+
+
+class InstalledArtifacts:
+    """Artifacts (adapters, later knowledge) this node installed from the site, to load again at start."""
+
+    def __init__(self, db: sqlite_utils.Database) -> None:
+        self.db = db
+
+    def all(self, kind: str) -> dict[str, InstalledArtifact]:
+        rows = self.db.execute(
+            "SELECT kind, name, version, sha256, path, size FROM installed_artifacts WHERE kind = ?", [kind]
+        ).fetchall()
+        return {r[1]: InstalledArtifact(r[0], r[1], r[2], r[3], Path(r[4]), r[5]) for r in rows}
+
+    def record(self, a: InstalledArtifact) -> None:
+        with self.db.conn:
+            self.db.execute(
+                "INSERT INTO installed_artifacts (kind, name, version, sha256, path, size, installed_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(kind, name) DO UPDATE SET version=excluded.version, "
+                "sha256=excluded.sha256, path=excluded.path, size=excluded.size, installed_at=excluded.installed_at",
+                [a.kind, a.name, a.version, a.sha256, str(a.path), a.size, time.time()],
+            )
+
+    def forget(self, kind: str, name: str) -> None:
+        with self.db.conn:
+            self.db.execute("DELETE FROM installed_artifacts WHERE kind = ? AND name = ?", [kind, name])
+
+
+def effective_adapters(docs: dict[str, DesiredState], node_id: str, groups: list[str]) -> dict[str, ArtifactRef]:
+    out: dict[str, ArtifactRef] = {}
+    for key in [*(f"group:{g}" for g in groups), f"node:{node_id}"]:
+        if key in docs:
+            out.update(docs[key].adapters)
+    return out
 
 
 def effective_templates(docs: dict[str, DesiredState], node_id: str, groups: list[str]) -> dict[str, TemplateSpec]:

@@ -1,0 +1,174 @@
+"""`edgefleet fleet push-adapter | rm-adapter | adapters`.
+
+push-adapter uploads the file to the orchestrator in pieces over MQTT (each confirmed), asks it
+to sign and publish the adapter for a target, then shows each target node's transfer with a
+progress bar until every one has loaded it, refused it, or the wait ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+from pydantic import ValidationError
+
+from edgefleet.fleet.control import OrchestratorSession
+from edgefleet.fleet.settings import FleetSettings
+from edgefleet.proto.payloads import MAX_UPLOAD_CHUNK_BYTES, Command, UploadChunk, describe_validation_error
+from edgefleet.proto.topics import valid_name
+
+MAX_ADAPTER_BYTES = 2 * 1024**3
+
+
+class AdapterCommandError(Exception):
+    """A problem the operator can fix (bad file, refused command)."""
+
+
+def add_parsers(fsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    push = fsub.add_parser("push-adapter", help="push a LoRA adapter (GGUF) to a group or a node")
+    push.add_argument("file", type=Path)
+    push.add_argument("--name", required=True)
+    push.add_argument("--version", required=True)
+    push.add_argument("--target", required=True, help="GROUP or NODE (or group:NAME / node:NAME)")
+    push.add_argument("--no-wait", action="store_true", help="return once the orchestrator accepted it")
+    push.add_argument("--wait", type=float, default=300.0, help="seconds to wait for the nodes (default 300)")
+    rm = fsub.add_parser("rm-adapter", help="remove an adapter from a group or a node")
+    rm.add_argument("name")
+    rm.add_argument("--target", required=True)
+    ls = fsub.add_parser("adapters", help="which adapters are where, in which version")
+    ls.add_argument("--json", action="store_true")
+
+
+def bar(have: int, total: int, width: int = 24) -> str:
+    filled = width * have // total if total else width
+    return f"[{'#' * filled}{'.' * (width - filled)}] {have}/{total}"
+
+
+def _read(path: Path) -> bytes:
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise AdapterCommandError(f"cannot read {path}: {e.strerror}") from e
+    if not data:
+        raise AdapterCommandError(f"{path} is empty")
+    if len(data) > MAX_ADAPTER_BYTES:
+        raise AdapterCommandError(f"{path} is {len(data)} bytes; adapters may be at most {MAX_ADAPTER_BYTES}")
+    if data[:4] != b"GGUF":
+        raise AdapterCommandError(f"{path} is not a GGUF file")
+    return data
+
+
+def _upload(s: OrchestratorSession, data: bytes, timeout: float, err: TextIO) -> str:
+    sha = hashlib.sha256(data).hexdigest()
+    step = MAX_UPLOAD_CHUNK_BYTES
+    count = -(-len(data) // step)
+    for i in range(count):
+        piece = UploadChunk(
+            sha256=sha,
+            size=len(data),
+            chunk_bytes=step,
+            index=i,
+            data=base64.b64encode(data[i * step : (i + 1) * step]).decode(),
+        )
+        r = s.call(Command(op="upload-chunk", upload=piece), timeout)
+        if not r.ok:
+            raise AdapterCommandError(f"upload refused: {r.message}")
+        err.write(f"\rupload {bar(i + 1, count)}")
+        if r.data.get("missing") == 0:  # the orchestrator has the whole file (perhaps from before)
+            break
+    err.write("\n")
+    return sha
+
+
+def _watch(s: OrchestratorSession, name: str, version: str, wait: float, timeout: float, err: TextIO) -> int:
+    """Show progress per target node until all loaded it (0), one refused it (1), or time ran out (1)."""
+    deadline = time.monotonic() + wait
+    lines = 0
+    while True:
+        r = s.call(Command(op="adapters"), timeout)
+        nodes: dict[str, Any] = r.data.get("nodes", {})
+        targets = {n: v for n, v in nodes.items() if v["desired"].get(name) == version}
+        states: dict[str, str] = {}
+        for node_id, v in sorted(targets.items()):
+            t = v["transfers"].get(f"adapter/{name}")
+            if v["loaded"].get(name) == version:
+                states[node_id] = "loaded"
+            elif t and t["version"] == version and t["state"] == "failed":
+                states[node_id] = f"refused: {t['error']}"
+            elif t and t["version"] == version:
+                states[node_id] = f"{t['state']} {bar(t['have'], t['total'])}"
+            else:
+                states[node_id] = "waiting" if v["state"] == "online" else "offline: fetches when it connects"
+        if lines:
+            err.write(f"\x1b[{lines}F" if err.isatty() else "")
+        for node_id, st in states.items():
+            err.write(f"{node_id:<20} {st}\x1b[K\n" if err.isatty() else f"{node_id:<20} {st}\n")
+        lines = len(states)
+        settled = {n: st for n, st in states.items() if st == "loaded" or st.startswith(("refused", "offline"))}
+        if not targets:
+            err.write("no node of the target has reported yet; each fetches the adapter when it connects\n")
+            return 0
+        if len(settled) == len(states):
+            return 1 if any(st.startswith("refused") for st in states.values()) else 0
+        if time.monotonic() > deadline:
+            err.write(f"still transferring after {wait:.0f} s; `edgefleet fleet adapters` shows progress\n")
+            return 1
+        time.sleep(0.5)
+
+
+def print_adapters(data: dict[str, Any], out: TextIO) -> None:
+    out.write("ADAPTER   VERSION   SIZE        CHUNKS\n")
+    for m in data.get("manifests", []):
+        out.write(f"{m['name']:<9} {m['version']:<9} {m['size']:<11} {m['chunks']}\n")
+    out.write("\nNODE                 ADAPTER     DESIRED   LOADED    TRANSFER\n")
+    for node_id, v in sorted(data.get("nodes", {}).items()):
+        for name in sorted(set(v["desired"]) | set(v["loaded"])):
+            t = v["transfers"].get(f"adapter/{name}")
+            transfer = f"{t['state']} {bar(t['have'], t['total'], 12)}" if t else "-"
+            if t and t.get("error"):
+                transfer += f" ({t['error']})"
+            out.write(
+                f"{node_id:<20} {name:<11} {v['desired'].get(name, '-'):<9} {v['loaded'].get(name, '-'):<9} "
+                f"{transfer}\n"
+            )
+
+
+def run(args: argparse.Namespace, settings: FleetSettings, out: TextIO, err: TextIO = sys.stderr) -> int:
+    timeout = min(args.timeout, 30.0)
+    with OrchestratorSession(settings, min(timeout, 10.0)) as s:
+        if args.fleet_command == "adapters":
+            r = s.call(Command(op="adapters"), timeout)
+            if args.json:
+                import json
+
+                out.write(json.dumps(r.data, indent=2) + "\n")
+            else:
+                print_adapters(r.data, out)
+            return 0
+        if args.fleet_command == "rm-adapter":
+            r = s.call(Command(op="rm-adapter", name=args.name, target=args.target), timeout)
+            if not r.ok:
+                raise AdapterCommandError(f"refused: {r.message}")
+            out.write(r.message + "\n")
+            return 0
+        if not valid_name(args.name):
+            raise AdapterCommandError(
+                f"adapter name {args.name!r} is invalid: use letters, digits, '.', '_' or '-', no '/' or '..'"
+            )
+        data = _read(args.file)
+        sha = _upload(s, data, timeout, err)
+        try:
+            cmd = Command(op="push-adapter", name=args.name, version=args.version, sha256=sha, target=args.target)
+        except ValidationError as e:
+            raise AdapterCommandError(describe_validation_error(e)) from e
+        r = s.call(cmd, timeout)
+        if not r.ok:
+            raise AdapterCommandError(f"refused: {r.message}")
+        out.write(r.message + "\n")
+        out.flush()
+        return 0 if args.no_wait else _watch(s, args.name, args.version, args.wait, timeout, err)

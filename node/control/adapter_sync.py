@@ -1,0 +1,360 @@
+"""Brings the adapters named in desired state onto this node: signed manifest → chunks → verify → load.
+
+Network thread (paho): manifests are verified against the pinned site key; chunks are checked
+against the manifest (index, size, sha256) and kept on disk. Worker thread: starts transfers,
+asks for missing chunks a window at a time (again after a reconnect or when nothing came for
+`retry_s`), assembles and installs a complete file, removes adapters no longer desired. The
+previous version serves until the new one is loaded; a failure leaves it and is reported.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+import paho.mqtt.client as mqtt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from pydantic import ValidationError
+
+from edgefleet.node.adapter_manager import AdapterManager
+from edgefleet.node.control.chunk_store import ChunkStore
+from edgefleet.node.control.desired_store import InstalledArtifact, InstalledArtifacts
+from edgefleet.node.errors import EdgefleetError
+from edgefleet.proto.artifacts import ArtifactError, Manifest, is_older, verify
+from edgefleet.proto.mqtt_link import MqttLink
+from edgefleet.proto.payloads import (
+    MAX_PAYLOAD_BYTES,
+    ArtifactRef,
+    ChunkRequest,
+    TransferProgress,
+    describe_validation_error,
+)
+from edgefleet.proto.topics import Topics
+
+log = logging.getLogger("edgefleet.node.adapters")
+KIND: Final = "adapter"
+Reporter = Callable[[str, str, str], None]  # (topic, code, message) → errors topic
+
+
+@dataclass
+class Transfer:
+    manifest: Manifest
+    store: ChunkStore
+    resumed_from: int
+    requested: set[int] = field(default_factory=set)
+    last_progress: float = field(default_factory=time.monotonic)
+    subscribed: bool = False
+    state: str = "fetching"
+    error: str = ""
+    duplicates: int = 0
+
+    def progress(self) -> TransferProgress:
+        return TransferProgress(
+            kind=KIND,
+            name=self.manifest.name,
+            version=self.manifest.version,
+            have=len(self.store.held()),
+            total=self.manifest.chunk_count,
+            resumed_from=self.resumed_from,
+            state=self.state,  # type: ignore[arg-type]
+            error=self.error,
+        )
+
+
+class AdapterSync:
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        link: MqttLink,
+        topics: Topics,
+        manager: AdapterManager,
+        installed: InstalledArtifacts,
+        data_dir: Path,
+        site_key: Ed25519PublicKey | None,
+        report_error: Reporter,
+        changed: Callable[[], None],
+        window: int = 16,
+        retry_s: float = 10.0,
+    ) -> None:
+        self.node_id, self.link, self.topics = node_id, link, topics
+        self.manager, self.installed = manager, installed
+        self.chunk_root = data_dir / "artifacts"
+        self.adapter_dir = data_dir / "adapters"
+        self.site_key = site_key
+        self.report_error, self.changed = report_error, changed
+        self.window, self.retry_s = window, retry_s
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._wanted: dict[str, ArtifactRef] = {}
+        self._manifests: dict[str, Manifest] = {}
+        self._transfers: dict[str, Transfer] = {}
+        self._failed: dict[str, str] = {}  # sha256 → why; not retried until another version is desired
+        self._last_report = 0.0
+        self._thread = threading.Thread(target=self._run, name="edgefleet-adapter-sync", daemon=True)
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+    def load_installed(self) -> None:
+        """At start, before serving: load what this node installed earlier (a bad file is forgotten)."""
+        for a in self.installed.all(KIND).values():
+            try:
+                self.manager.install(a.name, a.version, a.path, a.sha256)
+            except (EdgefleetError, OSError) as e:
+                log.error(
+                    "installed adapter cannot be loaded; fetching it again", extra={"adapter": a.name, "reason": str(e)}
+                )
+                self.installed.forget(KIND, a.name)
+
+    def start(self) -> None:
+        self.link.subscribe(self.topics.artifact_manifest(KIND, "+"), self.on_manifest)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(5)
+
+    def on_connect(self) -> None:
+        """After a reconnect, ask again for everything outstanding (the broker may have lost it)."""
+        with self._lock:
+            for t in self._transfers.values():
+                t.requested.clear()
+                t.subscribed = False
+        self._wake.set()
+
+    def set_wanted(self, wanted: dict[str, ArtifactRef]) -> None:
+        with self._lock:
+            self._wanted = dict(wanted)
+        self._wake.set()
+
+    def report(self) -> tuple[dict[str, str], dict[str, TransferProgress]]:
+        with self._lock:
+            adapters = {name: a.version for name, a in self.installed.all(KIND).items()}
+            transfers = {f"{KIND}/{name}": t.progress() for name, t in self._transfers.items()}
+        return adapters, transfers
+
+    # -- network thread ----------------------------------------------------------------------------------
+    def on_manifest(self, msg: mqtt.MQTTMessage) -> None:
+        if not msg.payload:
+            return
+        levels = self.topics.parse(msg.topic) or ()
+        try:
+            if len(msg.payload) > MAX_PAYLOAD_BYTES:
+                raise ArtifactError(f"manifest is {len(msg.payload)} bytes; the limit is {MAX_PAYLOAD_BYTES}")
+            m = Manifest.model_validate_json(msg.payload)
+        except ValidationError as e:
+            self.report_error(msg.topic, "manifest_refused", f"manifest refused: {describe_validation_error(e)}")
+            return
+        except ArtifactError as e:
+            self.report_error(msg.topic, "manifest_refused", str(e))
+            return
+        if levels[:3] != ("artifact", m.kind, m.name):
+            self.report_error(msg.topic, "manifest_refused", f"manifest of {m.label} arrived on {msg.topic}")
+            return
+        if self.site_key is None:
+            self.report_error(
+                msg.topic, "no_site_key", f"{m.label} refused: no site public key pinned (EDGEFLEET_SITE_PUBLIC_KEY)"
+            )
+            return
+        try:
+            verify(m, self.site_key)
+        except ArtifactError as e:
+            self.report_error(msg.topic, "bad_signature", str(e))
+            return
+        current = self.installed.all(KIND).get(m.name)
+        if current is not None and is_older(m.version, current.version):
+            self.report_error(
+                msg.topic,
+                "older_version",
+                f"{m.label} refused: older than the installed version {current.version} (a replayed manifest?)",
+            )
+            return
+        with self._lock:
+            self._manifests[m.name] = m
+        log.info("manifest verified", extra={"artifact": m.label, "chunks": m.chunk_count})
+        self._wake.set()
+
+    def on_chunk(self, msg: mqtt.MQTTMessage) -> None:
+        levels = self.topics.parse(msg.topic) or ()
+        if len(levels) != 6 or levels[4] != "chunk" or not levels[5].isdigit():
+            self.report_error(msg.topic, "chunk_refused", f"not a chunk topic: {msg.topic}")
+            return
+        name, version, index = levels[2], levels[3], int(levels[5])
+        data = bytes(msg.payload)
+        with self._lock:
+            t = self._transfers.get(name)
+            if t is None or t.manifest.version != version or t.state != "fetching":
+                log.info("chunk not being fetched ignored", extra={"topic": msg.topic})
+                return
+            try:
+                t.manifest.check_chunk(index, data)  # tampered data is refused even for a chunk held
+            except ArtifactError as e:
+                self.report_error(msg.topic, "chunk_refused", str(e))
+                return
+            if t.store.has(index):
+                t.duplicates += 1
+                first = t.duplicates == 1
+                t.requested.discard(index)
+            else:
+                first = False
+                try:
+                    t.store.write(index, data)
+                except (ArtifactError, OSError) as e:
+                    self.report_error(msg.topic, "disk_error", f"{t.manifest.label}: chunk {index} not kept: {e}")
+                    return
+                t.requested.discard(index)
+                t.last_progress = time.monotonic()
+        if first:  # QoS 1 redelivery and group fan-out make some normal: say so once per transfer
+            self.report_error(msg.topic, "duplicate_chunk", f"{t.manifest.label}: chunk {index} already held; ignored")
+        self._wake.set()
+
+    # -- worker thread -----------------------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(0.5)
+            self._wake.clear()
+            try:
+                self._tick()
+            except Exception:  # keep syncing whatever one step did
+                log.exception("adapter sync step failed")
+
+    def _tick(self) -> None:
+        with self._lock:
+            wanted = dict(self._wanted)
+            manifests = dict(self._manifests)
+        installed = self.installed.all(KIND)
+        for name in set(installed) - set(wanted):
+            self._remove(installed[name])
+        for name, ref in wanted.items():
+            have = installed.get(name)
+            if (have is not None and have.sha256 == ref.sha256) or ref.sha256 in self._failed:
+                continue
+            m = manifests.get(name)
+            if m is None or m.sha256 != ref.sha256 or m.version != ref.version:
+                continue  # its manifest has not arrived yet
+            t = self._transfer(m)
+            if t is None:
+                continue
+            if t.store.complete():
+                self._install(t)
+            else:
+                self._request(t)
+        self._publish_progress()
+
+    def _transfer(self, m: Manifest) -> Transfer | None:
+        with self._lock:
+            t = self._transfers.get(m.name)
+            if t is not None and t.manifest.sha256 == m.sha256:
+                return t
+        if t is not None:  # a newer version superseded this one
+            self.link.unsubscribe(self._chunk_filter_for(t.manifest))
+            t.store.discard()
+        try:
+            self.manager.check_fit(m.label, m.base_architecture, m.base_tensors)
+        except EdgefleetError as e:
+            self._fail(m, str(e))
+            return None
+        store = ChunkStore(self.chunk_root, m)
+        t = Transfer(m, store, resumed_from=len(store.held()))
+        with self._lock:
+            self._transfers[m.name] = t
+        log.info("transfer started", extra={"artifact": m.label, "held": t.resumed_from, "total": m.chunk_count})
+        self.changed()
+        return t
+
+    def _request(self, t: Transfer) -> None:
+        if not self.link.connected.is_set():
+            return
+        if not t.subscribed:
+            t.subscribed = self.link.subscribe_wait(self._chunk_filter_for(t.manifest), self.on_chunk, timeout=5)
+            if not t.subscribed:
+                return
+        with self._lock:
+            if time.monotonic() - t.last_progress > self.retry_s and t.requested:
+                log.info("no chunk came; asking again", extra={"artifact": t.manifest.label})
+                t.requested.clear()
+                t.last_progress = time.monotonic()
+            if len(t.requested) > self.window // 2:
+                return
+            ask = [i for i in t.store.missing() if i not in t.requested][: self.window - len(t.requested)]
+            t.requested.update(ask)
+        if ask:
+            req = ChunkRequest(
+                node_id=self.node_id,
+                kind=KIND,
+                name=t.manifest.name,
+                version=t.manifest.version,
+                sha256=t.manifest.sha256,
+                chunks=ask,
+            )
+            self.link.publish(self.topics.artifact_chunk_requests(), req.dumps(), qos=1)
+
+    def _chunk_filter_for(self, m: Manifest) -> str:
+        return self.topics.artifact_chunk(m.kind, m.name, m.version, 0).rsplit("/", 1)[0] + "/+"
+
+    def _install(self, t: Transfer) -> None:
+        m = t.manifest
+        with self._lock:
+            t.state = "verifying"
+        self.changed()
+        path = self.adapter_dir / f"{m.name}@{m.version}.gguf"
+        try:
+            t.store.assemble(path)
+            self.manager.install(m.name, m.version, path, m.sha256)
+        except (ArtifactError, EdgefleetError, OSError) as e:
+            path.unlink(missing_ok=True)
+            self._fail(m, str(e))
+            return
+        previous = self.installed.all(KIND).get(m.name)
+        self.installed.record(InstalledArtifact(KIND, m.name, m.version, m.sha256, path, m.size))
+        if previous is not None and previous.path != path:
+            previous.path.unlink(missing_ok=True)
+        self.link.unsubscribe(self._chunk_filter_for(m))
+        t.store.discard()
+        with self._lock:
+            t.state = "installed"
+        log.info("adapter installed", extra={"artifact": m.label, "resumed_from": t.resumed_from})
+        self.changed()
+
+    def _fail(self, m: Manifest, reason: str) -> None:
+        self._failed[m.sha256] = reason
+        with self._lock:
+            t = self._transfers.get(m.name)
+            if t is None or t.manifest.sha256 != m.sha256:
+                t = Transfer(m, ChunkStore(self.chunk_root, m), resumed_from=0)
+                self._transfers[m.name] = t
+            t.state, t.error = "failed", reason
+        self.link.unsubscribe(self._chunk_filter_for(m))
+        t.store.discard()
+        log.error("adapter refused; the previous version stays", extra={"artifact": m.label, "reason": reason})
+        self.report_error(
+            self.topics.artifact_manifest(m.kind, m.name), "adapter_refused", f"{m.label} refused: {reason}"
+        )
+        self.changed()
+
+    def _remove(self, a: InstalledArtifact) -> None:
+        try:
+            self.manager.remove(a.name)
+        except EdgefleetError as e:
+            log.warning("adapter was not loaded", extra={"adapter": a.name, "reason": str(e)})
+        self.installed.forget(KIND, a.name)
+        a.path.unlink(missing_ok=True)
+        with self._lock:
+            self._transfers.pop(a.name, None)
+        log.info("adapter removed (no longer desired)", extra={"adapter": a.name, "version": a.version})
+        self.changed()
+
+    def _publish_progress(self) -> None:
+        """While chunks arrive, the reported state shows progress at most twice a second."""
+        with self._lock:
+            fetching = any(t.state == "fetching" for t in self._transfers.values())
+        now = time.monotonic()
+        if fetching and now - self._last_report >= 0.5:
+            self._last_report = now
+            self.changed()

@@ -1,0 +1,1 @@
+"""Sensor rules on a node: MQTT messages in, answers out, each answered once (see `ledger`)."""
