@@ -99,6 +99,7 @@ def build_node(settings: NodeSettings) -> Node:
                 threads=threads,
                 embed_n_ctx=settings.embed_n_ctx,
                 prefix_cache=settings.prefix_cache,
+                adapter_quantum=settings.adapter_quantum,
             ),
         )
         engine.start()

@@ -73,6 +73,11 @@ class NodeSettings(BaseSettings):
     prefix_cache: bool = Field(
         default=True, description="Reuse a slot's KV cells for a shared prompt prefix (EDGEFLEET_PREFIX_CACHE)"
     )
+    adapter_quantum: Annotated[int, Field(ge=1, le=64)] = Field(
+        default=4,
+        description="Decode steps one adapter group may take in a row while another group waits "
+        "(EDGEFLEET_ADAPTER_QUANTUM)",
+    )
     mqtt_url: str | None = Field(
         default=None,
         description="Site broker, e.g. mqtt://127.0.0.1:1883; empty: no control plane (EDGEFLEET_MQTT_URL)",

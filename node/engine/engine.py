@@ -54,6 +54,7 @@ class EngineConfig:
     threads: int
     embed_n_ctx: int = 512
     prefix_cache: bool = True
+    adapter_quantum: int = 1
 
 
 @dataclass
@@ -69,7 +70,12 @@ class Engine:
         self.model = model
         self.config = config
         self.scheduler = Scheduler(
-            config.slots, config.queue_limit, config.n_batch, config.n_ctx_slot, config.prefix_cache
+            config.slots,
+            config.queue_limit,
+            config.n_batch,
+            config.n_ctx_slot,
+            config.prefix_cache,
+            config.adapter_quantum,
         )
         self._commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
         self._lock = threading.Lock()

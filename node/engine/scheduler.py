@@ -95,7 +95,13 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 
 class Scheduler:
     def __init__(
-        self, n_slots: int, queue_limit: int, n_batch: int, n_ctx_slot: int, prefix_cache: bool = True
+        self,
+        n_slots: int,
+        queue_limit: int,
+        n_batch: int,
+        n_ctx_slot: int,
+        prefix_cache: bool = True,
+        group_quantum: int = 1,
     ) -> None:
         if n_batch < n_slots:
             raise ValueError(f"n_batch ({n_batch}) must be at least the number of slots ({n_slots})")
@@ -104,10 +110,13 @@ class Scheduler:
         self.n_batch = n_batch
         self.n_ctx_slot = n_ctx_slot
         self.prefix_cache = prefix_cache
+        self.group_quantum = group_quantum  # steps one adapter group may run in a row while others wait
         self.slot_limit = n_slots
         self.waiting: deque[Sequence] = deque()
         self._served: dict[str, int] = {}  # adapter group → step it was last served
         self._steps = 0
+        self._current: str | None = None  # the group of the last step, and how many steps in a row
+        self._run_length = 0
 
     # -- state -------------------------------------------------------------------------
     @property
@@ -199,7 +208,12 @@ class Scheduler:
         groups = {s.group for s in running}
         if not groups:
             return StepPlan(admissions, items)
-        group = min(groups, key=lambda g: (self._served.get(g, -1), g))
+        if self._current in groups and self._run_length < self.group_quantum:
+            group = self._current  # a few steps in a row: switching adapters costs llama.cpp a graph rebuild
+        else:
+            group = min(groups, key=lambda g: (self._served.get(g, -1), g))
+        self._run_length = self._run_length + 1 if group == self._current else 1
+        self._current = group
         self._steps += 1
         self._served[group] = self._steps
         running = [s for s in running if s.group == group]

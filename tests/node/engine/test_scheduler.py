@@ -141,6 +141,16 @@ def test_steps_alternate_between_adapter_groups_and_none_starves() -> None:
     assert {i.seq.request_id for i in plan.items} == {"a1", "a2"}, "same adapter: decoded together"
 
 
+def test_a_group_keeps_the_context_for_its_quantum_then_yields() -> None:
+    s = Scheduler(n_slots=4, queue_limit=0, n_batch=64, n_ctx_slot=512, group_quantum=3)
+    for rid, adapter in (("a1", "alarm"), ("b1", None), ("t1", "translate")):
+        s.add(req(rid, base=hash(rid) % 1000, adapter=adapter))
+    served = [run_step(s).group for _ in range(12)]
+    runs = [served[i : i + 3] for i in range(0, 12, 3)]
+    assert all(len(set(r)) == 1 for r in runs), f"three steps in a row per group: {served}"
+    assert {r[0] for r in runs[:3]} == {"", "alarm@1*1", "translate@1*1"} and runs[3] == runs[0], served
+
+
 def test_same_adapter_at_another_scale_is_another_group() -> None:
     a = AdapterUse("alarm", "1", 1.0, None)
     b = AdapterUse("alarm", "1", 0.5, None)

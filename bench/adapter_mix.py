@@ -1,0 +1,112 @@
+"""What mixing adapters costs: total tokens/s at concurrency 4, base vs one adapter vs two adapters.
+
+llama.cpp applies LoRA adapters per context, so requests with different adapters cannot share a
+decode step: the scheduler alternates steps between adapter groups. This starts a real node
+(`edgefleet-node serve`) with two synthetic rank-16 LoRAs and runs four concurrent gRPC streams:
+  base   4 requests, no adapter
+  one    4 requests, adapter A
+  two    2 requests with adapter A, 2 with adapter B
+and prints total completion tokens/s per mix and the ratio two/one.
+
+    .venv/bin/python bench/adapter_mix.py [--rounds 3] [--max-tokens 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from edgefleet.node.model_catalog import resolve_model  # noqa: E402
+from edgefleet.proto.v1 import inference_pb2 as pb  # noqa: E402
+from edgefleet.proto.v1 import inference_pb2_grpc as pb_grpc  # noqa: E402
+from tools.make_lora import write_lora  # noqa: E402
+
+PROMPTS = [
+    "Describe how a centrifugal pump works, step by step.",
+    "Explain what bearing wear sounds like and why.",
+    "List the checks for a motor that overheats.",
+    "Write a short maintenance log entry for a conveyor belt.",
+]
+MIXES = {"base": ["", "", "", ""], "one": ["a", "a", "a", "a"], "two": ["a", "b", "a", "b"]}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run_mix(stub: pb_grpc.InferenceStub, adapters: list[str], max_tokens: int, rounds: int) -> float:
+    """Total completion tokens/s of len(adapters) closed-loop clients, `rounds` requests each."""
+    tokens = [0] * len(adapters)
+
+    def client(i: int) -> None:
+        for r in range(rounds):
+            req = pb.GenerateRequest(
+                messages=[pb.ChatMessage(role="user", content=PROMPTS[(i + r) % len(PROMPTS)])],
+                max_tokens=max_tokens,
+                temperature=0.8,
+                seed=1000 + i * 10 + r,
+                adapter=adapters[i],
+            )
+            for chunk in stub.Generate(req, timeout=300):
+                if chunk.HasField("usage"):
+                    tokens[i] += chunk.usage.completion_tokens
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(len(adapters))]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(tokens) / (time.perf_counter() - t0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    p.add_argument("--rounds", type=int, default=3, help="requests per client (default 3)")
+    p.add_argument("--max-tokens", type=int, default=64, help="completion tokens per request (default 64)")
+    p.add_argument("--repeats", type=int, default=2, help="runs of each mix; the best is kept (default 2)")
+    args = p.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp_s:
+        tmp = Path(tmp_s)
+        base = resolve_model(None, tmp / "data").path
+        a = write_lora(base, tmp / "a.gguf", rank=16, seed=1)
+        b = write_lora(base, tmp / "b.gguf", rank=16, seed=2)
+        port = free_port()
+        env = {**os.environ, "EDGEFLEET_ADAPTERS": f"a={a},b={b}", "EDGEFLEET_LOG_LEVEL": "WARNING"}
+        cmd = [str(ROOT / ".venv/bin/edgefleet-node"), "serve", "--profile", "x86-dev", "--host", "127.0.0.1"]
+        cmd += ["--port", str(port), "--data-dir", str(tmp / "data")]
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+            grpc.channel_ready_future(channel).result(timeout=60)
+            stub = pb_grpc.InferenceStub(channel)
+            run_mix(stub, MIXES["two"], 8, 1)  # warm up both adapters
+            results = {}
+            for name, mix in MIXES.items():
+                results[name] = max(run_mix(stub, mix, args.max_tokens, args.rounds) for _ in range(args.repeats))
+                print(f"{name:<5} c=4  {results[name]:6.1f} tokens/s  ({' '.join(x or '-' for x in mix)})")
+            print(f"one adapter / base        {results['one'] / results['base']:.2f}")
+            print(f"two adapters / one adapter {results['two'] / results['one']:.2f}")
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
