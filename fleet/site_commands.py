@@ -11,7 +11,7 @@ from typing import Any, TextIO
 import yaml
 from pydantic import ValidationError
 
-from edgefleet.fleet import adapter_commands
+from edgefleet.fleet import adapter_commands, rule_commands
 from edgefleet.fleet.adapter_commands import bar
 from edgefleet.fleet.control import request
 from edgefleet.fleet.settings import FleetSettings
@@ -43,6 +43,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     rm.add_argument("name")
     rm.add_argument("--target", required=True)
     adapter_commands.add_parsers(fsub)
+    rule_commands.add_parsers(fsub)
 
 
 def load_template(path: Path, name: str, version: str, system: str | None) -> TemplateSpec:
@@ -90,7 +91,7 @@ def _age(ts: float) -> str:
 
 
 def print_status(nodes: list[dict[str, Any]], out: TextIO) -> None:
-    header = ["NODE", "GROUPS", "PROFILE", "MODEL", "STATUS", "LAST SEEN", "TEMPLATES / ADAPTERS"]
+    header = ["NODE", "GROUPS", "PROFILE", "MODEL", "STATUS", "LAST SEEN", "OUTBOX", "TEMPLATES / ADAPTERS"]
     rows = []
     for n in nodes:
         templates = ", ".join(f"{k}@{v}" for k, v in sorted(n["templates"].items())) or "-"
@@ -109,6 +110,7 @@ def print_status(nodes: list[dict[str, Any]], out: TextIO) -> None:
                 n["model"],
                 n["state"],
                 _age(n["last_seen"]),
+                "-" if n.get("outbox") is None else str(n["outbox"]),
                 f"{sync}: {templates}",
             ]
         )
@@ -132,6 +134,11 @@ def init_site(directory: Path, force: bool, site: str, out: TextIO) -> int:
 def run(args: argparse.Namespace, settings: FleetSettings, out: TextIO) -> int:
     if args.fleet_command == "init-site":
         return init_site(args.dir, args.force, settings.site, out)
+    if args.fleet_command in ("push-rule", "rm-rule", "rules"):
+        try:
+            return rule_commands.run(args, settings, out)
+        except rule_commands.RuleCommandError as e:
+            raise FleetCommandError(str(e)) from e
     if args.fleet_command in ("push-adapter", "rm-adapter", "adapters"):
         try:
             return adapter_commands.run(args, settings, out)

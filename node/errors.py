@@ -1,4 +1,4 @@
-"""Typed errors of the node. Each edge maps them once: gRPC in api/status.py (MQTT later)."""
+"""Typed errors of the node. Each edge maps them once: gRPC in api/status.py, MQTT by `mqtt_code`."""
 
 from __future__ import annotations
 
@@ -41,3 +41,25 @@ class OverBudget(EdgefleetError):
 
 class EngineFailure(EdgefleetError):
     """llama.cpp reported an error while decoding (gRPC INTERNAL)."""
+
+
+_MQTT_CODES: list[tuple[type[EdgefleetError], str]] = [
+    (ContextOverflow, "context_overflow"),
+    (InvalidRequest, "invalid_request"),
+    (NotFound, "not_found"),
+    (QueueFull, "queue_full"),
+    (Unavailable, "unavailable"),
+    (OverBudget, "over_budget"),
+    (EngineFailure, "engine_failure"),
+]
+
+
+def mqtt_code(error: BaseException) -> str:
+    """The `error_code` of an MQTT error result or report for a node error."""
+    for cls, code in _MQTT_CODES:
+        if isinstance(error, cls):
+            return code
+    return "internal"
+
+
+TRANSIENT = (QueueFull, Unavailable)  # worth trying again later (the message stays in the inbox)

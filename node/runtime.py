@@ -15,10 +15,12 @@ from edgefleet.node.engine.llama_backend import LoadedModel
 from edgefleet.node.errors import EdgefleetError, InvalidRequest, ModelError, OverBudget
 from edgefleet.node.model_catalog import resolve_model
 from edgefleet.node.profiles import MiB, estimate_memory_bytes, resolve_profile
+from edgefleet.node.sensors.plane import SensorPlane
 from edgefleet.node.service import NodeService
 from edgefleet.node.settings import NodeSettings
 from edgefleet.node.thermal import ThermalGovernor
 from edgefleet.proto.artifacts import load_public_key
+from edgefleet.proto.topics import Topics
 
 log = logging.getLogger("edgefleet.node")
 
@@ -133,5 +135,6 @@ def build_node(settings: NodeSettings) -> Node:
         if site_key is None:
             log.warning("no site public key pinned: artifacts (adapters, knowledge) will be refused")
         store = DesiredStateStore(open_node_db(settings.data_dir / "node.db"))
-        agent = ControlAgent(settings, service, store, site_key)
+        topics = Topics.for_site(settings.site, settings.topic_root)
+        agent = ControlAgent(settings, service, store, site_key, SensorPlane(settings, service, topics))
     return Node(service, engine, model, agent)

@@ -117,6 +117,24 @@ class NodeSettings(BaseSettings):
         default=10.0,
         description="Ask again for missing chunks when none came for this long (EDGEFLEET_ARTIFACT_RETRY_S)",
     )
+    sensor_session_expiry_s: Annotated[int, Field(ge=60, le=2**32 - 1)] = Field(
+        default=7 * 24 * 3600,
+        description="How long the broker keeps this node's sensor messages while it is away "
+        "(EDGEFLEET_SENSOR_SESSION_EXPIRY_S)",
+    )
+    sensor_inbox_limit: Annotated[int, Field(ge=1)] = Field(
+        default=10000,
+        description="Sensor messages accepted and not yet answered; beyond it new ones are left "
+        "unacknowledged for the broker to keep (EDGEFLEET_SENSOR_INBOX_LIMIT)",
+    )
+    sensor_outbox_limit: Annotated[int, Field(ge=1)] = Field(
+        default=10000,
+        description="Answers waiting for the broker; at it no new work starts (EDGEFLEET_SENSOR_OUTBOX_LIMIT)",
+    )
+    sensor_max_in_flight: Annotated[int, Field(ge=0, le=256)] = Field(
+        default=0,
+        description="Sensor messages answered at once; 0: the profile's slots (EDGEFLEET_SENSOR_MAX_IN_FLIGHT)",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Log level (EDGEFLEET_LOG_LEVEL)"
     )

@@ -143,6 +143,10 @@ class Registry:
             r[0]: ReportedState.model_validate_json(r[1])
             for r in self.db.execute("SELECT node_id, doc FROM reported").fetchall()
         }
+        outbox = {
+            r[0]: Telemetry.model_validate_json(r[1]).outbox_depth
+            for r in self.db.execute("SELECT node_id, doc FROM telemetry").fetchall()
+        }
         out = []
         for node_id, state, since, last_seen, profile, groups_json, model in self.db.execute(
             "SELECT node_id, state, since, last_seen, profile, groups, model FROM nodes ORDER BY node_id"
@@ -165,6 +169,7 @@ class Registry:
                     rep.templates if rep else {},
                     rep.adapters if rep else {},
                     {k: t.model_dump() for k, t in rep.transfers.items()} if rep else {},
+                    outbox.get(node_id),
                 )
             )
         return out

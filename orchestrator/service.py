@@ -19,6 +19,7 @@ from edgefleet.orchestrator.adapter_commands import AdapterCommands, CommandErro
 from edgefleet.orchestrator.artifact_store import ArtifactStore
 from edgefleet.orchestrator.chunk_sender import ChunkSender
 from edgefleet.orchestrator.registry import Registry
+from edgefleet.orchestrator.rule_commands import RULE_OPS, RuleCommands
 from edgefleet.orchestrator.settings import OrchestratorSettings
 from edgefleet.proto.mqtt_link import LastWill, MqttLink
 from edgefleet.proto.payloads import (
@@ -74,6 +75,7 @@ class Orchestrator:
             self._publish_desired,
             self._error,
         )
+        self.rules = RuleCommands(registry, self._publish_desired)
         self.link.subscribe(t.all_node_status(), self._on_status)
         self.link.subscribe(t.all_node_reported(), self._on_reported)
         self.link.subscribe(t.all_node_telemetry(), self._on_telemetry, qos=0)
@@ -175,7 +177,9 @@ class Orchestrator:
 
     def _publish_desired(self, target: Target, current: DesiredState | None, changes: dict[str, Any]) -> DesiredState:
         """The next generation of `target`'s desired state: `current` with `changes` (templates, adapters)."""
-        fields: dict[str, Any] = {"templates": current.templates, "adapters": current.adapters} if current else {}
+        fields: dict[str, Any] = (
+            {"templates": current.templates, "adapters": current.adapters, "rules": current.rules} if current else {}
+        )
         fields.update(changes)
         doc = DesiredState(
             site=self.settings.site,
@@ -196,6 +200,8 @@ class Orchestrator:
             return CommandResult(ok=True, data={"nodes": [r.as_dict() for r in self.registry.rows()]})
         if cmd.op in ADAPTER_OPS:
             return self.adapters.run(cmd, self._target)
+        if cmd.op in RULE_OPS:
+            return self.rules.run(cmd, self._target)
         target = self._target(cmd.target)
         current = self.registry.desired(target.key)
         templates = dict(current.templates) if current else {}

@@ -18,6 +18,7 @@ from urllib.parse import urlparse
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
@@ -47,6 +48,13 @@ class LastWill:
     payload: bytes
 
 
+def _unshared(topic_filter: str) -> str:
+    """`$share/<group>/<filter>` matches topics as `<filter>` does."""
+    if topic_filter.startswith("$share/"):
+        return topic_filter.split("/", 2)[2]
+    return topic_filter
+
+
 class MqttLink:
     def __init__(
         self,
@@ -59,7 +67,12 @@ class MqttLink:
         will: LastWill | None = None,
         birth: Callable[[], list[tuple[str, bytes]]] | None = None,
         keepalive: int = 15,
+        session_expiry_s: int | None = None,
+        manual_ack: bool = False,
     ) -> None:
+        """`session_expiry_s`: a persistent session (clean start off), so the broker keeps QoS 1
+        messages for this client while it is away. `manual_ack`: handlers call `ack(msg)` once
+        they have kept the message; until then the broker considers it undelivered."""
         self.address = BrokerAddress.parse(url)
         self.client_id = client_id or f"edgefleet-{uuid.uuid4().hex[:12]}"
         self._subs: dict[str, tuple[int, Handler]] = {}
@@ -71,7 +84,11 @@ class MqttLink:
         self._sub_waiters: dict[int, threading.Event] = {}
         self.keepalive = keepalive
         self._stopping = False
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5)
+        self.session_expiry_s = session_expiry_s
+        self.manual_ack = manual_ack
+        c = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5, manual_ack=manual_ack
+        )
         if username:
             c.username_pw_set(username, password)
         if self.address.tls:
@@ -88,7 +105,19 @@ class MqttLink:
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self) -> None:
         """Connect in the background; paho reconnects by itself whenever the link drops."""
-        self.client.connect_async(self.address.host, self.address.port, keepalive=self.keepalive, clean_start=True)
+        props = None
+        if self.session_expiry_s:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = self.session_expiry_s
+            if self.manual_ack:  # unacknowledged messages in flight before the broker holds the rest
+                props.ReceiveMaximum = 64
+        self.client.connect_async(
+            self.address.host,
+            self.address.port,
+            keepalive=self.keepalive,
+            clean_start=not self.session_expiry_s,
+            properties=props,
+        )
         self.client.loop_start()
 
     def wait_connected(self, timeout: float) -> bool:
@@ -142,6 +171,11 @@ class MqttLink:
         self, topic: str, payload: bytes, qos: int = 1, retain: bool = False, properties: Properties | None = None
     ) -> mqtt.MQTTMessageInfo:
         return self.client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
+
+    def ack(self, msg: mqtt.MQTTMessage) -> None:
+        """With manual_ack: tell the broker this message is kept (PUBACK)."""
+        if msg.qos > 0:
+            self.client.ack(msg.mid, msg.qos)
 
     def publish_wait(self, topic: str, payload: bytes, retain: bool = False, timeout: float = 5.0) -> bool:
         """QoS 1 publish that waits for the broker's PUBACK; False when it did not come in time."""
@@ -198,7 +232,7 @@ class MqttLink:
 
     def _on_message(self, _c: mqtt.Client, _ud: Any, msg: mqtt.MQTTMessage) -> None:
         with self._lock:
-            handlers = [h for f, (_, h) in self._subs.items() if mqtt.topic_matches_sub(f, msg.topic)]
+            handlers = [h for f, (_, h) in self._subs.items() if mqtt.topic_matches_sub(_unshared(f), msg.topic)]
         for handler in handlers:
             try:
                 handler(msg)

@@ -7,14 +7,14 @@ and anything that does not validate, with a reason on the errors topic.
 from __future__ import annotations
 
 import json
-import time
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from edgefleet.proto.payload_base import PAYLOAD_VERSION, _now, _Payload
+from edgefleet.proto.rules import RuleSpec
 from edgefleet.proto.topics import check_name
 
-PAYLOAD_VERSION = 1
 MAX_PAYLOAD_BYTES = 256 * 1024
 MAX_TEMPLATE_CHARS = 32 * 1024
 
@@ -23,19 +23,7 @@ class PayloadError(ValueError):
     """A payload that cannot be accepted; the message says why."""
 
 
-class _Payload(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    v: Literal[1] = 1
-
-    def dumps(self) -> bytes:
-        return self.model_dump_json().encode()
-
-
 P = TypeVar("P", bound=_Payload)
-
-
-def _now() -> float:
-    return round(time.time(), 3)
 
 
 class ModelRef(BaseModel):
@@ -75,6 +63,19 @@ class Telemetry(_Payload):
     throttled: bool
     shedding: bool
     rss_bytes: int
+    inbox_depth: int = 0  # sensor messages accepted, not yet answered
+    outbox_depth: int = 0  # answers not yet confirmed by the broker
+    holding: int = 0  # messages left unacknowledged because the inbox is full
+    rules: dict[str, RuleTelemetry] = Field(default_factory=dict)
+
+
+class RuleTelemetry(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    messages_in: int
+    duplicates: int
+    answered: int
+    errors: int
+    latency_p50_ms: float | None
 
 
 class TemplateSpec(BaseModel):
@@ -144,6 +145,7 @@ class DesiredState(_Payload):
     generation: Annotated[int, Field(ge=1)]
     templates: dict[str, TemplateSpec] = Field(default_factory=dict)
     adapters: dict[str, ArtifactRef] = Field(default_factory=dict)
+    rules: dict[str, RuleSpec] = Field(default_factory=dict)
     ts: float = Field(default_factory=_now)
 
 
@@ -169,6 +171,30 @@ class ReportedState(_Payload):
     adapters: dict[str, str] = Field(default_factory=dict)  # name → version loaded
     transfers: dict[str, TransferProgress] = Field(default_factory=dict)  # `<kind>/<name>` → progress
     errors: list[str] = Field(default_factory=list)  # why something desired is not applied
+
+
+class InferenceRequest(_Payload):
+    """Ad-hoc inference over MQTT 5 request/response: exactly one of prompt or template."""
+
+    prompt: Annotated[str, Field(max_length=64 * 1024)] = ""
+    template: str = ""
+    variables: dict[str, str] = Field(default_factory=dict)
+    max_tokens: Annotated[int, Field(ge=1, le=4096)] | None = None
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] | None = None
+    json_schema: dict[str, Any] | None = None
+    adapter: str = ""
+
+
+class InferenceResponse(_Payload):
+    node_id: str
+    ok: bool
+    text: str = ""
+    error_code: str = ""
+    error: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_ms: float = 0.0
 
 
 class ErrorReport(_Payload):
@@ -212,13 +238,25 @@ class UploadChunk(BaseModel):
 class Command(_Payload):
     """An operator command. `target` is `node:<id>`, `group:<name>`, or a bare name: a known node, else a group."""
 
-    op: Literal["status", "push-template", "rm-template", "upload-chunk", "push-adapter", "rm-adapter", "adapters"]
+    op: Literal[
+        "status",
+        "push-template",
+        "rm-template",
+        "upload-chunk",
+        "push-adapter",
+        "rm-adapter",
+        "adapters",
+        "push-rule",
+        "rm-rule",
+        "rules",
+    ]
     target: str = ""
     template: TemplateSpec | None = None
     name: str = ""
     version: str = ""
     sha256: str = ""
     upload: UploadChunk | None = None
+    rule: RuleSpec | None = None
 
 
 class CommandResult(_Payload):

@@ -16,7 +16,7 @@ from jsonschema import SchemaError
 from jsonschema.validators import validator_for
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from edgefleet.proto.payloads import _now, _Payload
+from edgefleet.proto.payload_base import _now, _Payload
 from edgefleet.proto.topics import check_name
 
 MAX_FILTER_CHARS = 256

@@ -74,6 +74,14 @@ class Topics:
         """Nodes ask here for the chunks they are missing."""
         return f"{self.root}artifact/requests"
 
+    def node_requests(self, node_id: str) -> str:
+        """Ad-hoc inference for one node (MQTT 5 request: response topic + correlation data)."""
+        return f"{self.root}node/{node_id}/requests"
+
+    def group_requests(self, group: str) -> str:
+        """Ad-hoc inference for any one node of a group (nodes share it: `$share/<group>/…`)."""
+        return f"{self.root}group/{group}/requests"
+
     def results(self, node_id: str) -> str:
         """Answers to sensor messages, published by the node that answered."""
         return f"{self.root}results/{node_id}"
@@ -152,10 +160,17 @@ TOPIC_TABLE = [
     ),
     ("desired/node/<node>", "orchestrator", "retained, QoS 1", "DesiredState for one node"),
     ("desired/group/<group>", "orchestrator", "retained, QoS 1", "DesiredState for every node of a group"),
-    ("artifact/<kind>/<name>/manifest", "orchestrator", "retained, QoS 1", "signed manifest (adapter issue)"),
-    ("artifact/<kind>/<name>/<version>/chunk/<i>", "orchestrator", "QoS 1", "artifact bytes (adapter issue)"),
-    ("artifact/requests", "node", "QoS 1", "chunks a node is missing (adapter issue)"),
-    ("results/<node>", "node", "QoS 1", "answers to sensor messages (sensor-rules issue)"),
+    ("artifact/<kind>/<name>/manifest", "orchestrator", "retained, QoS 1", "Manifest, signed with the site key"),
+    ("artifact/<kind>/<name>/<version>/chunk/<i>", "orchestrator", "QoS 1", "raw bytes of chunk i"),
+    ("artifact/requests", "node", "QoS 1", "ChunkRequest: chunks a node is missing"),
+    ("results/<node>", "node", "QoS 1", "SensorResult: the answer to one sensor message (default output topic)"),
+    (
+        "node/<node>/requests",
+        "anyone",
+        "QoS 1, MQTT 5 request",
+        "InferenceRequest; InferenceResponse to the response topic",
+    ),
+    ("group/<group>/requests", "anyone", "QoS 1, MQTT 5 request", "the same, answered by one node of the group"),
     ("errors/<source>", "node, orchestrator", "QoS 1", "ErrorReport: rejected input and why"),
     ("orchestrator/status", "orchestrator", "retained, QoS 1", "OrchestratorStatus: online/offline"),
     ("orchestrator/commands", "CLI", "QoS 1, MQTT 5 request", "Command; the answer goes to the response topic"),

@@ -20,8 +20,10 @@ from edgefleet.node.control.desired_store import (
     DesiredStateStore,
     InstalledArtifacts,
     effective_adapters,
+    effective_rules,
     effective_templates,
 )
+from edgefleet.node.sensors.plane import SensorPlane
 from edgefleet.node.service import NodeService
 from edgefleet.node.settings import NodeSettings
 from edgefleet.proto.mqtt_link import LastWill, MqttLink
@@ -49,6 +51,7 @@ class ControlAgent:
         service: NodeService,
         store: DesiredStateStore,
         site_key: Ed25519PublicKey | None = None,
+        sensors: SensorPlane | None = None,
     ) -> None:
         assert settings.mqtt_url
         self.settings = settings
@@ -72,6 +75,7 @@ class ControlAgent:
             will=LastWill(self.topics.node_status(self.node_id), offline),
             birth=self._birth,
         )
+        self.sensors = sensors
         self.adapters: AdapterSync | None = None
         if service.adapter_manager is not None:
             self.adapters = AdapterSync(
@@ -97,6 +101,8 @@ class ControlAgent:
     def start(self) -> None:
         if self.adapters is not None:
             self.adapters.start()
+        if self.sensors is not None:
+            self.sensors.start()
         self.link.start()
         self._telemetry = threading.Thread(target=self._telemetry_loop, name="edgefleet-telemetry", daemon=True)
         self._telemetry.start()
@@ -105,6 +111,8 @@ class ControlAgent:
         self._stop.set()
         if self.adapters is not None:
             self.adapters.stop()
+        if self.sensors is not None:
+            self.sensors.stop()
         bye = NodeStatus(node_id=self.node_id, state="offline", reason="shutdown").dumps()
         self.link.stop(final=[(self.topics.node_status(self.node_id), bye)])
 
@@ -146,6 +154,7 @@ class ControlAgent:
                 throttled=s.thermal.throttled,
                 shedding=s.thermal.shedding,
                 rss_bytes=s.rss_bytes,
+                **(self.sensors.telemetry() if self.sensors is not None else {}),  # type: ignore[arg-type]
             )
             self.link.publish(self.topics.node_telemetry(self.node_id), t.dumps(), qos=0)
 
@@ -232,3 +241,5 @@ class ControlAgent:
         self.service.templates = compiled  # one assignment: requests see the old set or the new
         if self.adapters is not None:
             self.adapters.set_wanted(effective_adapters(docs, self.node_id, self.groups))
+        if self.sensors is not None:
+            self.sensors.set_rules(effective_rules(docs, self.node_id, self.groups))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import sqlite_utils
 
-from edgefleet.proto.payloads import ArtifactRef, DesiredState, TemplateSpec
+from edgefleet.proto.payloads import ArtifactRef, DesiredState, RuleSpec, TemplateSpec
 from edgefleet.proto.sqlite_db import open_database
 
 MIGRATIONS: list[str] = [
@@ -105,6 +105,19 @@ def effective_adapters(docs: dict[str, DesiredState], node_id: str, groups: list
     for key in [*(f"group:{g}" for g in groups), f"node:{node_id}"]:
         if key in docs:
             out.update(docs[key].adapters)
+    return out
+
+
+def effective_rules(
+    docs: dict[str, DesiredState], node_id: str, groups: list[str]
+) -> dict[str, tuple[RuleSpec, str | None]]:
+    """Each rule with the group that shares its messages (None: the node's own rule, not shared)."""
+    out: dict[str, tuple[RuleSpec, str | None]] = {}
+    for g in groups:
+        if f"group:{g}" in docs:
+            out.update({n: (r, g) for n, r in docs[f"group:{g}"].rules.items()})
+    if f"node:{node_id}" in docs:
+        out.update({n: (r, None) for n, r in docs[f"node:{node_id}"].rules.items()})
     return out
 
 

@@ -1,0 +1,71 @@
+"""`edgefleet fleet push-rule | rm-rule | rules`: sensor rules as desired state of a group or a node."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any, TextIO
+
+import yaml
+from pydantic import ValidationError
+
+from edgefleet.fleet.control import request
+from edgefleet.fleet.settings import FleetSettings
+from edgefleet.proto.payloads import Command, describe_validation_error
+from edgefleet.proto.rules import RuleSpec
+
+
+class RuleCommandError(Exception):
+    """A problem the operator can fix (bad file, refused command)."""
+
+
+def add_parsers(fsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    push = fsub.add_parser("push-rule", help="push a sensor rule (YAML or JSON) to a group or a node")
+    push.add_argument("file", type=Path)
+    push.add_argument("--target", required=True, help="GROUP or NODE (or group:NAME / node:NAME)")
+    rm = fsub.add_parser("rm-rule", help="remove a sensor rule from a group or a node")
+    rm.add_argument("name")
+    rm.add_argument("--target", required=True)
+    ls = fsub.add_parser("rules", help="sensor rules per target")
+    ls.add_argument("--json", action="store_true")
+
+
+def load_rule(path: Path) -> RuleSpec:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise RuleCommandError(f"cannot read {path}: {e.strerror}") from e
+    except (UnicodeDecodeError, yaml.YAMLError) as e:
+        raise RuleCommandError(f"{path} is not valid YAML/JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise RuleCommandError(f"{path} must be a mapping of rule fields (name, version, topic_filter, template, …)")
+    try:
+        return RuleSpec.model_validate(data)
+    except ValidationError as e:
+        raise RuleCommandError(f"rule refused: {describe_validation_error(e)}") from e
+
+
+def run(args: argparse.Namespace, settings: FleetSettings, out: TextIO) -> int:
+    timeout = min(args.timeout, 30.0)
+    if args.fleet_command == "rules":
+        r = request(settings, Command(op="rules"), timeout)
+        data: dict[str, Any] = r.data
+        if args.json:
+            out.write(json.dumps(data, indent=2) + "\n")
+            return 0
+        for target, rules in sorted(data.items()):
+            for name, rule in sorted(rules.items()):
+                out.write(f"{target:<20} {name}@{rule['version']:<8} {rule['topic_filter']} -> {rule['template']}\n")
+        if not data:
+            out.write("(no rules)\n")
+        return 0
+    if args.fleet_command == "rm-rule":
+        cmd = Command(op="rm-rule", name=args.name, target=args.target)
+    else:
+        cmd = Command(op="push-rule", rule=load_rule(args.file), target=args.target)
+    r = request(settings, cmd, timeout)
+    if not r.ok:
+        raise RuleCommandError(f"refused: {r.message}")
+    out.write(r.message + "\n")
+    return 0

@@ -1,0 +1,159 @@
+"""Documents as callers hand them in, their validation, and their preparation for the store.
+
+Everything that can be wrong with an input is found here, before the store writes anything,
+and raised as `InvalidInput` with a message that says what to change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from edgefleet.node.knowledge.chunking import Chunk, ChunkingConfig, Format, chunk_text
+from edgefleet.node.knowledge.errors import InvalidInput
+from edgefleet.proto.topics import valid_name
+
+DOC_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+DEFAULT_MAX_DOCUMENT_BYTES = 1024 * 1024
+MAX_METADATA_BYTES = 16 * 1024
+MAX_VERSION_CHARS = 64
+
+
+@dataclass(frozen=True)
+class Document:
+    id: str
+    text: str | bytes
+    """UTF-8 text; bytes are decoded strictly."""
+    metadata: dict[str, str] = field(default_factory=dict)
+    format: Format = "auto"
+    """"markdown", "text", or "auto" (markdown when the text has headings or code fences)."""
+
+
+@dataclass(frozen=True)
+class PreparedDocument:
+    id: str
+    text: str
+    metadata_json: str
+    sha256: str
+    chunker: str
+    chunks: list[Chunk]
+
+
+def check_collection(name: object) -> str:
+    if not isinstance(name, str) or not valid_name(name):
+        raise InvalidInput(
+            f"collection name {name!r} is invalid: use 1-64 letters, digits, '.', '_' or '-', "
+            f"starting with a letter or digit, without '..' or '/'"
+        )
+    return name
+
+
+def check_doc_id(doc_id: object) -> str:
+    if not isinstance(doc_id, str) or not DOC_ID_RE.match(doc_id) or ".." in doc_id:
+        raise InvalidInput(
+            f"document id {doc_id!r} is invalid: use 1-128 letters, digits, '.', '_' or '-', "
+            f"starting with a letter or digit, without '..' or '/'"
+        )
+    return doc_id
+
+
+def check_version(version: object) -> str:
+    if not isinstance(version, str) or not version.strip() or len(version) > MAX_VERSION_CHARS:
+        raise InvalidInput(
+            f"version {version!r} is invalid: give a non-empty string of at most {MAX_VERSION_CHARS} characters"
+        )
+    if any(ord(c) < 32 for c in version):
+        raise InvalidInput(f"version {version!r} contains control characters")
+    return version
+
+
+def decode_text(doc_id: str, text: object, max_bytes: int) -> str:
+    """The document text as str: bytes decoded strictly as UTF-8; size, NUL and emptiness checked."""
+    if isinstance(text, bytes | bytearray | memoryview):
+        raw = bytes(text)
+        if len(raw) > max_bytes:
+            raise InvalidInput(f"document {doc_id!r} is {len(raw)} bytes; the limit is {max_bytes} bytes: split it")
+        try:
+            decoded = raw.decode("utf-8", errors="strict")
+        except UnicodeDecodeError as e:
+            raise InvalidInput(
+                f"document {doc_id!r} is not valid UTF-8 (byte {e.start}: {raw[e.start : e.start + 4]!r}); "
+                f"convert it to UTF-8 first"
+            ) from None
+    elif isinstance(text, str):
+        try:
+            size = len(text.encode("utf-8", errors="strict"))
+        except UnicodeEncodeError as e:
+            raise InvalidInput(
+                f"document {doc_id!r} contains a lone surrogate at character {e.start}; it cannot be stored as UTF-8"
+            ) from None
+        if size > max_bytes:
+            raise InvalidInput(f"document {doc_id!r} is {size} bytes; the limit is {max_bytes} bytes: split it")
+        decoded = text
+    else:
+        raise InvalidInput(f"document {doc_id!r}: text must be str or bytes, got {type(text).__name__}")
+    if decoded.startswith("\ufeff"):
+        decoded = decoded[1:]
+    if "\x00" in decoded:
+        raise InvalidInput(f"document {doc_id!r} contains NUL characters; is it a binary file?")
+    if not decoded.strip():
+        raise InvalidInput(f"document {doc_id!r} is empty")
+    return decoded
+
+
+def check_metadata(doc_id: str, metadata: object) -> str:
+    """Metadata as canonical JSON; it must map str to str."""
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, Mapping):
+        raise InvalidInput(f"document {doc_id!r}: metadata must be a mapping of strings to strings")
+    for k, v in metadata.items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise InvalidInput(f"document {doc_id!r}: metadata {k!r} = {v!r} is not a string-to-string pair")
+    try:
+        out = json.dumps(dict(metadata), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        size = len(out.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidInput(f"document {doc_id!r}: metadata is not valid Unicode") from None
+    if size > MAX_METADATA_BYTES:
+        raise InvalidInput(f"document {doc_id!r}: metadata is {size} bytes; the limit is {MAX_METADATA_BYTES}")
+    return out
+
+
+def chunker_signature(config: ChunkingConfig) -> str:
+    counter = getattr(config.token_count, "__qualname__", type(config.token_count).__name__)
+    return f"md1:{config.max_tokens}:{config.overlap_tokens}:{counter}"
+
+
+def prepare_documents(
+    docs: Sequence[Document], max_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES, chunking: ChunkingConfig | None = None
+) -> list[PreparedDocument]:
+    """Validate and chunk a batch; raises InvalidInput for the first bad document, before any write."""
+    if isinstance(docs, Document) or not isinstance(docs, Sequence):
+        raise InvalidInput("documents must be given as a list of Document")
+    if not docs:
+        raise InvalidInput("no documents given")
+    config = chunking or ChunkingConfig()
+    signature = chunker_signature(config)
+    seen: set[str] = set()
+    out: list[PreparedDocument] = []
+    for doc in docs:
+        if not isinstance(doc, Document):
+            raise InvalidInput(f"expected Document, got {type(doc).__name__}")
+        doc_id = check_doc_id(doc.id)
+        if doc_id in seen:
+            raise InvalidInput(f"document id {doc_id!r} appears twice in one batch")
+        seen.add(doc_id)
+        if doc.format not in ("markdown", "text", "auto"):
+            raise InvalidInput(f"document {doc_id!r}: format {doc.format!r} is not markdown, text or auto")
+        text = decode_text(doc_id, doc.text, max_bytes)
+        metadata_json = check_metadata(doc_id, doc.metadata)
+        chunks = chunk_text(text, doc.format, config)
+        if not chunks:
+            raise InvalidInput(f"document {doc_id!r} has no text to index (only headings or blank lines)")
+        sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        out.append(PreparedDocument(doc_id, text, metadata_json, sha, signature, chunks))
+    return out

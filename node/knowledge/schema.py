@@ -1,0 +1,93 @@
+"""The knowledge database's schema (its migrations) and the typed records the store returns."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from edgefleet.node.knowledge.errors import InvalidInput
+
+MIGRATIONS: list[list[str]] = [
+    [
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        """CREATE TABLE collections (
+            name TEXT PRIMARY KEY, version TEXT NOT NULL, revision INTEGER NOT NULL,
+            embedder TEXT NOT NULL, dimensions INTEGER NOT NULL, created REAL NOT NULL, updated REAL NOT NULL)""",
+        """CREATE TABLE documents (
+            collection TEXT NOT NULL, doc_id TEXT NOT NULL, metadata TEXT NOT NULL, sha256 TEXT NOT NULL,
+            n_chars INTEGER NOT NULL, n_chunks INTEGER NOT NULL, chunker TEXT NOT NULL, updated REAL NOT NULL,
+            PRIMARY KEY (collection, doc_id))""",
+        """CREATE TABLE chunks (
+            id INTEGER PRIMARY KEY, collection TEXT NOT NULL, doc_id TEXT NOT NULL, idx INTEGER NOT NULL,
+            heading TEXT NOT NULL, text TEXT NOT NULL, search_text TEXT NOT NULL,
+            UNIQUE (collection, doc_id, idx))""",
+        """CREATE VIRTUAL TABLE chunks_fts USING fts5(
+            search_text, content='chunks', content_rowid='id', tokenize='porter unicode61 remove_diacritics 2')""",
+        """CREATE TRIGGER chunks_fts_insert AFTER INSERT ON chunks BEGIN
+            INSERT INTO chunks_fts(rowid, search_text) VALUES (new.id, new.search_text); END""",
+        """CREATE TRIGGER chunks_fts_delete AFTER DELETE ON chunks BEGIN
+            INSERT INTO chunks_fts(chunks_fts, rowid, search_text) VALUES ('delete', old.id, old.search_text); END""",
+        """CREATE TRIGGER chunks_fts_update AFTER UPDATE ON chunks BEGIN
+            INSERT INTO chunks_fts(chunks_fts, rowid, search_text) VALUES ('delete', old.id, old.search_text);
+            INSERT INTO chunks_fts(rowid, search_text) VALUES (new.id, new.search_text); END""",
+        """CREATE TABLE vectors (
+            chunk_rowid INTEGER PRIMARY KEY, collection TEXT NOT NULL, embedder TEXT NOT NULL,
+            embedding BLOB NOT NULL)""",
+        "CREATE INDEX vectors_collection ON vectors(collection)",
+    ],
+]
+
+_CHUNK_ID_RE = re.compile(r"^([^/#]+)/([^/#]+)#(\d+)$")
+
+
+def chunk_id(collection: str, doc_id: str, index: int) -> str:
+    """The stable id an answer cites: `<collection>/<doc_id>#<index>`."""
+    return f"{collection}/{doc_id}#{index}"
+
+
+def parse_chunk_id(value: str) -> tuple[str, str, int]:
+    m = _CHUNK_ID_RE.match(value) if isinstance(value, str) else None
+    if m is None:
+        raise InvalidInput(f"chunk id {value!r} is not of the form <collection>/<doc_id>#<index>")
+    return m.group(1), m.group(2), int(m.group(3))
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    chunks: int
+    """Chunks written."""
+    documents: int
+    """Documents written (added or replaced)."""
+    unchanged: int = 0
+    """Documents skipped because text, metadata and chunking were the same as stored."""
+
+
+@dataclass(frozen=True)
+class CollectionInfo:
+    name: str
+    version: str
+    documents: int
+    chunks: int
+    embedder: str
+    dimensions: int
+    revision: int
+    """Counts every change to the collection, so it tells two states of one version apart."""
+    created: float
+    updated: float
+
+    @property
+    def cache_version(self) -> str:
+        """What cache keys should use as the collection version: changes with any change to the content."""
+        return f"{self.version}#r{self.revision}"
+
+
+@dataclass(frozen=True)
+class Hit:
+    chunk_id: str
+    doc_id: str
+    score: float
+    text: str
+    heading: str
+    metadata: dict[str, str] = field(default_factory=dict)
+    collection: str = ""
+    index: int = 0

@@ -1,0 +1,93 @@
+"""Query handling for retrieval: user text → a safe FTS5 expression, and rank fusion.
+
+User text never reaches FTS5's MATCH as is. `fts_query` keeps only word characters, drops
+common English stop words (unless nothing else is left), and writes each remaining term as a
+quoted string joined by OR: `"bearing" OR "temperature"`. Quotes, `NEAR`, `*`, `-`, `:`,
+parentheses and column filters are thereby plain text, so no query can raise an FTS5 syntax
+error; BM25 then ranks chunks matching more (and rarer) terms first.
+
+`reciprocal_rank_fusion` merges ranked lists by the sum of 1 / (k + rank) (Cormack et al., k=60).
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Hashable, Sequence
+from typing import Literal, TypeVar
+
+from edgefleet.node.knowledge.errors import InvalidInput
+
+Mode = Literal["hybrid", "keyword", "vector"]
+MODES: tuple[Mode, ...] = ("hybrid", "keyword", "vector")
+MAX_QUERY_CHARS = 2000
+MAX_TERMS = 32
+RRF_K = 60
+T = TypeVar("T", bound=Hashable)
+
+_WORD_RE = re.compile(r"\w+", re.UNICODE)
+
+# Function words only: words such as on, off, up, down, not, no, over, under, before and after carry meaning
+# in technical questions ("turn it off", "no flow") and stay in the query.
+# fmt: off
+STOP_WORDS = frozenset((
+    "a", "am", "an", "and", "any", "are", "as", "at", "be", "been", "being", "both", "but", "by", "can",
+    "could", "did", "do", "does", "doing", "each", "for", "from", "had", "has", "have", "having", "he", "her",
+    "here", "hers", "how", "i", "if", "in", "into", "is", "it", "its", "itself", "just", "me", "my", "of",
+    "or", "other", "our", "own", "she", "should", "so", "some", "such", "than", "that", "the", "their", "them",
+    "then", "there", "these", "they", "this", "those", "to", "was", "we", "were", "what", "when", "where",
+    "which", "while", "who", "whom", "why", "will", "with", "would", "you", "your", "yours",
+))
+# fmt: on
+
+
+def normalise_query(query: str) -> str:
+    """The query as validated and as keyed in caches: NFC, whitespace collapsed."""
+    if not isinstance(query, str):
+        raise InvalidInput(f"the query must be text, got {type(query).__name__}")
+    text = " ".join(unicodedata.normalize("NFC", query).split())
+    if not text:
+        raise InvalidInput("the query is empty: ask a question or give some keywords")
+    if len(text) > MAX_QUERY_CHARS:
+        raise InvalidInput(f"the query has {len(text)} characters; the limit is {MAX_QUERY_CHARS}")
+    return text
+
+
+def query_terms(query: str) -> list[str]:
+    """Lower-cased word terms of the query, stop words dropped unless they are all there is, deduplicated."""
+    words = [w.lower() for w in _WORD_RE.findall(query)]
+    kept = [w for w in words if w not in STOP_WORDS] or words
+    seen: dict[str, None] = {}
+    for w in kept:
+        seen.setdefault(w, None)
+    return list(seen)[:MAX_TERMS]
+
+
+def fts_query(query: str) -> str | None:
+    """A safe FTS5 MATCH expression for `query`, or None when it holds no word at all."""
+    terms = query_terms(query)
+    if not terms:
+        return None
+    return " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
+
+
+def reciprocal_rank_fusion(rankings: Sequence[Sequence[T]], k: int = RRF_K) -> list[tuple[T, float]]:
+    """Items of all rankings by the sum of 1/(k + rank) (rank from 1), best first; ties keep first-seen order."""
+    scores: dict[T, float] = {}
+    for ranking in rankings:
+        for rank, item in enumerate(ranking, start=1):
+            scores[item] = scores.get(item, 0.0) + 1.0 / (k + rank)
+    order = {item: i for i, item in enumerate(scores)}
+    return sorted(scores.items(), key=lambda kv: (-kv[1], order[kv[0]]))
+
+
+def check_mode(mode: str) -> Mode:
+    if mode not in MODES:
+        raise InvalidInput(f"unknown retrieval mode {mode!r}: use one of {', '.join(MODES)}")
+    return mode
+
+
+def check_top_k(top_k: int, limit: int = 50) -> int:
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= limit:
+        raise InvalidInput(f"top_k must be an integer from 1 to {limit}, got {top_k!r}")
+    return top_k

@@ -1,0 +1,164 @@
+"""The node's sensor plane: ledger, intake, answerer and ad-hoc MQTT requests on one session.
+
+The control agent hands it the effective rules whenever desired state changes and reads its
+figures for telemetry. Ad-hoc inference uses MQTT 5 request/response: a request on the node's (or
+a group's, shared) request topic with a response topic and correlation data gets its answer
+there; it does not go through the inbox (the requester owns retries).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edgefleet.node.engine.types import Failed, Finished, TextDelta
+from edgefleet.node.errors import EdgefleetError, mqtt_code
+from edgefleet.node.sensors.answerer import Answerer
+from edgefleet.node.sensors.intake import EffectiveRule, SensorIntake
+from edgefleet.node.sensors.ledger import SensorLedger
+from edgefleet.node.sensors.stats import SensorStats
+from edgefleet.node.service import GenerateInput, NodeService
+from edgefleet.node.settings import NodeSettings
+from edgefleet.proto.mqtt_link import MqttLink
+from edgefleet.proto.payloads import (
+    InferenceRequest,
+    InferenceResponse,
+    PayloadError,
+    RuleTelemetry,
+    parse_payload,
+)
+from edgefleet.proto.rules import shared_filter
+from edgefleet.proto.topics import Topics
+
+log = logging.getLogger("edgefleet.node.sensors")
+
+
+class SensorPlane:
+    def __init__(self, settings: NodeSettings, service: NodeService, topics: Topics) -> None:
+        assert settings.mqtt_url
+        self.settings, self.service, self.topics = settings, service, topics
+        self.node_id = settings.node_id
+        self.ledger = SensorLedger(
+            Path(settings.data_dir) / "sensors.db",
+            inbox_limit=settings.sensor_inbox_limit,
+            outbox_limit=settings.sensor_outbox_limit,
+        )
+        self.stats = SensorStats()
+        self.link = MqttLink(
+            settings.mqtt_url,
+            client_id=f"node-{settings.site}-{self.node_id}-sensors",
+            username=settings.mqtt_username,
+            password=settings.mqtt_password,
+            ca_file=settings.mqtt_ca_file,
+            session_expiry_s=settings.sensor_session_expiry_s,
+            manual_ack=True,
+        )
+        self.intake = SensorIntake(self.link, self.ledger, self.stats, answered=lambda: self.answerer.wake())
+        self.answerer = Answerer(
+            service,
+            self.ledger,
+            self.stats,
+            self.intake.rules,
+            topics.results(self.node_id),
+            published=self.intake.wake_publisher,
+            max_in_flight=settings.sensor_max_in_flight or service.engine.config.slots,
+        )
+        self.link.subscribe(topics.node_requests(self.node_id), self._on_request)
+        for g in service.groups:
+            self.link.subscribe(shared_filter(g, topics.group_requests(g)), self._on_request)
+
+    def start(self) -> None:
+        self.answerer.start()
+        self.intake.start()
+
+    def stop(self) -> None:
+        self.intake.stop()
+        self.answerer.stop()
+        self.ledger.close()
+
+    def set_rules(self, rules: dict[str, EffectiveRule]) -> None:
+        self.intake.set_rules(rules)
+        self.answerer.wake()
+
+    def telemetry(self) -> dict[str, object]:
+        inbox, outbox = self.ledger.depths()
+        rules = {
+            name: RuleTelemetry(
+                messages_in=c.messages_in,
+                duplicates=c.duplicates,
+                answered=c.answered,
+                errors=c.errors,
+                latency_p50_ms=None if c.latency_p50_ms is None else round(c.latency_p50_ms, 1),
+            )
+            for name, c in self.stats.snapshot().items()
+        }
+        return {"inbox_depth": inbox, "outbox_depth": outbox, "holding": self.intake.holding, "rules": rules}
+
+    # -- ad-hoc requests (network thread; the answer goes out from the engine's callback) ------------------
+    def _on_request(self, msg: mqtt.MQTTMessage) -> None:
+        self.link.ack(msg)  # a request is answered or refused, never kept: the requester retries
+        response_topic = getattr(msg.properties, "ResponseTopic", None)
+        correlation = getattr(msg.properties, "CorrelationData", None)
+        if not response_topic:
+            log.warning("request without a response topic dropped", extra={"topic": msg.topic})
+            return
+        started = time.monotonic()
+
+        def reply(r: InferenceResponse) -> None:
+            props = Properties(PacketTypes.PUBLISH)
+            if correlation is not None:
+                props.CorrelationData = correlation
+            self.link.publish(response_topic, r.dumps(), qos=1, properties=props)
+
+        try:
+            req = parse_payload(InferenceRequest, msg.payload)
+            if bool(req.prompt) == bool(req.template):
+                raise PayloadError("set exactly one of prompt or template")
+        except PayloadError as e:
+            reply(InferenceResponse(node_id=self.node_id, ok=False, error_code="invalid_payload", error=str(e)))
+            return
+        text: list[str] = []
+
+        def sink(event: TextDelta | Finished | Failed) -> None:
+            if isinstance(event, TextDelta):
+                text.append(event.text)
+            elif isinstance(event, Finished):
+                u = event.usage
+                reply(
+                    InferenceResponse(
+                        node_id=self.node_id,
+                        ok=True,
+                        text="".join(text) + event.text_tail,
+                        prompt_tokens=u.prompt_tokens,
+                        completion_tokens=u.completion_tokens,
+                        total_ms=round((time.monotonic() - started) * 1000, 2),
+                    )
+                )
+            else:
+                reply(
+                    InferenceResponse(
+                        node_id=self.node_id, ok=False, error_code=mqtt_code(event.error), error=str(event.error)
+                    )
+                )
+
+        inp = GenerateInput(
+            prompt=req.prompt,
+            template=req.template,
+            variables=req.variables,
+            max_tokens=req.max_tokens,
+            temperature=req.temperature,
+            seed=req.seed,
+            json_schema=json.dumps(req.json_schema) if req.json_schema else "",
+            adapter=req.adapter,
+        )
+        try:
+            self.service.generate(inp, f"mqtt-{secrets.token_hex(6)}", sink, started)
+        except EdgefleetError as e:
+            reply(InferenceResponse(node_id=self.node_id, ok=False, error_code=mqtt_code(e), error=str(e)))

@@ -1,0 +1,77 @@
+"""Operator commands for sensor rules: a rule is desired state of a target, like a template.
+
+A rule is checked when pushed: its own fields by `RuleSpec` (topic filter, JSON schema, output
+topic), and here that its template is desired for the same target (or, for a node, for one of
+its groups), so a node never gets a rule it cannot run.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from edgefleet.orchestrator.adapter_commands import CommandError
+from edgefleet.orchestrator.registry import Registry
+from edgefleet.proto.payloads import Command, CommandResult, DesiredState, Target
+
+RULE_OPS = frozenset({"push-rule", "rm-rule", "rules"})
+
+
+class RuleCommands:
+    def __init__(
+        self,
+        registry: Registry,
+        publish_desired: Callable[[Target, DesiredState | None, dict[str, Any]], DesiredState],
+    ) -> None:
+        self.registry = registry
+        self.publish_desired = publish_desired
+
+    def _templates_for(self, t: Target) -> set[str]:
+        desired = self.registry.all_desired()
+        keys = [t.key]
+        if t.kind == "node":
+            row = next((r for r in self.registry.rows() if r.node_id == t.name), None)
+            keys += [f"group:{g}" for g in (row.groups if row else [])]
+        return {name for k in keys if k in desired for name in desired[k].templates}
+
+    def run(self, cmd: Command, target: Callable[[str], Target]) -> CommandResult:
+        if cmd.op == "rules":
+            desired = self.registry.all_desired()
+            return CommandResult(
+                ok=True,
+                data={
+                    k: {n: json.loads(r.model_dump_json()) for n, r in d.rules.items()}
+                    for k, d in desired.items()
+                    if d.rules
+                },
+            )
+        t = target(cmd.target)
+        current = self.registry.desired(t.key)
+        rules = dict(current.rules) if current else {}
+        if cmd.op == "rm-rule":
+            if cmd.name not in rules:
+                raise CommandError(f"rule {cmd.name!r} is not desired for {t.key}")
+            del rules[cmd.name]
+            doc = self.publish_desired(t, current, {"rules": rules})
+            return CommandResult(
+                ok=True,
+                message=f"rule {cmd.name} removed from {t.key}, generation {doc.generation}",
+                data={"generation": doc.generation, "target": t.key},
+            )
+        rule = cmd.rule
+        if rule is None:
+            raise CommandError("push-rule needs a rule")
+        if rule.template not in self._templates_for(t):
+            raise CommandError(
+                f"rule {rule.name}: template {rule.template!r} is not desired for {t.key}; "
+                f"push it first (edgefleet fleet push-template)"
+            )
+        rules[rule.name] = rule
+        doc = self.publish_desired(t, current, {"rules": rules})
+        return CommandResult(
+            ok=True,
+            message=f"rule {rule.name}@{rule.version} ({rule.topic_filter}) pushed to {t.key}, "
+            f"generation {doc.generation}",
+            data={"generation": doc.generation, "target": t.key},
+        )

@@ -1,0 +1,98 @@
+"""Query sanitising for FTS5, rank fusion, parameter checks, and hostile queries against a real store."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from edgefleet.node.knowledge import InvalidInput, KnowledgeStore
+from edgefleet.node.knowledge.search import (
+    check_mode,
+    check_top_k,
+    fts_query,
+    normalise_query,
+    query_terms,
+    reciprocal_rank_fusion,
+)
+
+FTS_SYNTAX = [
+    "bearing",
+    '"unbalanced',
+    "NEAR(a b)",
+    "pump*",
+    "-x",
+    "col:umn",
+    "(a OR b",
+    "a AND OR NOT b",
+    "^start",
+    "search_text: seal",
+    "{search_text} : seal",
+    "'single quote",
+    'seal" OR "x',
+    "???",
+    "a" * 500,
+    "Lagerschäden prüfen",
+]
+SAFE = re.compile(r'^"[^"]+"( OR "[^"]+")*$')
+
+
+@pytest.mark.parametrize("query", FTS_SYNTAX)
+def test_fts_query_is_only_quoted_terms(query: str) -> None:
+    expr = fts_query(query)
+    if expr is not None:
+        assert SAFE.match(expr), expr
+
+
+def test_fts_query_terms() -> None:
+    assert fts_query("How do I replace the seal?") == '"replace" OR "seal"'
+    assert fts_query("pump* -x NEAR(a b)") == '"pump" OR "x" OR "near" OR "b"'  # "a" is a stop word
+    assert fts_query("turn it off") == '"turn" OR "off"'  # on/off/up/down carry meaning
+    assert fts_query("what is it") == '"what" OR "is" OR "it"'  # only stop words: keep them
+    assert fts_query("*** ---") is None
+    assert query_terms("Seal seal SEAL") == ["seal"]
+
+
+def test_normalise_query() -> None:
+    assert normalise_query("  pump \n\t seal ") == "pump seal"
+    for bad in ["", "   ", "\n"]:
+        with pytest.raises(InvalidInput, match="empty"):
+            normalise_query(bad)
+    with pytest.raises(InvalidInput, match="limit"):
+        normalise_query("x" * 5000)
+
+
+def test_reciprocal_rank_fusion() -> None:
+    fused = reciprocal_rank_fusion([["a", "b", "c"], ["b", "d"]])
+    assert [item for item, _ in fused] == ["b", "a", "d", "c"]
+    assert fused[0][1] == pytest.approx(1 / 62 + 1 / 61)
+    assert fused[1][1] == pytest.approx(1 / 61)
+    assert reciprocal_rank_fusion([[], []]) == []
+
+
+@pytest.mark.parametrize("top_k", [0, 51, -1, True, 2.5, "5"])
+def test_top_k_out_of_range(top_k: object) -> None:
+    with pytest.raises(InvalidInput, match="top_k"):
+        check_top_k(top_k)  # type: ignore[arg-type]
+
+
+def test_top_k_and_mode_accepted() -> None:
+    assert check_top_k(1) == 1 and check_top_k(50) == 50
+    assert check_mode("hybrid") == "hybrid"
+    with pytest.raises(InvalidInput, match="mode"):
+        check_mode("semantic")
+
+
+@pytest.mark.parametrize("mode", ["keyword", "vector", "hybrid"])
+@pytest.mark.parametrize("query", ["bearing", '"unbalanced', "NEAR(a b)", "pump*", "-x", "col:umn", "(a OR b"])
+def test_hostile_queries_never_raise(store: KnowledgeStore, query: str, mode: str) -> None:
+    hits = store.retrieve(query, "manual", 5, mode)  # type: ignore[arg-type]
+    assert isinstance(hits, list)
+    assert len(hits) <= 5
+    if query == "bearing" and mode != "vector":
+        assert hits[0].doc_id == "pump-manual"
+
+
+def test_keyword_search_uses_stemming(store: KnowledgeStore) -> None:
+    hits = store.retrieve("phases reversed", "manual", 3, "keyword")
+    assert hits[0].chunk_id == "manual/alarm-codes#1"
