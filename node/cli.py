@@ -30,11 +30,36 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", help="state folder (default ~/.local/share/edgefleet)")
     serve.add_argument("--log-format", choices=["json", "text"], help="log format (default json)")
     sub.add_parser("profiles", help="list the shipped firmware profiles")
+    rebuild = sub.add_parser(
+        "rebuild-db", help="move a corrupted knowledge database aside and start an empty one (then ingest again)"
+    )
+    rebuild.add_argument("--data-dir", help="state folder (default ~/.local/share/edgefleet)")
     return p
+
+
+def _rebuild_db(data_dir: str | None) -> int:
+    from pathlib import Path
+
+    from edgefleet.node.knowledge.caches import default_cache_path
+    from edgefleet.node.knowledge.store import KnowledgeStore
+    from edgefleet.node.runtime import KNOWLEDGE_DB
+    from edgefleet.node.settings import NodeSettings
+
+    settings = NodeSettings(**({"data_dir": data_dir} if data_dir else {}))
+    path = Path(settings.data_dir) / KNOWLEDGE_DB
+    if not path.exists():
+        sys.stderr.write(f"edgefleet-node: {path} does not exist; nothing to rebuild\n")
+        return 2
+    moved = KnowledgeStore.rebuild(path)
+    default_cache_path(path).unlink(missing_ok=True)  # caches refer to the old content
+    sys.stdout.write(f"moved {path} to {moved}; an empty store is in its place: ingest or push the collections again\n")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "rebuild-db":
+        return _rebuild_db(args.data_dir)
     if args.command == "profiles":
         from edgefleet.node.profiles import builtin_profiles, load_profile_file
 

@@ -13,6 +13,8 @@ from edgefleet.node.control.desired_store import DesiredStateStore, open_node_db
 from edgefleet.node.engine.engine import Engine, EngineConfig
 from edgefleet.node.engine.llama_backend import LoadedModel
 from edgefleet.node.errors import EdgefleetError, InvalidRequest, ModelError, OverBudget
+from edgefleet.node.knowledge.errors import KnowledgeError
+from edgefleet.node.knowledge.service import EmbedderChoice, KnowledgeService
 from edgefleet.node.model_catalog import resolve_model
 from edgefleet.node.profiles import MiB, estimate_memory_bytes, resolve_profile
 from edgefleet.node.sensors.plane import SensorPlane
@@ -40,7 +42,29 @@ class Node:
         if self.agent is not None:
             self.agent.stop()  # `offline` before the engine goes away
         self.engine.stop()
+        if self.service.knowledge is not None:
+            self.service.knowledge.close()
         self.model.close()
+
+
+KNOWLEDGE_DB = "knowledge.db"
+
+
+def open_knowledge(settings: NodeSettings, service: NodeService, n_embd: int, sha256: str) -> KnowledgeService:
+    def node_embed(texts: list[str]) -> list[list[float]]:
+        fut, _ = service.embed(texts, True)
+        return fut.result(120)
+
+    return KnowledgeService(
+        settings.data_dir / KNOWLEDGE_DB,
+        EmbedderChoice(settings.embedder, settings.embedder_model),
+        node_embed,
+        n_embd,
+        sha256,
+        settings.retrieval_cache_rows,
+        settings.response_cache_rows,
+        settings.max_document_bytes,
+    )
 
 
 def _mib(n: int) -> str:
@@ -124,6 +148,12 @@ def build_node(settings: NodeSettings) -> Node:
         except (EdgefleetError, OSError) as e:
             Node(service, engine, model).close()
             raise ModelError(f"adapter {item!r} cannot be loaded: {e}") from e
+    if settings.knowledge:
+        try:
+            service.knowledge = open_knowledge(settings, service, model.meta.n_embd, model_file.sha256)
+        except (KnowledgeError, OSError) as e:
+            Node(service, engine, model).close()
+            raise ModelError(f"knowledge store {settings.data_dir / KNOWLEDGE_DB}: {e}") from e
     agent = None
     if settings.mqtt_url:
         key_path = settings.site_key_path()

@@ -21,6 +21,7 @@ from edgefleet.node.engine.engine import Engine
 from edgefleet.node.engine.llama_backend import LoadedModel
 from edgefleet.node.engine.types import EventSink, GenerationRequest, SamplingParams
 from edgefleet.node.errors import InvalidRequest, NotFound, Unavailable
+from edgefleet.node.knowledge.service import KnowledgeService
 from edgefleet.node.model_catalog import ModelFile
 from edgefleet.node.profiles import FirmwareProfile
 from edgefleet.node.settings import NodeSettings
@@ -55,6 +56,8 @@ class GenerateInput:
     adapter_scale: float | None = None
     template: str = ""
     variables: dict[str, str] = field(default_factory=dict)
+    collection: str = ""  # retrieval: answer from this knowledge collection
+    retrieval_top_k: int = 0
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,7 @@ class NodeService:
         self.draining = False
         self.templates: dict[str, CompiledTemplate] = {}  # swapped whole by the control agent
         self.adapter_manager: AdapterManager | None = None
+        self.knowledge: KnowledgeService | None = None
         self.groups = list(dict.fromkeys([profile.name, *settings.groups]))
         meta = model.meta
         self._chat = (
@@ -188,19 +192,19 @@ class NodeService:
             raise InvalidRequest(str(e)) from e
         return [*([ChatTurn("system", system)] if system else []), ChatTurn("user", user)]
 
-    def _prompt_tokens(self, inp: GenerateInput) -> list[int]:
+    def _conversation(self, inp: GenerateInput) -> tuple[str, list[ChatTurn]]:
+        """(raw prompt, "") or ("", chat turns) of a request, its template rendered."""
         if inp.template:
-            rendered_turns = self._from_template(inp)
+            turns = self._from_template(inp)
             if self._chat is None:  # a base model: system prompt and text as one raw prompt
-                text = "\n\n".join(t.content for t in rendered_turns)
-                return self.model.tokenize(text, add_special=True, parse_special=False)
-            inp = GenerateInput(messages=tuple(rendered_turns))
-        elif inp.variables:
+                return "\n\n".join(t.content for t in turns), []
+            return "", turns
+        if inp.variables:
             raise InvalidRequest("variables are only for a template; name the template")
         if inp.prompt and inp.messages:
             raise InvalidRequest("give either prompt or messages, not both")
         if inp.prompt:
-            return self.model.tokenize(inp.prompt, add_special=True, parse_special=False)
+            return inp.prompt, []
         if not inp.messages:
             raise InvalidRequest("prompt and messages are both empty; give one of them")
         for i, m in enumerate(inp.messages):
@@ -210,8 +214,32 @@ class NodeService:
             raise InvalidRequest(
                 f"model {self.model_file.name} has no chat template; send a raw prompt instead of messages"
             )
-        turns: list[Any] = [{"role": m.role, "content": m.content} for m in inp.messages]
-        rendered = self._chat(messages=turns).prompt
+        return "", list(inp.messages)
+
+    def _with_sources(
+        self, inp: GenerateInput, raw: str, turns: list[ChatTurn]
+    ) -> tuple[str, list[ChatTurn], list[str]]:
+        """Retrieval: the collection's best chunks for the question go in as (part of) the system message."""
+        if self.knowledge is None:
+            raise Unavailable("this node has no knowledge store (EDGEFLEET_KNOWLEDGE is off)")
+        question = raw or next((t.content for t in reversed(turns) if t.role == "user"), "")
+        context, ids, _ = self.knowledge.context(question, inp.collection, inp.retrieval_top_k)
+        if raw:
+            return f"{context}\n\n{raw}", turns, ids
+        if turns and turns[0].role == "system":
+            return raw, [ChatTurn("system", f"{context}\n\n{turns[0].content}"), *turns[1:]], ids
+        return raw, [ChatTurn("system", context), *turns], ids
+
+    def _prompt_tokens(self, inp: GenerateInput) -> tuple[list[int], list[str]]:
+        raw, turns = self._conversation(inp)
+        sources: list[str] = []
+        if inp.collection:
+            raw, turns, sources = self._with_sources(inp, raw, turns)
+        if raw:
+            return self.model.tokenize(raw, add_special=True, parse_special=False), sources
+        assert self._chat is not None
+        messages: list[Any] = [{"role": t.role, "content": t.content} for t in turns]
+        rendered = self._chat(messages=messages).prompt
         tokens = self.model.tokenize(rendered, add_special=True, parse_special=True)
         if (
             len(tokens) > 1
@@ -220,10 +248,13 @@ class NodeService:
             and rendered.startswith(self.model.meta.bos_text)
         ):
             tokens = tokens[1:]  # the template wrote BOS itself
-        return tokens
+        return tokens, sources
 
-    def generate(self, inp: GenerateInput, request_id: str, sink: EventSink, arrived: float) -> None:
-        """Validate and queue; events reach `sink` on the engine thread. Raises typed errors."""
+    def generate(self, inp: GenerateInput, request_id: str, sink: EventSink, arrived: float) -> list[str]:
+        """Validate and queue; events reach `sink` on the engine thread. Raises typed errors.
+
+        Returns the knowledge chunk ids put into the prompt (retrieval), else [].
+        """
         if self.draining:
             raise Unavailable("node is draining for shutdown; send the request to another node")
         if self.thermal.state.shedding:
@@ -232,7 +263,7 @@ class NodeService:
                 f"shed temperature {self.profile.thermal.shed_c:.1f} C; retry later or on another node"
             )
         params = self._sampling(inp)
-        tokens = self._prompt_tokens(inp)
+        tokens, sources = self._prompt_tokens(inp)
         scale = 1.0 if inp.adapter_scale is None else inp.adapter_scale
         if not math.isfinite(scale) or not 0.0 < scale <= 4.0:
             raise InvalidRequest(f"adapter_scale must be in (0, 4], got {scale}")
@@ -243,6 +274,7 @@ class NodeService:
         except BaseException:
             self.engine.discard(req)
             raise
+        return sources
 
     def cancel(self, request_id: str) -> None:
         self.engine.cancel(request_id)

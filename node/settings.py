@@ -135,6 +135,32 @@ class NodeSettings(BaseSettings):
         default=0,
         description="Sensor messages answered at once; 0: the profile's slots (EDGEFLEET_SENSOR_MAX_IN_FLIGHT)",
     )
+    knowledge: bool = Field(
+        default=True, description="Keep a local knowledge store for retrieval (RAG) (EDGEFLEET_KNOWLEDGE)"
+    )
+    embedder: Literal["wordllama", "node", "gguf"] = Field(
+        default="wordllama",
+        description="Knowledge embedder: wordllama (static, in its wheel; chosen by bench/rag_eval.py), node "
+        "(this node's model, mean pooling) or gguf (EDGEFLEET_EMBEDDER_MODEL) (EDGEFLEET_EMBEDDER)",
+    )
+    embedder_model: Path | None = Field(
+        default=None, description="GGUF embedding model for EDGEFLEET_EMBEDDER=gguf (EDGEFLEET_EMBEDDER_MODEL)"
+    )
+    max_document_bytes: Annotated[int, Field(ge=1, le=64 * 1024 * 1024)] = Field(
+        default=1024 * 1024, description="Largest document accepted by Ingest (EDGEFLEET_MAX_DOCUMENT_BYTES)"
+    )
+    response_cache: bool = Field(
+        default=True,
+        description="Answer a deterministic request (temperature 0) seen before from the cache "
+        "(EDGEFLEET_RESPONSE_CACHE)",
+    )
+    response_cache_rows: Annotated[int, Field(ge=1)] = Field(
+        default=1000,
+        description="Answers kept in the response cache, least recently used out (EDGEFLEET_RESPONSE_CACHE_ROWS)",
+    )
+    retrieval_cache_rows: Annotated[int, Field(ge=1)] = Field(
+        default=10000, description="Retrievals kept in the retrieval cache (EDGEFLEET_RETRIEVAL_CACHE_ROWS)"
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Log level (EDGEFLEET_LOG_LEVEL)"
     )

@@ -60,7 +60,9 @@ class NodeProcess:
         self.data_dir = tmp / f"data-{self.node_id}"
         self.tmp, self.profile, self.env = tmp, profile, env or {}
         self._log = self.log_path.open("ab")
-        full_env = {**os.environ, "EDGEFLEET_LOG_FORMAT": "text", **(env or {})}
+        # The response cache would answer a repeated greedy request without the engine; tests that
+        # compare generations (batched vs alone, adapters) need the engine every time.
+        full_env = {**os.environ, "EDGEFLEET_LOG_FORMAT": "text", "EDGEFLEET_RESPONSE_CACHE": "false", **(env or {})}
         self.proc = subprocess.Popen(
             [
                 str(BIN / "edgefleet-node"),

@@ -6,10 +6,12 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import grpc
 
+from edgefleet.node.api import knowledge_rpc, response_cache
 from edgefleet.node.api.event_channel import EventChannel
 from edgefleet.node.api.status import grpc_code
 from edgefleet.node.engine.types import Failed, Finished, FinishReason, TextDelta
@@ -63,7 +65,28 @@ def _to_input(req: pb.GenerateRequest) -> GenerateInput:
         adapter_scale=req.adapter_scale if req.HasField("adapter_scale") else None,
         template=req.template,
         variables=dict(req.variables),
+        collection=req.retrieval.collection,
+        retrieval_top_k=req.retrieval.top_k,
     )
+
+
+Q = TypeVar("Q")
+R = TypeVar("R")
+UnaryMethod = Callable[[Any, Q, grpc.aio.ServicerContext], Awaitable[R]]
+
+
+def _unary(fn: UnaryMethod[Q, R]) -> UnaryMethod[Q, R]:
+    """A unary RPC: request id for the logs, typed errors mapped to their status once."""
+
+    async def call(self: Any, request: Q, context: grpc.aio.ServicerContext) -> R:
+        await _request_id(context)
+        try:
+            return await fn(self, request, context)
+        except EdgefleetError as e:
+            await _abort(context, e)
+            raise AssertionError("unreachable") from e
+
+    return call
 
 
 class InferenceServicer(pb_grpc.InferenceServicer):
@@ -76,17 +99,29 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         arrived = time.monotonic()
         rid = await _request_id(context)
         channel = EventChannel(asyncio.get_running_loop(), self.service.settings.stream_interval_ms / 1000.0)
+        inp = _to_input(request)
         try:
-            self.service.generate(_to_input(request), rid, channel.put, arrived)
+            cache_key = await asyncio.to_thread(response_cache.key_for, self.service, request, inp)
+            hit = self.service.knowledge.cached(cache_key) if cache_key and self.service.knowledge else None
+            if hit is not None:
+                log.info("answered from the response cache")
+                yield response_cache.chunk(hit, rid, (time.monotonic() - arrived) * 1000)
+                return
+            if inp.collection:  # retrieval embeds the question: not on the event loop
+                sources = await asyncio.to_thread(self.service.generate, inp, rid, channel.put, arrived)
+            else:
+                sources = self.service.generate(inp, rid, channel.put, arrived)
         except EdgefleetError as e:
             await _abort(context, e)
             return
+        texts: list[str] = []
         finished = False
         try:
             while True:
                 batch = await channel.next_batch()
                 text = "".join(e.text for e in batch if isinstance(e, TextDelta))
                 event = batch[-1]
+                texts.append(text)
                 if isinstance(event, TextDelta):
                     yield pb.GenerateChunk(text=text, request_id=rid)
                 elif isinstance(event, Finished):
@@ -103,10 +138,11 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                             "cached": u.cached_prompt_tokens,
                         },
                     )
-                    yield pb.GenerateChunk(
+                    final = pb.GenerateChunk(
                         text=text + event.text_tail,
                         request_id=rid,
                         finish_reason=_FINISH[event.reason],
+                        source_chunk_ids=sources,
                         usage=pb.Usage(
                             prompt_tokens=u.prompt_tokens,
                             completion_tokens=u.completion_tokens,
@@ -117,6 +153,10 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                             cached_prompt_tokens=u.cached_prompt_tokens,
                         ),
                     )
+                    if cache_key and self.service.knowledge and event.reason != FinishReason.CANCELLED:
+                        whole = "".join(texts) + event.text_tail
+                        await asyncio.to_thread(response_cache.remember, self.service, cache_key, whole, final, inp)
+                    yield final
                     return
                 elif isinstance(event, Failed):
                     finished = True
@@ -151,6 +191,26 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             model=self.service.model_file.name,
             prompt_tokens=n_tokens,
         )
+
+    @_unary
+    async def Ingest(self, request: pb.IngestRequest, context: grpc.aio.ServicerContext) -> pb.IngestResponse:
+        return await knowledge_rpc.ingest(knowledge_rpc.need(self.service.knowledge), request)
+
+    @_unary
+    async def DeleteDocuments(
+        self, request: pb.DeleteDocumentsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteDocumentsResponse:
+        return await knowledge_rpc.delete(knowledge_rpc.need(self.service.knowledge), request)
+
+    @_unary
+    async def ListCollections(
+        self, request: pb.ListCollectionsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListCollectionsResponse:
+        return await knowledge_rpc.collections(knowledge_rpc.need(self.service.knowledge))
+
+    @_unary
+    async def Retrieve(self, request: pb.RetrieveRequest, context: grpc.aio.ServicerContext) -> pb.RetrieveResponse:
+        return await knowledge_rpc.retrieve(knowledge_rpc.need(self.service.knowledge), request)
 
     async def GetNodeInfo(self, request: pb.GetNodeInfoRequest, context: grpc.aio.ServicerContext) -> pb.NodeInfo:
         await _request_id(context)
@@ -191,4 +251,6 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             memory_estimate_bytes=s.memory_estimate_bytes,
             rss_bytes=s.rss_bytes,
             status=s.status,
+            search_backend=self.service.knowledge.search_backend if self.service.knowledge else "",
+            embedder=self.service.knowledge.embedder if self.service.knowledge else "",
         )

@@ -27,7 +27,7 @@ class ChatMessage(_message.Message):
     def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("prompt", "messages", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "json_schema", "adapter", "adapter_scale", "template", "variables")
+    __slots__ = ("prompt", "messages", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "json_schema", "adapter", "adapter_scale", "template", "variables", "retrieval")
     class VariablesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -48,6 +48,7 @@ class GenerateRequest(_message.Message):
     ADAPTER_SCALE_FIELD_NUMBER: _ClassVar[int]
     TEMPLATE_FIELD_NUMBER: _ClassVar[int]
     VARIABLES_FIELD_NUMBER: _ClassVar[int]
+    RETRIEVAL_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     messages: _containers.RepeatedCompositeFieldContainer[ChatMessage]
     max_tokens: int
@@ -61,7 +62,16 @@ class GenerateRequest(_message.Message):
     adapter_scale: float
     template: str
     variables: _containers.ScalarMap[str, str]
-    def __init__(self, prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., json_schema: _Optional[str] = ..., adapter: _Optional[str] = ..., adapter_scale: _Optional[float] = ..., template: _Optional[str] = ..., variables: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    retrieval: Retrieval
+    def __init__(self, prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., json_schema: _Optional[str] = ..., adapter: _Optional[str] = ..., adapter_scale: _Optional[float] = ..., template: _Optional[str] = ..., variables: _Optional[_Mapping[str, str]] = ..., retrieval: _Optional[_Union[Retrieval, _Mapping]] = ...) -> None: ...
+
+class Retrieval(_message.Message):
+    __slots__ = ("collection", "top_k")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    top_k: int
+    def __init__(self, collection: _Optional[str] = ..., top_k: _Optional[int] = ...) -> None: ...
 
 class Usage(_message.Message):
     __slots__ = ("prompt_tokens", "completion_tokens", "time_to_first_token_ms", "tokens_per_second", "total_ms", "queue_ms", "cached_prompt_tokens")
@@ -82,16 +92,20 @@ class Usage(_message.Message):
     def __init__(self, prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., time_to_first_token_ms: _Optional[float] = ..., tokens_per_second: _Optional[float] = ..., total_ms: _Optional[float] = ..., queue_ms: _Optional[float] = ..., cached_prompt_tokens: _Optional[int] = ...) -> None: ...
 
 class GenerateChunk(_message.Message):
-    __slots__ = ("text", "finish_reason", "usage", "request_id")
+    __slots__ = ("text", "finish_reason", "usage", "request_id", "source_chunk_ids", "cached")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_CHUNK_IDS_FIELD_NUMBER: _ClassVar[int]
+    CACHED_FIELD_NUMBER: _ClassVar[int]
     text: str
     finish_reason: FinishReason
     usage: Usage
     request_id: str
-    def __init__(self, text: _Optional[str] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    source_chunk_ids: _containers.RepeatedScalarFieldContainer[str]
+    cached: bool
+    def __init__(self, text: _Optional[str] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., request_id: _Optional[str] = ..., source_chunk_ids: _Optional[_Iterable[str]] = ..., cached: _Optional[bool] = ...) -> None: ...
 
 class EmbedRequest(_message.Message):
     __slots__ = ("texts", "normalize")
@@ -182,7 +196,7 @@ class ThermalState(_message.Message):
     def __init__(self, available: _Optional[bool] = ..., temperature_c: _Optional[float] = ..., throttled: _Optional[bool] = ..., shedding: _Optional[bool] = ...) -> None: ...
 
 class NodeInfo(_message.Message):
-    __slots__ = ("node_id", "profile", "model", "n_ctx", "slots_total", "slots_busy", "slots_available", "queue_depth", "queue_limit", "adapters", "versions", "thermal", "memory_budget_bytes", "memory_estimate_bytes", "rss_bytes", "status")
+    __slots__ = ("node_id", "profile", "model", "n_ctx", "slots_total", "slots_busy", "slots_available", "queue_depth", "queue_limit", "adapters", "versions", "thermal", "memory_budget_bytes", "memory_estimate_bytes", "rss_bytes", "status", "search_backend", "embedder")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     PROFILE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -199,6 +213,8 @@ class NodeInfo(_message.Message):
     MEMORY_ESTIMATE_BYTES_FIELD_NUMBER: _ClassVar[int]
     RSS_BYTES_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    SEARCH_BACKEND_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDER_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     profile: str
     model: ModelInfo
@@ -215,4 +231,132 @@ class NodeInfo(_message.Message):
     memory_estimate_bytes: int
     rss_bytes: int
     status: str
-    def __init__(self, node_id: _Optional[str] = ..., profile: _Optional[str] = ..., model: _Optional[_Union[ModelInfo, _Mapping]] = ..., n_ctx: _Optional[int] = ..., slots_total: _Optional[int] = ..., slots_busy: _Optional[int] = ..., slots_available: _Optional[int] = ..., queue_depth: _Optional[int] = ..., queue_limit: _Optional[int] = ..., adapters: _Optional[_Iterable[_Union[AdapterInfo, _Mapping]]] = ..., versions: _Optional[_Union[Versions, _Mapping]] = ..., thermal: _Optional[_Union[ThermalState, _Mapping]] = ..., memory_budget_bytes: _Optional[int] = ..., memory_estimate_bytes: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., status: _Optional[str] = ...) -> None: ...
+    search_backend: str
+    embedder: str
+    def __init__(self, node_id: _Optional[str] = ..., profile: _Optional[str] = ..., model: _Optional[_Union[ModelInfo, _Mapping]] = ..., n_ctx: _Optional[int] = ..., slots_total: _Optional[int] = ..., slots_busy: _Optional[int] = ..., slots_available: _Optional[int] = ..., queue_depth: _Optional[int] = ..., queue_limit: _Optional[int] = ..., adapters: _Optional[_Iterable[_Union[AdapterInfo, _Mapping]]] = ..., versions: _Optional[_Union[Versions, _Mapping]] = ..., thermal: _Optional[_Union[ThermalState, _Mapping]] = ..., memory_budget_bytes: _Optional[int] = ..., memory_estimate_bytes: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., status: _Optional[str] = ..., search_backend: _Optional[str] = ..., embedder: _Optional[str] = ...) -> None: ...
+
+class Document(_message.Message):
+    __slots__ = ("id", "text", "metadata", "format", "data")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ID_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    text: str
+    metadata: _containers.ScalarMap[str, str]
+    format: str
+    data: bytes
+    def __init__(self, id: _Optional[str] = ..., text: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., format: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class IngestRequest(_message.Message):
+    __slots__ = ("collection", "documents", "version")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    documents: _containers.RepeatedCompositeFieldContainer[Document]
+    version: str
+    def __init__(self, collection: _Optional[str] = ..., documents: _Optional[_Iterable[_Union[Document, _Mapping]]] = ..., version: _Optional[str] = ...) -> None: ...
+
+class IngestResponse(_message.Message):
+    __slots__ = ("documents", "chunks", "unchanged", "collection_version")
+    DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    UNCHANGED_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_VERSION_FIELD_NUMBER: _ClassVar[int]
+    documents: int
+    chunks: int
+    unchanged: int
+    collection_version: str
+    def __init__(self, documents: _Optional[int] = ..., chunks: _Optional[int] = ..., unchanged: _Optional[int] = ..., collection_version: _Optional[str] = ...) -> None: ...
+
+class DeleteDocumentsRequest(_message.Message):
+    __slots__ = ("collection", "ids")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, collection: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class DeleteDocumentsResponse(_message.Message):
+    __slots__ = ("deleted",)
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    deleted: int
+    def __init__(self, deleted: _Optional[int] = ...) -> None: ...
+
+class ListCollectionsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class CollectionInfo(_message.Message):
+    __slots__ = ("name", "version", "documents", "chunks", "embedder")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDER_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: str
+    documents: int
+    chunks: int
+    embedder: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., documents: _Optional[int] = ..., chunks: _Optional[int] = ..., embedder: _Optional[str] = ...) -> None: ...
+
+class ListCollectionsResponse(_message.Message):
+    __slots__ = ("collections", "search_backend", "embedder")
+    COLLECTIONS_FIELD_NUMBER: _ClassVar[int]
+    SEARCH_BACKEND_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDER_FIELD_NUMBER: _ClassVar[int]
+    collections: _containers.RepeatedCompositeFieldContainer[CollectionInfo]
+    search_backend: str
+    embedder: str
+    def __init__(self, collections: _Optional[_Iterable[_Union[CollectionInfo, _Mapping]]] = ..., search_backend: _Optional[str] = ..., embedder: _Optional[str] = ...) -> None: ...
+
+class RetrieveRequest(_message.Message):
+    __slots__ = ("query", "collection", "top_k", "mode")
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    query: str
+    collection: str
+    top_k: int
+    mode: str
+    def __init__(self, query: _Optional[str] = ..., collection: _Optional[str] = ..., top_k: _Optional[int] = ..., mode: _Optional[str] = ...) -> None: ...
+
+class RetrievedChunk(_message.Message):
+    __slots__ = ("chunk_id", "doc_id", "score", "text", "heading", "metadata")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    CHUNK_ID_FIELD_NUMBER: _ClassVar[int]
+    DOC_ID_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    HEADING_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    chunk_id: str
+    doc_id: str
+    score: float
+    text: str
+    heading: str
+    metadata: _containers.ScalarMap[str, str]
+    def __init__(self, chunk_id: _Optional[str] = ..., doc_id: _Optional[str] = ..., score: _Optional[float] = ..., text: _Optional[str] = ..., heading: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class RetrieveResponse(_message.Message):
+    __slots__ = ("chunks",)
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    chunks: _containers.RepeatedCompositeFieldContainer[RetrievedChunk]
+    def __init__(self, chunks: _Optional[_Iterable[_Union[RetrievedChunk, _Mapping]]] = ...) -> None: ...

@@ -49,6 +49,26 @@ class InferenceStub:
                 request_serializer=edgefleet_dot_proto_dot_v1_dot_inference__pb2.GetNodeInfoRequest.SerializeToString,
                 response_deserializer=edgefleet_dot_proto_dot_v1_dot_inference__pb2.NodeInfo.FromString,
                 _registered_method=True)
+        self.Ingest = channel.unary_unary(
+                '/edgefleet.v1.Inference/Ingest',
+                request_serializer=edgefleet_dot_proto_dot_v1_dot_inference__pb2.IngestRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_proto_dot_v1_dot_inference__pb2.IngestResponse.FromString,
+                _registered_method=True)
+        self.DeleteDocuments = channel.unary_unary(
+                '/edgefleet.v1.Inference/DeleteDocuments',
+                request_serializer=edgefleet_dot_proto_dot_v1_dot_inference__pb2.DeleteDocumentsRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_proto_dot_v1_dot_inference__pb2.DeleteDocumentsResponse.FromString,
+                _registered_method=True)
+        self.ListCollections = channel.unary_unary(
+                '/edgefleet.v1.Inference/ListCollections',
+                request_serializer=edgefleet_dot_proto_dot_v1_dot_inference__pb2.ListCollectionsRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_proto_dot_v1_dot_inference__pb2.ListCollectionsResponse.FromString,
+                _registered_method=True)
+        self.Retrieve = channel.unary_unary(
+                '/edgefleet.v1.Inference/Retrieve',
+                request_serializer=edgefleet_dot_proto_dot_v1_dot_inference__pb2.RetrieveRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_proto_dot_v1_dot_inference__pb2.RetrieveResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceServicer:
@@ -75,6 +95,32 @@ class InferenceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Ingest(self, request, context):
+        """Local knowledge (RAG): add or replace documents of a collection (each document wholly or not at all).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteDocuments(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCollections(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Retrieve(self, request, context):
+        """Hybrid (BM25 + vector, reciprocal rank fusion) search of one collection.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -92,6 +138,26 @@ def add_InferenceServicer_to_server(servicer, server):
                     servicer.GetNodeInfo,
                     request_deserializer=edgefleet_dot_proto_dot_v1_dot_inference__pb2.GetNodeInfoRequest.FromString,
                     response_serializer=edgefleet_dot_proto_dot_v1_dot_inference__pb2.NodeInfo.SerializeToString,
+            ),
+            'Ingest': grpc.unary_unary_rpc_method_handler(
+                    servicer.Ingest,
+                    request_deserializer=edgefleet_dot_proto_dot_v1_dot_inference__pb2.IngestRequest.FromString,
+                    response_serializer=edgefleet_dot_proto_dot_v1_dot_inference__pb2.IngestResponse.SerializeToString,
+            ),
+            'DeleteDocuments': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteDocuments,
+                    request_deserializer=edgefleet_dot_proto_dot_v1_dot_inference__pb2.DeleteDocumentsRequest.FromString,
+                    response_serializer=edgefleet_dot_proto_dot_v1_dot_inference__pb2.DeleteDocumentsResponse.SerializeToString,
+            ),
+            'ListCollections': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCollections,
+                    request_deserializer=edgefleet_dot_proto_dot_v1_dot_inference__pb2.ListCollectionsRequest.FromString,
+                    response_serializer=edgefleet_dot_proto_dot_v1_dot_inference__pb2.ListCollectionsResponse.SerializeToString,
+            ),
+            'Retrieve': grpc.unary_unary_rpc_method_handler(
+                    servicer.Retrieve,
+                    request_deserializer=edgefleet_dot_proto_dot_v1_dot_inference__pb2.RetrieveRequest.FromString,
+                    response_serializer=edgefleet_dot_proto_dot_v1_dot_inference__pb2.RetrieveResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -175,6 +241,114 @@ class Inference:
             '/edgefleet.v1.Inference/GetNodeInfo',
             edgefleet_dot_proto_dot_v1_dot_inference__pb2.GetNodeInfoRequest.SerializeToString,
             edgefleet_dot_proto_dot_v1_dot_inference__pb2.NodeInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Ingest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.Inference/Ingest',
+            edgefleet_dot_proto_dot_v1_dot_inference__pb2.IngestRequest.SerializeToString,
+            edgefleet_dot_proto_dot_v1_dot_inference__pb2.IngestResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteDocuments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.Inference/DeleteDocuments',
+            edgefleet_dot_proto_dot_v1_dot_inference__pb2.DeleteDocumentsRequest.SerializeToString,
+            edgefleet_dot_proto_dot_v1_dot_inference__pb2.DeleteDocumentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCollections(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.Inference/ListCollections',
+            edgefleet_dot_proto_dot_v1_dot_inference__pb2.ListCollectionsRequest.SerializeToString,
+            edgefleet_dot_proto_dot_v1_dot_inference__pb2.ListCollectionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Retrieve(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.Inference/Retrieve',
+            edgefleet_dot_proto_dot_v1_dot_inference__pb2.RetrieveRequest.SerializeToString,
+            edgefleet_dot_proto_dot_v1_dot_inference__pb2.RetrieveResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,66 @@
+"""The response cache at the gRPC edge: deterministic Generate requests (temperature 0) seen before.
+
+The key holds the model's sha256, the adapter's version and sha256, the template's version, the
+knowledge collection's content version and the whole request, so a change to any of them misses.
+A hit is one final chunk with `cached` set, the stored text and the stored source chunk ids.
+"""
+
+from __future__ import annotations
+
+from google.protobuf import json_format
+
+from edgefleet.node.knowledge.caches import CachedResponse
+from edgefleet.node.service import GenerateInput, NodeService
+from edgefleet.proto.v1 import inference_pb2 as pb
+
+
+def key_for(service: NodeService, request: pb.GenerateRequest, inp: GenerateInput) -> str | None:
+    """The cache key, or None when the request is not cacheable (sampling, cache off, unknown names)."""
+    k = service.knowledge
+    if k is None or not service.settings.response_cache:
+        return None
+    if not request.HasField("temperature") or request.temperature != 0.0:
+        return None
+    adapter = ""
+    if inp.adapter:
+        entry = service.engine.adapters.get(inp.adapter)
+        if entry is None:
+            return None  # generate() says NOT_FOUND
+        adapter = f"{entry.name}@{entry.version}:{entry.sha256}"
+    template = ""
+    if inp.template:
+        compiled = service.templates.get(inp.template)
+        if compiled is None:
+            return None
+        template = f"{compiled.spec.name}@{compiled.spec.version}"
+    collection = k.store.collection_info(inp.collection).cache_version if inp.collection else ""
+    body = json_format.MessageToDict(request, preserving_proto_field_name=True)
+    return k.cache_key(body, adapter, template, collection)
+
+
+def chunk(hit: CachedResponse, request_id: str, elapsed_ms: float) -> pb.GenerateChunk:
+    m = hit.metadata
+    return pb.GenerateChunk(
+        text=hit.text,
+        request_id=request_id,
+        finish_reason=int(m.get("finish_reason", pb.FINISH_REASON_STOP)),  # type: ignore[arg-type]
+        source_chunk_ids=list(m.get("sources", [])),
+        cached=True,
+        usage=pb.Usage(
+            prompt_tokens=int(m.get("prompt_tokens", 0)),
+            completion_tokens=int(m.get("completion_tokens", 0)),
+            total_ms=elapsed_ms,
+        ),
+    )
+
+
+def remember(service: NodeService, key: str, text: str, final: pb.GenerateChunk, inp: GenerateInput) -> None:
+    if service.knowledge is None:
+        return
+    metadata = {
+        "finish_reason": int(final.finish_reason),
+        "sources": list(final.source_chunk_ids),
+        "prompt_tokens": final.usage.prompt_tokens,
+        "completion_tokens": final.usage.completion_tokens,
+    }
+    service.knowledge.remember(key, text, metadata, inp.collection or None)

@@ -1,0 +1,180 @@
+"""Offline knowledge through a real node's gRPC API: ingest, retrieve, answer with sources, caches.
+
+The node is configured for a broker that is stopped before the questions: nothing but the node
+answers. The corpus is the project's own (bench/rag_corpus).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from edgefleet.proto.v1 import inference_pb2 as pb
+from tests.conftest import BIN, NodeProcess, collect
+from tests.mqtt_support import Mosquitto
+
+CORPUS = Path(__file__).resolve().parents[3] / "bench" / "rag_corpus"
+
+
+def docs(*names: str) -> list[pb.Document]:
+    return [pb.Document(id=n, text=(CORPUS / f"{n}.md").read_text(), metadata={"source": f"{n}.md"}) for n in names]
+
+
+@pytest.fixture(scope="module")
+def rag_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
+    tmp = tmp_path_factory.mktemp("rag")
+    broker = Mosquitto(tmp)
+    env = {
+        "EDGEFLEET_MQTT_URL": broker.url,
+        "EDGEFLEET_SITE": "lab",
+        "EDGEFLEET_RESPONSE_CACHE": "true",
+        "EDGEFLEET_MAX_DOCUMENT_BYTES": "200000",
+    }
+    n = NodeProcess(tmp, node_id="rag", env=env)
+    try:
+        n.wait_serving()
+        r = n.stub.Ingest(
+            pb.IngestRequest(
+                collection="manual",
+                version="1",
+                documents=docs("kr9-specifications", "maint-glycol-pump", "tc5-alarm-codes", "kr9-safety"),
+            ),
+            timeout=60,
+        )
+        assert r.documents == 4 and r.chunks >= 4
+        broker.stop()  # from here on, no broker and no orchestrator
+        yield n
+    finally:
+        n.stop()
+        broker.stop()
+
+
+def code_of(call) -> grpc.StatusCode:  # type: ignore[no-untyped-def]
+    with pytest.raises(grpc.RpcError) as e:
+        call()
+    return e.value.code()
+
+
+def test_node_reports_its_search_backend_and_embedder(rag_node: NodeProcess) -> None:
+    info = rag_node.info()
+    assert info.search_backend == "sqlite-vec" and info.embedder.startswith("wordllama:")
+    cols = rag_node.stub.ListCollections(pb.ListCollectionsRequest(), timeout=10)
+    (c,) = [c for c in cols.collections if c.name == "manual"]
+    assert (c.version, c.documents) == ("1", 4) and cols.search_backend == "sqlite-vec"
+
+
+def test_retrieve_finds_the_answering_document(rag_node: NodeProcess) -> None:
+    r = rag_node.stub.Retrieve(
+        pb.RetrieveRequest(query="electrical supply voltage and running current", collection="manual", top_k=3),
+        timeout=10,
+    )
+    hit = next(c for c in r.chunks if c.doc_id == "kr9-specifications")
+    assert hit.chunk_id.startswith("manual/kr9-specifications#") and hit.metadata["source"] == "kr9-specifications.md"
+    assert [c.score for c in r.chunks] == sorted((c.score for c in r.chunks), reverse=True)
+
+
+def test_offline_answer_cites_chunks_and_repeats_from_the_response_cache(rag_node: NodeProcess) -> None:
+    req = pb.GenerateRequest(
+        messages=[pb.ChatMessage(role="user", content="What is the maximum running current of the KR-9?")],
+        retrieval=pb.Retrieval(collection="manual", top_k=3),
+        max_tokens=24,
+        temperature=0,
+    )
+    text, final, _ = collect(rag_node.stub.Generate(req, timeout=60))
+    assert len(final.source_chunk_ids) == 3 and not final.cached
+    assert all(c.startswith("manual/") for c in final.source_chunk_ids)
+    assert any(c.startswith("manual/kr9-specifications#") for c in final.source_chunk_ids)
+    again, final2, _ = collect(rag_node.stub.Generate(req, timeout=60))
+    assert final2.cached and again == text and list(final2.source_chunk_ids) == list(final.source_chunk_ids)
+
+    # a new version of the collection invalidates the cached answer
+    rag_node.stub.Ingest(
+        pb.IngestRequest(collection="manual", version="2", documents=docs("maint-strainer")), timeout=60
+    )
+    _, final3, _ = collect(rag_node.stub.Generate(req, timeout=60))
+    assert not final3.cached
+
+
+@pytest.mark.parametrize(
+    "query", ['"unbalanced', "NEAR(pump glycol)", "pump*", "-flow", "col:umn", "(a OR b", "AND OR NOT"]
+)
+def test_fts5_syntax_in_a_query_is_plain_text(rag_node: NodeProcess, query: str) -> None:
+    r = rag_node.stub.Retrieve(pb.RetrieveRequest(query=query, collection="manual", top_k=5), timeout=10)
+    assert len(r.chunks) <= 5
+
+
+def test_bad_knowledge_input_gets_its_status(rag_node: NodeProcess) -> None:
+    s = rag_node.stub
+    invalid = grpc.StatusCode.INVALID_ARGUMENT
+    ingest = s.Ingest
+    assert (
+        code_of(lambda: ingest(pb.IngestRequest(collection="m", documents=[pb.Document(id="e", text="")]))) == invalid
+    )
+    big = pb.Document(id="big", text="word " * 50000)
+    assert code_of(lambda: ingest(pb.IngestRequest(collection="m", documents=[big]))) == invalid
+    bad_utf8 = pb.Document(id="u", data=b"caf\xe9 \xff")
+    assert code_of(lambda: ingest(pb.IngestRequest(collection="m", documents=[bad_utf8]))) == invalid
+    bad_id = pb.Document(id="../x", text="hello")
+    assert code_of(lambda: ingest(pb.IngestRequest(collection="m", documents=[bad_id]))) == invalid
+    retrieve = s.Retrieve
+    assert code_of(lambda: retrieve(pb.RetrieveRequest(query="x", collection="nope"))) == grpc.StatusCode.NOT_FOUND
+    assert code_of(lambda: retrieve(pb.RetrieveRequest(query="x", collection="manual", top_k=51))) == invalid
+    assert code_of(lambda: retrieve(pb.RetrieveRequest(query="", collection="manual"))) == invalid
+    gen = pb.GenerateRequest(prompt="hi", retrieval=pb.Retrieval(collection="nope"), max_tokens=2, temperature=0)
+    assert code_of(lambda: collect(s.Generate(gen, timeout=30))) == grpc.StatusCode.NOT_FOUND
+    assert rag_node.info().status  # still serving
+
+
+def test_delete_documents(rag_node: NodeProcess) -> None:
+    s = rag_node.stub
+    s.Ingest(pb.IngestRequest(collection="scratch", documents=docs("kr9-overview")), timeout=30)
+    assert s.DeleteDocuments(pb.DeleteDocumentsRequest(collection="scratch", ids=["kr9-overview"])).deleted == 1
+    r = s.Retrieve(pb.RetrieveRequest(query="KR-9", collection="scratch", top_k=5), timeout=10)
+    assert not r.chunks
+
+
+def test_corrupt_database_is_named_at_start_and_rebuild_db_recovers(tmp_path: Path) -> None:
+    data = tmp_path / "data-broken"
+    data.mkdir()
+    (data / "knowledge.db").write_bytes(b"this is not a database " * 200)
+    n = NodeProcess(tmp_path, node_id="broken")
+    assert n.proc.wait(60) != 0
+    assert "rebuild-db" in n.log()
+    n.stop()
+    r = subprocess.run(
+        [str(BIN / "edgefleet-node"), "rebuild-db", "--data-dir", str(data)], capture_output=True, text=True
+    )
+    assert r.returncode == 0 and "moved" in r.stdout, r.stderr
+    n = NodeProcess(tmp_path, node_id="broken")
+    try:
+        n.wait_serving()
+        assert not n.stub.ListCollections(pb.ListCollectionsRequest(), timeout=10).collections
+    finally:
+        n.stop()
+
+
+def test_node_killed_mid_ingest_keeps_a_whole_document_or_none(tmp_path: Path) -> None:
+    n = NodeProcess(tmp_path, node_id="kill")
+    n.wait_serving()
+    text = "\n\n".join(f"## Part {i}\n\n" + "The glycol pump seal needs checking. " * 30 for i in range(400))
+    future = n.stub.Ingest.future(pb.IngestRequest(collection="big", documents=[pb.Document(id="doc", text=text)]))
+    time.sleep(0.3)
+    n.kill()
+    future.cancel()
+    n = n.restarted()
+    try:
+        n.wait_serving()
+        cols = {c.name: c for c in n.stub.ListCollections(pb.ListCollectionsRequest(), timeout=10).collections}
+        if "big" in cols and cols["big"].documents:
+            assert cols["big"].chunks >= 400  # every part of the document, not some
+        import pysqlite3.dbapi2 as sqlite3  # type: ignore[import-untyped]
+
+        with sqlite3.connect(str(n.data_dir / "knowledge.db")) as conn:
+            assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finally:
+        n.stop()
