@@ -45,7 +45,7 @@ def _rebuild_db(data_dir: str | None) -> int:
     from edgefleet.node.runtime import KNOWLEDGE_DB
     from edgefleet.node.settings import NodeSettings
 
-    settings = NodeSettings(**({"data_dir": data_dir} if data_dir else {}))
+    settings = NodeSettings(data_dir=Path(data_dir)) if data_dir else NodeSettings()
     path = Path(settings.data_dir) / KNOWLEDGE_DB
     if not path.exists():
         sys.stderr.write(f"edgefleet-node: {path} does not exist; nothing to rebuild\n")
