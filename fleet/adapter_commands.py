@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import argparse
 import base64
+import gzip
 import hashlib
+import io
+import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -40,8 +44,18 @@ def add_parsers(fsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     rm = fsub.add_parser("rm-adapter", help="remove an adapter from a group or a node")
     rm.add_argument("name")
     rm.add_argument("--target", required=True)
-    ls = fsub.add_parser("adapters", help="which adapters are where, in which version")
+    ls = fsub.add_parser("adapters", help="which adapters and knowledge collections are where, in which version")
     ls.add_argument("--json", action="store_true")
+    pk = fsub.add_parser("push-knowledge", help="push a folder of Markdown/text documents as a knowledge collection")
+    pk.add_argument("dir", type=Path)
+    pk.add_argument("--collection", required=True)
+    pk.add_argument("--version", required=True)
+    pk.add_argument("--target", required=True, help="GROUP or NODE (or group:NAME / node:NAME)")
+    pk.add_argument("--no-wait", action="store_true", help="return once the orchestrator accepted it")
+    pk.add_argument("--wait", type=float, default=300.0, help="seconds to wait for the nodes (default 300)")
+    rk = fsub.add_parser("rm-knowledge", help="remove a knowledge collection from a group or a node")
+    rk.add_argument("name")
+    rk.add_argument("--target", required=True)
 
 
 def bar(have: int, total: int, width: int = 24) -> str:
@@ -61,6 +75,33 @@ def _read(path: Path) -> bytes:
     if data[:4] != b"GGUF":
         raise AdapterCommandError(f"{path} is not a GGUF file")
     return data
+
+
+DOC_SUFFIXES = (".md", ".markdown", ".txt")
+
+
+def knowledge_bundle(directory: Path, err: TextIO) -> bytes:
+    """The folder's documents as gzip'd JSON lines ({"id", "text", "metadata": {"source"}}), deterministic."""
+    if not directory.is_dir():
+        raise AdapterCommandError(f"{directory} is not a folder")
+    files = sorted(p for p in directory.rglob("*") if p.is_file() and p.suffix.lower() in DOC_SUFFIXES)
+    if not files:
+        raise AdapterCommandError(f"{directory} holds no .md or .txt documents")
+    lines = []
+    for i, p in enumerate(files, start=1):
+        rel = p.relative_to(directory).as_posix()
+        doc_id = re.sub(r"[^A-Za-z0-9._-]+", "-", rel.rsplit(".", 1)[0]).strip("-.")[:128] or f"doc-{i}"
+        try:
+            text = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise AdapterCommandError(f"{p} is not UTF-8 text") from e
+        lines.append(json.dumps({"id": doc_id, "text": text, "metadata": {"source": rel}}, sort_keys=True))
+        err.write(f"\rbundle {bar(i, len(files))}")
+    err.write("\n")
+    buf = io.BytesIO()
+    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz:
+        gz.write(("\n".join(lines) + "\n").encode())
+    return buf.getvalue()
 
 
 def _upload(s: OrchestratorSession, data: bytes, timeout: float, err: TextIO) -> str:
@@ -85,18 +126,19 @@ def _upload(s: OrchestratorSession, data: bytes, timeout: float, err: TextIO) ->
     return sha
 
 
-def _watch(s: OrchestratorSession, name: str, version: str, wait: float, timeout: float, err: TextIO) -> int:
+def _watch(s: OrchestratorSession, kind: str, name: str, version: str, wait: float, timeout: float, err: TextIO) -> int:
     """Show progress per target node until all loaded it (0), one refused it (1), or time ran out (1)."""
+    desired_key, loaded_key = ("desired", "loaded") if kind == "adapter" else ("knowledge_desired", "knowledge_loaded")
     deadline = time.monotonic() + wait
     lines = 0
     while True:
         r = s.call(Command(op="adapters"), timeout)
         nodes: dict[str, Any] = r.data.get("nodes", {})
-        targets = {n: v for n, v in nodes.items() if v["desired"].get(name) == version}
+        targets = {n: v for n, v in nodes.items() if v[desired_key].get(name) == version}
         states: dict[str, str] = {}
         for node_id, v in sorted(targets.items()):
-            t = v["transfers"].get(f"adapter/{name}")
-            if v["loaded"].get(name) == version:
+            t = v["transfers"].get(f"{kind}/{name}")
+            if v[loaded_key].get(name) == version:
                 states[node_id] = "loaded"
             elif t and t["version"] == version and t["state"] == "failed":
                 states[node_id] = f"refused: {t['error']}"
@@ -111,7 +153,7 @@ def _watch(s: OrchestratorSession, name: str, version: str, wait: float, timeout
         lines = len(states)
         settled = {n: st for n, st in states.items() if st == "loaded" or st.startswith(("refused", "offline"))}
         if not targets:
-            err.write("no node of the target has reported yet; each fetches the adapter when it connects\n")
+            err.write(f"no node of the target has reported yet; each fetches the {kind} when it connects\n")
             return 0
         if len(settled) == len(states):
             return 1 if any(st.startswith("refused") for st in states.values()) else 0
@@ -122,9 +164,9 @@ def _watch(s: OrchestratorSession, name: str, version: str, wait: float, timeout
 
 
 def print_adapters(data: dict[str, Any], out: TextIO) -> None:
-    out.write("ADAPTER   VERSION   SIZE        CHUNKS\n")
+    out.write("KIND       NAME      VERSION   SIZE        CHUNKS\n")
     for m in data.get("manifests", []):
-        out.write(f"{m['name']:<9} {m['version']:<9} {m['size']:<11} {m['chunks']}\n")
+        out.write(f"{m['kind']:<10} {m['name']:<9} {m['version']:<9} {m['size']:<11} {m['chunks']}\n")
     out.write("\nNODE                 ADAPTER     DESIRED   LOADED    TRANSFER\n")
     for node_id, v in sorted(data.get("nodes", {}).items()):
         for name in sorted(set(v["desired"]) | set(v["loaded"])):
@@ -144,26 +186,26 @@ def run(args: argparse.Namespace, settings: FleetSettings, out: TextIO, err: Tex
         if args.fleet_command == "adapters":
             r = s.call(Command(op="adapters"), timeout)
             if args.json:
-                import json
-
                 out.write(json.dumps(r.data, indent=2) + "\n")
             else:
                 print_adapters(r.data, out)
             return 0
-        if args.fleet_command == "rm-adapter":
-            r = s.call(Command(op="rm-adapter", name=args.name, target=args.target), timeout)
+        if args.fleet_command in ("rm-adapter", "rm-knowledge"):
+            r = s.call(Command(op=args.fleet_command, name=args.name, target=args.target), timeout)
             if not r.ok:
                 raise AdapterCommandError(f"refused: {r.message}")
             out.write(r.message + "\n")
             return 0
-        if not valid_name(args.name):
+        kind = "knowledge" if args.fleet_command == "push-knowledge" else "adapter"
+        name = args.collection if kind == "knowledge" else args.name
+        if not valid_name(name):
             raise AdapterCommandError(
-                f"adapter name {args.name!r} is invalid: use letters, digits, '.', '_' or '-', no '/' or '..'"
+                f"{kind} name {name!r} is invalid: use letters, digits, '.', '_' or '-', no '/' or '..'"
             )
-        data = _read(args.file)
+        data = knowledge_bundle(args.dir, err) if kind == "knowledge" else _read(args.file)
         sha = _upload(s, data, timeout, err)
         try:
-            cmd = Command(op="push-adapter", name=args.name, version=args.version, sha256=sha, target=args.target)
+            cmd = Command(op=args.fleet_command, name=name, version=args.version, sha256=sha, target=args.target)
         except ValidationError as e:
             raise AdapterCommandError(describe_validation_error(e)) from e
         r = s.call(cmd, timeout)
@@ -171,4 +213,4 @@ def run(args: argparse.Namespace, settings: FleetSettings, out: TextIO, err: Tex
             raise AdapterCommandError(f"refused: {r.message}")
         out.write(r.message + "\n")
         out.flush()
-        return 0 if args.no_wait else _watch(s, args.name, args.version, args.wait, timeout, err)
+        return 0 if args.no_wait else _watch(s, kind, name, args.version, args.wait, timeout, err)

@@ -139,7 +139,7 @@ def run(args: argparse.Namespace, settings: FleetSettings, out: TextIO) -> int:
             return rule_commands.run(args, settings, out)
         except rule_commands.RuleCommandError as e:
             raise FleetCommandError(str(e)) from e
-    if args.fleet_command in ("push-adapter", "rm-adapter", "adapters"):
+    if args.fleet_command in ("push-adapter", "rm-adapter", "adapters", "push-knowledge", "rm-knowledge"):
         try:
             return adapter_commands.run(args, settings, out)
         except adapter_commands.AdapterCommandError as e:

@@ -8,17 +8,19 @@ ask for chunks on the requests topic and the chunk sender answers.
 
 from __future__ import annotations
 
+import gzip
+import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import gguf
 import paho.mqtt.client as mqtt
 
 from edgefleet.orchestrator.artifact_store import ArtifactStore
 from edgefleet.orchestrator.chunk_sender import ChunkSender
-from edgefleet.orchestrator.registry import Registry, expected_adapters
+from edgefleet.orchestrator.registry import Registry, expected_adapters, expected_knowledge
 from edgefleet.proto.artifacts import ArtifactError, Manifest, SiteKey, build_manifest, is_older, verify
 from edgefleet.proto.mqtt_link import MqttLink
 from edgefleet.proto.payloads import (
@@ -63,6 +65,19 @@ def adapter_fit(path: Path) -> tuple[str, dict[str, list[int]]]:
             raise CommandError(f"adapter tensor {base} lacks its lora_a or lora_b half")
         fits[base] = [ab["a"][0], ab["b"][1]]
     return text("general.architecture"), fits
+
+
+def check_bundle(path: Path) -> None:
+    """A knowledge bundle is gzip'd UTF-8 JSON lines, one object with a string id each."""
+    try:
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            for n, line in enumerate(f, start=1):
+                if line.strip():
+                    item = json.loads(line)
+                    if not isinstance(item, dict) or not isinstance(item.get("id"), str):
+                        raise CommandError(f"knowledge bundle line {n}: an object with a string id is needed")
+    except (OSError, EOFError, UnicodeDecodeError, ValueError) as e:
+        raise CommandError(f"the uploaded file is not a knowledge bundle (gzip'd JSON lines): {e}") from e
 
 
 class AdapterCommands:
@@ -130,69 +145,68 @@ class AdapterCommands:
             return CommandResult(ok=True, data={"missing": missing})
         if cmd.op == "adapters":
             return CommandResult(ok=True, data=self.overview())
+        kind: Literal["adapter", "knowledge"] = "knowledge" if cmd.op.endswith("-knowledge") else "adapter"
+        field = "knowledge" if kind == "knowledge" else "adapters"
         if not valid_name(cmd.name):
-            raise CommandError(
-                f"adapter name {cmd.name!r} is invalid: letters, digits, '.', '_' or '-', no '/' or '..'"
-            )
+            raise CommandError(f"{kind} name {cmd.name!r} is invalid: letters, digits, '.', '_' or '-', no '/' or '..'")
         t = target(cmd.target)
         current = self.registry.desired(t.key)
-        adapters = dict(current.adapters) if current else {}
-        if cmd.op == "rm-adapter":
-            if cmd.name not in adapters:
-                raise CommandError(f"adapter {cmd.name!r} is not desired for {t.key}")
-            del adapters[cmd.name]
-            doc = self.publish_desired(t, current, {"adapters": adapters})
+        refs = dict(getattr(current, field)) if current else {}
+        if cmd.op.startswith("rm-"):
+            if cmd.name not in refs:
+                raise CommandError(f"{kind} {cmd.name!r} is not desired for {t.key}")
+            del refs[cmd.name]
+            doc = self.publish_desired(t, current, {field: refs})
             return CommandResult(
                 ok=True,
-                message=f"adapter {cmd.name} removed from {t.key}, generation {doc.generation}",
+                message=f"{kind} {cmd.name} removed from {t.key}, generation {doc.generation}",
                 data={"generation": doc.generation, "target": t.key},
             )
-        manifest = self._manifest(cmd)
-        adapters[cmd.name] = ArtifactRef(
+        manifest = self._manifest(cmd, kind)
+        refs[cmd.name] = ArtifactRef(
             name=manifest.name, version=manifest.version, sha256=manifest.sha256, size=manifest.size
         )
-        doc = self.publish_desired(t, current, {"adapters": adapters})
+        doc = self.publish_desired(t, current, {field: refs})
         return CommandResult(
             ok=True,
-            message=f"adapter {manifest.label} ({manifest.size} bytes, {manifest.chunk_count} chunks) pushed to "
+            message=f"{manifest.label} ({manifest.size} bytes, {manifest.chunk_count} chunks) pushed to "
             f"{t.key}, generation {doc.generation}",
             data={"generation": doc.generation, "target": t.key, "chunks": manifest.chunk_count},
         )
 
-    def _manifest(self, cmd: Command) -> Manifest:
+    def _manifest(self, cmd: Command, kind: Literal["adapter", "knowledge"]) -> Manifest:
         """The signed manifest of the pushed version, made and published now (or the stored one, re-pushed)."""
         if not self.store.has_blob(cmd.sha256):
             raise CommandError(f"no uploaded file with sha256 {cmd.sha256!r}: upload it first (upload-chunk)")
-        existing = self.store.manifest("adapter", cmd.name)
+        existing = self.store.manifest(kind, cmd.name)
         if existing is not None:
             if is_older(cmd.version, existing.version):
                 raise CommandError(
-                    f"adapter {cmd.name} version {cmd.version} is older than {existing.version}, pushed before; "
+                    f"{kind} {cmd.name} version {cmd.version} is older than {existing.version}, pushed before; "
                     f"push a newer version (nodes refuse older ones as replays)"
                 )
             if cmd.version == existing.version:
                 if cmd.sha256 != existing.sha256:
                     raise CommandError(
-                        f"adapter {cmd.name}@{cmd.version} was pushed before with other content; use a new version"
+                        f"{kind} {cmd.name}@{cmd.version} was pushed before with other content; use a new version"
                     )
                 return existing
-        architecture, fits = adapter_fit(self.store.blob_path(cmd.sha256))
+        extra: dict[str, Any] = {}
+        if kind == "adapter":
+            architecture, fits = adapter_fit(self.store.blob_path(cmd.sha256))
+            extra = {"base_architecture": architecture, "base_tensors": fits}
+        else:
+            check_bundle(self.store.blob_path(cmd.sha256))
         try:
             unsigned = build_manifest(
-                self.store.blob_path(cmd.sha256),
-                "adapter",
-                cmd.name,
-                cmd.version,
-                chunk_bytes=self.chunk_bytes,
-                base_architecture=architecture,
-                base_tensors=fits,
+                self.store.blob_path(cmd.sha256), kind, cmd.name, cmd.version, chunk_bytes=self.chunk_bytes, **extra
             )
         except ValueError as e:
             raise CommandError(f"manifest refused: {e}") from e
         manifest = self._key().sign(unsigned)
         self.store.save_manifest(manifest)
         self.link.publish(
-            self.topics.artifact_manifest("adapter", cmd.name), manifest.model_dump_json().encode(), qos=1, retain=True
+            self.topics.artifact_manifest(kind, cmd.name), manifest.model_dump_json().encode(), qos=1, retain=True
         )
         log.info("manifest published", extra={"artifact": manifest.label, "chunks": manifest.chunk_count})
         return manifest
@@ -202,11 +216,14 @@ class AdapterCommands:
         nodes = {}
         for row in self.registry.rows():
             want = expected_adapters(row.node_id, row.groups, desired)
+            want_k = expected_knowledge(row.node_id, row.groups, desired)
             nodes[row.node_id] = {
                 "groups": row.groups,
                 "state": row.state,
                 "desired": {n: r.version for n, r in want.items()},
                 "loaded": row.adapters,
+                "knowledge_desired": {n: r.version for n, r in want_k.items()},
+                "knowledge_loaded": row.knowledge,
                 "transfers": row.transfers,
             }
         return {
@@ -218,9 +235,9 @@ class AdapterCommands:
                     "sha256": m.sha256,
                     "chunks": m.chunk_count,
                     "chunks_sent": self.sender.sent.get(m.sha256, 0),
+                    "kind": m.kind,
                 }
                 for m in self.store.manifests()
-                if m.kind == "adapter"
             ],
             "desired": {k: {n: r.version for n, r in d.adapters.items()} for k, d in desired.items() if d.adapters},
             "nodes": nodes,

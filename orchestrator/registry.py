@@ -49,6 +49,7 @@ class NodeRow:
     drift: list[str]
     templates: dict[str, str]
     adapters: dict[str, str] = field(default_factory=dict)  # name → version loaded
+    knowledge: dict[str, str] = field(default_factory=dict)  # collection → version installed
     transfers: dict[str, dict[str, Any]] = field(default_factory=dict)  # `<kind>/<name>` → progress
     outbox: int | None = None
 
@@ -168,6 +169,7 @@ class Registry:
                     drift,
                     rep.templates if rep else {},
                     rep.adapters if rep else {},
+                    rep.knowledge if rep else {},
                     {k: t.model_dump() for k, t in rep.transfers.items()} if rep else {},
                     outbox.get(node_id),
                 )
@@ -187,6 +189,14 @@ def _expected(
             adapters.update(desired[key].adapters)
             generations[key] = desired[key].generation
     return templates, adapters, generations
+
+
+def expected_knowledge(node_id: str, groups: list[str], desired: dict[str, DesiredState]) -> dict[str, ArtifactRef]:
+    out: dict[str, ArtifactRef] = {}
+    for key in [*(f"group:{g}" for g in groups), f"node:{node_id}"]:
+        if key in desired:
+            out.update(desired[key].knowledge)
+    return out
 
 
 def expected_adapters(node_id: str, groups: list[str], desired: dict[str, DesiredState]) -> dict[str, ArtifactRef]:

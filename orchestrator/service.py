@@ -43,7 +43,7 @@ log = logging.getLogger("edgefleet.orchestrator")
 SOURCE = "orchestrator"
 
 
-ADAPTER_OPS = frozenset({"upload-chunk", "push-adapter", "rm-adapter", "adapters"})
+ADAPTER_OPS = frozenset({"upload-chunk", "push-adapter", "rm-adapter", "adapters", "push-knowledge", "rm-knowledge"})
 
 
 class Orchestrator:
@@ -178,7 +178,14 @@ class Orchestrator:
     def _publish_desired(self, target: Target, current: DesiredState | None, changes: dict[str, Any]) -> DesiredState:
         """The next generation of `target`'s desired state: `current` with `changes` (templates, adapters)."""
         fields: dict[str, Any] = (
-            {"templates": current.templates, "adapters": current.adapters, "rules": current.rules} if current else {}
+            {
+                "templates": current.templates,
+                "adapters": current.adapters,
+                "knowledge": current.knowledge,
+                "rules": current.rules,
+            }
+            if current
+            else {}
         )
         fields.update(changes)
         doc = DesiredState(

@@ -145,6 +145,7 @@ class DesiredState(_Payload):
     generation: Annotated[int, Field(ge=1)]
     templates: dict[str, TemplateSpec] = Field(default_factory=dict)
     adapters: dict[str, ArtifactRef] = Field(default_factory=dict)
+    knowledge: dict[str, ArtifactRef] = Field(default_factory=dict)  # collection → the version to install
     rules: dict[str, RuleSpec] = Field(default_factory=dict)
     ts: float = Field(default_factory=_now)
 
@@ -169,6 +170,7 @@ class ReportedState(_Payload):
     generations: dict[str, int] = Field(default_factory=dict)  # target key → applied generation
     templates: dict[str, str] = Field(default_factory=dict)  # name → version in effect
     adapters: dict[str, str] = Field(default_factory=dict)  # name → version loaded
+    knowledge: dict[str, str] = Field(default_factory=dict)  # collection → version installed
     transfers: dict[str, TransferProgress] = Field(default_factory=dict)  # `<kind>/<name>` → progress
     errors: list[str] = Field(default_factory=list)  # why something desired is not applied
 
@@ -249,6 +251,8 @@ class Command(_Payload):
         "push-rule",
         "rm-rule",
         "rules",
+        "push-knowledge",
+        "rm-knowledge",
     ]
     target: str = ""
     template: TemplateSpec | None = None

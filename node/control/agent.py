@@ -15,14 +15,16 @@ import threading
 import paho.mqtt.client as mqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from edgefleet.node.control.adapter_sync import AdapterSync
+from edgefleet.node.control.artifact_sync import ArtifactSync
 from edgefleet.node.control.desired_store import (
     DesiredStateStore,
     InstalledArtifacts,
     effective_adapters,
+    effective_knowledge,
     effective_rules,
     effective_templates,
 )
+from edgefleet.node.control.installers import AdapterInstaller, KnowledgeInstaller
 from edgefleet.node.sensors.plane import SensorPlane
 from edgefleet.node.service import NodeService
 from edgefleet.node.settings import NodeSettings
@@ -76,13 +78,13 @@ class ControlAgent:
             birth=self._birth,
         )
         self.sensors = sensors
-        self.adapters: AdapterSync | None = None
-        if service.adapter_manager is not None:
-            self.adapters = AdapterSync(
+
+        def sync(installer: AdapterInstaller | KnowledgeInstaller) -> ArtifactSync:
+            s = ArtifactSync(
                 node_id=self.node_id,
                 link=self.link,
                 topics=self.topics,
-                manager=service.adapter_manager,
+                installer=installer,
                 installed=InstalledArtifacts(store.db),
                 data_dir=settings.data_dir,
                 site_key=site_key,
@@ -91,7 +93,11 @@ class ControlAgent:
                 window=settings.artifact_window,
                 retry_s=settings.artifact_retry_s,
             )
-            self.adapters.load_installed()
+            s.load_installed()
+            return s
+
+        self.adapters = sync(AdapterInstaller(service.adapter_manager)) if service.adapter_manager else None
+        self.knowledge = sync(KnowledgeInstaller(service.knowledge)) if service.knowledge else None
         self.link.subscribe(self.topics.desired_node(self.node_id), self._on_desired)
         for g in self.groups:
             self.link.subscribe(self.topics.desired_group(g), self._on_desired)
@@ -101,6 +107,8 @@ class ControlAgent:
     def start(self) -> None:
         if self.adapters is not None:
             self.adapters.start()
+        if self.knowledge is not None:
+            self.knowledge.start()
         if self.sensors is not None:
             self.sensors.start()
         self.link.start()
@@ -111,6 +119,8 @@ class ControlAgent:
         self._stop.set()
         if self.adapters is not None:
             self.adapters.stop()
+        if self.knowledge is not None:
+            self.knowledge.stop()
         if self.sensors is not None:
             self.sensors.stop()
         bye = NodeStatus(node_id=self.node_id, state="offline", reason="shutdown").dumps()
@@ -127,8 +137,9 @@ class ControlAgent:
             versions=s.versions,
         )
         online = NodeStatus(node_id=self.node_id, state="online", info=info).dumps()
-        if self.adapters is not None:
-            self.adapters.on_connect()
+        for sync in (self.adapters, self.knowledge):
+            if sync is not None:
+                sync.on_connect()
         return [
             (self.topics.node_status(self.node_id), online),
             (self.topics.node_reported(self.node_id), self._reported().dumps()),
@@ -162,12 +173,14 @@ class ControlAgent:
     def _reported(self) -> ReportedState:
         docs = self.store.docs()
         adapters, transfers = self.adapters.report() if self.adapters is not None else ({}, {})
+        knowledge, knowledge_transfers = self.knowledge.report() if self.knowledge is not None else ({}, {})
         return ReportedState(
             node_id=self.node_id,
             generations={k: d.generation for k, d in docs.items()},
             templates={name: t.spec.version for name, t in self.service.templates.items()},
             adapters=adapters,
-            transfers=transfers,
+            knowledge=knowledge,
+            transfers={**transfers, **knowledge_transfers},
             errors=list(self._errors),
         )
 
@@ -241,5 +254,7 @@ class ControlAgent:
         self.service.templates = compiled  # one assignment: requests see the old set or the new
         if self.adapters is not None:
             self.adapters.set_wanted(effective_adapters(docs, self.node_id, self.groups))
+        if self.knowledge is not None:
+            self.knowledge.set_wanted(effective_knowledge(docs, self.node_id, self.groups))
         if self.sensors is not None:
             self.sensors.set_rules(effective_rules(docs, self.node_id, self.groups))

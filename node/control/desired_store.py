@@ -108,6 +108,14 @@ def effective_adapters(docs: dict[str, DesiredState], node_id: str, groups: list
     return out
 
 
+def effective_knowledge(docs: dict[str, DesiredState], node_id: str, groups: list[str]) -> dict[str, ArtifactRef]:
+    out: dict[str, ArtifactRef] = {}
+    for key in [*(f"group:{g}" for g in groups), f"node:{node_id}"]:
+        if key in docs:
+            out.update(docs[key].knowledge)
+    return out
+
+
 def effective_rules(
     docs: dict[str, DesiredState], node_id: str, groups: list[str]
 ) -> dict[str, tuple[RuleSpec, str | None]]:

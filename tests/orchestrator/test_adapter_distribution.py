@@ -279,3 +279,47 @@ def test_broker_restarted_mid_transfer_resumes_and_completes(
     after = chunks_sent(broker, "steady")[0] - before
     assert 0 < after < total, (before, after, total)
     assert ask(c, "steady") != ask(c)
+
+
+CORPUS = Path(__file__).resolve().parents[2] / "bench" / "rag_corpus"
+
+
+def collections(node: NodeProcess) -> dict[str, pb.CollectionInfo]:
+    return {c.name: c for c in node.stub.ListCollections(pb.ListCollectionsRequest(), timeout=10).collections}
+
+
+def test_pushed_knowledge_reaches_the_group_and_a_new_version_replaces_it(
+    broker: Mosquitto, nodes: dict[str, NodeProcess], tmp_path: Path
+) -> None:
+    v1, v2 = tmp_path / "v1", tmp_path / "v2"
+    for d, names in ((v1, ["kr9-specifications", "kr9-safety"]), (v2, ["kr9-specifications", "maint-strainer"])):
+        (d / "sub").mkdir(parents=True)
+        for n in names:
+            (d / "sub" / f"{n}.md").write_text((CORPUS / f"{n}.md").read_text())
+    r = fleet(broker, "fleet", "push-knowledge", str(v1), "--collection", "plant", "--version", "1", "--target", "line")
+    assert r.returncode == 0, r.stdout + r.stderr
+    for k in ("a", "b"):
+        c = collections(nodes[k])["plant"]
+        assert (c.version, c.documents) == ("1", 2)
+    assert "plant" not in collections(nodes["c"])
+    hits = nodes["a"].stub.Retrieve(pb.RetrieveRequest(query="safety", collection="plant", top_k=5), timeout=10)
+    assert {h.doc_id for h in hits.chunks} <= {"sub-kr9-specifications", "sub-kr9-safety"}
+    assert hits.chunks[0].metadata["source"].startswith("sub/")
+
+    r = fleet(broker, "fleet", "push-knowledge", str(v2), "--collection", "plant", "--version", "2", "--target", "line")
+    assert r.returncode == 0, r.stdout + r.stderr
+    for k in ("a", "b"):
+        c = collections(nodes[k])["plant"]
+        assert (c.version, c.documents) == ("2", 2)
+        docs = {
+            h.doc_id
+            for h in nodes[k]
+            .stub.Retrieve(pb.RetrieveRequest(query="strainer safety", collection="plant", top_k=10), timeout=10)
+            .chunks
+        }
+        assert "sub-maint-strainer" in docs and "sub-kr9-safety" not in docs
+    r = fleet(broker, "fleet", "push-knowledge", str(v1), "--collection", "plant", "--version", "1", "--target", "line")
+    assert r.returncode == 2 and "older" in r.stderr
+    r = fleet(broker, "fleet", "rm-knowledge", "plant", "--target", "line")
+    assert r.returncode == 0, r.stderr
+    assert wait_for(lambda: "plant" not in collections(nodes["a"]), timeout=20)

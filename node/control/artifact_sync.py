@@ -1,9 +1,12 @@
-"""Brings the adapters named in desired state onto this node: signed manifest → chunks → verify → load.
+"""Brings the artifacts named in desired state onto this node: signed manifest → chunks → verify → install.
+
+One instance per kind (adapters, knowledge collections); an `Installer` says how a verified file
+of that kind is checked, put into service and taken out of it.
 
 Network thread (paho): manifests are verified against the pinned site key; chunks are checked
 against the manifest (index, size, sha256) and kept on disk. Worker thread: starts transfers,
 asks for missing chunks a window at a time (again after a reconnect or when nothing came for
-`retry_s`), assembles and installs a complete file, removes adapters no longer desired. The
+`retry_s`), assembles and installs a complete file, removes artifacts no longer desired. The
 previous version serves until the new one is loaded; a failure leaves it and is reported.
 """
 
@@ -15,13 +18,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Literal, Protocol
 
 import paho.mqtt.client as mqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import ValidationError
 
-from edgefleet.node.adapter_manager import AdapterManager
 from edgefleet.node.control.chunk_store import ChunkStore
 from edgefleet.node.control.desired_store import InstalledArtifact, InstalledArtifacts
 from edgefleet.node.errors import EdgefleetError
@@ -36,9 +38,26 @@ from edgefleet.proto.payloads import (
 )
 from edgefleet.proto.topics import Topics
 
-log = logging.getLogger("edgefleet.node.adapters")
-KIND: Final = "adapter"
+log = logging.getLogger("edgefleet.node.artifacts")
+Kind = Literal["adapter", "knowledge"]
 Reporter = Callable[[str, str, str], None]  # (topic, code, message) → errors topic
+
+
+class Installer(Protocol):
+    @property
+    def kind(self) -> Kind: ...
+
+    @property
+    def suffix(self) -> str:
+        """Of the installed file: ".gguf", ".jsonl.gz"."""
+
+    def precheck(self, m: Manifest) -> None:
+        """Before any byte is fetched: refuse (EdgefleetError) what cannot fit this node."""
+
+    def load(self, name: str, version: str, path: Path, sha256: str) -> None:
+        """Put a verified file into service; the previous version serves until this returns."""
+
+    def unload(self, name: str) -> None: ...
 
 
 @dataclass
@@ -55,7 +74,7 @@ class Transfer:
 
     def progress(self) -> TransferProgress:
         return TransferProgress(
-            kind=KIND,
+            kind=self.manifest.kind,
             name=self.manifest.name,
             version=self.manifest.version,
             have=len(self.store.held()),
@@ -66,14 +85,14 @@ class Transfer:
         )
 
 
-class AdapterSync:
+class ArtifactSync:
     def __init__(
         self,
         *,
         node_id: str,
         link: MqttLink,
         topics: Topics,
-        manager: AdapterManager,
+        installer: Installer,
         installed: InstalledArtifacts,
         data_dir: Path,
         site_key: Ed25519PublicKey | None,
@@ -83,9 +102,10 @@ class AdapterSync:
         retry_s: float = 10.0,
     ) -> None:
         self.node_id, self.link, self.topics = node_id, link, topics
-        self.manager, self.installed = manager, installed
+        self.installer, self.installed = installer, installed
+        self.kind: Kind = installer.kind
         self.chunk_root = data_dir / "artifacts"
-        self.adapter_dir = data_dir / "adapters"
+        self.install_dir = data_dir / f"{installer.kind}s"
         self.site_key = site_key
         self.report_error, self.changed = report_error, changed
         self.window, self.retry_s = window, retry_s
@@ -97,22 +117,23 @@ class AdapterSync:
         self._transfers: dict[str, Transfer] = {}
         self._failed: dict[str, str] = {}  # sha256 → why; not retried until another version is desired
         self._last_report = 0.0
-        self._thread = threading.Thread(target=self._run, name="edgefleet-adapter-sync", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"edgefleet-{installer.kind}-sync", daemon=True)
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     def load_installed(self) -> None:
         """At start, before serving: load what this node installed earlier (a bad file is forgotten)."""
-        for a in self.installed.all(KIND).values():
+        for a in self.installed.all(self.kind).values():
             try:
-                self.manager.install(a.name, a.version, a.path, a.sha256)
-            except (EdgefleetError, OSError) as e:
+                self.installer.load(a.name, a.version, a.path, a.sha256)
+            except (EdgefleetError, ArtifactError, OSError) as e:
                 log.error(
-                    "installed adapter cannot be loaded; fetching it again", extra={"adapter": a.name, "reason": str(e)}
+                    "installed artifact cannot be loaded; fetching it again",
+                    extra={"kind": self.kind, "artifact": a.name, "reason": str(e)},
                 )
-                self.installed.forget(KIND, a.name)
+                self.installed.forget(self.kind, a.name)
 
     def start(self) -> None:
-        self.link.subscribe(self.topics.artifact_manifest(KIND, "+"), self.on_manifest)
+        self.link.subscribe(self.topics.artifact_manifest(self.kind, "+"), self.on_manifest)
         self._thread.start()
 
     def stop(self) -> None:
@@ -135,9 +156,9 @@ class AdapterSync:
 
     def report(self) -> tuple[dict[str, str], dict[str, TransferProgress]]:
         with self._lock:
-            adapters = {name: a.version for name, a in self.installed.all(KIND).items()}
-            transfers = {f"{KIND}/{name}": t.progress() for name, t in self._transfers.items()}
-        return adapters, transfers
+            versions = {name: a.version for name, a in self.installed.all(self.kind).items()}
+            transfers = {f"{self.kind}/{name}": t.progress() for name, t in self._transfers.items()}
+        return versions, transfers
 
     # -- network thread ----------------------------------------------------------------------------------
     def on_manifest(self, msg: mqtt.MQTTMessage) -> None:
@@ -167,7 +188,7 @@ class AdapterSync:
         except ArtifactError as e:
             self.report_error(msg.topic, "bad_signature", str(e))
             return
-        current = self.installed.all(KIND).get(m.name)
+        current = self.installed.all(self.kind).get(m.name)
         if current is not None and is_older(m.version, current.version):
             self.report_error(
                 msg.topic,
@@ -222,13 +243,13 @@ class AdapterSync:
             try:
                 self._tick()
             except Exception:  # keep syncing whatever one step did
-                log.exception("adapter sync step failed")
+                log.exception("artifact sync step failed", extra={"kind": self.kind})
 
     def _tick(self) -> None:
         with self._lock:
             wanted = dict(self._wanted)
             manifests = dict(self._manifests)
-        installed = self.installed.all(KIND)
+        installed = self.installed.all(self.kind)
         for name in set(installed) - set(wanted):
             self._remove(installed[name])
         for name, ref in wanted.items():
@@ -256,7 +277,7 @@ class AdapterSync:
             self.link.unsubscribe(self._chunk_filter_for(t.manifest))
             t.store.discard()
         try:
-            self.manager.check_fit(m.label, m.base_architecture, m.base_tensors)
+            self.installer.precheck(m)
         except EdgefleetError as e:
             self._fail(m, str(e))
             return None
@@ -287,7 +308,7 @@ class AdapterSync:
         if ask:
             req = ChunkRequest(
                 node_id=self.node_id,
-                kind=KIND,
+                kind=self.kind,
                 name=t.manifest.name,
                 version=t.manifest.version,
                 sha256=t.manifest.sha256,
@@ -303,23 +324,23 @@ class AdapterSync:
         with self._lock:
             t.state = "verifying"
         self.changed()
-        path = self.adapter_dir / f"{m.name}@{m.version}.gguf"
+        path = self.install_dir / f"{m.name}@{m.version}{self.installer.suffix}"
         try:
             t.store.assemble(path)
-            self.manager.install(m.name, m.version, path, m.sha256)
+            self.installer.load(m.name, m.version, path, m.sha256)
         except (ArtifactError, EdgefleetError, OSError) as e:
             path.unlink(missing_ok=True)
             self._fail(m, str(e))
             return
-        previous = self.installed.all(KIND).get(m.name)
-        self.installed.record(InstalledArtifact(KIND, m.name, m.version, m.sha256, path, m.size))
+        previous = self.installed.all(self.kind).get(m.name)
+        self.installed.record(InstalledArtifact(self.kind, m.name, m.version, m.sha256, path, m.size))
         if previous is not None and previous.path != path:
             previous.path.unlink(missing_ok=True)
         self.link.unsubscribe(self._chunk_filter_for(m))
         t.store.discard()
         with self._lock:
             t.state = "installed"
-        log.info("adapter installed", extra={"artifact": m.label, "resumed_from": t.resumed_from})
+        log.info("artifact installed", extra={"artifact": m.label, "resumed_from": t.resumed_from})
         self.changed()
 
     def _fail(self, m: Manifest, reason: str) -> None:
@@ -332,22 +353,24 @@ class AdapterSync:
             t.state, t.error = "failed", reason
         self.link.unsubscribe(self._chunk_filter_for(m))
         t.store.discard()
-        log.error("adapter refused; the previous version stays", extra={"artifact": m.label, "reason": reason})
+        log.error("artifact refused; the previous version stays", extra={"artifact": m.label, "reason": reason})
         self.report_error(
-            self.topics.artifact_manifest(m.kind, m.name), "adapter_refused", f"{m.label} refused: {reason}"
+            self.topics.artifact_manifest(m.kind, m.name), f"{m.kind}_refused", f"{m.label} refused: {reason}"
         )
         self.changed()
 
     def _remove(self, a: InstalledArtifact) -> None:
         try:
-            self.manager.remove(a.name)
+            self.installer.unload(a.name)
         except EdgefleetError as e:
-            log.warning("adapter was not loaded", extra={"adapter": a.name, "reason": str(e)})
-        self.installed.forget(KIND, a.name)
+            log.warning("artifact was not in service", extra={"artifact": a.name, "reason": str(e)})
+        self.installed.forget(self.kind, a.name)
         a.path.unlink(missing_ok=True)
         with self._lock:
             self._transfers.pop(a.name, None)
-        log.info("adapter removed (no longer desired)", extra={"adapter": a.name, "version": a.version})
+        log.info(
+            "artifact removed (no longer desired)", extra={"kind": self.kind, "artifact": a.name, "version": a.version}
+        )
         self.changed()
 
     def _publish_progress(self) -> None:
