@@ -14,7 +14,15 @@ from typing import Any
 
 import sqlite_utils
 
-from edgefleet.proto.payloads import ArtifactRef, DesiredState, NodeStatus, ReportedState, Telemetry, TemplateSpec
+from edgefleet.proto.payloads import (
+    ArtifactRef,
+    DesiredState,
+    NodeStatus,
+    ReportedState,
+    Telemetry,
+    TemplateSpec,
+    merged,
+)
 from edgefleet.proto.sqlite_db import open_database
 
 MIGRATIONS: list[str] = [
@@ -180,23 +188,13 @@ class Registry:
 def _expected(
     node_id: str, groups: list[str], desired: dict[str, DesiredState]
 ) -> tuple[dict[str, TemplateSpec], dict[str, ArtifactRef], dict[str, int]]:
-    templates: dict[str, TemplateSpec] = {}
-    adapters: dict[str, ArtifactRef] = {}
-    generations: dict[str, int] = {}
-    for key in [*(f"group:{g}" for g in groups), f"node:{node_id}"]:
-        if key in desired:
-            templates.update(desired[key].templates)
-            adapters.update(desired[key].adapters)
-            generations[key] = desired[key].generation
-    return templates, adapters, generations
+    keys = [*(f"group:{g}" for g in groups), f"node:{node_id}"]
+    generations = {k: desired[k].generation for k in keys if k in desired}
+    return merged(desired, node_id, groups, "templates"), merged(desired, node_id, groups, "adapters"), generations
 
 
 def expected_knowledge(node_id: str, groups: list[str], desired: dict[str, DesiredState]) -> dict[str, ArtifactRef]:
-    out: dict[str, ArtifactRef] = {}
-    for key in [*(f"group:{g}" for g in groups), f"node:{node_id}"]:
-        if key in desired:
-            out.update(desired[key].knowledge)
-    return out
+    return merged(desired, node_id, groups, "knowledge")
 
 
 def expected_adapters(node_id: str, groups: list[str], desired: dict[str, DesiredState]) -> dict[str, ArtifactRef]:

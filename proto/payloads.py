@@ -150,6 +150,16 @@ class DesiredState(_Payload):
     ts: float = Field(default_factory=_now)
 
 
+def merged(docs: dict[str, DesiredState], node_id: str, groups: list[str], field: str) -> dict[str, Any]:
+    """What one node should have of `field` (templates, adapters, knowledge): its groups' entries in
+    the node's group order, then its own, which win on a name clash."""
+    out: dict[str, Any] = {}
+    for key in [*(f"group:{g}" for g in groups), f"node:{node_id}"]:
+        if key in docs:
+            out.update(getattr(docs[key], field))
+    return out
+
+
 class TransferProgress(BaseModel):
     """Where a node is with one artifact: chunks held of the total, and the outcome."""
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import sqlite_utils
 
-from edgefleet.proto.payloads import ArtifactRef, DesiredState, RuleSpec, TemplateSpec
+from edgefleet.proto.payloads import ArtifactRef, DesiredState, RuleSpec, TemplateSpec, merged
 from edgefleet.proto.sqlite_db import open_database
 
 MIGRATIONS: list[str] = [
@@ -101,19 +101,11 @@ class InstalledArtifacts:
 
 
 def effective_adapters(docs: dict[str, DesiredState], node_id: str, groups: list[str]) -> dict[str, ArtifactRef]:
-    out: dict[str, ArtifactRef] = {}
-    for key in [*(f"group:{g}" for g in groups), f"node:{node_id}"]:
-        if key in docs:
-            out.update(docs[key].adapters)
-    return out
+    return merged(docs, node_id, groups, "adapters")
 
 
 def effective_knowledge(docs: dict[str, DesiredState], node_id: str, groups: list[str]) -> dict[str, ArtifactRef]:
-    out: dict[str, ArtifactRef] = {}
-    for key in [*(f"group:{g}" for g in groups), f"node:{node_id}"]:
-        if key in docs:
-            out.update(docs[key].knowledge)
-    return out
+    return merged(docs, node_id, groups, "knowledge")
 
 
 def effective_rules(
@@ -130,9 +122,4 @@ def effective_rules(
 
 
 def effective_templates(docs: dict[str, DesiredState], node_id: str, groups: list[str]) -> dict[str, TemplateSpec]:
-    """Group templates (groups in the node's order), then the node's own, which win on a name clash."""
-    out: dict[str, TemplateSpec] = {}
-    for key in [*(f"group:{g}" for g in groups), f"node:{node_id}"]:
-        if key in docs:
-            out.update(docs[key].templates)
-    return out
+    return merged(docs, node_id, groups, "templates")
