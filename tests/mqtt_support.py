@@ -38,7 +38,7 @@ class Mosquitto:
         self.conf.write_text(
             # `user`: as root, mosquitto would switch to its own user and could not write here.
             f"user {pwd.getpwuid(os.getuid()).pw_name}\n"
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+            f"listener {self.port} 127.0.0.1\nset_tcp_nodelay true\nallow_anonymous true\npersistence true\n"
             f"persistence_location {self.dir}/\nautosave_interval 1\nlog_dest stderr\n"
         )
         self.proc: subprocess.Popen[bytes] | None = None
