@@ -131,6 +131,7 @@ def _watch(s: OrchestratorSession, kind: str, name: str, version: str, wait: flo
     desired_key, loaded_key = ("desired", "loaded") if kind == "adapter" else ("knowledge_desired", "knowledge_loaded")
     deadline = time.monotonic() + wait
     lines = 0
+    shown: dict[str, str] = {}
     while True:
         r = s.call(Command(op="adapters"), timeout)
         nodes: dict[str, Any] = r.data.get("nodes", {})
@@ -146,11 +147,16 @@ def _watch(s: OrchestratorSession, kind: str, name: str, version: str, wait: flo
                 states[node_id] = f"{t['state']} {bar(t['have'], t['total'])}"
             else:
                 states[node_id] = "waiting" if v["state"] == "online" else "offline: fetches when it connects"
-        if lines:
-            err.write(f"\x1b[{lines}F" if err.isatty() else "")
-        for node_id, st in states.items():
-            err.write(f"{node_id:<20} {st}\x1b[K\n" if err.isatty() else f"{node_id:<20} {st}\n")
-        lines = len(states)
+        if err.isatty():  # redraw the lines in place
+            err.write(f"\x1b[{lines}F" if lines else "")
+            for node_id, st in states.items():
+                err.write(f"{node_id:<20} {st}\x1b[K\n")
+            lines = len(states)
+        else:  # a log: a line when a node's state changes
+            for node_id, st in states.items():
+                if shown.get(node_id) != st:
+                    err.write(f"{node_id:<20} {st}\n")
+            shown = dict(states)
         settled = {n: st for n, st in states.items() if st == "loaded" or st.startswith(("refused", "offline"))}
         if not targets:
             err.write(f"no node of the target has reported yet; each fetches the {kind} when it connects\n")

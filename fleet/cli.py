@@ -37,6 +37,8 @@ def _parser(settings: FleetSettings) -> argparse.ArgumentParser:
     ask.add_argument("--seed", type=int)
     ask.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     ask.add_argument("--raw", action="store_true", help="send the question as a raw prompt, not a chat message")
+    ask.add_argument("--adapter", default="", help="a LoRA adapter loaded on the node")
+    ask.add_argument("--collection", default="", help="answer from this knowledge collection (shows the sources)")
     info = sub.add_parser("node-info", help="show what a node runs and how busy it is")
     info.add_argument("--json", action="store_true", help="machine-readable output")
     site_commands.add_parser(sub)
@@ -57,7 +59,9 @@ def _schema(path: Path | None) -> str:
 
 
 def _ask(stub: pb_grpc.InferenceStub, args: argparse.Namespace, out: TextIO) -> int:
-    req = pb.GenerateRequest(json_schema=_schema(args.json_schema), stop=args.stop)
+    req = pb.GenerateRequest(json_schema=_schema(args.json_schema), stop=args.stop, adapter=args.adapter)
+    if args.collection:
+        req.retrieval.collection = args.collection
     if args.raw:
         req.prompt = args.question
     else:
@@ -82,6 +86,10 @@ def _ask(stub: pb_grpc.InferenceStub, args: argparse.Namespace, out: TextIO) -> 
         f"first token {u.time_to_first_token_ms:.0f} ms, {u.tokens_per_second:.1f} tokens/s, "
         f"total {u.total_ms:.0f} ms, request {rid}\n"
     )
+    if last.source_chunk_ids:
+        out.write(f"sources: {', '.join(last.source_chunk_ids)}\n")
+    if last.cached:
+        out.write("(from the response cache)\n")
     return 0
 
 
@@ -113,6 +121,7 @@ def _node_info(stub: pb_grpc.InferenceStub, args: argparse.Namespace, out: TextI
             else "no thermal zone",
         ),
         ("adapters", ", ".join(f"{a.name}@{a.version}" for a in info.adapters) or "none"),
+        ("knowledge", f"{info.search_backend or 'off'} search, embedder {info.embedder or '-'}"),
         (
             "versions",
             ", ".join(f"{k} {v}" for k, v in MessageToDict(info.versions, preserving_proto_field_name=True).items()),

@@ -98,6 +98,9 @@ def print_status(nodes: list[dict[str, Any]], out: TextIO) -> None:
         adapters = ", ".join(f"{k}@{v}" for k, v in sorted(n.get("adapters", {}).items()))
         if adapters:
             templates += f"; adapters {adapters}"
+        knowledge = ", ".join(f"{k}@{v}" for k, v in sorted(n.get("knowledge", {}).items()))
+        if knowledge:
+            templates += f"; knowledge {knowledge}"
         for key, t in sorted(n.get("transfers", {}).items()):
             if t["state"] in ("fetching", "verifying"):
                 templates += f"; {key}@{t['version']} {bar(t['have'], t['total'], 12)}"
