@@ -229,5 +229,14 @@ def _drift(node_id: str, groups: list[str], desired: dict[str, DesiredState], re
     for name in rep.adapters:
         if name not in want_adapters:
             reasons.append(f"adapter {name} not desired")
+    for name, ref in merged(desired, node_id, groups, "knowledge").items():
+        if rep.knowledge.get(name) != ref.version:
+            t = rep.transfers.get(f"knowledge/{name}")
+            where = (
+                f"{t.state} {t.have}/{t.total}"
+                if t
+                else (f"at {rep.knowledge[name]}" if name in rep.knowledge else "missing")
+            )
+            reasons.append(f"knowledge {name} {where}, desired {ref.version}")
     reasons.extend(f"error: {e}" for e in rep.errors)
     return reasons
