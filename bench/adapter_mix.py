@@ -14,19 +14,16 @@ and prints total completion tokens/s per mix and the ratio two/one.
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-import grpc
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.processes import serving_node  # noqa: E402
 from edgefleet.node.model_catalog import resolve_model  # noqa: E402
 from edgefleet.proto.v1 import inference_pb2 as pb  # noqa: E402
 from edgefleet.proto.v1 import inference_pb2_grpc as pb_grpc  # noqa: E402
@@ -39,14 +36,6 @@ PROMPTS = [
     "Write a short maintenance log entry for a conveyor belt.",
 ]
 MIXES = {"base": ["", "", "", ""], "one": ["a", "a", "a", "a"], "two": ["a", "b", "a", "b"]}
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def run_mix(stub: pb_grpc.InferenceStub, adapters: list[str], max_tokens: int, rounds: int) -> float:
@@ -86,14 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         base = resolve_model(None, tmp / "data").path
         a = write_lora(base, tmp / "a.gguf", rank=16, seed=1)
         b = write_lora(base, tmp / "b.gguf", rank=16, seed=2)
-        port = free_port()
-        env = {**os.environ, "EDGEFLEET_ADAPTERS": f"a={a},b={b}", "EDGEFLEET_LOG_LEVEL": "WARNING"}
-        cmd = [str(ROOT / ".venv/bin/edgefleet-node"), "serve", "--profile", "x86-dev", "--host", "127.0.0.1"]
-        cmd += ["--port", str(port), "--data-dir", str(tmp / "data")]
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-            grpc.channel_ready_future(channel).result(timeout=60)
+        with serving_node(ROOT, tmp / "data", {"EDGEFLEET_ADAPTERS": f"a={a},b={b}"}) as channel:
             stub = pb_grpc.InferenceStub(channel)
             run_mix(stub, MIXES["two"], 8, 1)  # warm up both adapters
             results = {}
@@ -102,9 +84,6 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name:<5} c=4  {results[name]:6.1f} tokens/s  ({' '.join(x or '-' for x in mix)})")
             print(f"one adapter / base        {results['one'] / results['base']:.2f}")
             print(f"two adapters / one adapter {results['two'] / results['one']:.2f}")
-        finally:
-            proc.terminate()
-            proc.wait(30)
     return 0
 
 

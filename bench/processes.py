@@ -19,6 +19,27 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@contextlib.contextmanager
+def serving_node(root: Path, data_dir: Path, env: dict[str, str]) -> Any:
+    """`edgefleet-node serve` (x86-dev profile, localhost) until the block ends; yields its gRPC channel."""
+    import grpc
+
+    port = free_port()
+    cmd = [str(root / ".venv/bin/edgefleet-node"), "serve", "--profile", "x86-dev", "--host", "127.0.0.1"]
+    cmd += ["--port", str(port), "--data-dir", str(data_dir)]
+    full_env = {**os.environ, "EDGEFLEET_LOG_LEVEL": "WARNING", **env}
+    proc = subprocess.Popen(
+        cmd, env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        grpc.channel_ready_future(channel).result(timeout=60)
+        yield channel
+        channel.close()
+    finally:
+        stop_process(proc, 30)
+
+
 def stop_process(proc: subprocess.Popen[Any] | None, timeout: float = 15.0) -> None:
     """SIGTERM the process we started (its own process group), then SIGKILL if it lingers."""
     if proc is None or proc.poll() is not None:

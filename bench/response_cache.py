@@ -13,31 +13,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import grpc
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.processes import serving_node  # noqa: E402
 from edgefleet.proto.v1 import inference_pb2 as pb  # noqa: E402
 from edgefleet.proto.v1 import inference_pb2_grpc as pb_grpc  # noqa: E402
 
 CORPUS = ROOT / "bench" / "rag_corpus"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def ask(stub: pb_grpc.InferenceStub, question: str, max_tokens: int) -> tuple[float, pb.GenerateChunk]:
@@ -70,14 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     questions = questions[: args.questions]
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
-        port = free_port()
-        env = {**os.environ, "EDGEFLEET_LOG_LEVEL": "WARNING", "EDGEFLEET_RESPONSE_CACHE": "true"}
-        cmd = [str(ROOT / ".venv/bin/edgefleet-node"), "serve", "--profile", "x86-dev", "--host", "127.0.0.1"]
-        cmd += ["--port", str(port), "--data-dir", str(tmp / "data")]
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-            grpc.channel_ready_future(channel).result(timeout=60)
+        with serving_node(ROOT, tmp / "data", {"EDGEFLEET_RESPONSE_CACHE": "true"}) as channel:
             stub = pb_grpc.InferenceStub(channel)
             docs = [
                 pb.Document(id=f.stem, text=f.read_text()) for f in sorted(CORPUS.glob("*.md")) if f.stem != "README"
@@ -99,9 +81,6 @@ def main(argv: list[str] | None = None) -> int:
             )
             verdict = "PASS" if statistics.median(hit_ms) < 5 else "FAIL"
             print(f"cached answer median {statistics.median(hit_ms):.2f} ms (target < 5 ms): {verdict}")
-        finally:
-            proc.terminate()
-            proc.wait(30)
     return 0
 
 
