@@ -177,16 +177,8 @@ class Orchestrator:
 
     def _publish_desired(self, target: Target, current: DesiredState | None, changes: dict[str, Any]) -> DesiredState:
         """The next generation of `target`'s desired state: `current` with `changes` (templates, adapters)."""
-        fields: dict[str, Any] = (
-            {
-                "templates": current.templates,
-                "adapters": current.adapters,
-                "knowledge": current.knowledge,
-                "rules": current.rules,
-            }
-            if current
-            else {}
-        )
+        renewed = {"v", "site", "target", "generation", "ts"}  # set again below
+        fields: dict[str, Any] = current.model_dump(exclude=renewed) if current else {}
         fields.update(changes)
         doc = DesiredState(
             site=self.settings.site,

@@ -14,12 +14,20 @@ from edgefleet.node.service import GenerateInput, NodeService
 from edgefleet.proto.v1 import inference_pb2 as pb
 
 
+def cacheable(service: NodeService, request: pb.GenerateRequest) -> bool:
+    """Cheap, on the event loop: only deterministic requests with the cache on go further."""
+    return (
+        service.knowledge is not None
+        and service.settings.response_cache
+        and request.HasField("temperature")
+        and request.temperature == 0.0
+    )
+
+
 def key_for(service: NodeService, request: pb.GenerateRequest, inp: GenerateInput) -> str | None:
-    """The cache key, or None when the request is not cacheable (sampling, cache off, unknown names)."""
+    """The cache key of a `cacheable` request, or None when a name it uses is unknown (generate says so)."""
     k = service.knowledge
-    if k is None or not service.settings.response_cache:
-        return None
-    if not request.HasField("temperature") or request.temperature != 0.0:
+    if k is None:
         return None
     adapter = ""
     if inp.adapter:

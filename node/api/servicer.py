@@ -101,7 +101,9 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         channel = EventChannel(asyncio.get_running_loop(), self.service.settings.stream_interval_ms / 1000.0)
         inp = _to_input(request)
         try:
-            cache_key = await asyncio.to_thread(response_cache.key_for, self.service, request, inp)
+            cache_key = None
+            if response_cache.cacheable(self.service, request):  # sampling requests skip the thread hop
+                cache_key = await asyncio.to_thread(response_cache.key_for, self.service, request, inp)
             hit = self.service.knowledge.cached(cache_key) if cache_key and self.service.knowledge else None
             if hit is not None:
                 log.info("answered from the response cache")

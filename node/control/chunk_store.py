@@ -28,8 +28,8 @@ class ChunkStore:
         self.manifest = manifest
         self.dir = root / manifest.sha256
         self.dir.mkdir(parents=True, exist_ok=True)
-        self._held = {int(p.name) for p in self.dir.iterdir() if p.name.isdigit()}
-        self._held = {i for i in self._held if i < manifest.chunk_count}
+        names = (p.name for p in self.dir.iterdir())
+        self._held = {int(n) for n in names if n.isdigit() and int(n) < manifest.chunk_count}
 
     def held(self) -> set[int]:
         return set(self._held)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -134,7 +134,3 @@ class KnowledgeService:
             self.responses.put(key, text, metadata, collection)
         except Exception:
             log.exception("response cache write failed")
-
-
-def hit_dict(h: Hit) -> dict[str, Any]:
-    return asdict(h)

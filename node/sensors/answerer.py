@@ -33,6 +33,7 @@ log = logging.getLogger("edgefleet.node.sensors")
 class _Job:
     row: InboxRow
     rule: RuleSpec
+    request_id: str = ""
     started: float = field(default_factory=time.monotonic)
     text: list[str] = field(default_factory=list)
 
@@ -54,7 +55,6 @@ class Answerer:
         self.published = published  # wakes the outbox publisher
         self.max_in_flight = max_in_flight
         self._events: queue.Queue[tuple[_Job, Finished | Failed] | None] = queue.Queue()
-        self._wake = threading.Event()
         self._stop = threading.Event()
         self._in_flight: dict[str, _Job] = {}
         self._thread = threading.Thread(target=self._run, name="edgefleet-sensor-answers", daemon=True)
@@ -117,8 +117,8 @@ class Answerer:
             json_schema=json.dumps(rule.json_schema) if rule.json_schema else "",
             adapter=rule.adapter or "",
         )
-        job = _Job(row, rule)
         request_id = f"sensor-{secrets.token_hex(6)}"
+        job = _Job(row, rule, request_id)
 
         def sink(event: TextDelta | Finished | Failed) -> None:  # engine thread: hand over only
             if isinstance(event, TextDelta):
@@ -138,7 +138,7 @@ class Answerer:
         self._in_flight[request_id] = job
 
     def _finish(self, job: _Job, event: Finished | Failed) -> None:
-        self._in_flight = {k: j for k, j in self._in_flight.items() if j is not job}
+        self._in_flight.pop(job.request_id, None)
         row, rule = job.row, job.rule
         if isinstance(event, Failed):
             if isinstance(event.error, TRANSIENT):
