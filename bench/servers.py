@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import subprocess
 import sys
@@ -156,7 +157,9 @@ class NodeBackend(ThreadedBackend):
         ]
         self.info["profile_file"] = profile.read_text()
         t_start = time.perf_counter()
-        proc = self._spawn(cmd, tmp)
+        # Measure the engine: the response cache would answer the repeated greedy prompts by itself.
+        env = {**os.environ, "EDGEFLEET_RESPONSE_CACHE": "false"}
+        proc = self._spawn(cmd, tmp, env=env)
         try:
             t_ready = wait_serving(port, proc, START_TIMEOUT_S)
         except RuntimeError as e:

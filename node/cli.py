@@ -28,6 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="listen address (default 0.0.0.0)")
     serve.add_argument("--node-id", help="this node's id (default: the hostname)")
     serve.add_argument("--data-dir", help="state folder (default ~/.local/share/edgefleet)")
+    serve.add_argument("--threads", type=int, help="llama.cpp compute threads (default: the profile's)")
     serve.add_argument("--log-format", choices=["json", "text"], help="log format (default json)")
     sub.add_parser("profiles", help="list the shipped firmware profiles")
     rebuild = sub.add_parser(
@@ -81,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             "node_id": args.node_id,
             "data_dir": args.data_dir,
             "log_format": args.log_format,
+            "threads": args.threads,
         }.items()
         if v is not None
     }

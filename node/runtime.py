@@ -109,12 +109,11 @@ def build_node(settings: NodeSettings) -> Node:
             )
         ctx = profile.context
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        threads = min(profile.compute.threads, cores)
-        if threads < profile.compute.threads:  # more threads than cores: llama.cpp's spinning threads thrash
-            log.warning(
-                "fewer cores than the profile's threads",
-                extra={"threads": threads, "profile_threads": profile.compute.threads},
-            )
+        wanted = settings.threads or profile.compute.threads
+        threads = min(wanted, cores)
+        if threads < wanted:  # more threads than cores: llama.cpp's spinning threads thrash
+            log.warning("fewer cores than threads asked for", extra={"threads": threads, "asked": wanted})
+        log.info("compute threads", extra={"threads": threads, "cores": cores})
         engine = Engine(
             model,
             EngineConfig(

@@ -78,6 +78,11 @@ class NodeSettings(BaseSettings):
         description="Decode steps one adapter group may take in a row while another group waits "
         "(EDGEFLEET_ADAPTER_QUANTUM)",
     )
+    threads: Annotated[int, Field(ge=0, le=256)] = Field(
+        default=0,
+        description="llama.cpp compute threads; 0: the profile's. ggml's threads spin at barriers, so "
+        "when other processes need cores, fewer threads decode faster (EDGEFLEET_THREADS)",
+    )
     mqtt_url: str | None = Field(
         default=None,
         description="Site broker, e.g. mqtt://127.0.0.1:1883; empty: no control plane (EDGEFLEET_MQTT_URL)",

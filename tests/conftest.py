@@ -62,7 +62,16 @@ class NodeProcess:
         self._log = self.log_path.open("ab")
         # The response cache would answer a repeated greedy request without the engine; tests that
         # compare generations (batched vs alone, adapters) need the engine every time.
-        full_env = {**os.environ, "EDGEFLEET_LOG_FORMAT": "text", "EDGEFLEET_RESPONSE_CACHE": "false", **(env or {})}
+        # One compute thread: tests run two nodes, a broker and their clients on a 2-core runner, and
+        # ggml's threads spin at barriers, so 2 threads sharing cores with anything else decode ~7x
+        # slower (136 -> 19 tok/s with one busy process beside them); one thread keeps ~131 tok/s.
+        full_env = {
+            **os.environ,
+            "EDGEFLEET_LOG_FORMAT": "text",
+            "EDGEFLEET_RESPONSE_CACHE": "false",
+            "EDGEFLEET_THREADS": "1",
+            **(env or {}),
+        }
         self.proc = subprocess.Popen(
             [
                 str(BIN / "edgefleet-node"),

@@ -52,7 +52,7 @@ def test_queue_full_is_resource_exhausted_at_once(start_node, tmp_path: Path) ->
     assert last.finish_reason == pb.FINISH_REASON_LENGTH
 
 
-def _serve(profile: Path, tmp: Path) -> subprocess.CompletedProcess[str]:
+def _serve(profile: Path, tmp: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [
             str(BIN / "edgefleet-node"),
@@ -65,11 +65,21 @@ def _serve(profile: Path, tmp: Path) -> subprocess.CompletedProcess[str]:
             str(tmp / "data"),
             "--log-format",
             "text",
+            *extra,
         ],
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+def test_threads_setting_overrides_the_profile_and_is_checked(start_node, tmp_path: Path) -> None:
+    profile = write_profile(tmp_path / "two.toml", name="two", threads=2)
+    node = start_node(profile, env={"EDGEFLEET_THREADS": "1"})
+    assert "compute threads threads=1" in node.log()
+    bad = _serve(profile, tmp_path, "--threads", "-1")
+    assert bad.returncode == 2
+    assert "threads" in bad.stderr and "greater than or equal to 0" in bad.stderr
 
 
 def test_profile_over_budget_refuses_to_start_naming_the_numbers(tmp_path: Path) -> None:
