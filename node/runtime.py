@@ -125,6 +125,7 @@ def build_node(settings: NodeSettings) -> Node:
                 embed_n_ctx=settings.embed_n_ctx,
                 prefix_cache=settings.prefix_cache,
                 adapter_quantum=settings.adapter_quantum,
+                adapt_threads=settings.adapt_threads,
             ),
         )
         engine.start()

@@ -83,6 +83,11 @@ class NodeSettings(BaseSettings):
         description="llama.cpp compute threads; 0: the profile's. ggml's threads spin at barriers, so "
         "when other processes need cores, fewer threads decode faster (EDGEFLEET_THREADS)",
     )
+    adapt_threads: bool = Field(
+        default=True,
+        description="Drop to one compute thread while other processes hold the cores, and back when "
+        "they leave, by timing decode steps (EDGEFLEET_ADAPT_THREADS)",
+    )
     mqtt_url: str | None = Field(
         default=None,
         description="Site broker, e.g. mqtt://127.0.0.1:1883; empty: no control plane (EDGEFLEET_MQTT_URL)",

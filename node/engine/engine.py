@@ -32,6 +32,7 @@ from edgefleet.node.engine.commands import (
 from edgefleet.node.engine.llama_backend import DecodeContext, LoadedModel, Sampler
 from edgefleet.node.engine.scheduler import Scheduler, Sequence
 from edgefleet.node.engine.text_stream import TextStream
+from edgefleet.node.engine.thread_governor import ThreadGovernor
 from edgefleet.node.engine.types import (
     Failed,
     Finished,
@@ -55,6 +56,7 @@ class EngineConfig:
     embed_n_ctx: int = 512
     prefix_cache: bool = True
     adapter_quantum: int = 1
+    adapt_threads: bool = True  # see thread_governor.py
 
 
 @dataclass
@@ -92,6 +94,8 @@ class Engine:
         self._lora_state: tuple[Any, float] = (None, 1.0)  # what the context has set now
         self.tokens_generated = 0
         self.decode_steps = 0
+        self.governor = ThreadGovernor(config.threads) if config.adapt_threads and config.threads > 1 else None
+        self._threads_set = config.threads
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -290,9 +294,15 @@ class Engine:
             return
         use = plan.items[0].seq.req.adapter  # one adapter group per step
         want = (use.handle, use.scale) if use is not None else (None, 1.0)
+        timed = all(len(item.tokens) == 1 for item in plan.items)  # decode-only steps are comparable
         if want != self._lora_state:
             ctx.set_lora(*want)
             self._lora_state = want
+            timed = False  # the graph is built again: not a typical step
+        threads = self.governor.threads_for_step(now) if self.governor is not None else self._threads_set
+        if threads != self._threads_set:
+            ctx.set_threads(threads)
+            self._threads_set = threads
         batch = ctx.batch
         batch.clear()
         sample_at: list[tuple[Sequence, int]] = []
@@ -303,10 +313,16 @@ class Engine:
                 idx = batch.add(tok, pos + j, item.seq.slot, item.logits and j == last)
             if item.logits:
                 sample_at.append((item.seq, idx))
+        started = time.perf_counter()
         ctx.decode()
+        took = time.perf_counter() - started
         self.decode_steps += 1
         self.scheduler.decoded(plan)
         now = time.monotonic()
+        if self.governor is not None and timed:
+            reason = self.governor.observe(threads, batch.n, took, now)
+            if reason:
+                log.info("compute threads changed", extra={"threads": self.governor.current, "reason": reason})
         for seq, idx in sample_at:
             self._sample(seq, idx, now)
 

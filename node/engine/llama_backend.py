@@ -234,6 +234,10 @@ class DecodeContext:
         if rc != 0:
             raise EngineFailure(f"llama_decode failed with code {rc} on a batch of {self.batch.n} tokens")
 
+    def set_threads(self, n: int) -> None:
+        """Compute threads for the next decodes (generation and prompt batches alike)."""
+        llama_cpp.llama_set_n_threads(self.ptr, n, n)
+
     def set_lora(self, handle: Any, scale: float) -> None:
         """Apply one adapter to the next decodes, or none (handle None: the base model)."""
         if handle is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import threading
@@ -80,6 +81,25 @@ def test_threads_setting_overrides_the_profile_and_is_checked(start_node, tmp_pa
     bad = _serve(profile, tmp_path, "--threads", "-1")
     assert bad.returncode == 2
     assert "threads" in bad.stderr and "greater than or equal to 0" in bad.stderr
+
+
+def test_node_drops_to_one_thread_while_other_processes_hold_the_cores(start_node, tmp_path: Path) -> None:
+    profile = write_profile(tmp_path / "two.toml", name="two", threads=2)
+    node = start_node(profile, env={"EDGEFLEET_THREADS": "2"})
+    collect(node.stub.Generate(pb.GenerateRequest(prompt="Pumps:", max_tokens=48, temperature=0)))  # learn
+    cores = len(os.sched_getaffinity(0))
+    spinners = [subprocess.Popen(["sh", "-c", "while :; do :; done"]) for _ in range(cores)]
+    try:
+        request = pb.GenerateRequest(prompt="Valves:", max_tokens=48, temperature=0)
+        assert wait_for(
+            lambda: bool(collect(node.stub.Generate(request))) and "compute threads changed threads=1" in node.log(),
+            timeout=120,
+            interval=0.1,
+        ), node.log()[-2000:]
+    finally:
+        for p in spinners:
+            p.kill()
+            p.wait()
 
 
 def test_profile_over_budget_refuses_to_start_naming_the_numbers(tmp_path: Path) -> None:
