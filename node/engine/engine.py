@@ -404,6 +404,8 @@ class Engine:
                     self.model, cfg.embed_n_ctx, cfg.embed_n_ctx, 1, cfg.threads, embeddings=True
                 )
             ctx = self._embed_ctx
+            # Embeddings follow the governor's choice (the embed context is not timed itself).
+            ctx.set_threads(self.governor.current if self.governor is not None else self.config.threads)
             vectors = []
             n_embd = self.model.meta.n_embd
             for tokens in task.tokens:
