@@ -8,8 +8,10 @@ shares its cores with the broker, the orchestrator and whatever else the site ru
 engine cannot assume it owns them.
 
 The governor times decode-only steps (one token per sequence) per thread count and batch size.
-Now and then, and at once when steps suddenly take several times longer than usual, it probes
-the other setting (all threads, or one) for a few steps and keeps it when it is clearly faster.
+At once when steps suddenly take several times longer than usual, it probes one thread fewer;
+now and then it probes one more (or, with all threads in use, one fewer). A probe runs a few
+steps and is kept when it is clearly faster, so a 4-core device with one busy core settles on 3
+threads, with two on 2, and climbs back when they are free.
 A probe step that is far slower than the reference ends the probe at once, so a probe into a
 contended setting costs one step. Probes that lose come less and less often (the interval
 doubles up to a ceiling); a switch resets it.
@@ -26,6 +28,7 @@ class _Probe:
     steps: int = 0
     probe_s: float = 0.0  # summed over the steps that have a reference
     reference_s: float = 0.0  # what the current setting took lately for the same batch sizes
+    seen: dict[int, list[float]] = field(default_factory=dict)  # step times by tokens in the step
 
 
 @dataclass
@@ -48,6 +51,7 @@ class ThreadGovernor:
     _interval_s: float = 0.0
     _next_probe_at: float | None = None
     _slow: int = 0
+    _direction: int = 0  # -1 / +1 after a kept probe: try the next count that way at once
 
     def __post_init__(self) -> None:
         if self.max_threads < 1:
@@ -66,8 +70,19 @@ class ThreadGovernor:
         if self._next_probe_at is None:
             self._next_probe_at = now + self._interval_s
         if self._probe is None and now >= self._next_probe_at:
-            self._probe = _Probe(1 if self.current > 1 else self.max_threads)
+            self._probe = _Probe(self._candidate())
         return self._probe.threads if self._probe is not None else self.current
+
+    def _candidate(self) -> int:
+        """The count to probe: on in the direction that last paid off; one fewer when steps turned
+        slow or every thread is in use; else one more."""
+        down = self.current > 1
+        up = self.current < self.max_threads
+        if (self._direction < 0 and down) or (self._direction > 0 and up):
+            return self.current + self._direction
+        if down and (self._slow > 0 or not up):
+            return self.current - 1
+        return self.current + 1
 
     def observe(self, threads: int, n_tokens: int, seconds: float, now: float) -> str | None:
         """Record a decode-only step of `n_tokens` tokens; returns a reason when `current` changed."""
@@ -76,10 +91,7 @@ class ThreadGovernor:
         key = (threads, n_tokens)
         probe = self._probe
         if probe is not None and threads == probe.threads:
-            reason = self._observe_probe(probe, n_tokens, seconds, now)
-            _mix(self._recent, key, seconds, 0.3)
-            _mix(self._usual, key, seconds, 0.1)
-            return reason
+            return self._observe_probe(probe, n_tokens, seconds, now)
         _mix(self._recent, key, seconds, 0.3)
         usual = self._usual.get(key)
         if usual is not None and seconds > self.slow_factor * usual:
@@ -94,6 +106,7 @@ class ThreadGovernor:
 
     def _observe_probe(self, probe: _Probe, n_tokens: int, seconds: float, now: float) -> str | None:
         probe.steps += 1
+        probe.seen.setdefault(n_tokens, []).append(seconds)
         reference = self._recent.get((self.current, n_tokens))
         if reference is not None:
             if seconds > self.slow_factor * reference:
@@ -111,9 +124,14 @@ class ThreadGovernor:
             f"{probe.threads} threads decoded {probe.steps} steps in {probe.probe_s * 1000:.1f} ms; "
             f"{self.current} threads took {probe.reference_s * 1000:.1f} ms lately"
         )
+        direction = 1 if probe.threads > self.current else -1
+        for n, times in probe.seen.items():  # what this count does now, not what it did long ago
+            self._recent[(probe.threads, n)] = self._usual[(probe.threads, n)] = sum(times) / len(times)
         self.current = probe.threads
         self.switches += 1
         self._end_probe(now, kept=True)
+        self._direction = direction
+        self._next_probe_at = now  # the next count that way may be better still
         return reason
 
     def _end_probe(self, now: float, kept: bool) -> None:
@@ -124,6 +142,7 @@ class ThreadGovernor:
                     self._usual[key] = value
         self._probe = None
         self._slow = 0
+        self._direction = 0
         self._interval_s = self.first_interval_s if kept else min(self._interval_s * 2, self.max_interval_s)
         self._next_probe_at = now + self._interval_s
 

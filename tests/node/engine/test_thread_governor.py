@@ -87,3 +87,21 @@ def test_a_busier_machine_for_both_settings_is_taken_as_the_new_usual() -> None:
 def test_one_thread_profiles_are_left_alone() -> None:
     gov = ThreadGovernor(1)
     assert Clock(gov).run(50, {1: 0.01}) == [1] * 50
+
+
+def four_cores(busy: int) -> dict[int, float]:
+    """Step times on a 4-core device with `busy` cores held by others: threads beyond the free cores collapse."""
+    return {t: (0.040 / t + 0.002) if t + busy <= 4 else 2.0 for t in range(1, 5)}
+
+
+def test_a_four_core_device_settles_on_the_free_cores_and_climbs_back() -> None:
+    gov = ThreadGovernor(4, first_interval_s=1.0)
+    clock = Clock(gov)
+    clock.run(300, four_cores(0))
+    assert gov.current == 4
+    clock.run(300, four_cores(1))
+    assert gov.current == 3
+    clock.run(300, four_cores(2))
+    assert gov.current == 2
+    clock.run(3000, four_cores(0))
+    assert gov.current == 4
