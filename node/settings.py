@@ -85,8 +85,8 @@ class NodeSettings(BaseSettings):
     )
     adapt_threads: bool = Field(
         default=True,
-        description="Drop to one compute thread while other processes hold the cores, and back when "
-        "they leave, by timing decode steps (EDGEFLEET_ADAPT_THREADS)",
+        description="Use fewer compute threads while other processes hold cores, and more when they "
+        "leave, by timing decode steps (EDGEFLEET_ADAPT_THREADS)",
     )
     mqtt_url: str | None = Field(
         default=None,

@@ -10,8 +10,8 @@ engine cannot assume it owns them.
 The governor times decode-only steps (one token per sequence) per thread count and batch size.
 At once when steps suddenly take several times longer than usual, it probes one thread fewer;
 now and then it probes one more (or, with all threads in use, one fewer). A probe runs a few
-steps and is kept when it is clearly faster, so a 4-core device with one busy core settles on 3
-threads, with two on 2, and climbs back when they are free.
+steps and is kept when it is clearly faster, so a 4-core device with one busy core should settle
+on 3 threads, with two on 2, and climb back when they are free.
 A probe step that is far slower than the reference ends the probe at once, so a probe into a
 contended setting costs one step. Probes that lose come less and less often (the interval
 doubles up to a ceiling); a switch resets it.
@@ -58,10 +58,6 @@ class ThreadGovernor:
             raise ValueError("max_threads must be at least 1")
         self.current = self.current or self.max_threads
         self._interval_s = self.first_interval_s
-
-    @property
-    def probing(self) -> bool:
-        return self._probe is not None
 
     def threads_for_step(self, now: float) -> int:
         """The thread count for the next decode step (a probe's, while one runs)."""
