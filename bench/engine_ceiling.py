@@ -1,6 +1,6 @@
 """The node's engine with no gRPC in front: what the serving path could reach at most.
 
-Builds the node in this process (`build_node`, x86-dev profile, `--slots` slots, no broker) and
+Builds the node in this process (`build_node`, the bench's node profile: 8 slots, no broker) and
 runs the same closed loop as `run_bench.py`: C clients, each sending the bench's sensor
 prompts (`messages=[user]`, greedy, `--max-tokens` tokens, EOS ignored the same way by asking
 for exactly that many) one after another. Prints total tokens/s per concurrency level: the
@@ -23,21 +23,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.prompts import sensor_prompt  # noqa: E402
-from bench.settings import N_BATCH, N_CTX_SLOT, QUEUE_LENGTH, SLOTS, THREADS  # noqa: E402
+from bench.servers import node_profile  # noqa: E402
+from bench.settings import THREADS  # noqa: E402
 from edgefleet.node.engine.types import Failed, Finished, TextDelta  # noqa: E402
 from edgefleet.node.runtime import build_node  # noqa: E402
 from edgefleet.node.service import ChatTurn, GenerateInput  # noqa: E402
 from edgefleet.node.settings import NodeSettings  # noqa: E402
-
-
-def profile_file(tmp: Path) -> Path:
-    text = (ROOT / "firmware_profiles" / "x86-dev.toml").read_text()
-    for key, value in (("slots", SLOTS), ("n_ctx", N_CTX_SLOT), ("n_batch", N_BATCH), ("queue_length", QUEUE_LENGTH)):
-        text = "\n".join(f"{key} = {value}" if line.startswith(f"{key} =") else line for line in text.splitlines())
-    text = text.replace("budget_mb = 2048", "budget_mb = 4096")
-    path = tmp / "bench.toml"
-    path.write_text(text + "\n")
-    return path
 
 
 def main() -> int:
@@ -49,7 +40,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["EDGEFLEET_RESPONSE_CACHE"] = "false"
         settings = NodeSettings(
-            profile=str(profile_file(Path(tmp))), data_dir=Path(tmp) / "data", threads=THREADS, knowledge=False
+            profile=str(node_profile(Path(tmp))), data_dir=Path(tmp) / "data", threads=THREADS, knowledge=False
         )
         node = build_node(settings)
         service = node.service

@@ -68,7 +68,8 @@ def _catalog_path(entry: CatalogEntry, data_dir: Path) -> tuple[Path, str | None
     return target, str(mod.EXPECTED_SHA256)
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 4 MiB blocks."""
     h = hashlib.sha256()
     with path.open("rb") as f:
         while block := f.read(4 * 1024 * 1024):
@@ -87,7 +88,7 @@ def _cached_sha256(path: Path, data_dir: Path) -> str:
         known = {}
     if isinstance(known, dict) and isinstance(known.get(key), str):
         return str(known[key])
-    digest = _sha256_file(path)
+    digest = sha256_file(path)
     known = known if isinstance(known, dict) else {}
     known[key] = digest
     try:

@@ -20,6 +20,7 @@ import paho.mqtt.client as mqtt
 
 from edgefleet.orchestrator.artifact_store import ArtifactStore
 from edgefleet.orchestrator.chunk_sender import ChunkSender
+from edgefleet.orchestrator.desired_edits import CommandError, PublishDesired, remove_entry
 from edgefleet.orchestrator.registry import Registry, expected_adapters, expected_knowledge
 from edgefleet.proto.artifacts import ArtifactError, Manifest, SiteKey, build_manifest, is_older, verify
 from edgefleet.proto.mqtt_link import MqttLink
@@ -28,7 +29,6 @@ from edgefleet.proto.payloads import (
     ChunkRequest,
     Command,
     CommandResult,
-    DesiredState,
     PayloadError,
     Target,
     parse_payload,
@@ -36,10 +36,6 @@ from edgefleet.proto.payloads import (
 from edgefleet.proto.topics import Topics, valid_name
 
 log = logging.getLogger("edgefleet.orchestrator.adapters")
-
-
-class CommandError(Exception):
-    """A command the orchestrator refuses; the message tells the operator why."""
 
 
 def adapter_fit(path: Path) -> tuple[str, dict[str, list[int]]]:
@@ -90,7 +86,7 @@ class AdapterCommands:
         sender: ChunkSender,
         site_key_path: Path,
         chunk_bytes: int,
-        publish_desired: Callable[[Target, DesiredState | None, dict[str, Any]], DesiredState],
+        publish_desired: PublishDesired,
         error: Callable[[str, str, str], None],
     ) -> None:
         self.store, self.registry, self.link, self.topics = store, registry, link, topics
@@ -153,15 +149,7 @@ class AdapterCommands:
         current = self.registry.desired(t.key)
         refs = dict(getattr(current, field)) if current else {}
         if cmd.op.startswith("rm-"):
-            if cmd.name not in refs:
-                raise CommandError(f"{kind} {cmd.name!r} is not desired for {t.key}")
-            del refs[cmd.name]
-            doc = self.publish_desired(t, current, {field: refs})
-            return CommandResult(
-                ok=True,
-                message=f"{kind} {cmd.name} removed from {t.key}, generation {doc.generation}",
-                data={"generation": doc.generation, "target": t.key},
-            )
+            return remove_entry(self.publish_desired, t, current, field, cmd.name, kind)
         manifest = self._manifest(cmd, kind)
         refs[cmd.name] = ArtifactRef(
             name=manifest.name, version=manifest.version, sha256=manifest.sha256, size=manifest.size

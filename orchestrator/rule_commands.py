@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
 
-from edgefleet.orchestrator.adapter_commands import CommandError
+from edgefleet.orchestrator.desired_edits import CommandError, PublishDesired, remove_entry
 from edgefleet.orchestrator.registry import Registry
-from edgefleet.proto.payloads import Command, CommandResult, DesiredState, Target
+from edgefleet.proto.payloads import Command, CommandResult, Target
 
 RULE_OPS = frozenset({"push-rule", "rm-rule", "rules"})
 
@@ -22,7 +21,7 @@ class RuleCommands:
     def __init__(
         self,
         registry: Registry,
-        publish_desired: Callable[[Target, DesiredState | None, dict[str, Any]], DesiredState],
+        publish_desired: PublishDesired,
     ) -> None:
         self.registry = registry
         self.publish_desired = publish_desired
@@ -48,17 +47,9 @@ class RuleCommands:
             )
         t = target(cmd.target)
         current = self.registry.desired(t.key)
-        rules = dict(current.rules) if current else {}
         if cmd.op == "rm-rule":
-            if cmd.name not in rules:
-                raise CommandError(f"rule {cmd.name!r} is not desired for {t.key}")
-            del rules[cmd.name]
-            doc = self.publish_desired(t, current, {"rules": rules})
-            return CommandResult(
-                ok=True,
-                message=f"rule {cmd.name} removed from {t.key}, generation {doc.generation}",
-                data={"generation": doc.generation, "target": t.key},
-            )
+            return remove_entry(self.publish_desired, t, current, "rules", cmd.name, "rule")
+        rules = dict(current.rules) if current else {}
         rule = cmd.rule
         if rule is None:
             raise CommandError("push-rule needs a rule")

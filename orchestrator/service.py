@@ -15,9 +15,10 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edgefleet.orchestrator.adapter_commands import AdapterCommands, CommandError
+from edgefleet.orchestrator.adapter_commands import AdapterCommands
 from edgefleet.orchestrator.artifact_store import ArtifactStore
 from edgefleet.orchestrator.chunk_sender import ChunkSender
+from edgefleet.orchestrator.desired_edits import CommandError, remove_entry
 from edgefleet.orchestrator.registry import Registry
 from edgefleet.orchestrator.rule_commands import RULE_OPS, RuleCommands
 from edgefleet.orchestrator.settings import OrchestratorSettings
@@ -216,12 +217,4 @@ class Orchestrator:
                 f"generation {doc.generation}",
                 data={"generation": doc.generation, "target": target.key},
             )
-        if cmd.name not in templates:
-            raise CommandError(f"template {cmd.name!r} is not desired for {target.key}")
-        del templates[cmd.name]
-        doc = self._publish_desired(target, current, {"templates": templates})
-        return CommandResult(
-            ok=True,
-            message=f"template {cmd.name} removed from {target.key}, generation {doc.generation}",
-            data={"generation": doc.generation, "target": target.key},
-        )
+        return remove_entry(self._publish_desired, target, current, "templates", cmd.name, "template")

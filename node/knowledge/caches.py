@@ -148,15 +148,35 @@ class CachedResponse:
     metadata: dict[str, Any]
 
 
-class RetrievalCache:
-    """Retrieval results by (collection, version, embedder, query, top_k, mode); see the module doc."""
+class _Cache:
+    """What both caches do with their table: invalidation by collection, size, closing."""
 
-    def __init__(self, path: Path, max_rows: int = 10_000) -> None:
-        self._t = _LruTable(path, "retrieval_cache", max_rows)
+    def __init__(self, path: Path, table: str, max_rows: int) -> None:
+        self._t = _LruTable(path, table, max_rows)
 
     @property
     def path(self) -> Path:
         return self._t.path
+
+    def invalidate_collection(self, name: str) -> int:
+        """Drop every entry of collection `name`; returns how many."""
+        return self._t.delete_where("collection = ?", (name,))
+
+    def clear(self) -> int:
+        return self._t.delete_where("1", ())
+
+    def __len__(self) -> int:
+        return len(self._t)
+
+    def close(self) -> None:
+        self._t.close()
+
+
+class RetrievalCache(_Cache):
+    """Retrieval results by (collection, version, embedder, query, top_k, mode); see the module doc."""
+
+    def __init__(self, path: Path, max_rows: int = 10_000) -> None:
+        super().__init__(path, "retrieval_cache", max_rows)
 
     @staticmethod
     def key(collection: str, collection_version: str, embedder: str, query: str, top_k: int, mode: str) -> str:
@@ -186,29 +206,12 @@ class RetrievalCache:
         key = self.key(collection, collection_version, embedder, query, top_k, mode)
         self._t.put(key, {"collection": collection, "hits": json.dumps(clean)})
 
-    def invalidate_collection(self, name: str) -> int:
-        """Drop every entry of collection `name`; returns how many."""
-        return self._t.delete_where("collection = ?", (name,))
 
-    def clear(self) -> int:
-        return self._t.delete_where("1", ())
-
-    def __len__(self) -> int:
-        return len(self._t)
-
-    def close(self) -> None:
-        self._t.close()
-
-
-class ResponseCache:
+class ResponseCache(_Cache):
     """Generated answers by a caller-built key (`response_cache_key`); see the module doc."""
 
     def __init__(self, path: Path, max_rows: int = 1_000) -> None:
-        self._t = _LruTable(path, "response_cache", max_rows)
-
-    @property
-    def path(self) -> Path:
-        return self._t.path
+        super().__init__(path, "response_cache", max_rows)
 
     def get(self, key: str) -> CachedResponse | None:
         row = self._t.get(key, "text, metadata")
@@ -222,15 +225,3 @@ class ResponseCache:
         """Store an answer; `collection` (if the answer used one) lets `invalidate_collection` find it."""
         meta = canonical_json(dict(metadata or {}))
         self._t.put(key, {"collection": collection, "text": text, "metadata": meta})
-
-    def invalidate_collection(self, name: str) -> int:
-        return self._t.delete_where("collection = ?", (name,))
-
-    def clear(self) -> int:
-        return self._t.delete_where("1", ())
-
-    def __len__(self) -> int:
-        return len(self._t)
-
-    def close(self) -> None:
-        self._t.close()

@@ -13,7 +13,6 @@ re-embeds a collection when the identity changes.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import logging
 import threading
@@ -24,6 +23,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import numpy as np
 
 from edgefleet.node.knowledge.errors import InvalidInput, KnowledgeError
+from edgefleet.node.model_catalog import sha256_file
 
 log = logging.getLogger("edgefleet.node.knowledge")
 
@@ -161,7 +161,7 @@ class LlamaEmbedder:
         path = Path(path)
         if not path.is_file():
             raise InvalidInput(f"embedding model {path} does not exist or is not a file")
-        digest = sha256 or _sha256_file(path)
+        digest = sha256 or sha256_file(path)
         llm = llama_cpp.Llama(
             model_path=str(path),
             embedding=True,
@@ -195,14 +195,6 @@ def _import_wordllama() -> Any:
         root.handlers[:] = handlers
         root.setLevel(level)
     return wordllama
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(4 * 1024 * 1024):
-            h.update(block)
-    return h.hexdigest()
 
 
 def make_embedder(
