@@ -7,6 +7,7 @@ COPY pyproject.toml README.md ./
 COPY scripts/ scripts/
 COPY node/ node/
 COPY proto/ proto/
+COPY plumbing/ plumbing/
 COPY orchestrator/ orchestrator/
 COPY fleet/ fleet/
 COPY firmware_profiles/ firmware_profiles/

@@ -11,7 +11,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edgefleet.fleet.settings import FleetSettings
-from edgefleet.proto.mqtt_link import MqttLink
+from edgefleet.plumbing.mqtt_link import MqttLink
 from edgefleet.proto.payloads import Command, CommandResult, PayloadError, parse_payload
 from edgefleet.proto.topics import Topics
 
@@ -33,9 +33,7 @@ class OrchestratorSession:
         self.link = MqttLink(
             settings.mqtt_url,
             client_id=client_id,
-            username=settings.mqtt_username,
-            password=settings.mqtt_password,
-            ca_file=settings.mqtt_ca_file,
+            **settings.mqtt_link_options(),
         )
         self.link.subscribe(self.response_topic, self._on_response)
         self.link.start()

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from edgefleet.node.errors import EdgefleetError
 from edgefleet.node.settings import NodeSettings
-from edgefleet.proto.logs import configure_logging
+from edgefleet.plumbing.logs import configure_logging
 
 log = logging.getLogger("edgefleet.node")
 

@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from edgefleet.plumbing.mqtt_settings import MqttSettings
 from edgefleet.proto.topics import check_name
 
 
@@ -16,7 +17,7 @@ def _default_data_dir() -> Path:
     return Path.home() / ".local" / "share" / "edgefleet"
 
 
-class NodeSettings(BaseSettings):
+class NodeSettings(MqttSettings):
     """Settings of one node process. Command-line flags override these."""
 
     model_config = SettingsConfigDict(env_prefix="EDGEFLEET_", extra="forbid", validate_default=True)
@@ -91,11 +92,6 @@ class NodeSettings(BaseSettings):
     mqtt_url: str | None = Field(
         default=None,
         description="Site broker, e.g. mqtt://127.0.0.1:1883; empty: no control plane (EDGEFLEET_MQTT_URL)",
-    )
-    mqtt_username: str | None = Field(default=None, description="Broker user name (EDGEFLEET_MQTT_USERNAME)")
-    mqtt_password: str | None = Field(default=None, description="Broker password (EDGEFLEET_MQTT_PASSWORD)")
-    mqtt_ca_file: str | None = Field(
-        default=None, description="CA file for mqtts:// brokers; empty: system CAs (EDGEFLEET_MQTT_CA_FILE)"
     )
     site: str = Field(default="default", description="Site this node belongs to (EDGEFLEET_SITE)")
     topic_root: str = Field(

@@ -23,7 +23,7 @@ from edgefleet.orchestrator.chunk_sender import ChunkSender
 from edgefleet.orchestrator.desired_edits import CommandError, PublishDesired, remove_entry
 from edgefleet.orchestrator.registry import Registry, expected_adapters, expected_knowledge
 from edgefleet.proto.artifacts import ArtifactError, Manifest, SiteKey, build_manifest, is_older, verify
-from edgefleet.proto.mqtt_link import MqttLink
+from edgefleet.plumbing.mqtt_link import MqttLink
 from edgefleet.proto.payloads import (
     ArtifactRef,
     ChunkRequest,

@@ -14,7 +14,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from edgefleet.proto.artifacts import Manifest
-from edgefleet.proto.mqtt_link import MqttLink
+from edgefleet.plumbing.mqtt_link import MqttLink
 from edgefleet.proto.topics import Topics
 
 log = logging.getLogger("edgefleet.orchestrator.chunks")

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from edgefleet.orchestrator.registry import Registry, open_registry
 from edgefleet.orchestrator.service import Orchestrator
 from edgefleet.orchestrator.settings import OrchestratorSettings
-from edgefleet.proto.logs import configure_logging
+from edgefleet.plumbing.logs import configure_logging
 
 log = logging.getLogger("edgefleet.orchestrator")
 

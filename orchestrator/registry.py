@@ -23,7 +23,7 @@ from edgefleet.proto.payloads import (
     TemplateSpec,
     merged,
 )
-from edgefleet.proto.sqlite_db import open_database
+from edgefleet.plumbing.sqlite_db import open_database
 
 MIGRATIONS: list[str] = [
     """CREATE TABLE IF NOT EXISTS nodes (

@@ -22,7 +22,7 @@ from edgefleet.orchestrator.desired_edits import CommandError, remove_entry
 from edgefleet.orchestrator.registry import Registry
 from edgefleet.orchestrator.rule_commands import RULE_OPS, RuleCommands
 from edgefleet.orchestrator.settings import OrchestratorSettings
-from edgefleet.proto.mqtt_link import LastWill, MqttLink
+from edgefleet.plumbing.mqtt_link import LastWill, MqttLink
 from edgefleet.proto.payloads import (
     Command,
     CommandResult,
@@ -57,9 +57,7 @@ class Orchestrator:
         self.link = MqttLink(
             settings.mqtt_url,
             client_id=f"orchestrator-{settings.site}",
-            username=settings.mqtt_username,
-            password=settings.mqtt_password,
-            ca_file=settings.mqtt_ca_file,
+            **settings.mqtt_link_options(),
             will=LastWill(t.orchestrator_status(), OrchestratorStatus(state="offline").dumps()),
             birth=self._birth,
         )

@@ -6,7 +6,9 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from edgefleet.plumbing.mqtt_settings import DEFAULT_MQTT_URL, MqttSettings
 
 from edgefleet.proto.topics import check_name
 
@@ -15,13 +17,10 @@ def _default_db() -> Path:
     return Path.home() / ".local" / "share" / "edgefleet" / "orchestrator.db"
 
 
-class OrchestratorSettings(BaseSettings):
+class OrchestratorSettings(MqttSettings):
     model_config = SettingsConfigDict(env_prefix="EDGEFLEET_", extra="ignore", validate_default=True)
 
-    mqtt_url: str = Field(default="mqtt://127.0.0.1:1883", description="Site broker (EDGEFLEET_MQTT_URL)")
-    mqtt_username: str | None = Field(default=None, description="Broker user name (EDGEFLEET_MQTT_USERNAME)")
-    mqtt_password: str | None = Field(default=None, description="Broker password (EDGEFLEET_MQTT_PASSWORD)")
-    mqtt_ca_file: str | None = Field(default=None, description="CA file for mqtts:// (EDGEFLEET_MQTT_CA_FILE)")
+    mqtt_url: str = Field(default=DEFAULT_MQTT_URL, description="Site broker (EDGEFLEET_MQTT_URL)")
     site: str = Field(default="default", description="The site this orchestrator runs (EDGEFLEET_SITE)")
     topic_root: str = Field(default="edgefleet/{site}/", description="Root of every MQTT topic (EDGEFLEET_TOPIC_ROOT)")
     registry_db: Path = Field(

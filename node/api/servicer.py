@@ -17,7 +17,7 @@ from edgefleet.node.api.status import grpc_code
 from edgefleet.node.engine.types import Failed, Finished, FinishReason, TextDelta
 from edgefleet.node.errors import EdgefleetError
 from edgefleet.node.service import ChatTurn, GenerateInput, NodeService
-from edgefleet.proto.logs import request_id_var
+from edgefleet.plumbing.logs import request_id_var
 from edgefleet.proto.v1 import inference_pb2 as pb
 from edgefleet.proto.v1 import inference_pb2_grpc as pb_grpc
 

@@ -28,7 +28,7 @@ from edgefleet.node.control.installers import AdapterInstaller, KnowledgeInstall
 from edgefleet.node.sensors.plane import SensorPlane
 from edgefleet.node.service import NodeService
 from edgefleet.node.settings import NodeSettings
-from edgefleet.proto.mqtt_link import LastWill, MqttLink
+from edgefleet.plumbing.mqtt_link import LastWill, MqttLink
 from edgefleet.proto.payloads import (
     DesiredState,
     ErrorReport,
@@ -71,9 +71,7 @@ class ControlAgent:
         self.link = MqttLink(
             settings.mqtt_url,
             client_id=f"node-{settings.site}-{self.node_id}",
-            username=settings.mqtt_username,
-            password=settings.mqtt_password,
-            ca_file=settings.mqtt_ca_file,
+            **settings.mqtt_link_options(),
             will=LastWill(self.topics.node_status(self.node_id), offline),
             birth=self._birth,
         )

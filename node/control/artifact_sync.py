@@ -28,7 +28,7 @@ from edgefleet.node.control.chunk_store import ChunkStore
 from edgefleet.node.control.desired_store import InstalledArtifact, InstalledArtifacts
 from edgefleet.node.errors import EdgefleetError
 from edgefleet.proto.artifacts import ArtifactError, Manifest, is_older, verify
-from edgefleet.proto.mqtt_link import MqttLink
+from edgefleet.plumbing.mqtt_link import MqttLink
 from edgefleet.proto.payloads import (
     MAX_PAYLOAD_BYTES,
     ArtifactRef,

@@ -15,7 +15,7 @@ from pathlib import Path
 import sqlite_utils
 
 from edgefleet.proto.payloads import ArtifactRef, DesiredState, RuleSpec, TemplateSpec, merged
-from edgefleet.proto.sqlite_db import open_database
+from edgefleet.plumbing.sqlite_db import open_database
 
 MIGRATIONS: list[str] = [
     """CREATE TABLE IF NOT EXISTS desired_sources (

@@ -7,7 +7,7 @@ mode (`isolation_level=None`): every transaction here is explicit (`BEGIN IMMEDI
 writes, `BEGIN` for a consistent read snapshot).
 
 Migrations are a list of statement lists; `PRAGMA user_version` counts those applied, and each
-is applied in its own transaction (like `edgefleet.proto.sqlite_db.open_database`, which uses
+is applied in its own transaction (like `edgefleet.plumbing.sqlite_db.open_database`, which uses
 the interpreter's sqlite3 and so cannot be used here).
 """
 

@@ -24,7 +24,7 @@ import paho.mqtt.client as mqtt
 from edgefleet.node.sensors.ledger import SensorLedger
 from edgefleet.node.sensors.messages import message_id
 from edgefleet.node.sensors.stats import SensorStats
-from edgefleet.proto.mqtt_link import MqttLink
+from edgefleet.plumbing.mqtt_link import MqttLink
 from edgefleet.proto.rules import RuleSpec, shared_filter, topic_matches
 
 log = logging.getLogger("edgefleet.node.sensors")

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from edgefleet.proto.sqlite_db import open_database
+from edgefleet.plumbing.sqlite_db import open_database
 
 Accept = Literal["new", "duplicate", "full"]
 

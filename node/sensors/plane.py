@@ -26,7 +26,7 @@ from edgefleet.node.sensors.ledger import SensorLedger
 from edgefleet.node.sensors.stats import SensorStats
 from edgefleet.node.service import GenerateInput, NodeService
 from edgefleet.node.settings import NodeSettings
-from edgefleet.proto.mqtt_link import MqttLink
+from edgefleet.plumbing.mqtt_link import MqttLink
 from edgefleet.proto.payloads import (
     InferenceRequest,
     InferenceResponse,
@@ -54,9 +54,7 @@ class SensorPlane:
         self.link = MqttLink(
             settings.mqtt_url,
             client_id=f"node-{settings.site}-{self.node_id}-sensors",
-            username=settings.mqtt_username,
-            password=settings.mqtt_password,
-            ca_file=settings.mqtt_ca_file,
+            **settings.mqtt_link_options(),
             session_expiry_s=settings.sensor_session_expiry_s,
             manual_ack=True,
         )

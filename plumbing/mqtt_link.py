@@ -65,6 +65,8 @@ class MqttLink:
         username: str | None = None,
         password: str | None = None,
         ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
         will: LastWill | None = None,
         birth: Callable[[], list[tuple[str, bytes]]] | None = None,
         keepalive: int = 15,
@@ -93,7 +95,7 @@ class MqttLink:
         if username:
             c.username_pw_set(username, password)
         if self.address.tls:
-            c.tls_set(ca_certs=ca_file, cert_reqs=ssl.CERT_REQUIRED)
+            c.tls_set(ca_certs=ca_file, certfile=cert_file, keyfile=key_file, cert_reqs=ssl.CERT_REQUIRED)
         if will is not None:
             c.will_set(will.topic, will.payload, qos=1, retain=True)
         c.reconnect_delay_set(min_delay=1, max_delay=30)

@@ -1,0 +1,42 @@
+"""Every `code` an MQTT error report or error result may carry: one enum, shared by all parts.
+
+Consumers (the CLI, the console, other sites) match on these values; a new failure gets a new
+member here, never a free-form string at the place that raises it.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ErrorCode(StrEnum):
+    # -- a request that cannot be served (node errors, in results and replies) ------------------
+    INVALID_REQUEST = "invalid_request"
+    CONTEXT_OVERFLOW = "context_overflow"
+    NOT_FOUND = "not_found"
+    QUEUE_FULL = "queue_full"
+    UNAVAILABLE = "unavailable"
+    OVER_BUDGET = "over_budget"
+    ENGINE_FAILURE = "engine_failure"
+    INTERNAL = "internal"
+    # -- a payload refused where it entered ------------------------------------------------------
+    INVALID_PAYLOAD = "invalid_payload"
+    WRONG_NODE = "wrong_node"
+    WRONG_SITE = "wrong_site"
+    WRONG_TARGET = "wrong_target"
+    COMMAND_REFUSED = "command_refused"
+    # -- sensor messages (the message, not the node, is at fault) --------------------------------
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    INVALID_UTF8 = "invalid_utf8"
+    INVALID_JSON = "invalid_json"
+    MISSING_FIELD = "missing_field"
+    WRONG_TYPE = "wrong_type"
+    BAD_TOPIC_LEVEL = "bad_topic_level"
+    UNKNOWN_RULE = "unknown_rule"
+    INVALID_ANSWER = "invalid_answer"
+    # -- artifact transfers ------------------------------------------------------------------------
+    MANIFEST_REFUSED = "manifest_refused"
+    BAD_SIGNATURE = "bad_signature"
+    CHUNK_REFUSED = "chunk_refused"
+    DUPLICATE_CHUNK = "duplicate_chunk"
+    DISK_ERROR = "disk_error"
