@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from edgefleet.node.errors import EdgefleetError
 from edgefleet.node.settings import NodeSettings
+from edgefleet.plumbing import failpoints
 from edgefleet.plumbing.logs import configure_logging
 
 log = logging.getLogger("edgefleet.node")
@@ -92,6 +93,13 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"edgefleet-node: invalid setting: {e}\n")
         return 2
     configure_logging(settings.node_id, settings.log_level, settings.log_format)
+    try:
+        switched_on = failpoints.load_env()
+    except ValueError as e:
+        sys.stderr.write(f"edgefleet-node: {e}\n")
+        return 2
+    if switched_on:
+        log.warning("fail points switched on: this node will fail on purpose", extra={"failpoints": switched_on})
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` prints every thread's stack
     from edgefleet.node.api.server import serve
     from edgefleet.node.runtime import build_node
@@ -103,12 +111,11 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"edgefleet-node: cannot start: {e}\n")
         return 2
     try:
-        asyncio.run(serve(node, settings))
+        return asyncio.run(serve(node, settings))
     except OSError as e:
         node.close()
         sys.stderr.write(f"edgefleet-node: {e}\n")
         return 2
-    return 0
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from edgefleet.proto.error_codes import ErrorCode
+
 
 class EdgefleetError(Exception):
     """Base of every error the node raises on purpose; the message is shown to the caller."""
@@ -43,23 +45,23 @@ class EngineFailure(EdgefleetError):
     """llama.cpp reported an error while decoding (gRPC INTERNAL)."""
 
 
-_MQTT_CODES: list[tuple[type[EdgefleetError], str]] = [
-    (ContextOverflow, "context_overflow"),
-    (InvalidRequest, "invalid_request"),
-    (NotFound, "not_found"),
-    (QueueFull, "queue_full"),
-    (Unavailable, "unavailable"),
-    (OverBudget, "over_budget"),
-    (EngineFailure, "engine_failure"),
+_MQTT_CODES: list[tuple[type[EdgefleetError], ErrorCode]] = [
+    (ContextOverflow, ErrorCode.CONTEXT_OVERFLOW),
+    (InvalidRequest, ErrorCode.INVALID_REQUEST),
+    (NotFound, ErrorCode.NOT_FOUND),
+    (QueueFull, ErrorCode.QUEUE_FULL),
+    (Unavailable, ErrorCode.UNAVAILABLE),
+    (OverBudget, ErrorCode.OVER_BUDGET),
+    (EngineFailure, ErrorCode.ENGINE_FAILURE),
 ]
 
 
-def mqtt_code(error: BaseException) -> str:
+def mqtt_code(error: BaseException) -> ErrorCode:
     """The `error_code` of an MQTT error result or report for a node error."""
     for cls, code in _MQTT_CODES:
         if isinstance(error, cls):
             return code
-    return "internal"
+    return ErrorCode.INTERNAL
 
 
 TRANSIENT = (QueueFull, Unavailable)  # worth trying again later (the message stays in the inbox)

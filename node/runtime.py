@@ -38,9 +38,10 @@ class Node:
         if self.agent is not None:
             self.agent.start()
 
-    def close(self) -> None:
+    def close(self, failure: str = "") -> None:
+        """Stop every part; `failure` (the engine's reason) makes the last status `failed`, not `offline`."""
         if self.agent is not None:
-            self.agent.stop()  # `offline` before the engine goes away
+            self.agent.stop(failure)  # the last status before the engine goes away
         self.engine.stop()
         if self.service.knowledge is not None:
             self.service.knowledge.close()

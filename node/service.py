@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import platform
 import secrets
@@ -11,16 +10,15 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 
-import jsonschema
 import psutil
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-from llama_cpp.llama_grammar import json_schema_to_gbnf
 
 from edgefleet.node.adapter_manager import AdapterManager
 from edgefleet.node.engine.engine import Engine
 from edgefleet.node.engine.llama_backend import LoadedModel
 from edgefleet.node.engine.types import EventSink, GenerationRequest, SamplingParams
 from edgefleet.node.errors import InvalidRequest, NotFound, Unavailable
+from edgefleet.node.grammar import GrammarCache
 from edgefleet.node.knowledge.service import KnowledgeService
 from edgefleet.node.model_catalog import ModelFile
 from edgefleet.node.profiles import FirmwareProfile
@@ -30,7 +28,6 @@ from edgefleet.proto.templates import CompiledTemplate, TemplateError
 
 ROLES = frozenset({"system", "user", "assistant", "tool"})
 MAX_STOP_CHARS = 64
-MAX_SCHEMA_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -106,6 +103,7 @@ class NodeService:
         self.thermal = thermal
         self.memory = memory
         self.draining = False
+        self.grammars = GrammarCache()
         self.templates: dict[str, CompiledTemplate] = {}  # swapped whole by the control agent
         self.adapter_manager: AdapterManager | None = None
         self.knowledge: KnowledgeService | None = None
@@ -158,26 +156,8 @@ class NodeService:
             grammar=self._grammar(inp.json_schema),
         )
 
-    @staticmethod
-    def _grammar(json_schema: str) -> str | None:
-        if not json_schema:
-            return None
-        if len(json_schema.encode()) > MAX_SCHEMA_BYTES:
-            raise InvalidRequest(f"json_schema is over {MAX_SCHEMA_BYTES} bytes")
-        try:
-            schema = json.loads(json_schema)
-        except ValueError as e:
-            raise InvalidRequest(f"json_schema is not valid JSON: {e}") from e
-        if not isinstance(schema, dict):
-            raise InvalidRequest("json_schema must be a JSON object")
-        try:
-            jsonschema.Draft202012Validator.check_schema(schema)
-        except jsonschema.SchemaError as e:
-            raise InvalidRequest(f"json_schema is not a valid JSON schema: {e.message}") from e
-        try:
-            return json_schema_to_gbnf(json.dumps(schema))
-        except Exception as e:  # the converter raises plain exceptions for what it cannot express
-            raise InvalidRequest(f"json_schema cannot be turned into a grammar: {e}") from e
+    def _grammar(self, json_schema: str) -> str | None:
+        return self.grammars.grammar(json_schema) if json_schema else None
 
     def _from_template(self, inp: GenerateInput) -> list[ChatTurn]:
         if inp.prompt or inp.messages:
@@ -255,6 +235,7 @@ class NodeService:
 
         Returns the knowledge chunk ids put into the prompt (retrieval), else [].
         """
+        self.engine.check_alive()
         if self.draining:
             raise Unavailable("node is draining for shutdown; send the request to another node")
         if self.thermal.state.shedding:
@@ -282,6 +263,7 @@ class NodeService:
     # -- embeddings ----------------------------------------------------------------------
     def embed(self, texts: list[str], normalize: bool) -> tuple[Future[list[list[float]]], int]:
         """Queue the texts for embedding; returns the future vectors and the token count."""
+        self.engine.check_alive()
         if self.draining:
             raise Unavailable("node is draining for shutdown")
         if not texts:
@@ -300,7 +282,11 @@ class NodeService:
         th = self.thermal.state
         meta = self.model.meta
         state = (
-            "draining" if self.draining else "shedding" if th.shedding else "throttled" if th.throttled else "serving"
+            "failed"
+            if self.engine.failure
+            else "draining"
+            if self.draining
+            else "shedding" if th.shedding else "throttled" if th.throttled else "serving"
         )
         return NodeStatus(
             node_id=self.settings.node_id,

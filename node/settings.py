@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from edgefleet.plumbing.mqtt_settings import MqttSettings
 from edgefleet.proto.topics import check_name
@@ -65,6 +65,11 @@ class NodeSettings(MqttSettings):
     )
     drain_timeout_s: Annotated[float, Field(ge=0)] = Field(
         default=30.0, description="On SIGTERM, how long in-flight requests may finish (EDGEFLEET_DRAIN_TIMEOUT_S)"
+    )
+    failure_grace_s: Annotated[float, Field(ge=0, le=60)] = Field(
+        default=1.0,
+        description="When the engine fails: seconds the node stays up, NOT_SERVING, so failed streams and "
+        "its health reach clients, before it exits with code 70 (EDGEFLEET_FAILURE_GRACE_S)",
     )
     stream_interval_ms: Annotated[float, Field(ge=0, le=1000)] = Field(
         default=0.0,

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from edgefleet.proto.payload_base import PAYLOAD_VERSION, _now, _Payload
 from edgefleet.proto.rules import RuleSpec
 from edgefleet.proto.topics import check_name
+from edgefleet.proto.versions import Version
 
 MAX_PAYLOAD_BYTES = 256 * 1024
 MAX_TEMPLATE_CHARS = 32 * 1024
@@ -45,7 +46,7 @@ class NodeInfoPayload(BaseModel):
 
 class NodeStatus(_Payload):
     node_id: str
-    state: Literal["online", "offline"]
+    state: Literal["online", "offline", "failed"]  # failed: the engine died; the process exits to be restarted
     ts: float = Field(default_factory=_now)
     reason: str = ""
     info: NodeInfoPayload | None = None
@@ -83,7 +84,7 @@ class TemplateSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str
-    version: Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")]
+    version: Version
     template: Annotated[str, Field(min_length=1, max_length=MAX_TEMPLATE_CHARS)]
     system: Annotated[str, Field(max_length=MAX_TEMPLATE_CHARS)] = ""
     variables: list[str] = Field(default_factory=list)
@@ -118,7 +119,6 @@ class Target(BaseModel):
         return f"{self.kind}:{self.name}"
 
 
-VERSION_FIELD = Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 SHA256_FIELD = Field(pattern=r"^[0-9a-f]{64}$")
 
 
@@ -127,7 +127,7 @@ class ArtifactRef(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str
-    version: Annotated[str, VERSION_FIELD]
+    version: Version
     sha256: Annotated[str, SHA256_FIELD]
     size: Annotated[int, Field(gt=0)]
 
@@ -228,7 +228,7 @@ class ChunkRequest(_Payload):
     node_id: str
     kind: Literal["adapter", "knowledge"]
     name: str
-    version: Annotated[str, VERSION_FIELD]
+    version: Version
     sha256: Annotated[str, SHA256_FIELD]
     chunks: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1, max_length=1024)]
 

@@ -66,5 +66,7 @@ def test_plumbing_imports_no_part() -> None:
 def test_the_rule_sees_an_offender(tmp_path: Path) -> None:
     """The checker itself finds a cross-part import, plain or lazy."""
     bad = tmp_path / "x.py"
-    bad.write_text("def f():\n    from edgefleet.orchestrator.registry import Registry\n    import edgefleet.fleet.cli\n")
+    bad.write_text(
+        "def f():\n    from edgefleet.orchestrator.registry import Registry\n    import edgefleet.fleet.cli\n"
+    )
     assert {"edgefleet.orchestrator.registry", "edgefleet.fleet.cli"} <= _imports(bad)

@@ -1,4 +1,9 @@
-"""The node's gRPC server: Inference, health and reflection, thermal polling and drain on SIGTERM."""
+"""The node's gRPC server: Inference, health and reflection, thermal polling and drain on SIGTERM.
+
+If the engine fails, the node stops serving at once (health NOT_SERVING, MQTT status `failed`
+with the reason), gives the failed streams a moment to reach their clients, and `serve` returns
+EXIT_ENGINE_FAILED so the process exits non-zero and its supervisor restarts it.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ from edgefleet.proto.v1 import inference_pb2, inference_pb2_grpc
 
 log = logging.getLogger("edgefleet.node.server")
 SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
+EXIT_ENGINE_FAILED = 70  # EX_SOFTWARE: the engine thread died; restart the process
 
 
 async def _poll_thermal(node: Node) -> None:
@@ -40,15 +46,24 @@ async def _poll_thermal(node: Node) -> None:
         await asyncio.sleep(service.profile.thermal.poll_interval_s)
 
 
-async def serve(node: Node, settings: NodeSettings, ready: asyncio.Event | None = None) -> None:
-    """Serve until SIGTERM/SIGINT, then drain: in-flight requests finish, new ones get UNAVAILABLE."""
+async def _set_health(health_servicer: health.aio.HealthServicer, status: int) -> None:
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, status)
+
+
+async def serve(node: Node, settings: NodeSettings, ready: asyncio.Event | None = None) -> int:
+    """Serve until SIGTERM/SIGINT, then drain: in-flight requests finish, new ones get UNAVAILABLE.
+
+    Returns the process exit code: 0 after a drain, EXIT_ENGINE_FAILED when the engine failed.
+    """
     opts = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.so_reuseport", 0),
     ]
     server = grpc.aio.server(options=opts)
-    inference_pb2_grpc.add_InferenceServicer_to_server(InferenceServicer(node.service), server)
+    servicer = InferenceServicer(node.service)
+    inference_pb2_grpc.add_InferenceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -60,13 +75,21 @@ async def serve(node: Node, settings: NodeSettings, ready: asyncio.Event | None 
     if port == 0:
         raise OSError(f"cannot listen on {address}")
     await server.start()
-    for name in ("", SERVICE_NAME):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    stop = asyncio.Event()
+    failure: list[str] = []
+    loop = asyncio.get_running_loop()
+
+    def engine_failed(reason: str) -> None:  # on the engine thread
+        failure.append(reason)
+        loop.call_soon_threadsafe(stop.set)
+
+    node.engine.on_failure.append(engine_failed)
+    if node.engine.failure:  # it failed before the callback was in place
+        engine_failed(node.engine.failure)
+    await _set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING)
     log.info("listening", extra={"address": f"{settings.host}:{port}", "port": port})
     node.start_control_plane()
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     poller = asyncio.create_task(_poll_thermal(node))
@@ -74,16 +97,32 @@ async def serve(node: Node, settings: NodeSettings, ready: asyncio.Event | None 
         ready.set()
     await stop.wait()
 
-    log.info("draining", extra={"in_flight": node.engine.outstanding})
-    node.service.draining = True
-    for name in ("", SERVICE_NAME):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    deadline = loop.time() + settings.drain_timeout_s
-    while node.engine.outstanding > 0 and loop.time() < deadline:
-        await asyncio.sleep(0.05)
     poller.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await poller
+    await _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
+    if failure:
+        reason = failure[0]
+        log.critical(
+            "engine failed: not serving; exiting for the supervisor to restart the node",
+            extra={"reason": reason, "exit_code": EXIT_ENGINE_FAILED, "grace_s": settings.failure_grace_s},
+        )
+        if node.agent is not None:
+            await asyncio.to_thread(node.agent.report_failure, reason)
+        await asyncio.sleep(settings.failure_grace_s)  # failed streams and health reach their clients
+        await server.stop(grace=0.5)
+        servicer.close()
+        await asyncio.to_thread(node.close, reason)
+        log.info("stopped", extra={"exit_code": EXIT_ENGINE_FAILED})
+        return EXIT_ENGINE_FAILED
+
+    log.info("draining", extra={"in_flight": node.engine.outstanding})
+    node.service.draining = True
+    deadline = loop.time() + settings.drain_timeout_s
+    while node.engine.outstanding > 0 and loop.time() < deadline and not failure:
+        await asyncio.sleep(0.05)
     await server.stop(grace=1.0)
+    servicer.close()
     node.close()
     log.info("stopped")
+    return EXIT_ENGINE_FAILED if failure else 0

@@ -7,6 +7,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import grpc
@@ -14,8 +15,9 @@ import grpc
 from edgefleet.node.api import knowledge_rpc, response_cache
 from edgefleet.node.api.event_channel import EventChannel
 from edgefleet.node.api.status import grpc_code
-from edgefleet.node.engine.types import Failed, Finished, FinishReason, TextDelta
+from edgefleet.node.engine.types import EventSink, Failed, Finished, FinishReason, TextDelta
 from edgefleet.node.errors import EdgefleetError
+from edgefleet.node.knowledge.caches import CachedResponse
 from edgefleet.node.service import ChatTurn, GenerateInput, NodeService
 from edgefleet.plumbing.logs import request_id_var
 from edgefleet.proto.v1 import inference_pb2 as pb
@@ -70,6 +72,7 @@ def _to_input(req: pb.GenerateRequest) -> GenerateInput:
     )
 
 
+T = TypeVar("T")
 Q = TypeVar("Q")
 R = TypeVar("R")
 UnaryMethod = Callable[[Any, Q, grpc.aio.ServicerContext], Awaitable[R]]
@@ -92,6 +95,36 @@ def _unary(fn: UnaryMethod[Q, R]) -> UnaryMethod[Q, R]:
 class InferenceServicer(pb_grpc.InferenceServicer):
     def __init__(self, service: NodeService) -> None:
         self.service = service
+        # CPU work of a new request (chat rendering, tokenizing, grammar compilation, response-cache
+        # reads) runs here, never on the event loop that streams the other requests' tokens.
+        self._admission = ThreadPoolExecutor(max_workers=2, thread_name_prefix="edgefleet-admit")
+
+    def close(self) -> None:
+        self._admission.shutdown(wait=False, cancel_futures=True)
+
+    def _admit(
+        self, request: pb.GenerateRequest, inp: GenerateInput, rid: str, sink: EventSink, arrived: float
+    ) -> tuple[CachedResponse | None, str | None, list[str]]:
+        """On an admission thread: a response-cache hit, or the request queued on the engine."""
+        request_id_var.set(rid)
+        cache_key = None
+        if response_cache.cacheable(self.service, request):
+            cache_key = response_cache.key_for(self.service, request, inp)
+        knowledge = self.service.knowledge
+        hit = knowledge.cached(cache_key) if cache_key and knowledge else None
+        if hit is not None:
+            return hit, cache_key, []
+        return None, cache_key, self.service.generate(inp, rid, sink, arrived)
+
+    async def _off_loop(self, rid: str, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn` on an admission thread; if the client goes away meanwhile, cancel what it queued."""
+        fut = self._admission.submit(fn, *args)
+        try:
+            return await asyncio.wrap_future(fut)
+        except asyncio.CancelledError:
+            if rid:
+                fut.add_done_callback(lambda _: self.service.cancel(rid))
+            raise
 
     async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
@@ -101,20 +134,13 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         channel = EventChannel(asyncio.get_running_loop(), self.service.settings.stream_interval_ms / 1000.0)
         inp = _to_input(request)
         try:
-            cache_key = None
-            if response_cache.cacheable(self.service, request):  # sampling requests skip the thread hop
-                cache_key = await asyncio.to_thread(response_cache.key_for, self.service, request, inp)
-            hit = self.service.knowledge.cached(cache_key) if cache_key and self.service.knowledge else None
-            if hit is not None:
-                log.info("answered from the response cache")
-                yield response_cache.chunk(hit, rid, (time.monotonic() - arrived) * 1000)
-                return
-            if inp.collection:  # retrieval embeds the question: not on the event loop
-                sources = await asyncio.to_thread(self.service.generate, inp, rid, channel.put, arrived)
-            else:
-                sources = self.service.generate(inp, rid, channel.put, arrived)
+            hit, cache_key, sources = await self._off_loop(rid, self._admit, request, inp, rid, channel.put, arrived)
         except EdgefleetError as e:
             await _abort(context, e)
+            return
+        if hit is not None:
+            log.info("answered from the response cache")
+            yield response_cache.chunk(hit, rid, (time.monotonic() - arrived) * 1000)
             return
         texts: list[str] = []
         finished = False
@@ -174,8 +200,8 @@ class InferenceServicer(pb_grpc.InferenceServicer):
     async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
         await _request_id(context)
         texts = list(request.texts)
-        try:
-            fut, n_tokens = self.service.embed(texts, request.normalize)
+        try:  # tokenizing is CPU work: not on the event loop
+            fut, n_tokens = await self._off_loop("", self.service.embed, texts, request.normalize)
         except EdgefleetError as e:
             await _abort(context, e)
             raise AssertionError("unreachable") from e

@@ -29,6 +29,7 @@ from edgefleet.node.sensors.plane import SensorPlane
 from edgefleet.node.service import NodeService
 from edgefleet.node.settings import NodeSettings
 from edgefleet.plumbing.mqtt_link import LastWill, MqttLink
+from edgefleet.proto.error_codes import ErrorCode
 from edgefleet.proto.payloads import (
     DesiredState,
     ErrorReport,
@@ -113,7 +114,8 @@ class ControlAgent:
         self._telemetry = threading.Thread(target=self._telemetry_loop, name="edgefleet-telemetry", daemon=True)
         self._telemetry.start()
 
-    def stop(self) -> None:
+    def stop(self, failure: str = "") -> None:
+        """Leave the site: the last retained status says `offline`, or `failed` with the engine's reason."""
         self._stop.set()
         if self.adapters is not None:
             self.adapters.stop()
@@ -121,8 +123,16 @@ class ControlAgent:
             self.knowledge.stop()
         if self.sensors is not None:
             self.sensors.stop()
-        bye = NodeStatus(node_id=self.node_id, state="offline", reason="shutdown").dumps()
+        if failure:
+            bye = NodeStatus(node_id=self.node_id, state="failed", reason=failure).dumps()
+        else:
+            bye = NodeStatus(node_id=self.node_id, state="offline", reason="shutdown").dumps()
         self.link.stop(final=[(self.topics.node_status(self.node_id), bye)])
+
+    def report_failure(self, reason: str) -> None:
+        """The engine died: say so at once (retained), before the process winds down."""
+        status = NodeStatus(node_id=self.node_id, state="failed", reason=reason)
+        self.link.publish(self.topics.node_status(self.node_id), status.dumps(), qos=1, retain=True)
 
     # -- presence and telemetry ---------------------------------------------------------------------
     def _birth(self) -> list[tuple[str, bytes]]:
@@ -205,15 +215,19 @@ class ControlAgent:
         try:
             doc = parse_payload(DesiredState, msg.payload)
         except PayloadError as e:
-            self._reject(msg.topic, "invalid_payload", f"desired state on {msg.topic} refused: {e}")
+            self._reject(msg.topic, ErrorCode.INVALID_PAYLOAD, f"desired state on {msg.topic} refused: {e}")
             return
         if doc.site != self.settings.site:
             self._reject(
-                msg.topic, "wrong_site", f"desired state for site {doc.site!r} refused on site {self.settings.site!r}"
+                msg.topic,
+                ErrorCode.WRONG_SITE,
+                f"desired state for site {doc.site!r} refused on site {self.settings.site!r}",
             )
             return
         if self.topics.desired_target(msg.topic) != (doc.target.kind, doc.target.name):
-            self._reject(msg.topic, "wrong_target", f"desired state for {doc.target.key} arrived on {msg.topic}")
+            self._reject(
+                msg.topic, ErrorCode.WRONG_TARGET, f"desired state for {doc.target.key} arrived on {msg.topic}"
+            )
             return
         with self._lock:
             applied = self.store.generation(doc.target.key)

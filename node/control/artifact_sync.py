@@ -27,8 +27,9 @@ from pydantic import ValidationError
 from edgefleet.node.control.chunk_store import ChunkStore
 from edgefleet.node.control.desired_store import InstalledArtifact, InstalledArtifacts
 from edgefleet.node.errors import EdgefleetError
-from edgefleet.proto.artifacts import ArtifactError, Manifest, is_older, verify
 from edgefleet.plumbing.mqtt_link import MqttLink
+from edgefleet.proto.artifacts import ArtifactError, Manifest, verify
+from edgefleet.proto.error_codes import ErrorCode
 from edgefleet.proto.payloads import (
     MAX_PAYLOAD_BYTES,
     ArtifactRef,
@@ -37,6 +38,7 @@ from edgefleet.proto.payloads import (
     describe_validation_error,
 )
 from edgefleet.proto.topics import Topics
+from edgefleet.proto.versions import is_older
 
 log = logging.getLogger("edgefleet.node.artifacts")
 Kind = Literal["adapter", "knowledge"]
@@ -133,7 +135,7 @@ class ArtifactSync:
                 self.installed.forget(self.kind, a.name)
 
     def start(self) -> None:
-        self.link.subscribe(self.topics.artifact_manifest(self.kind, "+"), self.on_manifest)
+        self.link.subscribe(self.topics.all_artifact_manifests(self.kind), self.on_manifest)
         self._thread.start()
 
     def stop(self) -> None:
@@ -164,20 +166,22 @@ class ArtifactSync:
     def on_manifest(self, msg: mqtt.MQTTMessage) -> None:
         if not msg.payload:
             return
-        levels = self.topics.parse(msg.topic) or ()
         try:
             if len(msg.payload) > MAX_PAYLOAD_BYTES:
                 raise ArtifactError(f"manifest is {len(msg.payload)} bytes; the limit is {MAX_PAYLOAD_BYTES}")
             m = Manifest.model_validate_json(msg.payload)
         except ValidationError as e:
-            self.report_error(msg.topic, "manifest_refused", f"manifest refused: {describe_validation_error(e)}")
+            self.report_error(
+                msg.topic, ErrorCode.MANIFEST_REFUSED, f"manifest refused: {describe_validation_error(e)}"
+            )
             return
         except ArtifactError as e:
-            self.report_error(msg.topic, "manifest_refused", str(e))
+            self.report_error(msg.topic, ErrorCode.MANIFEST_REFUSED, str(e))
             return
-        if levels[:3] != ("artifact", m.kind, m.name):
-            self.report_error(msg.topic, "manifest_refused", f"manifest of {m.label} arrived on {msg.topic}")
+        if self.topics.manifest_of(msg.topic) != (m.kind, m.name):
+            self.report_error(msg.topic, ErrorCode.MANIFEST_REFUSED, f"manifest of {m.label} arrived on {msg.topic}")
             return
+        # no_site_key, older_version and <kind>_refused are not ErrorCode members yet (proto/error_codes.py)
         if self.site_key is None:
             self.report_error(
                 msg.topic, "no_site_key", f"{m.label} refused: no site public key pinned (EDGEFLEET_SITE_PUBLIC_KEY)"
@@ -186,7 +190,7 @@ class ArtifactSync:
         try:
             verify(m, self.site_key)
         except ArtifactError as e:
-            self.report_error(msg.topic, "bad_signature", str(e))
+            self.report_error(msg.topic, ErrorCode.BAD_SIGNATURE, str(e))
             return
         current = self.installed.all(self.kind).get(m.name)
         if current is not None and is_older(m.version, current.version):
@@ -202,11 +206,11 @@ class ArtifactSync:
         self._wake.set()
 
     def on_chunk(self, msg: mqtt.MQTTMessage) -> None:
-        levels = self.topics.parse(msg.topic) or ()
-        if len(levels) != 6 or levels[4] != "chunk" or not levels[5].isdigit():
-            self.report_error(msg.topic, "chunk_refused", f"not a chunk topic: {msg.topic}")
+        parsed = self.topics.chunk_of(msg.topic)
+        if parsed is None or parsed.kind != self.kind:
+            self.report_error(msg.topic, ErrorCode.CHUNK_REFUSED, f"not a chunk topic: {msg.topic}")
             return
-        name, version, index = levels[2], levels[3], int(levels[5])
+        name, version, index = parsed.name, parsed.version, parsed.index
         data = bytes(msg.payload)
         with self._lock:
             t = self._transfers.get(name)
@@ -216,7 +220,7 @@ class ArtifactSync:
             try:
                 t.manifest.check_chunk(index, data)  # tampered data is refused even for a chunk held
             except ArtifactError as e:
-                self.report_error(msg.topic, "chunk_refused", str(e))
+                self.report_error(msg.topic, ErrorCode.CHUNK_REFUSED, str(e))
                 return
             if t.store.has(index):
                 t.duplicates += 1
@@ -227,12 +231,16 @@ class ArtifactSync:
                 try:
                     t.store.write(index, data)
                 except (ArtifactError, OSError) as e:
-                    self.report_error(msg.topic, "disk_error", f"{t.manifest.label}: chunk {index} not kept: {e}")
+                    self.report_error(
+                        msg.topic, ErrorCode.DISK_ERROR, f"{t.manifest.label}: chunk {index} not kept: {e}"
+                    )
                     return
                 t.requested.discard(index)
                 t.last_progress = time.monotonic()
         if first:  # QoS 1 redelivery and group fan-out make some normal: say so once per transfer
-            self.report_error(msg.topic, "duplicate_chunk", f"{t.manifest.label}: chunk {index} already held; ignored")
+            self.report_error(
+                msg.topic, ErrorCode.DUPLICATE_CHUNK, f"{t.manifest.label}: chunk {index} already held; ignored"
+            )
         self._wake.set()
 
     # -- worker thread -----------------------------------------------------------------------------------
@@ -317,7 +325,7 @@ class ArtifactSync:
             self.link.publish(self.topics.artifact_chunk_requests(), req.dumps(), qos=1)
 
     def _chunk_filter_for(self, m: Manifest) -> str:
-        return self.topics.artifact_chunk(m.kind, m.name, m.version, 0).rsplit("/", 1)[0] + "/+"
+        return self.topics.artifact_chunks(m.kind, m.name, m.version)
 
     def _install(self, t: Transfer) -> None:
         m = t.manifest

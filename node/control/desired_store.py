@@ -14,8 +14,8 @@ from pathlib import Path
 
 import sqlite_utils
 
-from edgefleet.proto.payloads import ArtifactRef, DesiredState, RuleSpec, TemplateSpec, merged
 from edgefleet.plumbing.sqlite_db import open_database
+from edgefleet.proto.payloads import ArtifactRef, DesiredState, RuleSpec, TemplateSpec, merged
 
 MIGRATIONS: list[str] = [
     """CREATE TABLE IF NOT EXISTS desired_sources (

@@ -1,15 +1,13 @@
 """How each kind of artifact goes into service on a node (see artifact_sync.Installer).
 
 Adapters: checked against the base model, loaded with llama.cpp while the node serves.
-Knowledge: a gzip'd JSON-lines bundle of documents ({"id", "text", "metadata"}), installed as a
-new version of its collection in one swap (the old version answers until the new one is whole).
+Knowledge: a bundle of documents (edgefleet.proto.knowledge_bundle), installed as a new version
+of its collection in one swap (the old version answers until the new one is whole).
 """
 
 from __future__ import annotations
 
 import contextlib
-import gzip
-import json
 from pathlib import Path
 from typing import Literal
 
@@ -18,9 +16,8 @@ from edgefleet.node.errors import InvalidRequest
 from edgefleet.node.knowledge.documents import Document
 from edgefleet.node.knowledge.errors import NotFoundError
 from edgefleet.node.knowledge.service import KnowledgeService
+from edgefleet.proto import knowledge_bundle
 from edgefleet.proto.artifacts import Manifest
-
-MAX_BUNDLE_DOCUMENTS = 100_000
 
 
 class AdapterInstaller:
@@ -41,32 +38,16 @@ class AdapterInstaller:
 
 
 def read_bundle(path: Path) -> list[Document]:
-    """The documents of a knowledge bundle; InvalidRequest naming the line that is wrong."""
-    docs = []
+    """The documents of a knowledge bundle (see edgefleet.proto.knowledge_bundle); InvalidRequest naming the line."""
     try:
-        with gzip.open(path, "rt", encoding="utf-8") as f:
-            for n, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                item = json.loads(line)
-                if not isinstance(item, dict) or not isinstance(item.get("id"), str):
-                    raise InvalidRequest(f"knowledge bundle line {n}: an object with a string id is needed")
-                meta = item.get("metadata", {})
-                if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
-                    raise InvalidRequest(f"knowledge bundle line {n}: metadata must map names to strings")
-                docs.append(Document(id=item["id"], text=str(item.get("text", "")), metadata=meta))
-                if len(docs) > MAX_BUNDLE_DOCUMENTS:
-                    raise InvalidRequest(f"knowledge bundle has more than {MAX_BUNDLE_DOCUMENTS} documents")
-    except (OSError, EOFError, UnicodeDecodeError, ValueError) as e:
-        if isinstance(e, InvalidRequest):
-            raise
-        raise InvalidRequest(f"knowledge bundle {path.name} is not gzip'd UTF-8 JSON lines: {e}") from e
-    return docs
+        return [Document(id=d.id, text=d.text, metadata=dict(d.metadata)) for d in knowledge_bundle.iter_bundle(path)]
+    except knowledge_bundle.BundleError as e:
+        raise InvalidRequest(str(e)) from e
 
 
 class KnowledgeInstaller:
     kind: Literal["knowledge"] = "knowledge"
-    suffix = ".jsonl.gz"
+    suffix = knowledge_bundle.SUFFIX
 
     def __init__(self, knowledge: KnowledgeService) -> None:
         self.knowledge = knowledge

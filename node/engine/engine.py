@@ -3,15 +3,21 @@
 Loop (as llama.cpp's server): take new commands → let the scheduler pick the step → one
 llama_decode over every active sequence → sample each → emit text → repeat; block when idle.
 Other threads only enqueue commands (submit, cancel, embed) and read counters.
+
+If anything unexpected happens on the engine thread, the engine fails loudly: every request in
+flight or queued ends with EngineFailure (gRPC INTERNAL), new ones are refused with Unavailable
+("engine failed: …"), and `on_failure` callbacks tell the node, which turns its health to
+NOT_SERVING, publishes `failed` and exits for its supervisor to restart it. A sink that raises
+fails its one request, never the engine.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,19 +35,22 @@ from edgefleet.node.engine.commands import (
     Submit,
     UnloadAdapter,
 )
+from edgefleet.node.engine.decode_step import StepDecoder
+from edgefleet.node.engine.embedding import Embedder
 from edgefleet.node.engine.llama_backend import DecodeContext, LoadedModel, Sampler
 from edgefleet.node.engine.scheduler import Scheduler, Sequence
 from edgefleet.node.engine.text_stream import TextStream
 from edgefleet.node.engine.thread_governor import ThreadGovernor
 from edgefleet.node.engine.types import (
+    Event,
     Failed,
     Finished,
     FinishReason,
     GenerationRequest,
     TextDelta,
-    Usage,
 )
 from edgefleet.node.errors import ContextOverflow, EdgefleetError, EngineFailure, QueueFull, Unavailable
+from edgefleet.plumbing import failpoints
 
 log = logging.getLogger("edgefleet.engine")
 
@@ -88,14 +97,14 @@ class Engine:
         self._ready = threading.Event()
         self._start_error: BaseException | None = None
         self._ctx: DecodeContext | None = None
-        self._embed_ctx: DecodeContext | None = None
+        self._embedder = Embedder(model, config.embed_n_ctx)
         self.accepting = True
+        self.failure = ""  # why the engine thread died; empty while it is healthy
+        self.on_failure: list[Callable[[str], None]] = []  # called once, on the engine thread
         self.adapters = AdapterTable()
-        self._lora_state: tuple[Any, float] = (None, 1.0)  # what the context has set now
+        self._decoder: StepDecoder | None = None
         self.tokens_generated = 0
-        self.decode_steps = 0
         self.governor = ThreadGovernor(config.threads) if config.adapt_threads and config.threads > 1 else None
-        self._threads_set = config.threads
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -125,8 +134,14 @@ class Engine:
     def queue_depth(self) -> int:
         return max(0, self._outstanding - self.scheduler.n_busy)
 
+    def check_alive(self) -> None:
+        """Raises Unavailable once the engine has failed."""
+        if self.failure:
+            raise Unavailable(f"engine failed: {self.failure}; the node is restarting, send the request elsewhere")
+
     def submit(self, req: GenerationRequest) -> None:
         """Queue a request; raises QueueFull or Unavailable at once, ContextOverflow if it cannot fit."""
+        self.check_alive()
         if not self.accepting:
             raise Unavailable("node is shutting down and takes no new requests")
         limit = self.config.n_ctx_slot
@@ -178,6 +193,9 @@ class Engine:
 
     def embed(self, tokens: list[list[int]], normalize: bool) -> Future[list[list[float]]]:
         fut: Future[list[list[float]]] = Future()
+        if self.failure:
+            fut.set_exception(Unavailable(f"engine failed: {self.failure}"))
+            return fut
         for t in tokens:
             if len(t) > self.config.embed_n_ctx:
                 fut.set_exception(
@@ -192,25 +210,36 @@ class Engine:
         cfg = self.config
         try:
             self._ctx = DecodeContext(self.model, cfg.n_ctx_slot * cfg.slots, cfg.n_batch, cfg.slots, cfg.threads)
-            self._warm_up(self._ctx)
+            self._decoder = StepDecoder(self._ctx, cfg.threads, self.governor)
+            self._decoder.warm_up()
         except BaseException as e:  # surfaced to start()
             self._start_error = e
             self._ready.set()
             return
         self._ready.set()
         embeds: list[EmbedTask] = []
+        try:
+            self._loop(embeds)
+        except BaseException as e:  # anything unexpected: the engine can no longer be trusted
+            self._die(e, embeds)
+            return
+        self._shutdown(embeds)
+
+    def _loop(self, embeds: list[EmbedTask]) -> None:
         running = True
         while running:
             block = not (self.scheduler.has_work() or embeds)
             running = self._take_commands(block, embeds)
             if embeds:  # one embed task between decode steps bounds the stall
-                self._run_embed(embeds.pop(0))
+                self._embedder.run(embeds.pop(0), self._threads_now())
             if self.scheduler.has_work():
                 try:
                     self._step()
                 except EdgefleetError as e:
                     self._fail_all(e)
-        self._shutdown(embeds)
+
+    def _threads_now(self) -> int:
+        return self.governor.current if self.governor is not None else self.config.threads
 
     def _take_commands(self, block: bool, embeds: list[EmbedTask]) -> bool:
         """Apply every queued command; wait for one when idle. False once told to stop."""
@@ -257,9 +286,8 @@ class Engine:
         """Free a retired adapter nobody uses; unset it first if the context still has it."""
         if handle is None:
             return
-        if self._lora_state[0] is handle and self._ctx is not None:
-            self._ctx.set_lora(None, 1.0)
-            self._lora_state = (None, 1.0)
+        if self._decoder is not None:
+            self._decoder.unset_lora(handle)
         self.model.free_lora(handle)
 
     def _done(self, req: GenerationRequest) -> None:
@@ -268,22 +296,60 @@ class Engine:
         if req.adapter is not None:
             self._free_lora(self.adapters.release(req.adapter))
 
+    def _emit(self, req: GenerationRequest, event: Event) -> bool:
+        """Hand an event to the request's sink; a sink that raises fails its request, not the engine."""
+        try:
+            failpoints.hit("engine.emit")
+            req.sink(event)
+            return True
+        except Exception as e:
+            log.error(
+                "an answer could not be delivered; that request fails",
+                exc_info=e,
+                extra={"request_id": req.request_id, "event": type(event).__name__},
+            )
+            return False
+
     def _reject(self, cmd: Submit, error: EdgefleetError) -> None:
         cmd.sampler.free()
         self._done(cmd.req)
-        cmd.req.sink(Failed(error))
+        self._emit(cmd.req, Failed(error))
 
-    def _cancel(self, request_id: str) -> None:
+    def _refuse(self, cmd: Command, error: EdgefleetError) -> None:
+        """Answer a command the engine will never carry out (stopped or failed)."""
+        if isinstance(cmd, Submit):
+            cmd.sampler.free()
+            with self._lock:
+                self._outstanding -= 1
+            self._emit(cmd.req, Failed(error))
+        elif isinstance(cmd, EmbedTask | LoadAdapter | UnloadAdapter) and not cmd.future.done():
+            cmd.future.set_exception(error)
+
+    def _cancel(self, request_id: str, error: EdgefleetError | None = None) -> None:
+        """End a request wherever it is: `cancelled`, or failed with `error`."""
         seq = self.scheduler.cancel(request_id)
         if seq is None:
             return  # already finished
         if seq.slot >= 0 and self._ctx is not None:
             self._ctx.seq_rm(seq.slot)
-        self._finish(seq, FinishReason.CANCELLED, time.monotonic(), from_scheduler=False)
+        if error is None:
+            self._finish(seq, FinishReason.CANCELLED, time.monotonic())
+            return
+        self._free_sampler(seq.request_id)
+        self._done(seq.req)
+        self._emit(seq.req, Failed(error))
+
+    def _free_sampler(self, request_id: str) -> TextStream | None:
+        active = self._active.pop(request_id, None)
+        sampler = active.sampler if active else self._samplers.pop(request_id, None)
+        if sampler is not None:
+            sampler.free()
+        return active.text if active else None
 
     def _step(self) -> None:
+        failpoints.hit("engine.step")
         ctx = self._ctx
-        assert ctx is not None
+        assert ctx is not None and self._decoder is not None
         now = time.monotonic()
         plan = self.scheduler.schedule(now)
         for adm in plan.admissions:
@@ -292,37 +358,9 @@ class Engine:
             self._active[adm.seq.request_id] = _Active(sampler, TextStream(adm.seq.req.params.stop))
         if not plan.items:
             return
-        use = plan.items[0].seq.req.adapter  # one adapter group per step
-        want = (use.handle, use.scale) if use is not None else (None, 1.0)
-        timed = all(len(item.tokens) == 1 for item in plan.items)  # decode-only steps are comparable
-        if want != self._lora_state:
-            ctx.set_lora(*want)
-            self._lora_state = want
-            timed = False  # the graph is built again: not a typical step
-        threads = self.governor.threads_for_step(now) if self.governor is not None else self._threads_set
-        if threads != self._threads_set:
-            ctx.set_threads(threads)
-            self._threads_set = threads
-        batch = ctx.batch
-        batch.clear()
-        sample_at: list[tuple[Sequence, int]] = []
-        for item in plan.items:
-            pos = item.start_pos
-            last = len(item.tokens) - 1
-            for j, tok in enumerate(item.tokens):
-                idx = batch.add(tok, pos + j, item.seq.slot, item.logits and j == last)
-            if item.logits:
-                sample_at.append((item.seq, idx))
-        started = time.perf_counter()
-        ctx.decode()
-        took = time.perf_counter() - started
-        self.decode_steps += 1
+        sample_at = self._decoder.decode(plan, now)
         self.scheduler.decoded(plan)
         now = time.monotonic()
-        if self.governor is not None and timed:
-            reason = self.governor.observe(threads, batch.n, took, now)
-            if reason:
-                log.info("compute threads changed", extra={"threads": self.governor.current, "reason": reason})
         for seq, idx in sample_at:
             self._sample(seq, idx, now)
 
@@ -330,116 +368,69 @@ class Engine:
         assert self._ctx is not None
         active = self._active[seq.request_id]
         token = active.sampler.sample(self._ctx, idx)
-        if seq.n_generated == 0:
-            seq.first_token_at = now
-        seq.last_token_at = now
         self.tokens_generated += 1
-        if self.model.is_eog(token):
-            seq.n_generated += 1
-            self._finish(seq, FinishReason.STOP, now)
+        eog = self.model.is_eog(token)
+        text = "" if eog else active.text.feed(self.model.piece(token))
+        if text and not self._emit(seq.req, TextDelta(text)):
+            self._cancel(seq.request_id, EngineFailure("the answer could not be delivered; the request was stopped"))
             return
-        text = active.text.feed(self.model.piece(token))
-        if text:
-            seq.req.sink(TextDelta(text))
-        if active.text.stopped:
-            seq.n_generated += 1
-            self._finish(seq, FinishReason.STOP, now)
-        elif seq.n_generated + 1 >= seq.req.params.max_tokens or seq.n_past >= self.config.n_ctx_slot:
-            seq.n_generated += 1
-            self._finish(seq, FinishReason.LENGTH, now)
-        else:
-            self.scheduler.accept_token(seq, token)
+        reason = self.scheduler.sampled(seq, token, now, end_of_generation=eog, stop_matched=active.text.stopped)
+        if reason is not None:
+            self._finish(seq, reason, now)
 
-    def _finish(self, seq: Sequence, reason: FinishReason, now: float, from_scheduler: bool = True) -> None:
-        if from_scheduler:
-            self.scheduler.finish(seq)
-        active = self._active.pop(seq.request_id, None)
-        sampler = active.sampler if active else self._samplers.pop(seq.request_id, None)
-        if sampler is not None:
-            sampler.free()
-        tail = active.text.flush() if active and reason is not FinishReason.CANCELLED else ""
+    def _finish(self, seq: Sequence, reason: FinishReason, now: float) -> None:
+        """The scheduler has let go of `seq`: free its sampler, send the usage."""
+        text = self._free_sampler(seq.request_id)
+        tail = text.flush() if text is not None and reason is not FinishReason.CANCELLED else ""
         self._done(seq.req)
-        arrived = seq.req.arrived
-        admitted = seq.admitted_at or now
-        first = seq.first_token_at or now
-        n = seq.n_generated
-        rate = (n - 1) / (seq.last_token_at - first) if n > 1 and seq.last_token_at > first else 0.0
-        usage = Usage(
-            prompt_tokens=len(seq.req.prompt_tokens),
-            completion_tokens=n,
-            cached_prompt_tokens=seq.cached_tokens,
-            queue_ms=(admitted - arrived) * 1000.0,
-            time_to_first_token_ms=(first - arrived) * 1000.0 if seq.first_token_at else 0.0,
-            tokens_per_second=rate,
-            total_ms=(now - arrived) * 1000.0,
-        )
-        seq.req.sink(Finished(reason, usage, tail))
+        self._emit(seq.req, Finished(reason, seq.usage(now), tail))
 
     def _fail_all(self, error: EdgefleetError) -> None:
         log.error("decode step failed, failing every running request", extra={"error": str(error)})
         for seq in list(self.scheduler.running):
+            self._cancel(seq.request_id, error)
+
+    def _die(self, error: BaseException, embeds: list[EmbedTask]) -> None:
+        """The engine thread failed: fail everything, tell the node, then only refuse until stopped."""
+        reason = f"{type(error).__name__}: {error}"
+        self.failure = reason
+        self.accepting = False
+        log.critical("engine failed; every request fails and the node exits", exc_info=error, extra={"reason": reason})
+        failed = EngineFailure(f"engine failed: {reason}")
+        for seq in [*self.scheduler.waiting, *self.scheduler.running]:
             self.scheduler.cancel(seq.request_id)
-            if self._ctx is not None:
-                self._ctx.seq_rm(seq.slot)
-            active = self._active.pop(seq.request_id, None)
-            if active:
-                active.sampler.free()
-            self._done(seq.req)
-            seq.req.sink(Failed(error))
-
-    def _warm_up(self, ctx: DecodeContext) -> None:
-        """One throw-away decode, so the first request does not pay for graph allocation."""
-        ctx.batch.clear()
-        ctx.batch.add(0, 0, 0, True)
-        ctx.decode()
-        ctx.seq_rm(0)
-
-    def _run_embed(self, task: EmbedTask) -> None:
-        if task.future.done():  # cancelled by the caller
-            return
-        try:
-            if self._embed_ctx is None:  # created on first use: ~100 MiB a node may never need
-                cfg = self.config
-                self._embed_ctx = DecodeContext(
-                    self.model, cfg.embed_n_ctx, cfg.embed_n_ctx, 1, cfg.threads, embeddings=True
-                )
-            ctx = self._embed_ctx
-            # Embeddings follow the governor's choice (the embed context is not timed itself).
-            ctx.set_threads(self.governor.current if self.governor is not None else self.config.threads)
-            vectors = []
-            n_embd = self.model.meta.n_embd
-            for tokens in task.tokens:
-                ctx.clear()
-                ctx.batch.clear()
-                for i, tok in enumerate(tokens):
-                    ctx.batch.add(tok, i, 0, True)
-                ctx.decode()
-                vec = ctx.embedding(0, n_embd)
-                if task.normalize:
-                    norm = math.sqrt(sum(v * v for v in vec)) or 1.0
-                    vec = [v / norm for v in vec]
-                vectors.append(vec)
-            task.future.set_result(vectors)
-        except EdgefleetError as e:
-            task.future.set_exception(e)
-        except Exception as e:  # keep the engine alive whatever llama.cpp says
-            task.future.set_exception(EngineFailure(f"embedding failed: {e}"))
+            self._free_sampler(seq.request_id)
+            with self._lock:
+                self._outstanding -= 1
+            self._emit(seq.req, Failed(failed))
+        for task in embeds:
+            task.future.set_exception(failed)
+        for callback in self.on_failure:
+            try:
+                callback(reason)
+            except Exception:
+                log.exception("engine failure callback raised")
+        refused = Unavailable(f"engine failed: {reason}")
+        while not isinstance(cmd := self._commands.get(), Stop):  # a request that raced the failure
+            self._refuse(cmd, refused)
+        self._close_contexts()
 
     def _shutdown(self, embeds: list[EmbedTask]) -> None:
-        for seq in list(self.scheduler.waiting) + self.scheduler.running:
+        for seq in [*self.scheduler.waiting, *self.scheduler.running]:
             self._cancel(seq.request_id)
+        stopping = Unavailable("node is shutting down")
         for task in embeds:
-            task.future.set_exception(Unavailable("node is shutting down"))
+            task.future.set_exception(stopping)
         while True:  # requests submitted after the stop command
             try:
                 cmd = self._commands.get_nowait()
             except queue.Empty:
                 break
-            if isinstance(cmd, Submit):
-                self._reject(cmd, Unavailable("node is shutting down"))
-            elif isinstance(cmd, EmbedTask | LoadAdapter | UnloadAdapter):
-                cmd.future.set_exception(Unavailable("node is shutting down"))
-        for ctx in (self._ctx, self._embed_ctx):
-            if ctx is not None:
-                ctx.close()
-        self._ctx = self._embed_ctx = None
+            self._refuse(cmd, stopping)
+        self._close_contexts()
+
+    def _close_contexts(self) -> None:
+        if self._ctx is not None:
+            self._ctx.close()
+            self._ctx = None
+        self._embedder.close()

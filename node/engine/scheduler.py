@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from edgefleet.node.engine.types import GenerationRequest
+from edgefleet.node.engine.types import FinishReason, GenerationRequest, Usage
 from edgefleet.node.errors import QueueFull
 
 
@@ -49,6 +49,23 @@ class Sequence:
     @property
     def group(self) -> str:
         return self.req.adapter.group if self.req.adapter else ""
+
+    def usage(self, now: float) -> Usage:
+        """What this sequence used and how fast, as of `now` (its end)."""
+        arrived = self.req.arrived
+        admitted = self.admitted_at or now
+        first = self.first_token_at or now
+        n = self.n_generated
+        rate = (n - 1) / (self.last_token_at - first) if n > 1 and self.last_token_at > first else 0.0
+        return Usage(
+            prompt_tokens=len(self.req.prompt_tokens),
+            completion_tokens=n,
+            cached_prompt_tokens=self.cached_tokens,
+            queue_ms=(admitted - arrived) * 1000.0,
+            time_to_first_token_ms=(first - arrived) * 1000.0 if self.first_token_at else 0.0,
+            tokens_per_second=rate,
+            total_ms=(now - arrived) * 1000.0,
+        )
 
 
 @dataclass
@@ -163,12 +180,30 @@ class Scheduler:
                 return seq
         return None
 
-    def accept_token(self, seq: Sequence, token: int) -> None:
-        """A token was sampled for seq and generation goes on: decode it next step."""
-        seq.n_generated += 1
-        seq.pending = [token]
+    def sampled(
+        self, seq: Sequence, token: int, now: float, *, end_of_generation: bool, stop_matched: bool
+    ) -> FinishReason | None:
+        """A token was sampled for `seq`: count it, then decide whether the sequence ends here.
 
-    def finish(self, seq: Sequence) -> None:
+        Returns why it finished (its slot is free then, its KV kept for prefix reuse), or None
+        when generation goes on and the token is decoded next step. The engine only reports
+        what it saw (end-of-generation token, a stop string in the text); the decision is here.
+        """
+        if seq.n_generated == 0:
+            seq.first_token_at = now
+        seq.last_token_at = now
+        seq.n_generated += 1
+        if end_of_generation or stop_matched:
+            reason: FinishReason | None = FinishReason.STOP
+        elif seq.n_generated >= seq.req.params.max_tokens or seq.n_past >= self.n_ctx_slot:
+            reason = FinishReason.LENGTH
+        else:
+            seq.pending = [token]
+            return None
+        self._release(seq)
+        return reason
+
+    def _release(self, seq: Sequence) -> None:
         """seq is done; its slot keeps the KV of every decoded token for prefix reuse."""
         slot = self.slots[seq.slot]
         if slot.seq is seq:

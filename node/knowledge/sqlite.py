@@ -6,9 +6,9 @@ is used when installed, as sqlite-utils itself does. Connections are opened in a
 mode (`isolation_level=None`): every transaction here is explicit (`BEGIN IMMEDIATE` for
 writes, `BEGIN` for a consistent read snapshot).
 
-Migrations are a list of statement lists; `PRAGMA user_version` counts those applied, and each
-is applied in its own transaction (like `edgefleet.plumbing.sqlite_db.open_database`, which uses
-the interpreter's sqlite3 and so cannot be used here).
+Migrations are a list of statement lists, run by the plumbing's one runner
+(`edgefleet.plumbing.sqlite_db.migrate`: `PRAGMA user_version` counts those applied, each in its
+own transaction, a database of a newer edgefleet refused) on this module's connections.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from edgefleet.node.knowledge.errors import BackendUnavailable, CorruptDatabase, KnowledgeError
+from edgefleet.plumbing import sqlite_db
 
 try:
     import pysqlite3.dbapi2 as sqlite3  # type: ignore[import-untyped,import-not-found,unused-ignore]
@@ -125,7 +126,7 @@ def open_database(
             rows = [r[0] for r in conn.execute("PRAGMA quick_check(5)").fetchall()]
             if rows != ["ok"]:
                 raise CorruptDatabase(f"the {what} {path} is damaged ({'; '.join(rows)}); {REBUILD_HINT}")
-        migrate(conn, migrations)
+        migrate(conn, migrations, f"{what} {path}")
     except CorruptDatabase:
         conn.close()
         raise
@@ -137,22 +138,12 @@ def open_database(
     return conn, vec
 
 
-def migrate(conn: Connection, migrations: Sequence[Sequence[str]]) -> None:
-    """Apply the migrations after `PRAGMA user_version`, each in one IMMEDIATE transaction."""
-    while True:
-        with transaction(conn):
-            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-            if version > len(migrations):
-                raise CorruptDatabase(
-                    f"the database schema is version {version}, newer than this edgefleet knows "
-                    f"({len(migrations)}); upgrade edgefleet or {REBUILD_HINT}"
-                )
-            if version == len(migrations):
-                return
-            for statement in migrations[version]:
-                conn.execute(statement)
-            conn.execute(f"PRAGMA user_version={version + 1}")
-            log.info("migration applied", extra={"schema_version": version + 1})
+def migrate(conn: Connection, migrations: Sequence[Sequence[str]], what: str = "knowledge database") -> None:
+    """Apply the pending migrations (the plumbing's runner); a newer schema is CorruptDatabase with the hint."""
+    try:
+        sqlite_db.migrate(conn, migrations, what=f"the {what}")
+    except sqlite_db.SchemaTooNew as e:
+        raise CorruptDatabase(f"{e}, or {REBUILD_HINT}") from e
 
 
 def move_aside(path: Path) -> Path:

@@ -24,6 +24,7 @@ from edgefleet.node.sensors.ledger import InboxRow, SensorLedger
 from edgefleet.node.sensors.messages import MessageError, extract_variables, output_topic
 from edgefleet.node.sensors.stats import SensorStats
 from edgefleet.node.service import GenerateInput, NodeService
+from edgefleet.proto.error_codes import ErrorCode
 from edgefleet.proto.rules import RuleSpec, SensorResult
 
 log = logging.getLogger("edgefleet.node.sensors")
@@ -101,7 +102,7 @@ class Answerer:
     def _start(self, row: InboxRow) -> None:
         rule = self.rules().get(row.rule)
         if rule is None:
-            self._error(row, None, "unknown_rule", f"rule {row.rule!r} is no longer in effect on this node")
+            self._error(row, None, ErrorCode.UNKNOWN_RULE, f"rule {row.rule!r} is no longer in effect on this node")
             return
         try:
             variables = extract_variables(rule, row.topic, row.payload)
@@ -152,7 +153,7 @@ class Answerer:
             try:
                 answer_json = json.loads(text)
             except ValueError:
-                self._error(row, rule, "invalid_answer", f"the answer is not JSON: {text[:200]!r}")
+                self._error(row, rule, ErrorCode.INVALID_ANSWER, f"the answer is not JSON: {text[:200]!r}")
                 return
         u = event.usage
         result = self._result(
@@ -170,7 +171,7 @@ class Answerer:
         self._write(row, rule, result)
         self.stats.answered(rule.name, (time.time() - row.received_at) * 1000)
 
-    def _error(self, row: InboxRow, rule: RuleSpec | None, code: str, message: str) -> None:
+    def _error(self, row: InboxRow, rule: RuleSpec | None, code: ErrorCode, message: str) -> None:
         log.warning("sensor message answered with an error", extra={"rule": row.rule, "code": code, "reason": message})
         self._write(row, rule, self._result(row, rule, ok=False, error_code=code, error=message))
         self.stats.error(row.rule)

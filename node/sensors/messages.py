@@ -10,6 +10,7 @@ import json
 import re
 from typing import Any, Literal
 
+from edgefleet.proto.error_codes import ErrorCode
 from edgefleet.proto.rules import PLACEHOLDER_RE, RuleSpec
 
 MAX_ID_CHARS = 128
@@ -18,8 +19,14 @@ ID_PROPERTY = "msg-id"
 MAX_ID_SCAN_BYTES = 256 * 1024
 
 MessageErrorCode = Literal[
-    "payload_too_large", "invalid_utf8", "invalid_json", "missing_field", "wrong_type", "bad_topic_level"
+    ErrorCode.PAYLOAD_TOO_LARGE,
+    ErrorCode.INVALID_UTF8,
+    ErrorCode.INVALID_JSON,
+    ErrorCode.MISSING_FIELD,
+    ErrorCode.WRONG_TYPE,
+    ErrorCode.BAD_TOPIC_LEVEL,
 ]
+"""The codes of a message (not the node) at fault: a subset of ErrorCode."""
 
 
 class MessageError(ValueError):
@@ -76,7 +83,7 @@ def message_id(topic: str, payload: bytes, user_properties: list[tuple[str, str]
 
 def _scalar_text(source: str, value: Any) -> str:
     if value is None:
-        raise MessageError("wrong_type", f"{source} is null")
+        raise MessageError(ErrorCode.WRONG_TYPE, f"{source} is null")
     if isinstance(value, str):
         return value
     if isinstance(value, bool | int | float):
@@ -90,17 +97,19 @@ def _walk(source: str, data: dict[str, Any]) -> str:
     for segment in source.split(".")[1:]:
         if isinstance(value, dict):
             if segment not in value:
-                raise MessageError("missing_field", f"{path} has no field {segment!r}")
+                raise MessageError(ErrorCode.MISSING_FIELD, f"{path} has no field {segment!r}")
             value = value[segment]
         elif isinstance(value, list):
             if not segment.isdigit():
-                raise MessageError("wrong_type", f"{path} is an array; {segment!r} is not an index")
+                raise MessageError(ErrorCode.WRONG_TYPE, f"{path} is an array; {segment!r} is not an index")
             if int(segment) >= len(value):
-                raise MessageError("missing_field", f"{path} has {len(value)} elements; there is no [{segment}]")
+                raise MessageError(
+                    ErrorCode.MISSING_FIELD, f"{path} has {len(value)} elements; there is no [{segment}]"
+                )
             value = value[int(segment)]
         else:
             kind = "null" if value is None else type(value).__name__
-            raise MessageError("wrong_type", f"{path} is {kind}, not an object or array")
+            raise MessageError(ErrorCode.WRONG_TYPE, f"{path} is {kind}, not an object or array")
         path = f"{path}.{segment}"
     return _scalar_text(source, value)
 
@@ -108,7 +117,7 @@ def _walk(source: str, data: dict[str, Any]) -> str:
 def _topic_level(topic: str, index: int, source: str) -> str:
     levels = topic.split("/")
     if not -len(levels) <= index < len(levels):
-        raise MessageError("bad_topic_level", f"{source}: topic {topic!r} has {len(levels)} levels")
+        raise MessageError(ErrorCode.BAD_TOPIC_LEVEL, f"{source}: topic {topic!r} has {len(levels)} levels")
     return levels[index]
 
 
@@ -120,7 +129,8 @@ def extract_variables(rule: RuleSpec, topic: str, payload: bytes) -> dict[str, s
     """
     if len(payload) > rule.max_payload_bytes:
         raise MessageError(
-            "payload_too_large", f"payload is {len(payload)} bytes; rule {rule.name} takes {rule.max_payload_bytes}"
+            ErrorCode.PAYLOAD_TOO_LARGE,
+            f"payload is {len(payload)} bytes; rule {rule.name} takes {rule.max_payload_bytes}",
         )
     text: str | None = None
     data: dict[str, Any] | None = None
@@ -136,7 +146,7 @@ def extract_variables(rule: RuleSpec, topic: str, payload: bytes) -> dict[str, s
             try:
                 text = payload.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise MessageError("invalid_utf8", f"payload is not UTF-8: {e}") from e
+                raise MessageError(ErrorCode.INVALID_UTF8, f"payload is not UTF-8: {e}") from e
         if source == "payload":
             out[name] = text
             continue
@@ -144,9 +154,11 @@ def extract_variables(rule: RuleSpec, topic: str, payload: bytes) -> dict[str, s
             try:
                 parsed = json.loads(text)
             except (ValueError, RecursionError) as e:
-                raise MessageError("invalid_json", f"payload is not JSON ({source} needs a JSON object): {e}") from e
+                raise MessageError(
+                    ErrorCode.INVALID_JSON, f"payload is not JSON ({source} needs a JSON object): {e}"
+                ) from e
             if not isinstance(parsed, dict):
-                raise MessageError("invalid_json", f"payload is not a JSON object ({source} needs one)")
+                raise MessageError(ErrorCode.INVALID_JSON, f"payload is not a JSON object ({source} needs one)")
             data = parsed
         out[name] = _walk(source, data)
     return out
@@ -170,7 +182,7 @@ def topic_safe(value: str) -> str:
 def output_topic(rule: RuleSpec, node_id: str, source_topic: str, source_id: str, fallback: str | None = None) -> str:
     """The topic of this message's answer: the rule's pattern filled in, or `fallback` without one.
 
-    Raises `MessageError("bad_topic_level")` when `{levelN}` names a level the topic does not have
+    Raises `MessageError(ErrorCode.BAD_TOPIC_LEVEL)` when `{levelN}` names a level the topic does not have
     (possible only with a `#` filter; the rest is refused when the rule is pushed), and ValueError
     when the rule has no pattern and no fallback is given.
     """

@@ -15,8 +15,6 @@ import time
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from edgefleet.node.engine.types import Failed, Finished, TextDelta
 from edgefleet.node.errors import EdgefleetError, mqtt_code
@@ -27,6 +25,8 @@ from edgefleet.node.sensors.stats import SensorStats
 from edgefleet.node.service import GenerateInput, NodeService
 from edgefleet.node.settings import NodeSettings
 from edgefleet.plumbing.mqtt_link import MqttLink
+from edgefleet.plumbing.mqtt_rpc import BadResponseTarget, reply, response_target
+from edgefleet.proto.error_codes import ErrorCode
 from edgefleet.proto.payloads import (
     InferenceRequest,
     InferenceResponse,
@@ -102,25 +102,24 @@ class SensorPlane:
     # -- ad-hoc requests (network thread; the answer goes out from the engine's callback) ------------------
     def _on_request(self, msg: mqtt.MQTTMessage) -> None:
         self.link.ack(msg)  # a request is answered or refused, never kept: the requester retries
-        response_topic = getattr(msg.properties, "ResponseTopic", None)
-        correlation = getattr(msg.properties, "CorrelationData", None)
-        if not response_topic:
-            log.warning("request without a response topic dropped", extra={"topic": msg.topic})
+        try:
+            target = response_target(msg)
+        except BadResponseTarget as e:
+            log.warning("request refused: no usable response topic", extra={"topic": msg.topic, "reason": str(e)})
             return
         started = time.monotonic()
 
-        def reply(r: InferenceResponse) -> None:
-            props = Properties(PacketTypes.PUBLISH)
-            if correlation is not None:
-                props.CorrelationData = correlation
-            self.link.publish(response_topic, r.dumps(), qos=1, properties=props)
+        def answer(r: InferenceResponse) -> None:
+            reply(self.link, target, r.dumps())
 
         try:
             req = parse_payload(InferenceRequest, msg.payload)
             if bool(req.prompt) == bool(req.template):
                 raise PayloadError("set exactly one of prompt or template")
         except PayloadError as e:
-            reply(InferenceResponse(node_id=self.node_id, ok=False, error_code="invalid_payload", error=str(e)))
+            answer(
+                InferenceResponse(node_id=self.node_id, ok=False, error_code=ErrorCode.INVALID_PAYLOAD, error=str(e))
+            )
             return
         text: list[str] = []
 
@@ -129,7 +128,7 @@ class SensorPlane:
                 text.append(event.text)
             elif isinstance(event, Finished):
                 u = event.usage
-                reply(
+                answer(
                     InferenceResponse(
                         node_id=self.node_id,
                         ok=True,
@@ -140,7 +139,7 @@ class SensorPlane:
                     )
                 )
             else:
-                reply(
+                answer(
                     InferenceResponse(
                         node_id=self.node_id, ok=False, error_code=mqtt_code(event.error), error=str(event.error)
                     )
@@ -159,4 +158,4 @@ class SensorPlane:
         try:
             self.service.generate(inp, f"mqtt-{secrets.token_hex(6)}", sink, started)
         except EdgefleetError as e:
-            reply(InferenceResponse(node_id=self.node_id, ok=False, error_code=mqtt_code(e), error=str(e)))
+            answer(InferenceResponse(node_id=self.node_id, ok=False, error_code=mqtt_code(e), error=str(e)))

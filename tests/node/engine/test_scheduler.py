@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from edgefleet.node.engine.scheduler import Scheduler, StepPlan
-from edgefleet.node.engine.types import AdapterUse, GenerationRequest, SamplingParams
+from edgefleet.node.engine.scheduler import Scheduler, Sequence, StepPlan
+from edgefleet.node.engine.types import AdapterUse, FinishReason, GenerationRequest, SamplingParams
 from edgefleet.node.errors import QueueFull
 
 
@@ -23,8 +23,13 @@ def run_step(s: Scheduler, now: float = 0.0, sampled: int = 7) -> StepPlan:
     s.decoded(plan)
     for item in plan.items:
         if item.logits:
-            s.accept_token(item.seq, sampled)
+            s.sampled(item.seq, sampled, now, end_of_generation=False, stop_matched=False)
     return plan
+
+
+def end(s: Scheduler, seq: Sequence) -> None:
+    """The sequence sampled an end-of-generation token."""
+    assert s.sampled(seq, 2, 0.0, end_of_generation=True, stop_matched=False) is FinishReason.STOP
 
 
 def test_admits_up_to_the_slots_and_queues_the_rest() -> None:
@@ -88,7 +93,7 @@ def test_slot_limit_throttles_admission_without_preempting() -> None:
     run_step(s)
     assert s.n_busy == 3 and [w.request_id for w in s.waiting] == ["d"], "running ones finish, new ones wait"
     for seq in list(s.running):
-        s.finish(seq)
+        end(s, seq)
     run_step(s)
     assert s.n_busy == 1
 
@@ -99,7 +104,7 @@ def test_prefix_cache_reuses_the_slot_with_the_longest_common_prefix() -> None:
     s.add(req("other", n_prompt=10, base=1000))
     run_step(s)
     for seq in list(s.running):
-        s.finish(seq)
+        end(s, seq)
     s.add(GenerationRequest("sys-b", [*range(8), 42, 43], SamplingParams(), lambda e: None))
     plan = s.schedule(1.0)
     (adm,) = plan.admissions
@@ -111,11 +116,11 @@ def test_prefix_cache_is_keyed_by_adapter_and_always_leaves_a_token_to_decode() 
     s = Scheduler(n_slots=1, queue_limit=2, n_batch=64, n_ctx_slot=128)
     s.add(req("a", n_prompt=6, base=0))
     run_step(s)
-    s.finish(s.running[0])
+    end(s, s.running[0])
     s.add(req("same", n_prompt=6, base=0))
     (adm,) = s.schedule(0.0).admissions
     assert adm.keep == 5, "an identical prompt still decodes its last token for logits"
-    s.finish(s.running[0])
+    end(s, s.running[0])
     s.add(req("lora", n_prompt=6, base=0, adapter="alarm"))
     (adm,) = s.schedule(0.0).admissions
     assert adm.keep == 0, "KV computed without the adapter is not reused with it"
@@ -156,3 +161,38 @@ def test_same_adapter_at_another_scale_is_another_group() -> None:
     b = AdapterUse("alarm", "1", 0.5, None)
     c = AdapterUse("alarm", "2", 1.0, None)
     assert len({a.group, b.group, c.group}) == 3
+
+
+def _one_running(max_tokens: int = 3, n_ctx_slot: int = 128) -> tuple[Scheduler, Sequence]:
+    s = Scheduler(n_slots=1, queue_limit=0, n_batch=64, n_ctx_slot=n_ctx_slot)
+    s.add(GenerationRequest("a", [1, 2, 3, 4], SamplingParams(max_tokens=max_tokens), lambda e: None))
+    plan = s.schedule(0.0)
+    s.decoded(plan)
+    return s, plan.items[0].seq
+
+
+def test_the_scheduler_decides_length_at_max_tokens() -> None:
+    s, seq = _one_running(max_tokens=3)
+    assert s.sampled(seq, 7, 1.0, end_of_generation=False, stop_matched=False) is None
+    assert seq.pending == [7] and seq.first_token_at == 1.0
+    s.decoded(s.schedule(1.0))
+    assert s.sampled(seq, 8, 2.0, end_of_generation=False, stop_matched=False) is None
+    s.decoded(s.schedule(2.0))
+    assert s.sampled(seq, 9, 3.0, end_of_generation=False, stop_matched=False) is FinishReason.LENGTH
+    assert seq.n_generated == 3 and seq.last_token_at == 3.0 and seq.first_token_at == 1.0
+    assert s.n_busy == 0 and not s.has_work(), "the slot is free at once"
+    assert s.slots[0].tokens == [1, 2, 3, 4, 7, 8], "its KV stays cached for the next prompt"
+
+
+@pytest.mark.parametrize(("eog", "stop"), [(True, False), (False, True)])
+def test_end_of_generation_or_a_stop_string_is_stop(eog: bool, stop: bool) -> None:
+    s, seq = _one_running(max_tokens=100)
+    assert s.sampled(seq, 7, 1.0, end_of_generation=eog, stop_matched=stop) is FinishReason.STOP
+    assert seq.n_generated == 1 and s.n_busy == 0
+
+
+def test_a_full_context_ends_with_length() -> None:
+    s, seq = _one_running(max_tokens=100, n_ctx_slot=5)
+    assert s.sampled(seq, 7, 1.0, end_of_generation=False, stop_matched=False) is None
+    s.decoded(s.schedule(1.0))  # 5 tokens in the slot: full
+    assert s.sampled(seq, 8, 2.0, end_of_generation=False, stop_matched=False) is FinishReason.LENGTH
