@@ -79,14 +79,21 @@ async def serve(node: Node, settings: NodeSettings, ready: asyncio.Event | None 
     failure: list[str] = []
     loop = asyncio.get_running_loop()
 
-    def engine_failed(reason: str) -> None:  # on the engine thread
+    def engine_failed(reason: str) -> None:
+        """On the engine thread, before it fails the requests: health says so before any client hears."""
         failure.append(reason)
+        marked = asyncio.run_coroutine_threadsafe(
+            _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING), loop
+        )
+        with contextlib.suppress(Exception):
+            marked.result(timeout=2.0)
         loop.call_soon_threadsafe(stop.set)
 
     node.engine.on_failure.append(engine_failed)
-    if node.engine.failure:  # it failed before the callback was in place
-        engine_failed(node.engine.failure)
     await _set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING)
+    if node.engine.failure:  # it failed before the callback was in place
+        failure.append(node.engine.failure)
+        stop.set()
     log.info("listening", extra={"address": f"{settings.host}:{port}", "port": port})
     node.start_control_plane()
 

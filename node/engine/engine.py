@@ -396,6 +396,11 @@ class Engine:
         self.failure = reason
         self.accepting = False
         log.critical("engine failed; every request fails and the node exits", exc_info=error, extra={"reason": reason})
+        for callback in self.on_failure:  # first: the node stops serving before any client hears
+            try:
+                callback(reason)
+            except Exception:
+                log.exception("engine failure callback raised")
         failed = EngineFailure(f"engine failed: {reason}")
         for seq in [*self.scheduler.waiting, *self.scheduler.running]:
             self.scheduler.cancel(seq.request_id)
@@ -405,11 +410,6 @@ class Engine:
             self._emit(seq.req, Failed(failed))
         for task in embeds:
             task.future.set_exception(failed)
-        for callback in self.on_failure:
-            try:
-                callback(reason)
-            except Exception:
-                log.exception("engine failure callback raised")
         refused = Unavailable(f"engine failed: {reason}")
         while not isinstance(cmd := self._commands.get(), Stop):  # a request that raced the failure
             self._refuse(cmd, refused)
