@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import argparse
 import base64
-import gzip
 import hashlib
-import io
 import json
 import re
 import sys
@@ -23,6 +21,7 @@ from pydantic import ValidationError
 
 from edgefleet.fleet.control import OrchestratorSession
 from edgefleet.fleet.settings import FleetSettings
+from edgefleet.proto.knowledge_bundle import BundleDocument, write_bundle
 from edgefleet.proto.payloads import MAX_UPLOAD_CHUNK_BYTES, Command, UploadChunk, describe_validation_error
 from edgefleet.proto.topics import valid_name
 
@@ -81,13 +80,13 @@ DOC_SUFFIXES = (".md", ".markdown", ".txt")
 
 
 def knowledge_bundle(directory: Path, err: TextIO) -> bytes:
-    """The folder's documents as gzip'd JSON lines ({"id", "text", "metadata": {"source"}}), deterministic."""
+    """The folder's documents as a knowledge bundle (metadata: {"source": relative path}), deterministic."""
     if not directory.is_dir():
         raise AdapterCommandError(f"{directory} is not a folder")
     files = sorted(p for p in directory.rglob("*") if p.is_file() and p.suffix.lower() in DOC_SUFFIXES)
     if not files:
         raise AdapterCommandError(f"{directory} holds no .md or .txt documents")
-    lines = []
+    docs = []
     for i, p in enumerate(files, start=1):
         rel = p.relative_to(directory).as_posix()
         doc_id = re.sub(r"[^A-Za-z0-9._-]+", "-", rel.rsplit(".", 1)[0]).strip("-.")[:128] or f"doc-{i}"
@@ -95,13 +94,10 @@ def knowledge_bundle(directory: Path, err: TextIO) -> bytes:
             text = p.read_text(encoding="utf-8")
         except UnicodeDecodeError as e:
             raise AdapterCommandError(f"{p} is not UTF-8 text") from e
-        lines.append(json.dumps({"id": doc_id, "text": text, "metadata": {"source": rel}}, sort_keys=True))
+        docs.append(BundleDocument(doc_id, text, {"source": rel}))
         err.write(f"\rbundle {bar(i, len(files))}")
     err.write("\n")
-    buf = io.BytesIO()
-    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz:
-        gz.write(("\n".join(lines) + "\n").encode())
-    return buf.getvalue()
+    return write_bundle(docs)
 
 
 def _upload(s: OrchestratorSession, data: bytes, timeout: float, err: TextIO) -> str:

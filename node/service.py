@@ -24,6 +24,7 @@ from edgefleet.node.model_catalog import ModelFile
 from edgefleet.node.profiles import FirmwareProfile
 from edgefleet.node.settings import NodeSettings
 from edgefleet.node.thermal import ThermalGovernor, ThermalState
+from edgefleet.proto.input_limits import brief
 from edgefleet.proto.templates import CompiledTemplate, TemplateError
 
 ROLES = frozenset({"system", "user", "assistant", "tool"})
@@ -144,7 +145,7 @@ class NodeService:
             raise InvalidRequest(f"at most {self.settings.max_stop_strings} stop strings, got {len(inp.stop)}")
         for s in inp.stop:
             if not s or len(s) > MAX_STOP_CHARS:
-                raise InvalidRequest(f"each stop string must be 1 to {MAX_STOP_CHARS} characters, got {s!r}")
+                raise InvalidRequest(f"each stop string must be 1 to {MAX_STOP_CHARS} characters, got {brief(s)}")
         seed = secrets.randbits(32) if inp.seed is None else inp.seed
         return SamplingParams(
             max_tokens=max_tokens,
@@ -165,7 +166,7 @@ class NodeService:
         compiled = self.templates.get(inp.template)
         if compiled is None:
             known = ", ".join(sorted(self.templates)) or "none"
-            raise NotFound(f"template {inp.template!r} is not on this node (templates: {known})")
+            raise NotFound(f"template {brief(inp.template)} is not on this node (templates: {known})")
         try:
             system, user = compiled.render(inp.variables)
         except TemplateError as e:
@@ -189,7 +190,7 @@ class NodeService:
             raise InvalidRequest("prompt and messages are both empty; give one of them")
         for i, m in enumerate(inp.messages):
             if m.role not in ROLES:
-                raise InvalidRequest(f"messages[{i}].role {m.role!r} is not one of {', '.join(sorted(ROLES))}")
+                raise InvalidRequest(f"messages[{i}].role {brief(m.role)} is not one of {', '.join(sorted(ROLES))}")
         if self._chat is None:
             raise InvalidRequest(
                 f"model {self.model_file.name} has no chat template; send a raw prompt instead of messages"
@@ -286,7 +287,11 @@ class NodeService:
             if self.engine.failure
             else "draining"
             if self.draining
-            else "shedding" if th.shedding else "throttled" if th.throttled else "serving"
+            else "shedding"
+            if th.shedding
+            else "throttled"
+            if th.throttled
+            else "serving"
         )
         return NodeStatus(
             node_id=self.settings.node_id,

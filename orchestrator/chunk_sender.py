@@ -13,8 +13,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from edgefleet.proto.artifacts import Manifest
 from edgefleet.plumbing.mqtt_link import MqttLink
+from edgefleet.proto.artifacts import Manifest
 from edgefleet.proto.topics import Topics
 
 log = logging.getLogger("edgefleet.orchestrator.chunks")

@@ -10,9 +10,9 @@ import threading
 
 from pydantic import ValidationError
 
-from edgefleet.orchestrator.registry import Registry, open_registry
-from edgefleet.orchestrator.service import Orchestrator
+from edgefleet.orchestrator.runtime import build_orchestrator
 from edgefleet.orchestrator.settings import OrchestratorSettings
+from edgefleet.plumbing import failpoints
 from edgefleet.plumbing.logs import configure_logging
 
 log = logging.getLogger("edgefleet.orchestrator")
@@ -44,9 +44,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure_logging("orchestrator", settings.log_level, settings.log_format)
     try:
-        registry = Registry(open_registry(settings.registry_db))
-        orch = Orchestrator(settings, registry)
-    except Exception as e:
+        switched_on = failpoints.load_env()
+    except ValueError as e:
+        sys.stderr.write(f"edgefleet-orchestrator: {e}\n")
+        return 2
+    if switched_on:
+        log.warning("fail points switched on: it will fail on purpose", extra={"failpoints": switched_on})
+    try:
+        orch = build_orchestrator(settings)
+    except Exception as e:  # a registry or artifact directory that cannot be opened: say which, exit
+        log.exception("cannot start")
         sys.stderr.write(f"edgefleet-orchestrator: cannot start: {e}\n")
         return 2
     stop = threading.Event()

@@ -2,11 +2,16 @@
 
 SQLite through sqlite-utils, WAL. Everything in it can be rebuilt from the broker's retained
 messages (node status, reported state, desired state), so a deleted file heals itself.
+
+One connection, used by the MQTT network thread (ingest) and the command worker (desired
+state): every method holds the registry's lock, so a transaction of one thread never takes in
+a statement of another.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,16 +19,9 @@ from typing import Any
 
 import sqlite_utils
 
-from edgefleet.proto.payloads import (
-    ArtifactRef,
-    DesiredState,
-    NodeStatus,
-    ReportedState,
-    Telemetry,
-    TemplateSpec,
-    merged,
-)
+from edgefleet.orchestrator.drift import drift_reasons
 from edgefleet.plumbing.sqlite_db import open_database
+from edgefleet.proto.payloads import DesiredState, NodeInfoPayload, NodeStatus, ReportedState, Telemetry
 
 MIGRATIONS: list[str] = [
     """CREATE TABLE IF NOT EXISTS nodes (
@@ -65,16 +63,31 @@ class NodeRow:
         return dict(self.__dict__)
 
 
+@dataclass(frozen=True)
+class NodeRecord:
+    """Everything the registry keeps of one node, parsed: what the fleet view is rebuilt from at start."""
+
+    node_id: str
+    state: str
+    reason: str  # of the latest state change
+    since: float
+    last_seen: float
+    info: NodeInfoPayload | None
+    reported: ReportedState | None
+    telemetry: Telemetry | None
+
+
 class Registry:
     def __init__(self, db: sqlite_utils.Database) -> None:
         self.db = db
+        self._lock = threading.RLock()
 
     # -- writes (one transaction each) --------------------------------------------------------------
     def record_status(self, status: NodeStatus) -> None:
         now = time.time()
-        row = self.db.execute("SELECT state FROM nodes WHERE node_id = ?", [status.node_id]).fetchone()
         info = status.info
-        with self.db.conn:
+        with self._lock, self.db.conn:
+            row = self.db.execute("SELECT state FROM nodes WHERE node_id = ?", [status.node_id]).fetchone()
             if row is None or row[0] != status.state:
                 self.db.execute(
                     "INSERT INTO history (node_id, state, ts, reason) VALUES (?, ?, ?, ?)",
@@ -99,7 +112,7 @@ class Registry:
                 )
 
     def record_reported(self, rep: ReportedState) -> None:
-        with self.db.conn:
+        with self._lock, self.db.conn:
             self.db.execute(
                 "INSERT INTO reported (node_id, doc, ts) VALUES (?, ?, ?) ON CONFLICT(node_id) DO UPDATE "
                 "SET doc = excluded.doc, ts = excluded.ts",
@@ -108,7 +121,7 @@ class Registry:
             self.db.execute("UPDATE nodes SET last_seen = ? WHERE node_id = ?", [time.time(), rep.node_id])
 
     def record_telemetry(self, t: Telemetry) -> None:
-        with self.db.conn:
+        with self._lock, self.db.conn:
             self.db.execute(
                 "INSERT INTO telemetry (node_id, doc, ts) VALUES (?, ?, ?) ON CONFLICT(node_id) DO UPDATE "
                 "SET doc = excluded.doc, ts = excluded.ts",
@@ -118,7 +131,7 @@ class Registry:
 
     def record_desired(self, doc: DesiredState) -> bool:
         """Keep the newest generation per target; False when `doc` is older than what is stored."""
-        with self.db.conn:
+        with self._lock, self.db.conn:
             row = self.db.execute("SELECT generation FROM desired WHERE target_key = ?", [doc.target.key]).fetchone()
             if row is not None and row[0] > doc.generation:
                 return False
@@ -132,37 +145,65 @@ class Registry:
 
     # -- reads ------------------------------------------------------------------------------------------
     def desired(self, key: str) -> DesiredState | None:
-        row = self.db.execute("SELECT doc FROM desired WHERE target_key = ?", [key]).fetchone()
+        with self._lock:
+            row = self.db.execute("SELECT doc FROM desired WHERE target_key = ?", [key]).fetchone()
         return DesiredState.model_validate_json(row[0]) if row else None
 
     def all_desired(self) -> dict[str, DesiredState]:
-        rows = self.db.execute("SELECT target_key, doc FROM desired").fetchall()
+        with self._lock:
+            rows = self.db.execute("SELECT target_key, doc FROM desired").fetchall()
         return {k: DesiredState.model_validate_json(d) for k, d in rows}
 
     def node_ids(self) -> set[str]:
-        return {r[0] for r in self.db.execute("SELECT node_id FROM nodes").fetchall()}
+        with self._lock:
+            return {r[0] for r in self.db.execute("SELECT node_id FROM nodes").fetchall()}
 
     def history(self, node_id: str) -> list[tuple[str, float]]:
-        rows = self.db.execute("SELECT state, ts FROM history WHERE node_id = ? ORDER BY id", [node_id]).fetchall()
+        with self._lock:
+            rows = self.db.execute("SELECT state, ts FROM history WHERE node_id = ? ORDER BY id", [node_id]).fetchall()
         return [(r[0], r[1]) for r in rows]
+
+    def _docs(self, table: str) -> dict[str, str]:
+        return dict(self.db.execute(f"SELECT node_id, doc FROM {table}").fetchall())
+
+    def node_records(self) -> list[NodeRecord]:
+        with self._lock:
+            reported, telemetry = self._docs("reported"), self._docs("telemetry")
+            reasons = dict(
+                self.db.execute(
+                    "SELECT node_id, reason FROM history WHERE id IN (SELECT MAX(id) FROM history GROUP BY node_id)"
+                ).fetchall()
+            )
+            nodes = self.db.execute(
+                "SELECT node_id, state, since, last_seen, info FROM nodes ORDER BY node_id"
+            ).fetchall()
+        return [
+            NodeRecord(
+                node_id,
+                state,
+                reasons.get(node_id) or "",
+                since,
+                last_seen,
+                NodeInfoPayload.model_validate_json(info) if info else None,
+                ReportedState.model_validate_json(reported[node_id]) if node_id in reported else None,
+                Telemetry.model_validate_json(telemetry[node_id]) if node_id in telemetry else None,
+            )
+            for node_id, state, since, last_seen, info in nodes
+        ]
 
     def rows(self) -> list[NodeRow]:
         desired = self.all_desired()
-        reported = {
-            r[0]: ReportedState.model_validate_json(r[1])
-            for r in self.db.execute("SELECT node_id, doc FROM reported").fetchall()
-        }
-        outbox = {
-            r[0]: Telemetry.model_validate_json(r[1]).outbox_depth
-            for r in self.db.execute("SELECT node_id, doc FROM telemetry").fetchall()
-        }
+        with self._lock:
+            reported = {k: ReportedState.model_validate_json(d) for k, d in self._docs("reported").items()}
+            outbox = {k: Telemetry.model_validate_json(d).outbox_depth for k, d in self._docs("telemetry").items()}
+            nodes = self.db.execute(
+                "SELECT node_id, state, since, last_seen, profile, groups, model FROM nodes ORDER BY node_id"
+            ).fetchall()
         out = []
-        for node_id, state, since, last_seen, profile, groups_json, model in self.db.execute(
-            "SELECT node_id, state, since, last_seen, profile, groups, model FROM nodes ORDER BY node_id"
-        ).fetchall():
+        for node_id, state, since, last_seen, profile, groups_json, model in nodes:
             groups = json.loads(groups_json or "[]")
             rep = reported.get(node_id)
-            drift = _drift(node_id, groups, desired, rep)
+            drift = drift_reasons(node_id, groups, desired, rep)
             sync = "unknown" if rep is None else ("in sync" if not drift else "drifted")
             out.append(
                 NodeRow(
@@ -183,60 +224,3 @@ class Registry:
                 )
             )
         return out
-
-
-def _expected(
-    node_id: str, groups: list[str], desired: dict[str, DesiredState]
-) -> tuple[dict[str, TemplateSpec], dict[str, ArtifactRef], dict[str, int]]:
-    keys = [*(f"group:{g}" for g in groups), f"node:{node_id}"]
-    generations = {k: desired[k].generation for k in keys if k in desired}
-    return merged(desired, node_id, groups, "templates"), merged(desired, node_id, groups, "adapters"), generations
-
-
-def expected_knowledge(node_id: str, groups: list[str], desired: dict[str, DesiredState]) -> dict[str, ArtifactRef]:
-    return merged(desired, node_id, groups, "knowledge")
-
-
-def expected_adapters(node_id: str, groups: list[str], desired: dict[str, DesiredState]) -> dict[str, ArtifactRef]:
-    """The adapters a node should hold: its groups' (in order), then its own, which win on a name clash."""
-    return _expected(node_id, groups, desired)[1]
-
-
-def _drift(node_id: str, groups: list[str], desired: dict[str, DesiredState], rep: ReportedState | None) -> list[str]:
-    if rep is None:
-        return ["no reported state yet"]
-    want, want_adapters, gens = _expected(node_id, groups, desired)
-    reasons = []
-    for key, gen in gens.items():
-        have = rep.generations.get(key, 0)
-        if have < gen:
-            reasons.append(f"{key} at generation {have}, desired {gen}")
-    for name, spec in want.items():
-        have_v = rep.templates.get(name)
-        if have_v is None:
-            reasons.append(f"template {name} missing")
-        elif have_v != spec.version:
-            reasons.append(f"template {name} at {have_v}, desired {spec.version}")
-    for name in rep.templates:
-        if name not in want:
-            reasons.append(f"template {name} not desired")
-    for name, ref in want_adapters.items():
-        have_v = rep.adapters.get(name)
-        if have_v != ref.version:
-            t = rep.transfers.get(f"adapter/{name}")
-            where = f"{t.state} {t.have}/{t.total}" if t else (f"at {have_v}" if have_v else "missing")
-            reasons.append(f"adapter {name} {where}, desired {ref.version}")
-    for name in rep.adapters:
-        if name not in want_adapters:
-            reasons.append(f"adapter {name} not desired")
-    for name, ref in merged(desired, node_id, groups, "knowledge").items():
-        if rep.knowledge.get(name) != ref.version:
-            t = rep.transfers.get(f"knowledge/{name}")
-            where = (
-                f"{t.state} {t.have}/{t.total}"
-                if t
-                else (f"at {rep.knowledge[name]}" if name in rep.knowledge else "missing")
-            )
-            reasons.append(f"knowledge {name} {where}, desired {ref.version}")
-    reasons.extend(f"error: {e}" for e in rep.errors)
-    return reasons

@@ -8,23 +8,24 @@ its groups), so a node never gets a rule it cannot run.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 
-from edgefleet.orchestrator.desired_edits import CommandError, PublishDesired, remove_entry
+from edgefleet.orchestrator.command_errors import CommandError
+from edgefleet.orchestrator.command_requests import NoArguments, PushRuleRequest, RemoveEntryRequest
+from edgefleet.orchestrator.command_table import CommandTable
+from edgefleet.orchestrator.desired_edits import PublishDesired, remove_entry, resolve_target
 from edgefleet.orchestrator.registry import Registry
-from edgefleet.proto.payloads import Command, CommandResult, Target
-
-RULE_OPS = frozenset({"push-rule", "rm-rule", "rules"})
+from edgefleet.proto.payloads import CommandResult, Target
 
 
 class RuleCommands:
-    def __init__(
-        self,
-        registry: Registry,
-        publish_desired: PublishDesired,
-    ) -> None:
+    def __init__(self, registry: Registry, publish_desired: PublishDesired) -> None:
         self.registry = registry
         self.publish_desired = publish_desired
+
+    def register(self, table: CommandTable) -> None:
+        table.register("rules", NoArguments, self.rules)
+        table.register("push-rule", PushRuleRequest, self.push)
+        table.register("rm-rule", RemoveEntryRequest, self.remove)
 
     def _templates_for(self, t: Target) -> set[str]:
         desired = self.registry.all_desired()
@@ -34,25 +35,26 @@ class RuleCommands:
             keys += [f"group:{g}" for g in (row.groups if row else [])]
         return {name for k in keys if k in desired for name in desired[k].templates}
 
-    def run(self, cmd: Command, target: Callable[[str], Target]) -> CommandResult:
-        if cmd.op == "rules":
-            desired = self.registry.all_desired()
-            return CommandResult(
-                ok=True,
-                data={
-                    k: {n: json.loads(r.model_dump_json()) for n, r in d.rules.items()}
-                    for k, d in desired.items()
-                    if d.rules
-                },
-            )
-        t = target(cmd.target)
+    def rules(self, _: NoArguments) -> CommandResult:
+        desired = self.registry.all_desired()
+        return CommandResult(
+            ok=True,
+            data={
+                k: {n: json.loads(r.model_dump_json()) for n, r in d.rules.items()}
+                for k, d in desired.items()
+                if d.rules
+            },
+        )
+
+    def remove(self, req: RemoveEntryRequest) -> CommandResult:
+        t = resolve_target(req.target, self.registry)
+        return remove_entry(self.publish_desired, t, self.registry.desired(t.key), "rules", req.name, "rule")
+
+    def push(self, req: PushRuleRequest) -> CommandResult:
+        t = resolve_target(req.target, self.registry)
         current = self.registry.desired(t.key)
-        if cmd.op == "rm-rule":
-            return remove_entry(self.publish_desired, t, current, "rules", cmd.name, "rule")
         rules = dict(current.rules) if current else {}
-        rule = cmd.rule
-        if rule is None:
-            raise CommandError("push-rule needs a rule")
+        rule = req.rule
         if rule.template not in self._templates_for(t):
             raise CommandError(
                 f"rule {rule.name}: template {rule.template!r} is not desired for {t.key}; "

@@ -9,7 +9,6 @@ from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from edgefleet.plumbing.mqtt_settings import DEFAULT_MQTT_URL, MqttSettings
-
 from edgefleet.proto.topics import check_name
 
 

@@ -1,32 +1,113 @@
-"""Opening a part's SQLite database: WAL, a durability level, and its one migration set.
+"""Opening a part's SQLite database: WAL, a durability level, and its one migration runner.
 
-Shared by the node's and the orchestrator's stores; each part keeps its own migrations.
+Shared by the node's and the orchestrator's stores; each part keeps its own migrations. The
+runner (`migrate`) takes any DB-API connection, so a store that needs another driver (the
+knowledge store opens `pysqlite3` connections for extension loading) runs the same migrations
+the same way.
+
+A migration is one SQL statement or a list of statements. `PRAGMA user_version` counts the
+migrations applied; each is applied with its version bump in one `BEGIN IMMEDIATE` transaction,
+so a failing migration leaves the database (and its version) as it was. A database whose
+version is higher than the migrations known is refused with `SchemaTooNew`: it was written by
+a newer edgefleet, and this one must not guess at its tables.
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, Protocol
 
 import sqlite_utils
 
+log = logging.getLogger("edgefleet.sqlite")
+
+Migration = str | Sequence[str]
+"""One statement, or the statements of one migration (applied together)."""
+
+
+class Connection(Protocol):
+    """What the runner needs of a connection (sqlite3's, pysqlite3's)."""
+
+    def execute(self, sql: str, /) -> Any: ...
+
+    @property
+    def in_transaction(self) -> bool: ...
+
+
+class SchemaTooNew(RuntimeError):
+    """The database was written by a newer edgefleet (its schema version is beyond the known migrations)."""
+
+    def __init__(self, what: str, found: int, known: int) -> None:
+        super().__init__(
+            f"{what} has schema version {found}, newer than this edgefleet knows ({known}): it was written "
+            f"by a newer edgefleet; upgrade edgefleet to open it"
+        )
+        self.what, self.found, self.known = what, found, known
+
+
+def schema_version(conn: Connection) -> int:
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def _statements(migration: Migration) -> Sequence[str]:
+    return (migration,) if isinstance(migration, str) else migration
+
+
+def migrate(conn: Connection, migrations: Sequence[Migration], *, what: str = "the database") -> int:
+    """Apply the migrations after `PRAGMA user_version`, each in one IMMEDIATE transaction; return the version.
+
+    Raises SchemaTooNew (naming `what`) when the database is newer than `migrations`; a migration
+    that fails is rolled back and its error raised, the version unchanged. Call it with no
+    transaction open.
+    """
+    while True:
+        conn.execute("BEGIN IMMEDIATE")  # taken before reading the version: two openers never both migrate
+        try:
+            version = schema_version(conn)
+            if version > len(migrations):
+                raise SchemaTooNew(what, version, len(migrations))
+            if version < len(migrations):
+                for statement in _statements(migrations[version]):
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version={version + 1}")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        if version == len(migrations):
+            return version
+        log.info("migration applied", extra={"database": what, "schema_version": version + 1})
+
+
+def connect_sqlite3(path: str) -> sqlite3.Connection:
+    """The default driver: the interpreter's sqlite3, usable from several threads (callers serialize)."""
+    return sqlite3.connect(path, check_same_thread=False)
+
 
 def open_database(
-    path: Path, migrations: list[str], synchronous: Literal["NORMAL", "FULL"] = "FULL"
+    path: Path,
+    migrations: Sequence[Migration],
+    synchronous: Literal["NORMAL", "FULL"] = "FULL",
+    *,
+    connect: Callable[[str], sqlite3.Connection] = connect_sqlite3,
 ) -> sqlite_utils.Database:
-    """Open `path`, apply the migrations not yet applied (PRAGMA user_version counts them).
+    """Open `path` in WAL mode, apply the migrations not yet applied (see `migrate`).
 
     The connection may be used from several threads (the MQTT network thread and the gRPC
-    loop); callers serialize their writes.
+    loop); callers serialize their writes. Raises SchemaTooNew for a database of a newer edgefleet.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite_utils.Database(sqlite3.connect(str(path), check_same_thread=False))
-    db.enable_wal()
-    db.execute(f"PRAGMA synchronous={synchronous}")
-    version = db.execute("PRAGMA user_version").fetchone()[0]
-    for i, sql in enumerate(migrations[version:], start=version + 1):
-        with db.conn:
-            db.execute(sql)
-            db.execute(f"PRAGMA user_version={i}")
+    conn = connect(str(path))
+    try:
+        db = sqlite_utils.Database(conn)
+        db.enable_wal()
+        db.execute(f"PRAGMA synchronous={synchronous}")
+        migrate(conn, migrations, what=f"the database {path}")
+    except BaseException:
+        conn.close()
+        raise
     return db

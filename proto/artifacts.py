@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -20,18 +19,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from edgefleet.proto.topics import check_name
+from edgefleet.proto.versions import Version
 
 DEFAULT_CHUNK_BYTES = 256 * 1024
 MAX_ARTIFACT_BYTES = 2 * 1024**3
-
-
-def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
-    """Natural order of versions: `1.10` after `1.9`, `2` after `1.9.9`; numbers sort before words."""
-    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in re.findall(r"\d+|[A-Za-z]+", version))
-
-
-def is_older(version: str, than: str) -> bool:
-    return version_key(version) < version_key(than)
 
 
 class ArtifactError(ValueError):
@@ -45,7 +36,7 @@ class Manifest(BaseModel):
     v: Literal[1] = 1
     kind: Literal["adapter", "knowledge"]
     name: str
-    version: Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")]
+    version: Version
     size: Annotated[int, Field(gt=0, le=MAX_ARTIFACT_BYTES)]
     sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
     chunk_bytes: Annotated[int, Field(ge=1024, le=4 * 1024 * 1024)]

@@ -40,3 +40,9 @@ class ErrorCode(StrEnum):
     CHUNK_REFUSED = "chunk_refused"
     DUPLICATE_CHUNK = "duplicate_chunk"
     DISK_ERROR = "disk_error"
+    NO_SITE_KEY = "no_site_key"
+    OLDER_VERSION = "older_version"
+    ADAPTER_REFUSED = "adapter_refused"
+    KNOWLEDGE_REFUSED = "knowledge_refused"
+    # -- desired state ------------------------------------------------------------------------------
+    TEMPLATE_ERROR = "template_error"

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from edgefleet.proto.payload_base import _now, _Payload
 from edgefleet.proto.topics import check_name
+from edgefleet.proto.versions import Version
 
 MAX_FILTER_CHARS = 256
 MAX_OUTPUT_TOPIC_CHARS = 256
@@ -32,7 +33,6 @@ SOURCE_RE = re.compile(r"^(?:payload(?:\.[A-Za-z0-9_-]{1,64}){0,8}|topic|topic\[
 # `{rule}`, `{node}`, `{source_id}`, `{level<N>}`; any other brace is an error.
 PLACEHOLDER_RE = re.compile(r"\{([a-z_]+[0-9]*)\}")
 _LEVEL_RE = re.compile(r"^level([0-9]{1,3})$")
-_VERSION = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")]
 
 
 def check_topic_filter(flt: str) -> str:
@@ -124,7 +124,7 @@ class RuleSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
     name: str
-    version: _VERSION
+    version: Version
     topic_filter: str
     template: str
     variables: dict[str, str] = Field(default_factory=dict)

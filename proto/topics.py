@@ -70,6 +70,10 @@ class Topics:
     def artifact_chunk(self, kind: str, name: str, version: str, index: int) -> str:
         return f"{self.root}artifact/{kind}/{name}/{version}/chunk/{index}"
 
+    def artifact_chunks(self, kind: str, name: str, version: str) -> str:
+        """Filter: every chunk of one version of an artifact."""
+        return f"{self.root}artifact/{kind}/{name}/{version}/chunk/+"
+
     def artifact_chunk_requests(self) -> str:
         """Nodes ask here for the chunks they are missing."""
         return f"{self.root}artifact/requests"
@@ -117,6 +121,10 @@ class Topics:
     def all_errors(self) -> str:
         return f"{self.root}errors/+"
 
+    def all_artifact_manifests(self, kind: str) -> str:
+        """Filter: the manifests of every artifact of one kind."""
+        return f"{self.root}artifact/{kind}/+/manifest"
+
     # -- parsing --------------------------------------------------------------------------------
     def parse(self, topic: str) -> tuple[str, ...] | None:
         """Split a topic under this root into its levels; None when it is not ours."""
@@ -137,6 +145,39 @@ class Topics:
         if levels and len(levels) == 3 and levels[0] == "desired" and levels[1] in ("node", "group"):
             return levels[1], levels[2]
         return None
+
+    def manifest_of(self, topic: str) -> tuple[str, str] | None:
+        """(kind, name) of `<root>artifact/<kind>/<name>/manifest`, else None."""
+        levels = self.parse(topic)
+        if levels and len(levels) == 4 and levels[0] == "artifact" and levels[3] == "manifest":
+            return levels[1], levels[2]
+        return None
+
+    def chunk_of(self, topic: str) -> ChunkTopic | None:
+        """The parts of `<root>artifact/<kind>/<name>/<version>/chunk/<i>` (i in decimal digits), else None."""
+        levels = self.parse(topic)
+        if (
+            levels
+            and len(levels) == 6
+            and levels[0] == "artifact"
+            and levels[4] == "chunk"
+            and _INDEX_RE.fullmatch(levels[5])
+        ):
+            return ChunkTopic(levels[1], levels[2], levels[3], int(levels[5]))
+        return None
+
+
+_INDEX_RE = re.compile(r"[0-9]{1,9}")
+
+
+@dataclass(frozen=True)
+class ChunkTopic:
+    """What a chunk's topic says: which artifact version and which chunk."""
+
+    kind: str
+    name: str
+    version: str
+    index: int
 
 
 TOPIC_TABLE = [

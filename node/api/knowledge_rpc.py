@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 
-from edgefleet.node.errors import Unavailable
+from edgefleet.node.errors import InvalidRequest, Unavailable
 from edgefleet.node.knowledge.documents import Document
 from edgefleet.node.knowledge.service import KnowledgeService
+from edgefleet.proto.input_limits import brief
 from edgefleet.proto.v1 import inference_pb2 as pb
 
 DEFAULT_RETRIEVE_TOP_K = 5
@@ -23,6 +24,9 @@ def need(knowledge: KnowledgeService | None) -> KnowledgeService:
 
 
 async def ingest(k: KnowledgeService, req: pb.IngestRequest) -> pb.IngestResponse:
+    for i, d in enumerate(req.documents):
+        if d.text and d.data:
+            raise InvalidRequest(f"documents[{i}] ({brief(d.id)}) has both text and data; send one of them")
     docs = [
         Document(
             id=d.id,

@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection
 from edgefleet.node.api.servicer import InferenceServicer
 from edgefleet.node.runtime import Node
 from edgefleet.node.settings import NodeSettings
+from edgefleet.plumbing.grpc_malformed import MalformedRequestInterceptor, request_types
 from edgefleet.proto.v1 import inference_pb2, inference_pb2_grpc
 
 log = logging.getLogger("edgefleet.node.server")
@@ -61,7 +62,10 @@ async def serve(node: Node, settings: NodeSettings, ready: asyncio.Event | None 
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.so_reuseport", 0),
     ]
-    server = grpc.aio.server(options=opts)
+    interceptor = MalformedRequestInterceptor(
+        request_types(inference_pb2.DESCRIPTOR.services_by_name["Inference"], inference_pb2)
+    )
+    server = grpc.aio.server(options=opts, interceptors=[interceptor])
     servicer = InferenceServicer(node.service)
     inference_pb2_grpc.add_InferenceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()

@@ -19,6 +19,7 @@ from edgefleet.node.engine.types import EventSink, Failed, Finished, FinishReaso
 from edgefleet.node.errors import EdgefleetError
 from edgefleet.node.knowledge.caches import CachedResponse
 from edgefleet.node.service import ChatTurn, GenerateInput, NodeService
+from edgefleet.plumbing.grpc_malformed import refuse_malformed
 from edgefleet.plumbing.logs import request_id_var
 from edgefleet.proto.v1 import inference_pb2 as pb
 from edgefleet.proto.v1 import inference_pb2_grpc as pb_grpc
@@ -82,6 +83,7 @@ def _unary(fn: UnaryMethod[Q, R]) -> UnaryMethod[Q, R]:
     """A unary RPC: request id for the logs, typed errors mapped to their status once."""
 
     async def call(self: Any, request: Q, context: grpc.aio.ServicerContext) -> R:
+        await refuse_malformed(request, context)
         await _request_id(context)
         try:
             return await fn(self, request, context)
@@ -130,6 +132,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateChunk]:
         arrived = time.monotonic()
+        await refuse_malformed(request, context)
         rid = await _request_id(context)
         channel = EventChannel(asyncio.get_running_loop(), self.service.settings.stream_interval_ms / 1000.0)
         inp = _to_input(request)
@@ -198,6 +201,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 self.service.cancel(rid)
 
     async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
+        await refuse_malformed(request, context)
         await _request_id(context)
         texts = list(request.texts)
         try:  # tokenizing is CPU work: not on the event loop
@@ -241,6 +245,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         return await knowledge_rpc.retrieve(knowledge_rpc.need(self.service.knowledge), request)
 
     async def GetNodeInfo(self, request: pb.GetNodeInfoRequest, context: grpc.aio.ServicerContext) -> pb.NodeInfo:
+        await refuse_malformed(request, context)
         await _request_id(context)
         s = self.service.status()
         m = s.model_meta

@@ -243,7 +243,9 @@ class ControlAgent:
                         compile_template(spec)
                 except TemplateError as e:
                     self._reject(
-                        msg.topic, "template_error", f"generation {doc.generation} of {doc.target.key} refused: {e}"
+                        msg.topic,
+                        ErrorCode.TEMPLATE_ERROR,
+                        f"generation {doc.generation} of {doc.target.key} refused: {e}",
                     )
                     return
                 self.store.save(doc)

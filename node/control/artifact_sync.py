@@ -181,10 +181,11 @@ class ArtifactSync:
         if self.topics.manifest_of(msg.topic) != (m.kind, m.name):
             self.report_error(msg.topic, ErrorCode.MANIFEST_REFUSED, f"manifest of {m.label} arrived on {msg.topic}")
             return
-        # no_site_key, older_version and <kind>_refused are not ErrorCode members yet (proto/error_codes.py)
         if self.site_key is None:
             self.report_error(
-                msg.topic, "no_site_key", f"{m.label} refused: no site public key pinned (EDGEFLEET_SITE_PUBLIC_KEY)"
+                msg.topic,
+                ErrorCode.NO_SITE_KEY,
+                f"{m.label} refused: no site public key pinned (EDGEFLEET_SITE_PUBLIC_KEY)",
             )
             return
         try:
@@ -196,7 +197,7 @@ class ArtifactSync:
         if current is not None and is_older(m.version, current.version):
             self.report_error(
                 msg.topic,
-                "older_version",
+                ErrorCode.OLDER_VERSION,
                 f"{m.label} refused: older than the installed version {current.version} (a replayed manifest?)",
             )
             return
@@ -363,7 +364,9 @@ class ArtifactSync:
         t.store.discard()
         log.error("artifact refused; the previous version stays", extra={"artifact": m.label, "reason": reason})
         self.report_error(
-            self.topics.artifact_manifest(m.kind, m.name), f"{m.kind}_refused", f"{m.label} refused: {reason}"
+            self.topics.artifact_manifest(m.kind, m.name),
+            ErrorCode.ADAPTER_REFUSED if m.kind == "adapter" else ErrorCode.KNOWLEDGE_REFUSED,
+            f"{m.label} refused: {reason}",
         )
         self.changed()
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from edgefleet.node.engine.types import AdapterUse
 from edgefleet.node.errors import NotFound
+from edgefleet.proto.input_limits import brief
 
 
 @dataclass
@@ -51,7 +52,7 @@ class AdapterTable:
             entry = self._current.get(name)
             if entry is None:
                 known = ", ".join(sorted(self._current)) or "none"
-                raise NotFound(f"adapter {name!r} is not loaded on this node (loaded adapters: {known})")
+                raise NotFound(f"adapter {brief(name)} is not loaded on this node (loaded adapters: {known})")
             entry.users += 1
             return AdapterUse(entry.name, entry.version, scale, entry.handle)
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from edgefleet.node.knowledge.chunking import Chunk, ChunkingConfig, Format, chunk_text
 from edgefleet.node.knowledge.errors import InvalidInput
+from edgefleet.proto.input_limits import brief
 from edgefleet.proto.topics import valid_name
 
 DOC_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -45,7 +46,7 @@ class PreparedDocument:
 def check_collection(name: object) -> str:
     if not isinstance(name, str) or not valid_name(name):
         raise InvalidInput(
-            f"collection name {name!r} is invalid: use 1-64 letters, digits, '.', '_' or '-', "
+            f"collection name {brief(name)} is invalid: use 1-64 letters, digits, '.', '_' or '-', "
             f"starting with a letter or digit, without '..' or '/'"
         )
     return name
@@ -54,7 +55,7 @@ def check_collection(name: object) -> str:
 def check_doc_id(doc_id: object) -> str:
     if not isinstance(doc_id, str) or not DOC_ID_RE.match(doc_id) or ".." in doc_id:
         raise InvalidInput(
-            f"document id {doc_id!r} is invalid: use 1-128 letters, digits, '.', '_' or '-', "
+            f"document id {brief(doc_id)} is invalid: use 1-128 letters, digits, '.', '_' or '-', "
             f"starting with a letter or digit, without '..' or '/'"
         )
     return doc_id
@@ -63,10 +64,10 @@ def check_doc_id(doc_id: object) -> str:
 def check_version(version: object) -> str:
     if not isinstance(version, str) or not version.strip() or len(version) > MAX_VERSION_CHARS:
         raise InvalidInput(
-            f"version {version!r} is invalid: give a non-empty string of at most {MAX_VERSION_CHARS} characters"
+            f"version {brief(version)} is invalid: give a non-empty string of at most {MAX_VERSION_CHARS} characters"
         )
     if any(ord(c) < 32 for c in version):
-        raise InvalidInput(f"version {version!r} contains control characters")
+        raise InvalidInput(f"version {brief(version)} contains control characters")
     return version
 
 
@@ -75,12 +76,14 @@ def decode_text(doc_id: str, text: object, max_bytes: int) -> str:
     if isinstance(text, bytes | bytearray | memoryview):
         raw = bytes(text)
         if len(raw) > max_bytes:
-            raise InvalidInput(f"document {doc_id!r} is {len(raw)} bytes; the limit is {max_bytes} bytes: split it")
+            raise InvalidInput(
+                f"document {brief(doc_id)} is {len(raw)} bytes; the limit is {max_bytes} bytes: split it"
+            )
         try:
             decoded = raw.decode("utf-8", errors="strict")
         except UnicodeDecodeError as e:
             raise InvalidInput(
-                f"document {doc_id!r} is not valid UTF-8 (byte {e.start}: {raw[e.start : e.start + 4]!r}); "
+                f"document {brief(doc_id)} is not valid UTF-8 (byte {e.start}: {brief(raw[e.start : e.start + 4])}); "
                 f"convert it to UTF-8 first"
             ) from None
     elif isinstance(text, str):
@@ -88,19 +91,20 @@ def decode_text(doc_id: str, text: object, max_bytes: int) -> str:
             size = len(text.encode("utf-8", errors="strict"))
         except UnicodeEncodeError as e:
             raise InvalidInput(
-                f"document {doc_id!r} contains a lone surrogate at character {e.start}; it cannot be stored as UTF-8"
+                f"document {brief(doc_id)} contains a lone surrogate at character {e.start}; "
+                "it cannot be stored as UTF-8"
             ) from None
         if size > max_bytes:
-            raise InvalidInput(f"document {doc_id!r} is {size} bytes; the limit is {max_bytes} bytes: split it")
+            raise InvalidInput(f"document {brief(doc_id)} is {size} bytes; the limit is {max_bytes} bytes: split it")
         decoded = text
     else:
-        raise InvalidInput(f"document {doc_id!r}: text must be str or bytes, got {type(text).__name__}")
+        raise InvalidInput(f"document {brief(doc_id)}: text must be str or bytes, got {type(text).__name__}")
     if decoded.startswith("\ufeff"):
         decoded = decoded[1:]
     if "\x00" in decoded:
-        raise InvalidInput(f"document {doc_id!r} contains NUL characters; is it a binary file?")
+        raise InvalidInput(f"document {brief(doc_id)} contains NUL characters; is it a binary file?")
     if not decoded.strip():
-        raise InvalidInput(f"document {doc_id!r} is empty")
+        raise InvalidInput(f"document {brief(doc_id)} is empty")
     return decoded
 
 
@@ -109,17 +113,19 @@ def check_metadata(doc_id: str, metadata: object) -> str:
     if metadata is None:
         metadata = {}
     if not isinstance(metadata, Mapping):
-        raise InvalidInput(f"document {doc_id!r}: metadata must be a mapping of strings to strings")
+        raise InvalidInput(f"document {brief(doc_id)}: metadata must be a mapping of strings to strings")
     for k, v in metadata.items():
         if not isinstance(k, str) or not isinstance(v, str):
-            raise InvalidInput(f"document {doc_id!r}: metadata {k!r} = {v!r} is not a string-to-string pair")
+            raise InvalidInput(
+                f"document {brief(doc_id)}: metadata {brief(k)} = {brief(v)} is not a string-to-string pair"
+            )
     try:
         out = json.dumps(dict(metadata), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
         size = len(out.encode("utf-8"))
     except UnicodeEncodeError:
-        raise InvalidInput(f"document {doc_id!r}: metadata is not valid Unicode") from None
+        raise InvalidInput(f"document {brief(doc_id)}: metadata is not valid Unicode") from None
     if size > MAX_METADATA_BYTES:
-        raise InvalidInput(f"document {doc_id!r}: metadata is {size} bytes; the limit is {MAX_METADATA_BYTES}")
+        raise InvalidInput(f"document {brief(doc_id)}: metadata is {size} bytes; the limit is {MAX_METADATA_BYTES}")
     return out
 
 
@@ -145,15 +151,15 @@ def prepare_documents(
             raise InvalidInput(f"expected Document, got {type(doc).__name__}")
         doc_id = check_doc_id(doc.id)
         if doc_id in seen:
-            raise InvalidInput(f"document id {doc_id!r} appears twice in one batch")
+            raise InvalidInput(f"document id {brief(doc_id)} appears twice in one batch")
         seen.add(doc_id)
         if doc.format not in ("markdown", "text", "auto"):
-            raise InvalidInput(f"document {doc_id!r}: format {doc.format!r} is not markdown, text or auto")
+            raise InvalidInput(f"document {brief(doc_id)}: format {brief(doc.format)} is not markdown, text or auto")
         text = decode_text(doc_id, doc.text, max_bytes)
         metadata_json = check_metadata(doc_id, doc.metadata)
         chunks = chunk_text(text, doc.format, config)
         if not chunks:
-            raise InvalidInput(f"document {doc_id!r} has no text to index (only headings or blank lines)")
+            raise InvalidInput(f"document {brief(doc_id)} has no text to index (only headings or blank lines)")
         sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
         out.append(PreparedDocument(doc_id, text, metadata_json, sha, signature, chunks))
     return out

@@ -17,6 +17,7 @@ from collections.abc import Hashable, Sequence
 from typing import Literal, TypeVar
 
 from edgefleet.node.knowledge.errors import InvalidInput
+from edgefleet.proto.input_limits import brief
 
 Mode = Literal["hybrid", "keyword", "vector"]
 MODES: tuple[Mode, ...] = ("hybrid", "keyword", "vector")
@@ -83,11 +84,11 @@ def reciprocal_rank_fusion(rankings: Sequence[Sequence[T]], k: int = RRF_K) -> l
 
 def check_mode(mode: str) -> Mode:
     if mode not in MODES:
-        raise InvalidInput(f"unknown retrieval mode {mode!r}: use one of {', '.join(MODES)}")
+        raise InvalidInput(f"unknown retrieval mode {brief(mode)}: use one of {', '.join(MODES)}")
     return mode
 
 
 def check_top_k(top_k: int, limit: int = 50) -> int:
     if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= limit:
-        raise InvalidInput(f"top_k must be an integer from 1 to {limit}, got {top_k!r}")
+        raise InvalidInput(f"top_k must be an integer from 1 to {limit}, got {brief(top_k)}")
     return top_k

@@ -44,6 +44,7 @@ from edgefleet.node.knowledge.errors import CorruptDatabase, EmbedderMismatch, I
 from edgefleet.node.knowledge.schema import MIGRATIONS, CollectionInfo, Hit, IngestResult
 from edgefleet.node.knowledge.search import Mode, check_mode, check_top_k, normalise_query, reciprocal_rank_fusion
 from edgefleet.node.knowledge.vectors import Backend, VectorIndex
+from edgefleet.proto.input_limits import brief
 
 log = logging.getLogger("edgefleet.node.knowledge")
 
@@ -129,7 +130,7 @@ class KnowledgeStore:
     def _require(conn: sqlite.Connection, name: str) -> CollectionInfo:
         info = q.collection_info(conn, name)
         if info is None:
-            raise NotFoundError(f"collection {name!r} does not exist on this node; install or ingest it first")
+            raise NotFoundError(f"collection {brief(name)} does not exist on this node; install or ingest it first")
         return info
 
     def list_collections(self) -> list[CollectionInfo]:
@@ -282,7 +283,7 @@ class KnowledgeStore:
         with self._db.read() as conn:
             hit = q.hit_by_chunk_id(conn, chunk_id)
         if hit is None:
-            raise NotFoundError(f"chunk {chunk_id!r} does not exist")
+            raise NotFoundError(f"chunk {brief(chunk_id)} does not exist")
         return hit
 
     def retrieve(self, query: str, collection: str, top_k: int = 5, mode: Mode = "hybrid") -> list[Hit]:

@@ -1,0 +1,55 @@
+"""The typed request of each operator command: what the command table validates before a handler runs.
+
+The wire format (`proto.payloads.Command`) is one flat model for every op; each op takes only
+the fields its request names, and a field it does not take is refused, not ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from edgefleet.proto.payloads import SHA256_FIELD, TemplateSpec, UploadChunk
+from edgefleet.proto.rules import RuleSpec
+from edgefleet.proto.versions import Version
+
+NonEmpty = Annotated[str, Field(min_length=1)]
+
+
+class CommandRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NoArguments(CommandRequest):
+    """status, adapters, rules: read-only views of the whole site."""
+
+
+class PushTemplateRequest(CommandRequest):
+    target: NonEmpty
+    template: TemplateSpec
+
+
+class RemoveEntryRequest(CommandRequest):
+    """rm-template, rm-rule, rm-adapter, rm-knowledge: `name` out of `target`'s desired state."""
+
+    target: NonEmpty
+    name: NonEmpty
+
+
+class UploadChunkRequest(CommandRequest):
+    upload: UploadChunk
+
+
+class PushArtifactRequest(CommandRequest):
+    """push-adapter, push-knowledge: an uploaded file (by sha256), named and versioned, for `target`."""
+
+    target: NonEmpty
+    name: NonEmpty
+    version: Version
+    sha256: Annotated[str, SHA256_FIELD]
+
+
+class PushRuleRequest(CommandRequest):
+    target: NonEmpty
+    rule: RuleSpec

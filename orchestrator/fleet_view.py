@@ -1,0 +1,251 @@
+"""The fleet in memory: one immutable snapshot of every node, replaced on each ingest.
+
+Readers (the router, the web console, `fleet status` one day) take the current `FleetSnapshot`
+by reference under a short lock and read it as long as they like: nothing in it ever changes,
+no SQLite, no JSON per call. Writers (ingest, the desired-state publisher) are serialized by
+a second lock and build the next snapshot from the facts they keep, then swap it in.
+
+A node's state is the one it published: `online`, `offline` (a shutdown, or its last will:
+reason "connection lost"), or `failed` (its engine died; the process exits to be restarted).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal
+
+from edgefleet.orchestrator.drift import desired_generations, drift_reasons
+from edgefleet.orchestrator.registry import NodeRecord
+from edgefleet.proto.payloads import DesiredState, ErrorReport, NodeInfoPayload, NodeStatus, ReportedState, Telemetry
+
+NodeState = Literal["online", "offline", "failed"]
+_EMPTY: Mapping[str, str] = MappingProxyType({})
+
+
+def _none() -> Mapping[str, Any]:
+    return MappingProxyType({})
+
+
+def _frozen(d: Mapping[str, str]) -> Mapping[str, str]:
+    return MappingProxyType(dict(d))
+
+
+def node_state(state: str) -> NodeState:
+    """The state a node published (an unknown one, from a newer node, reads as offline: not routable)."""
+    return "online" if state == "online" else "failed" if state == "failed" else "offline"
+
+
+@dataclass(frozen=True)
+class NodeLoad:
+    """The node's latest telemetry: what a router ranks nodes by."""
+
+    ts: float
+    queue_depth: int
+    slots_total: int
+    slots_busy: int
+    slots_available: int
+    tokens_per_second: float | None  # None until the node has decoded something
+    temperature_c: float | None
+    throttled: bool
+    shedding: bool
+
+    @classmethod
+    def of(cls, t: Telemetry) -> NodeLoad:
+        return cls(
+            t.ts,
+            t.queue_depth,
+            t.slots_total,
+            t.slots_busy,
+            t.slots_available,
+            t.tokens_per_second or None,
+            t.temperature_c,
+            t.throttled,
+            t.shedding,
+        )
+
+
+@dataclass(frozen=True)
+class NodeError:
+    code: str
+    message: str
+    ts: float
+
+
+@dataclass(frozen=True)
+class NodeSnapshot:
+    node_id: str
+    state: NodeState
+    state_reason: str
+    since: float  # when it entered `state`
+    last_seen: float
+    address: str = ""  # gRPC host:port the node advertises
+    profile: str = ""
+    model: str = ""
+    groups: tuple[str, ...] = ()
+    adapters: Mapping[str, str] = field(default_factory=_none)  # name → version loaded
+    templates: Mapping[str, str] = field(default_factory=_none)  # name → version in effect
+    collections: Mapping[str, str] = field(default_factory=_none)  # knowledge collection → version installed
+    load: NodeLoad | None = None
+    desired_generations: Mapping[str, int] = field(default_factory=_none)
+    reported_generations: Mapping[str, int] = field(default_factory=_none)
+    has_reported: bool = False
+    drift: tuple[str, ...] = ()  # why it is not what its desired state says; empty: in sync
+    last_error: NodeError | None = None
+
+    @property
+    def in_sync(self) -> bool:
+        return self.has_reported and not self.drift
+
+    @property
+    def generation_behind(self) -> bool:
+        """A desired generation the node has not applied yet."""
+        return any(self.reported_generations.get(k, 0) < g for k, g in self.desired_generations.items())
+
+
+@dataclass(frozen=True)
+class FleetSnapshot:
+    nodes: Mapping[str, NodeSnapshot]
+    desired_generations: Mapping[str, int]  # target key → newest generation
+    version: int  # grows by one with every change
+    taken_at: float
+
+    def node(self, node_id: str) -> NodeSnapshot | None:
+        return self.nodes.get(node_id)
+
+    def in_group(self, group: str) -> list[NodeSnapshot]:
+        return [n for n in self.nodes.values() if group in n.groups]
+
+    def online(self) -> list[NodeSnapshot]:
+        return [n for n in self.nodes.values() if n.state == "online"]
+
+
+@dataclass(frozen=True)
+class _Presence:
+    state: str
+    reason: str
+    since: float
+    info: NodeInfoPayload | None
+
+
+class FleetView:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # guards the reference to the current snapshot
+        self._write_lock = threading.Lock()  # one writer at a time
+        self._snapshot = FleetSnapshot(MappingProxyType({}), MappingProxyType({}), 0, time.time())
+        # the writers' facts, from which node snapshots are built
+        self._presence: dict[str, _Presence] = {}
+        self._last_seen: dict[str, float] = {}
+        self._reported: dict[str, ReportedState] = {}
+        self._load: dict[str, NodeLoad] = {}
+        self._errors: dict[str, NodeError] = {}
+        self._desired: dict[str, DesiredState] = {}
+
+    def snapshot(self) -> FleetSnapshot:
+        with self._lock:
+            return self._snapshot
+
+    # -- writers ------------------------------------------------------------------------------------------
+    def apply_status(self, status: NodeStatus, seen: float | None = None) -> None:
+        with self._write_lock:
+            before = self._presence.get(status.node_id)
+            since = before.since if before is not None and before.state == status.state else status.ts
+            info = status.info or (before.info if before is not None else None)
+            self._presence[status.node_id] = _Presence(status.state, status.reason, since, info)
+            self._last_seen[status.node_id] = seen or time.time()
+            self._publish([status.node_id])
+
+    def apply_telemetry(self, t: Telemetry, seen: float | None = None) -> None:
+        with self._write_lock:
+            self._load[t.node_id] = NodeLoad.of(t)
+            self._last_seen[t.node_id] = seen or time.time()
+            self._publish([t.node_id])
+
+    def apply_reported(self, rep: ReportedState, seen: float | None = None) -> None:
+        with self._write_lock:
+            self._reported[rep.node_id] = rep
+            self._last_seen[rep.node_id] = seen or time.time()
+            self._publish([rep.node_id])
+
+    def apply_desired(self, doc: DesiredState) -> None:
+        """Keep the newest generation per target; every node's drift is described again."""
+        with self._write_lock:
+            have = self._desired.get(doc.target.key)
+            if have is not None and have.generation > doc.generation:
+                return
+            self._desired[doc.target.key] = doc
+            self._publish(self._presence)
+
+    def apply_node_error(self, report: ErrorReport) -> None:
+        """The latest error a known node reported (anyone may publish on the errors topics: others are dropped)."""
+        with self._write_lock:
+            if report.source not in self._presence:
+                return
+            self._errors[report.source] = NodeError(report.code, report.message, report.ts)
+            self._publish([report.source])
+
+    def rebuild(self, records: Iterable[NodeRecord], desired: Mapping[str, DesiredState]) -> None:
+        """Start over from what the registry kept (at start, before any message arrives)."""
+        with self._write_lock:
+            self._presence.clear()
+            self._last_seen.clear()
+            self._reported.clear()
+            self._load.clear()
+            self._errors.clear()
+            self._desired = dict(desired)
+            for r in records:
+                self._presence[r.node_id] = _Presence(r.state, r.reason, r.since, r.info)
+                self._last_seen[r.node_id] = r.last_seen
+                if r.reported is not None:
+                    self._reported[r.node_id] = r.reported
+                if r.telemetry is not None:
+                    self._load[r.node_id] = NodeLoad.of(r.telemetry)
+            self._publish(self._presence, replace_all=True)
+
+    # -- building the next snapshot (under the write lock) ---------------------------------------------
+    def _node(self, node_id: str) -> NodeSnapshot | None:
+        presence = self._presence.get(node_id)
+        if presence is None:  # nothing to show before the node's status is known
+            return None
+        info = presence.info
+        groups = list(info.groups) if info else []
+        rep = self._reported.get(node_id)
+        return NodeSnapshot(
+            node_id=node_id,
+            state=node_state(presence.state),
+            state_reason=presence.reason,
+            since=presence.since,
+            last_seen=self._last_seen.get(node_id, presence.since),
+            address=info.grpc_address if info else "",
+            profile=info.profile if info else "",
+            model=info.model.name if info else "",
+            groups=tuple(groups),
+            adapters=_frozen(rep.adapters) if rep else _EMPTY,
+            templates=_frozen(rep.templates) if rep else _EMPTY,
+            collections=_frozen(rep.knowledge) if rep else _EMPTY,
+            load=self._load.get(node_id),
+            desired_generations=MappingProxyType(desired_generations(node_id, groups, self._desired)),
+            reported_generations=MappingProxyType(dict(rep.generations) if rep else {}),
+            has_reported=rep is not None,
+            drift=tuple(drift_reasons(node_id, groups, self._desired, rep)),
+            last_error=self._errors.get(node_id),
+        )
+
+    def _publish(self, node_ids: Iterable[str], replace_all: bool = False) -> None:
+        current = self.snapshot()
+        nodes = {} if replace_all else dict(current.nodes)
+        for node_id in list(node_ids):
+            snap = self._node(node_id)
+            if snap is not None:
+                nodes[node_id] = snap
+        nxt = FleetSnapshot(
+            MappingProxyType(dict(sorted(nodes.items()))),
+            MappingProxyType({k: d.generation for k, d in sorted(self._desired.items())}),
+            current.version + 1,
+            time.time(),
+        )
+        with self._lock:
+            self._snapshot = nxt

@@ -1,0 +1,133 @@
+"""Assembles the orchestrator: registry, fleet view, MQTT link, ingest, command table, artifact parts.
+
+```
+MQTT link ─> ingest ─> registry (SQLite) + fleet view (memory)
+         ─> command endpoint ─> worker thread ─> command table ─> handlers ─> desired state, manifests
+         ─> chunk requests ─> chunk sender ─> MQTT link
+```
+`build_orchestrator` builds every part (nothing connects yet); `start` and `stop` run them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from edgefleet.orchestrator.adapter_commands import AdapterCommands
+from edgefleet.orchestrator.artifact_store import ArtifactStore
+from edgefleet.orchestrator.chunk_requests import ChunkRequests
+from edgefleet.orchestrator.chunk_sender import ChunkSender
+from edgefleet.orchestrator.command_endpoint import MqttCommandEndpoint
+from edgefleet.orchestrator.command_table import COMMAND_OPS, CommandTable
+from edgefleet.orchestrator.desired_edits import DesiredStatePublisher
+from edgefleet.orchestrator.error_reports import ErrorReporter
+from edgefleet.orchestrator.fleet_view import FleetView
+from edgefleet.orchestrator.ingest import Ingest
+from edgefleet.orchestrator.registry import Registry, open_registry
+from edgefleet.orchestrator.rule_commands import RuleCommands
+from edgefleet.orchestrator.settings import OrchestratorSettings
+from edgefleet.orchestrator.site_commands import SiteCommands
+from edgefleet.plumbing.mqtt_link import Handler, LastWill, MqttLink
+from edgefleet.proto.artifacts import Manifest
+from edgefleet.proto.payloads import OrchestratorStatus
+from edgefleet.proto.topics import Topics
+
+log = logging.getLogger("edgefleet.orchestrator")
+
+
+def manifest_message(topics: Topics, m: Manifest) -> tuple[str, bytes]:
+    """A signed manifest as its retained message."""
+    return topics.artifact_manifest(m.kind, m.name), m.model_dump_json().encode()
+
+
+def _on(handle: Callable[[str, bytes], None]) -> Handler:
+    """An MQTT handler that hands (topic, payload) to `handle`."""
+    return lambda msg: handle(msg.topic, bytes(msg.payload))
+
+
+@dataclass
+class Orchestrator:
+    settings: OrchestratorSettings
+    topics: Topics
+    registry: Registry
+    view: FleetView
+    link: MqttLink
+    store: ArtifactStore
+    sender: ChunkSender
+    table: CommandTable
+    commands: MqttCommandEndpoint
+    adapters: AdapterCommands
+
+    def start(self) -> None:
+        self.sender.start()
+        self.link.start()
+
+    def stop(self) -> None:
+        self.commands.stop()
+        self.sender.stop()
+        offline = (self.topics.orchestrator_status(), OrchestratorStatus(state="offline").dumps())
+        self.link.stop(final=[offline])
+
+
+def build_command_table(
+    registry: Registry, publisher: DesiredStatePublisher, adapters: AdapterCommands
+) -> CommandTable:
+    """One handler per op of `Command`, checked complete."""
+    table = CommandTable()
+    SiteCommands(registry, publisher).register(table)
+    RuleCommands(registry, publisher).register(table)
+    adapters.register(table)
+    if table.ops != COMMAND_OPS:
+        raise RuntimeError(f"command table incomplete: no handler for {sorted(COMMAND_OPS - table.ops)}")
+    return table
+
+
+def build_orchestrator(settings: OrchestratorSettings, registry: Registry | None = None) -> Orchestrator:
+    """Every part, wired; nothing connects until `start`."""
+    registry = registry or Registry(open_registry(settings.registry_db))
+    topics = Topics.for_site(settings.site, settings.topic_root)
+    view = FleetView()
+    view.rebuild(registry.node_records(), registry.all_desired())
+
+    def birth() -> list[tuple[str, bytes]]:
+        """Published (retained) on every connect: `online`, and every manifest, so a broker that lost them heals."""
+        online = (topics.orchestrator_status(), OrchestratorStatus(state="online").dumps())
+        return [online, *(manifest_message(topics, m) for m in adapters.current_manifests())]
+
+    link = MqttLink(
+        settings.mqtt_url,
+        client_id=f"orchestrator-{settings.site}",
+        **settings.mqtt_link_options(),
+        will=LastWill(topics.orchestrator_status(), OrchestratorStatus(state="offline").dumps()),
+        birth=birth,
+    )
+    errors = ErrorReporter(topics, lambda topic, payload: link.publish(topic, payload, qos=1))
+    store = ArtifactStore(settings.artifact_dir)
+    sender = ChunkSender(link, topics, store.read_chunk, settings.artifact_chunk_interval_ms / 1000)
+    publisher = DesiredStatePublisher(
+        settings.site, topics, registry, view, lambda topic, payload: link.publish(topic, payload, qos=1, retain=True)
+    )
+    adapters = AdapterCommands(
+        store,
+        registry,
+        settings.site_key_path(),
+        settings.artifact_chunk_bytes,
+        publisher,
+        lambda m: link.publish(*manifest_message(topics, m), qos=1, retain=True),
+        lambda sha256: sender.sent.get(sha256, 0),
+    )
+    table = build_command_table(registry, publisher, adapters)
+    endpoint = MqttCommandEndpoint(link, table, errors)
+    orch = Orchestrator(settings, topics, registry, view, link, store, sender, table, endpoint, adapters)
+
+    ingest = Ingest(settings.site, topics, registry, view, errors)
+    chunk_requests = ChunkRequests(store, sender, errors)
+    link.subscribe(topics.all_node_status(), _on(ingest.node_status))
+    link.subscribe(topics.all_node_reported(), _on(ingest.reported))
+    link.subscribe(topics.all_node_telemetry(), _on(ingest.telemetry), qos=0)
+    link.subscribe(topics.all_desired(), _on(ingest.desired))
+    link.subscribe(topics.all_errors(), _on(ingest.node_error))
+    link.subscribe(topics.orchestrator_commands(), endpoint.on_message)
+    link.subscribe(topics.artifact_chunk_requests(), _on(chunk_requests.on_request))
+    return orch

@@ -1,0 +1,81 @@
+"""The knowledge bundle format: how a collection's documents travel as one artifact.
+
+A bundle is gzip'd UTF-8 JSON lines, one document per line:
+`{"id": "<doc id>", "text": "<text>", "metadata": {"<name>": "<string>", …}}` (`text` and
+`metadata` may be left out; blank lines are skipped). The CLI writes bundles, the orchestrator
+checks an upload is one, and a node reads one to install the collection.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import zlib
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+SUFFIX = ".jsonl.gz"
+MAX_BUNDLE_DOCUMENTS = 100_000
+
+
+class BundleError(ValueError):
+    """Not a knowledge bundle, or a line that is wrong; the message names the line."""
+
+
+@dataclass(frozen=True)
+class BundleDocument:
+    id: str
+    text: str = ""
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+def write_bundle(docs: Iterable[BundleDocument]) -> bytes:
+    """The bundle's bytes; the same documents give the same bytes (sorted keys, no gzip timestamp)."""
+    lines = [
+        json.dumps({"id": d.id, "text": d.text, "metadata": dict(d.metadata)}, sort_keys=True) + "\n" for d in docs
+    ]
+    buf = io.BytesIO()
+    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz:
+        gz.write("".join(lines).encode("utf-8"))
+    return buf.getvalue()
+
+
+def _document(n: int, line: str) -> BundleDocument:
+    try:
+        item = json.loads(line)
+    except ValueError as e:
+        raise BundleError(f"knowledge bundle line {n} is not JSON: {e}") from e
+    if not isinstance(item, dict) or not isinstance(item.get("id"), str):
+        raise BundleError(f"knowledge bundle line {n}: an object with a string id is needed")
+    text = item.get("text", "")
+    if not isinstance(text, str):
+        raise BundleError(f"knowledge bundle line {n}: text must be a string")
+    meta = item.get("metadata", {})
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise BundleError(f"knowledge bundle line {n}: metadata must map names to strings")
+    return BundleDocument(item["id"], text, meta)
+
+
+def iter_bundle(source: Path | IO[bytes]) -> Iterator[BundleDocument]:
+    """The documents of a bundle (a file path or a binary file object), one at a time; BundleError when wrong."""
+    name = source.name if isinstance(source, Path) else "upload"
+    count = 0
+    try:
+        with gzip.open(source, "rt", encoding="utf-8") as f:
+            for n, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                count += 1
+                if count > MAX_BUNDLE_DOCUMENTS:
+                    raise BundleError(f"knowledge bundle has more than {MAX_BUNDLE_DOCUMENTS} documents")
+                yield _document(n, line)
+    except (OSError, EOFError, UnicodeDecodeError, zlib.error) as e:
+        raise BundleError(f"knowledge bundle {name} is not gzip'd UTF-8 JSON lines: {e}") from e
+
+
+def read_bundle(source: Path | IO[bytes]) -> list[BundleDocument]:
+    """Every document of a bundle; BundleError naming the line that is wrong."""
+    return list(iter_bundle(source))

@@ -1,0 +1,157 @@
+"""The command table in a real orchestrator (in this process): real SQLite, real Mosquitto, real files.
+
+Every outcome of a command is a `CommandResult`: a success, a refusal with its code, a request
+that does not validate, an unknown op, and a fault of the machine inside a handler (an `OSError`
+from the artifact store), which is answered as `internal` and logged with its traceback.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edgefleet.orchestrator.command_errors import error_code_of
+from edgefleet.orchestrator.command_requests import NoArguments
+from edgefleet.orchestrator.command_table import COMMAND_OPS
+from edgefleet.orchestrator.runtime import Orchestrator, build_orchestrator
+from edgefleet.orchestrator.settings import OrchestratorSettings
+from edgefleet.proto.error_codes import ErrorCode
+from edgefleet.proto.payloads import Command, CommandResult, TemplateSpec, UploadChunk
+from tests.mqtt_support import Mosquitto
+from tests.orchestrator.command_client import CommandClient
+
+TEMPLATE = {"name": "fault", "version": "1", "template": "Sensor {{ sensor }}?", "variables": ["sensor"]}
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
+    b = Mosquitto(tmp_path_factory.mktemp("broker"))
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def orch(broker: Mosquitto, tmp_path: Path) -> Iterator[Orchestrator]:
+    settings = OrchestratorSettings(
+        mqtt_url=broker.url,
+        site="lab",
+        registry_db=tmp_path / "registry.db",
+        artifact_dir=tmp_path / "artifacts",
+        site_key=tmp_path / "lab.key",
+    )
+    o = build_orchestrator(settings)
+    o.start()
+    assert o.link.wait_subscribed(10)
+    yield o
+    o.stop()
+
+
+def upload_piece(data: bytes) -> UploadChunk:
+    return UploadChunk(
+        sha256=hashlib.sha256(data).hexdigest(),
+        size=len(data),
+        chunk_bytes=1024,
+        index=0,
+        data=base64.b64encode(data[:1024]).decode(),
+    )
+
+
+def code(result: CommandResult) -> ErrorCode | None:
+    return error_code_of(result)
+
+
+def test_every_op_of_the_command_contract_has_one_handler(orch: Orchestrator) -> None:
+    assert orch.table.ops == COMMAND_OPS
+    assert {"status", "push-template", "upload-chunk", "push-rule", "push-knowledge"} <= COMMAND_OPS
+    with pytest.raises(ValueError, match="has a handler already"):
+        orch.table.register("status", NoArguments, lambda _: CommandResult(ok=True))
+
+
+def test_dispatch_runs_the_op_s_handler_and_the_desired_state_grows_a_generation(orch: Orchestrator) -> None:
+    first = orch.table.dispatch("push-template", {"target": "group:line-1", "template": TEMPLATE})
+    assert first.ok and first.data == {"generation": 1, "target": "group:line-1"}, first
+    second = orch.table.dispatch("push-template", {"target": "group:line-1", "template": {**TEMPLATE, "version": "2"}})
+    assert second.ok and second.data["generation"] == 2
+    stored = orch.registry.desired("group:line-1")
+    assert stored is not None and stored.templates["fault"].version == "2"
+    assert orch.view.snapshot().desired_generations == {"group:line-1": 2}
+    removed = orch.table.dispatch("rm-template", {"target": "group:line-1", "name": "fault"})
+    assert removed.ok and removed.data["generation"] == 3
+    status = orch.table.dispatch("status", {})
+    assert status.ok and status.data == {"nodes": []}
+
+
+def test_an_unknown_op_is_answered_with_invalid_request(orch: Orchestrator) -> None:
+    result = orch.table.dispatch("reboot-everything", {})
+    assert not result.ok and code(result) == ErrorCode.INVALID_REQUEST
+    assert "reboot-everything" in result.message and "push-template" in result.message
+
+
+@pytest.mark.parametrize(
+    ("op", "fields", "words"),
+    [
+        ("push-template", {"target": "group:g"}, "template: Field required"),
+        ("status", {"name": "x"}, "name: Extra inputs are not permitted"),
+        ("push-adapter", {"target": "g", "name": "a", "version": "1", "sha256": "../../etc"}, "sha256"),
+        ("rm-rule", {"target": "g", "name": ""}, "name: String should have at least 1 character"),
+        ("push-template", {"target": "g", "template": {**TEMPLATE, "variables": ["not an id"]}}, "identifier"),
+    ],
+)
+def test_a_request_that_does_not_validate_is_answered_with_invalid_payload(
+    orch: Orchestrator, op: str, fields: dict[str, Any], words: str
+) -> None:
+    result = orch.table.dispatch(op, fields)
+    assert not result.ok and code(result) == ErrorCode.INVALID_PAYLOAD, result
+    assert result.message.startswith(f"invalid {op} request: ") and words in result.message
+
+
+def test_a_refusal_is_answered_with_command_refused(orch: Orchestrator) -> None:
+    result = orch.table.dispatch("rm-template", {"target": "group:g", "name": "nope"})
+    assert not result.ok and code(result) == ErrorCode.COMMAND_REFUSED
+    assert result.message == "template 'nope' is not desired for group:g"
+    bad = orch.table.dispatch("push-template", {"target": "g", "template": {**TEMPLATE, "template": "{% if %}"}})
+    assert not bad.ok and code(bad) == ErrorCode.COMMAND_REFUSED and "syntax error" in bad.message
+
+
+def test_an_os_error_inside_a_handler_is_answered_as_internal_naming_its_cause(
+    orch: Orchestrator, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = bytes(range(256)) * 8
+    piece = upload_piece(data)
+    blocker = orch.store.root / "uploads" / piece.sha256
+    blocker.write_bytes(b"a file where the upload's directory should be")
+    with caplog.at_level(logging.ERROR, logger="edgefleet.orchestrator.commands"):
+        result = orch.table.dispatch("upload-chunk", {"upload": piece})
+    assert not result.ok and code(result) == ErrorCode.INTERNAL, result
+    assert "FileExistsError" in result.message and piece.sha256 in result.message
+    failed = [r for r in caplog.records if r.getMessage() == "command failed"]
+    assert failed and failed[0].exc_info is not None and isinstance(failed[0].exc_info[1], FileExistsError)
+    # the fault is the machine's, not the table's: once it is gone the same command succeeds
+    blocker.unlink()
+    again = orch.table.dispatch("upload-chunk", {"upload": piece})
+    assert again.ok and again.data == {"missing": 1}
+
+
+def test_over_mqtt_every_request_gets_an_answer_with_a_code(orch: Orchestrator, broker: Mosquitto) -> None:
+    client = CommandClient(broker.port)
+    try:
+        ok = client.call(Command(op="push-template", target="group:g", template=TemplateSpec(**TEMPLATE)).dumps())
+        assert ok.ok and ok.data["generation"] == 1
+        not_json = client.call(b"{nope")
+        assert not not_json.ok and code(not_json) == ErrorCode.INVALID_PAYLOAD and "not JSON" in not_json.message
+        unknown = client.call(b'{"v": 1, "op": "reboot"}')
+        assert not unknown.ok and code(unknown) == ErrorCode.INVALID_PAYLOAD and "op" in unknown.message
+        piece = upload_piece(bytes(2048))
+        (orch.store.root / "uploads" / piece.sha256).write_bytes(b"in the way")
+        broken = client.call(Command(op="upload-chunk", upload=piece).dumps())
+        assert not broken.ok and code(broken) == ErrorCode.INTERNAL and "FileExistsError" in broken.message
+        # the worker that ran the failed command runs the next one
+        assert client.call(Command(op="status").dumps()).ok
+    finally:
+        client.close()
