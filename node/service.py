@@ -59,6 +59,14 @@ class GenerateInput:
 
 
 @dataclass(frozen=True)
+class Queued:
+    """A generation the engine has taken: its retrieval sources and the prompt it reads first."""
+
+    sources: list[str]
+    prompt_tokens: int
+
+
+@dataclass(frozen=True)
 class NodeStatus:
     node_id: str
     profile: str
@@ -236,6 +244,10 @@ class NodeService:
 
         Returns the knowledge chunk ids put into the prompt (retrieval), else [].
         """
+        return self.generate_queued(inp, request_id, sink, arrived).sources
+
+    def generate_queued(self, inp: GenerateInput, request_id: str, sink: EventSink, arrived: float) -> Queued:
+        """`generate`, also telling how many prompt tokens the engine has to read first."""
         self.engine.check_alive()
         if self.draining:
             raise Unavailable("node is draining for shutdown; send the request to another node")
@@ -256,7 +268,7 @@ class NodeService:
         except BaseException:
             self.engine.discard(req)
             raise
-        return sources
+        return Queued(sources, len(tokens))
 
     def cancel(self, request_id: str) -> None:
         self.engine.cancel(request_id)

@@ -18,7 +18,7 @@ from edgefleet.node.api.status import grpc_code
 from edgefleet.node.engine.types import EventSink, Failed, Finished, FinishReason, TextDelta
 from edgefleet.node.errors import EdgefleetError
 from edgefleet.node.knowledge.caches import CachedResponse
-from edgefleet.node.service import ChatTurn, GenerateInput, NodeService
+from edgefleet.node.service import ChatTurn, GenerateInput, NodeService, Queued
 from edgefleet.plumbing.grpc_malformed import refuse_malformed
 from edgefleet.plumbing.logs import request_id_var
 from edgefleet.proto.v1 import inference_pb2 as pb
@@ -27,6 +27,9 @@ from edgefleet.proto.v1 import inference_pb2_grpc as pb_grpc
 log = logging.getLogger("edgefleet.node.grpc")
 
 REQUEST_ID_KEY = "x-request-id"
+# Sent in Generate's initial metadata once the request is queued: the prompt tokens the node reads
+# before the first token, so a client can show that the prompt is being read (the CLI's `ask` does).
+PROMPT_TOKENS_KEY = "x-edgefleet-prompt-tokens"
 MAX_REQUEST_ID = 128
 _FINISH = {
     FinishReason.STOP: pb.FINISH_REASON_STOP,
@@ -35,7 +38,7 @@ _FINISH = {
 }
 
 
-async def _request_id(context: grpc.aio.ServicerContext) -> str:
+async def _request_id(context: grpc.aio.ServicerContext, send: bool = True) -> str:
     """The caller's x-request-id (or a new one), echoed in the initial metadata and set for logs."""
     rid = ""
     for key, value in context.invocation_metadata() or ():
@@ -43,7 +46,8 @@ async def _request_id(context: grpc.aio.ServicerContext) -> str:
             rid = value.strip()[:MAX_REQUEST_ID]
     rid = rid or uuid.uuid4().hex
     request_id_var.set(rid)
-    await context.send_initial_metadata(((REQUEST_ID_KEY, rid),))
+    if send:
+        await context.send_initial_metadata(((REQUEST_ID_KEY, rid),))
     return rid
 
 
@@ -106,7 +110,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
 
     def _admit(
         self, request: pb.GenerateRequest, inp: GenerateInput, rid: str, sink: EventSink, arrived: float
-    ) -> tuple[CachedResponse | None, str | None, list[str]]:
+    ) -> tuple[CachedResponse | None, str | None, Queued | None]:
         """On an admission thread: a response-cache hit, or the request queued on the engine."""
         request_id_var.set(rid)
         cache_key = None
@@ -115,8 +119,8 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         knowledge = self.service.knowledge
         hit = knowledge.cached(cache_key) if cache_key and knowledge else None
         if hit is not None:
-            return hit, cache_key, []
-        return None, cache_key, self.service.generate(inp, rid, sink, arrived)
+            return hit, cache_key, None
+        return None, cache_key, self.service.generate_queued(inp, rid, sink, arrived)
 
     async def _off_loop(self, rid: str, fn: Callable[..., T], *args: Any) -> T:
         """Run `fn` on an admission thread; if the client goes away meanwhile, cancel what it queued."""
@@ -133,21 +137,25 @@ class InferenceServicer(pb_grpc.InferenceServicer):
     ) -> AsyncIterator[pb.GenerateChunk]:
         arrived = time.monotonic()
         await refuse_malformed(request, context)
-        rid = await _request_id(context)
+        rid = await _request_id(context, send=False)  # sent with the prompt size once queued
         channel = EventChannel(asyncio.get_running_loop(), self.service.settings.stream_interval_ms / 1000.0)
         inp = _to_input(request)
         try:
-            hit, cache_key, sources = await self._off_loop(rid, self._admit, request, inp, rid, channel.put, arrived)
+            hit, cache_key, queued = await self._off_loop(rid, self._admit, request, inp, rid, channel.put, arrived)
         except EdgefleetError as e:
             await _abort(context, e)
             return
+        prompt_tokens = str(queued.prompt_tokens) if queued is not None else "0"
+        sources = queued.sources if queued is not None else []
         if hit is not None:
+            await context.send_initial_metadata(((REQUEST_ID_KEY, rid), (PROMPT_TOKENS_KEY, prompt_tokens)))
             log.info("answered from the response cache")
             yield response_cache.chunk(hit, rid, (time.monotonic() - arrived) * 1000)
             return
         texts: list[str] = []
         finished = False
         try:
+            await context.send_initial_metadata(((REQUEST_ID_KEY, rid), (PROMPT_TOKENS_KEY, prompt_tokens)))
             while True:
                 batch = await channel.next_batch()
                 text = "".join(e.text for e in batch if isinstance(e, TextDelta))

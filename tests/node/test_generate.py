@@ -145,3 +145,13 @@ def test_request_id_is_echoed_or_generated(stub) -> None:
     _, call = stub.GetNodeInfo.with_call(pb.GetNodeInfoRequest())
     generated = dict(call.initial_metadata())["x-request-id"]
     assert len(generated) >= 16
+
+
+def test_initial_metadata_tells_the_prompt_size_before_the_first_token(stub) -> None:
+    """A client can show that a long prompt is being read before the answer streams."""
+    long_prompt = "The pump log. " * 200
+    call = stub.Generate(pb.GenerateRequest(prompt=long_prompt, max_tokens=2, temperature=0))
+    metadata = dict(call.initial_metadata())
+    prompt_tokens = int(metadata["x-edgefleet-prompt-tokens"])
+    _, last, _ = collect(call)
+    assert prompt_tokens == last.usage.prompt_tokens and prompt_tokens > 600
