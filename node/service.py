@@ -258,6 +258,8 @@ class NodeService:
             )
         params = self._sampling(inp)
         tokens, sources = self._prompt_tokens(inp)
+        if not tokens:
+            raise InvalidRequest("the prompt has no tokens for this model (only control characters?)")
         scale = 1.0 if inp.adapter_scale is None else inp.adapter_scale
         if not math.isfinite(scale) or not 0.0 < scale <= 4.0:
             raise InvalidRequest(f"adapter_scale must be in (0, 4], got {scale}")
@@ -287,7 +289,10 @@ class NodeService:
         for i, t in enumerate(texts):
             if not t.strip():
                 raise InvalidRequest(f"texts[{i}] is empty")
-            tokens.append(self.model.tokenize(t, add_special=True, parse_special=False))
+            ids = self.model.tokenize(t, add_special=True, parse_special=False)
+            if not ids:
+                raise InvalidRequest(f"texts[{i}] has no tokens for this model (only control characters?)")
+            tokens.append(ids)
         return self.engine.embed(tokens, normalize), sum(len(t) for t in tokens)
 
     # -- status --------------------------------------------------------------------------

@@ -139,3 +139,14 @@ def test_a_bad_reference_is_named(stub, schema: dict[str, object], words: str) -
         list(stub.Generate(pb.GenerateRequest(prompt="x", json_schema=json.dumps(schema)), timeout=10))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert words in err.value.details()
+
+
+def test_text_with_no_tokens_is_refused_not_decoded(node: NodeProcess) -> None:
+    """Found by the property test: '\\x06' tokenizes to nothing and llama_decode failed (INTERNAL)."""
+    with pytest.raises(grpc.RpcError) as err:
+        node.stub.Embed(pb.EmbedRequest(texts=["ok", "\x06"]), timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "texts[1] has no tokens" in err.value.details()
+    with pytest.raises(grpc.RpcError) as err:
+        list(node.stub.Generate(pb.GenerateRequest(prompt="\x06", max_tokens=2), timeout=10))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
