@@ -27,6 +27,7 @@ from edgefleet.orchestrator.desired_edits import PublishDesired, remove_entry, r
 from edgefleet.orchestrator.drift import expected_adapters, expected_knowledge
 from edgefleet.orchestrator.registry import Registry
 from edgefleet.proto.artifacts import ArtifactError, Manifest, SiteKey, build_manifest, verify
+from edgefleet.proto.error_codes import ErrorCode
 from edgefleet.proto.knowledge_bundle import BundleError, iter_bundle
 from edgefleet.proto.lora_gguf import LoraFileError, read_lora
 from edgefleet.proto.payloads import ArtifactRef, CommandResult
@@ -41,7 +42,7 @@ def adapter_fit(path: Path) -> tuple[str, dict[str, list[int]]]:
     try:
         lora = read_lora(path)
     except LoraFileError as e:
-        raise CommandError(f"the uploaded file is not a usable LoRA adapter: {e}") from e
+        raise CommandError(f"the uploaded file is not a usable LoRA adapter: {e}", ErrorCode.ADAPTER_REFUSED) from e
     return lora.architecture, lora.fits()
 
 
@@ -51,7 +52,7 @@ def check_bundle(path: Path) -> None:
         for _ in iter_bundle(path):
             pass
     except BundleError as e:
-        raise CommandError(f"the uploaded file is not a knowledge bundle: {e}") from e
+        raise CommandError(f"the uploaded file is not a knowledge bundle: {e}", ErrorCode.KNOWLEDGE_REFUSED) from e
 
 
 ArtifactKind = Literal["adapter", "knowledge"]
@@ -89,10 +90,11 @@ class AdapterCommands:
         except FileNotFoundError as e:
             raise CommandError(
                 f"no site key at {self.site_key_path}: run `edgefleet fleet init-site` on the orchestrator "
-                f"(or set EDGEFLEET_SITE_KEY)"
+                f"(or set EDGEFLEET_SITE_KEY)",
+                ErrorCode.NO_SITE_KEY,
             ) from e
         except (OSError, ValueError) as e:
-            raise CommandError(f"the site key {self.site_key_path} cannot be read: {e}") from e
+            raise CommandError(f"the site key {self.site_key_path} cannot be read: {e}", ErrorCode.NO_SITE_KEY) from e
 
     def current_manifests(self) -> list[Manifest]:
         """Every stored manifest, to republish (retained) on each connect: a broker that lost them heals.
@@ -158,7 +160,8 @@ class AdapterCommands:
             if is_older(req.version, existing.version):
                 raise CommandError(
                     f"{kind} {req.name} version {req.version} is older than {existing.version}, pushed before; "
-                    f"push a newer version (nodes refuse older ones as replays)"
+                    f"push a newer version (nodes refuse older ones as replays)",
+                    ErrorCode.OLDER_VERSION,
                 )
             if req.version == existing.version:
                 if req.sha256 != existing.sha256:
@@ -177,7 +180,7 @@ class AdapterCommands:
                 self.store.blob_path(req.sha256), kind, req.name, req.version, chunk_bytes=self.chunk_bytes, **extra
             )
         except ValueError as e:
-            raise CommandError(f"manifest refused: {e}") from e
+            raise CommandError(f"manifest refused: {e}", ErrorCode.MANIFEST_REFUSED) from e
         manifest = self._key().sign(unsigned)
         self.store.save_manifest(manifest)
         self.publish_manifest(manifest)

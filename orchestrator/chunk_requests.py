@@ -13,12 +13,6 @@ from edgefleet.proto.topics import valid_name
 
 log = logging.getLogger("edgefleet.orchestrator.chunks")
 
-# Codes the ErrorCode enum lacks so far (proto/ is not the orchestrator's to change): consumers
-# match on these strings already (tests/orchestrator/test_adapter_distribution.py).
-UNKNOWN_ARTIFACT = "unknown_artifact"
-CHUNK_OUT_OF_RANGE = "chunk_out_of_range"
-
-
 class ChunkRequests:
     def __init__(self, store: ArtifactStore, sender: ChunkSender, errors: ErrorReporter) -> None:
         self.store, self.sender, self.errors = store, sender, errors
@@ -33,7 +27,7 @@ class ChunkRequests:
         if manifest is None or manifest.version != req.version or manifest.sha256 != req.sha256:
             self.errors.report(
                 topic,
-                UNKNOWN_ARTIFACT,
+                ErrorCode.UNKNOWN_ARTIFACT,
                 f"node {req.node_id} asked for {req.kind} {req.name}@{req.version}, which is not the current version",
             )
             return
@@ -41,7 +35,7 @@ class ChunkRequests:
         if bad:
             self.errors.report(
                 topic,
-                CHUNK_OUT_OF_RANGE,
+                ErrorCode.CHUNK_OUT_OF_RANGE,
                 f"node {req.node_id} asked for chunks {bad[:5]} of {manifest.label}, which has {manifest.chunk_count}",
             )
         added = self.sender.enqueue(manifest, [i for i in req.chunks if i < manifest.chunk_count])

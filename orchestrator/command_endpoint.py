@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import paho.mqtt.client as mqtt
 
-from edgefleet.orchestrator.command_errors import ERROR_CODE_KEY, failure
+from edgefleet.orchestrator.command_errors import failure
 from edgefleet.orchestrator.command_table import CommandTable
 from edgefleet.orchestrator.error_reports import ErrorReporter
 from edgefleet.plumbing import failpoints
@@ -68,7 +68,7 @@ class MqttCommandEndpoint:
     def _finish(self, topic: str, target: ResponseTarget | None, result: CommandResult) -> None:
         try:
             if not result.ok:
-                self.errors.report(topic, result.data.get(ERROR_CODE_KEY, ErrorCode.INTERNAL), result.message)
+                self.errors.report(topic, result.code or ErrorCode.INTERNAL, result.message)
             if target is not None:
                 reply(self.link, target, result.dumps())  # logs an answer that could not go out
         except Exception:

@@ -2,16 +2,13 @@
 
 `CommandError` is a refusal a handler raises on purpose (COMMAND_REFUSED unless it names
 another code); anything else a handler raises is an internal error, answered as INTERNAL with
-the cause named. Until `CommandResult` carries a code field of its own, the code travels in
-`data["error_code"]`.
+the cause named, in `CommandResult.code`.
 """
 
 from __future__ import annotations
 
 from edgefleet.proto.error_codes import ErrorCode
 from edgefleet.proto.payloads import CommandResult
-
-ERROR_CODE_KEY = "error_code"
 
 
 class CommandError(Exception):
@@ -24,7 +21,7 @@ class CommandError(Exception):
 
 def failure(code: ErrorCode, message: str) -> CommandResult:
     """The answer to a command that failed."""
-    return CommandResult(ok=False, message=message, data={ERROR_CODE_KEY: code.value})
+    return CommandResult(ok=False, message=message, code=code.value)
 
 
 def error_code_of(result: CommandResult) -> ErrorCode | None:
@@ -32,6 +29,6 @@ def error_code_of(result: CommandResult) -> ErrorCode | None:
     if result.ok:
         return None
     try:
-        return ErrorCode(str(result.data.get(ERROR_CODE_KEY, "")))
+        return ErrorCode(result.code)
     except ValueError:  # a failure without a known code is still a failure
         return ErrorCode.INTERNAL

@@ -76,7 +76,7 @@ class CommandTable:
             extra={
                 "op": op,
                 "ok": result.ok,
-                "error_code": result.data.get("error_code", "") if not result.ok else "",
+                "error_code": result.code if not result.ok else "",
                 "ms": round((time.monotonic() - started) * 1000, 1),
             },
         )
@@ -91,8 +91,10 @@ class CommandTable:
             return handler.handle(request)
         except CommandError as e:
             return failure(e.code, str(e))
-        except (TemplateError, PayloadError) as e:
-            return failure(ErrorCode.COMMAND_REFUSED, str(e))
+        except TemplateError as e:
+            return failure(ErrorCode.TEMPLATE_ERROR, str(e))
+        except PayloadError as e:
+            return failure(ErrorCode.INVALID_PAYLOAD, str(e))
         except Exception as e:
             log.exception("command failed", extra={"op": handler.op})
             return failure(ErrorCode.INTERNAL, f"{handler.op} failed inside the orchestrator: {type(e).__name__}: {e}")

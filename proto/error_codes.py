@@ -19,12 +19,17 @@ class ErrorCode(StrEnum):
     OVER_BUDGET = "over_budget"
     ENGINE_FAILURE = "engine_failure"
     INTERNAL = "internal"
+    STORAGE_FULL = "storage_full"  # the node's data directory has no room (SQLITE_FULL, ENOSPC)
     # -- a payload refused where it entered ------------------------------------------------------
     INVALID_PAYLOAD = "invalid_payload"
     WRONG_NODE = "wrong_node"
     WRONG_SITE = "wrong_site"
     WRONG_TARGET = "wrong_target"
     COMMAND_REFUSED = "command_refused"
+    BAD_RESPONSE_TARGET = "bad_response_target"  # an MQTT 5 response topic / correlation data not answerable
+    BAD_PROPERTIES = "bad_properties"  # MQTT 5 user properties: too many or too large
+    REPLY_FAILED = "reply_failed"  # an answer that could not be published
+    HANDLER_ERROR = "handler_error"  # an MQTT handler raised; the message is retried where it can be
     # -- sensor messages (the message, not the node, is at fault) --------------------------------
     PAYLOAD_TOO_LARGE = "payload_too_large"
     INVALID_UTF8 = "invalid_utf8"
@@ -44,5 +49,7 @@ class ErrorCode(StrEnum):
     OLDER_VERSION = "older_version"
     ADAPTER_REFUSED = "adapter_refused"
     KNOWLEDGE_REFUSED = "knowledge_refused"
+    UNKNOWN_ARTIFACT = "unknown_artifact"
+    CHUNK_OUT_OF_RANGE = "chunk_out_of_range"
     # -- desired state ------------------------------------------------------------------------------
     TEMPLATE_ERROR = "template_error"

@@ -66,8 +66,13 @@ class Telemetry(_Payload):
     rss_bytes: int
     inbox_depth: int = 0  # sensor messages accepted, not yet answered
     outbox_depth: int = 0  # answers not yet confirmed by the broker
-    holding: int = 0  # messages left unacknowledged because the inbox is full
+    holding: int = 0  # messages left unacknowledged because the inbox (or the disk) is full
     rules: dict[str, RuleTelemetry] = Field(default_factory=dict)
+    disk_free_bytes: int | None = None  # free space in the node's data directory
+    disk_total_bytes: int | None = None
+    disk_low: bool = False  # free space below the node's EDGEFLEET_DISK_WARN_MB
+    storage_full: bool = False  # a write found the disk full and waits to be tried again
+    handler_errors: int = 0  # MQTT handlers that raised since the node started (each reported)
 
 
 class RuleTelemetry(BaseModel):
@@ -276,6 +281,7 @@ class Command(_Payload):
 class CommandResult(_Payload):
     ok: bool
     message: str = ""
+    code: str = ""  # an ErrorCode value when ok is false (kept a str: an older peer's code still parses)
     data: dict[str, Any] = Field(default_factory=dict)
 
 

@@ -62,7 +62,7 @@ def test_an_os_error_in_a_command_is_answered_with_internal_not_a_timeout(broker
         t0 = time.monotonic()
         result = client.call(Command(op="upload-chunk", upload=piece).dumps(), timeout=10)
         assert time.monotonic() - t0 < 5
-        assert not result.ok and result.data.get("error_code") == "internal", result
+        assert not result.ok and result.code == "internal", result
         assert "FileExistsError" in result.message and sha in result.message
         assert wait_for(lambda: any(e["code"] == "internal" for e in errors.json()), timeout=5), errors.json()
         assert wait_for(lambda: "Traceback" in o.log_path.read_text(), timeout=5), "logged with its traceback"

@@ -21,7 +21,9 @@ from edgefleet.orchestrator.command_requests import NoArguments
 from edgefleet.orchestrator.command_table import COMMAND_OPS
 from edgefleet.orchestrator.runtime import Orchestrator, build_orchestrator
 from edgefleet.orchestrator.settings import OrchestratorSettings
+from edgefleet.proto.artifacts import SiteKey
 from edgefleet.proto.error_codes import ErrorCode
+from edgefleet.proto.knowledge_bundle import BundleDocument, write_bundle
 from edgefleet.proto.payloads import Command, CommandResult, TemplateSpec, UploadChunk
 from tests.mqtt_support import Mosquitto
 from tests.orchestrator.command_client import CommandClient
@@ -116,7 +118,7 @@ def test_a_refusal_is_answered_with_command_refused(orch: Orchestrator) -> None:
     assert not result.ok and code(result) == ErrorCode.COMMAND_REFUSED
     assert result.message == "template 'nope' is not desired for group:g"
     bad = orch.table.dispatch("push-template", {"target": "g", "template": {**TEMPLATE, "template": "{% if %}"}})
-    assert not bad.ok and code(bad) == ErrorCode.COMMAND_REFUSED and "syntax error" in bad.message
+    assert not bad.ok and code(bad) == ErrorCode.TEMPLATE_ERROR and "syntax error" in bad.message
 
 
 def test_an_os_error_inside_a_handler_is_answered_as_internal_naming_its_cause(
@@ -155,3 +157,34 @@ def test_over_mqtt_every_request_gets_an_answer_with_a_code(orch: Orchestrator, 
         assert client.call(Command(op="status").dumps()).ok
     finally:
         client.close()
+
+
+def upload(orch: Orchestrator, data: bytes) -> str:
+    """Upload `data` through the table, piece by piece, as the CLI does; returns its sha256."""
+    sha, step = hashlib.sha256(data).hexdigest(), 1024
+    for i in range(-(-len(data) // step)):
+        part = base64.b64encode(data[i * step : (i + 1) * step]).decode()
+        piece = UploadChunk(sha256=sha, size=len(data), chunk_bytes=step, index=i, data=part)
+        assert orch.table.dispatch("upload-chunk", {"upload": piece}).ok
+    assert orch.store.has_blob(sha)
+    return sha
+
+
+def test_artifact_refusals_carry_their_own_codes(orch: Orchestrator, tmp_path: Path) -> None:
+    docs = [BundleDocument(f"doc-{i}", f"pump {i} strainer notes " * 40) for i in range(20)]
+    bundle = upload(orch, write_bundle(docs))
+    push = {"target": "group:line-1", "name": "plant", "sha256": bundle}
+    no_key = orch.table.dispatch("push-knowledge", {**push, "version": "2"})
+    assert not no_key.ok and code(no_key) == ErrorCode.NO_SITE_KEY and "init-site" in no_key.message
+    SiteKey.generate().save(tmp_path / "lab.key", tmp_path / "lab.pub")
+    pushed = orch.table.dispatch("push-knowledge", {**push, "version": "2"})
+    assert pushed.ok and pushed.data["target"] == "group:line-1", pushed
+    older = orch.table.dispatch("push-knowledge", {**push, "version": "1.9"})
+    assert not older.ok and code(older) == ErrorCode.OLDER_VERSION and "older than 2" in older.message
+    not_a_bundle = upload(orch, b"plain text, not gzip'd JSON lines " * 64)
+    refused = orch.table.dispatch("push-knowledge", {**push, "sha256": not_a_bundle, "version": "3"})
+    assert not refused.ok and code(refused) == ErrorCode.KNOWLEDGE_REFUSED
+    not_lora = orch.table.dispatch("push-adapter", {**push, "name": "fix", "sha256": not_a_bundle, "version": "1"})
+    assert not not_lora.ok and code(not_lora) == ErrorCode.ADAPTER_REFUSED
+    bad_version = orch.table.dispatch("push-adapter", {**push, "name": "fix", "version": "../1"})
+    assert not bad_version.ok and code(bad_version) == ErrorCode.INVALID_PAYLOAD and "version" in bad_version.message
