@@ -31,6 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", help="state folder (default ~/.local/share/edgefleet)")
     serve.add_argument("--threads", type=int, help="llama.cpp compute threads (default: the profile's)")
     serve.add_argument("--log-format", choices=["json", "text"], help="log format (default json)")
+    serve.add_argument("--metrics-port", type=int, help="Prometheus metrics on this port (default 0: off)")
     sub.add_parser("profiles", help="list the shipped firmware profiles")
     rebuild = sub.add_parser(
         "rebuild-db", help="move a corrupted knowledge database aside and start an empty one (then ingest again)"
@@ -84,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             "data_dir": args.data_dir,
             "log_format": args.log_format,
             "threads": args.threads,
+            "metrics_port": args.metrics_port,
         }.items()
         if v is not None
     }

@@ -37,6 +37,11 @@ class NodeSettings(MqttSettings):
     port: Annotated[int, Field(ge=0, le=65535)] = Field(
         default=50051, description="gRPC port; 0 picks a free one (EDGEFLEET_PORT)"
     )
+    metrics_port: Annotated[int, Field(ge=0, le=65535)] = Field(
+        default=0,
+        description="Prometheus metrics on http://host:PORT/metrics; 0: off (the default on devices) "
+        "(EDGEFLEET_METRICS_PORT, --metrics-port)",
+    )
     data_dir: Path = Field(
         default_factory=_default_data_dir,
         description="Where the node keeps state: model hashes, later its SQLite stores (EDGEFLEET_DATA_DIR)",
@@ -145,6 +150,16 @@ class NodeSettings(MqttSettings):
     sensor_max_in_flight: Annotated[int, Field(ge=0, le=256)] = Field(
         default=0,
         description="Sensor messages answered at once; 0: the profile's slots (EDGEFLEET_SENSOR_MAX_IN_FLIGHT)",
+    )
+    disk_warn_mb: Annotated[int, Field(ge=0)] = Field(
+        default=100,
+        description="Below this much free space (MiB) in the data directory the node logs a warning and its "
+        "telemetry and GetNodeInfo say disk_low; 0: never (EDGEFLEET_DISK_WARN_MB)",
+    )
+    handler_retry_s: Annotated[float, Field(gt=0, le=600)] = Field(
+        default=1.0,
+        description="First wait before an MQTT message whose handler failed (a full disk, a lost broker) is "
+        "handled again; doubles up to 30 s (EDGEFLEET_HANDLER_RETRY_S)",
     )
     knowledge: bool = Field(
         default=True, description="Keep a local knowledge store for retrieval (RAG) (EDGEFLEET_KNOWLEDGE)"

@@ -16,6 +16,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from edgefleet.node.api.metrics import MetricsInterceptor, NodeMetrics
 from edgefleet.node.api.servicer import InferenceServicer
 from edgefleet.node.runtime import Node
 from edgefleet.node.settings import NodeSettings
@@ -65,7 +66,14 @@ async def serve(node: Node, settings: NodeSettings, ready: asyncio.Event | None 
     interceptor = MalformedRequestInterceptor(
         request_types(inference_pb2.DESCRIPTOR.services_by_name["Inference"], inference_pb2)
     )
-    server = grpc.aio.server(options=opts, interceptors=[interceptor])
+    interceptors: list[grpc.aio.ServerInterceptor] = [interceptor]
+    if settings.metrics_port:
+        metrics = NodeMetrics(node)
+        node.engine.observer = metrics
+        interceptors.insert(0, MetricsInterceptor(metrics))
+        metrics.serve(settings.host, settings.metrics_port)
+        log.info("metrics", extra={"url": f"http://{settings.host}:{settings.metrics_port}/metrics"})
+    server = grpc.aio.server(options=opts, interceptors=interceptors)
     servicer = InferenceServicer(node.service)
     inference_pb2_grpc.add_InferenceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()

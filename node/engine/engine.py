@@ -42,6 +42,7 @@ from edgefleet.node.engine.scheduler import Scheduler, Sequence
 from edgefleet.node.engine.text_stream import TextStream
 from edgefleet.node.engine.thread_governor import ThreadGovernor
 from edgefleet.node.engine.types import (
+    EngineObserver,
     Event,
     Failed,
     Finished,
@@ -101,6 +102,7 @@ class Engine:
         self.accepting = True
         self.failure = ""  # why the engine thread died; empty while it is healthy
         self.on_failure: list[Callable[[str], None]] = []  # called once, on the engine thread
+        self.observer: EngineObserver | None = None  # metrics, when the node exports them
         self.adapters = AdapterTable()
         self._decoder: StepDecoder | None = None
         self.tokens_generated = 0
@@ -374,7 +376,10 @@ class Engine:
         if text and not self._emit(seq.req, TextDelta(text)):
             self._cancel(seq.request_id, EngineFailure("the answer could not be delivered; the request was stopped"))
             return
+        previous = seq.last_token_at
         reason = self.scheduler.sampled(seq, token, now, end_of_generation=eog, stop_matched=active.text.stopped)
+        if self.observer is not None and previous:
+            self.observer.token_gap(now - previous)
         if reason is not None:
             self._finish(seq, reason, now)
 
@@ -383,7 +388,10 @@ class Engine:
         text = self._free_sampler(seq.request_id)
         tail = text.flush() if text is not None and reason is not FinishReason.CANCELLED else ""
         self._done(seq.req)
-        self._emit(seq.req, Finished(reason, seq.usage(now), tail))
+        usage = seq.usage(now)
+        if self.observer is not None:
+            self.observer.finished(reason, usage)
+        self._emit(seq.req, Finished(reason, usage, tail))
 
     def _fail_all(self, error: EdgefleetError) -> None:
         log.error("decode step failed, failing every running request", extra={"error": str(error)})

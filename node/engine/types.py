@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from edgefleet.node.errors import EdgefleetError
 
@@ -85,3 +85,11 @@ class GenerationRequest:
     sink: EventSink
     adapter: AdapterUse | None = None
     arrived: float = field(default_factory=time.monotonic)
+
+
+class EngineObserver(Protocol):
+    """What the engine tells a metrics collector, on the engine thread (keep it quick)."""
+
+    def token_gap(self, seconds: float) -> None: ...
+
+    def finished(self, reason: FinishReason, usage: Usage) -> None: ...
