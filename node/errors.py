@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import errno
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
 from edgefleet.proto.error_codes import ErrorCode
 
 
@@ -45,6 +51,71 @@ class EngineFailure(EdgefleetError):
     """llama.cpp reported an error while decoding (gRPC INTERNAL)."""
 
 
+class StorageFull(EdgefleetError):
+    """A node store cannot grow: its disk is full (SQLITE_FULL, ENOSPC). gRPC RESOURCE_EXHAUSTED.
+
+    The message names the store and the free space; the write changed nothing and may be tried
+    again once room is back.
+    """
+
+    def __init__(self, store: str, path: Path, cause: BaseException | None = None) -> None:
+        free, total = disk_space(path)
+        super().__init__(
+            f"the {store} ({path}) cannot grow: the disk is full ({_size(free)} free of {_size(total)} in "
+            f"{_existing(path)}); delete documents or files there, or give the node a larger disk"
+        )
+        self.store, self.path, self.free_bytes, self.cause = store, path, free, cause
+
+
+def _existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def disk_space(path: Path) -> tuple[int, int]:
+    """(free, total) bytes of the file system holding `path` (or its nearest existing parent)."""
+    try:
+        usage = shutil.disk_usage(_existing(path))
+    except OSError:
+        return 0, 0
+    return usage.free, usage.total
+
+
+def _size(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return f"{n} bytes"
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """SQLite's SQLITE_FULL ("database or disk is full") or an OSError ENOSPC/EDQUOT."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is not None:
+        return int(code) & 0xFF == SQLITE_FULL
+    return type(error).__name__ == "OperationalError" and "disk is full" in str(error)
+
+
+SQLITE_FULL = 13
+
+
+@contextmanager
+def disk_full_as(store: str, path: Path) -> Iterator[None]:
+    """Raise StorageFull (naming `store` and the free space) for a full disk inside the block."""
+    try:
+        yield
+    except StorageFull:
+        raise
+    except Exception as e:
+        if is_disk_full(e):
+            raise StorageFull(store, path, e) from e
+        raise
+
+
 _MQTT_CODES: list[tuple[type[EdgefleetError], ErrorCode]] = [
     (ContextOverflow, ErrorCode.CONTEXT_OVERFLOW),
     (InvalidRequest, ErrorCode.INVALID_REQUEST),
@@ -53,6 +124,7 @@ _MQTT_CODES: list[tuple[type[EdgefleetError], ErrorCode]] = [
     (Unavailable, ErrorCode.UNAVAILABLE),
     (OverBudget, ErrorCode.OVER_BUDGET),
     (EngineFailure, ErrorCode.ENGINE_FAILURE),
+    (StorageFull, ErrorCode.STORAGE_FULL),
 ]
 
 

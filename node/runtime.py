@@ -10,6 +10,7 @@ from pathlib import Path
 from edgefleet.node.adapter_manager import AdapterManager
 from edgefleet.node.control.agent import ControlAgent
 from edgefleet.node.control.desired_store import DesiredStateStore, open_node_db
+from edgefleet.node.control.faults import NodeFaults
 from edgefleet.node.engine.engine import Engine, EngineConfig
 from edgefleet.node.engine.llama_backend import LoadedModel
 from edgefleet.node.errors import EdgefleetError, InvalidRequest, ModelError, OverBudget
@@ -167,5 +168,13 @@ def build_node(settings: NodeSettings) -> Node:
             log.warning("no site public key pinned: artifacts (adapters, knowledge) will be refused")
         store = DesiredStateStore(open_node_db(settings.data_dir / "node.db"))
         topics = Topics.for_site(settings.site, settings.topic_root)
-        agent = ControlAgent(settings, service, store, site_key, SensorPlane(settings, service, topics))
+        faults = NodeFaults(
+            settings.node_id,
+            topics.errors(settings.node_id),
+            settings.data_dir,
+            settings.disk_warn_mb * 1024 * 1024,
+            settings.handler_retry_s,
+        )
+        sensors = SensorPlane(settings, service, topics, faults)
+        agent = ControlAgent(settings, service, store, site_key, sensors, faults)
     return Node(service, engine, model, agent)

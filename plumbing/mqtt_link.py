@@ -26,6 +26,10 @@ from paho.mqtt.reasoncodes import ReasonCode
 log = logging.getLogger("edgefleet.mqtt")
 
 Handler = Callable[[mqtt.MQTTMessage], None]
+Again = Callable[[], bool]
+"""Runs the handler that failed once more on the same message; True when it passed this time."""
+HandlerErrorHook = Callable[[mqtt.MQTTMessage, BaseException, Again], None]
+"""Called (network thread) when a handler raised: the message, the exception, and a way to retry."""
 
 
 @dataclass(frozen=True)
@@ -72,10 +76,14 @@ class MqttLink:
         keepalive: int = 15,
         session_expiry_s: int | None = None,
         manual_ack: bool = False,
+        on_handler_error: HandlerErrorHook | None = None,
     ) -> None:
         """`session_expiry_s`: a persistent session (clean start off), so the broker keeps QoS 1
         messages for this client while it is away. `manual_ack`: handlers call `ack(msg)` once
-        they have kept the message; until then the broker considers it undelivered."""
+        they have kept the message; until then the broker considers it undelivered.
+        `on_handler_error`: told of every handler that raises (after it is logged), so the owner can
+        report it and try again; without it the exception is only logged."""
+        self.on_handler_error = on_handler_error
         self.address = BrokerAddress.parse(url)
         self.client_id = client_id or f"edgefleet-{uuid.uuid4().hex[:12]}"
         self._subs: dict[str, tuple[int, Handler]] = {}
@@ -242,7 +250,24 @@ class MqttLink:
         with self._lock:
             handlers = [h for f, (_, h) in self._subs.items() if mqtt.topic_matches_sub(_unshared(f), msg.topic)]
         for handler in handlers:
-            try:
-                handler(msg)
-            except Exception:  # a handler bug must not kill the network thread
-                log.exception("message handler failed", extra={"topic": msg.topic})
+            self._run(handler, msg)
+
+    def _run(self, handler: Handler, msg: mqtt.MQTTMessage) -> bool:
+        """One handler on one message; an exception is logged and handed to `on_handler_error`."""
+        try:
+            handler(msg)
+            return True
+        except Exception as e:  # a handler bug must not kill the network thread
+            log.exception("message handler failed", extra={"topic": msg.topic[:200]})
+            hook = self.on_handler_error
+            if hook is not None:
+                try:
+                    hook(msg, e, lambda: self._run_quiet(handler, msg))
+                except Exception:
+                    log.exception("handler error hook failed", extra={"topic": msg.topic[:200]})
+            return False
+
+    def _run_quiet(self, handler: Handler, msg: mqtt.MQTTMessage) -> bool:
+        """A retry: the exception goes to the caller (the retrier reports it), not to the hook again."""
+        handler(msg)
+        return True

@@ -39,10 +39,30 @@ log = logging.getLogger("edgefleet.mqtt.rpc")
 
 MAX_RESPONSE_TOPIC_CHARS = 256
 MAX_CORRELATION_BYTES = 128
+MAX_USER_PROPERTIES = 32
+MAX_USER_PROPERTY_CHARS = 1024  # key and value together
 
 
 class BadResponseTarget(ValueError):
     """A request whose response topic or correlation data cannot be answered to; the message says why."""
+
+
+class BadProperties(ValueError):
+    """MQTT 5 user properties a client sent that are too many or too large; the message says why."""
+
+
+def check_user_properties(msg: mqtt.MQTTMessage) -> list[tuple[str, str]]:
+    """The message's user properties, or BadProperties when there are too many or one is too large."""
+    props = list(getattr(msg.properties, "UserProperty", None) or [])
+    if len(props) > MAX_USER_PROPERTIES:
+        raise BadProperties(f"the message has {len(props)} user properties; at most {MAX_USER_PROPERTIES} are taken")
+    for key, value in props:
+        size = len(str(key)) + len(str(value))
+        if size > MAX_USER_PROPERTY_CHARS:
+            raise BadProperties(
+                f"user property {str(key)[:40]!r} is {size} characters; at most {MAX_USER_PROPERTY_CHARS} are taken"
+            )
+    return [(str(k), str(v)) for k, v in props]
 
 
 class NoAnswer(TimeoutError):

@@ -6,11 +6,11 @@ and anything that does not validate, with a reason on the errors topic.
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from edgefleet.proto.input_limits import MAX_JSON_DEPTH, JsonLimitError, brief, loads_bounded
 from edgefleet.proto.payload_base import PAYLOAD_VERSION, _now, _Payload
 from edgefleet.proto.rules import RuleSpec
 from edgefleet.proto.topics import check_name
@@ -142,12 +142,15 @@ class ArtifactRef(BaseModel):
         return check_name("artifact", v)
 
 
+MAX_GENERATION = 2**53  # exact in every JSON reader (a double), far below SQLite's INTEGER limit (2**63 - 1)
+
+
 class DesiredState(_Payload):
-    """What one target should run. `generation` only grows; a node ignores older ones."""
+    """What one target should run. `generation` only grows (1 ≤ generation ≤ 2**53); a node ignores older ones."""
 
     site: str
     target: Target
-    generation: Annotated[int, Field(ge=1)]
+    generation: Annotated[int, Field(ge=1, le=MAX_GENERATION)]
     templates: dict[str, TemplateSpec] = Field(default_factory=dict)
     adapters: dict[str, ArtifactRef] = Field(default_factory=dict)
     knowledge: dict[str, ArtifactRef] = Field(default_factory=dict)  # collection → the version to install
@@ -276,6 +279,8 @@ class Command(_Payload):
     sha256: str = ""
     upload: UploadChunk | None = None
     rule: RuleSpec | None = None
+    force: bool = False  # push a template or rule version older than the one desired now
+    new_group: bool = False  # a bare target that names no node and no known group: create the group
 
 
 class CommandResult(_Payload):
@@ -286,25 +291,30 @@ class CommandResult(_Payload):
 
 
 def parse_payload(model: type[P], raw: bytes | bytearray) -> P:
-    """Size, UTF-8, JSON, version and schema checks, each with a message a person can act on."""
+    """Size, UTF-8, JSON (nesting bounded), version and schema checks, each with a message a person can act on."""
     if len(raw) > MAX_PAYLOAD_BYTES:
         raise PayloadError(f"payload is {len(raw)} bytes; the limit is {MAX_PAYLOAD_BYTES}")
     try:
-        text = bytes(raw).decode("utf-8")
+        bytes(raw).decode("utf-8")
     except UnicodeDecodeError as e:
         raise PayloadError(f"payload is not UTF-8: {e}") from e
     try:
-        data = json.loads(text)
-    except ValueError as e:
-        raise PayloadError(f"payload is not JSON: {e}") from e
+        data = loads_bounded(bytes(raw), "payload", MAX_PAYLOAD_BYTES, MAX_JSON_DEPTH)
+    except JsonLimitError as e:
+        raise PayloadError(str(e).replace("is not valid JSON", "is not JSON")) from e
     if not isinstance(data, dict):
         raise PayloadError("payload must be a JSON object")
     if data.get("v") != PAYLOAD_VERSION:
-        raise PayloadError(f"payload version {data.get('v')!r} is not supported (expected {PAYLOAD_VERSION})")
+        raise PayloadError(f"payload version {brief(data.get('v'))} is not supported (expected {PAYLOAD_VERSION})")
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        raise PayloadError(f"invalid {model.__name__}: {describe_validation_error(e)}") from e
+        raise PayloadError(f"invalid {model.__name__}: {_clip(describe_validation_error(e))}") from e
+
+
+def _clip(message: str, limit: int = 600) -> str:
+    """A validation message cut short: pydantic quotes the client's values whole."""
+    return message if len(message) <= limit else f"{message[:limit]}… ({len(message)} characters)"
 
 
 def describe_validation_error(e: ValidationError) -> str:

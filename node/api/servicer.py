@@ -257,6 +257,9 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         await _request_id(context)
         s = self.service.status()
         m = s.model_meta
+        from edgefleet.node.errors import disk_space
+
+        free, total = disk_space(self.service.settings.data_dir)
         return pb.NodeInfo(
             node_id=s.node_id,
             profile=s.profile,
@@ -294,4 +297,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             status=s.status,
             search_backend=self.service.knowledge.search_backend if self.service.knowledge else "",
             embedder=self.service.knowledge.embedder if self.service.knowledge else "",
+            disk_free_bytes=free,
+            disk_total_bytes=total,
+            disk_low=total > 0 and free < self.service.settings.disk_warn_mb * 1024 * 1024,
         )

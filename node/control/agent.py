@@ -24,6 +24,7 @@ from edgefleet.node.control.desired_store import (
     effective_rules,
     effective_templates,
 )
+from edgefleet.node.control.faults import NodeFaults, parse_bounded
 from edgefleet.node.control.installers import AdapterInstaller, KnowledgeInstaller
 from edgefleet.node.sensors.plane import SensorPlane
 from edgefleet.node.service import NodeService
@@ -39,7 +40,6 @@ from edgefleet.proto.payloads import (
     PayloadError,
     ReportedState,
     Telemetry,
-    parse_payload,
 )
 from edgefleet.proto.templates import TemplateError, compile_template
 from edgefleet.proto.topics import Topics
@@ -55,6 +55,7 @@ class ControlAgent:
         store: DesiredStateStore,
         site_key: Ed25519PublicKey | None = None,
         sensors: SensorPlane | None = None,
+        faults: NodeFaults | None = None,
     ) -> None:
         assert settings.mqtt_url
         self.settings = settings
@@ -68,6 +69,13 @@ class ControlAgent:
         self._stop = threading.Event()
         self._telemetry: threading.Thread | None = None
         self._last_tokens = 0
+        self.faults = faults or NodeFaults(
+            self.node_id,
+            self.topics.errors(self.node_id),
+            settings.data_dir,
+            settings.disk_warn_mb * 1024 * 1024,
+            settings.handler_retry_s,
+        )
         offline = NodeStatus(node_id=self.node_id, state="offline", reason="connection lost").dumps()
         self.link = MqttLink(
             settings.mqtt_url,
@@ -75,7 +83,9 @@ class ControlAgent:
             **settings.mqtt_link_options(),
             will=LastWill(self.topics.node_status(self.node_id), offline),
             birth=self._birth,
+            on_handler_error=self.faults.hook(per_message=False),
         )
+        self.faults.bind(lambda topic, payload: self.link.publish(topic, payload, qos=1))
         self.sensors = sensors
 
         def sync(installer: AdapterInstaller | KnowledgeInstaller) -> ArtifactSync:
@@ -111,12 +121,14 @@ class ControlAgent:
         if self.sensors is not None:
             self.sensors.start()
         self.link.start()
+        self.faults.start()
         self._telemetry = threading.Thread(target=self._telemetry_loop, name="edgefleet-telemetry", daemon=True)
         self._telemetry.start()
 
     def stop(self, failure: str = "") -> None:
         """Leave the site: the last retained status says `offline`, or `failed` with the engine's reason."""
         self._stop.set()
+        self.faults.stop()
         if self.adapters is not None:
             self.adapters.stop()
         if self.knowledge is not None:
@@ -156,6 +168,9 @@ class ControlAgent:
     def _telemetry_loop(self) -> None:
         interval = self.settings.telemetry_interval_s
         while not self._stop.wait(interval):
+            free, total, low = self.faults.disk()  # the warning is logged with the broker away too
+            if self.service.knowledge is not None and not low:
+                self.service.knowledge.store.reserve.restore()
             if not self.link.connected.is_set():
                 continue
             s = self.service.status()
@@ -173,6 +188,11 @@ class ControlAgent:
                 throttled=s.thermal.throttled,
                 shedding=s.thermal.shedding,
                 rss_bytes=s.rss_bytes,
+                disk_free_bytes=free,
+                disk_total_bytes=total,
+                disk_low=low,
+                storage_full=bool(self.sensors is not None and self.sensors.intake.storage_full),
+                handler_errors=self.faults.handler_errors,
                 **(self.sensors.telemetry() if self.sensors is not None else {}),  # type: ignore[arg-type]
             )
             self.link.publish(self.topics.node_telemetry(self.node_id), t.dumps(), qos=0)
@@ -213,7 +233,7 @@ class ControlAgent:
         if not msg.payload:  # a cleared retained message: the orchestrator removed this target
             return
         try:
-            doc = parse_payload(DesiredState, msg.payload)
+            doc = parse_bounded(DesiredState, msg.payload)
         except PayloadError as e:
             self._reject(msg.topic, ErrorCode.INVALID_PAYLOAD, f"desired state on {msg.topic} refused: {e}")
             return

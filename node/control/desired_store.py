@@ -14,6 +14,7 @@ from pathlib import Path
 
 import sqlite_utils
 
+from edgefleet.node.errors import disk_full_as
 from edgefleet.plumbing.sqlite_db import open_database
 from edgefleet.proto.payloads import ArtifactRef, DesiredState, RuleSpec, TemplateSpec, merged
 
@@ -45,13 +46,15 @@ def open_node_db(path: Path) -> sqlite_utils.Database:
 class DesiredStateStore:
     def __init__(self, db: sqlite_utils.Database) -> None:
         self.db = db
+        self.path = Path(db.conn.execute("PRAGMA database_list").fetchone()[2] or ".")
 
     def generation(self, key: str) -> int:
         row = self.db.execute("SELECT generation FROM desired_sources WHERE target_key = ?", [key]).fetchone()
         return int(row[0]) if row else 0
 
     def save(self, doc: DesiredState) -> None:
-        with self.db.conn:
+        """Record an applied document; StorageFull (nothing changed) when the disk has no room."""
+        with disk_full_as("desired-state store", self.path), self.db.conn:
             self.db.execute(
                 "INSERT INTO desired_sources (target_key, generation, doc, applied_at) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT(target_key) DO UPDATE SET generation=excluded.generation, doc=excluded.doc, "
@@ -87,7 +90,8 @@ class InstalledArtifacts:
         return {r[1]: InstalledArtifact(r[0], r[1], r[2], r[3], Path(r[4]), r[5]) for r in rows}
 
     def record(self, a: InstalledArtifact) -> None:
-        with self.db.conn:
+        path = Path(self.db.conn.execute("PRAGMA database_list").fetchone()[2] or ".")
+        with disk_full_as("installed-artifacts table", path), self.db.conn:
             self.db.execute(
                 "INSERT INTO installed_artifacts (kind, name, version, sha256, path, size, installed_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(kind, name) DO UPDATE SET version=excluded.version, "

@@ -22,6 +22,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from edgefleet.node.errors import StorageFull, disk_space, is_disk_full
 from edgefleet.node.knowledge.errors import BackendUnavailable, CorruptDatabase, KnowledgeError
 from edgefleet.plumbing import sqlite_db
 
@@ -45,6 +46,15 @@ _CORRUPTION_MARKERS = ("malformed", "not a database", "corrupt", "disk image", "
 
 def is_corruption(error: BaseException) -> bool:
     return isinstance(error, sqlite3.DatabaseError) and any(m in str(error).lower() for m in _CORRUPTION_MARKERS)
+
+
+# sqlite-vec reports a failed write as its own error ("Could not insert a new vector chunk"), hiding
+# SQLITE_FULL; with less than this much room left, such a failure is taken for a full disk.
+MASKED_FULL_MARGIN = 8 * 1024 * 1024
+
+
+def _masked_full(error: BaseException, path: Path) -> bool:
+    return "sqlite-vec" in str(error) and disk_space(path)[0] < MASKED_FULL_MARGIN
 
 
 def connect(path: Path, *, load_vec: bool = False, busy_timeout_ms: int = 10_000) -> tuple[Connection, bool]:
@@ -118,6 +128,7 @@ def open_database(
     path.parent.mkdir(parents=True, exist_ok=True)
     conn, vec = connect(path, load_vec=load_vec)
     try:
+        sqlite_db.use_incremental_vacuum(conn, f"the {what} {path}")
         mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             log.warning("WAL mode not available", extra={"path": str(path), "journal_mode": mode})
@@ -185,6 +196,8 @@ class Connections:
         except sqlite3.DatabaseError as e:
             if is_corruption(e):
                 raise CorruptDatabase(f"the knowledge database {self.path} is damaged ({e}); {REBUILD_HINT}") from e
+            if is_disk_full(e) or (isinstance(e, sqlite3.OperationalError) and _masked_full(e, self.path)):
+                raise StorageFull("knowledge store", self.path, e) from e
             raise
 
     def _check_open(self) -> None:
@@ -215,6 +228,20 @@ class Connections:
             self._check_open()
             with self.guard(), transaction(self.writer):
                 yield self.writer
+
+    def reclaim(self) -> bool:
+        """Give freed pages and the WAL back to the disk (see sqlite_db.reclaim_space); never raises.
+
+        False when it could not (a full disk: the checkpoint must first write the WAL's pages into the file)."""
+        with self.write_lock:
+            if self.closed:
+                return False
+            try:
+                sqlite_db.reclaim_space(self.writer)
+            except sqlite3.DatabaseError as e:
+                log.warning("space not given back", extra={"path": str(self.path), "reason": str(e)})
+                return False
+            return True
 
     def close(self) -> None:
         with self.write_lock:

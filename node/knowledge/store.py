@@ -26,6 +26,7 @@ from typing import Literal
 
 import numpy as np
 
+from edgefleet.node.errors import StorageFull
 from edgefleet.node.knowledge import queries as q
 from edgefleet.node.knowledge import sqlite
 from edgefleet.node.knowledge.caches import ResponseCache, RetrievalCache
@@ -43,6 +44,7 @@ from edgefleet.node.knowledge.embedders import Embedder
 from edgefleet.node.knowledge.errors import CorruptDatabase, EmbedderMismatch, InvalidInput, NotFoundError
 from edgefleet.node.knowledge.schema import MIGRATIONS, CollectionInfo, Hit, IngestResult
 from edgefleet.node.knowledge.search import Mode, check_mode, check_top_k, normalise_query, reciprocal_rank_fusion
+from edgefleet.node.knowledge.space import SpaceReserve
 from edgefleet.node.knowledge.vectors import Backend, VectorIndex
 from edgefleet.proto.input_limits import brief
 
@@ -88,6 +90,7 @@ class KnowledgeStore:
         if vector_backend == "auto" and not vec:
             log.warning("sqlite-vec unavailable, vectors are scanned with numpy", extra={"path": str(self.path)})
         self._db = sqlite.Connections(self.path, writer, load_vec=vec)
+        self.reserve = SpaceReserve(self.path.with_name(self.path.name + ".reserve"))
         self._vectors = VectorIndex("sqlite-vec" if vec else "numpy")
         if vec:
             with self._db.write() as conn:
@@ -152,7 +155,10 @@ class KnowledgeStore:
     def _changed(self, collection: str) -> None:
         for cache in (self.retrieval_cache, self.response_cache):
             if cache is not None:
-                cache.invalidate_collection(collection)
+                try:
+                    cache.invalidate_collection(collection)
+                except sqlite.DatabaseError as e:  # keys carry the collection version: stale rows only waste room
+                    log.warning("cache entries not removed", extra={"collection": collection, "reason": str(e)})
 
     # -- writes -----------------------------------------------------------------------------
     def _embed(self, prepared: Sequence[PreparedDocument]) -> list[np.ndarray]:
@@ -231,6 +237,21 @@ class KnowledgeStore:
             raise InvalidInput("ids must be a list of document ids, not one string")
         for doc_id in ids:
             check_doc_id(doc_id)
+        try:
+            deleted = self._delete(collection, ids)
+        except StorageFull:  # a full disk: give up the reserve, so the deletion can commit, and try once more
+            if not self.reserve.release():
+                raise
+            deleted = self._delete(collection, ids)
+        self._changed(collection)
+        if deleted:
+            if not self._db.reclaim() and self.reserve.release():
+                self._db.reclaim()  # the checkpoint needed room to write the WAL's pages into the file
+            self.reserve.restore()
+        log.info("documents deleted", extra={"collection": collection, "documents": deleted})
+        return deleted
+
+    def _delete(self, collection: str, ids: Sequence[str]) -> int:
         with self._db.write() as conn:
             info = self._require(conn, collection)
             deleted = sum(
@@ -238,8 +259,6 @@ class KnowledgeStore:
             )
             if deleted:
                 q.bump_revision(conn, collection)
-        self._changed(collection)
-        log.info("documents deleted", extra={"collection": collection, "documents": deleted})
         return deleted
 
     def delete_collection(self, name: str) -> None:

@@ -19,7 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from edgefleet.node.engine.types import Failed, Finished, TextDelta
-from edgefleet.node.errors import TRANSIENT, EdgefleetError, mqtt_code
+from edgefleet.node.errors import TRANSIENT, EdgefleetError, StorageFull, mqtt_code
+from edgefleet.node.sensors.intake import Report
 from edgefleet.node.sensors.ledger import InboxRow, SensorLedger
 from edgefleet.node.sensors.messages import MessageError, extract_variables, output_topic
 from edgefleet.node.sensors.stats import SensorStats
@@ -49,6 +50,7 @@ class Answerer:
         results_topic: str,
         published: Callable[[], None],
         max_in_flight: int,
+        report: Report | None = None,
     ) -> None:
         self.service, self.ledger, self.stats = service, ledger, stats
         self.rules = rules
@@ -58,6 +60,10 @@ class Answerer:
         self._events: queue.Queue[tuple[_Job, Finished | Failed] | None] = queue.Queue()
         self._stop = threading.Event()
         self._in_flight: dict[str, _Job] = {}
+        self.report: Report = report or (lambda code, message, topic="", **_: None)
+        # Work the disk had no room to record, tried again each turn: finished answers, rows to start.
+        self._unwritten: list[tuple[_Job, Finished | Failed]] = []
+        self._unstarted: list[InboxRow] = []
         self._thread = threading.Thread(target=self._run, name="edgefleet-sensor-answers", daemon=True)
 
     def start(self) -> None:
@@ -78,25 +84,42 @@ class Answerer:
                 item = self._events.get(timeout=0.5)
             except queue.Empty:
                 item = None
+            items = self._unwritten + ([item] if item is not None else [])
+            self._unwritten = []
             try:
-                while item is not None:
-                    self._finish(*item)
-                    item = self._events.get_nowait()
+                while True:
+                    items.extend(i for i in [self._events.get_nowait()] if i is not None)
             except queue.Empty:
                 pass
-            except Exception:
-                log.exception("writing an answer failed")
+            for it in items:
+                try:
+                    self._finish(*it)
+                except StorageFull as e:
+                    self._unwritten.append(it)
+                    self._disk_full(e)
+                except Exception:
+                    log.exception("writing an answer failed")
             try:
                 self._claim()
+            except StorageFull as e:
+                self._disk_full(e)
             except Exception:
                 log.exception("starting answers failed")
 
+    def _disk_full(self, e: StorageFull) -> None:
+        self.report(ErrorCode.STORAGE_FULL, f"sensor answers wait for room: {e}", self.results_topic, once_per=60.0)
+
     def _claim(self) -> None:
-        room = self.max_in_flight - len(self._in_flight)
-        if room <= 0:
-            return
-        for row in self.ledger.claim_pending(room):
-            self._start(row)
+        rows, self._unstarted = self._unstarted, []
+        room = self.max_in_flight - len(self._in_flight) - len(rows)
+        if room > 0:
+            rows += self.ledger.claim_pending(room)
+        for i, row in enumerate(rows):
+            try:
+                self._start(row)
+            except StorageFull:
+                self._unstarted += rows[i:]
+                raise
 
     # -- one message --------------------------------------------------------------------------------
     def _start(self, row: InboxRow) -> None:

@@ -18,16 +18,27 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Protocol
 
 import paho.mqtt.client as mqtt
 
+from edgefleet.node.errors import StorageFull
 from edgefleet.node.sensors.ledger import SensorLedger
 from edgefleet.node.sensors.messages import message_id
 from edgefleet.node.sensors.stats import SensorStats
+from edgefleet.plumbing import failpoints
 from edgefleet.plumbing.mqtt_link import MqttLink
+from edgefleet.plumbing.mqtt_rpc import BadProperties, check_user_properties
+from edgefleet.proto.error_codes import ErrorCode
 from edgefleet.proto.rules import RuleSpec, shared_filter, topic_matches
 
 log = logging.getLogger("edgefleet.node.sensors")
+
+
+class Report(Protocol):
+    def __call__(self, code: str, message: str, topic: str = "", *, once_per: float = 0.0) -> None: ...
+
+
 EffectiveRule = tuple[RuleSpec, str | None]  # the rule and the group that shares it (None: this node only)
 
 
@@ -38,8 +49,12 @@ class SensorIntake:
         ledger: SensorLedger,
         stats: SensorStats,
         answered: Callable[[], None],
+        report: Report | None = None,
     ) -> None:
         self.link, self.ledger, self.stats = link, ledger, stats
+        self.report: Report = report or (lambda code, message, topic="", **_: None)
+        self.storage_full = False  # the last inbox write found the disk full; held messages wait for room
+        self._published: set[int] = set()  # outbox rows published whose deletion waits for room
         self.answered = answered  # wakes the answerer
         self._lock = threading.Lock()
         self._rules: dict[str, EffectiveRule] = {}
@@ -65,7 +80,7 @@ class SensorIntake:
 
     @property
     def holding(self) -> int:
-        """Messages left unacknowledged because the inbox is full (the broker keeps the rest)."""
+        """Messages left unacknowledged because the inbox or the disk is full (the broker keeps the rest)."""
         return len(self._held)
 
     def set_rules(self, rules: dict[str, EffectiveRule]) -> None:
@@ -83,6 +98,7 @@ class SensorIntake:
 
     # -- messages in (network thread) --------------------------------------------------------------------
     def _on_message(self, msg: mqtt.MQTTMessage) -> None:
+        failpoints.hit("sensors.intake")
         with self._lock:
             rules = [r for r, _ in self._rules.values() if topic_matches(r.topic_filter, msg.topic)]
             if self._held:  # keep arrival order behind what is already waiting for room
@@ -97,20 +113,42 @@ class SensorIntake:
         else:
             with self._lock:
                 self._held.append(msg)
-            log.warning("inbox full: holding messages unacknowledged", extra={"topic": msg.topic})
+            log.warning("inbox or disk full: holding messages unacknowledged", extra={"topic": msg.topic})
 
     def _accept(self, msg: mqtt.MQTTMessage, rules: list[RuleSpec]) -> bool:
-        """Record the message for each rule it matches; False when the inbox had no room."""
-        props = getattr(msg.properties, "UserProperty", None) or []
-        mid = message_id(msg.topic, bytes(msg.payload), list(props))
+        """Record the message for each rule it matches; False when the inbox or the disk had no room."""
+        try:
+            props = check_user_properties(msg)
+        except BadProperties as e:  # the message is still taken, identified by its payload
+            self.report(
+                ErrorCode.BAD_PROPERTIES,
+                f"user properties of a message on {msg.topic} ignored: {e}",
+                msg.topic,
+                once_per=60.0,
+            )
+            props = []
+        mid = message_id(msg.topic, bytes(msg.payload), props)
         received = time.time()
         for rule in rules:
             # Keep at most one byte past the rule's limit: enough to answer `payload_too_large`.
             payload = bytes(msg.payload[: rule.max_payload_bytes + 1])
-            outcome = self.ledger.accept(mid, rule.name, msg.topic, payload, received)
+            try:
+                outcome = self.ledger.accept(mid, rule.name, msg.topic, payload, received)
+            except StorageFull as e:
+                self.storage_full = True
+                self.report(
+                    ErrorCode.STORAGE_FULL,
+                    f"sensor message on {msg.topic} held unacknowledged until there is room: {e}",
+                    msg.topic,
+                    once_per=60.0,
+                )
+                return False
             if outcome == "full":
                 return False
             self.stats.message_in(rule.name, duplicate=outcome == "duplicate")
+        if self.storage_full:
+            self.storage_full = False
+            log.info("disk has room again: held sensor messages are taken")
         self.answered()
         return True
 
@@ -147,6 +185,12 @@ class SensorIntake:
             if not rows:
                 return
             for row in rows:
-                if not self.link.publish_wait(row.topic, row.payload, timeout=10.0):
-                    return  # the broker went away: the row stays and goes out first when it is back
-                self.ledger.outbox_delete(row.seq)
+                if row.seq not in self._published:
+                    if not self.link.publish_wait(row.topic, row.payload, timeout=10.0):
+                        return  # the broker went away: the row stays and goes out first when it is back
+                    self._published.add(row.seq)
+                try:
+                    self.ledger.outbox_delete(row.seq)
+                except StorageFull:  # published already: deleted when there is room, not sent again
+                    return
+                self._published.discard(row.seq)

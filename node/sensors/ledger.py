@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from edgefleet.node.errors import disk_full_as
 from edgefleet.plumbing.sqlite_db import open_database
 
 Accept = Literal["new", "duplicate", "full"]
@@ -127,7 +128,7 @@ class SensorLedger:
                 return "duplicate"
             if self._open >= self.inbox_limit:
                 return "full"
-            with self._conn:
+            with disk_full_as("sensor ledger", self.path), self._conn:
                 self._conn.execute(
                     "INSERT INTO inbox (id, rule, topic, payload, received_at, state) "
                     "VALUES (?, ?, ?, ?, ?, 'pending')",
@@ -143,7 +144,7 @@ class SensorLedger:
         with self._lock:
             if limit < 1 or self._outbox >= self.outbox_limit:
                 return []
-            with self._conn:
+            with disk_full_as("sensor ledger", self.path), self._conn:
                 rows = self._conn.execute(
                     "SELECT seq, id, rule, topic, payload, received_at, attempts FROM inbox "
                     "WHERE state = 'pending' ORDER BY seq LIMIT ?",
@@ -157,7 +158,7 @@ class SensorLedger:
 
     def release(self, seq: int) -> bool:
         """Give a claimed row back (the engine refused it for now); False when it is not running."""
-        with self._lock, self._conn:
+        with self._lock, disk_full_as("sensor ledger", self.path), self._conn:
             cur = self._conn.execute("UPDATE inbox SET state = 'pending' WHERE seq = ? AND state = 'running'", [seq])
             return cur.rowcount == 1
 
@@ -167,7 +168,7 @@ class SensorLedger:
         to the same message is never queued. `source_id` defaults to the row's message id.
         """
         now = time.time()
-        with self._lock, self._conn:
+        with self._lock, disk_full_as("sensor ledger", self.path), self._conn:
             row = self._conn.execute("SELECT id FROM inbox WHERE seq = ? AND state != 'done'", [seq]).fetchone()
             if row is None:
                 return False
@@ -201,7 +202,7 @@ class SensorLedger:
 
     def outbox_delete(self, seq: int) -> bool:
         """Forget a published answer (call on PUBACK); False when it was already gone."""
-        with self._lock, self._conn:
+        with self._lock, disk_full_as("sensor ledger", self.path), self._conn:
             cur = self._conn.execute("DELETE FROM outbox WHERE seq = ?", [seq])
             if cur.rowcount == 1:
                 self._outbox -= 1

@@ -11,12 +11,16 @@ import re
 from typing import Any, Literal
 
 from edgefleet.proto.error_codes import ErrorCode
+from edgefleet.proto.input_limits import JsonLimitError, brief, loads_bounded
 from edgefleet.proto.rules import PLACEHOLDER_RE, RuleSpec
 
 MAX_ID_CHARS = 128
 ID_PROPERTY = "msg-id"
 # A payload is parsed for its `id` only up to this size (the largest any rule accepts).
 MAX_ID_SCAN_BYTES = 256 * 1024
+# A topic level (or a whole topic) used as a template variable: longer ones are refused, not prompted.
+MAX_TOPIC_LEVEL_CHARS = 256
+MAX_TOPIC_VARIABLE_CHARS = 1024
 
 MessageErrorCode = Literal[
     ErrorCode.PAYLOAD_TOO_LARGE,
@@ -70,8 +74,8 @@ def message_id(topic: str, payload: bytes, user_properties: list[tuple[str, str]
             break
     if len(payload) <= MAX_ID_SCAN_BYTES and payload.lstrip()[:1] == b"{":
         try:
-            data = json.loads(payload)
-        except (ValueError, RecursionError):
+            data = loads_bounded(payload, "payload", MAX_ID_SCAN_BYTES)
+        except (JsonLimitError, RecursionError):
             data = None
         if isinstance(data, dict):
             found = _usable_id(data.get("id"))
@@ -117,8 +121,19 @@ def _walk(source: str, data: dict[str, Any]) -> str:
 def _topic_level(topic: str, index: int, source: str) -> str:
     levels = topic.split("/")
     if not -len(levels) <= index < len(levels):
-        raise MessageError(ErrorCode.BAD_TOPIC_LEVEL, f"{source}: topic {topic!r} has {len(levels)} levels")
+        raise MessageError(ErrorCode.BAD_TOPIC_LEVEL, f"{source}: topic {brief(topic)} has {len(levels)} levels")
     return levels[index]
+
+
+def _topic_variable(value: str, source: str, limit: int) -> str:
+    """A topic (level) a client chose, as a template variable: bounded, no control characters."""
+    if len(value) > limit:
+        raise MessageError(
+            ErrorCode.BAD_TOPIC_LEVEL, f"{source} is {len(value)} characters; at most {limit} are taken as a variable"
+        )
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise MessageError(ErrorCode.BAD_TOPIC_LEVEL, f"{source} {brief(value)} contains control characters")
+    return value
 
 
 def extract_variables(rule: RuleSpec, topic: str, payload: bytes) -> dict[str, str]:
@@ -137,10 +152,11 @@ def extract_variables(rule: RuleSpec, topic: str, payload: bytes) -> dict[str, s
     out: dict[str, str] = {}
     for name, source in rule.variables.items():
         if source == "topic":
-            out[name] = topic
+            out[name] = _topic_variable(topic, source, MAX_TOPIC_VARIABLE_CHARS)
             continue
         if source.startswith("topic["):
-            out[name] = _topic_level(topic, int(source[6:-1]), source)
+            level = _topic_level(topic, int(source[6:-1]), source)
+            out[name] = _topic_variable(level, source, MAX_TOPIC_LEVEL_CHARS)
             continue
         if text is None:
             try:
@@ -152,11 +168,9 @@ def extract_variables(rule: RuleSpec, topic: str, payload: bytes) -> dict[str, s
             continue
         if data is None:
             try:
-                parsed = json.loads(text)
-            except (ValueError, RecursionError) as e:
-                raise MessageError(
-                    ErrorCode.INVALID_JSON, f"payload is not JSON ({source} needs a JSON object): {e}"
-                ) from e
+                parsed = loads_bounded(text, "payload", rule.max_payload_bytes)
+            except (JsonLimitError, RecursionError) as e:
+                raise MessageError(ErrorCode.INVALID_JSON, f"{e} ({source} needs a JSON object)") from e
             if not isinstance(parsed, dict):
                 raise MessageError(ErrorCode.INVALID_JSON, f"payload is not a JSON object ({source} needs one)")
             data = parsed

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
+from edgefleet.node.control.faults import NodeFaults, parse_bounded
 from edgefleet.node.engine.types import Failed, Finished, TextDelta
 from edgefleet.node.errors import EdgefleetError, mqtt_code
 from edgefleet.node.sensors.answerer import Answerer
@@ -24,15 +25,15 @@ from edgefleet.node.sensors.ledger import SensorLedger
 from edgefleet.node.sensors.stats import SensorStats
 from edgefleet.node.service import GenerateInput, NodeService
 from edgefleet.node.settings import NodeSettings
+from edgefleet.plumbing import failpoints
 from edgefleet.plumbing.mqtt_link import MqttLink
-from edgefleet.plumbing.mqtt_rpc import BadResponseTarget, reply, response_target
+from edgefleet.plumbing.mqtt_rpc import BadProperties, BadResponseTarget, check_user_properties, reply, response_target
 from edgefleet.proto.error_codes import ErrorCode
 from edgefleet.proto.payloads import (
     InferenceRequest,
     InferenceResponse,
     PayloadError,
     RuleTelemetry,
-    parse_payload,
 )
 from edgefleet.proto.rules import shared_filter
 from edgefleet.proto.topics import Topics
@@ -41,8 +42,9 @@ log = logging.getLogger("edgefleet.node.sensors")
 
 
 class SensorPlane:
-    def __init__(self, settings: NodeSettings, service: NodeService, topics: Topics) -> None:
+    def __init__(self, settings: NodeSettings, service: NodeService, topics: Topics, faults: NodeFaults) -> None:
         assert settings.mqtt_url
+        self.faults = faults
         self.settings, self.service, self.topics = settings, service, topics
         self.node_id = settings.node_id
         self.ledger = SensorLedger(
@@ -57,8 +59,11 @@ class SensorPlane:
             **settings.mqtt_link_options(),
             session_expiry_s=settings.sensor_session_expiry_s,
             manual_ack=True,
+            on_handler_error=faults.hook(per_message=True),
         )
-        self.intake = SensorIntake(self.link, self.ledger, self.stats, answered=lambda: self.answerer.wake())
+        self.intake = SensorIntake(
+            self.link, self.ledger, self.stats, answered=lambda: self.answerer.wake(), report=faults.report
+        )
         self.answerer = Answerer(
             service,
             self.ledger,
@@ -67,6 +72,7 @@ class SensorPlane:
             topics.results(self.node_id),
             published=self.intake.wake_publisher,
             max_in_flight=settings.sensor_max_in_flight or service.engine.config.slots,
+            report=faults.report,
         )
         self.link.subscribe(topics.node_requests(self.node_id), self._on_request)
         for g in service.groups:
@@ -101,19 +107,32 @@ class SensorPlane:
 
     # -- ad-hoc requests (network thread; the answer goes out from the engine's callback) ------------------
     def _on_request(self, msg: mqtt.MQTTMessage) -> None:
+        """Every refusal here is an error report on the node's errors topic (and an answer where one can go)."""
         self.link.ack(msg)  # a request is answered or refused, never kept: the requester retries
+        failpoints.hit("sensors.request")
         try:
             target = response_target(msg)
         except BadResponseTarget as e:
-            log.warning("request refused: no usable response topic", extra={"topic": msg.topic, "reason": str(e)})
+            self.faults.report(ErrorCode.BAD_RESPONSE_TARGET, f"request on {msg.topic} refused: {e}", msg.topic)
             return
         started = time.monotonic()
 
         def answer(r: InferenceResponse) -> None:
-            reply(self.link, target, r.dumps())
+            if not reply(self.link, target, r.dumps()):
+                self.faults.report(
+                    ErrorCode.REPLY_FAILED,
+                    f"the answer to a request on {msg.topic} could not be sent to {target.topic[:200]}",
+                    msg.topic,
+                )
 
         try:
-            req = parse_payload(InferenceRequest, msg.payload)
+            check_user_properties(msg)
+        except BadProperties as e:
+            self.faults.report(ErrorCode.BAD_PROPERTIES, f"request on {msg.topic} refused: {e}", msg.topic)
+            answer(InferenceResponse(node_id=self.node_id, ok=False, error_code=ErrorCode.BAD_PROPERTIES, error=str(e)))
+            return
+        try:
+            req = parse_bounded(InferenceRequest, msg.payload)
             if bool(req.prompt) == bool(req.template):
                 raise PayloadError("set exactly one of prompt or template")
         except PayloadError as e:

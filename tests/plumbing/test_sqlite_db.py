@@ -95,3 +95,29 @@ def test_the_knowledge_store_uses_the_same_runner_with_its_rebuild_hint(tmp_path
         knowledge_sqlite.open_database(path, [["CREATE TABLE t (x INTEGER)"]])
     assert "schema version 4" in str(caught.value) and "rebuild-db" in str(caught.value)
     assert _version(path) == 4
+
+
+def test_new_databases_vacuum_incrementally_and_give_deleted_space_back(tmp_path: Path) -> None:
+    from edgefleet.plumbing.sqlite_db import reclaim_space
+
+    db = open_database(tmp_path / "a.db", ["CREATE TABLE t (x BLOB)"])
+    assert db.execute("PRAGMA auto_vacuum").fetchone()[0] == 2
+    with db.conn:
+        db.conn.executemany("INSERT INTO t VALUES (?)", [(b"x" * 4000,) for _ in range(2000)])
+    reclaim_space(db.conn)
+    full = (tmp_path / "a.db").stat().st_size
+    with db.conn:
+        db.conn.execute("DELETE FROM t")
+    reclaim_space(db.conn)
+    assert (tmp_path / "a.db").stat().st_size < full / 10
+    assert (tmp_path / "a.db-wal").stat().st_size == 0
+
+
+def test_an_existing_database_is_converted_to_incremental_vacuum(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "old.db")
+    conn.execute("CREATE TABLE t (x)")
+    conn.commit()
+    assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 0
+    conn.close()
+    db = open_database(tmp_path / "old.db", ["CREATE TABLE IF NOT EXISTS t (x)"])
+    assert db.execute("PRAGMA auto_vacuum").fetchone()[0] == 2

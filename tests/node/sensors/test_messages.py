@@ -175,3 +175,23 @@ def test_output_level_beyond_a_hash_filter_is_a_message_error() -> None:
     with pytest.raises(MessageError) as caught:
         output_topic(r, "n1", "sensors/a", "1")
     assert caught.value.code == "bad_topic_level"
+
+
+def test_topic_levels_used_as_variables_are_bounded() -> None:
+    r = rule(variables={"where": "topic[1]"})
+    with pytest.raises(MessageError) as e:
+        extract_variables(r, f"sensors/{'x' * 5000}/vibration", b"{}")
+    assert e.value.code == "bad_topic_level" and "at most 256" in e.value.message
+    with pytest.raises(MessageError) as e:
+        extract_variables(r, "sensors/a\x01b/vibration", b"{}")
+    assert e.value.code == "bad_topic_level"
+    assert extract_variables(r, "sensors/pump-7/vibration", b"{}") == {"where": "pump-7"}
+
+
+def test_deeply_nested_json_payload_is_an_invalid_json_error() -> None:
+    r = rule(variables={"v": "payload.v"})
+    deep = b'{"v": ' + b"[" * 30_000 + b"]" * 30_000 + b"}"
+    with pytest.raises(MessageError) as e:
+        extract_variables(r, TOPIC, deep)
+    assert e.value.code == "invalid_json" and "levels deep" in e.value.message
+    assert message_id(TOPIC, deep, []).startswith("sha256:")
