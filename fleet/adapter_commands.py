@@ -19,8 +19,9 @@ from typing import Any, TextIO
 
 from pydantic import ValidationError
 
-from edgefleet.fleet.control import OrchestratorSession
+from edgefleet.fleet.control import OrchestratorSession, refusal
 from edgefleet.fleet.settings import FleetSettings
+from edgefleet.proto.input_limits import brief
 from edgefleet.proto.knowledge_bundle import BundleDocument, write_bundle
 from edgefleet.proto.payloads import MAX_UPLOAD_CHUNK_BYTES, Command, UploadChunk, describe_validation_error
 from edgefleet.proto.topics import valid_name
@@ -40,6 +41,7 @@ def add_parsers(fsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     push.add_argument("--target", required=True, help="GROUP or NODE (or group:NAME / node:NAME)")
     push.add_argument("--no-wait", action="store_true", help="return once the orchestrator accepted it")
     push.add_argument("--wait", type=float, default=300.0, help="seconds to wait for the nodes (default 300)")
+    push.add_argument("--new-group", action="store_true", help="create the group if no node is in it yet")
     rm = fsub.add_parser("rm-adapter", help="remove an adapter from a group or a node")
     rm.add_argument("name")
     rm.add_argument("--target", required=True)
@@ -52,6 +54,7 @@ def add_parsers(fsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     pk.add_argument("--target", required=True, help="GROUP or NODE (or group:NAME / node:NAME)")
     pk.add_argument("--no-wait", action="store_true", help="return once the orchestrator accepted it")
     pk.add_argument("--wait", type=float, default=300.0, help="seconds to wait for the nodes (default 300)")
+    pk.add_argument("--new-group", action="store_true", help="create the group if no node is in it yet")
     rk = fsub.add_parser("rm-knowledge", help="remove a knowledge collection from a group or a node")
     rk.add_argument("name")
     rk.add_argument("--target", required=True)
@@ -114,7 +117,7 @@ def _upload(s: OrchestratorSession, data: bytes, timeout: float, err: TextIO) ->
         )
         r = s.call(Command(op="upload-chunk", upload=piece), timeout)
         if not r.ok:
-            raise AdapterCommandError(f"upload refused: {r.message}")
+            raise AdapterCommandError(f"upload {refusal(r)}")
         err.write(f"\rupload {bar(i + 1, count)}")
         if r.data.get("missing") == 0:  # the orchestrator has the whole file (perhaps from before)
             break
@@ -165,21 +168,29 @@ def _watch(s: OrchestratorSession, kind: str, name: str, version: str, wait: flo
         time.sleep(0.5)
 
 
+def transfer_cell(t: dict[str, Any] | None) -> str:
+    """A transfer as a table cell: `installed`, or its state with a progress bar (and error)."""
+    if not t:
+        return "-"
+    cell = t["state"] if t["state"] == "installed" else f"{t['state']} {bar(t['have'], t['total'], 12)}"
+    return cell + (f" ({t['error']})" if t.get("error") else "")
+
+
 def print_adapters(data: dict[str, Any], out: TextIO) -> None:
     out.write("KIND       NAME      VERSION   SIZE        CHUNKS\n")
     for m in data.get("manifests", []):
         out.write(f"{m['kind']:<10} {m['name']:<9} {m['version']:<9} {m['size']:<11} {m['chunks']}\n")
-    out.write("\nNODE                 ADAPTER     DESIRED   LOADED    TRANSFER\n")
+    out.write("\nNODE                 KIND       NAME        DESIRED   LOADED    TRANSFER\n")
     for node_id, v in sorted(data.get("nodes", {}).items()):
-        for name in sorted(set(v["desired"]) | set(v["loaded"])):
-            t = v["transfers"].get(f"adapter/{name}")
-            transfer = f"{t['state']} {bar(t['have'], t['total'], 12)}" if t else "-"
-            if t and t.get("error"):
-                transfer += f" ({t['error']})"
-            out.write(
-                f"{node_id:<20} {name:<11} {v['desired'].get(name, '-'):<9} {v['loaded'].get(name, '-'):<9} "
-                f"{transfer}\n"
-            )
+        for kind, desired, loaded in (
+            ("adapter", v["desired"], v["loaded"]),
+            ("knowledge", v.get("knowledge_desired", {}), v.get("knowledge_loaded", {})),
+        ):
+            for name in sorted(set(desired) | set(loaded)):
+                out.write(
+                    f"{node_id:<20} {kind:<10} {name:<11} {desired.get(name, '-'):<9} {loaded.get(name, '-'):<9} "
+                    f"{transfer_cell(v['transfers'].get(f'{kind}/{name}'))}\n"
+                )
 
 
 def run(args: argparse.Namespace, settings: FleetSettings, out: TextIO, err: TextIO = sys.stderr) -> int:
@@ -187,6 +198,8 @@ def run(args: argparse.Namespace, settings: FleetSettings, out: TextIO, err: Tex
     with OrchestratorSession(settings, min(timeout, 10.0)) as s:
         if args.fleet_command == "adapters":
             r = s.call(Command(op="adapters"), timeout)
+            if not r.ok:
+                raise AdapterCommandError(refusal(r))
             if args.json:
                 out.write(json.dumps(r.data, indent=2) + "\n")
             else:
@@ -195,24 +208,31 @@ def run(args: argparse.Namespace, settings: FleetSettings, out: TextIO, err: Tex
         if args.fleet_command in ("rm-adapter", "rm-knowledge"):
             r = s.call(Command(op=args.fleet_command, name=args.name, target=args.target), timeout)
             if not r.ok:
-                raise AdapterCommandError(f"refused: {r.message}")
+                raise AdapterCommandError(refusal(r))
             out.write(r.message + "\n")
             return 0
         kind = "knowledge" if args.fleet_command == "push-knowledge" else "adapter"
         name = args.collection if kind == "knowledge" else args.name
         if not valid_name(name):
             raise AdapterCommandError(
-                f"{kind} name {name!r} is invalid: use letters, digits, '.', '_' or '-', no '/' or '..'"
+                f"{kind} name {brief(name)} is invalid: use letters, digits, '.', '_' or '-', no '/' or '..'"
             )
         data = knowledge_bundle(args.dir, err) if kind == "knowledge" else _read(args.file)
         sha = _upload(s, data, timeout, err)
         try:
-            cmd = Command(op=args.fleet_command, name=name, version=args.version, sha256=sha, target=args.target)
+            cmd = Command(
+                op=args.fleet_command,
+                name=name,
+                version=args.version,
+                sha256=sha,
+                target=args.target,
+                new_group=args.new_group,
+            )
         except ValidationError as e:
             raise AdapterCommandError(describe_validation_error(e)) from e
         r = s.call(cmd, timeout)
         if not r.ok:
-            raise AdapterCommandError(f"refused: {r.message}")
+            raise AdapterCommandError(refusal(r))
         out.write(r.message + "\n")
         out.flush()
         return 0 if args.no_wait else _watch(s, kind, name, args.version, args.wait, timeout, err)

@@ -5,16 +5,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import uuid
-from pathlib import Path
 from typing import TextIO
 
 import grpc
 from google.protobuf.json_format import MessageToDict
+from pydantic import ValidationError
 
-from edgefleet.fleet import site_commands
-from edgefleet.fleet.control import OrchestratorUnreachable
-from edgefleet.fleet.settings import FleetSettings
+from edgefleet.fleet import ask as ask_module
+from edgefleet.fleet import knowledge_commands, site_commands
+from edgefleet.fleet.ask import AskError
+from edgefleet.fleet.control import CommandRefused, OrchestratorUnreachable, refusal, request
+from edgefleet.fleet.knowledge_commands import KnowledgeCommandError
+from edgefleet.fleet.settings import ConfigFileError, FleetSettings
+from edgefleet.proto.input_limits import brief
+from edgefleet.proto.payloads import Command, describe_validation_error
 from edgefleet.proto.v1 import inference_pb2 as pb
 from edgefleet.proto.v1 import inference_pb2_grpc as pb_grpc
 
@@ -23,74 +27,76 @@ class CliError(Exception):
     """A problem the operator can fix; printed without a traceback."""
 
 
-def _parser(settings: FleetSettings) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="edgefleet", description="Operate an edgefleet site")
-    p.add_argument("--node", default=settings.node, help=f"node address (default {settings.node}, EDGEFLEET_NODE)")
-    p.add_argument("--timeout", type=float, default=settings.timeout_s, help="deadline in seconds")
+EPILOG = """\
+settings (strongest first): flags, environment variables, the config file, defaults.
+environment variables:
+  EDGEFLEET_NODE         node address host:port (--node)
+  EDGEFLEET_MQTT_URL     the site's broker, e.g. mqtt://127.0.0.1:18830 (--mqtt-url)
+  EDGEFLEET_SITE         the site to operate (--site)
+  EDGEFLEET_TIMEOUT_S    deadline of one call in seconds (--timeout)
+  EDGEFLEET_TOPIC_ROOT   root of every MQTT topic (default edgefleet/{site}/)
+  EDGEFLEET_MQTT_USERNAME, EDGEFLEET_MQTT_PASSWORD, EDGEFLEET_MQTT_CA_FILE,
+  EDGEFLEET_MQTT_CERT_FILE, EDGEFLEET_MQTT_KEY_FILE   broker credentials and TLS
+  EDGEFLEET_CLI_CONFIG   the config file (default $XDG_CONFIG_HOME/edgefleet/cli.toml,
+                         else ~/.config/edgefleet/cli.toml)
+config file (TOML), for example:
+  mqtt_url = "mqtt://127.0.0.1:18830"
+  site = "demo"
+  node = "127.0.0.1:50061"
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="edgefleet",
+        description="Operate an edgefleet site",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--node", help="node address host:port (EDGEFLEET_NODE; default 127.0.0.1:50051)")
+    p.add_argument("--group", help="use an online node of this group (found through the orchestrator)")
+    p.add_argument("--timeout", type=float, help="deadline in seconds (EDGEFLEET_TIMEOUT_S; default 120)")
+    p.add_argument("--mqtt-url", help="the site's broker (EDGEFLEET_MQTT_URL; default mqtt://127.0.0.1:1883)")
+    p.add_argument("--site", help="the site to operate (EDGEFLEET_SITE; default 'default')")
     sub = p.add_subparsers(dest="command", required=True)
-    ask = sub.add_parser("ask", help="ask a node a question and stream the answer")
-    ask.add_argument("question")
-    ask.add_argument("--system", help="system prompt")
-    ask.add_argument("--json-schema", type=Path, help="file with a JSON schema the answer must follow")
-    ask.add_argument("--max-tokens", type=int)
-    ask.add_argument("--temperature", type=float)
-    ask.add_argument("--seed", type=int)
-    ask.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
-    ask.add_argument("--raw", action="store_true", help="send the question as a raw prompt, not a chat message")
-    ask.add_argument("--adapter", default="", help="a LoRA adapter loaded on the node")
-    ask.add_argument("--collection", default="", help="answer from this knowledge collection (shows the sources)")
+    ask_module.add_parser(sub)
     info = sub.add_parser("node-info", help="show what a node runs and how busy it is")
     info.add_argument("--json", action="store_true", help="machine-readable output")
+    knowledge_commands.add_parser(sub)
     site_commands.add_parser(sub)
     return p
 
 
-def _schema(path: Path | None) -> str:
-    if path is None:
-        return ""
+def _settings(args: argparse.Namespace) -> FleetSettings:
+    """Flags over environment over config file over defaults."""
+    flags = {"node": args.node, "timeout_s": args.timeout, "mqtt_url": args.mqtt_url, "site": args.site}
     try:
-        text = path.read_text(encoding="utf-8")
-        json.loads(text)
-    except OSError as e:
-        raise CliError(f"cannot read JSON schema file {path}: {e.strerror}") from e
-    except (ValueError, UnicodeDecodeError) as e:
-        raise CliError(f"{path} is not valid JSON: {e}") from e
-    return text
+        settings = FleetSettings(**{k: v for k, v in flags.items() if v is not None})
+    except ValidationError as e:
+        raise CliError(f"invalid setting: {describe_validation_error(e)}") from e
+    args.timeout = settings.timeout_s
+    return settings
 
 
-def _ask(stub: pb_grpc.InferenceStub, args: argparse.Namespace, out: TextIO) -> int:
-    req = pb.GenerateRequest(json_schema=_schema(args.json_schema), stop=args.stop, adapter=args.adapter)
-    if args.collection:
-        req.retrieval.collection = args.collection
-    if args.raw:
-        req.prompt = args.question
-    else:
-        if args.system:
-            req.messages.append(pb.ChatMessage(role="system", content=args.system))
-        req.messages.append(pb.ChatMessage(role="user", content=args.question))
-    for field in ("max_tokens", "temperature", "seed"):
-        if getattr(args, field) is not None:
-            setattr(req, field, getattr(args, field))
-    rid = uuid.uuid4().hex
-    last = None
-    for chunk in stub.Generate(req, timeout=args.timeout, metadata=(("x-request-id", rid),)):
-        out.write(chunk.text)
-        out.flush()
-        last = chunk
-    if last is None:
-        raise CliError("the node closed the stream without an answer")
-    u = last.usage
-    reason = pb.FinishReason.Name(last.finish_reason).removeprefix("FINISH_REASON_").lower()
-    out.write(
-        f"\n[{reason}] prompt {u.prompt_tokens} tokens, completion {u.completion_tokens} tokens, "
-        f"first token {u.time_to_first_token_ms:.0f} ms, {u.tokens_per_second:.1f} tokens/s, "
-        f"total {u.total_ms:.0f} ms, request {rid}\n"
-    )
-    if last.source_chunk_ids:
-        out.write(f"sources: {', '.join(last.source_chunk_ids)}\n")
-    if last.cached:
-        out.write("(from the response cache)\n")
-    return 0
+def group_node(settings: FleetSettings, group: str, timeout: float, err: TextIO) -> str:
+    """The gRPC address of an online node of `group` (the first by node id), from `fleet status` data."""
+    result = request(settings, Command(op="status"), min(timeout, 30.0))
+    if not result.ok:
+        raise CliError(refusal(result))
+    nodes = result.data.get("nodes", [])
+    members = [n for n in nodes if group in n.get("groups", [])]
+    usable = [n for n in members if n["state"] == "online" and n.get("address")]
+    if not usable:
+        known = sorted({g for n in nodes for g in n.get("groups", [])})
+        states = ", ".join(f"{n['node_id']} ({n['state']})" for n in members)
+        why = f"its nodes: {states}" if members else "no node is in it"
+        raise CliError(
+            f"no online node of group {brief(group)} advertises a gRPC address ({why}); "
+            f"groups of site {settings.site}: {', '.join(known) or 'none'}"
+        )
+    chosen = usable[0]
+    err.write(f"node {chosen['node_id']} ({chosen['address']}) of group {group}\n")
+    return str(chosen["address"])
 
 
 def _node_info(stub: pb_grpc.InferenceStub, args: argparse.Namespace, out: TextIO) -> int:
@@ -133,35 +139,48 @@ def _node_info(stub: pb_grpc.InferenceStub, args: argparse.Namespace, out: TextI
     return 0
 
 
-def main(argv: list[str] | None = None, out: TextIO = sys.stdout) -> int:
-    settings = FleetSettings()
-    args = _parser(settings).parse_args(argv)
-    if args.command == "fleet":
-        try:
-            return site_commands.run(args, settings, out)
-        except (site_commands.FleetCommandError, OrchestratorUnreachable, ValueError) as e:
-            sys.stderr.write(f"edgefleet: {e}\n")
-            return 2
-    channel = grpc.insecure_channel(args.node)
+def _node_command(address: str, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    channel = grpc.insecure_channel(address)
     stub = pb_grpc.InferenceStub(channel)
     try:
         if args.command == "ask":
-            return _ask(stub, args, out)
+            return ask_module.ask(stub, args, out, err)
+        if args.command == "knowledge":
+            return knowledge_commands.run(stub, args, out)
         return _node_info(stub, args, out)
-    except CliError as e:
-        sys.stderr.write(f"edgefleet: {e}\n")
-        return 2
     except grpc.RpcError as e:
         code = e.code()
         if code == grpc.StatusCode.UNAVAILABLE and "connect" in (e.details() or "").lower():
-            sys.stderr.write(f"edgefleet: cannot reach a node at {args.node}: is edgefleet-node running there?\n")
+            err.write(f"edgefleet: cannot reach a node at {address}: is edgefleet-node running there?\n")
         else:
-            sys.stderr.write(f"edgefleet: {code.name}: {e.details()}\n")
+            err.write(f"edgefleet: {code.name}: {e.details()}\n")
         return 1
-    except KeyboardInterrupt:
-        return 130
     finally:
         channel.close()
+
+
+def main(argv: list[str] | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = _settings(args)
+        if args.command == "fleet":
+            return site_commands.run(args, settings, out)
+        address = group_node(settings, args.group, args.timeout, err) if args.group else settings.node
+        return _node_command(address, args, out, err)
+    except (
+        CliError,
+        AskError,
+        KnowledgeCommandError,
+        site_commands.FleetCommandError,
+        OrchestratorUnreachable,
+        CommandRefused,
+        ConfigFileError,
+        ValueError,
+    ) as e:
+        err.write(f"edgefleet: {e}\n")
+        return 2
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,19 +1,53 @@
-"""Talks to the site orchestrator over MQTT 5 request/response (response topic + correlation data)."""
+"""Talks to the site orchestrator over MQTT 5 request/response (response topic + correlation data).
+
+Before the first command a session checks, in about a second, what it can: that the broker
+answers at all (a TCP connect, not a 10 s reconnect loop) and that the site's orchestrator has
+announced itself `online` (its retained `orchestrator/status`). When either fails, the error
+names the broker URL and the site it looked for, the sites it saw on that broker, and where
+each setting comes from (flag, environment, config file).
+"""
 
 from __future__ import annotations
 
+import re
+import socket
+import threading
 import uuid
 from types import TracebackType
 
-from edgefleet.fleet.settings import FleetSettings
-from edgefleet.plumbing.mqtt_link import MqttLink
+import paho.mqtt.client as mqtt
+
+from edgefleet.fleet.settings import FleetSettings, config_path
+from edgefleet.plumbing.mqtt_link import BrokerAddress, MqttLink
 from edgefleet.plumbing.mqtt_rpc import NoAnswer, RpcClient
-from edgefleet.proto.payloads import Command, CommandResult, PayloadError, parse_payload
+from edgefleet.proto.input_limits import brief
+from edgefleet.proto.payloads import Command, CommandResult, OrchestratorStatus, PayloadError, parse_payload
 from edgefleet.proto.topics import Topics
+
+STATUS_WAIT_S = 2.0  # for the retained orchestrator status, which a broker sends right after SUBACK
 
 
 class OrchestratorUnreachable(Exception):
     pass
+
+
+class CommandRefused(Exception):
+    """The orchestrator answered a command with an error (the message starts with its code)."""
+
+
+def _where() -> str:
+    return f"--mqtt-url/--site, EDGEFLEET_MQTT_URL/EDGEFLEET_SITE, or mqtt_url/site in {config_path()}"
+
+
+def probe_broker(url: str, timeout: float = 2.0) -> None:
+    """A TCP connect to the broker, so a wrong URL fails in a moment with the reason."""
+    addr = BrokerAddress.parse(url)
+    try:
+        with socket.create_connection((addr.host, addr.port), timeout=timeout):
+            return
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        raise OrchestratorUnreachable(f"cannot reach the broker at {url} ({reason}); set it with {_where()}") from e
 
 
 class OrchestratorSession:
@@ -22,31 +56,73 @@ class OrchestratorSession:
     def __init__(self, settings: FleetSettings, connect_timeout: float = 10.0) -> None:
         self.settings = settings
         self.topics = Topics.for_site(settings.site, settings.topic_root)
+        probe_broker(settings.mqtt_url, min(connect_timeout, 3.0))
         client_id = f"cli-{uuid.uuid4().hex[:10]}"
         self.response_topic = self.topics.cli_responses(client_id)
-        self.link = MqttLink(
-            settings.mqtt_url,
-            client_id=client_id,
-            **settings.mqtt_link_options(),
-        )
+        self.link = MqttLink(settings.mqtt_url, client_id=client_id, **settings.mqtt_link_options())
         self.rpc = RpcClient(self.link, self.response_topic)
+        self._sites: dict[str, str] = {}  # site → orchestrator state, from the retained status messages
+        self._seen = threading.Condition()
+        self._checked = False
+        mark = "site0placeholder"
+        probe = Topics.for_site(mark, settings.topic_root).orchestrator_status()
+        self._status_filter = probe.replace(mark, "+")
+        pre, found, post = probe.partition(mark)
+        self._status_re = re.compile(re.escape(pre) + (r"([^/]+)" if found else "()") + re.escape(post))
         self.link.start()
         if not (self.link.wait_connected(connect_timeout) and self.rpc.subscribe(connect_timeout)):
             self.link.stop()
-            raise OrchestratorUnreachable(f"cannot reach the broker at {settings.mqtt_url}")
+            raise OrchestratorUnreachable(f"cannot reach the broker at {settings.mqtt_url}; set it with {_where()}")
+        self.link.subscribe_wait(self._status_filter, self._on_status, timeout=connect_timeout)
+
+    def _on_status(self, msg: mqtt.MQTTMessage) -> None:
+        m = self._status_re.fullmatch(msg.topic)
+        if not m or not msg.payload:
+            return
+        try:
+            state = parse_payload(OrchestratorStatus, bytes(msg.payload)).state
+        except PayloadError:
+            return
+        with self._seen:
+            self._sites[m.group(1) or self.settings.site] = state
+            self._seen.notify_all()
+
+    def sites_seen(self) -> str:
+        with self._seen:
+            sites = dict(self._sites)
+        if not sites:
+            return "no edgefleet orchestrator has announced itself on this broker"
+        return "sites seen on this broker: " + ", ".join(f"{s} ({state})" for s, state in sorted(sites.items()))
+
+    def _check_orchestrator(self) -> None:
+        """The site's orchestrator said `online` (retained), or a clear error naming the sites seen."""
+        site = self.settings.site
+        with self._seen:
+            online = self._seen.wait_for(lambda: self._sites.get(site) == "online", STATUS_WAIT_S)
+            state = self._sites.get(site)
+        if online:
+            self._checked = True
+            return
+        found = f"is {state}" if state else "has never announced itself"
+        raise OrchestratorUnreachable(
+            f"the orchestrator of site {brief(site)} on {self.settings.mqtt_url} {found}; "
+            f"{self.sites_seen()}. Is edgefleet-orchestrator running for this site? Choose the site with {_where()}"
+        )
 
     def call(self, command: Command, timeout: float) -> CommandResult:
+        if not self._checked:
+            self._check_orchestrator()
         try:
             answer = self.rpc.call(self.topics.orchestrator_commands(), command.dumps(), timeout)
         except NoAnswer as e:
             raise OrchestratorUnreachable(
-                f"no answer from the orchestrator of site {self.settings.site!r} within {timeout:.0f} s: "
-                f"is edgefleet-orchestrator running?"
+                f"no answer from the orchestrator of site {brief(self.settings.site)} within {timeout:.0f} s "
+                f"(it announced itself online; it may be busy or stuck); {self.sites_seen()}"
             ) from e
         try:
             return parse_payload(CommandResult, answer)
         except PayloadError as e:
-            return CommandResult(ok=False, message=f"unreadable answer from the orchestrator: {e}")
+            return CommandResult(ok=False, message=f"unreadable answer from the orchestrator: {e}", code="internal")
 
     def close(self) -> None:
         self.link.stop()
@@ -62,3 +138,8 @@ def request(settings: FleetSettings, command: Command, timeout: float) -> Comman
     """Send one command and wait for its answer."""
     with OrchestratorSession(settings, min(timeout, 10.0)) as s:
         return s.call(command, timeout)
+
+
+def refusal(result: CommandResult) -> str:
+    """A failed command's answer as the CLI prints it: the error code, then the message."""
+    return f"refused ({result.code or 'no code'}): {result.message}"

@@ -10,7 +10,8 @@ from typing import Any, TextIO
 import yaml
 from pydantic import ValidationError
 
-from edgefleet.fleet.control import request
+from edgefleet.fleet import applied
+from edgefleet.fleet.control import refusal, request
 from edgefleet.fleet.settings import FleetSettings
 from edgefleet.proto.payloads import Command, describe_validation_error
 from edgefleet.proto.rules import RuleSpec
@@ -24,9 +25,11 @@ def add_parsers(fsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     push = fsub.add_parser("push-rule", help="push a sensor rule (YAML or JSON) to a group or a node")
     push.add_argument("file", type=Path)
     push.add_argument("--target", required=True, help="GROUP or NODE (or group:NAME / node:NAME)")
+    applied.add_push_flags(push, force=True)
     rm = fsub.add_parser("rm-rule", help="remove a sensor rule from a group or a node")
     rm.add_argument("name")
     rm.add_argument("--target", required=True)
+    applied.add_wait_flags(rm)
     ls = fsub.add_parser("rules", help="sensor rules per target")
     ls.add_argument("--json", action="store_true")
 
@@ -50,6 +53,8 @@ def run(args: argparse.Namespace, settings: FleetSettings, out: TextIO) -> int:
     timeout = min(args.timeout, 30.0)
     if args.fleet_command == "rules":
         r = request(settings, Command(op="rules"), timeout)
+        if not r.ok:
+            raise RuleCommandError(refusal(r))
         data: dict[str, Any] = r.data
         if args.json:
             out.write(json.dumps(data, indent=2) + "\n")
@@ -63,9 +68,7 @@ def run(args: argparse.Namespace, settings: FleetSettings, out: TextIO) -> int:
     if args.fleet_command == "rm-rule":
         cmd = Command(op="rm-rule", name=args.name, target=args.target)
     else:
-        cmd = Command(op="push-rule", rule=load_rule(args.file), target=args.target)
-    r = request(settings, cmd, timeout)
-    if not r.ok:
-        raise RuleCommandError(f"refused: {r.message}")
-    out.write(r.message + "\n")
-    return 0
+        cmd = Command(
+            op="push-rule", rule=load_rule(args.file), target=args.target, force=args.force, new_group=args.new_group
+        )
+    return applied.desired_change(settings, args, cmd, out)

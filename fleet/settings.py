@@ -1,13 +1,66 @@
-"""Settings of the operator CLI: every field has a default, a doc line and an environment variable."""
+"""Settings of the operator CLI: every field has a default, a doc line and an environment variable.
+
+Where a value comes from, strongest first: a command-line flag, the environment (EDGEFLEET_*),
+the per-user config file (`config_path()`: `$EDGEFLEET_CLI_CONFIG`, else
+`$XDG_CONFIG_HOME/edgefleet/cli.toml`, else `~/.config/edgefleet/cli.toml`), the default.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
 
 from pydantic import Field
-from pydantic_settings import SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from edgefleet.plumbing.mqtt_settings import DEFAULT_MQTT_URL, MqttSettings
+
+CONFIG_ENV = "EDGEFLEET_CLI_CONFIG"
+
+
+class ConfigFileError(ValueError):
+    """The CLI's config file cannot be used; the message names the file and the problem."""
+
+
+def config_path() -> Path:
+    explicit = os.environ.get(CONFIG_ENV)
+    if explicit:
+        return Path(explicit).expanduser()
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "edgefleet" / "cli.toml"
+
+
+class _ConfigFile(PydanticBaseSettingsSource):
+    """`key = value` lines of the config file, named like the fields (mqtt_url, site, node, …)."""
+
+    def __init__(self, settings_cls: type[BaseSettings]) -> None:
+        super().__init__(settings_cls)
+        self.path = config_path()
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ reads the whole file
+
+    def __call__(self) -> dict[str, Any]:
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return {}
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigFileError(f"cannot read the CLI config file {self.path}: {e}") from e
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigFileError(f"{self.path} is not valid TOML: {e}") from e
+        known = set(self.settings_cls.model_fields)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigFileError(
+                f"{self.path}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
+        return data
 
 
 class FleetSettings(MqttSettings):
@@ -20,3 +73,15 @@ class FleetSettings(MqttSettings):
     mqtt_url: str = Field(default=DEFAULT_MQTT_URL, description="Site broker (EDGEFLEET_MQTT_URL)")
     site: str = Field(default="default", description="Site to operate (EDGEFLEET_SITE)")
     topic_root: str = Field(default="edgefleet/{site}/", description="Root of every MQTT topic (EDGEFLEET_TOPIC_ROOT)")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Flags (init) > environment > config file."""
+        return init_settings, env_settings, _ConfigFile(settings_cls)

@@ -11,11 +11,12 @@ from typing import Any, TextIO
 import yaml
 from pydantic import ValidationError
 
-from edgefleet.fleet import adapter_commands, rule_commands
+from edgefleet.fleet import adapter_commands, applied, rule_commands
 from edgefleet.fleet.adapter_commands import bar
-from edgefleet.fleet.control import request
+from edgefleet.fleet.control import refusal, request
 from edgefleet.fleet.settings import FleetSettings
 from edgefleet.proto.artifacts import SiteKey
+from edgefleet.proto.input_limits import brief
 from edgefleet.proto.payloads import Command, TemplateSpec, describe_validation_error
 from edgefleet.proto.templates import TemplateError, compile_template, declared_variables
 from edgefleet.proto.topics import valid_name
@@ -36,12 +37,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     push.add_argument("--version", required=True)
     push.add_argument("--target", required=True, help="GROUP or NODE (or group:NAME / node:NAME)")
     push.add_argument("--system", help="system prompt (overrides the file's)")
+    applied.add_push_flags(push, force=True)
     init = fsub.add_parser("init-site", help="create the site's Ed25519 key pair for signing artifacts")
     init.add_argument("--dir", type=Path, default=Path.home() / ".config" / "edgefleet", help="where to write it")
     init.add_argument("--force", action="store_true", help="replace an existing key pair (key rotation)")
     rm = fsub.add_parser("rm-template", help="remove a template from a group or a node")
     rm.add_argument("name")
     rm.add_argument("--target", required=True)
+    applied.add_wait_flags(rm)
     adapter_commands.add_parsers(fsub)
     rule_commands.add_parsers(fsub)
 
@@ -49,7 +52,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def load_template(path: Path, name: str, version: str, system: str | None) -> TemplateSpec:
     if not valid_name(name):
         raise FleetCommandError(
-            f"template name {name!r} is invalid: use letters, digits, '.', '_' or '-', no '/' or '..'"
+            f"template name {brief(name)} is invalid: use letters, digits, '.', '_' or '-', no '/' or '..'"
         )
     try:
         text = path.read_text(encoding="utf-8")
@@ -151,7 +154,7 @@ def run(args: argparse.Namespace, settings: FleetSettings, out: TextIO) -> int:
     if args.fleet_command == "status":
         result = request(settings, Command(op="status"), timeout)
         if not result.ok:
-            raise FleetCommandError(result.message)
+            raise FleetCommandError(refusal(result))
         nodes = result.data.get("nodes", [])
         if args.json:
             out.write(json.dumps(nodes, indent=2) + "\n")
@@ -160,11 +163,7 @@ def run(args: argparse.Namespace, settings: FleetSettings, out: TextIO) -> int:
         return 0
     if args.fleet_command == "push-template":
         spec = load_template(args.file, args.name, args.version, args.system)
-        cmd = Command(op="push-template", target=args.target, template=spec)
+        cmd = Command(op="push-template", target=args.target, template=spec, force=args.force, new_group=args.new_group)
     else:
         cmd = Command(op="rm-template", target=args.target, name=args.name)
-    result = request(settings, cmd, timeout)
-    if not result.ok:
-        raise FleetCommandError(f"refused: {result.message}")
-    out.write(result.message + "\n")
-    return 0
+    return applied.desired_change(settings, args, cmd, out)

@@ -23,11 +23,12 @@ from edgefleet.orchestrator.command_requests import (
     UploadChunkRequest,
 )
 from edgefleet.orchestrator.command_table import CommandTable
-from edgefleet.orchestrator.desired_edits import PublishDesired, remove_entry, resolve_target
+from edgefleet.orchestrator.desired_edits import PublishDesired, remove_entry, resolve_target, target_note
 from edgefleet.orchestrator.drift import expected_adapters, expected_knowledge
 from edgefleet.orchestrator.registry import Registry
 from edgefleet.proto.artifacts import ArtifactError, Manifest, SiteKey, build_manifest, verify
 from edgefleet.proto.error_codes import ErrorCode
+from edgefleet.proto.input_limits import brief
 from edgefleet.proto.knowledge_bundle import BundleError, iter_bundle
 from edgefleet.proto.lora_gguf import LoraFileError, read_lora
 from edgefleet.proto.payloads import ArtifactRef, CommandResult
@@ -126,7 +127,9 @@ class AdapterCommands:
     @staticmethod
     def _check_name(kind: ArtifactKind, name: str) -> None:
         if not valid_name(name):
-            raise CommandError(f"{kind} name {name!r} is invalid: letters, digits, '.', '_' or '-', no '/' or '..'")
+            raise CommandError(
+                f"{kind} name {brief(name)} is invalid: letters, digits, '.', '_' or '-', no '/' or '..'"
+            )
 
     def remove(self, req: RemoveEntryRequest, kind: ArtifactKind) -> CommandResult:
         self._check_name(kind, req.name)
@@ -136,7 +139,7 @@ class AdapterCommands:
 
     def push(self, req: PushArtifactRequest, kind: ArtifactKind) -> CommandResult:
         self._check_name(kind, req.name)
-        t = resolve_target(req.target, self.registry)
+        t = resolve_target(req.target, self.registry, creating=True, new_group=req.new_group)
         current = self.registry.desired(t.key)
         refs = dict(getattr(current, _section(kind))) if current else {}
         manifest = self._manifest(req, kind)
@@ -147,14 +150,14 @@ class AdapterCommands:
         return CommandResult(
             ok=True,
             message=f"{manifest.label} ({manifest.size} bytes, {manifest.chunk_count} chunks) pushed to "
-            f"{t.key}, generation {doc.generation}",
+            f"{t.key}, generation {doc.generation}{target_note(t, self.registry)}",
             data={"generation": doc.generation, "target": t.key, "chunks": manifest.chunk_count},
         )
 
     def _manifest(self, req: PushArtifactRequest, kind: ArtifactKind) -> Manifest:
         """The signed manifest of the pushed version, made and published now (or the stored one, re-pushed)."""
         if not self.store.has_blob(req.sha256):
-            raise CommandError(f"no uploaded file with sha256 {req.sha256!r}: upload it first (upload-chunk)")
+            raise CommandError(f"no uploaded file with sha256 {brief(req.sha256)}: upload it first (upload-chunk)")
         existing = self.store.manifest(kind, req.name)
         if existing is not None:
             if is_older(req.version, existing.version):

@@ -28,6 +28,8 @@ class NoArguments(CommandRequest):
 class PushTemplateRequest(CommandRequest):
     target: NonEmpty
     template: TemplateSpec
+    force: bool = False  # accept a version older than the one desired now
+    new_group: bool = False  # a bare target naming no node and no known group becomes a new group
 
 
 class RemoveEntryRequest(CommandRequest):
@@ -48,8 +50,11 @@ class PushArtifactRequest(CommandRequest):
     name: NonEmpty
     version: Version
     sha256: Annotated[str, SHA256_FIELD]
+    new_group: bool = False
 
 
 class PushRuleRequest(CommandRequest):
     target: NonEmpty
     rule: RuleSpec
+    force: bool = False
+    new_group: bool = False

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from edgefleet.orchestrator.command_errors import CommandError, failure
 from edgefleet.orchestrator.command_requests import CommandRequest
 from edgefleet.proto.error_codes import ErrorCode
+from edgefleet.proto.input_limits import brief
 from edgefleet.proto.payloads import Command, CommandResult, PayloadError, describe_validation_error
 from edgefleet.proto.templates import TemplateError
 
@@ -36,6 +37,11 @@ class CommandHandler:
     op: str
     request: type[CommandRequest]
     handle: Callable[[Any], CommandResult]
+
+
+def clip(message: str, limit: int = 600) -> str:
+    """A message cut short: validation errors quote a client's values whole."""
+    return message if len(message) <= limit else f"{message[:limit]}… ({len(message)} characters)"
 
 
 def command_fields(cmd: Command) -> dict[str, Any]:
@@ -68,7 +74,9 @@ class CommandTable:
         started = time.monotonic()
         handler = self._handlers.get(op)
         if handler is None:
-            result = failure(ErrorCode.INVALID_REQUEST, f"unknown command {op!r}; known: {', '.join(sorted(self.ops))}")
+            result = failure(
+                ErrorCode.INVALID_REQUEST, f"unknown command {brief(op)}; known: {', '.join(sorted(self.ops))}"
+            )
         else:
             result = self._run(handler, fields)
         log.info(
@@ -86,7 +94,9 @@ class CommandTable:
         try:
             request = handler.request.model_validate(dict(fields))
         except ValidationError as e:
-            return failure(ErrorCode.INVALID_PAYLOAD, f"invalid {handler.op} request: {describe_validation_error(e)}")
+            return failure(
+                ErrorCode.INVALID_PAYLOAD, f"invalid {handler.op} request: {clip(describe_validation_error(e))}"
+            )
         try:
             return handler.handle(request)
         except CommandError as e:
@@ -94,7 +104,9 @@ class CommandTable:
         except TemplateError as e:
             return failure(ErrorCode.TEMPLATE_ERROR, str(e))
         except PayloadError as e:
-            return failure(ErrorCode.INVALID_PAYLOAD, str(e))
+            return failure(ErrorCode.INVALID_PAYLOAD, clip(str(e)))
         except Exception as e:
             log.exception("command failed", extra={"op": handler.op})
-            return failure(ErrorCode.INTERNAL, f"{handler.op} failed inside the orchestrator: {type(e).__name__}: {e}")
+            return failure(
+                ErrorCode.INTERNAL, f"{handler.op} failed inside the orchestrator: {type(e).__name__}: {clip(str(e))}"
+            )

@@ -14,8 +14,11 @@ from typing import Any
 from edgefleet.orchestrator.command_errors import CommandError
 from edgefleet.orchestrator.fleet_view import FleetView
 from edgefleet.orchestrator.registry import Registry
-from edgefleet.proto.payloads import CommandResult, DesiredState, Target
+from edgefleet.proto.error_codes import ErrorCode
+from edgefleet.proto.input_limits import brief
+from edgefleet.proto.payloads import MAX_GENERATION, CommandResult, DesiredState, Target
 from edgefleet.proto.topics import Topics, valid_name
+from edgefleet.proto.versions import is_older
 
 log = logging.getLogger("edgefleet.orchestrator.desired")
 
@@ -23,16 +26,50 @@ PublishDesired = Callable[[Target, DesiredState | None, dict[str, Any]], Desired
 PublishRetained = Callable[[str, bytes], object]  # (topic, payload), QoS 1, retained
 
 
-def resolve_target(spec: str, registry: Registry) -> Target:
-    """`node:<id>`, `group:<name>`, or a bare name: a registered node, else a group."""
+def resolve_target(spec: str, registry: Registry, *, creating: bool = False, new_group: bool = False) -> Target:
+    """`node:<id>`, `group:<name>`, or a bare name: a registered node, else a group.
+
+    `creating` (a push): a bare name that is no registered node, no group a node is in and no
+    target with desired state is refused (NOT_FOUND) unless `new_group`: a typo must not make a group.
+    """
     kind, _, name = spec.partition(":") if ":" in spec else ("", "", spec)
     if not name or not valid_name(name):
-        raise CommandError(f"target {spec!r} is not a valid node or group name")
+        raise CommandError(f"target {brief(spec)} is not a valid node or group name")
     if kind not in ("", "node", "group"):
-        raise CommandError(f"target kind {kind!r} must be node or group")
+        raise CommandError(f"target kind {brief(kind)} must be node or group")
     if not kind:
-        kind = "node" if name in registry.node_ids() else "group"
+        nodes = registry.node_ids()
+        kind = "node" if name in nodes else "group"
+        groups = registry.groups()
+        known = name in groups or registry.desired(f"group:{name}") is not None
+        if kind == "group" and creating and not known and not new_group:
+            raise CommandError(
+                f"target {brief(name)} is no node and no group of this site (groups: "
+                f"{', '.join(sorted(groups)[:20]) or 'none'}; nodes: {', '.join(sorted(nodes)[:20]) or 'none'}); "
+                f"to create group {name} pass --new-group (or name it group:{name})",
+                ErrorCode.NOT_FOUND,
+            )
     return Target.model_validate({"kind": kind, "name": name})
+
+
+def target_note(target: Target, registry: Registry) -> str:
+    """A warning to add to a push's message when no registered node is the target or in it (else "")."""
+    if target.kind == "node":
+        known = target.name in registry.node_ids()
+        return "" if known else f"; no node {target.name} has registered yet: it gets this when it connects"
+    if target.name in registry.groups():
+        return ""
+    return f"; no node is in group {target.name} yet: nodes that join it get this"
+
+
+def refuse_older(noun: str, name: str, version: str, desired_version: str | None, key: str, force: bool) -> None:
+    """OLDER_VERSION when `version` goes back from the one desired now for `key` (unless `force`)."""
+    if desired_version is not None and not force and is_older(version, desired_version):
+        raise CommandError(
+            f"{noun} {name} version {version} is older than {desired_version}, desired for {key} now; "
+            f"push a newer version, or pass --force to go back",
+            ErrorCode.OLDER_VERSION,
+        )
 
 
 class DesiredStatePublisher:
@@ -49,12 +86,23 @@ class DesiredStatePublisher:
         renewed = {"v", "site", "target", "generation", "ts"}  # set again below
         fields: dict[str, Any] = current.model_dump(exclude=renewed) if current else {}
         fields.update(changes)
-        doc = DesiredState(
-            site=self.site,
-            target=target,
-            generation=(current.generation if current else 0) + 1,
-            **fields,
-        )
+        # Nodes may hold a newer generation than the registry (a registry rebuilt after the retained
+        # document was lost or overwritten): continue after the newest anyone knows, or they ignore it.
+        stored = current.generation if current else 0
+        reported = self.registry.reported_generation(target.key)
+        generation = max(stored, reported) + 1
+        if generation > MAX_GENERATION:
+            raise CommandError(
+                f"{target.key} is at generation {max(stored, reported)}, the highest a desired state may have "
+                f"({MAX_GENERATION}); clear the nodes' state for this target",
+                ErrorCode.COMMAND_REFUSED,
+            )
+        if reported > stored:
+            log.warning(
+                "nodes report a newer generation than the registry; continuing after it",
+                extra={"target": target.key, "registry_generation": stored, "reported_generation": reported},
+            )
+        doc = DesiredState(site=self.site, target=target, generation=generation, **fields)
         if self.registry.record_desired(doc):
             self.view.apply_desired(doc)
         topic = (
@@ -76,7 +124,7 @@ def remove_entry(
     """Publish `current` without `name` in `section` (e.g. "rules"); refused when it is not there."""
     entries = dict(getattr(current, section)) if current else {}
     if name not in entries:
-        raise CommandError(f"{noun} {name!r} is not desired for {target.key}")
+        raise CommandError(f"{noun} {brief(name)} is not desired for {target.key}")
     del entries[name]
     doc = publish(target, current, {section: entries})
     return CommandResult(

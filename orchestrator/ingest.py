@@ -15,6 +15,7 @@ from edgefleet.orchestrator.error_reports import SOURCE, ErrorReporter
 from edgefleet.orchestrator.fleet_view import FleetView
 from edgefleet.orchestrator.registry import Registry
 from edgefleet.proto.error_codes import ErrorCode
+from edgefleet.proto.input_limits import brief
 from edgefleet.proto.payloads import (
     DesiredState,
     ErrorReport,
@@ -48,7 +49,9 @@ class Ingest:
         """A node speaks only for itself: the payload's node id must be the topic's."""
         node_id = self.topics.node_of(topic, kind)
         if node_id != payload_node:
-            self.errors.report(topic, ErrorCode.WRONG_NODE, f"{kind} of {payload_node!r} on the topic of {node_id!r}")
+            self.errors.report(
+                topic, ErrorCode.WRONG_NODE, f"{kind} of {brief(payload_node)} on the topic of {brief(node_id)}"
+            )
             return False
         return True
 

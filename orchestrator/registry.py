@@ -11,6 +11,7 @@ a statement of another.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -18,10 +19,20 @@ from pathlib import Path
 from typing import Any
 
 import sqlite_utils
+from pydantic import ValidationError
 
 from edgefleet.orchestrator.drift import drift_reasons
 from edgefleet.plumbing.sqlite_db import open_database
-from edgefleet.proto.payloads import DesiredState, NodeInfoPayload, NodeStatus, ReportedState, Telemetry
+from edgefleet.proto.payloads import (
+    MAX_GENERATION,
+    DesiredState,
+    NodeInfoPayload,
+    NodeStatus,
+    ReportedState,
+    Telemetry,
+)
+
+log = logging.getLogger("edgefleet.orchestrator.registry")
 
 MIGRATIONS: list[str] = [
     """CREATE TABLE IF NOT EXISTS nodes (
@@ -58,6 +69,8 @@ class NodeRow:
     knowledge: dict[str, str] = field(default_factory=dict)  # collection → version installed
     transfers: dict[str, dict[str, Any]] = field(default_factory=dict)  # `<kind>/<name>` → progress
     outbox: int | None = None
+    generations: dict[str, int] = field(default_factory=dict)  # target key → generation the node applied
+    address: str = ""  # gRPC host:port the node advertises
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -75,6 +88,16 @@ class NodeRecord:
     info: NodeInfoPayload | None
     reported: ReportedState | None
     telemetry: Telemetry | None
+
+
+def _desired_doc(key: str, text: str) -> DesiredState | None:
+    """A stored desired state, or None (logged) for one the contract no longer accepts (a generation
+    above its bound, stored before there was one): the next push replaces it."""
+    try:
+        return DesiredState.model_validate_json(text)
+    except ValidationError as e:
+        log.warning("stored desired state no longer valid; ignored", extra={"target": key, "reason": str(e)[:300]})
+        return None
 
 
 class Registry:
@@ -133,7 +156,7 @@ class Registry:
         """Keep the newest generation per target; False when `doc` is older than what is stored."""
         with self._lock, self.db.conn:
             row = self.db.execute("SELECT generation FROM desired WHERE target_key = ?", [doc.target.key]).fetchone()
-            if row is not None and row[0] > doc.generation:
+            if row is not None and MAX_GENERATION >= row[0] > doc.generation:  # above the bound: from before it
                 return False
             self.db.execute(
                 "INSERT INTO desired (target_key, kind, name, generation, doc, updated) VALUES (?, ?, ?, ?, ?, ?) "
@@ -144,15 +167,37 @@ class Registry:
         return True
 
     # -- reads ------------------------------------------------------------------------------------------
+    def reported_generation(self, key: str) -> int:
+        """The newest generation of target `key` any node reports having applied (0: none).
+
+        A generation above the contract's bound (a node that applied garbage before it was bounded)
+        is left out: the next generation could not be published after it.
+        """
+        with self._lock:
+            docs = list(self._docs("reported").values())
+        best = 0
+        for doc in docs:
+            gen = ReportedState.model_validate_json(doc).generations.get(key, 0)
+            if best < gen <= MAX_GENERATION:
+                best = gen
+        return best
+
+    def groups(self) -> set[str]:
+        """Every group some registered node is in."""
+        with self._lock:
+            rows = self.db.execute("SELECT groups FROM nodes").fetchall()
+        return {g for (groups_json,) in rows for g in json.loads(groups_json or "[]")}
+
     def desired(self, key: str) -> DesiredState | None:
         with self._lock:
             row = self.db.execute("SELECT doc FROM desired WHERE target_key = ?", [key]).fetchone()
-        return DesiredState.model_validate_json(row[0]) if row else None
+        return _desired_doc(key, row[0]) if row else None
 
     def all_desired(self) -> dict[str, DesiredState]:
         with self._lock:
             rows = self.db.execute("SELECT target_key, doc FROM desired").fetchall()
-        return {k: DesiredState.model_validate_json(d) for k, d in rows}
+        docs = {k: _desired_doc(k, d) for k, d in rows}
+        return {k: d for k, d in docs.items() if d is not None}
 
     def node_ids(self) -> set[str]:
         with self._lock:
@@ -197,10 +242,10 @@ class Registry:
             reported = {k: ReportedState.model_validate_json(d) for k, d in self._docs("reported").items()}
             outbox = {k: Telemetry.model_validate_json(d).outbox_depth for k, d in self._docs("telemetry").items()}
             nodes = self.db.execute(
-                "SELECT node_id, state, since, last_seen, profile, groups, model FROM nodes ORDER BY node_id"
+                "SELECT node_id, state, since, last_seen, profile, groups, model, info FROM nodes ORDER BY node_id"
             ).fetchall()
         out = []
-        for node_id, state, since, last_seen, profile, groups_json, model in nodes:
+        for node_id, state, since, last_seen, profile, groups_json, model, info in nodes:
             groups = json.loads(groups_json or "[]")
             rep = reported.get(node_id)
             drift = drift_reasons(node_id, groups, desired, rep)
@@ -221,6 +266,8 @@ class Registry:
                     rep.knowledge if rep else {},
                     {k: t.model_dump() for k, t in rep.transfers.items()} if rep else {},
                     outbox.get(node_id),
+                    dict(rep.generations) if rep else {},
+                    NodeInfoPayload.model_validate_json(info).grpc_address if info else "",
                 )
             )
         return out

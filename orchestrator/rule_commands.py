@@ -12,8 +12,15 @@ import json
 from edgefleet.orchestrator.command_errors import CommandError
 from edgefleet.orchestrator.command_requests import NoArguments, PushRuleRequest, RemoveEntryRequest
 from edgefleet.orchestrator.command_table import CommandTable
-from edgefleet.orchestrator.desired_edits import PublishDesired, remove_entry, resolve_target
+from edgefleet.orchestrator.desired_edits import (
+    PublishDesired,
+    refuse_older,
+    remove_entry,
+    resolve_target,
+    target_note,
+)
 from edgefleet.orchestrator.registry import Registry
+from edgefleet.proto.input_limits import brief
 from edgefleet.proto.payloads import CommandResult, Target
 
 
@@ -51,20 +58,22 @@ class RuleCommands:
         return remove_entry(self.publish_desired, t, self.registry.desired(t.key), "rules", req.name, "rule")
 
     def push(self, req: PushRuleRequest) -> CommandResult:
-        t = resolve_target(req.target, self.registry)
+        t = resolve_target(req.target, self.registry, creating=True, new_group=req.new_group)
         current = self.registry.desired(t.key)
         rules = dict(current.rules) if current else {}
         rule = req.rule
+        before = rules.get(rule.name)
+        refuse_older("rule", rule.name, rule.version, before.version if before else None, t.key, req.force)
         if rule.template not in self._templates_for(t):
             raise CommandError(
-                f"rule {rule.name}: template {rule.template!r} is not desired for {t.key}; "
+                f"rule {rule.name}: template {brief(rule.template)} is not desired for {t.key}; "
                 f"push it first (edgefleet fleet push-template)"
             )
         rules[rule.name] = rule
         doc = self.publish_desired(t, current, {"rules": rules})
         return CommandResult(
             ok=True,
-            message=f"rule {rule.name}@{rule.version} ({rule.topic_filter}) pushed to {t.key}, "
-            f"generation {doc.generation}",
+            message=f"rule {rule.name}@{rule.version} ({rule.topic_filter}) published for {t.key} as "
+            f"generation {doc.generation}{target_note(t, self.registry)}",
             data={"generation": doc.generation, "target": t.key},
         )

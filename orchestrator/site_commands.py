@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from edgefleet.orchestrator.command_requests import NoArguments, PushTemplateRequest, RemoveEntryRequest
 from edgefleet.orchestrator.command_table import CommandTable
-from edgefleet.orchestrator.desired_edits import PublishDesired, remove_entry, resolve_target
+from edgefleet.orchestrator.desired_edits import (
+    PublishDesired,
+    refuse_older,
+    remove_entry,
+    resolve_target,
+    target_note,
+)
 from edgefleet.orchestrator.registry import Registry
 from edgefleet.proto.payloads import CommandResult
 from edgefleet.proto.templates import compile_template
@@ -26,15 +32,18 @@ class SiteCommands:
 
     def push_template(self, req: PushTemplateRequest) -> CommandResult:
         compile_template(req.template)  # TemplateError: refused with the reason
-        target = resolve_target(req.target, self.registry)
+        target = resolve_target(req.target, self.registry, creating=True, new_group=req.new_group)
         current = self.registry.desired(target.key)
         templates = dict(current.templates) if current else {}
-        templates[req.template.name] = req.template
+        before = templates.get(req.template.name)
+        spec = req.template
+        refuse_older("template", spec.name, spec.version, before.version if before else None, target.key, req.force)
+        templates[spec.name] = spec
         doc = self.publish_desired(target, current, {"templates": templates})
         return CommandResult(
             ok=True,
-            message=f"template {req.template.name}@{req.template.version} pushed to {target.key}, "
-            f"generation {doc.generation}",
+            message=f"template {spec.name}@{spec.version} published for {target.key} as generation "
+            f"{doc.generation}{target_note(target, self.registry)}",
             data={"generation": doc.generation, "target": target.key},
         )
 

@@ -1,0 +1,1 @@
+"""The fleet management console: a web client of the orchestrator, like the CLI."""

@@ -1,0 +1,84 @@
+"""Settings of the web console: every field has a default, a doc line and an environment variable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import SettingsConfigDict
+
+from edgefleet.fleet.settings import FleetSettings
+from edgefleet.plumbing.mqtt_settings import DEFAULT_MQTT_URL, MqttSettings
+
+
+def _host_port(v: str, what: str) -> str:
+    host, sep, port = v.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{what} {v!r} must look like HOST:PORT")
+    return v
+
+
+class ConsoleSettings(MqttSettings):
+    model_config = SettingsConfigDict(env_prefix="EDGEFLEET_", extra="ignore")
+
+    console_address: str = Field(
+        default="0.0.0.0:8088", description="Where the console listens, HOST:PORT (EDGEFLEET_CONSOLE_ADDRESS)"
+    )
+    mqtt_url: str = Field(default=DEFAULT_MQTT_URL, description="Site broker (EDGEFLEET_MQTT_URL)")
+    site: str = Field(default="default", description="Site to operate (EDGEFLEET_SITE)")
+    topic_root: str = Field(default="edgefleet/{site}/", description="Root of every MQTT topic (EDGEFLEET_TOPIC_ROOT)")
+    console_data_file: Path = Field(
+        default=Path.home() / ".local" / "share" / "edgefleet" / "console.db",
+        description="SQLite file of operator accounts and sessions (EDGEFLEET_CONSOLE_DATA_FILE)",
+    )
+    front_door_address: str = Field(
+        default="127.0.0.1:50050",
+        description="gRPC edgefleet.v1.Inference the playground talks to, HOST:PORT (EDGEFLEET_FRONT_DOOR_ADDRESS)",
+    )
+    console_session_hours: Annotated[float, Field(gt=0)] = Field(
+        default=12.0, description="Hours a login lasts (EDGEFLEET_CONSOLE_SESSION_HOURS)"
+    )
+    console_login_attempts: Annotated[int, Field(ge=1)] = Field(
+        default=5,
+        description="Failed logins allowed per client address and per account each minute "
+        "(EDGEFLEET_CONSOLE_LOGIN_ATTEMPTS)",
+    )
+    console_status_poll_s: Annotated[float, Field(gt=0, le=1)] = Field(
+        default=1.0,
+        description="How often the console asks the orchestrator for `status` (EDGEFLEET_CONSOLE_STATUS_POLL_S)",
+    )
+    console_tls_cert_file: Path | None = Field(
+        default=None, description="Serve HTTPS with this certificate (EDGEFLEET_CONSOLE_TLS_CERT_FILE)"
+    )
+    console_tls_key_file: Path | None = Field(
+        default=None, description="Private key of the certificate (EDGEFLEET_CONSOLE_TLS_KEY_FILE)"
+    )
+    log_format: str = Field(default="json", description="json or text (EDGEFLEET_LOG_FORMAT)")
+
+    @field_validator("console_address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        return _host_port(v, "console address")
+
+    @field_validator("front_door_address")
+    @classmethod
+    def _front_door(cls, v: str) -> str:
+        return _host_port(v, "front door address")
+
+    def host_port(self) -> tuple[str, int]:
+        host, _, port = self.console_address.rpartition(":")
+        return host.strip("[]"), int(port)
+
+    def fleet_settings(self) -> FleetSettings:
+        """The CLI's settings for the same broker and site: the console sends commands the CLI's way."""
+        return FleetSettings(
+            mqtt_url=self.mqtt_url,
+            mqtt_username=self.mqtt_username,
+            mqtt_password=self.mqtt_password,
+            mqtt_ca_file=self.mqtt_ca_file,
+            mqtt_cert_file=self.mqtt_cert_file,
+            mqtt_key_file=self.mqtt_key_file,
+            site=self.site,
+            topic_root=self.topic_root,
+        )
