@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import TextIO
 
@@ -14,6 +15,7 @@ from pydantic import ValidationError
 from edgefleet.fleet import ask as ask_module
 from edgefleet.fleet import knowledge_commands, site_commands
 from edgefleet.fleet.ask import AskError
+from edgefleet.fleet.console import cli_commands as console_cli
 from edgefleet.fleet.control import CommandRefused, OrchestratorUnreachable, refusal, request
 from edgefleet.fleet.knowledge_commands import KnowledgeCommandError
 from edgefleet.fleet.settings import ConfigFileError, FleetSettings
@@ -64,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="machine-readable output")
     knowledge_commands.add_parser(sub)
     site_commands.add_parser(sub)
+    console_cli.register_console(sub)
     return p
 
 
@@ -161,6 +164,11 @@ def _node_command(address: str, args: argparse.Namespace, out: TextIO, err: Text
 
 def main(argv: list[str] | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     args = _parser().parse_args(argv)
+    if getattr(args, "console_handler", None):  # the console and its accounts: settings of their own
+        for flag, env in (("mqtt_url", "EDGEFLEET_MQTT_URL"), ("site", "EDGEFLEET_SITE")):
+            if getattr(args, flag, None):
+                os.environ[env] = getattr(args, flag)
+        return int(args.console_handler(args))
     try:
         settings = _settings(args)
         if args.command == "fleet":

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from edgefleet.fleet import adapter_commands, applied, rule_commands
 from edgefleet.fleet.adapter_commands import bar
+from edgefleet.fleet.console.cli_commands import register_operator
 from edgefleet.fleet.control import refusal, request
 from edgefleet.fleet.settings import FleetSettings
 from edgefleet.proto.artifacts import SiteKey
@@ -47,6 +48,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     applied.add_wait_flags(rm)
     adapter_commands.add_parsers(fsub)
     rule_commands.add_parsers(fsub)
+    register_operator(fsub)
 
 
 def load_template(path: Path, name: str, version: str, system: str | None) -> TemplateSpec:

@@ -13,6 +13,7 @@ from edgefleet.proto.topics import valid_name
 
 log = logging.getLogger("edgefleet.orchestrator.chunks")
 
+
 class ChunkRequests:
     def __init__(self, store: ArtifactStore, sender: ChunkSender, errors: ErrorReporter) -> None:
         self.store, self.sender, self.errors = store, sender, errors

@@ -58,3 +58,10 @@ class PushRuleRequest(CommandRequest):
     rule: RuleSpec
     force: bool = False
     new_group: bool = False
+
+
+class TelemetryHistoryRequest(CommandRequest):
+    """The last hour of one node's telemetry, in one-minute means (the console's plots)."""
+
+    target: NonEmpty  # node id, or node:<id>
+    name: str = ""  # one metric; empty: all

@@ -14,6 +14,7 @@ import time
 from edgefleet.orchestrator.error_reports import SOURCE, ErrorReporter
 from edgefleet.orchestrator.fleet_view import FleetView
 from edgefleet.orchestrator.registry import Registry
+from edgefleet.orchestrator.telemetry_history import TelemetryHistory
 from edgefleet.proto.error_codes import ErrorCode
 from edgefleet.proto.input_limits import brief
 from edgefleet.proto.payloads import (
@@ -32,8 +33,17 @@ log = logging.getLogger("edgefleet.orchestrator.ingest")
 
 
 class Ingest:
-    def __init__(self, site: str, topics: Topics, registry: Registry, view: FleetView, errors: ErrorReporter) -> None:
+    def __init__(
+        self,
+        site: str,
+        topics: Topics,
+        registry: Registry,
+        view: FleetView,
+        errors: ErrorReporter,
+        history: TelemetryHistory | None = None,
+    ) -> None:
         self.site, self.topics, self.registry, self.view, self.errors = site, topics, registry, view, errors
+        self.history = history
 
     def _parse(self, topic: str, payload: bytes, model: type[P]) -> P | None:
         """The payload as `model`, or None: empty (a cleared retained message) or refused with a reason."""
@@ -73,6 +83,8 @@ class Ingest:
         if t is not None and self._from_node(topic, "telemetry", t.node_id):
             self.registry.record_telemetry(t)
             self.view.apply_telemetry(t, time.time())
+            if self.history is not None:
+                self.history.record(t)
 
     def desired(self, topic: str, payload: bytes) -> None:
         """Retained desired state (ours, echoed or from before a restart) rebuilds the registry."""

@@ -271,6 +271,7 @@ class Command(_Payload):
         "rules",
         "push-knowledge",
         "rm-knowledge",
+        "telemetry-history",
     ]
     target: str = ""
     template: TemplateSpec | None = None
