@@ -26,6 +26,13 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--site", help="site name")
     serve.add_argument("--registry-db", help="registry SQLite file")
     serve.add_argument("--log-format", choices=["json", "text"])
+    serve.add_argument(
+        "--front-door-address", help="gRPC front door host:port (default 0.0.0.0:50050); '' turns it off"
+    )
+    serve.add_argument(
+        "--openai-address", help="OpenAI-compatible HTTP host:port (default 0.0.0.0:8080); '' turns it off"
+    )
+    serve.add_argument("--metrics-address", help="a /metrics listener of its own, host:port (default: none)")
     args = p.parse_args(argv)
     overrides = {
         k: v
@@ -34,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
             "site": args.site,
             "registry_db": args.registry_db,
             "log_format": args.log_format,
+            "front_door_address": args.front_door_address,
+            "openai_address": args.openai_address,
+            "metrics_address": args.metrics_address,
         }.items()
         if v is not None
     }

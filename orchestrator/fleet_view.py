@@ -95,6 +95,16 @@ class NodeSnapshot:
     has_reported: bool = False
     drift: tuple[str, ...] = ()  # why it is not what its desired state says; empty: in sync
     last_error: NodeError | None = None
+    # what the front door's probe found on the node itself (GetNodeInfo, ListCollections): adapters
+    # loaded at start and collections ingested over gRPC, which reported state does not list
+    served_adapters: frozenset[str] = frozenset()
+    served_collections: frozenset[str] = frozenset()
+
+    def has_adapter(self, name: str) -> bool:
+        return name in self.adapters or name in self.served_adapters
+
+    def has_collection(self, name: str) -> bool:
+        return name in self.collections or name in self.served_collections
 
     @property
     def in_sync(self) -> bool:
@@ -143,6 +153,7 @@ class FleetView:
         self._load: dict[str, NodeLoad] = {}
         self._errors: dict[str, NodeError] = {}
         self._desired: dict[str, DesiredState] = {}
+        self._probed: dict[str, tuple[frozenset[str], frozenset[str]]] = {}
 
     def snapshot(self) -> FleetSnapshot:
         with self._lock:
@@ -186,6 +197,15 @@ class FleetView:
                 return
             self._errors[report.source] = NodeError(report.code, report.message, report.ts)
             self._publish([report.source])
+
+    def apply_probe(self, node_id: str, adapters: Iterable[str], collections: Iterable[str]) -> None:
+        """What a node said it serves when asked directly (the front door's probe); unchanged: no new snapshot."""
+        facts = (frozenset(adapters), frozenset(collections))
+        with self._write_lock:
+            if node_id not in self._presence or self._probed.get(node_id) == facts:
+                return
+            self._probed[node_id] = facts
+            self._publish([node_id])
 
     def rebuild(self, records: Iterable[NodeRecord], desired: Mapping[str, DesiredState]) -> None:
         """Start over from what the registry kept (at start, before any message arrives)."""
@@ -232,6 +252,8 @@ class FleetView:
             has_reported=rep is not None,
             drift=tuple(drift_reasons(node_id, groups, self._desired, rep)),
             last_error=self._errors.get(node_id),
+            served_adapters=self._probed.get(node_id, (frozenset(), frozenset()))[0],
+            served_collections=self._probed.get(node_id, (frozenset(), frozenset()))[1],
         )
 
     def _publish(self, node_ids: Iterable[str], replace_all: bool = False) -> None:

@@ -5,6 +5,8 @@ MQTT link ─> ingest ─> registry (SQLite) + fleet view (memory)
          ─> command endpoint ─> worker thread ─> command table ─> handlers ─> desired state, manifests
          ─> chunk requests ─> chunk sender ─> MQTT link
 ```
+The front door (gRPC and OpenAI HTTP for the whole site, see `front_door/`) runs on its own thread
+and event loop, reading the fleet view; it starts after the MQTT link and stops first.
 `build_orchestrator` builds every part (nothing connects yet); `start` and `stop` run them.
 """
 
@@ -23,6 +25,7 @@ from edgefleet.orchestrator.command_table import COMMAND_OPS, CommandTable
 from edgefleet.orchestrator.desired_edits import DesiredStatePublisher
 from edgefleet.orchestrator.error_reports import ErrorReporter
 from edgefleet.orchestrator.fleet_view import FleetView
+from edgefleet.orchestrator.front_door.server import FrontDoor
 from edgefleet.orchestrator.ingest import Ingest
 from edgefleet.orchestrator.registry import Registry, open_registry
 from edgefleet.orchestrator.rule_commands import RuleCommands
@@ -58,12 +61,15 @@ class Orchestrator:
     table: CommandTable
     commands: MqttCommandEndpoint
     adapters: AdapterCommands
+    front_door: FrontDoor
 
     def start(self) -> None:
         self.sender.start()
         self.link.start()
+        self.front_door.start()
 
     def stop(self) -> None:
+        self.front_door.stop()
         self.commands.stop()
         self.sender.stop()
         offline = (self.topics.orchestrator_status(), OrchestratorStatus(state="offline").dumps())
@@ -119,7 +125,8 @@ def build_orchestrator(settings: OrchestratorSettings, registry: Registry | None
     )
     table = build_command_table(registry, publisher, adapters)
     endpoint = MqttCommandEndpoint(link, table, errors)
-    orch = Orchestrator(settings, topics, registry, view, link, store, sender, table, endpoint, adapters)
+    front_door = FrontDoor(settings, view)
+    orch = Orchestrator(settings, topics, registry, view, link, store, sender, table, endpoint, adapters, front_door)
 
     ingest = Ingest(settings.site, topics, registry, view, errors)
     chunk_requests = ChunkRequests(store, sender, errors)

@@ -12,6 +12,17 @@ from edgefleet.plumbing.mqtt_settings import DEFAULT_MQTT_URL, MqttSettings
 from edgefleet.proto.topics import check_name
 
 
+def _host_port(v: str) -> bool:
+    host, sep, port = v.rpartition(":")
+    return bool(sep and host and port.isdigit() and 0 <= int(port) <= 65535)
+
+
+def split_address(v: str) -> tuple[str, int]:
+    """host:port (a host in brackets for IPv6) → (host, port)."""
+    host, _, port = v.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
 def _default_db() -> Path:
     return Path.home() / ".local" / "share" / "edgefleet" / "orchestrator.db"
 
@@ -42,12 +53,88 @@ class OrchestratorSettings(MqttSettings):
         description="Pause between two chunks, to leave room on a weak site link; 0: none "
         "(EDGEFLEET_ARTIFACT_CHUNK_INTERVAL_MS)",
     )
+    front_door_address: str = Field(
+        default="0.0.0.0:50050",
+        description="gRPC front door (edgefleet.v1.Inference for the whole site), host:port; empty: off "
+        "(EDGEFLEET_FRONT_DOOR_ADDRESS)",
+    )
+    openai_address: str = Field(
+        default="0.0.0.0:8080",
+        description="OpenAI-compatible HTTP API (and /metrics), host:port; empty: off (EDGEFLEET_OPENAI_ADDRESS)",
+    )
+    metrics_address: str = Field(
+        default="",
+        description="A listener of its own for Prometheus /metrics, host:port; empty: only on the OpenAI "
+        "listener (EDGEFLEET_METRICS_ADDRESS)",
+    )
+    route_affinity: bool = Field(
+        default=True,
+        description="Requests sharing a prompt prefix (template, system prompt, collection) go to the same "
+        "node while it has a free slot (EDGEFLEET_ROUTE_AFFINITY)",
+    )
+    route_buffer_size: Annotated[int, Field(ge=0, le=100000)] = Field(
+        default=64,
+        description="Requests that may wait for a free slot when every eligible node is full; beyond: "
+        "RESOURCE_EXHAUSTED / HTTP 429 at once (EDGEFLEET_ROUTE_BUFFER_SIZE)",
+    )
+    route_buffer_wait_s: Annotated[float, Field(ge=0, le=600)] = Field(
+        default=10.0,
+        description="Longest wait in that buffer before RESOURCE_EXHAUSTED / HTTP 429 (EDGEFLEET_ROUTE_BUFFER_WAIT_S)",
+    )
+    route_first_token_timeout_s: Annotated[float, Field(gt=0, le=600)] = Field(
+        default=30.0,
+        description="A node that sends no first token within this is failed over "
+        "(EDGEFLEET_ROUTE_FIRST_TOKEN_TIMEOUT_S)",
+    )
+    route_max_attempts: Annotated[int, Field(ge=1, le=10)] = Field(
+        default=3,
+        description="Nodes tried per request, the first included, while no token has been sent "
+        "(EDGEFLEET_ROUTE_MAX_ATTEMPTS)",
+    )
+    route_cooldown_failures: Annotated[int, Field(ge=1, le=1000)] = Field(
+        default=3,
+        description="Failures within the cooldown window that take a node out of rotation "
+        "(EDGEFLEET_ROUTE_COOLDOWN_FAILURES)",
+    )
+    route_cooldown_window_s: Annotated[float, Field(gt=0, le=3600)] = Field(
+        default=30.0, description="Window those failures are counted in (EDGEFLEET_ROUTE_COOLDOWN_WINDOW_S)"
+    )
+    route_cooldown_s: Annotated[float, Field(ge=0, le=3600)] = Field(
+        default=15.0,
+        description="How long a failing node is left out before it comes back by itself (EDGEFLEET_ROUTE_COOLDOWN_S)",
+    )
+    route_slots_when_unknown: Annotated[int, Field(ge=1, le=256)] = Field(
+        default=1,
+        description="Slots assumed on a node before its first telemetry (EDGEFLEET_ROUTE_SLOTS_WHEN_UNKNOWN)",
+    )
+    route_max_slots_per_node: Annotated[int, Field(ge=0, le=256)] = Field(
+        default=0,
+        description="Most front-door requests in flight on one node; 0: the usable slots it reports "
+        "(EDGEFLEET_ROUTE_MAX_SLOTS_PER_NODE)",
+    )
+    route_probe_interval_s: Annotated[float, Field(gt=0, le=3600)] = Field(
+        default=5.0,
+        description="Seconds between asking each online node what it serves (adapters, collections) "
+        "(EDGEFLEET_ROUTE_PROBE_INTERVAL_S)",
+    )
+    request_timeout_s: Annotated[float, Field(gt=0, le=3600)] = Field(
+        default=300.0,
+        description="Deadline of an HTTP request, and of a gRPC one that sets none (EDGEFLEET_REQUEST_TIMEOUT_S)",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Log level (EDGEFLEET_LOG_LEVEL)"
     )
     log_format: Literal["json", "text"] = Field(
         default="json", description="json: one object a line; text: for a terminal (EDGEFLEET_LOG_FORMAT)"
     )
+
+    @field_validator("front_door_address", "openai_address", "metrics_address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        v = v.strip()
+        if v and not _host_port(v):
+            raise ValueError(f"{v!r} is not host:port (an empty value turns the listener off)")
+        return v
 
     @field_validator("site")
     @classmethod
