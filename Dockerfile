@@ -13,9 +13,9 @@ COPY fleet/ fleet/
 COPY firmware_profiles/ firmware_profiles/
 COPY deploy/ deploy/
 ARG EDGEFLEET_CMAKE_ARGS=""
-RUN EDGEFLEET_CMAKE_ARGS="$EDGEFLEET_CMAKE_ARGS" scripts/setup
+RUN EDGEFLEET_CMAKE_ARGS="$EDGEFLEET_CMAKE_ARGS" EDGEFLEET_SETUP_BROWSER=0 scripts/setup
 ENV PATH=/opt/edgefleet/.venv/bin:$PATH \
     EDGEFLEET_DATA_DIR=/var/lib/edgefleet
 VOLUME /var/lib/edgefleet
-EXPOSE 50051
+EXPOSE 50051 50050 8080 8088
 CMD ["edgefleet-node", "serve", "--port", "50051"]

@@ -6,6 +6,7 @@ import re
 
 import yaml
 
+from edgefleet.fleet.console.settings import ConsoleSettings
 from edgefleet.node.profiles import builtin_profiles
 from edgefleet.node.settings import NodeSettings
 from edgefleet.orchestrator.settings import OrchestratorSettings
@@ -28,6 +29,12 @@ def test_compose_agrees_with_dockerfile_profiles_and_settings() -> None:
     assert node["environment"]["EDGEFLEET_PROFILE"] in builtin_profiles()
     assert set(node["environment"]) <= _vars(NodeSettings), set(node["environment"]) - _vars(NodeSettings)
     assert set(orch["environment"]) <= _vars(OrchestratorSettings)
+    console = services["console"]
+    assert console["image"] == services["orchestrator"]["image"] and console["command"][:2] == ["edgefleet", "console"]
+    assert set(console["environment"]) <= _vars(ConsoleSettings) | {"EDGEFLEET_LOG_FORMAT"}
+    assert console["environment"]["EDGEFLEET_FRONT_DOOR_ADDRESS"].endswith(
+        orch["environment"]["EDGEFLEET_FRONT_DOOR_ADDRESS"].rsplit(":", 1)[1]
+    )
     port = node["command"][node["command"].index("--port") + 1]
     assert node["ports"] == [f"{port}:{port}"] and f"EXPOSE {port}" in dockerfile
     assert any(v.endswith(f":{node['environment']['EDGEFLEET_DATA_DIR']}") for v in node["volumes"])
