@@ -25,6 +25,7 @@ from edgefleet.proto.payloads import Command, CommandResult, OrchestratorStatus,
 from edgefleet.proto.topics import Topics
 
 STATUS_WAIT_S = 2.0  # for the retained orchestrator status, which a broker sends right after SUBACK
+STARTING_WAIT_S = 10.0  # more, when no orchestrator of any site has announced itself yet (one starting)
 
 
 class OrchestratorUnreachable(Exception):
@@ -99,6 +100,8 @@ class OrchestratorSession:
         site = self.settings.site
         with self._seen:
             online = self._seen.wait_for(lambda: self._sites.get(site) == "online", STATUS_WAIT_S)
+            if not online and not self._sites:  # nothing on the broker yet: an orchestrator may be starting
+                online = self._seen.wait_for(lambda: self._sites.get(site) == "online", STARTING_WAIT_S)
             state = self._sites.get(site)
         if online:
             self._checked = True
