@@ -26,11 +26,13 @@ from edgefleet.orchestrator.desired_edits import DesiredStatePublisher
 from edgefleet.orchestrator.error_reports import ErrorReporter
 from edgefleet.orchestrator.fleet_view import FleetView
 from edgefleet.orchestrator.front_door.server import FrontDoor
+from edgefleet.orchestrator.history_commands import HistoryCommands
 from edgefleet.orchestrator.ingest import Ingest
 from edgefleet.orchestrator.registry import Registry, open_registry
 from edgefleet.orchestrator.rule_commands import RuleCommands
 from edgefleet.orchestrator.settings import OrchestratorSettings
 from edgefleet.orchestrator.site_commands import SiteCommands
+from edgefleet.orchestrator.telemetry_history import TelemetryHistory
 from edgefleet.plumbing.mqtt_link import Handler, LastWill, MqttLink
 from edgefleet.proto.artifacts import Manifest
 from edgefleet.proto.payloads import OrchestratorStatus
@@ -77,13 +79,14 @@ class Orchestrator:
 
 
 def build_command_table(
-    registry: Registry, publisher: DesiredStatePublisher, adapters: AdapterCommands
+    registry: Registry, publisher: DesiredStatePublisher, adapters: AdapterCommands, history: TelemetryHistory
 ) -> CommandTable:
     """One handler per op of `Command`, checked complete."""
     table = CommandTable()
     SiteCommands(registry, publisher).register(table)
     RuleCommands(registry, publisher).register(table)
     adapters.register(table)
+    HistoryCommands(history).register(table)
     if table.ops != COMMAND_OPS:
         raise RuntimeError(f"command table incomplete: no handler for {sorted(COMMAND_OPS - table.ops)}")
     return table
@@ -123,12 +126,14 @@ def build_orchestrator(settings: OrchestratorSettings, registry: Registry | None
         lambda m: link.publish(*manifest_message(topics, m), qos=1, retain=True),
         lambda sha256: sender.sent.get(sha256, 0),
     )
-    table = build_command_table(registry, publisher, adapters)
+    # the console's plots: telemetry folded into per-minute buckets, in a file beside the registry
+    history = TelemetryHistory(settings.registry_db.with_suffix(".history.db"))
+    table = build_command_table(registry, publisher, adapters, history)
     endpoint = MqttCommandEndpoint(link, table, errors)
     front_door = FrontDoor(settings, view)
     orch = Orchestrator(settings, topics, registry, view, link, store, sender, table, endpoint, adapters, front_door)
 
-    ingest = Ingest(settings.site, topics, registry, view, errors)
+    ingest = Ingest(settings.site, topics, registry, view, errors, history)
     chunk_requests = ChunkRequests(store, sender, errors)
     link.subscribe(topics.all_node_status(), _on(ingest.node_status))
     link.subscribe(topics.all_node_reported(), _on(ingest.reported))

@@ -73,7 +73,15 @@ class Orchestrator:
         self, tmp: Path, broker: Mosquitto, site: str = "lab", db: Path | None = None, env: dict[str, str] | None = None
     ) -> None:
         self.db = db or tmp / "registry.db"
-        self.env = {**os.environ, "EDGEFLEET_ARTIFACT_DIR": str(tmp / "artifacts"), **(env or {})}
+        # The front door's listeners are off unless a test opens them (on free ports of its own).
+        self.env = {
+            **os.environ,
+            "EDGEFLEET_ARTIFACT_DIR": str(tmp / "artifacts"),
+            "EDGEFLEET_FRONT_DOOR_ADDRESS": "",
+            "EDGEFLEET_OPENAI_ADDRESS": "",
+            "EDGEFLEET_METRICS_ADDRESS": "",
+            **(env or {}),
+        }
         self.log_path = tmp / "orchestrator.log"
         self.broker, self.site = broker, site
         self.proc: subprocess.Popen[bytes] | None = None

@@ -150,7 +150,9 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         if hit is not None:
             await context.send_initial_metadata(((REQUEST_ID_KEY, rid), (PROMPT_TOKENS_KEY, prompt_tokens)))
             log.info("answered from the response cache")
-            yield response_cache.chunk(hit, rid, (time.monotonic() - arrived) * 1000)
+            cached = response_cache.chunk(hit, rid, (time.monotonic() - arrived) * 1000)
+            cached.node_id = self.service.settings.node_id
+            yield cached
             return
         texts: list[str] = []
         finished = False
@@ -180,6 +182,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                     final = pb.GenerateChunk(
                         text=text + event.text_tail,
                         request_id=rid,
+                        node_id=self.service.settings.node_id,
                         finish_reason=_FINISH[event.reason],
                         source_chunk_ids=sources,
                         usage=pb.Usage(

@@ -155,3 +155,8 @@ def test_initial_metadata_tells_the_prompt_size_before_the_first_token(stub) -> 
     prompt_tokens = int(metadata["x-edgefleet-prompt-tokens"])
     _, last, _ = collect(call)
     assert prompt_tokens == last.usage.prompt_tokens and prompt_tokens > 600
+
+
+def test_the_final_chunk_names_the_node(node: NodeProcess) -> None:
+    _, last, _ = collect(node.stub.Generate(pb.GenerateRequest(prompt="Hi", max_tokens=2)))
+    assert last.node_id == node.node_id

@@ -22,9 +22,10 @@ SCREENSHOTS = ROOT / "build" / "screenshots"
 PASSWORD = "correct horse battery"
 
 
-def console_env(broker: Mosquitto, data_file: Path) -> dict[str, str]:
+def console_env(broker: Mosquitto, data_file: Path, front_door: str = "") -> dict[str, str]:
     return {
         **os.environ,
+        **({"EDGEFLEET_FRONT_DOOR_ADDRESS": front_door} if front_door else {}),
         "EDGEFLEET_MQTT_URL": broker.url,
         "EDGEFLEET_SITE": "lab",
         "EDGEFLEET_CONSOLE_DATA_FILE": str(data_file),
@@ -44,10 +45,10 @@ def add_operator(env: dict[str, str], name: str, role: str) -> subprocess.Comple
 
 
 class ConsoleProcess:
-    def __init__(self, tmp: Path, broker: Mosquitto) -> None:
+    def __init__(self, tmp: Path, broker: Mosquitto, front_door: str = "") -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = console_env(broker, tmp / "console.db")
+        self.env = console_env(broker, tmp / "console.db", front_door)
         self.log_path = tmp / "console.log"
         self._log = self.log_path.open("ab")
         for name, role in (("olivia", "operator"), ("victor", "viewer")):
@@ -92,7 +93,8 @@ class Site:
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     tmp = tmp_path_factory.mktemp("console-site")
     broker = Mosquitto(tmp)
-    orch = Orchestrator(tmp, broker)
+    front_door = f"127.0.0.1:{free_port()}"  # the playground asks through the site's front door
+    orch = Orchestrator(tmp, broker, env={"EDGEFLEET_FRONT_DOOR_ADDRESS": front_door})
     nodes = [
         NodeProcess(tmp, env=node_env(broker, EDGEFLEET_GROUPS=g), node_id=f"edge-{i}")
         for i, g in ((1, "line-a"), (2, "line-b"))
@@ -101,7 +103,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     try:
         for n in nodes:
             n.wait_serving()
-        console = ConsoleProcess(tmp, broker)
+        console = ConsoleProcess(tmp, broker, front_door)
         yield Site(broker, orch, nodes, console)
     finally:
         if console is not None:

@@ -1,0 +1,109 @@
+"""Admission: a claimed slot now, a bounded wait for one, or a refusal at once.
+
+When every eligible node is full a request waits in a bounded buffer and goes out on the next
+free slot (a release wakes the waiters; they also look again every `_POLL_S`, for telemetry and
+nodes that came online). A full buffer, or a wait that runs out, is refused at once with a hint
+of when to come back. Runs on the front door's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable
+
+from edgefleet.orchestrator.fleet_view import FleetSnapshot
+from edgefleet.orchestrator.front_door.metrics import FrontDoorMetrics
+from edgefleet.orchestrator.front_door.router import Claim, Refusal, Router, RouteRequest
+
+log = logging.getLogger("edgefleet.orchestrator.front_door.admission")
+_POLL_S = 0.25
+
+
+class Refused(Exception):
+    """No node for this request: `kind` says why (not_found, unavailable, full)."""
+
+    def __init__(self, kind: Refusal, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.kind, self.message, self.retry_after_s = kind, message, retry_after_s
+
+
+class Admission:
+    def __init__(
+        self,
+        router: Router,
+        snapshot: Callable[[], FleetSnapshot],
+        metrics: FrontDoorMetrics,
+        buffer_size: int,
+        max_wait_s: float,
+    ) -> None:
+        self.router, self.snapshot, self.metrics = router, snapshot, metrics
+        self.buffer_size, self.max_wait_s = buffer_size, max_wait_s
+        self.waiting = 0
+        self._freed: asyncio.Event | None = None
+
+    @property
+    def retry_after_s(self) -> int:
+        return max(1, math.ceil(self.max_wait_s))
+
+    def _try(self, req: RouteRequest) -> Claim | None:
+        d = self.router.claim(self.snapshot(), req, time.time())
+        if d.claim is not None:
+            return d.claim
+        if d.refusal != "full":
+            raise Refused(d.refusal or "unavailable", d.message)
+        return None
+
+    async def acquire(self, req: RouteRequest, deadline: float) -> tuple[Claim, float]:
+        """A claimed slot and the seconds waited for it; `deadline` is the caller's (time.monotonic()).
+
+        Raises Refused."""
+        claim = self._try(req)
+        if claim is not None:
+            return claim, 0.0
+        if self.waiting >= self.buffer_size:
+            raise Refused(
+                "full", f"every node is busy and {self.waiting} requests already wait; try again", self.retry_after_s
+            )
+        start = time.monotonic()
+        until = min(start + self.max_wait_s, deadline)
+        self.waiting += 1
+        self.metrics.buffer_depth.set(self.waiting)
+        try:
+            while True:
+                left = until - time.monotonic()
+                if left <= 0:
+                    raise Refused(
+                        "full",
+                        f"no free slot for {req.describe()} within {time.monotonic() - start:.1f}s; try again",
+                        self.retry_after_s,
+                    )
+                if self._freed is None:
+                    self._freed = asyncio.Event()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._freed.wait(), min(left, _POLL_S))
+                claim = self._try(req)
+                if claim is not None:
+                    log.info("left the buffer", extra={"node": claim.node_id, "waited_ms": _ms(start)})
+                    return claim, time.monotonic() - start
+        finally:
+            self.waiting -= 1
+            self.metrics.buffer_depth.set(self.waiting)
+            self.metrics.buffer_wait.observe(time.monotonic() - start)
+
+    def release(self, claim: Claim) -> None:
+        self.router.release(claim)
+        self.wake()
+
+    def wake(self) -> None:
+        """Waiters look again (a slot was freed)."""
+        if self._freed is not None:
+            self._freed.set()
+            self._freed = None
+
+
+def _ms(since: float) -> float:
+    return round((time.monotonic() - since) * 1000, 1)

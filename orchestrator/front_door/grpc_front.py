@@ -1,0 +1,156 @@
+"""The front door's gRPC face: `edgefleet.v1.Inference` for the whole site, plus health and reflection.
+
+A client changes only the address. Generate is proxied chunk by chunk; Embed and Retrieve go to
+one eligible node; the node-local methods (GetNodeInfo, Ingest, DeleteDocuments, ListCollections)
+answer UNIMPLEMENTED: they belong to one node, so ask it directly. The node that served is named
+in the initial metadata and in the trailing metadata (`x-edgefleet-node`); a caller may pin a node
+or a group with the same key or `x-edgefleet-group`; `x-request-id` passes through to the node.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import grpc
+
+from edgefleet.orchestrator.front_door.dispatch import (
+    GROUP_KEY,
+    NODE_KEY,
+    PROMPT_TOKENS_KEY,
+    REQUEST_ID_KEY,
+    Dispatcher,
+    FrontDoorError,
+)
+from edgefleet.orchestrator.front_door.router import RouteRequest
+from edgefleet.plumbing.grpc_malformed import refuse_malformed
+from edgefleet.plumbing.logs import request_id_var
+from edgefleet.proto.v1 import inference_pb2 as pb
+from edgefleet.proto.v1 import inference_pb2_grpc as pb_grpc
+
+log = logging.getLogger("edgefleet.orchestrator.front_door.grpc")
+MAX_REQUEST_ID = 128
+
+
+def _metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
+    return {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+
+
+def affinity_key(template: str, messages: list[tuple[str, str]], collection: str) -> str:
+    """Requests with the same key share a prompt prefix: template, else system prompt; and collection."""
+    if template:
+        head = f"t:{template}"
+    elif messages and messages[0][0] == "system":
+        head = f"s:{messages[0][1]}"
+    else:
+        head = ""
+    if collection:
+        head += f"|c:{collection}"
+    return head
+
+
+def generate_route(request: pb.GenerateRequest, pins: dict[str, str], model: str = "") -> RouteRequest:
+    collection = request.retrieval.collection
+    return RouteRequest(
+        model=model,
+        adapter=request.adapter,
+        template=request.template,
+        collection=collection,
+        node=pins.get(NODE_KEY, "").strip(),
+        group=pins.get(GROUP_KEY, "").strip(),
+        affinity_key=affinity_key(request.template, [(m.role, m.content) for m in request.messages], collection),
+    )
+
+
+class FrontDoorServicer(pb_grpc.InferenceServicer):
+    def __init__(self, dispatcher: Dispatcher, default_timeout_s: float) -> None:
+        self.dispatcher, self.default_timeout_s = dispatcher, default_timeout_s
+
+    def _start(self, context: grpc.aio.ServicerContext) -> tuple[dict[str, str], str, float, float]:
+        arrived = time.monotonic()
+        md = _metadata(context)
+        rid = md.get(REQUEST_ID_KEY, "").strip()[:MAX_REQUEST_ID] or uuid.uuid4().hex
+        request_id_var.set(rid)
+        remaining = context.time_remaining()
+        timeout = remaining if remaining is not None else self.default_timeout_s
+        return md, rid, arrived + timeout, arrived
+
+    async def Generate(
+        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.GenerateChunk]:
+        await refuse_malformed(request, context)
+        md, rid, deadline, arrived = self._start(context)
+        gen = self.dispatcher.generation("grpc", request, generate_route(request, md), rid, deadline, arrived)
+        try:
+            try:
+                first = await gen.start()
+            except FrontDoorError as e:
+                await _abort(context, rid, e)
+                return
+            meta = [(REQUEST_ID_KEY, rid), (NODE_KEY, gen.node)]
+            if gen.prompt_tokens:
+                meta.append((PROMPT_TOKENS_KEY, gen.prompt_tokens))
+            await context.send_initial_metadata(tuple(meta))
+            context.set_trailing_metadata(((NODE_KEY, gen.node),))
+            yield first
+            try:
+                async for chunk in gen.rest():
+                    yield chunk
+            except FrontDoorError as e:
+                await _abort(context, rid, e)
+        finally:
+            gen.close()
+
+    async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
+        await refuse_malformed(request, context)
+        md, rid, deadline, arrived = self._start(context)
+        route = RouteRequest(node=md.get(NODE_KEY, ""), group=md.get(GROUP_KEY, ""))
+        try:
+            node, resp = await self.dispatcher.unary(
+                "grpc",
+                route,
+                rid,
+                deadline,
+                arrived,
+                lambda stub, left, meta: stub.Embed(request, timeout=left, metadata=meta),
+            )
+        except FrontDoorError as e:
+            await _abort(context, rid, e)
+            raise AssertionError("unreachable") from e
+        await _name_node(context, rid, node)
+        return resp
+
+    async def Retrieve(self, request: pb.RetrieveRequest, context: grpc.aio.ServicerContext) -> pb.RetrieveResponse:
+        await refuse_malformed(request, context)
+        md, rid, deadline, arrived = self._start(context)
+        route = RouteRequest(collection=request.collection, node=md.get(NODE_KEY, ""), group=md.get(GROUP_KEY, ""))
+        try:
+            node, resp = await self.dispatcher.unary(
+                "grpc",
+                route,
+                rid,
+                deadline,
+                arrived,
+                lambda stub, left, meta: stub.Retrieve(request, timeout=left, metadata=meta),
+            )
+        except FrontDoorError as e:
+            await _abort(context, rid, e)
+            raise AssertionError("unreachable") from e
+        await _name_node(context, rid, node)
+        return resp
+
+
+async def _name_node(context: grpc.aio.ServicerContext, rid: str, node: str) -> None:
+    await context.send_initial_metadata(((REQUEST_ID_KEY, rid), (NODE_KEY, node)))
+    context.set_trailing_metadata(((NODE_KEY, node),))
+
+
+async def _abort(context: grpc.aio.ServicerContext, rid: str, e: FrontDoorError) -> None:
+    trailing: list[tuple[str, str]] = [(REQUEST_ID_KEY, rid)]
+    if e.node:
+        trailing.append((NODE_KEY, e.node))
+    if e.retry_after_s:
+        trailing.append(("retry-after", str(e.retry_after_s)))
+    await context.abort(e.code, e.message, trailing_metadata=tuple(trailing))

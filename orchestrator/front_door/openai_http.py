@@ -1,0 +1,240 @@
+"""OpenAI-compatible HTTP on the front door's router (aiohttp).
+
+POST /v1/chat/completions, /v1/completions (SSE when streaming), /v1/embeddings; GET /v1/models,
+/metrics. Errors are OpenAI's error object with the matching status: 400 (a bad field, named),
+404 (unknown model, adapter, template or collection), 429 with Retry-After, 503, 504. The node
+that answered is in the `x-edgefleet-node` header and in the body's `edgefleet.node`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import struct
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from aiohttp import web
+
+from edgefleet.orchestrator.front_door import openai_schema as schema
+from edgefleet.orchestrator.front_door.dispatch import GROUP_KEY, NODE_KEY, REQUEST_ID_KEY, Dispatcher, FrontDoorError
+from edgefleet.orchestrator.front_door.grpc_front import affinity_key
+from edgefleet.orchestrator.front_door.metrics import CONTENT_TYPE, FrontDoorMetrics
+from edgefleet.orchestrator.front_door.router import RouteRequest
+from edgefleet.orchestrator.front_door.sse import ChunkWriter, completion_body, usage_of
+from edgefleet.plumbing.logs import request_id_var
+from edgefleet.proto.v1 import inference_pb2 as pb
+
+log = logging.getLogger("edgefleet.orchestrator.front_door.http")
+MAX_BODY_BYTES = 8 * 1024 * 1024
+_STATUS = {
+    grpc.StatusCode.INVALID_ARGUMENT: (400, "invalid_request_error"),
+    grpc.StatusCode.NOT_FOUND: (404, "not_found_error"),
+    grpc.StatusCode.RESOURCE_EXHAUSTED: (429, "rate_limit_error"),
+    grpc.StatusCode.UNAVAILABLE: (503, "service_unavailable"),
+    grpc.StatusCode.DEADLINE_EXCEEDED: (504, "timeout"),
+}
+
+
+def error_body(message: str, kind: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def error_response(status: int, message: str, kind: str, param: str | None = None, code: str | None = None,
+                   headers: dict[str, str] | None = None) -> web.Response:  # fmt: skip
+    return web.json_response(error_body(message, kind, param, code), status=status, headers=headers)
+
+
+def front_door_error(e: FrontDoorError, rid: str) -> web.Response:
+    status, kind = _STATUS.get(e.code, (502, "server_error"))
+    headers = {REQUEST_ID_KEY: rid}
+    if e.node:
+        headers[NODE_KEY] = e.node
+    if status == 429:
+        headers["Retry-After"] = str(max(1, e.retry_after_s))
+    return error_response(status, e.message, kind, None, e.code.name.lower(), headers)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def openai_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error is OpenAI's error object, and the server keeps serving."""
+    try:
+        return await handler(request)
+    except schema.BodyError as e:
+        return error_response(400, e.message, "invalid_request_error", e.param, "invalid_value")
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        return error_response(e.status, e.reason or "error", "invalid_request_error")
+    except Exception:
+        log.exception("unexpected error in an HTTP handler")
+        return error_response(500, "internal error in the front door", "server_error")
+
+
+class OpenAIApi:
+    def __init__(self, dispatcher: Dispatcher, metrics: FrontDoorMetrics, timeout_s: float) -> None:
+        self.d, self.metrics, self.timeout_s = dispatcher, metrics, timeout_s
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[openai_errors], client_max_size=MAX_BODY_BYTES)
+        app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_post("/v1/completions", self.completions)
+        app.router.add_post("/v1/embeddings", self.embeddings)
+        app.router.add_get("/v1/models", self.models)
+        app.router.add_get("/metrics", self.metrics_page)
+        return app
+
+    async def metrics_page(self, _: web.Request) -> web.Response:
+        return web.Response(body=self.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE})
+
+    async def models(self, _: web.Request) -> web.Response:
+        served: dict[str, list[str]] = {}
+        for n in self.d.view.snapshot().online():
+            if n.model:
+                served.setdefault(n.model, []).append(n.node_id)
+                for a in sorted(set(n.adapters) | n.served_adapters):
+                    served.setdefault(f"{n.model}:{a}", []).append(n.node_id)
+        data = [
+            {"id": m, "object": "model", "created": 0, "owned_by": "edgefleet", "nodes": sorted(nodes)}
+            for m, nodes in sorted(served.items())
+        ]
+        return web.json_response({"object": "list", "data": data})
+
+    @staticmethod
+    async def _body(request: web.Request) -> Any:
+        try:
+            return json.loads(await request.read())
+        except (ValueError, UnicodeDecodeError) as e:
+            raise schema.BodyError(None, f"the request body is not valid JSON: {e}") from None
+
+    def _start(self, request: web.Request) -> tuple[str, float, float]:
+        arrived = time.monotonic()
+        rid = request.headers.get(REQUEST_ID_KEY, "").strip()[:128] or uuid.uuid4().hex
+        request_id_var.set(rid)
+        return rid, arrived + self.timeout_s, arrived
+
+    def _unknown(self, model: str, adapter: str = "", template: str = "", collection: str = "") -> None:
+        """404 for what no node of the fleet serves, naming the field."""
+        nodes = [n for n in self.d.view.snapshot().nodes.values() if n.model == model]
+        if not nodes:
+            raise _NotFound("model", f"the model {model!r} does not exist: no node serves it (see GET /v1/models)")
+        for param, value, has in (
+            ("adapter", adapter, lambda n: n.has_adapter(adapter)),
+            ("template", template, lambda n: template in n.templates),
+            ("collection", collection, lambda n: n.has_collection(collection)),
+        ):
+            if value and not any(has(n) for n in nodes):
+                raise _NotFound(param, f"no node with model {model!r} has the {param} {value!r}")
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        return await self._complete(request, schema.parse_chat(await self._body(request)))
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._complete(request, schema.parse_completion(await self._body(request)))
+
+    async def _complete(self, request: web.Request, call: schema.CompletionCall) -> web.StreamResponse:
+        rid, deadline, arrived = self._start(request)
+        req = call.request
+        try:
+            self._unknown(call.model, call.adapter, req.template, req.retrieval.collection)
+        except _NotFound as e:
+            return error_response(404, e.message, "invalid_request_error", e.param, f"{e.param}_not_found")
+        route = RouteRequest(
+            model=call.model,
+            adapter=call.adapter,
+            template=req.template,
+            collection=req.retrieval.collection,
+            node=request.headers.get(NODE_KEY, "").strip(),
+            group=request.headers.get(GROUP_KEY, "").strip(),
+            affinity_key=affinity_key(req.template, call.messages, req.retrieval.collection),
+        )
+        gen = self.d.generation("openai", req, route, rid, deadline, arrived)
+        try:
+            try:
+                first = await gen.start()
+            except FrontDoorError as e:
+                return front_door_error(e, rid)
+            headers = {REQUEST_ID_KEY: rid, NODE_KEY: gen.node}
+            if call.stream:
+                return await self._stream(request, call, gen.node, rid, first, gen.rest(), headers)
+            chunks = [first]
+            try:
+                chunks.extend([c async for c in gen.rest()])
+            except FrontDoorError as e:
+                return front_door_error(e, rid)
+            return web.json_response(completion_body(call, rid, gen.node, chunks), headers=headers)
+        finally:
+            gen.close()
+
+    async def _stream(self, request: web.Request, call: schema.CompletionCall, node: str, rid: str,
+                      first: pb.GenerateChunk, rest: Any, headers: dict[str, str]) -> web.StreamResponse:  # fmt: skip
+        resp = web.StreamResponse(headers={**headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+        out = ChunkWriter(resp, call, rid, node)
+        try:
+            await out.chunk(first)
+            async for chunk in rest:
+                await out.chunk(chunk)
+            if call.include_usage and out.final is not None:
+                await out.event({**out.envelope(), "choices": [], "usage": usage_of(out.final)})
+            await resp.write(b"data: [DONE]\n\n")
+        except FrontDoorError as e:  # after the first token: an error event naming the node, no [DONE]
+            _, kind = _STATUS.get(e.code, (502, "server_error"))
+            await out.event(error_body(e.message, kind, None, e.code.name.lower()))
+        except ConnectionResetError:  # the client went away: `close()` cancels the node's call
+            log.info("client went away mid-stream", extra={"request_id": rid, "node": node})
+            return resp
+        await resp.write_eof()
+        return resp
+
+    async def embeddings(self, request: web.Request) -> web.StreamResponse:
+        call = schema.parse_embeddings(await self._body(request))
+        rid, deadline, arrived = self._start(request)
+        try:
+            self._unknown(call.model)
+        except _NotFound as e:
+            return error_response(404, e.message, "invalid_request_error", e.param, "model_not_found")
+        route = RouteRequest(
+            model=call.model, node=request.headers.get(NODE_KEY, ""), group=request.headers.get(GROUP_KEY, "")
+        )
+        emb = pb.EmbedRequest(texts=call.texts)
+        try:
+            node, resp = await self.d.unary(
+                "openai",
+                route,
+                rid,
+                deadline,
+                arrived,
+                lambda stub, left, meta: stub.Embed(emb, timeout=left, metadata=meta),
+            )
+        except FrontDoorError as e:
+            return front_door_error(e, rid)
+        body = {
+            "object": "list",
+            "data": [
+                {"object": "embedding", "index": i, "embedding": list(e.values)} for i, e in enumerate(resp.embeddings)
+            ],
+            "model": call.model,
+            "usage": {"prompt_tokens": resp.prompt_tokens, "total_tokens": resp.prompt_tokens},
+            "edgefleet": {"node": node, "request_id": rid},
+        }
+        return web.json_response(body, headers={REQUEST_ID_KEY: rid, NODE_KEY: node})
+
+
+def _vector(values: list[float], as_base64: bool) -> list[float] | str:
+    if not as_base64:
+        return values
+    return base64.b64encode(struct.pack(f"<{len(values)}f", *values)).decode()
+
+
+class _NotFound(Exception):
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param, self.message = param, message

@@ -1,0 +1,220 @@
+"""Routing policy: which node takes a request. Data in, data out; no I/O, no clock of its own.
+
+The router keeps its own books: in-flight requests per node (a slot is claimed before a request
+is sent and released when it ends: telemetry lags, so it only refreshes a node's slot total) and
+cooldowns (a node that failed `cooldown_failures` times within `cooldown_window_s` gets no traffic
+for `cooldown_s`, then comes back by itself). Everything else comes from the fleet snapshot it is
+handed: state, model, adapters, templates, collections, usable slots, throttling, shedding.
+
+Order among eligible nodes with a free slot: the affinity node first (rendezvous hashing of the
+request's prefix key over the eligible nodes) when affinity is on and it has a free slot; then
+below-throttle before throttled, least loaded (in flight / usable slots), shortest node queue, id.
+A lock makes each claim atomic, so one router may be shared by threads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from edgefleet.orchestrator.fleet_view import FleetSnapshot, NodeSnapshot
+
+Refusal = Literal["not_found", "unavailable", "full"]
+
+
+@dataclass(frozen=True)
+class RoutingPolicy:
+    affinity: bool = True
+    slots_when_unknown: int = 1  # usable slots assumed before a node's first telemetry
+    max_slots_per_node: int = 0  # 0: as many as the node says it can use
+    cooldown_failures: int = 3
+    cooldown_window_s: float = 30.0
+    cooldown_s: float = 15.0
+
+
+@dataclass(frozen=True)
+class RouteRequest:
+    """What a request needs of a node; empty strings need nothing."""
+
+    model: str = ""
+    adapter: str = ""
+    template: str = ""
+    collection: str = ""
+    node: str = ""  # pinned by the caller (x-edgefleet-node)
+    group: str = ""  # pinned by the caller (x-edgefleet-group)
+    affinity_key: str = ""  # requests sharing a prompt prefix share this key
+    exclude: frozenset[str] = frozenset()  # nodes already tried for this request
+
+    def describe(self) -> str:
+        wants = [f"{k} {v!r}" for k, v in self._needs() if v]
+        return ", ".join(wants) or "any node"
+
+    def _needs(self) -> list[tuple[str, str]]:
+        return [
+            ("model", self.model),
+            ("adapter", self.adapter),
+            ("template", self.template),
+            ("collection", self.collection),
+            ("node", self.node),
+            ("group", self.group),
+        ]
+
+
+@dataclass(frozen=True)
+class Claim:
+    node_id: str
+    address: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    claim: Claim | None
+    refusal: Refusal | None = None
+    message: str = ""
+
+
+@dataclass
+class _Health:
+    failures: list[float] = field(default_factory=list)
+    cooled_until: float = 0.0
+
+
+def serves(node: NodeSnapshot, req: RouteRequest) -> bool:
+    """The node has what the request asks for (whatever its state)."""
+    return (
+        (not req.model or node.model == req.model)
+        and (not req.adapter or node.has_adapter(req.adapter))
+        and (not req.template or req.template in node.templates)
+        and (not req.collection or node.has_collection(req.collection))
+        and (not req.node or node.node_id == req.node)
+        and (not req.group or req.group in node.groups)
+    )
+
+
+def routable(node: NodeSnapshot) -> bool:
+    """Online, with an address, not shedding load."""
+    return node.state == "online" and bool(node.address) and not (node.load is not None and node.load.shedding)
+
+
+def rendezvous_weight(key: str, node_id: str) -> int:
+    return int.from_bytes(hashlib.blake2b(f"{key}\x00{node_id}".encode(), digest_size=8).digest(), "big")
+
+
+class Router:
+    def __init__(self, policy: RoutingPolicy) -> None:
+        self.policy = policy
+        self._lock = threading.Lock()
+        self._in_flight: dict[str, int] = {}
+        self._health: dict[str, _Health] = {}
+        self._draining: dict[str, float] = {}  # node → the `since` of the status it was draining in
+
+    # -- the books --------------------------------------------------------------------------------
+    def in_flight(self, node_id: str) -> int:
+        with self._lock:
+            return self._in_flight.get(node_id, 0)
+
+    def capacity(self, node: NodeSnapshot) -> int:
+        usable = node.load.slots_available if node.load is not None else self.policy.slots_when_unknown
+        cap = self.policy.max_slots_per_node
+        return max(0, min(usable, cap) if cap > 0 else usable)
+
+    def cooling(self, node_id: str, now: float) -> bool:
+        with self._lock:
+            h = self._health.get(node_id)
+            return h is not None and h.cooled_until > now
+
+    def cooling_nodes(self, now: float) -> list[str]:
+        with self._lock:
+            return sorted(n for n, h in self._health.items() if h.cooled_until > now)
+
+    def release(self, claim: Claim) -> None:
+        with self._lock:
+            left = self._in_flight.get(claim.node_id, 0) - 1
+            if left > 0:
+                self._in_flight[claim.node_id] = left
+            else:
+                self._in_flight.pop(claim.node_id, None)
+
+    def succeeded(self, node_id: str) -> None:
+        with self._lock:
+            self._health.pop(node_id, None)
+
+    def failed(self, node_id: str, now: float) -> bool:
+        """Count a failure; True when it starts a cooldown."""
+        p = self.policy
+        with self._lock:
+            h = self._health.setdefault(node_id, _Health())
+            h.failures = [t for t in h.failures if now - t < p.cooldown_window_s] + [now]
+            if len(h.failures) >= p.cooldown_failures and h.cooled_until <= now:
+                h.cooled_until = now + p.cooldown_s
+                h.failures.clear()
+                return True
+            return False
+
+    def draining(self, node: NodeSnapshot) -> None:
+        """The node said it is draining: no traffic until it publishes a new status."""
+        with self._lock:
+            self._draining[node.node_id] = node.since
+
+    def _is_draining(self, node: NodeSnapshot) -> bool:
+        since = self._draining.get(node.node_id)
+        if since is None:
+            return False
+        if since != node.since:  # a new status since (restarted): back in rotation
+            del self._draining[node.node_id]
+            return False
+        return True
+
+    # -- the decision -----------------------------------------------------------------------------
+    def candidates(self, fleet: FleetSnapshot, req: RouteRequest, now: float) -> list[NodeSnapshot]:
+        """Eligible nodes, with or without a free slot: routable, serving the request, not cooling or draining."""
+        with self._lock:
+            return self._candidates(fleet.nodes.values(), req, now)
+
+    def _candidates(self, nodes: Iterable[NodeSnapshot], req: RouteRequest, now: float) -> list[NodeSnapshot]:
+        out = []
+        for n in nodes:
+            h = self._health.get(n.node_id)
+            if n.node_id in req.exclude or (h is not None and h.cooled_until > now) or self._is_draining(n):
+                continue
+            if routable(n) and serves(n, req):
+                out.append(n)
+        return out
+
+    def claim(self, fleet: FleetSnapshot, req: RouteRequest, now: float) -> Decision:
+        """Claim a slot on the best node, or say why not: not_found, unavailable or full."""
+        with self._lock:
+            eligible = self._candidates(fleet.nodes.values(), req, now)
+            free = [n for n in eligible if self._in_flight.get(n.node_id, 0) < self.capacity(n)]
+            if not free:
+                return self._refusal(fleet, req, eligible)
+            chosen = self._affinity_choice(eligible, free, req) or min(free, key=self._rank)
+            self._in_flight[chosen.node_id] = self._in_flight.get(chosen.node_id, 0) + 1
+            return Decision(Claim(chosen.node_id, chosen.address))
+
+    def _rank(self, n: NodeSnapshot) -> tuple[bool, float, int, str]:
+        throttled = n.load is not None and n.load.throttled
+        queue = n.load.queue_depth if n.load is not None else 0
+        return throttled, self._in_flight.get(n.node_id, 0) / max(1, self.capacity(n)), queue, n.node_id
+
+    def _affinity_choice(
+        self, eligible: list[NodeSnapshot], free: list[NodeSnapshot], req: RouteRequest
+    ) -> NodeSnapshot | None:
+        if not self.policy.affinity or not req.affinity_key:
+            return None
+        home = max(eligible, key=lambda n: rendezvous_weight(req.affinity_key, n.node_id))
+        return home if home in free else None
+
+    def _refusal(self, fleet: FleetSnapshot, req: RouteRequest, eligible: list[NodeSnapshot]) -> Decision:
+        if eligible:
+            return Decision(None, "full", f"every node that can serve {req.describe()} is busy")
+        if req.node and fleet.node(req.node) is None:
+            return Decision(None, "not_found", f"no node {req.node!r} in the fleet")
+        anywhere = RouteRequest(req.model, req.adapter, req.template, req.collection, req.node, req.group)
+        if not any(serves(n, anywhere) for n in fleet.nodes.values()):
+            return Decision(None, "not_found", f"no node in the fleet serves {req.describe()}")
+        tried = f" ({len(req.exclude)} tried)" if req.exclude else ""
+        return Decision(None, "unavailable", f"no node can take {req.describe()} now{tried}")
