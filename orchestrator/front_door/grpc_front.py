@@ -13,6 +13,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 
@@ -104,37 +105,21 @@ class FrontDoorServicer(pb_grpc.InferenceServicer):
             gen.close()
 
     async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
-        await refuse_malformed(request, context)
-        md, rid, deadline, arrived = self._start(context)
-        route = RouteRequest(node=md.get(NODE_KEY, ""), group=md.get(GROUP_KEY, ""))
-        try:
-            node, resp = await self.dispatcher.unary(
-                "grpc",
-                route,
-                rid,
-                deadline,
-                arrived,
-                lambda stub, left, meta: stub.Embed(request, timeout=left, metadata=meta),
-            )
-        except FrontDoorError as e:
-            await _abort(context, rid, e)
-            raise AssertionError("unreachable") from e
-        await _name_node(context, rid, node)
-        return resp
+        return await self._unary(
+            request, context, "", lambda stub, left, meta: stub.Embed(request, timeout=left, metadata=meta)
+        )
 
     async def Retrieve(self, request: pb.RetrieveRequest, context: grpc.aio.ServicerContext) -> pb.RetrieveResponse:
+        call = lambda stub, left, meta: stub.Retrieve(request, timeout=left, metadata=meta)  # noqa: E731
+        return await self._unary(request, context, request.collection, call)
+
+    async def _unary(self, request: Any, context: grpc.aio.ServicerContext, collection: str, call: Any) -> Any:
+        """One request to one eligible node (failover before it answers); the node named in the metadata."""
         await refuse_malformed(request, context)
         md, rid, deadline, arrived = self._start(context)
-        route = RouteRequest(collection=request.collection, node=md.get(NODE_KEY, ""), group=md.get(GROUP_KEY, ""))
+        route = RouteRequest(collection=collection, node=md.get(NODE_KEY, ""), group=md.get(GROUP_KEY, ""))
         try:
-            node, resp = await self.dispatcher.unary(
-                "grpc",
-                route,
-                rid,
-                deadline,
-                arrived,
-                lambda stub, left, meta: stub.Retrieve(request, timeout=left, metadata=meta),
-            )
+            node, resp = await self.dispatcher.unary("grpc", route, rid, deadline, arrived, call)
         except FrontDoorError as e:
             await _abort(context, rid, e)
             raise AssertionError("unreachable") from e
