@@ -11,7 +11,6 @@ import argparse
 import base64
 import hashlib
 import json
-import re
 import sys
 import time
 from pathlib import Path
@@ -47,7 +46,9 @@ def add_parsers(fsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     rm.add_argument("--target", required=True)
     ls = fsub.add_parser("adapters", help="which adapters and knowledge collections are where, in which version")
     ls.add_argument("--json", action="store_true")
-    pk = fsub.add_parser("push-knowledge", help="push a folder of Markdown/text documents as a knowledge collection")
+    pk = fsub.add_parser(
+        "push-knowledge", help="push a folder of .md/.txt/.html/.pdf documents as a knowledge collection"
+    )
     pk.add_argument("dir", type=Path)
     pk.add_argument("--collection", required=True)
     pk.add_argument("--version", required=True)
@@ -79,26 +80,22 @@ def _read(path: Path) -> bytes:
     return data
 
 
-DOC_SUFFIXES = (".md", ".markdown", ".txt")
-
-
 def knowledge_bundle(directory: Path, err: TextIO) -> bytes:
-    """The folder's documents as a knowledge bundle (metadata: {"source": relative path}), deterministic."""
+    """The folder's documents (.md, .txt, .html, .pdf) as a knowledge bundle, deterministic: ids and
+    metadata {"source": ...} are the paths relative to the folder; PDFs travel as pages (format "pages")."""
+    from edgefleet.fleet.knowledge_commands import KnowledgeCommandError, document_files, read_document
+
     if not directory.is_dir():
         raise AdapterCommandError(f"{directory} is not a folder")
-    files = sorted(p for p in directory.rglob("*") if p.is_file() and p.suffix.lower() in DOC_SUFFIXES)
-    if not files:
-        raise AdapterCommandError(f"{directory} holds no .md or .txt documents")
-    docs = []
-    for i, p in enumerate(files, start=1):
-        rel = p.relative_to(directory).as_posix()
-        doc_id = re.sub(r"[^A-Za-z0-9._-]+", "-", rel.rsplit(".", 1)[0]).strip("-.")[:128] or f"doc-{i}"
-        try:
-            text = p.read_text(encoding="utf-8")
-        except UnicodeDecodeError as e:
-            raise AdapterCommandError(f"{p} is not UTF-8 text") from e
-        docs.append(BundleDocument(doc_id, text, {"source": rel}))
-        err.write(f"\rbundle {bar(i, len(files))}")
+    try:
+        files = document_files([directory])
+        docs = []
+        for i, (p, rel) in enumerate(files, start=1):
+            text, fmt = read_document(p)
+            docs.append(BundleDocument(rel, text, {"source": rel}, "" if fmt == "auto" else fmt))
+            err.write(f"\rbundle {bar(i, len(files))}")
+    except KnowledgeCommandError as e:
+        raise AdapterCommandError(str(e)) from e
     err.write("\n")
     return write_bundle(docs)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import TextIO
 
@@ -17,7 +18,8 @@ from google.protobuf.json_format import MessageToDict
 from edgefleet.proto.v1 import inference_pb2 as pb
 from edgefleet.proto.v1 import inference_pb2_grpc as pb_grpc
 
-DOC_SUFFIXES = (".md", ".markdown", ".txt")
+DOC_SUFFIXES = (".md", ".markdown", ".txt", ".html", ".htm", ".pdf")
+MAX_DOC_ID_BYTES = 512
 
 
 class KnowledgeCommandError(Exception):
@@ -27,7 +29,9 @@ class KnowledgeCommandError(Exception):
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     k = sub.add_parser("knowledge", help="a node's knowledge collections: ingest, retrieve, list")
     ksub = k.add_subparsers(dest="knowledge_command", required=True)
-    ing = ksub.add_parser("ingest", help="add documents (a folder of .md/.txt, or files) to a collection")
+    ing = ksub.add_parser(
+        "ingest", help="add documents (a folder of .md/.txt/.html/.pdf, or files) to a collection; ids are their paths"
+    )
     ing.add_argument("paths", nargs="+", type=Path, metavar="DIR|FILE")
     ing.add_argument("--collection", required=True)
     ing.add_argument("--version", default="", help="a version label for the collection")
@@ -41,12 +45,82 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     ls.add_argument("--json", action="store_true")
 
 
-def _doc_id(rel: str, i: int) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", rel.rsplit(".", 1)[0]).strip("-.")[:128] or f"doc-{i}"
+class _HtmlText(HTMLParser):
+    """HTML as Markdown-ish text: <h1>-<h6> become `#` headings, blocks become paragraphs, scripts dropped."""
+
+    _BLOCKS = frozenset(("p", "div", "li", "tr", "br", "pre", "table", "ul", "ol", "section", "article", "dd", "dt"))
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self._skip = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in ("script", "style", "head"):
+            self._skip += 1
+        elif re.fullmatch(r"h[1-6]", tag):
+            self.parts.append("\n\n" + "#" * int(tag[1]) + " ")
+        elif tag in self._BLOCKS:
+            self.parts.append("\n\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("script", "style", "head"):
+            self._skip = max(0, self._skip - 1)
+        elif re.fullmatch(r"h[1-6]", tag) or tag in self._BLOCKS:
+            self.parts.append("\n\n")
+
+    def handle_data(self, data: str) -> None:
+        if not self._skip:
+            self.parts.append(re.sub(r"\s+", " ", data))
+
+    def text(self) -> str:
+        lines = [" ".join(line.split()) for line in "".join(self.parts).split("\n")]
+        return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
 
 
-def documents(paths: list[Path]) -> list[pb.Document]:
-    """Each file (or each .md/.txt under a folder) as a Document: id from its path, metadata source."""
+def pdf_pages(path: Path) -> str:
+    """A PDF's text layer, pages separated by form feeds (the store's "pages" format); an error when it has none."""
+    try:
+        from pypdf import PdfReader
+        from pypdf.errors import PdfReadError
+    except ImportError as e:  # pragma: no cover - a dependency of the package
+        raise KnowledgeCommandError("reading PDF needs pypdf (pip install pypdf)") from e
+    try:
+        pages = [(page.extract_text() or "").replace("\f", " ") for page in PdfReader(path).pages]
+    except (PdfReadError, OSError, ValueError) as e:
+        raise KnowledgeCommandError(f"{path} is not a readable PDF: {e}") from e
+    if not any(p.strip() for p in pages):
+        raise KnowledgeCommandError(
+            f"{path} has no text layer ({len(pages)} page(s) of images, e.g. a scan): run OCR on it first "
+            "(e.g. ocrmypdf) or give its text as .txt/.md"
+        )
+    return "\f".join(pages)
+
+
+def read_document(path: Path) -> tuple[str, str]:
+    """(text, format) of one file: PDF pages, HTML as Markdown, Markdown, or text; UTF-8 strictly."""
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".pdf":
+            return pdf_pages(path), "pages"
+        raw = path.read_bytes()
+    except OSError as e:
+        raise KnowledgeCommandError(f"cannot read {path}: {e.strerror}") from e
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise KnowledgeCommandError(f"{path} is not UTF-8 text (byte {e.start}); convert it first") from e
+    if suffix in (".html", ".htm"):
+        parser = _HtmlText()
+        parser.feed(text)
+        parser.close()
+        return parser.text(), "markdown"
+    return text, "markdown" if suffix in (".md", ".markdown") else "auto"
+
+
+def document_files(paths: list[Path]) -> list[tuple[Path, str]]:
+    """(file, document id) for each file given and each document file under a folder: the id is the path
+    relative to the folder (a file given alone: its name), exactly, e.g. `manuals/pump 3.pdf`."""
     found: list[tuple[Path, str]] = []
     for path in paths:
         if path.is_dir():
@@ -57,14 +131,23 @@ def documents(paths: list[Path]) -> list[pb.Document]:
         else:
             raise KnowledgeCommandError(f"{path} is neither a file nor a folder")
     if not found:
-        raise KnowledgeCommandError(f"no .md or .txt documents in {', '.join(map(str, paths))}")
-    docs = []
-    for i, (p, rel) in enumerate(found, start=1):
+        raise KnowledgeCommandError(f"no .md, .txt, .html or .pdf documents in {', '.join(map(str, paths))}")
+    for p, rel in found:
         try:
-            data = p.read_bytes()
-        except OSError as e:
-            raise KnowledgeCommandError(f"cannot read {p}: {e.strerror}") from e
-        docs.append(pb.Document(id=_doc_id(rel, i), data=data, metadata={"source": rel}))
+            rel.encode("utf-8")
+        except UnicodeEncodeError:
+            raise KnowledgeCommandError(f"{p}: the file name is not UTF-8; rename it") from None
+        if len(rel.encode("utf-8")) > MAX_DOC_ID_BYTES:
+            raise KnowledgeCommandError(f"{p}: its path is over {MAX_DOC_ID_BYTES} bytes, too long for a document id")
+    return found
+
+
+def documents(paths: list[Path]) -> list[pb.Document]:
+    """Each file (or each document file under a folder) as a Document: id its path, metadata source."""
+    docs = []
+    for p, rel in document_files(paths):
+        text, fmt = read_document(p)
+        docs.append(pb.Document(id=rel, text=text, format=fmt, metadata={"source": rel}))
     return docs
 
 

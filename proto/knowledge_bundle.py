@@ -2,8 +2,10 @@
 
 A bundle is gzip'd UTF-8 JSON lines, one document per line:
 `{"id": "<doc id>", "text": "<text>", "metadata": {"<name>": "<string>", …}}` (`text` and
-`metadata` may be left out; blank lines are skipped). The CLI writes bundles, the orchestrator
-checks an upload is one, and a node reads one to install the collection.
+`metadata` may be left out; blank lines are skipped). An optional `"format"` ("markdown", "text",
+"pages": form-feed separated pages of a PDF) is written only when set, so older bundles read the same.
+Document ids are paths or names as users have them (`manuals/pump 3.pdf`), kept exactly.
+The CLI writes bundles, the orchestrator checks an upload is one, and a node reads one to install the collection.
 """
 
 from __future__ import annotations
@@ -30,12 +32,19 @@ class BundleDocument:
     id: str
     text: str = ""
     metadata: Mapping[str, str] = field(default_factory=dict)
+    format: str = ""
+    """"" (auto), "markdown", "text" or "pages"."""
 
 
 def write_bundle(docs: Iterable[BundleDocument]) -> bytes:
     """The bundle's bytes; the same documents give the same bytes (sorted keys, no gzip timestamp)."""
     lines = [
-        json.dumps({"id": d.id, "text": d.text, "metadata": dict(d.metadata)}, sort_keys=True) + "\n" for d in docs
+        json.dumps(
+            {"id": d.id, "text": d.text, "metadata": dict(d.metadata), **({"format": d.format} if d.format else {})},
+            sort_keys=True,
+        )
+        + "\n"
+        for d in docs
     ]
     buf = io.BytesIO()
     with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz:
@@ -56,7 +65,10 @@ def _document(n: int, line: str) -> BundleDocument:
     meta = item.get("metadata", {})
     if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
         raise BundleError(f"knowledge bundle line {n}: metadata must map names to strings")
-    return BundleDocument(item["id"], text, meta)
+    fmt = item.get("format", "")
+    if not isinstance(fmt, str):
+        raise BundleError(f"knowledge bundle line {n}: format must be a string")
+    return BundleDocument(item["id"], text, meta, fmt)
 
 
 def iter_bundle(source: Path | IO[bytes]) -> Iterator[BundleDocument]:

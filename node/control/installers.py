@@ -40,7 +40,10 @@ class AdapterInstaller:
 def read_bundle(path: Path) -> list[Document]:
     """The documents of a knowledge bundle (see edgefleet.proto.knowledge_bundle); InvalidRequest naming the line."""
     try:
-        return [Document(id=d.id, text=d.text, metadata=dict(d.metadata)) for d in knowledge_bundle.iter_bundle(path)]
+        return [
+            Document(id=d.id, text=d.text, metadata=dict(d.metadata), format=d.format or "auto")  # type: ignore[arg-type]
+            for d in knowledge_bundle.iter_bundle(path)
+        ]
     except knowledge_bundle.BundleError as e:
         raise InvalidRequest(str(e)) from e
 

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-Format = Literal["markdown", "text", "auto"]
+Format = Literal["markdown", "text", "auto", "pages"]
 
 _TOKEN_RE = re.compile(r"\w+|[^\w\s]")
 _ATX_RE = re.compile(r"^ {0,3}(#{1,6})(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*$")
@@ -59,6 +59,8 @@ class Chunk:
     """Heading path joined with " > ", "" when the chunk sits above the first heading."""
     text: str
     """The chunk's own text, without the heading path."""
+    page: int | None = None
+    """The page (from 1) of a document of format "pages"; None for other formats."""
 
     @property
     def search_text(self) -> str:
@@ -230,6 +232,12 @@ def chunk_text(text: str, fmt: Format = "auto", config: ChunkingConfig | None = 
     """Split `text` into chunks; an empty or blank text gives no chunks."""
     config = config or ChunkingConfig()
     text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if fmt == "pages":  # form-feed separated pages, each chunked as plain text, chunks numbered on
+        out: list[Chunk] = []
+        for page, page_text in enumerate(text.split("\f"), start=1):
+            for c in chunk_text(page_text, "text", config):
+                out.append(Chunk(len(out), c.heading, c.text, page))
+        return out
     if fmt == "auto":
         fmt = detect_format(text)
     sections = _markdown_sections(text) if fmt == "markdown" else _plain_sections(text)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -17,7 +17,7 @@ from edgefleet.node.knowledge.errors import InvalidInput
 from edgefleet.proto.input_limits import brief
 from edgefleet.proto.topics import valid_name
 
-DOC_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+MAX_DOC_ID_BYTES = 512
 DEFAULT_MAX_DOCUMENT_BYTES = 1024 * 1024
 MAX_METADATA_BYTES = 16 * 1024
 MAX_VERSION_CHARS = 64
@@ -30,7 +30,8 @@ class Document:
     """UTF-8 text; bytes are decoded strictly."""
     metadata: dict[str, str] = field(default_factory=dict)
     format: Format = "auto"
-    """"markdown", "text", or "auto" (markdown when the text has headings or code fences)."""
+    """"markdown", "text", "auto" (markdown when the text has headings or code fences), or "pages": pages of
+    plain text separated by form feeds (`\\f`), as a PDF's text layer; each chunk then records its page."""
 
 
 @dataclass(frozen=True)
@@ -53,11 +54,21 @@ def check_collection(name: object) -> str:
 
 
 def check_doc_id(doc_id: object) -> str:
-    if not isinstance(doc_id, str) or not DOC_ID_RE.match(doc_id) or ".." in doc_id:
-        raise InvalidInput(
-            f"document id {brief(doc_id)} is invalid: use 1-128 letters, digits, '.', '_' or '-', "
-            f"starting with a letter or digit, without '..' or '/'"
-        )
+    """A document id as users have them: a path or a name (`manuals/pump 3.pdf`, `ups.conf(5)#drivers`).
+
+    Any UTF-8 text of 1 to 512 bytes without control characters and not only white space. The id is
+    stored exactly; chunk ids escape what needs it (schema.escape_doc_id).
+    """
+    if not isinstance(doc_id, str) or not doc_id.strip():
+        raise InvalidInput(f"document id {brief(doc_id)} is invalid: give a non-empty name or path")
+    try:
+        size = len(doc_id.encode("utf-8", errors="strict"))
+    except UnicodeEncodeError:
+        raise InvalidInput(f"document id {brief(doc_id)} is not valid Unicode (a lone surrogate)") from None
+    if size > MAX_DOC_ID_BYTES:
+        raise InvalidInput(f"document id {brief(doc_id)} is {size} bytes; the limit is {MAX_DOC_ID_BYTES}")
+    if any(unicodedata.category(c) == "Cc" for c in doc_id):
+        raise InvalidInput(f"document id {brief(doc_id)} contains control characters (a newline, a tab, NUL)")
     return doc_id
 
 
@@ -153,13 +164,16 @@ def prepare_documents(
         if doc_id in seen:
             raise InvalidInput(f"document id {brief(doc_id)} appears twice in one batch")
         seen.add(doc_id)
-        if doc.format not in ("markdown", "text", "auto"):
-            raise InvalidInput(f"document {brief(doc_id)}: format {brief(doc.format)} is not markdown, text or auto")
+        if doc.format not in ("markdown", "text", "auto", "pages"):
+            raise InvalidInput(
+                f"document {brief(doc_id)}: format {brief(doc.format)} is not markdown, text, pages or auto"
+            )
         text = decode_text(doc_id, doc.text, max_bytes)
         metadata_json = check_metadata(doc_id, doc.metadata)
         chunks = chunk_text(text, doc.format, config)
         if not chunks:
             raise InvalidInput(f"document {brief(doc_id)} has no text to index (only headings or blank lines)")
         sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
-        out.append(PreparedDocument(doc_id, text, metadata_json, sha, signature, chunks))
+        chunker = signature + (":pages" if doc.format == "pages" else "")
+        out.append(PreparedDocument(doc_id, text, metadata_json, sha, chunker, chunks))
     return out

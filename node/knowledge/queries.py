@@ -18,7 +18,7 @@ from edgefleet.node.knowledge.vectors import VectorIndex
 DEFAULT_VERSION = "0"
 
 _CHUNK_SELECT = (
-    "SELECT c.id, c.collection, c.doc_id, c.idx, c.heading, c.text, d.metadata FROM chunks c "
+    "SELECT c.id, c.collection, c.doc_id, c.idx, c.heading, c.text, d.metadata, c.page FROM chunks c "
     "JOIN documents d ON d.collection = c.collection AND d.doc_id = c.doc_id"
 )
 
@@ -90,8 +90,8 @@ def insert_document(
         (collection, doc.id, doc.metadata_json, doc.sha256, len(doc.text), len(doc.chunks), doc.chunker, time.time()),
     )
     conn.executemany(
-        "INSERT INTO chunks(collection, doc_id, idx, heading, text, search_text) VALUES (?, ?, ?, ?, ?, ?)",
-        [(collection, doc.id, c.index, c.heading, c.text, c.search_text) for c in doc.chunks],
+        "INSERT INTO chunks(collection, doc_id, idx, heading, text, search_text, page) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [(collection, doc.id, c.index, c.heading, c.text, c.search_text, c.page) for c in doc.chunks],
     )
     rows = conn.execute(
         "SELECT id FROM chunks WHERE collection = ? AND doc_id = ? ORDER BY idx", (collection, doc.id)
@@ -109,8 +109,11 @@ def chunk_texts(conn: Connection, collection: str) -> list[tuple[int, str]]:
 
 
 def hit_from_row(row: tuple[Any, ...], score: float) -> Hit:
-    _, collection, doc_id, idx, heading, text, metadata = row
-    return Hit(chunk_id(collection, doc_id, idx), doc_id, score, text, heading, json.loads(metadata), collection, idx)
+    _, collection, doc_id, idx, heading, text, metadata, page = row
+    meta = json.loads(metadata)
+    if page is not None:
+        meta["page"] = str(page)
+    return Hit(chunk_id(collection, doc_id, idx), doc_id, score, text, heading, meta, collection, idx)
 
 
 def keyword_ranking(conn: Connection, collection: str, query: str, n: int) -> list[tuple[int, float]]:

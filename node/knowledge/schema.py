@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass, field
+from urllib.parse import unquote
 
 from edgefleet.node.knowledge.errors import InvalidInput
 
@@ -35,21 +37,37 @@ MIGRATIONS: list[list[str]] = [
             embedding BLOB NOT NULL)""",
         "CREATE INDEX vectors_collection ON vectors(collection)",
     ],
+    # 2: the page a chunk comes from (documents of format "pages", e.g. a PDF's text layer); NULL otherwise.
+    ["ALTER TABLE chunks ADD COLUMN page INTEGER"],
 ]
 
-_CHUNK_ID_RE = re.compile(r"^([^/#]+)/([^/#]+)#(\d+)$")
+_CHUNK_ID_RE = re.compile(r"^([^/#%\s]+)/([^#]+)#(\d+)$")
+
+
+def _escaped(c: str) -> bool:
+    return c in "%#" or c.isspace() or unicodedata.category(c) in ("Cc", "Cf", "Cs", "Co", "Cn")
+
+
+def escape_doc_id(doc_id: str) -> str:
+    """`doc_id` as written in a chunk id: `%`, `#`, white space and control characters percent-encoded (UTF-8).
+
+    Letters of any script, `/`, `(`, `)` and the like stay as they are, so `manuals/pump 3.pdf`
+    is cited as `manuals/pump%203.pdf`, and an id the old rules allowed is written unchanged.
+    """
+    return "".join("".join(f"%{b:02X}" for b in c.encode("utf-8")) if _escaped(c) else c for c in doc_id)
 
 
 def chunk_id(collection: str, doc_id: str, index: int) -> str:
-    """The stable id an answer cites: `<collection>/<doc_id>#<index>`."""
-    return f"{collection}/{doc_id}#{index}"
+    """The stable id an answer cites: `<collection>/<escaped doc_id>#<index>` (see escape_doc_id)."""
+    return f"{collection}/{escape_doc_id(doc_id)}#{index}"
 
 
 def parse_chunk_id(value: str) -> tuple[str, str, int]:
+    """(collection, doc_id, index) of a chunk id; the document id unescaped exactly."""
     m = _CHUNK_ID_RE.match(value) if isinstance(value, str) else None
     if m is None:
         raise InvalidInput(f"chunk id {value!r} is not of the form <collection>/<doc_id>#<index>")
-    return m.group(1), m.group(2), int(m.group(3))
+    return m.group(1), unquote(m.group(2), errors="strict"), int(m.group(3))
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,14 @@ from edgefleet.node.knowledge.documents import (
 from edgefleet.node.knowledge.embedders import Embedder
 from edgefleet.node.knowledge.errors import CorruptDatabase, EmbedderMismatch, InvalidInput, NotFoundError
 from edgefleet.node.knowledge.schema import MIGRATIONS, CollectionInfo, Hit, IngestResult
-from edgefleet.node.knowledge.search import Mode, check_mode, check_top_k, normalise_query, reciprocal_rank_fusion
+from edgefleet.node.knowledge.search import (
+    HYBRID_WEIGHTS,
+    Mode,
+    check_mode,
+    check_top_k,
+    normalise_query,
+    reciprocal_rank_fusion,
+)
 from edgefleet.node.knowledge.space import SpaceReserve
 from edgefleet.node.knowledge.vectors import Backend, VectorIndex
 from edgefleet.proto.input_limits import brief
@@ -309,7 +316,7 @@ class KnowledgeStore:
         """The `top_k` (1..50) chunks of `collection` best matching `query`, best first.
 
         Scores: keyword = -BM25 (higher is better), vector = cosine similarity, hybrid =
-        reciprocal rank fusion (k=60) of the keyword and vector rankings. Any text is a valid
+        weighted reciprocal rank fusion (search.py) of the keyword and vector rankings. Any text is a valid
         query: FTS5 syntax in it is neutralised (see search.py).
         """
         check_collection(collection)
@@ -336,7 +343,8 @@ class KnowledgeStore:
                 depth = min(max(top_k * 4, 40), 200)
                 kw = q.keyword_ranking(conn, collection, query, depth)
                 vec = self._vectors.search(conn, collection, info.revision, qvec, depth)
-                ranked = reciprocal_rank_fusion([[r for r, _ in kw], [r for r, _ in vec]])[:top_k]
+                rankings = [[r for r, _ in kw], [r for r, _ in vec]]
+                ranked = reciprocal_rank_fusion(rankings, weights=HYBRID_WEIGHTS)[:top_k]
             hits = q.hits_by_rowid(conn, ranked)
         if cache is not None:
             cache.put(*key, [(h.chunk_id, h.score) for h in hits])

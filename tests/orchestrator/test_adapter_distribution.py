@@ -303,7 +303,7 @@ def test_pushed_knowledge_reaches_the_group_and_a_new_version_replaces_it(
         assert (c.version, c.documents) == ("1", 2)
     assert "plant" not in collections(nodes["c"])
     hits = nodes["a"].stub.Retrieve(pb.RetrieveRequest(query="safety", collection="plant", top_k=5), timeout=10)
-    assert {h.doc_id for h in hits.chunks} <= {"sub-kr9-specifications", "sub-kr9-safety"}
+    assert {h.doc_id for h in hits.chunks} <= {"sub/kr9-specifications.md", "sub/kr9-safety.md"}
     assert hits.chunks[0].metadata["source"].startswith("sub/")
 
     r = fleet(broker, "fleet", "push-knowledge", str(v2), "--collection", "plant", "--version", "2", "--target", "line")
@@ -317,7 +317,7 @@ def test_pushed_knowledge_reaches_the_group_and_a_new_version_replaces_it(
             .stub.Retrieve(pb.RetrieveRequest(query="strainer safety", collection="plant", top_k=10), timeout=10)
             .chunks
         }
-        assert "sub-maint-strainer" in docs and "sub-kr9-safety" not in docs
+        assert "sub/maint-strainer.md" in docs and "sub/kr9-safety.md" not in docs
     r = fleet(broker, "fleet", "push-knowledge", str(v1), "--collection", "plant", "--version", "1", "--target", "line")
     assert r.returncode == 2 and "older" in r.stderr
     r = fleet(broker, "fleet", "rm-knowledge", "plant", "--target", "line")

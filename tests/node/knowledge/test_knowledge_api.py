@@ -119,7 +119,7 @@ def test_bad_knowledge_input_gets_its_status(rag_node: NodeProcess) -> None:
     assert code_of(lambda: ingest(pb.IngestRequest(collection="m", documents=[big]))) == invalid
     bad_utf8 = pb.Document(id="u", data=b"caf\xe9 \xff")
     assert code_of(lambda: ingest(pb.IngestRequest(collection="m", documents=[bad_utf8]))) == invalid
-    bad_id = pb.Document(id="../x", text="hello")
+    bad_id = pb.Document(id="a\nb", text="hello")
     assert code_of(lambda: ingest(pb.IngestRequest(collection="m", documents=[bad_id]))) == invalid
     retrieve = s.Retrieve
     assert code_of(lambda: retrieve(pb.RetrieveRequest(query="x", collection="nope"))) == grpc.StatusCode.NOT_FOUND
@@ -178,3 +178,27 @@ def test_node_killed_mid_ingest_keeps_a_whole_document_or_none(tmp_path: Path) -
             assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     finally:
         n.stop()
+
+
+def test_document_ids_and_pdf_pages_round_trip_over_grpc(rag_node: NodeProcess, tmp_path: Path) -> None:
+    """Paths, names, spaces and UTF-8 as ids, through Ingest, Retrieve and DeleteDocuments; a PDF's pages."""
+    from edgefleet.fleet.knowledge_commands import documents
+    from tests.node.knowledge.test_documents_ids import write_pdf
+
+    (tmp_path / "manuals").mkdir()
+    write_pdf(tmp_path / "manuals" / "pump 3.pdf", ["Cover page.", "Replace the shaft seal every 8000 hours."])
+    (tmp_path / "ups.conf(5)#drivers.md").write_text("# Drivers\n\nThe usbhid-ups driver.\n", encoding="utf-8")
+    long_id = "Wartung/" + "ö" * 252  # 512 bytes
+    docs = [*documents([tmp_path]), pb.Document(id=long_id, text="Ölwechsel alle 500 Stunden.")]
+    s = rag_node.stub
+    r = s.Ingest(pb.IngestRequest(collection="ids", documents=docs), timeout=60)
+    assert r.documents == 3
+    hit = s.Retrieve(pb.RetrieveRequest(query="shaft seal hours", collection="ids", top_k=1), timeout=30).chunks[0]
+    assert (hit.doc_id, hit.chunk_id) == ("manuals/pump 3.pdf", "ids/manuals/pump%203.pdf#1")
+    assert dict(hit.metadata) == {"source": "manuals/pump 3.pdf", "page": "2"}
+    got = s.Retrieve(pb.RetrieveRequest(query="Ölwechsel Stunden", collection="ids", top_k=3), timeout=30).chunks
+    assert long_id in {c.doc_id for c in got}
+    deleted = s.DeleteDocuments(pb.DeleteDocumentsRequest(collection="ids", ids=["ups.conf(5)#drivers.md", long_id]))
+    assert deleted.deleted == 2
+    left = s.Retrieve(pb.RetrieveRequest(query="driver Ölwechsel seal", collection="ids", top_k=10), timeout=30)
+    assert {c.doc_id for c in left.chunks} == {"manuals/pump 3.pdf"}

@@ -65,9 +65,14 @@ def test_normalise_query() -> None:
 def test_reciprocal_rank_fusion() -> None:
     fused = reciprocal_rank_fusion([["a", "b", "c"], ["b", "d"]])
     assert [item for item, _ in fused] == ["b", "a", "d", "c"]
-    assert fused[0][1] == pytest.approx(1 / 62 + 1 / 61)
-    assert fused[1][1] == pytest.approx(1 / 61)
+    assert fused[0][1] == pytest.approx(1 / 12 + 1 / 11)
+    assert fused[1][1] == pytest.approx(1 / 11)
     assert reciprocal_rank_fusion([[], []]) == []
+    weighted = reciprocal_rank_fusion([["a", "b"], ["b", "a"]], k=10, weights=[1.5, 1.0])
+    assert [item for item, _ in weighted] == ["a", "b"]
+    assert weighted[0][1] == pytest.approx(1.5 / 11 + 1 / 12)
+    with pytest.raises(ValueError):
+        reciprocal_rank_fusion([["a"]], weights=[1.0, 2.0])
 
 
 @pytest.mark.parametrize("top_k", [0, 51, -1, True, 2.5, "5"])

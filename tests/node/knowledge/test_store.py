@@ -118,11 +118,14 @@ def test_empty_query(store: KnowledgeStore) -> None:
         (Document("nul", "binary\x00file"), "NUL"),
         (Document("big", "x" * 2001), "limit is 2000 bytes"),
         (Document("big-bytes", b"y" * 2001), "limit is 2000 bytes"),
-        (Document("../etc", "text"), "document id"),
-        (Document("a/b", "text"), "document id"),
-        (Document(".hidden", "text"), "document id"),
+        (Document("line\nbreak", "text"), "document id"),
+        (Document("tab\there", "text"), "document id"),
+        (Document("nul\x00id", "text"), "document id"),
+        (Document("half \ud800", "text"), "document id"),
+        (Document("   ", "text"), "document id"),
         (Document("", "text"), "document id"),
-        (Document("x" * 129, "text"), "document id"),
+        (Document("x" * 513, "text"), "document id"),
+        (Document("é" * 257, "text"), "document id"),
         (Document("meta", "text", {"k": 1}), "metadata"),  # type: ignore[dict-item]
         (Document("fmt", "text", {}, "pdf"), "format"),  # type: ignore[arg-type]
     ],

@@ -1,0 +1,222 @@
+"""`edgefleet fleet init-pki | enroll-node | enroll-sensor | enroll-operator | revoke | identities |
+broker-config`: the site's X.509 identities and the broker configuration computed from them.
+
+These verbs work on the PKI directory only (no broker, no orchestrator): run them on the
+operator's workstation or the orchestrator host. Output names files and serials, never key bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from edgefleet.plumbing.broker_config import BrokerPolicy, ListenerOptions, reload_broker, write_broker_files
+from edgefleet.plumbing.site_pki import ORCHESTRATOR, PkiError, SitePki, write_private
+from edgefleet.proto.topics import Topics
+
+VERBS = ("init-pki", "enroll-node", "enroll-sensor", "enroll-operator", "revoke", "identities", "broker-config")
+PKI_DIR_ENV = "EDGEFLEET_PKI_DIR"
+
+
+class IdentityCommandError(Exception):
+    """A problem the operator can fix; printed without a traceback."""
+
+
+def default_pki_dir() -> Path:
+    explicit = os.environ.get(PKI_DIR_ENV)
+    return Path(explicit).expanduser() if explicit else Path.home() / ".config" / "edgefleet" / "pki"
+
+
+def _dir_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dir", type=Path, default=None, help=f"the site PKI directory (${PKI_DIR_ENV}; ~/.config/edgefleet/pki)"
+    )
+
+
+def _reload_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--broker-pid", type=int, help="send SIGHUP to this Mosquitto process to reload ACL and CRL")
+    p.add_argument("--broker-pid-file", type=Path, help="read the Mosquitto pid to SIGHUP from this file")
+
+
+def add_parsers(fsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    init = fsub.add_parser("init-pki", help="create the site CA, the broker certificate and the orchestrator identity")
+    _dir_flag(init)
+    init.add_argument("--broker-host", action="append", default=[], help="extra DNS name/IP of the broker (repeat)")
+    init.add_argument("--broker-url", help="what devices connect to (default mqtts://<first host>:<port>)")
+    init.add_argument("--port", type=int, default=8883, help="TLS listener port (default 8883)")
+    init.add_argument("--force", action="store_true", help="replace an existing PKI (every identity re-enrolls)")
+    for kind in ("node", "sensor", "operator"):
+        e = fsub.add_parser(f"enroll-{kind}", help=f"issue a {kind}'s key and certificate into a bundle directory")
+        e.add_argument("name", help="node id" if kind == "node" else f"{kind} name (the certificate CN)")
+        _dir_flag(e)
+        if kind == "node":
+            e.add_argument("--groups", default="", help="comma-separated groups the node belongs to")
+        e.add_argument("--install-dir", help="where the bundle will live on the device (paths in edgefleet.env)")
+        e.add_argument("--force", action="store_true", help="re-issue a live identity (the old certificate is revoked)")
+        _reload_flags(e)
+    rv = fsub.add_parser("revoke", help="revoke an identity: new CRL and ACL, then reload the broker")
+    rv.add_argument("name")
+    _dir_flag(rv)
+    _reload_flags(rv)
+    ls = fsub.add_parser("identities", help="list the site's identities, kinds, groups, serials and revocations")
+    _dir_flag(ls)
+    ls.add_argument("--json", action="store_true")
+    bc = fsub.add_parser("broker-config", help="write mosquitto.conf and the ACL from the topic contract")
+    _dir_flag(bc)
+    bc.add_argument("--port", type=int, help="TLS listener port")
+    bc.add_argument("--bind", help="listen address (default: all)")
+    bc.add_argument("--sensor-filter", action="append", help="where sensors publish, e.g. 'plant/#' (repeat)")
+    bc.add_argument("--node-output", action="append", help="extra topic filter nodes may publish to (repeat)")
+    bc.add_argument("--persistence-dir", help="Mosquitto persistence_location")
+    bc.add_argument("--run-as-user", help="Mosquitto `user` option")
+    bc.add_argument("--out", type=Path, help="where to write mosquitto.conf and acl (default <dir>/broker)")
+    _reload_flags(bc)
+
+
+def _listener(settings: dict[str, Any]) -> ListenerOptions:
+    return ListenerOptions(
+        port=int(settings.get("port", 8883)),
+        bind=str(settings.get("bind") or ""),
+        persistence_dir=settings.get("persistence_dir"),
+        run_as_user=settings.get("run_as_user"),
+    )
+
+
+def regenerate(pki: SitePki, topic_root: str, out: TextIO) -> tuple[Path, Path]:
+    """Rewrite CRL, ACL and mosquitto.conf from the registry and the kept broker choices."""
+    s = pki.broker_settings()
+    policy = BrokerPolicy(
+        Topics.for_site(pki.site, topic_root),
+        sensor_filters=tuple(s.get("sensor_filters") or ("sensors/#",)),  # type: ignore[arg-type]
+        node_outputs=tuple(s.get("node_outputs") or ()),  # type: ignore[arg-type]
+    )
+    out_dir = Path(str(s["out"])) if s.get("out") else None
+    conf, acl = write_broker_files(pki, policy, _listener(s), out_dir)
+    out.write(f"wrote {conf} and {acl}\n")
+    return conf, acl
+
+
+def _reload(args: argparse.Namespace, out: TextIO) -> None:
+    try:
+        pid = reload_broker(args.broker_pid, args.broker_pid_file)
+    except (OSError, ValueError) as e:
+        raise IdentityCommandError(f"could not signal the broker: {e}") from e
+    if pid is None:
+        out.write("reload the broker to apply it (Mosquitto: kill -HUP <pid>, or systemctl reload mosquitto)\n")
+    else:
+        out.write(f"asked the broker (pid {pid}) to reload its ACL and CRL\n")
+
+
+def write_env(pki: SitePki, name: str, kind: str, groups: list[str], install_dir: str | None) -> Path:
+    """The bundle's edgefleet.env: what a device exports (EDGEFLEET_MQTT_* and, for a node, its id)."""
+    bundle = pki.bundle_dir(name)
+    base = Path(install_dir) if install_dir else bundle.resolve()
+    s = pki.broker_settings()
+    lines = [
+        f"EDGEFLEET_SITE={pki.site}",
+        f"EDGEFLEET_MQTT_URL={s.get('url') or 'mqtts://localhost:8883'}",
+        f"EDGEFLEET_MQTT_CA_FILE={base / 'ca.crt'}",
+        f"EDGEFLEET_MQTT_CERT_FILE={base / 'client.crt'}",
+        f"EDGEFLEET_MQTT_KEY_FILE={base / 'client.key'}",
+    ]
+    if kind == "node":
+        lines.append(f"EDGEFLEET_NODE_ID={name}")
+        if groups:
+            lines.append(f"EDGEFLEET_GROUPS={','.join(groups)}")
+    path = bundle / "edgefleet.env"
+    write_private(path, ("\n".join(lines) + "\n").encode())
+    return path
+
+
+def read_env(path: Path) -> dict[str, str]:
+    """The variables of an edgefleet.env file (KEY=VALUE lines)."""
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line and not line.startswith("#"))
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
+def _init(pki: SitePki, args: argparse.Namespace, site: str, topic_root: str, out: TextIO) -> int:
+    hosts = list(args.broker_host)
+    pki.init(site, hosts, force=args.force)
+    url = args.broker_url or f"mqtts://{hosts[0] if hosts else 'localhost'}:{args.port}"
+    pki.set_broker_settings({**pki.broker_settings(), "url": url, "port": args.port})
+    write_env(pki, ORCHESTRATOR, "orchestrator", [], None)
+    out.write(f"site CA: {pki.ca_cert_path} (its key {pki.ca_key_path} stays on this machine)\n")
+    out.write(f"broker certificate: {pki.server_cert_path} for localhost, 127.0.0.1 {' '.join(hosts)}\n")
+    out.write(f"orchestrator identity: {pki.bundle_dir(ORCHESTRATOR)}\n")
+    regenerate(pki, topic_root, out)
+    return 0
+
+
+def _list(pki: SitePki, as_json: bool, out: TextIO) -> int:
+    idents = pki.identities()
+    if as_json:
+        out.write(json.dumps([vars(i) for i in idents], indent=2) + "\n")
+        return 0
+    for i in sorted(idents, key=lambda i: (i.kind, i.name)):
+        state = f"revoked {i.revoked_at}" if i.revoked else "active"
+        out.write(f"{i.name:<24} {i.kind:<12} {','.join(i.groups) or '-':<20} {i.serial:x}  {state}\n")
+    return 0
+
+
+def run(args: argparse.Namespace, site: str, topic_root: str, out: TextIO) -> int:
+    """Run one of VERBS; `site` and `topic_root` come from the CLI settings (EDGEFLEET_SITE, …)."""
+    pki = SitePki(args.dir or default_pki_dir())
+    verb = args.fleet_command
+    try:
+        if verb == "init-pki":
+            return _init(pki, args, site, topic_root, out)
+        if verb == "identities":
+            return _list(pki, args.json, out)
+        if verb.startswith("enroll-"):
+            kind = verb.removeprefix("enroll-")
+            groups = [g.strip() for g in getattr(args, "groups", "").split(",") if g.strip()]
+            ident = pki.issue(args.name, kind, groups, force=args.force)
+            env = write_env(pki, ident.name, kind, ident.groups, args.install_dir)
+            out.write(f"enrolled {kind} {ident.name} (serial {ident.serial:x}): copy {env.parent} onto the device\n")
+            out.write(f"  (client.key is private: keep it 0600; load {env.name} as the service's environment)\n")
+        elif verb == "revoke":
+            ident = pki.revoke(args.name)
+            out.write(f"revoked {ident.kind} {ident.name} (serial {ident.serial:x})\n")
+        elif verb == "broker-config":
+            s = pki.broker_settings()
+            for key, value in (
+                ("port", args.port),
+                ("bind", args.bind),
+                ("sensor_filters", args.sensor_filter),
+                ("node_outputs", args.node_output),
+                ("persistence_dir", args.persistence_dir),
+                ("run_as_user", args.run_as_user),
+                ("out", str(args.out.resolve()) if args.out else None),
+            ):
+                if value is not None:
+                    s[key] = value
+            pki.set_broker_settings(s)
+        else:
+            raise IdentityCommandError(f"unknown verb {verb}")
+        regenerate(pki, topic_root, out)
+        _reload(args, out)
+        return 0
+    except (PkiError, ValueError) as e:
+        raise IdentityCommandError(str(e)) from e
+
+
+def main(argv: list[str] | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    """Standalone entry (`python -m edgefleet.fleet.identity_commands VERB …`), same verbs as `edgefleet fleet`."""
+    parser = argparse.ArgumentParser(prog="edgefleet-pki")
+    parser.add_argument("--site", default=os.environ.get("EDGEFLEET_SITE", "default"))
+    parser.add_argument("--topic-root", default=os.environ.get("EDGEFLEET_TOPIC_ROOT", "edgefleet/{site}/"))
+    add_parsers(parser.add_subparsers(dest="fleet_command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return run(args, args.site, args.topic_root, out)
+    except IdentityCommandError as e:
+        err.write(f"edgefleet: {e}\n")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

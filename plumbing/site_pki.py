@@ -1,0 +1,326 @@
+"""The site's X.509 identities: a site CA, the broker's server certificate, and one client
+certificate per orchestrator, node, sensor and operator, with a CRL and a registry.
+
+Layout of a PKI directory (everything private is written 0600, the directory 0700):
+
+    ca.key ca.crt crl.pem identities.json       the CA, its revocation list, who was issued what
+    broker/server.key broker/server.crt         the broker's TLS server identity
+    bundles/<name>/{client.key,client.crt,ca.crt,edgefleet.env}   what is copied onto a device
+
+An identity's certificate subject CN is its name. The broker takes the CN as the MQTT user name
+(Mosquitto `use_identity_as_username`), so the CN is the principal of every ACL rule: every
+MQTT connection of one device (a node has two) presents the same certificate.
+Private key material is never logged; log lines name files and serials only.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import json
+import logging
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from edgefleet.proto.topics import check_name
+
+log = logging.getLogger("edgefleet.pki")
+
+KINDS = ("orchestrator", "node", "sensor", "operator")
+ORCHESTRATOR = "orchestrator"
+CA_DAYS = 3650
+LEAF_DAYS = 825
+CRL_DAYS = 397
+"""A CRL past its next-update makes OpenSSL refuse every client: it is rewritten on every enroll,
+revoke and `broker-config`; run one of them at least yearly."""
+
+
+class PkiError(Exception):
+    """A problem the operator can fix (no CA yet, name taken, unknown identity)."""
+
+
+@dataclass
+class Identity:
+    name: str
+    kind: str
+    groups: list[str] = field(default_factory=list)
+    serial: int = 0
+    issued_at: str = ""
+    revoked: bool = False
+    revoked_at: str | None = None
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Atomically write `data` readable by the owner only (0600 from the first byte)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_public(path: Path, data: bytes) -> None:
+    write_private(path, data)
+    path.chmod(0o644)
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _cert_pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _name(cn: str, site: str) -> x509.Name:
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, f"edgefleet site {site}"),
+            x509.NameAttribute(NameOID.COMMON_NAME, cn),
+        ]
+    )
+
+
+def san_entries(hosts: list[str]) -> list[x509.GeneralName]:
+    """DNS names and IP addresses for a server certificate; duplicates dropped, order kept."""
+    out: list[x509.GeneralName] = []
+    for h in dict.fromkeys(["localhost", "127.0.0.1", *hosts]):
+        try:
+            out.append(x509.IPAddress(ipaddress.ip_address(h)))
+        except ValueError:
+            out.append(x509.DNSName(h))
+    return out
+
+
+class SitePki:
+    """One site's PKI directory. Not safe for two writers at once (an operator tool)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.ca_key_path = directory / "ca.key"
+        self.ca_cert_path = directory / "ca.crt"
+        self.crl_path = directory / "crl.pem"
+        self.registry_path = directory / "identities.json"
+        self.server_key_path = directory / "broker" / "server.key"
+        self.server_cert_path = directory / "broker" / "server.crt"
+
+    # -- registry -----------------------------------------------------------------------------
+    def exists(self) -> bool:
+        return self.ca_key_path.exists() and self.registry_path.exists()
+
+    def _load(self) -> dict[str, object]:
+        if not self.exists():
+            raise PkiError(f"no site PKI in {self.dir}: run `edgefleet fleet init-pki --dir {self.dir}` first")
+        data: dict[str, object] = json.loads(self.registry_path.read_text(encoding="utf-8"))
+        return data
+
+    def _replaced_or_none(self) -> list[int]:
+        return self.replaced_serials() if self.registry_path.exists() else []
+
+    def broker_settings(self) -> dict[str, object]:
+        """The broker choices (URL, port, sensor filters, …) kept so enroll and revoke regenerate
+        the same configuration `broker-config` wrote."""
+        raw = self._load().get("broker", {})
+        assert isinstance(raw, dict)
+        return raw
+
+    def set_broker_settings(self, settings: dict[str, object]) -> None:
+        data = self._load()
+        data["broker"] = settings
+        write_public(self.registry_path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+
+    @property
+    def site(self) -> str:
+        return str(self._load()["site"])
+
+    def identities(self) -> list[Identity]:
+        raw = self._load()["identities"]
+        assert isinstance(raw, dict)
+        return [Identity(**v) for v in raw.values()]
+
+    def get(self, name: str) -> Identity | None:
+        return next((i for i in self.identities() if i.name == name), None)
+
+    def replaced_serials(self) -> list[int]:
+        """Serials of certificates that a re-enrollment (--force) replaced: revoked too."""
+        raw = self._load().get("replaced_serials", [])
+        assert isinstance(raw, list)
+        return [int(s) for s in raw]
+
+    def _save(self, site: str, identities: list[Identity], replaced: list[int] | None = None) -> None:
+        data = {
+            "broker": self.broker_settings() if self.registry_path.exists() else {},
+            "site": site,
+            "identities": {i.name: asdict(i) for i in identities},
+            "replaced_serials": sorted(set(replaced if replaced is not None else self._replaced_or_none())),
+        }
+        write_public(self.registry_path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+
+    # -- CA -------------------------------------------------------------------------------------
+    def _ca(self) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+        key = serialization.load_pem_private_key(self.ca_key_path.read_bytes(), password=None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise PkiError(f"{self.ca_key_path} is not an EC key")
+        return key, x509.load_pem_x509_certificate(self.ca_cert_path.read_bytes())
+
+    def init(self, site: str, broker_hosts: list[str], force: bool = False) -> None:
+        """Create the CA, the broker's server certificate and the orchestrator's identity."""
+        check_name("site", site)
+        if self.exists() and not force:
+            raise PkiError(f"{self.dir} already holds a site PKI; pass --force to replace it (every device re-enrolls)")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.chmod(0o700)
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name(
+            [
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, f"edgefleet site {site}"),
+                x509.NameAttribute(NameOID.COMMON_NAME, f"edgefleet {site} site CA"),
+            ]
+        )
+        now = _now()
+        ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=CA_DAYS))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+            .add_extension(ski, critical=False)
+            .sign(key, hashes.SHA256())
+        )
+        write_private(self.ca_key_path, _key_pem(key))
+        write_public(self.ca_cert_path, _cert_pem(cert))
+        self._save(site, [], [])
+        self.issue_server(broker_hosts)
+        self.issue(ORCHESTRATOR, "orchestrator")
+        log.info("site PKI created", extra={"pki_dir": str(self.dir), "site": site})
+
+    def _leaf(self, cn: str, pub: ec.EllipticCurvePublicKey, server_hosts: list[str] | None = None) -> x509.Certificate:
+        ca_key, ca_cert = self._ca()
+        now = _now()
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(_name(cn, self.site))
+            .issuer_name(ca_cert.subject)
+            .public_key(pub)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=LEAF_DAYS))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(True, False, True, False, False, False, False, False, False), critical=True)
+            .add_extension(
+                x509.ExtendedKeyUsage(
+                    [ExtendedKeyUsageOID.SERVER_AUTH if server_hosts is not None else ExtendedKeyUsageOID.CLIENT_AUTH]
+                ),
+                critical=False,
+            )
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        )
+        if server_hosts is not None:
+            builder = builder.add_extension(x509.SubjectAlternativeName(san_entries(server_hosts)), critical=False)
+        return builder.sign(ca_key, hashes.SHA256())
+
+    def issue_server(self, hosts: list[str]) -> None:
+        """(Re)issue the broker's server certificate for localhost, 127.0.0.1 and `hosts`."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = self._leaf("edgefleet broker", key.public_key(), server_hosts=hosts)
+        write_private(self.server_key_path, _key_pem(key))
+        write_public(self.server_cert_path, _cert_pem(cert))
+        log.info("broker certificate issued", extra={"hosts": hosts, "serial": cert.serial_number})
+
+    # -- identities -----------------------------------------------------------------------------
+    def bundle_dir(self, name: str) -> Path:
+        return self.dir / "bundles" / name
+
+    def issue(self, name: str, kind: str, groups: list[str] | None = None, force: bool = False) -> Identity:
+        """Issue a key and certificate for `name` into its bundle directory; returns the registry entry.
+
+        A revoked name may be enrolled again (a new key, a new serial); a live one needs `force`
+        (the old certificate is then revoked)."""
+        check_name(kind, name)
+        if kind not in KINDS:
+            raise PkiError(f"unknown identity kind {kind!r}; one of {', '.join(KINDS)}")
+        for g in groups or []:
+            check_name("group", g)
+        site, current = self.site, self.identities()
+        old = next((i for i in current if i.name == name), None)
+        if old and not old.revoked and not force:
+            raise PkiError(f"{name} is already enrolled as a {old.kind}; revoke it first (or pass --force)")
+        if old and old.kind != kind and not old.revoked:
+            raise PkiError(f"{name} is a {old.kind}; names are unique across kinds")
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = self._leaf(name, key.public_key())
+        bundle = self.bundle_dir(name)
+        bundle.mkdir(parents=True, exist_ok=True)
+        bundle.chmod(0o700)
+        write_private(bundle / "client.key", _key_pem(key))
+        write_public(bundle / "client.crt", _cert_pem(cert))
+        write_public(bundle / "ca.crt", self.ca_cert_path.read_bytes())
+        ident = Identity(name, kind, sorted(set(groups or [])), cert.serial_number, _now().isoformat())
+        replaced = self.replaced_serials()
+        if old is not None:  # replaced: the old certificate stays revoked
+            replaced.append(old.serial)
+        self._save(site, [*(i for i in current if i.name != name), ident], replaced)
+        self.write_crl()
+        log.info("identity issued", extra={"identity": name, "kind": kind, "serial": cert.serial_number})
+        return ident
+
+    def revoke(self, name: str) -> Identity:
+        current = self.identities()
+        ident = next((i for i in current if i.name == name), None)
+        if ident is None:
+            raise PkiError(f"no identity named {name!r} in {self.registry_path}")
+        if ident.revoked:
+            return ident
+        ident.revoked, ident.revoked_at = True, _now().isoformat()
+        self._save(self.site, current)
+        self.write_crl()
+        log.info("identity revoked", extra={"identity": name, "serial": ident.serial})
+        return ident
+
+    def write_crl(self) -> Path:
+        """Rewrite crl.pem from the registry (every revoked serial)."""
+        ca_key, ca_cert = self._ca()
+        now = _now()
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(ca_cert.subject)
+            .last_update(now - dt.timedelta(minutes=5))
+            .next_update(now + dt.timedelta(days=CRL_DAYS))
+        )
+        revoked = {i.serial: i.revoked_at or i.issued_at for i in self.identities() if i.revoked}
+        revoked.update({s: now.isoformat() for s in self.replaced_serials() if s not in revoked})
+        for serial, when in sorted(revoked.items()):
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder()
+                .serial_number(serial)
+                .revocation_date(dt.datetime.fromisoformat(when))
+                .build()
+            )
+        crl = builder.sign(ca_key, hashes.SHA256())
+        write_public(self.crl_path, crl.public_bytes(serialization.Encoding.PEM))
+        return self.crl_path

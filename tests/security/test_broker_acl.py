@@ -1,0 +1,182 @@
+"""The attacker matrix at the broker: a real Mosquitto with the generated mutual-TLS config and
+ACL, real paho clients with certificates from the site PKI.
+
+A refused publish is answered with PUBACK reason "Not authorized" (MQTT 5, QoS 1) and never
+reaches a subscriber holding the orchestrator identity.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edgefleet.plumbing.site_pki import SitePki
+from edgefleet.proto.topics import Topics
+from tests.conftest import wait_for
+from tests.security.tls_support import Client, TlsBroker
+
+T = Topics.for_site("lab")
+NOT_AUTHORIZED = "Not authorized"
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
+    tmp = tmp_path_factory.mktemp("acl")
+    broker = TlsBroker(tmp)
+    bundles = {
+        "n1": broker.enroll("node", "n1", "--groups", "g1"),
+        "n2": broker.enroll("node", "n2"),
+        "s1": broker.enroll("sensor", "s1"),
+        "op": broker.enroll("operator", "op"),
+    }
+    broker.settle()
+    bundles["orchestrator"] = broker.pki.bundle_dir("orchestrator")
+    orch = Client(broker, bundles["orchestrator"], "orchestrator-lab")
+    assert orch.connected, (orch.error, orch.connect_reason, broker.log_path.read_text()[-2000:])
+    orch.subscribe(f"{T.root}#")
+    clients: list[Client] = [orch]
+    try:
+        yield {"broker": broker, "bundles": bundles, "orch": orch, "clients": clients, "tmp": tmp}
+    finally:
+        for c in clients:
+            c.close()
+        broker.stop()
+
+
+def connect(site: dict[str, object], name: str, client_id: str | None = None) -> Client:
+    bundles = site["bundles"]
+    assert isinstance(bundles, dict)
+    c = Client(site["broker"], bundles[name], client_id or f"{name}-{time.monotonic_ns()}")  # type: ignore[arg-type]
+    site["clients"].append(c)  # type: ignore[attr-defined]
+    assert c.connected, (c.error, c.connect_reason)
+    return c
+
+
+def refused_and_not_delivered(site: dict[str, object], who: str, topic: str) -> None:
+    c = connect(site, who)
+    payload = f"forged by {who} {time.monotonic_ns()}".encode()
+    reason = c.publish(topic, payload)
+    assert str(reason) == NOT_AUTHORIZED, f"{who} -> {topic}: {reason}"
+    time.sleep(0.3)
+    orch = site["orch"]
+    assert isinstance(orch, Client)
+    assert not orch.got(topic, payload)
+
+
+@pytest.mark.parametrize(
+    "who, topic",
+    [
+        ("n1", T.desired_node("n1")),  # a node cannot write its own desired state
+        ("n1", T.desired_group("g1")),
+        ("n1", T.node_status("n2")),  # … nor speak for another node
+        ("n1", T.results("n2")),
+        ("n1", T.orchestrator_commands()),  # … nor command the orchestrator
+        ("n1", T.artifact_manifest("adapter", "a")),
+        ("n1", T.artifact_chunk("adapter", "a", "1", 0)),
+        ("n1", T.orchestrator_status()),
+        ("s1", T.desired_node("n1")),
+        ("s1", T.node_status("n1")),
+        ("s1", T.orchestrator_commands()),
+        ("op", T.desired_node("n1")),  # operators go through the orchestrator's commands
+        ("op", T.node_status("n1")),
+    ],
+)
+def test_forbidden_publish_is_refused(site: dict[str, object], who: str, topic: str) -> None:
+    refused_and_not_delivered(site, who, topic)
+
+
+def test_node_publishes_its_own_status(site: dict[str, object]) -> None:
+    n1 = connect(site, "n1", "node-lab-n1")
+    orch = site["orch"]
+    assert isinstance(orch, Client)
+    for topic in (T.node_status("n1"), T.node_telemetry("n1"), T.results("n1"), T.artifact_chunk_requests()):
+        payload = f"ok {time.monotonic_ns()}".encode()
+        assert n1.publish(topic, payload).is_failure is False
+        assert wait_for(lambda t=topic, p=payload: orch.got(t, p), timeout=5)
+
+
+def test_node_reads_its_own_desired_state_only(site: dict[str, object]) -> None:
+    orch = site["orch"]
+    assert isinstance(orch, Client)
+    assert not orch.publish(T.desired_node("n1"), b"for n1", retain=True).is_failure  # the orchestrator may
+    assert not orch.publish(T.desired_group("g1"), b"for g1", retain=True).is_failure
+    assert not orch.publish(T.desired_node("n2"), b"for n2", retain=True).is_failure
+    n1, n2 = connect(site, "n1"), connect(site, "n2")
+    n1.subscribe(f"{T.root}#")  # granted, but the broker delivers only what the ACL lets it read
+    n2.subscribe(T.desired_group("g1"))
+    n1.subscribe("$share/g1/" + T.group_requests("g1"))
+    op = connect(site, "op")
+    assert not op.publish(T.group_requests("g1"), b"question").is_failure
+    assert wait_for(lambda: n1.got(T.desired_node("n1"), b"for n1") and n1.got(T.desired_group("g1")), timeout=5)
+    assert wait_for(lambda: n1.got(T.group_requests("g1"), b"question"), timeout=5)
+    time.sleep(0.3)
+    assert not n1.got(T.desired_node("n2"))
+    assert not n2.got(T.desired_group("g1"))  # not in that group
+    assert not any(t.startswith(T.root + "orchestrator") or "/n2/" in t for t, _ in n1.messages)
+
+
+def test_sensor_cannot_read_results_or_desired_state(site: dict[str, object]) -> None:
+    orch = site["orch"]
+    assert isinstance(orch, Client)
+    op = connect(site, "op")
+    op.subscribe("plant/#")
+    s1 = connect(site, "s1")
+    s1.subscribe(f"{T.root}#")
+    s1.subscribe(T.results("+"))
+    assert not orch.publish(T.desired_node("n2"), b"secret desired", retain=True).is_failure
+    assert not orch.publish(T.results("n1"), b"secret result").is_failure
+    assert not s1.publish("plant/line1/reading", b'{"v": 1}').is_failure  # its own job works
+    assert wait_for(lambda: op.got("plant/line1/reading"), timeout=5)  # operators (console) read sensors
+    time.sleep(0.3)
+    assert s1.messages == []
+
+
+def test_client_without_certificate_cannot_connect(site: dict[str, object]) -> None:
+    c = Client(site["broker"], None, "nocert")  # type: ignore[arg-type]
+    site["clients"].append(c)  # type: ignore[attr-defined]
+    assert not c.connected
+
+
+def test_certificate_of_a_foreign_ca_cannot_connect(site: dict[str, object]) -> None:
+    tmp = site["tmp"]
+    assert isinstance(tmp, Path)
+    foreign = SitePki(tmp / "foreign-pki")
+    foreign.init("lab", [])
+    foreign.issue("n1", "node")  # same name, other CA
+    broker = site["broker"]
+    assert isinstance(broker, TlsBroker)
+    c = Client(broker, foreign.bundle_dir("n1"), "node-lab-n1", ca=broker.pki.ca_cert_path)
+    site["clients"].append(c)  # type: ignore[attr-defined]
+    assert not c.connected
+
+
+def test_revoked_node_cannot_reconnect_and_loses_rights_at_once(site: dict[str, object]) -> None:
+    broker = site["broker"]
+    assert isinstance(broker, TlsBroker)
+    orch = site["orch"]
+    assert isinstance(orch, Client)
+    broker.enroll("node", "n3")
+    broker.settle()
+    bundles = site["bundles"]
+    assert isinstance(bundles, dict)
+    bundles["n3"] = broker.pki.bundle_dir("n3")
+    n3, n2 = connect(site, "n3"), connect(site, "n2")
+    assert not n3.publish(T.node_status("n3"), b"before").is_failure
+    before = broker.reloads()
+    broker.revoke("n3")  # the verb itself sends the SIGHUP
+    deadline = time.monotonic() + 5
+    while broker.reloads() <= before:
+        assert time.monotonic() < deadline, "revoke did not make the broker reload"
+        time.sleep(0.05)
+    assert str(n3.publish(T.node_status("n3"), b"after")) == NOT_AUTHORIZED  # the open connection too
+    assert not orch.got(T.node_status("n3"), b"after")
+    again = Client(broker, bundles["n3"], "n3-again")
+    site["clients"].append(again)  # type: ignore[attr-defined]
+    assert not again.connected
+    assert n2.client.is_connected() and orch.client.is_connected()  # nobody else was dropped
+    assert not n2.publish(T.node_status("n2"), b"still here").is_failure
+    assert wait_for(lambda: orch.got(T.node_status("n2"), b"still here"), timeout=5)
+    assert broker.pki.get("n3").revoked  # type: ignore[union-attr]
