@@ -93,7 +93,8 @@ def knowledge_bundle(directory: Path, err: TextIO) -> bytes:
         for i, (p, rel) in enumerate(files, start=1):
             text, fmt = read_document(p)
             docs.append(BundleDocument(rel, text, {"source": rel}, "" if fmt == "auto" else fmt))
-            err.write(f"\rbundle {bar(i, len(files))}")
+            if err.isatty() or i == len(files):  # redrawn on a terminal; the last line only in a log
+                err.write(f"\rbundle {bar(i, len(files))}")
     except KnowledgeCommandError as e:
         raise AdapterCommandError(str(e)) from e
     err.write("\n")
@@ -115,8 +116,10 @@ def _upload(s: OrchestratorSession, data: bytes, timeout: float, err: TextIO) ->
         r = s.call(Command(op="upload-chunk", upload=piece), timeout)
         if not r.ok:
             raise AdapterCommandError(f"upload {refusal(r)}")
-        err.write(f"\rupload {bar(i + 1, count)}")
-        if r.data.get("missing") == 0:  # the orchestrator has the whole file (perhaps from before)
+        done = r.data.get("missing") == 0  # the orchestrator has the whole file (perhaps from before)
+        if err.isatty() or done or i + 1 == count:
+            err.write(f"\rupload {bar(i + 1, count)}")
+        if done:
             break
     err.write("\n")
     return sha
