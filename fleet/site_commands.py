@@ -11,7 +11,7 @@ from typing import Any, TextIO
 import yaml
 from pydantic import ValidationError
 
-from edgefleet.fleet import adapter_commands, applied, rule_commands
+from edgefleet.fleet import adapter_commands, applied, identity_commands, rule_commands
 from edgefleet.fleet.adapter_commands import bar
 from edgefleet.fleet.console.cli_commands import register_operator
 from edgefleet.fleet.control import refusal, request
@@ -49,6 +49,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     adapter_commands.add_parsers(fsub)
     rule_commands.add_parsers(fsub)
     register_operator(fsub)
+    identity_commands.add_parsers(fsub)
 
 
 def load_template(path: Path, name: str, version: str, system: str | None) -> TemplateSpec:
@@ -142,6 +143,11 @@ def init_site(directory: Path, force: bool, site: str, out: TextIO) -> int:
 def run(args: argparse.Namespace, settings: FleetSettings, out: TextIO) -> int:
     if args.fleet_command == "init-site":
         return init_site(args.dir, args.force, settings.site, out)
+    if args.fleet_command in identity_commands.VERBS:
+        try:
+            return identity_commands.run(args, settings.site, settings.topic_root, out)
+        except identity_commands.IdentityCommandError as e:
+            raise FleetCommandError(str(e)) from e
     if args.fleet_command in ("push-rule", "rm-rule", "rules"):
         try:
             return rule_commands.run(args, settings, out)

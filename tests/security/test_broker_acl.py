@@ -26,19 +26,20 @@ NOT_AUTHORIZED = "Not authorized"
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
     tmp = tmp_path_factory.mktemp("acl")
     broker = TlsBroker(tmp)
-    bundles = {
-        "n1": broker.enroll("node", "n1", "--groups", "g1"),
-        "n2": broker.enroll("node", "n2"),
-        "s1": broker.enroll("sensor", "s1"),
-        "op": broker.enroll("operator", "op"),
-    }
-    broker.settle()
-    bundles["orchestrator"] = broker.pki.bundle_dir("orchestrator")
-    orch = Client(broker, bundles["orchestrator"], "orchestrator-lab")
-    assert orch.connected, (orch.error, orch.connect_reason, broker.log_path.read_text()[-2000:])
-    orch.subscribe(f"{T.root}#")
-    clients: list[Client] = [orch]
+    clients: list[Client] = []
     try:
+        bundles = {
+            "n1": broker.enroll("node", "n1", "--groups", "g1"),
+            "n2": broker.enroll("node", "n2"),
+            "s1": broker.enroll("sensor", "s1"),
+            "op": broker.enroll("operator", "op"),
+        }
+        broker.settle()
+        bundles["orchestrator"] = broker.pki.bundle_dir("orchestrator")
+        orch = Client(broker, bundles["orchestrator"], "orchestrator-lab")
+        clients.append(orch)
+        assert orch.connected, (orch.error, orch.connect_reason, broker.log_path.read_text()[-2000:])
+        orch.subscribe(f"{T.root}#")
         yield {"broker": broker, "bundles": bundles, "orch": orch, "clients": clients, "tmp": tmp}
     finally:
         for c in clients:

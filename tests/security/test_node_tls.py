@@ -47,26 +47,31 @@ def desired() -> DesiredState:
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     tmp = tmp_path_factory.mktemp("tlsnode")
     broker = TlsBroker(tmp)
-    node_bundle = broker.enroll("node", NODE, "--groups", "line")
-    broker.enroll("sensor", "probe1")
-    broker.enroll("operator", "alice")
-    broker.settle()
-    orch_id = Client(broker, broker.pki.bundle_dir("orchestrator"), "watcher")
-    assert orch_id.connected
-    orch_id.subscribe(f"{T.root}#")
-    assert not orch_id.publish(T.desired_group("line"), desired().dumps(), retain=True).is_failure
-    node = NodeProcess(
-        tmp, node_id=NODE, env={**read_env(node_bundle / "edgefleet.env"), "EDGEFLEET_TELEMETRY_INTERVAL_S": "1"}
-    )
-    orch_env = read_env(broker.pki.bundle_dir("orchestrator") / "edgefleet.env")
-    orchestrator = Orchestrator(tmp, broker, env=orch_env)  # type: ignore[arg-type]
+    started: list[Any] = []
     try:
+        node_bundle = broker.enroll("node", NODE, "--groups", "line")
+        broker.enroll("sensor", "probe1")
+        broker.enroll("operator", "alice")
+        broker.settle()
+        watch = Client(broker, broker.pki.bundle_dir("orchestrator"), "watcher")
+        started.append(watch)
+        assert watch.connected
+        watch.subscribe(f"{T.root}#")
+        assert not watch.publish(T.desired_group("line"), desired().dumps(), retain=True).is_failure
+        node_env = {**read_env(node_bundle / "edgefleet.env"), "EDGEFLEET_TELEMETRY_INTERVAL_S": "1"}
+        node = NodeProcess(tmp, node_id=NODE, env=node_env)
+        started.append(node)
+        orch_env = read_env(broker.pki.bundle_dir("orchestrator") / "edgefleet.env")
+        orchestrator = Orchestrator(tmp, broker, env=orch_env)  # type: ignore[arg-type]
+        started.append(orchestrator)
         node.wait_serving()
-        yield {"tmp": tmp, "broker": broker, "node": node, "orch": orchestrator, "watch": orch_id}
+        yield {"tmp": tmp, "broker": broker, "node": node, "orch": orchestrator, "watch": watch}
     finally:
-        node.stop()
-        orchestrator.stop()
-        orch_id.close()
+        for part in reversed(started):
+            if isinstance(part, Client):
+                part.close()
+            else:
+                part.stop()
         broker.stop()
 
 

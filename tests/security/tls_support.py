@@ -64,6 +64,7 @@ class TlsBroker:
         deadline = time.monotonic() + 10
         while "running" not in self.log_path.read_text():
             if time.monotonic() > deadline or self.proc.poll() is not None:
+                self.stop()
                 raise RuntimeError(f"mosquitto did not start:\n{self.log_path.read_text()[-2000:]}")
             time.sleep(0.05)
 
