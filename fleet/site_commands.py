@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from edgefleet.fleet import adapter_commands, applied, identity_commands, rule_commands
 from edgefleet.fleet.adapter_commands import bar
+from edgefleet.fleet.balena import cli_commands as balena_cli
 from edgefleet.fleet.console.cli_commands import register_operator
 from edgefleet.fleet.control import refusal, request
 from edgefleet.fleet.settings import FleetSettings
@@ -50,6 +51,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     rule_commands.add_parsers(fsub)
     register_operator(fsub)
     identity_commands.add_parsers(fsub)
+    balena_cli.register(fsub)
 
 
 def load_template(path: Path, name: str, version: str, system: str | None) -> TemplateSpec:

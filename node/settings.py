@@ -121,10 +121,12 @@ class NodeSettings(MqttSettings):
         default_factory=list,
         description="LoRA adapters to load at start, name=path.gguf, comma separated (EDGEFLEET_ADAPTERS)",
     )
-    site_public_key: Path | None = Field(
-        default=None,
-        description="The site's Ed25519 public key (PEM) that artifact manifests must be signed with; empty: "
-        "~/.config/edgefleet/<site>.pub if present, else every artifact is refused (EDGEFLEET_SITE_PUBLIC_KEY)",
+    site_public_key: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="The site's Ed25519 public key file(s) (PEM) that artifact manifests and desired state must be "
+        "signed with; several files comma separated, or several PEM blocks in one file, during a key rotation; "
+        "empty: ~/.config/edgefleet/<site>.pub if present, else every artifact is refused and desired state is "
+        "not verified (EDGEFLEET_SITE_PUBLIC_KEY)",
     )
     artifact_window: Annotated[int, Field(ge=1, le=1024)] = Field(
         default=16, description="Artifact chunks asked for at a time (EDGEFLEET_ARTIFACT_WINDOW)"
@@ -187,12 +189,37 @@ class NodeSettings(MqttSettings):
     retrieval_cache_rows: Annotated[int, Field(ge=1)] = Field(
         default=10000, description="Retrievals kept in the retrieval cache (EDGEFLEET_RETRIEVAL_CACHE_ROWS)"
     )
+    update_lock_file: Path | None = Field(
+        default=Path("/tmp/balena/updates.lock"),
+        description="balena's update lock file, held while requests, sensor messages or artifact installs are "
+        "under way; empty, or its directory absent: off (EDGEFLEET_UPDATE_LOCK_FILE)",
+    )
+    update_lock_max_s: Annotated[float, Field(gt=0, le=86400)] = Field(
+        default=300.0,
+        description="Longest one hold of the update lock, in seconds (EDGEFLEET_UPDATE_LOCK_MAX_S)",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Log level (EDGEFLEET_LOG_LEVEL)"
     )
     log_format: Literal["json", "text"] = Field(
         default="json", description="json: one object a line; text: for a terminal (EDGEFLEET_LOG_FORMAT)"
     )
+
+    @field_validator("site_public_key", mode="before")
+    @classmethod
+    def _split_keys(cls, v: object) -> object:
+        if v is None:
+            return []
+        if isinstance(v, Path):
+            return [v]
+        if isinstance(v, str):
+            return [Path(p.strip()) for p in v.split(",") if p.strip()]
+        return v
+
+    @field_validator("update_lock_file", mode="before")
+    @classmethod
+    def _empty_lock_is_off(cls, v: object) -> object:
+        return None if isinstance(v, str) and not v.strip() else v
 
     @field_validator("groups", "adapters", mode="before")
     @classmethod
@@ -214,7 +241,13 @@ class NodeSettings(MqttSettings):
         return check_name("site", v)
 
     def site_key_path(self) -> Path | None:
-        if self.site_public_key is not None:
-            return self.site_public_key
+        """The first pinned public key file (see `site_key_paths`), or None."""
+        paths = self.site_key_paths()
+        return paths[0] if paths else None
+
+    def site_key_paths(self) -> list[Path]:
+        """The pinned public key files: EDGEFLEET_SITE_PUBLIC_KEY, else the default one if present."""
+        if self.site_public_key:
+            return list(self.site_public_key)
         default = Path.home() / ".config" / "edgefleet" / f"{self.site}.pub"
-        return default if default.exists() else None
+        return [default] if default.exists() else []

@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import time
 
+from edgefleet.orchestrator.command_errors import CommandError
+from edgefleet.orchestrator.desired_edits import DesiredSigner, PublishRetained
 from edgefleet.orchestrator.error_reports import SOURCE, ErrorReporter
 from edgefleet.orchestrator.fleet_view import FleetView
 from edgefleet.orchestrator.registry import Registry
@@ -27,6 +29,7 @@ from edgefleet.proto.payloads import (
     Telemetry,
     parse_payload,
 )
+from edgefleet.proto.signing import KeyRing, SignatureError
 from edgefleet.proto.topics import Topics
 
 log = logging.getLogger("edgefleet.orchestrator.ingest")
@@ -41,9 +44,12 @@ class Ingest:
         view: FleetView,
         errors: ErrorReporter,
         history: TelemetryHistory | None = None,
+        signer: DesiredSigner | None = None,
+        publish_retained: PublishRetained | None = None,
     ) -> None:
         self.site, self.topics, self.registry, self.view, self.errors = site, topics, registry, view, errors
         self.history = history
+        self.signer, self.publish_retained = signer, publish_retained
 
     def _parse(self, topic: str, payload: bytes, model: type[P]) -> P | None:
         """The payload as `model`, or None: empty (a cleared retained message) or refused with a reason."""
@@ -91,9 +97,58 @@ class Ingest:
         doc = self._parse(topic, payload, DesiredState)
         if doc is None:
             return
-        ours = doc.site == self.site and self.topics.desired_target(topic) == (doc.target.kind, doc.target.name)
-        if ours and self.registry.record_desired(doc):
+        slot = self.topics.desired_target(topic)
+        ours = doc.site == self.site and slot == (doc.target.kind, doc.target.name)
+        ring = self._ring(topic)
+        if ring is None:
+            return
+        if not ours:
+            if ring and slot is not None:  # another site's or target's document moved into this slot
+                self.errors.report(topic, ErrorCode.WRONG_TARGET, f"desired state for {doc.target.key} on {topic}")
+                self._restore(topic, f"{slot[0]}:{slot[1]}", ring)
+            return
+        if ring:
+            try:
+                ring.verify(doc)
+            except SignatureError as e:
+                self.errors.report(topic, e.code, f"retained desired state not adopted: {e}")
+                log.warning(
+                    "forged desired state not adopted",
+                    extra={"topic": topic, "target": doc.target.key, "generation": doc.generation, "code": e.code},
+                )
+                self._restore(topic, doc.target.key, ring)
+                return
+        if self.registry.record_desired(doc):
             self.view.apply_desired(doc)
+        elif ring:  # a genuine but older document put back retained (a replay): the newest goes back over it
+            log.warning("older desired state retained", extra={"topic": topic, "generation": doc.generation})
+            self._restore(topic, doc.target.key, ring)
+
+    def _ring(self, topic: str) -> KeyRing | None:
+        """The keys echoes must be signed with: empty when the site has no key (taken unverified,
+        as before signing), None when the site key cannot be read (nothing is adopted)."""
+        if self.signer is None:
+            return KeyRing()
+        try:
+            return self.signer.ring()
+        except CommandError as e:
+            self.errors.report(topic, e.code, f"retained desired state not adopted: {e}")
+            return None
+
+    def _restore(self, topic: str, key: str, ring: KeyRing) -> None:
+        """Put the last genuine document back in the retained slot (or clear it when there is none)."""
+        genuine = self.registry.desired(key)
+        if genuine is not None:
+            try:
+                ring.verify(genuine)
+            except SignatureError:
+                genuine = None  # stored unsigned (before the site had a key): republishing it would loop
+        if self.publish_retained is not None:
+            self.publish_retained(topic, genuine.dumps() if genuine is not None else b"")
+            log.info(
+                "retained desired state restored",
+                extra={"topic": topic, "generation": genuine.generation if genuine is not None else None},
+            )
 
     def node_error(self, topic: str, payload: bytes) -> None:
         """An error a node reported: the latest one per node shows in the fleet view."""

@@ -22,7 +22,7 @@ from edgefleet.orchestrator.chunk_requests import ChunkRequests
 from edgefleet.orchestrator.chunk_sender import ChunkSender
 from edgefleet.orchestrator.command_endpoint import MqttCommandEndpoint
 from edgefleet.orchestrator.command_table import COMMAND_OPS, CommandTable
-from edgefleet.orchestrator.desired_edits import DesiredStatePublisher
+from edgefleet.orchestrator.desired_edits import DesiredSigner, DesiredStatePublisher
 from edgefleet.orchestrator.error_reports import ErrorReporter
 from edgefleet.orchestrator.fleet_view import FleetView
 from edgefleet.orchestrator.front_door.server import FrontDoor
@@ -114,9 +114,12 @@ def build_orchestrator(settings: OrchestratorSettings, registry: Registry | None
     errors = ErrorReporter(topics, lambda topic, payload: link.publish(topic, payload, qos=1))
     store = ArtifactStore(settings.artifact_dir)
     sender = ChunkSender(link, topics, store.read_chunk, settings.artifact_chunk_interval_ms / 1000)
-    publisher = DesiredStatePublisher(
-        settings.site, topics, registry, view, lambda topic, payload: link.publish(topic, payload, qos=1, retain=True)
-    )
+
+    def publish_retained(topic: str, payload: bytes) -> object:
+        return link.publish(topic, payload, qos=1, retain=True)
+
+    signer = DesiredSigner(settings.site_key_path())  # signs desired state, verifies its echoes
+    publisher = DesiredStatePublisher(settings.site, topics, registry, view, publish_retained, signer)
     adapters = AdapterCommands(
         store,
         registry,
@@ -133,7 +136,7 @@ def build_orchestrator(settings: OrchestratorSettings, registry: Registry | None
     front_door = FrontDoor(settings, view)
     orch = Orchestrator(settings, topics, registry, view, link, store, sender, table, endpoint, adapters, front_door)
 
-    ingest = Ingest(settings.site, topics, registry, view, errors, history)
+    ingest = Ingest(settings.site, topics, registry, view, errors, history, signer, publish_retained)
     chunk_requests = ChunkRequests(store, sender, errors)
     link.subscribe(topics.all_node_status(), _on(ingest.node_status))
     link.subscribe(topics.all_node_reported(), _on(ingest.reported))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -112,12 +113,14 @@ class SiteKey:
         return cls(key)
 
     def save(self, private_path: Path, public_path: Path) -> None:
-        private_path.write_bytes(
-            self.private.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            )
+        pem = self.private.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
-        private_path.chmod(0o600)
+        # 0600 from the first byte: never readable by others, not even between write and chmod.
+        fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o600)  # an existing file keeps its mode under O_CREAT
+            f.write(pem)
         public_path.write_bytes(public_pem(self.private.public_key()))
 
     def sign(self, manifest: Manifest) -> Manifest:

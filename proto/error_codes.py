@@ -53,3 +53,5 @@ class ErrorCode(StrEnum):
     CHUNK_OUT_OF_RANGE = "chunk_out_of_range"
     # -- desired state ------------------------------------------------------------------------------
     TEMPLATE_ERROR = "template_error"
+    UNSIGNED = "unsigned"  # no signature, where the receiver pins the site's key
+    REPLAYED = "replayed"  # an older generation, or another document at the generation applied

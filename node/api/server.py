@@ -20,6 +20,7 @@ from edgefleet.node.api.metrics import MetricsInterceptor, NodeMetrics
 from edgefleet.node.api.servicer import InferenceServicer
 from edgefleet.node.runtime import Node
 from edgefleet.node.settings import NodeSettings
+from edgefleet.node.update_lock import hold_update_lock
 from edgefleet.plumbing.grpc_malformed import MalformedRequestInterceptor, request_types
 from edgefleet.proto.v1 import inference_pb2, inference_pb2_grpc
 
@@ -112,13 +113,15 @@ async def serve(node: Node, settings: NodeSettings, ready: asyncio.Event | None 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     poller = asyncio.create_task(_poll_thermal(node))
+    locker = asyncio.create_task(hold_update_lock(node, settings.update_lock_file, settings.update_lock_max_s))
     if ready is not None:
         ready.set()
     await stop.wait()
 
-    poller.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await poller
+    for task in (poller, locker):  # the update lock is released: the supervisor is stopping us anyway
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
     await _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
     if failure:
         reason = failure[0]

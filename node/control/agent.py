@@ -5,6 +5,12 @@ Desired state arrives retained on `desired/node/<id>` and `desired/group/<g>`; o
 ignored, the same one changes nothing, a newer one replaces that source's templates in one
 transaction. The node then publishes its reported state (retained). Bad input is refused with
 a reason on the errors topic and changes nothing.
+
+A node that pins the site's public key(s) (EDGEFLEET_SITE_PUBLIC_KEY) takes only documents the
+site signed (proto/signing.py): unsigned (UNSIGNED), signed by another key or altered
+(BAD_SIGNATURE), an older generation or another document at the generation applied (REPLAYED)
+are refused, and the node stays on the last good generation. Without a pinned key it takes
+desired state unverified, as before, and says so once, loudly.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from edgefleet.node.control.desired_store import (
     effective_knowledge,
     effective_rules,
     effective_templates,
+    same_document,
 )
 from edgefleet.node.control.faults import NodeFaults, parse_bounded
 from edgefleet.node.control.installers import AdapterInstaller, KnowledgeInstaller
@@ -41,6 +48,7 @@ from edgefleet.proto.payloads import (
     ReportedState,
     Telemetry,
 )
+from edgefleet.proto.signing import KeyRing, SignatureError, load_public_keys
 from edgefleet.proto.templates import TemplateError, compile_template
 from edgefleet.proto.topics import Topics
 
@@ -56,9 +64,20 @@ class ControlAgent:
         site_key: Ed25519PublicKey | None = None,
         sensors: SensorPlane | None = None,
         faults: NodeFaults | None = None,
+        desired_keys: KeyRing | None = None,
     ) -> None:
         assert settings.mqtt_url
         self.settings = settings
+        # every pinned key (a rotation pins the old and the new one), to verify desired state
+        self.keys = desired_keys if desired_keys is not None else KeyRing(load_public_keys(settings.site_key_paths()))
+        if self.keys:
+            log.info("desired state is verified", extra={"site": settings.site, "key_ids": self.keys.ids})
+        else:
+            log.warning(
+                "desired state is not verified: no site public key pinned; anyone who can publish on the "
+                "broker can change this node (set EDGEFLEET_SITE_PUBLIC_KEY)",
+                extra={"site": settings.site, "node": settings.node_id},
+            )
         self.service = service
         self.store = store
         self.node_id = settings.node_id
@@ -237,6 +256,12 @@ class ControlAgent:
         except PayloadError as e:
             self._reject(msg.topic, ErrorCode.INVALID_PAYLOAD, f"desired state on {msg.topic} refused: {e}")
             return
+        if self.keys:
+            try:
+                self.keys.verify(doc)
+            except SignatureError as e:
+                self._reject(msg.topic, e.code, f"desired state on {msg.topic} refused: {e}")
+                return
         if doc.site != self.settings.site:
             self._reject(
                 msg.topic,
@@ -251,6 +276,8 @@ class ControlAgent:
             return
         with self._lock:
             applied = self.store.generation(doc.target.key)
+            if self.keys and self._replayed(msg.topic, doc, applied):
+                return
             if doc.generation < applied:
                 log.info(
                     "older desired state ignored",
@@ -276,6 +303,23 @@ class ControlAgent:
                     extra={"target": doc.target.key, "generation": doc.generation, "templates": sorted(doc.templates)},
                 )
         self.link.publish(self.topics.node_reported(self.node_id), self._reported().dumps(), qos=1, retain=True)
+
+    def _replayed(self, topic: str, doc: DesiredState, applied: int) -> bool:
+        """A signed document that must not be taken again: older than the one applied, or another
+        document at its generation (the same one, sent again on a reconnect, is not a replay)."""
+        if doc.generation > applied:
+            return False
+        if doc.generation == applied:
+            held = self.store.doc(doc.target.key)
+            if held is None or same_document(held, doc):
+                return False
+        self._reject(
+            topic,
+            ErrorCode.REPLAYED,
+            f"generation {doc.generation} of {doc.target.key} refused: generation {applied} is applied "
+            f"(a replayed or reused generation)",
+        )
+        return True
 
     def _install(self, docs: dict[str, DesiredState]) -> None:
         specs = effective_templates(docs, self.node_id, self.groups)

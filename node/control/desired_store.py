@@ -62,6 +62,10 @@ class DesiredStateStore:
                 [doc.target.key, doc.generation, doc.model_dump_json(), time.time()],
             )
 
+    def doc(self, key: str) -> DesiredState | None:
+        row = self.db.execute("SELECT doc FROM desired_sources WHERE target_key = ?", [key]).fetchone()
+        return DesiredState.model_validate(json.loads(row[0])) if row else None
+
     def docs(self) -> dict[str, DesiredState]:
         rows = self.db.execute("SELECT target_key, doc FROM desired_sources").fetchall()
         return {key: DesiredState.model_validate(json.loads(doc)) for key, doc in rows}
@@ -102,6 +106,12 @@ class InstalledArtifacts:
     def forget(self, kind: str, name: str) -> None:
         with self.db.conn:
             self.db.execute("DELETE FROM installed_artifacts WHERE kind = ? AND name = ?", [kind, name])
+
+
+def same_document(a: DesiredState, b: DesiredState) -> bool:
+    """The same desired state, whether or not (or by which key) either copy is signed."""
+    unsigned = {"key_id", "signature"}
+    return a.model_dump(mode="json", exclude=unsigned) == b.model_dump(mode="json", exclude=unsigned)
 
 
 def effective_adapters(docs: dict[str, DesiredState], node_id: str, groups: list[str]) -> dict[str, ArtifactRef]:

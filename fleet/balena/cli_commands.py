@@ -1,0 +1,86 @@
+"""`edgefleet fleet balena sync --fleet NAME [--dry-run]`: balena device type and tags → edgefleet settings."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from importlib.resources import files
+from typing import TextIO
+
+from edgefleet.fleet.balena.client import BalenaFleet, BalenaSyncError, make_sdk
+from edgefleet.fleet.balena.plan import describe as describe_plan
+from edgefleet.fleet.balena.plan import plan_device
+
+
+def _profiles() -> set[str]:
+    """The shipped firmware profiles (the files edgefleet-node resolves EDGEFLEET_PROFILE against)."""
+    return {
+        p.name.removesuffix(".toml") for p in files("edgefleet.firmware_profiles").iterdir() if p.name.endswith(".toml")
+    }
+
+
+def register(fsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = fsub.add_parser("balena", help="balena fleets: write edgefleet settings as device variables")
+    bsub = p.add_subparsers(dest="balena_command", required=True)
+    sync = bsub.add_parser(
+        "sync",
+        help="map each device's type and tags to its edgefleet settings and write them (token: BALENA_API_KEY)",
+    )
+    sync.add_argument("--fleet", required=True, help="the balena fleet: slug (org/name), uuid or id")
+    sync.add_argument("--dry-run", action="store_true", help="print the plan (current → wanted); change nothing")
+    sync.add_argument(
+        "--device-mqtt-url",
+        default=os.environ.get("EDGEFLEET_BALENA_MQTT_URL"),
+        help="the site broker as devices reach it (EDGEFLEET_BALENA_MQTT_URL); tag edgefleet-mqtt-url overrides",
+    )
+    sync.add_argument(
+        "--api-url",
+        default=os.environ.get("EDGEFLEET_BALENA_API_URL"),
+        help="balena API (EDGEFLEET_BALENA_API_URL, e.g. openBalena); default: balena-sdk's settings",
+    )
+    sync.set_defaults(console_handler=run)  # `edgefleet` runs handlers with settings of their own
+
+
+def sync(fleet: BalenaFleet, name: str, mqtt_url: str | None, dry_run: bool, out: TextIO) -> int:
+    profiles = _profiles()
+    plans = [plan_device(d, profiles, mqtt_url) for d in fleet.devices(name)]
+    if not plans:
+        out.write(f"fleet {name} has no devices\n")
+        return 0
+    changed = skipped = 0
+    for p in plans:
+        for line in describe_plan(p):
+            out.write(line + "\n")
+        if p.problems:
+            skipped += 1
+            continue
+        for c in p.changes:
+            if not dry_run:
+                fleet.set_env(p.device, c.name, c.wanted)
+            changed += 1
+    verb = "would set" if dry_run else "set"
+    out.write(
+        f"{len(plans)} devices: {verb} {changed} variables on {len(plans) - skipped} devices; "
+        f"{skipped} skipped (see SKIPPED)\n"
+    )
+    return 1 if skipped else 0
+
+
+def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    out, err = out or sys.stdout, err or sys.stderr
+    try:
+        fleet = BalenaFleet(make_sdk(args.api_url))
+        return sync(fleet, args.fleet, args.device_mqtt_url, args.dry_run, out)
+    except BalenaSyncError as e:
+        err.write(f"edgefleet: {e}\n")
+        return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m edgefleet.fleet.balena sync …`: the same command outside `edgefleet fleet`."""
+    parser = argparse.ArgumentParser(prog="python -m edgefleet.fleet.balena")
+    sub = parser.add_subparsers(dest="fleet_command", required=True)
+    register(sub)
+    args = parser.parse_args(["balena", *(sys.argv[1:] if argv is None else argv)])
+    return int(args.console_handler(args))

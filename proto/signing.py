@@ -1,0 +1,112 @@
+"""Signed desired state: the canonical form, key ids, and verification against pinned site keys.
+
+The orchestrator signs every desired-state document with the site's Ed25519 key (the key that
+signs artifact manifests, see `artifacts.py`). The signature is detached: an Ed25519 signature
+over `canonical(doc)` — the document as JSON without its `signature` field, keys sorted, no
+whitespace — in the document's `signature` field (base64), with `key_id`, the signing key's
+fingerprint, so a receiver that trusts several keys (a key rotation) knows which one to try.
+`key_id` is itself signed. A receiver verifies the parsed document, never the bytes it got.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from edgefleet.proto.artifacts import ArtifactError
+from edgefleet.proto.error_codes import ErrorCode
+from edgefleet.proto.payloads import DesiredState
+
+_PEM_BEGIN = b"-----BEGIN PUBLIC KEY-----"
+
+
+class SignatureError(ValueError):
+    """A desired-state document that does not carry a trusted signature; `code` says which way."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def canonical(doc: DesiredState) -> bytes:
+    """The signed bytes: every field but `signature`, as compact JSON with sorted keys."""
+    data = doc.model_dump(mode="json", exclude={"signature"})
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def key_id(key: Ed25519PublicKey) -> str:
+    """A public key's fingerprint: the first 16 hex digits of the sha256 of its raw 32 bytes."""
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def sign_desired(doc: DesiredState, private: Ed25519PrivateKey) -> DesiredState:
+    """`doc` signed: `key_id` set to the key's fingerprint, `signature` over the canonical form."""
+    unsigned = doc.model_copy(update={"key_id": key_id(private.public_key()), "signature": ""})
+    sig = private.sign(canonical(unsigned))
+    return unsigned.model_copy(update={"signature": base64.b64encode(sig).decode()})
+
+
+class KeyRing:
+    """The public keys a receiver trusts (several during a rotation), by key id."""
+
+    def __init__(self, keys: Iterable[Ed25519PublicKey] = ()) -> None:
+        self.keys: dict[str, Ed25519PublicKey] = {key_id(k): k for k in keys}
+
+    def __bool__(self) -> bool:
+        return bool(self.keys)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @property
+    def ids(self) -> list[str]:
+        return sorted(self.keys)
+
+    def verify(self, doc: DesiredState) -> None:
+        """Raise SignatureError (UNSIGNED or BAD_SIGNATURE) unless a trusted key signed `doc` as it is."""
+        label = f"desired state {doc.target.key} generation {doc.generation}"
+        if not doc.signature:
+            raise SignatureError(ErrorCode.UNSIGNED, f"{label} is not signed; this node pins the site's key")
+        key = self.keys.get(doc.key_id)
+        if key is None:
+            raise SignatureError(
+                ErrorCode.BAD_SIGNATURE,
+                f"{label} is signed by key {doc.key_id[:16]!r}, not one this site trusts ({', '.join(self.ids)})",
+            )
+        try:
+            key.verify(base64.b64decode(doc.signature, validate=True), canonical(doc))
+        except (InvalidSignature, ValueError) as e:
+            raise SignatureError(
+                ErrorCode.BAD_SIGNATURE, f"{label}: the signature does not verify with key {doc.key_id} (altered)"
+            ) from e
+
+
+def parse_public_keys(data: bytes, origin: str = "key") -> list[Ed25519PublicKey]:
+    """Every PEM public key in `data` (one or several blocks, e.g. a rotation's old and new key)."""
+    blocks = [_PEM_BEGIN + part for part in data.split(_PEM_BEGIN)[1:]]
+    if not blocks:
+        raise ArtifactError(f"{origin} holds no PEM public key")
+    keys = []
+    for block in blocks:
+        key = serialization.load_pem_public_key(block.strip() + b"\n")
+        if not isinstance(key, Ed25519PublicKey):
+            raise ArtifactError(f"{origin} holds a public key that is not Ed25519")
+        keys.append(key)
+    return keys
+
+
+def load_public_keys(paths: Sequence[Path]) -> list[Ed25519PublicKey]:
+    """The keys in each file (each may hold several PEM blocks), in order, duplicates dropped."""
+    out: dict[str, Ed25519PublicKey] = {}
+    for path in paths:
+        for key in parse_public_keys(path.read_bytes(), str(path)):
+            out.setdefault(key_id(key), key)
+    return list(out.values())
