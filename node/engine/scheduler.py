@@ -102,6 +102,9 @@ class StepPlan:
         return sum(len(i.tokens) for i in self.items)
 
 
+MIN_PREFIX_REUSE = 16  # tokens: a shorter shared prefix does not decide which slot a request takes
+
+
 def common_prefix(a: list[int], b: list[int]) -> int:
     n = min(len(a), len(b))
     i = 0
@@ -213,15 +216,22 @@ class Scheduler:
 
     # -- the step ------------------------------------------------------------------------
     def _pick_slot(self, seq: Sequence) -> tuple[Slot, int]:
+        """The free slot to run `seq` in, and how many of its cached tokens it reuses.
+
+        Prefer the longest reusable prefix, then the slot with the least cached. A shared prefix
+        shorter than `MIN_PREFIX_REUSE` (a chat template's preamble) does not count as a reason to
+        take a slot: otherwise every new prompt would overwrite another prompt's long cached
+        prefix (a template's system prompt) for the sake of a few tokens.
+        """
         free = [s for s in self.slots if s.seq is None]
-        best, best_keep = free[0], -1
+        best, best_score, best_keep = free[0], -1, 0
         for slot in free:
             keep = 0
             if self.prefix_cache and slot.adapter == seq.group:
                 keep = common_prefix(slot.tokens, seq.req.prompt_tokens)
-            # Prefer the longest reusable prefix, then the slot with the least cached.
-            if keep > best_keep or (keep == best_keep and len(slot.tokens) < len(best.tokens)):
-                best, best_keep = slot, keep
+            score = keep if keep >= MIN_PREFIX_REUSE else 0
+            if score > best_score or (score == best_score and len(slot.tokens) < len(best.tokens)):
+                best, best_score, best_keep = slot, score, keep
         # At least the last prompt token must be decoded to get logits to sample from.
         return best, min(best_keep, len(seq.req.prompt_tokens) - 1)
 

@@ -196,3 +196,21 @@ def test_a_full_context_ends_with_length() -> None:
     assert s.sampled(seq, 7, 1.0, end_of_generation=False, stop_matched=False) is None
     s.decoded(s.schedule(1.0))  # 5 tokens in the slot: full
     assert s.sampled(seq, 8, 2.0, end_of_generation=False, stop_matched=False) is FinishReason.LENGTH
+
+
+def test_a_short_shared_preamble_does_not_evict_another_prompts_long_prefix() -> None:
+    """Template B shares only the chat preamble with template A's cached prompt: it takes the emptier
+    slot, so A's long prefix stays cached for A's next request."""
+    s = Scheduler(n_slots=2, queue_limit=2, n_batch=128, n_ctx_slot=256)
+    preamble = list(range(5))
+    template_a = preamble + list(range(100, 160))
+    template_b = preamble + list(range(500, 560))
+    s.add(GenerationRequest("a1", template_a, SamplingParams(), lambda e: None))
+    s.decoded(s.schedule(0.0))
+    end(s, s.running[0])
+    s.add(GenerationRequest("b1", template_b, SamplingParams(), lambda e: None))
+    (adm,) = s.schedule(1.0).admissions
+    assert adm.slot == 1 and adm.keep == 0, "b1 takes the empty slot, not a's"
+    s.add(GenerationRequest("a2", [*template_a, 7], SamplingParams(), lambda e: None))
+    (adm,) = s.schedule(2.0).admissions
+    assert adm.slot == 0 and adm.keep == len(template_a), "a's prefix was kept for a2"
