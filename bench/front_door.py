@@ -7,8 +7,7 @@ door on free ports, then prints:
 1. overhead: TTFT and total latency (median, p99), front door vs direct, at concurrency 1 and 4;
 2. throughput at concurrency 8 (completion tokens/s), front door vs direct, and the ratio;
 3. affinity on vs off: prefix-cache hits (usage.cached_prompt_tokens) and TTFT for template traffic
-   (the node takes the free slot sharing the longest prefix, even if that is only the chat preamble,
-   so with several templates per node their prefixes evict each other: `--templates` > nodes shows it);
+   (`--templates` > nodes: several templates per node, each keeping its own slot's prefix);
 4. failover: closed loop c=4, one node SIGKILLed part way: requests started after it left the
    rotation that failed; requests in flight at the kill (completed elsewhere / error naming the
    node); time from the kill to out of rotation.
@@ -319,8 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         "--templates",
         type=int,
         default=2,
-        help="distinct prompt prefixes in the affinity run (a node's slot choice today keeps at most one "
-        "template's prefix per node reliably: see the docstring)",
+        help="distinct prompt prefixes in the affinity run",
     )
     p.add_argument("--only", action="append", choices=["overhead", "throughput", "affinity", "failover"])
     p.add_argument("--failover-s", type=float, default=60.0)
