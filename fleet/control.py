@@ -4,7 +4,8 @@ Before the first command a session checks, in about a second, what it can: that 
 answers at all (a TCP connect, not a 10 s reconnect loop) and that the site's orchestrator has
 announced itself `online` (its retained `orchestrator/status`). When either fails, the error
 names the broker URL and the site it looked for, the sites it saw on that broker, and where
-each setting comes from (flag, environment, config file).
+each setting comes from (flag, environment, config file). With an operator key configured
+(`operator_key_file`, `operator_name`) every command is signed (proto/signing.py `sign_command`).
 """
 
 from __future__ import annotations
@@ -13,15 +14,19 @@ import re
 import socket
 import threading
 import uuid
+from pathlib import Path
 from types import TracebackType
 
 import paho.mqtt.client as mqtt
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 
 from edgefleet.fleet.settings import FleetSettings, config_path
 from edgefleet.plumbing.mqtt_link import BrokerAddress, MqttLink
 from edgefleet.plumbing.mqtt_rpc import NoAnswer, RpcClient
 from edgefleet.proto.input_limits import brief
 from edgefleet.proto.payloads import Command, CommandResult, OrchestratorStatus, PayloadError, parse_payload
+from edgefleet.proto.signing import OperatorPrivateKey, load_operator_key, sign_command
 from edgefleet.proto.topics import Topics
 
 STATUS_WAIT_S = 2.0  # for the retained orchestrator status, which a broker sends right after SUBACK
@@ -30,6 +35,34 @@ STARTING_WAIT_S = 10.0  # more, when no orchestrator of any site has announced i
 
 class OrchestratorUnreachable(Exception):
     pass
+
+
+class OperatorKeyError(OrchestratorUnreachable):
+    """The configured operator key cannot be used to sign commands."""
+
+
+def operator_signer(settings: FleetSettings) -> tuple[str, OperatorPrivateKey] | None:
+    """(operator name, private key) from the settings, or None when no key is configured."""
+    path = settings.operator_key_file
+    if path is None:
+        return None
+    path = Path(path).expanduser()
+    where = f"EDGEFLEET_OPERATOR_KEY_FILE or operator_key_file in {config_path()}"
+    try:
+        key = load_operator_key(path)
+    except (OSError, ValueError, TypeError) as e:
+        raise OperatorKeyError(f"cannot use the operator key {path} ({where}): {e}") from e
+    name = settings.operator_name
+    if not name:
+        try:
+            cert = x509.load_pem_x509_certificate((path.parent / "client.crt").read_bytes())
+            name = str(cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
+        except (OSError, ValueError, IndexError) as e:
+            raise OperatorKeyError(
+                f"no operator name: set EDGEFLEET_OPERATOR_NAME or operator_name in {config_path()} "
+                f"(no readable client.crt beside {path}: {e})"
+            ) from e
+    return name, key
 
 
 class CommandRefused(Exception):
@@ -57,6 +90,7 @@ class OrchestratorSession:
     def __init__(self, settings: FleetSettings, connect_timeout: float = 10.0) -> None:
         self.settings = settings
         self.topics = Topics.for_site(settings.site, settings.topic_root)
+        self.signer = operator_signer(settings)
         probe_broker(settings.mqtt_url, min(connect_timeout, 3.0))
         client_id = f"cli-{uuid.uuid4().hex[:10]}"
         self.response_topic = self.topics.cli_responses(client_id)
@@ -116,6 +150,8 @@ class OrchestratorSession:
         if not self._checked:
             self._check_orchestrator()
         try:
+            if self.signer is not None:
+                command = sign_command(command, self.settings.site, *self.signer)
             answer = self.rpc.call(self.topics.orchestrator_commands(), command.dumps(), timeout)
         except NoAnswer as e:
             raise OrchestratorUnreachable(

@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -73,6 +73,21 @@ class FleetSettings(MqttSettings):
     mqtt_url: str = Field(default=DEFAULT_MQTT_URL, description="Site broker (EDGEFLEET_MQTT_URL)")
     site: str = Field(default="default", description="Site to operate (EDGEFLEET_SITE)")
     topic_root: str = Field(default="edgefleet/{site}/", description="Root of every MQTT topic (EDGEFLEET_TOPIC_ROOT)")
+    operator_key_file: Path | None = Field(
+        default=None,
+        description="The operator's private key that signs every command (the enrolled bundle's client.key); "
+        "empty: commands go unsigned (EDGEFLEET_OPERATOR_KEY_FILE)",
+    )
+    operator_name: str = Field(
+        default="",
+        description="The operator's enrolled name; empty: the CN of client.crt beside the key "
+        "(EDGEFLEET_OPERATOR_NAME)",
+    )
+
+    @field_validator("operator_key_file", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v: object) -> object:
+        return None if v == "" else v
 
     @classmethod
     def settings_customise_sources(

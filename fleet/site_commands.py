@@ -11,7 +11,7 @@ from typing import Any, TextIO
 import yaml
 from pydantic import ValidationError
 
-from edgefleet.fleet import adapter_commands, applied, identity_commands, rule_commands
+from edgefleet.fleet import adapter_commands, applied, identity_commands, keys_commands, rule_commands
 from edgefleet.fleet.adapter_commands import bar
 from edgefleet.fleet.balena import cli_commands as balena_cli
 from edgefleet.fleet.console.cli_commands import register_operator
@@ -51,6 +51,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     rule_commands.add_parsers(fsub)
     register_operator(fsub)
     identity_commands.add_parsers(fsub)
+    keys_commands.add_parsers(fsub)
     balena_cli.register(fsub)
 
 
@@ -149,6 +150,11 @@ def run(args: argparse.Namespace, settings: FleetSettings, out: TextIO) -> int:
         try:
             return identity_commands.run(args, settings.site, settings.topic_root, out)
         except identity_commands.IdentityCommandError as e:
+            raise FleetCommandError(str(e)) from e
+    if args.fleet_command in keys_commands.VERBS:
+        try:
+            return keys_commands.run(args, out)
+        except keys_commands.KeysCommandError as e:
             raise FleetCommandError(str(e)) from e
     if args.fleet_command in ("push-rule", "rm-rule", "rules"):
         try:

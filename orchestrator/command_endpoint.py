@@ -4,7 +4,8 @@ The network thread only parses the request and queues it; one worker thread runs
 commands in the order they came (a slow one never stalls ingest) and answers each on its
 response topic with its correlation data. Every request with a response topic gets an answer:
 a refusal or a failure carries its error code. A failed command is also reported on the
-orchestrator's errors topic.
+orchestrator's errors topic. A site that requires signed commands checks each one's signature,
+operator, time and nonce (`command_auth.py`) before it is queued; a refusal is answered at once.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import paho.mqtt.client as mqtt
 
+from edgefleet.orchestrator.command_auth import CommandAuth, Refused
 from edgefleet.orchestrator.command_errors import failure
 from edgefleet.orchestrator.command_table import CommandTable
 from edgefleet.orchestrator.error_reports import ErrorReporter
@@ -22,6 +24,7 @@ from edgefleet.plumbing.mqtt_link import MqttLink
 from edgefleet.plumbing.mqtt_rpc import BadResponseTarget, ResponseTarget, reply, response_target
 from edgefleet.proto.error_codes import ErrorCode
 from edgefleet.proto.payloads import Command, CommandResult, PayloadError, parse_payload
+from edgefleet.proto.signing import without_envelope
 
 log = logging.getLogger("edgefleet.orchestrator.commands")
 
@@ -29,8 +32,10 @@ FAILPOINT_RUN = "orchestrator.command"  # passed on the worker before each comma
 
 
 class MqttCommandEndpoint:
-    def __init__(self, link: MqttLink, table: CommandTable, errors: ErrorReporter) -> None:
-        self.link, self.table, self.errors = link, table, errors
+    def __init__(
+        self, link: MqttLink, table: CommandTable, errors: ErrorReporter, auth: CommandAuth | None = None
+    ) -> None:
+        self.link, self.table, self.errors, self.auth = link, table, errors, auth
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgefleet-commands")
 
     def stop(self) -> None:
@@ -50,6 +55,14 @@ class MqttCommandEndpoint:
         except PayloadError as e:
             self._finish(msg.topic, target, failure(ErrorCode.INVALID_PAYLOAD, str(e)))
             return
+        if self.auth is not None:
+            try:
+                self.auth.check(cmd)
+            except Refused as e:
+                log.warning("command refused", extra={"op": cmd.op, "operator": cmd.operator, "code": str(e.code)})
+                self._finish(msg.topic, target, failure(e.code, str(e)))
+                return
+        cmd = without_envelope(cmd)
         try:
             self._worker.submit(self._run, cmd, msg.topic, target)
         except RuntimeError:  # shut down: the orchestrator is stopping

@@ -20,6 +20,7 @@ from edgefleet.orchestrator.adapter_commands import AdapterCommands
 from edgefleet.orchestrator.artifact_store import ArtifactStore
 from edgefleet.orchestrator.chunk_requests import ChunkRequests
 from edgefleet.orchestrator.chunk_sender import ChunkSender
+from edgefleet.orchestrator.command_auth import CommandAuth, OperatorKeys
 from edgefleet.orchestrator.command_endpoint import MqttCommandEndpoint
 from edgefleet.orchestrator.command_table import COMMAND_OPS, CommandTable
 from edgefleet.orchestrator.desired_edits import DesiredSigner, DesiredStatePublisher
@@ -132,7 +133,13 @@ def build_orchestrator(settings: OrchestratorSettings, registry: Registry | None
     # the console's plots: telemetry folded into per-minute buckets, in a file beside the registry
     history = TelemetryHistory(settings.registry_db.with_suffix(".history.db"))
     table = build_command_table(registry, publisher, adapters, history)
-    endpoint = MqttCommandEndpoint(link, table, errors)
+    auth = CommandAuth(settings.site, OperatorKeys(settings.operator_keys), settings.require_signed_commands)
+    if not settings.require_signed_commands:
+        log.warning(
+            "OPERATOR COMMANDS ARE NOT AUTHENTICATED: any client that can publish on the broker can command "
+            "this site; set EDGEFLEET_REQUIRE_SIGNED_COMMANDS=true (see README, Signed operator commands)"
+        )
+    endpoint = MqttCommandEndpoint(link, table, errors, auth)
     front_door = FrontDoor(settings, view)
     orch = Orchestrator(settings, topics, registry, view, link, store, sender, table, endpoint, adapters, front_door)
 

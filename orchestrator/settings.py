@@ -41,6 +41,16 @@ class OrchestratorSettings(MqttSettings):
         description="The site's Ed25519 private key that signs artifact manifests; empty: "
         "~/.config/edgefleet/<site>.key, as `edgefleet fleet init-site` writes it (EDGEFLEET_SITE_KEY)",
     )
+    require_signed_commands: bool = Field(
+        default=False,
+        description="Run only operator commands signed by a trusted, unrevoked operator, fresh (±120 s) and "
+        "not replayed; off: any command is obeyed (logged loudly at start) (EDGEFLEET_REQUIRE_SIGNED_COMMANDS)",
+    )
+    operator_keys: Path = Field(
+        default_factory=lambda: Path.home() / ".config" / "edgefleet" / "pki",
+        description="The site PKI directory whose operator identities (identities.json, "
+        "bundles/<name>/client.crt, ca.crt) may sign commands (EDGEFLEET_OPERATOR_KEYS)",
+    )
     artifact_dir: Path = Field(
         default_factory=lambda: Path.home() / ".local" / "share" / "edgefleet" / "artifacts",
         description="Where uploaded artifacts and their signed manifests are kept (EDGEFLEET_ARTIFACT_DIR)",
@@ -117,6 +127,15 @@ class OrchestratorSettings(MqttSettings):
         description="Seconds between asking each online node what it serves (adapters, collections) "
         "(EDGEFLEET_ROUTE_PROBE_INTERVAL_S)",
     )
+    front_door_auth: Literal["off", "keys"] = Field(
+        default="off",
+        description="keys: every front-door request needs `authorization: Bearer <key>` (an API key from "
+        "`edgefleet fleet keys create`); off: no authentication, logged as a warning (EDGEFLEET_FRONT_DOOR_AUTH)",
+    )
+    api_keys_db: Path | None = Field(
+        default=None,
+        description="The front door's API keys, SQLite; empty: api-keys.db beside the registry (EDGEFLEET_API_KEYS_DB)",
+    )
     request_timeout_s: Annotated[float, Field(gt=0, le=3600)] = Field(
         default=300.0,
         description="Deadline of an HTTP request, and of a gRPC one that sets none (EDGEFLEET_REQUEST_TIMEOUT_S)",
@@ -140,6 +159,9 @@ class OrchestratorSettings(MqttSettings):
     @classmethod
     def _site(cls, v: str) -> str:
         return check_name("site", v)
+
+    def api_keys_path(self) -> Path:
+        return self.api_keys_db or self.registry_db.parent / "api-keys.db"
 
     def site_key_path(self) -> Path:
         return self.site_key or Path.home() / ".config" / "edgefleet" / f"{self.site}.key"

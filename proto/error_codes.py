@@ -55,3 +55,7 @@ class ErrorCode(StrEnum):
     TEMPLATE_ERROR = "template_error"
     UNSIGNED = "unsigned"  # no signature, where the receiver pins the site's key
     REPLAYED = "replayed"  # an older generation, or another document at the generation applied
+    # -- operator commands (signed end to end, see proto/signing.py) --------------------------------
+    UNKNOWN_OPERATOR = "unknown_operator"  # a signed command from an operator this site does not trust
+    OPERATOR_REVOKED = "operator_revoked"  # a signed command from an operator whose identity is revoked
+    STALE = "stale"  # a signed command whose timestamp is outside the accepted window

@@ -286,6 +286,12 @@ class Command(_Payload):
     rule: RuleSpec | None = None
     force: bool = False  # push a template or rule version older than the one desired now
     new_group: bool = False  # a bare target that names no node and no known group: create the group
+    # the signed envelope (proto/signing.py `sign_command`): all empty on an unsigned command
+    operator: str = ""  # the operator's enrolled name
+    key_id: str = ""  # the fingerprint of the operator's public key
+    signed_at: int = 0  # unix seconds when signed; the orchestrator accepts ±120 s
+    nonce: str = ""  # random, once per command: a replay within the window is refused
+    signature: str = ""  # base64, over `command_bytes` (every other field, and the site)
 
 
 class CommandResult(_Payload):

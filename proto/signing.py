@@ -13,16 +13,19 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import secrets
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from edgefleet.proto.artifacts import ArtifactError
 from edgefleet.proto.error_codes import ErrorCode
-from edgefleet.proto.payloads import DesiredState
+from edgefleet.proto.payloads import Command, DesiredState
 
 _PEM_BEGIN = b"-----BEGIN PUBLIC KEY-----"
 
@@ -110,3 +113,94 @@ def load_public_keys(paths: Sequence[Path]) -> list[Ed25519PublicKey]:
         for key in parse_public_keys(path.read_bytes(), str(path)):
             out.setdefault(key_id(key), key)
     return list(out.values())
+
+
+# -- operator commands ---------------------------------------------------------------------------
+# An operator signs each command with its enrolled EC P-256 key (the bundle's `client.key`, ECDSA
+# with SHA-256) or an Ed25519 key. The signed bytes are a domain tag, the site, and the command in
+# the canonical form (every field but `signature`, so operator, key id, time and nonce are signed):
+# a command signature is never a valid desired-state signature, nor valid at another site.
+
+COMMAND_WINDOW_S = 120  # a signed command's `signed_at` may be this far from the receiver's clock
+_COMMAND_TAG = b"edgefleet-command/1\n"
+
+OperatorPrivateKey = ec.EllipticCurvePrivateKey | Ed25519PrivateKey
+OperatorPublicKey = ec.EllipticCurvePublicKey | Ed25519PublicKey
+
+
+def public_key_id(key: OperatorPublicKey) -> str:
+    """`key_id` for an Ed25519 key; for an EC key, the first 16 hex digits of the sha256 of its DER."""
+    if isinstance(key, Ed25519PublicKey):
+        return key_id(key)
+    der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(der).hexdigest()[:16]
+
+
+COMMAND_ENVELOPE = ("operator", "key_id", "signed_at", "nonce", "signature")  # the signature's own fields
+
+
+def without_envelope(cmd: Command) -> Command:
+    """`cmd` as its op sees it: the signed envelope back at its defaults (checked, and no argument)."""
+    return cmd.model_copy(update={f: Command.model_fields[f].get_default() for f in COMMAND_ENVELOPE})
+
+
+def command_bytes(cmd: Command, site: str) -> bytes:
+    """What an operator signs: the tag, the site, and the canonical command (without `signature`)."""
+    data = cmd.model_dump(mode="json", exclude={"signature"})
+    body = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return _COMMAND_TAG + site.encode() + b"\n" + body
+
+
+def sign_command(
+    cmd: Command, site: str, operator: str, private: OperatorPrivateKey, now: float | None = None
+) -> Command:
+    """`cmd` with its envelope: operator, key id, time, a fresh nonce, and the signature."""
+    unsigned = cmd.model_copy(
+        update={
+            "operator": operator,
+            "key_id": public_key_id(private.public_key()),
+            "signed_at": int(time.time() if now is None else now),
+            "nonce": secrets.token_hex(16),
+            "signature": "",
+        }
+    )
+    data = command_bytes(unsigned, site)
+    if isinstance(private, Ed25519PrivateKey):
+        sig = private.sign(data)
+    else:
+        sig = private.sign(data, ec.ECDSA(hashes.SHA256()))
+    return unsigned.model_copy(update={"signature": base64.b64encode(sig).decode()})
+
+
+def verify_command(cmd: Command, site: str, public: OperatorPublicKey) -> None:
+    """Raise SignatureError (UNSIGNED or BAD_SIGNATURE) unless `public` signed `cmd` for `site` as it is.
+
+    Who the operator is, whether they are trusted, and freshness are the receiver's to check."""
+    label = f"command {cmd.op} from operator {cmd.operator!r}"
+    if not cmd.signature:
+        raise SignatureError(ErrorCode.UNSIGNED, f"command {cmd.op} is not signed; this site requires signed commands")
+    want = public_key_id(public)
+    if cmd.key_id != want:
+        raise SignatureError(
+            ErrorCode.BAD_SIGNATURE, f"{label} names key {cmd.key_id[:16]!r}; the operator's key is {want}"
+        )
+    try:
+        sig = base64.b64decode(cmd.signature, validate=True)
+        if isinstance(public, Ed25519PublicKey):
+            public.verify(sig, command_bytes(cmd, site))
+        else:
+            public.verify(sig, command_bytes(cmd, site), ec.ECDSA(hashes.SHA256()))
+    except (InvalidSignature, ValueError) as e:
+        raise SignatureError(
+            ErrorCode.BAD_SIGNATURE, f"{label}: the signature does not verify (forged or altered)"
+        ) from e
+
+
+def load_operator_key(path: Path) -> OperatorPrivateKey:
+    """An operator's private key from a PEM file (the enrolled bundle's `client.key`, or Ed25519)."""
+    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    if isinstance(key, Ed25519PrivateKey) or (
+        isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP256R1)
+    ):
+        return key
+    raise ArtifactError(f"{path} holds a key that is neither EC P-256 nor Ed25519")

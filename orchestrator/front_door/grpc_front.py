@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 
+from edgefleet.orchestrator.front_door.auth import FrontDoorAuth, grpc_check, grpc_model
 from edgefleet.orchestrator.front_door.dispatch import (
     GROUP_KEY,
     NODE_KEY,
@@ -66,8 +67,9 @@ def generate_route(request: pb.GenerateRequest, pins: dict[str, str], model: str
 
 
 class FrontDoorServicer(pb_grpc.InferenceServicer):
-    def __init__(self, dispatcher: Dispatcher, default_timeout_s: float) -> None:
+    def __init__(self, dispatcher: Dispatcher, default_timeout_s: float, auth: FrontDoorAuth | None = None) -> None:
         self.dispatcher, self.default_timeout_s = dispatcher, default_timeout_s
+        self.auth = auth or FrontDoorAuth(None, dispatcher.metrics)
 
     def _start(self, context: grpc.aio.ServicerContext) -> tuple[dict[str, str], str, float, float]:
         arrived = time.monotonic()
@@ -82,8 +84,10 @@ class FrontDoorServicer(pb_grpc.InferenceServicer):
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateChunk]:
         await refuse_malformed(request, context)
+        key = await grpc_check(self.auth, context, request.adapter)
         md, rid, deadline, arrived = self._start(context)
-        gen = self.dispatcher.generation("grpc", request, generate_route(request, md), rid, deadline, arrived)
+        route = generate_route(request, md, grpc_model(key))
+        gen = self.dispatcher.generation("grpc", request, route, rid, deadline, arrived)
         try:
             try:
                 first = await gen.start()
@@ -96,11 +100,14 @@ class FrontDoorServicer(pb_grpc.InferenceServicer):
             await context.send_initial_metadata(tuple(meta))
             context.set_trailing_metadata(((NODE_KEY, gen.node),))
             yield first
+            last = first
             try:
                 async for chunk in gen.rest():
+                    last = chunk
                     yield chunk
             except FrontDoorError as e:
                 await _abort(context, rid, e)
+            self.auth.add_tokens(key, last.usage.prompt_tokens + last.usage.completion_tokens)
         finally:
             gen.close()
 
@@ -116,13 +123,17 @@ class FrontDoorServicer(pb_grpc.InferenceServicer):
     async def _unary(self, request: Any, context: grpc.aio.ServicerContext, collection: str, call: Any) -> Any:
         """One request to one eligible node (failover before it answers); the node named in the metadata."""
         await refuse_malformed(request, context)
+        key = await grpc_check(self.auth, context)
         md, rid, deadline, arrived = self._start(context)
-        route = RouteRequest(collection=collection, node=md.get(NODE_KEY, ""), group=md.get(GROUP_KEY, ""))
+        route = RouteRequest(
+            model=grpc_model(key), collection=collection, node=md.get(NODE_KEY, ""), group=md.get(GROUP_KEY, "")
+        )
         try:
             node, resp = await self.dispatcher.unary("grpc", route, rid, deadline, arrived, call)
         except FrontDoorError as e:
             await _abort(context, rid, e)
             raise AssertionError("unreachable") from e
+        self.auth.add_tokens(key, int(getattr(resp, "prompt_tokens", 0) or 0))
         await _name_node(context, rid, node)
         return resp
 

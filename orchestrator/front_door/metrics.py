@@ -77,6 +77,19 @@ class FrontDoorMetrics:
             "edgefleet_front_door_in_flight", "Requests in flight through the front door by node", ["node"], registry=r
         )
 
+        self.key_requests = Counter(
+            "edgefleet_front_door_key_requests_total", "Requests let in per API key (its name)", ["key"], registry=r
+        )
+        self.key_tokens = Counter(
+            "edgefleet_front_door_key_tokens_total", "Tokens (prompt and completion) per API key", ["key"], registry=r
+        )
+        self.auth_refused = Counter(
+            "edgefleet_front_door_auth_refused_total",
+            "Requests refused by the API-key check, by HTTP status (401, 403, 429)",
+            ["status"],
+            registry=r,
+        )
+
     def watch_fleet(self, snapshot: Callable[[], FleetSnapshot], cooling: Callable[[float], list[str]]) -> None:
         self.registry.register(_FleetCollector(snapshot, cooling))
 

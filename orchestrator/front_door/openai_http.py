@@ -21,11 +21,13 @@ import grpc
 from aiohttp import web
 
 from edgefleet.orchestrator.front_door import openai_schema as schema
+from edgefleet.orchestrator.front_door.auth import HTTP_CODES, HTTP_KINDS, FrontDoorAuth
 from edgefleet.orchestrator.front_door.dispatch import GROUP_KEY, NODE_KEY, REQUEST_ID_KEY, Dispatcher, FrontDoorError
 from edgefleet.orchestrator.front_door.grpc_front import affinity_key
 from edgefleet.orchestrator.front_door.metrics import CONTENT_TYPE, FrontDoorMetrics
 from edgefleet.orchestrator.front_door.router import RouteRequest
 from edgefleet.orchestrator.front_door.sse import ChunkWriter, completion_body, usage_of
+from edgefleet.plumbing.api_keys import ApiKey, Verdict
 from edgefleet.plumbing.logs import request_id_var
 from edgefleet.proto.v1 import inference_pb2 as pb
 
@@ -47,6 +49,14 @@ def error_body(message: str, kind: str, param: str | None = None, code: str | No
 def error_response(status: int, message: str, kind: str, param: str | None = None, code: str | None = None,
                    headers: dict[str, str] | None = None) -> web.Response:  # fmt: skip
     return web.json_response(error_body(message, kind, param, code), status=status, headers=headers)
+
+
+def refusal(v: Verdict) -> web.Response:
+    """An API-key refusal (401, 403, 429) as OpenAI's error object."""
+    headers = {"Retry-After": str(v.retry_after_s)} if v.retry_after_s else None
+    if v.status == 401:
+        headers = {**(headers or {}), "WWW-Authenticate": "Bearer"}
+    return error_response(v.status, v.message, HTTP_KINDS[v.status], None, HTTP_CODES[v.status], headers)
 
 
 def front_door_error(e: FrontDoorError, rid: str) -> web.Response:
@@ -79,17 +89,29 @@ async def openai_errors(request: web.Request, handler: Handler) -> web.StreamRes
 
 
 class OpenAIApi:
-    def __init__(self, dispatcher: Dispatcher, metrics: FrontDoorMetrics, timeout_s: float) -> None:
+    def __init__(self, dispatcher: Dispatcher, metrics: FrontDoorMetrics, timeout_s: float,
+                 auth: FrontDoorAuth | None = None) -> None:  # fmt: skip
         self.d, self.metrics, self.timeout_s = dispatcher, metrics, timeout_s
+        self.auth = auth or FrontDoorAuth(None, metrics)
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[openai_errors], client_max_size=MAX_BODY_BYTES)
+        app = web.Application(middlewares=[openai_errors, self._api_key], client_max_size=MAX_BODY_BYTES)
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_post("/v1/embeddings", self.embeddings)
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/metrics", self.metrics_page)
         return app
+
+    @web.middleware
+    async def _api_key(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """With API keys on, /v1/* needs `Authorization: Bearer <key>`; /metrics stays open."""
+        if self.auth.enabled and request.path.startswith("/v1/"):
+            v = self.auth.authenticate(request.headers.get("Authorization"))
+            if v.status != 200:
+                return refusal(v)
+            request["api_key"] = v.key
+        return await handler(request)
 
     async def metrics_page(self, _: web.Request) -> web.Response:
         return web.Response(body=self.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE})
@@ -142,6 +164,10 @@ class OpenAIApi:
     async def _complete(self, request: web.Request, call: schema.CompletionCall) -> web.StreamResponse:
         rid, deadline, arrived = self._start(request)
         req = call.request
+        key: ApiKey | None = request.get("api_key")
+        allowed = self.auth.authorize(key, call.model, call.adapter)
+        if allowed.status != 200:
+            return refusal(allowed)
         try:
             self._unknown(call.model, call.adapter, req.template, req.retrieval.collection)
         except _NotFound as e:
@@ -163,18 +189,20 @@ class OpenAIApi:
                 return front_door_error(e, rid)
             headers = {REQUEST_ID_KEY: rid, NODE_KEY: gen.node}
             if call.stream:
-                return await self._stream(request, call, gen.node, rid, first, gen.rest(), headers)
+                return await self._stream(request, call, gen.node, rid, first, gen.rest(), headers, key)
             chunks = [first]
             try:
                 chunks.extend([c async for c in gen.rest()])
             except FrontDoorError as e:
                 return front_door_error(e, rid)
+            self.auth.add_tokens(key, chunks[-1].usage.prompt_tokens + chunks[-1].usage.completion_tokens)
             return web.json_response(completion_body(call, rid, gen.node, chunks), headers=headers)
         finally:
             gen.close()
 
     async def _stream(self, request: web.Request, call: schema.CompletionCall, node: str, rid: str,
-                      first: pb.GenerateChunk, rest: Any, headers: dict[str, str]) -> web.StreamResponse:  # fmt: skip
+                      first: pb.GenerateChunk, rest: Any, headers: dict[str, str],
+                      key: ApiKey | None = None) -> web.StreamResponse:  # fmt: skip
         resp = web.StreamResponse(headers={**headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await resp.prepare(request)
         out = ChunkWriter(resp, call, rid, node)
@@ -185,6 +213,8 @@ class OpenAIApi:
             if call.include_usage and out.final is not None:
                 await out.event({**out.envelope(), "choices": [], "usage": usage_of(out.final)})
             await resp.write(b"data: [DONE]\n\n")
+            if out.final is not None:
+                self.auth.add_tokens(key, out.final.usage.prompt_tokens + out.final.usage.completion_tokens)
         except FrontDoorError as e:  # after the first token: an error event naming the node, no [DONE]
             _, kind = _STATUS.get(e.code, (502, "server_error"))
             await out.event(error_body(e.message, kind, None, e.code.name.lower()))
@@ -197,6 +227,10 @@ class OpenAIApi:
     async def embeddings(self, request: web.Request) -> web.StreamResponse:
         call = schema.parse_embeddings(await self._body(request))
         rid, deadline, arrived = self._start(request)
+        key: ApiKey | None = request.get("api_key")
+        allowed = self.auth.authorize(key, call.model)
+        if allowed.status != 200:
+            return refusal(allowed)
         try:
             self._unknown(call.model)
         except _NotFound as e:
@@ -216,6 +250,7 @@ class OpenAIApi:
             )
         except FrontDoorError as e:
             return front_door_error(e, rid)
+        self.auth.add_tokens(key, resp.prompt_tokens)
         body = {
             "object": "list",
             "data": [

@@ -21,6 +21,7 @@ from grpc_reflection.v1alpha import reflection
 
 from edgefleet.orchestrator.fleet_view import FleetView
 from edgefleet.orchestrator.front_door.admission import Admission
+from edgefleet.orchestrator.front_door.auth import FrontDoorAuth
 from edgefleet.orchestrator.front_door.dispatch import Dispatcher, DispatchPolicy
 from edgefleet.orchestrator.front_door.grpc_front import FrontDoorServicer
 from edgefleet.orchestrator.front_door.metrics import FrontDoorMetrics
@@ -94,15 +95,15 @@ class FrontDoor:
         admission = Admission(self.router, self.view.snapshot, self.metrics, s.route_buffer_size, s.route_buffer_wait_s)
         policy = DispatchPolicy(s.route_first_token_timeout_s, s.route_max_attempts)
         dispatcher = Dispatcher(self.view, self.router, admission, channels, self.metrics, policy)
+        auth = FrontDoorAuth.from_settings(s.front_door_auth, s.api_keys_path(), self.metrics)
         tasks = [asyncio.create_task(probe_forever(channels, self.view, s.route_probe_interval_s))]
-        grpc_server = await self._grpc(dispatcher, tasks) if s.front_door_address else None
+        if auth.enabled:
+            tasks.append(asyncio.create_task(auth.flush_forever()))
+        grpc_server = await self._grpc(dispatcher, tasks, auth) if s.front_door_address else None
         runners = []
         if s.openai_address:
-            runners.append(
-                await self._http(
-                    "openai", s.openai_address, OpenAIApi(dispatcher, self.metrics, s.request_timeout_s).app()
-                )
-            )
+            api = OpenAIApi(dispatcher, self.metrics, s.request_timeout_s, auth)
+            runners.append(await self._http("openai", s.openai_address, api.app()))
         if s.metrics_address:
             page = web.Application()
             page.router.add_get("/metrics", OpenAIApi(dispatcher, self.metrics, s.request_timeout_s).metrics_page)
@@ -117,16 +118,19 @@ class FrontDoor:
             if r is not None:
                 await r.cleanup()
         await channels.close()
+        auth.close()
         log.info("front door stopped")
 
-    async def _grpc(self, dispatcher: Dispatcher, tasks: list[asyncio.Task[None]]) -> grpc.aio.Server | None:
+    async def _grpc(
+        self, dispatcher: Dispatcher, tasks: list[asyncio.Task[None]], auth: FrontDoorAuth
+    ) -> grpc.aio.Server | None:
         address = self.settings.front_door_address
         interceptor = MalformedRequestInterceptor(
             request_types(inference_pb2.DESCRIPTOR.services_by_name["Inference"], inference_pb2)
         )
         server = grpc.aio.server(interceptors=[interceptor], options=[("grpc.so_reuseport", 0)])
         inference_pb2_grpc.add_InferenceServicer_to_server(
-            FrontDoorServicer(dispatcher, self.settings.request_timeout_s), server
+            FrontDoorServicer(dispatcher, self.settings.request_timeout_s, auth), server
         )
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

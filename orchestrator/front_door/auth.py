@@ -1,0 +1,111 @@
+"""API keys on the front door (EDGEFLEET_FRONT_DOOR_AUTH=keys): `authorization: Bearer <key>` on
+every gRPC Inference call and every HTTP /v1/* request. Health (gRPC Health, reflection) and
+/metrics stay open. Refusals: 401 / UNAUTHENTICATED (missing, unknown, revoked, expired key),
+403 / PERMISSION_DENIED (a model or adapter the key may not use), 429 / RESOURCE_EXHAUSTED with
+Retry-After (over the key's requests or tokens per minute). The key's secret is never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import grpc
+
+from edgefleet.orchestrator.front_door.metrics import FrontDoorMetrics
+from edgefleet.plumbing.api_keys import ApiKey, KeyStore, Verdict, Verifier
+
+log = logging.getLogger("edgefleet.orchestrator.front_door.auth")
+GRPC_CODES = {
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+HTTP_KINDS = {401: "authentication_error", 403: "permission_denied", 429: "rate_limit_error"}
+HTTP_CODES = {401: "invalid_api_key", 403: "model_not_allowed", 429: "rate_limit_exceeded"}
+
+
+class FrontDoorAuth:
+    """None of it applies when `verifier` is None (auth off)."""
+
+    def __init__(self, verifier: Verifier | None, metrics: FrontDoorMetrics) -> None:
+        self.verifier, self.metrics = verifier, metrics
+
+    @classmethod
+    def from_settings(cls, mode: str, path: Path, metrics: FrontDoorMetrics) -> FrontDoorAuth:
+        if mode != "keys":
+            log.warning(
+                "FRONT DOOR AUTHENTICATION IS OFF: anyone who reaches the front door may use it; "
+                "set EDGEFLEET_FRONT_DOOR_AUTH=keys and create keys with `edgefleet fleet keys create`"
+            )
+            return cls(None, metrics)
+        store = KeyStore(path)
+        log.info("front door requires API keys", extra={"api_keys_db": str(path)})
+        return cls(Verifier(store), metrics)
+
+    @property
+    def enabled(self) -> bool:
+        return self.verifier is not None
+
+    def authenticate(self, authorization: str | None) -> Verdict:
+        if self.verifier is None:
+            return Verdict(200)
+        v = self.verifier.authenticate(authorization)
+        self._count(v)
+        if v.status == 200 and v.key is not None:
+            self.metrics.key_requests.labels(v.key.name).inc()
+        return v
+
+    def authorize(self, key: ApiKey | None, model: str, adapter: str = "") -> Verdict:
+        if self.verifier is None or key is None:
+            return Verdict(200)
+        v = self.verifier.authorize(key, model, adapter)
+        self._count(v)
+        return v
+
+    def add_tokens(self, key: ApiKey | None, tokens: int) -> None:
+        if self.verifier is None or key is None or tokens <= 0:
+            return
+        self.verifier.add_tokens(key, tokens)
+        self.metrics.key_tokens.labels(key.name).inc(tokens)
+
+    def _count(self, v: Verdict) -> None:
+        if v.status != 200:
+            self.metrics.auth_refused.labels(str(v.status)).inc()
+            log.info("front door request refused", extra={"status": v.status, "reason": v.message})
+
+    async def flush_forever(self, interval_s: float = 0.5) -> None:
+        """Write the usage counters to the keys file (what `edgefleet fleet keys list` shows)."""
+        while self.verifier is not None:
+            await asyncio.sleep(interval_s)
+            try:
+                self.verifier.flush()
+            except Exception as e:
+                log.warning("API key usage not written", extra={"reason": str(e)})
+
+    def close(self) -> None:
+        if self.verifier is not None:
+            self.verifier.flush()
+            self.verifier.store.close()
+
+
+async def grpc_check(auth: FrontDoorAuth, context: grpc.aio.ServicerContext, adapter: str = "") -> ApiKey | None:
+    """The caller's key (None when auth is off); aborts the call when refused."""
+    if not auth.enabled:
+        return None
+    md = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+    v = auth.authenticate(md.get("authorization"))
+    if v.status == 200 and v.key is not None and v.key.models:
+        v = auth.authorize(v.key, grpc_model(v.key), adapter)
+    if v.status != 200:
+        trailing = (("retry-after", str(v.retry_after_s)),) if v.retry_after_s else ()
+        await context.abort(GRPC_CODES[v.status], v.message, trailing_metadata=trailing)
+    return v.key
+
+
+def grpc_model(key: ApiKey | None) -> str:
+    """gRPC requests name no model: a key with an allow-list sends them to its first allowed model."""
+    if key is None or not key.models:
+        return ""
+    return key.models[0].split(":", 1)[0]
