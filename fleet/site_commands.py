@@ -11,7 +11,7 @@ from typing import Any, TextIO
 import yaml
 from pydantic import ValidationError
 
-from edgefleet.fleet import adapter_commands, applied, identity_commands, keys_commands, rule_commands
+from edgefleet.fleet import adapter_commands, applied, identity_commands, keys_commands, rule_commands, uplink_commands
 from edgefleet.fleet.adapter_commands import bar
 from edgefleet.fleet.balena import cli_commands as balena_cli
 from edgefleet.fleet.console.cli_commands import register_operator
@@ -52,6 +52,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     register_operator(fsub)
     identity_commands.add_parsers(fsub)
     keys_commands.add_parsers(fsub)
+    uplink_commands.add_parsers(fsub)
     balena_cli.register(fsub)
 
 
@@ -155,6 +156,11 @@ def run(args: argparse.Namespace, settings: FleetSettings, out: TextIO) -> int:
         try:
             return keys_commands.run(args, out)
         except keys_commands.KeysCommandError as e:
+            raise FleetCommandError(str(e)) from e
+    if args.fleet_command in uplink_commands.VERBS:
+        try:
+            return uplink_commands.run(args, settings, out)
+        except uplink_commands.UplinkCommandError as e:
             raise FleetCommandError(str(e)) from e
     if args.fleet_command in ("push-rule", "rm-rule", "rules"):
         try:

@@ -1,0 +1,29 @@
+"""Two real Mosquitto brokers: a site's, bridged to a central one (plumbing/bridge_config.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgefleet.plumbing.bridge_config import CentralBroker, write_bridge_conf
+from tests.mqtt_support import Mosquitto
+
+
+class BridgedMosquitto(Mosquitto):
+    """tests.mqtt_support.Mosquitto plus an `include_dir` holding this site's generated bridge block."""
+
+    def __init__(self, tmp: Path, site: str, central: Mosquitto) -> None:
+        self.bridge_dir = tmp / "bridge.d"
+        self.bridge_file = write_bridge_conf(
+            self.bridge_dir / "uplink.conf", site, CentralBroker.parse(f"127.0.0.1:{central.port}")
+        )
+        super().__init__(tmp)
+
+    def start(self) -> None:
+        line = f"include_dir {self.bridge_dir}\n"
+        text = self.conf.read_text()
+        if line not in text:
+            self.conf.write_text(text + line)
+        super().start()
+
+    def log(self) -> str:
+        return (self.dir / "mosquitto.log").read_text(errors="replace")
