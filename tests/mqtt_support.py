@@ -153,9 +153,27 @@ class Watcher:
         with self._lock:
             return [json.loads(p) for _, p in self.messages if p]
 
+    def on(self, topic: str, prefix: bool = False) -> list[dict[str, Any]]:
+        """The JSON payloads that arrived on `topic` (or under it, with `prefix`), empty ones skipped."""
+        with self._lock:
+            found = [p for t, p in self.messages if (t.startswith(topic) if prefix else t == topic) and p]
+        return [json.loads(p) for p in found]
+
     def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
         self.client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(5)
 
     def close(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
+
+
+def init_site_keys(directory: Path, site: str = "lab") -> dict[str, Path]:
+    """`edgefleet fleet init-site`: the site's Ed25519 signing key pair, as an operator makes it."""
+    r = subprocess.run(
+        [str(BIN / "edgefleet"), "fleet", "init-site", "--dir", str(directory)],
+        env={**os.environ, "EDGEFLEET_SITE": site},
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    return {"key": directory / f"{site}.key", "pub": directory / f"{site}.pub"}

@@ -85,15 +85,15 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 
 
 def telemetry(w: Watcher) -> list[dict[str, Any]]:
-    return [json.loads(p) for t, p in w.messages if t == TOPICS.node_telemetry(NODE)]
+    return w.on(TOPICS.node_telemetry(NODE))
 
 
 def reported(w: Watcher) -> list[dict[str, Any]]:
-    return [json.loads(p) for t, p in w.messages if t == TOPICS.node_reported(NODE) and p]
+    return w.on(TOPICS.node_reported(NODE))
 
 
 def errors(w: Watcher) -> list[dict[str, Any]]:
-    return [json.loads(p) for t, p in w.messages if t == TOPICS.errors(NODE)]
+    return w.on(TOPICS.errors(NODE))
 
 
 def test_full_data_dir(env: dict[str, Any]) -> None:

@@ -79,15 +79,15 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 
 
 def errors(w: Watcher) -> list[dict[str, Any]]:
-    return [json.loads(p) for t, p in w.messages if t == TOPICS.errors(NODE)]
+    return w.on(TOPICS.errors(NODE))
 
 
 def results(w: Watcher) -> list[dict[str, Any]]:
-    return [json.loads(p) for t, p in w.messages if t.startswith(TOPICS.results(NODE))]
+    return w.on(TOPICS.results(NODE), prefix=True)
 
 
 def telemetry(w: Watcher) -> list[dict[str, Any]]:
-    return [json.loads(p) for t, p in w.messages if t == TOPICS.node_telemetry(NODE)]
+    return w.on(TOPICS.node_telemetry(NODE))
 
 
 def request(

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -23,8 +21,8 @@ from edgefleet.proto.artifacts import SiteKey, build_manifest
 from edgefleet.proto.payloads import ChunkRequest
 from edgefleet.proto.topics import Topics
 from edgefleet.proto.v1 import inference_pb2 as pb
-from tests.conftest import BIN, NodeProcess, collect, wait_for
-from tests.mqtt_support import Mosquitto, Orchestrator, Watcher, fleet, node_env
+from tests.conftest import NodeProcess, collect, wait_for
+from tests.mqtt_support import Mosquitto, Orchestrator, Watcher, fleet, init_site_keys, node_env
 from tools.make_lora import write_lora
 
 PROMPT = "Is 7 mm/s vibration bad?"
@@ -34,15 +32,7 @@ TOPICS = Topics.for_site("lab")
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    d = tmp_path_factory.mktemp("site")
-    r = subprocess.run(
-        [str(BIN / "edgefleet"), "fleet", "init-site", "--dir", str(d)],
-        env={**os.environ, "EDGEFLEET_SITE": "lab"},
-        capture_output=True,
-        text=True,
-    )
-    assert r.returncode == 0, r.stderr
-    return {"key": d / "lab.key", "pub": d / "lab.pub"}
+    return init_site_keys(tmp_path_factory.mktemp("site"))
 
 
 @pytest.fixture(scope="module")

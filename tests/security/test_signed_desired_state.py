@@ -12,8 +12,6 @@ generation and reaches the node.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,8 +24,8 @@ from edgefleet.proto.error_codes import ErrorCode
 from edgefleet.proto.payloads import DesiredState
 from edgefleet.proto.signing import sign_desired
 from edgefleet.proto.topics import Topics
-from tests.conftest import BIN, NodeProcess, wait_for
-from tests.mqtt_support import Mosquitto, Orchestrator, Watcher, fleet, fleet_status, node_env
+from tests.conftest import NodeProcess, wait_for
+from tests.mqtt_support import Mosquitto, Orchestrator, Watcher, fleet, fleet_status, init_site_keys, node_env
 
 TOPICS = Topics.for_site("lab")
 NODE = "a"
@@ -47,15 +45,7 @@ EVIL_RULE = {
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    d = tmp_path_factory.mktemp("site")
-    r = subprocess.run(
-        [str(BIN / "edgefleet"), "fleet", "init-site", "--dir", str(d)],
-        env={**os.environ, "EDGEFLEET_SITE": "lab"},
-        capture_output=True,
-        text=True,
-    )
-    assert r.returncode == 0, r.stderr
-    return {"key": d / "lab.key", "pub": d / "lab.pub"}
+    return init_site_keys(tmp_path_factory.mktemp("site"))
 
 
 @pytest.fixture(scope="module")
