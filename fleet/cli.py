@@ -17,6 +17,7 @@ from edgefleet.fleet import knowledge_commands, site_commands
 from edgefleet.fleet.ask import AskError
 from edgefleet.fleet.console import cli_commands as console_cli
 from edgefleet.fleet.control import CommandRefused, OrchestratorUnreachable, refusal, request
+from edgefleet.fleet.grpc_channel import node_channel
 from edgefleet.fleet.knowledge_commands import KnowledgeCommandError
 from edgefleet.fleet.settings import ConfigFileError, FleetSettings
 from edgefleet.proto.input_limits import brief
@@ -39,6 +40,9 @@ environment variables:
   EDGEFLEET_TOPIC_ROOT   root of every MQTT topic (default edgefleet/{site}/)
   EDGEFLEET_MQTT_USERNAME, EDGEFLEET_MQTT_PASSWORD, EDGEFLEET_MQTT_CA_FILE,
   EDGEFLEET_MQTT_CERT_FILE, EDGEFLEET_MQTT_KEY_FILE   broker credentials and TLS
+                         (the same certificate is used on gRPC; source an operator's
+                         edgefleet.env from `edgefleet fleet enroll-operator`)
+  EDGEFLEET_INSECURE     1: plaintext, no certificates, unsigned commands (--insecure)
   EDGEFLEET_CLI_CONFIG   the config file (default $XDG_CONFIG_HOME/edgefleet/cli.toml,
                          else ~/.config/edgefleet/cli.toml)
 config file (TOML), for example:
@@ -60,6 +64,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, help="deadline in seconds (EDGEFLEET_TIMEOUT_S; default 120)")
     p.add_argument("--mqtt-url", help="the site's broker (EDGEFLEET_MQTT_URL; default mqtt://127.0.0.1:1883)")
     p.add_argument("--site", help="the site to operate (EDGEFLEET_SITE; default 'default')")
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="local development only: plaintext MQTT and gRPC, unsigned commands (EDGEFLEET_INSECURE)",
+    )
     sub = p.add_subparsers(dest="command", required=True)
     ask_module.add_parser(sub)
     info = sub.add_parser("node-info", help="show what a node runs and how busy it is")
@@ -72,7 +82,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def _settings(args: argparse.Namespace) -> FleetSettings:
     """Flags over environment over config file over defaults."""
-    flags = {"node": args.node, "timeout_s": args.timeout, "mqtt_url": args.mqtt_url, "site": args.site}
+    flags = {
+        "node": args.node,
+        "timeout_s": args.timeout,
+        "mqtt_url": args.mqtt_url,
+        "site": args.site,
+        "insecure": args.insecure,
+    }
     try:
         settings = FleetSettings(**{k: v for k, v in flags.items() if v is not None})
     except ValidationError as e:
@@ -81,8 +97,8 @@ def _settings(args: argparse.Namespace) -> FleetSettings:
     return settings
 
 
-def group_node(settings: FleetSettings, group: str, timeout: float, err: TextIO) -> str:
-    """The gRPC address of an online node of `group` (the first by node id), from `fleet status` data."""
+def group_node(settings: FleetSettings, group: str, timeout: float, err: TextIO) -> tuple[str, str]:
+    """(gRPC address, node id) of an online node of `group` (the first by id), from `fleet status` data."""
     result = request(settings, Command(op="status"), min(timeout, 30.0))
     if not result.ok:
         raise CliError(refusal(result))
@@ -99,7 +115,7 @@ def group_node(settings: FleetSettings, group: str, timeout: float, err: TextIO)
         )
     chosen = usable[0]
     err.write(f"node {chosen['node_id']} ({chosen['address']}) of group {group}\n")
-    return str(chosen["address"])
+    return str(chosen["address"]), str(chosen["node_id"])
 
 
 def _node_info(stub: pb_grpc.InferenceStub, args: argparse.Namespace, out: TextIO) -> int:
@@ -142,8 +158,10 @@ def _node_info(stub: pb_grpc.InferenceStub, args: argparse.Namespace, out: TextI
     return 0
 
 
-def _node_command(address: str, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    channel = grpc.insecure_channel(address)
+def _node_command(
+    settings: FleetSettings, address: str, name: str, args: argparse.Namespace, out: TextIO, err: TextIO
+) -> int:
+    channel = node_channel(settings, address, name or None, settings.api_key)
     stub = pb_grpc.InferenceStub(channel)
     try:
         if args.command == "ask":
@@ -168,13 +186,18 @@ def main(argv: list[str] | None = None, out: TextIO = sys.stdout, err: TextIO = 
         for flag, env in (("mqtt_url", "EDGEFLEET_MQTT_URL"), ("site", "EDGEFLEET_SITE")):
             if getattr(args, flag, None):
                 os.environ[env] = getattr(args, flag)
+        if args.insecure:
+            os.environ["EDGEFLEET_INSECURE"] = "1"
         return int(args.console_handler(args))
     try:
         settings = _settings(args)
         if args.command == "fleet":
             return site_commands.run(args, settings, out)
-        address = group_node(settings, args.group, args.timeout, err) if args.group else settings.node
-        return _node_command(address, args, out, err)
+        if args.group:
+            address, name = group_node(settings, args.group, args.timeout, err)
+        else:
+            address, name = settings.node, settings.node_name
+        return _node_command(settings, address, name, args, out, err)
     except (
         CliError,
         AskError,

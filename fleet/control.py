@@ -43,7 +43,7 @@ class OperatorKeyError(OrchestratorUnreachable):
 
 def operator_signer(settings: FleetSettings) -> tuple[str, OperatorPrivateKey] | None:
     """(operator name, private key) from the settings, or None when no key is configured."""
-    path = settings.operator_key_file
+    path = settings.operator_key_path()
     if path is None:
         return None
     path = Path(path).expanduser()
@@ -90,6 +90,7 @@ class OrchestratorSession:
     def __init__(self, settings: FleetSettings, connect_timeout: float = 10.0) -> None:
         self.settings = settings
         self.topics = Topics.for_site(settings.site, settings.topic_root)
+        settings.require_secure_mqtt()
         self.signer = operator_signer(settings)
         probe_broker(settings.mqtt_url, min(connect_timeout, 3.0))
         client_id = f"cli-{uuid.uuid4().hex[:10]}"

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from edgefleet.plumbing.broker_config import BrokerPolicy, ListenerOptions, reload_broker, write_broker_files
-from edgefleet.plumbing.site_pki import ORCHESTRATOR, PkiError, SitePki, write_private
+from edgefleet.plumbing.site_pki import ORCHESTRATOR, PkiError, SitePki, write_private, write_public
+from edgefleet.proto.artifacts import SiteKey
 from edgefleet.proto.topics import Topics
 
 VERBS = ("init-pki", "enroll-node", "enroll-sensor", "enroll-operator", "revoke", "identities", "broker-config")
@@ -49,6 +50,11 @@ def add_parsers(fsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     init.add_argument("--broker-url", help="what devices connect to (default mqtts://<first host>:<port>)")
     init.add_argument("--port", type=int, default=8883, help="TLS listener port (default 8883)")
     init.add_argument("--force", action="store_true", help="replace an existing PKI (every identity re-enrolls)")
+    init.add_argument(
+        "--site-key",
+        type=Path,
+        help="the site's Ed25519 signing key (from `fleet init-site`; default: <dir>/<site>.key, created if missing)",
+    )
     for kind in ("node", "sensor", "operator"):
         e = fsub.add_parser(f"enroll-{kind}", help=f"issue a {kind}'s key and certificate into a bundle directory")
         e.add_argument("name", help="node id" if kind == "node" else f"{kind} name (the certificate CN)")
@@ -56,6 +62,13 @@ def add_parsers(fsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         if kind == "node":
             e.add_argument("--groups", default="", help="comma-separated groups the node belongs to")
         e.add_argument("--install-dir", help="where the bundle will live on the device (paths in edgefleet.env)")
+        e.add_argument(
+            "--host",
+            action="append",
+            default=None,
+            help="a DNS name/IP clients reach it by, added to its certificate (repeat; a node is always "
+            "reachable by its id)",
+        )
         e.add_argument("--force", action="store_true", help="re-issue a live identity (the old certificate is revoked)")
         _reload_flags(e)
     rv = fsub.add_parser("revoke", help="revoke an identity: new CRL and ACL, then reload the broker")
@@ -123,10 +136,21 @@ def write_env(pki: SitePki, name: str, kind: str, groups: list[str], install_dir
         f"EDGEFLEET_MQTT_CERT_FILE={base / 'client.crt'}",
         f"EDGEFLEET_MQTT_KEY_FILE={base / 'client.key'}",
     ]
+    site_key = Path(str(s.get("site_key") or pki.dir / f"{pki.site}.key"))
     if kind == "node":
         lines.append(f"EDGEFLEET_NODE_ID={name}")
         if groups:
             lines.append(f"EDGEFLEET_GROUPS={','.join(groups)}")
+        public = site_key.with_suffix(".pub")
+        if public.exists():  # the node verifies desired state with it
+            write_public(bundle / "site.pub", public.read_bytes())
+            lines.append(f"EDGEFLEET_SITE_PUBLIC_KEY={base / 'site.pub'}")
+    if kind == "orchestrator":  # runs beside the PKI: it signs with the site key, trusts its operators
+        lines += [
+            f"EDGEFLEET_SITE_KEY={site_key}",
+            f"EDGEFLEET_OPERATOR_KEYS={pki.dir.resolve()}",
+            f"EDGEFLEET_TLS_CRL_FILE={pki.crl_path.resolve()}",
+        ]
     path = bundle / "edgefleet.env"
     write_private(path, ("\n".join(lines) + "\n").encode())
     return path
@@ -142,7 +166,13 @@ def _init(pki: SitePki, args: argparse.Namespace, site: str, topic_root: str, ou
     hosts = list(args.broker_host)
     pki.init(site, hosts, force=args.force)
     url = args.broker_url or f"mqtts://{hosts[0] if hosts else 'localhost'}:{args.port}"
-    pki.set_broker_settings({**pki.broker_settings(), "url": url, "port": args.port})
+    site_key = (args.site_key or pki.dir / f"{site}.key").resolve()
+    if not site_key.exists():
+        if args.site_key:
+            raise IdentityCommandError(f"no site key at {site_key}: run `edgefleet fleet init-site` first")
+        SiteKey.generate().save(site_key, site_key.with_suffix(".pub"))
+        out.write(f"site signing key: {site_key} (signs desired state and artifacts; nodes pin its .pub)\n")
+    pki.set_broker_settings({**pki.broker_settings(), "url": url, "port": args.port, "site_key": str(site_key)})
     write_env(pki, ORCHESTRATOR, "orchestrator", [], None)
     out.write(f"site CA: {pki.ca_cert_path} (its key {pki.ca_key_path} stays on this machine)\n")
     out.write(f"broker certificate: {pki.server_cert_path} for localhost, 127.0.0.1 {' '.join(hosts)}\n")
@@ -174,7 +204,7 @@ def run(args: argparse.Namespace, site: str, topic_root: str, out: TextIO) -> in
         if verb.startswith("enroll-"):
             kind = verb.removeprefix("enroll-")
             groups = [g.strip() for g in getattr(args, "groups", "").split(",") if g.strip()]
-            ident = pki.issue(args.name, kind, groups, force=args.force)
+            ident = pki.issue(args.name, kind, groups, force=args.force, hosts=args.host)
             env = write_env(pki, ident.name, kind, ident.groups, args.install_dir)
             out.write(f"enrolled {kind} {ident.name} (serial {ident.serial:x}): copy {env.parent} onto the device\n")
             out.write(f"  (client.key is private: keep it 0600; load {env.name} as the service's environment)\n")

@@ -12,11 +12,12 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from edgefleet.plumbing.mqtt_settings import DEFAULT_MQTT_URL, MqttSettings
+from edgefleet.plumbing.transport_security import TransportSecurity
 
 CONFIG_ENV = "EDGEFLEET_CLI_CONFIG"
 
@@ -63,10 +64,19 @@ class _ConfigFile(PydanticBaseSettingsSource):
         return data
 
 
-class FleetSettings(MqttSettings):
+class FleetSettings(MqttSettings, TransportSecurity):
     model_config = SettingsConfigDict(env_prefix="EDGEFLEET_", extra="ignore")
 
     node: str = Field(default="127.0.0.1:50051", description="Node address host:port (EDGEFLEET_NODE)")
+    api_key: SecretStr | None = Field(
+        default=None,
+        description="API key sent to the front door (`--node` at its gRPC address); never logged (EDGEFLEET_API_KEY)",
+    )
+    node_name: str = Field(
+        default="",
+        description="The node id its certificate must carry; empty: the host of EDGEFLEET_NODE must be in "
+        "the certificate (EDGEFLEET_NODE_NAME)",
+    )
     timeout_s: Annotated[float, Field(gt=0)] = Field(
         default=120.0, description="Deadline of one CLI call in seconds (EDGEFLEET_TIMEOUT_S)"
     )
@@ -83,6 +93,13 @@ class FleetSettings(MqttSettings):
         description="The operator's enrolled name; empty: the CN of client.crt beside the key "
         "(EDGEFLEET_OPERATOR_NAME)",
     )
+
+    def operator_key_path(self) -> Path | None:
+        """The key that signs commands: EDGEFLEET_OPERATOR_KEY_FILE, else (secure mode) the key of
+        the operator's enrollment bundle, EDGEFLEET_MQTT_KEY_FILE."""
+        if self.operator_key_file is not None:
+            return self.operator_key_file
+        return None if self.insecure else self.mqtt_key_file
 
     @field_validator("operator_key_file", mode="before")
     @classmethod

@@ -15,6 +15,7 @@ from edgefleet.node.errors import EdgefleetError
 from edgefleet.node.settings import NodeSettings
 from edgefleet.plumbing import failpoints
 from edgefleet.plumbing.logs import configure_logging
+from edgefleet.plumbing.transport_security import SecuritySettingsError
 
 log = logging.getLogger("edgefleet.node")
 
@@ -32,6 +33,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--threads", type=int, help="llama.cpp compute threads (default: the profile's)")
     serve.add_argument("--log-format", choices=["json", "text"], help="log format (default json)")
     serve.add_argument("--metrics-port", type=int, help="Prometheus metrics on this port (default 0: off)")
+    serve.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="local development only: plaintext gRPC and MQTT, unsigned desired state (EDGEFLEET_INSECURE)",
+    )
     sub.add_parser("profiles", help="list the shipped firmware profiles")
     rebuild = sub.add_parser(
         "rebuild-db", help="move a corrupted knowledge database aside and start an empty one (then ingest again)"
@@ -86,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             "log_format": args.log_format,
             "threads": args.threads,
             "metrics_port": args.metrics_port,
+            "insecure": args.insecure,
         }.items()
         if v is not None
     }
@@ -95,6 +103,13 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"edgefleet-node: invalid setting: {e}\n")
         return 2
     configure_logging(settings.node_id, settings.log_level, settings.log_format)
+    try:
+        settings.check_security()
+    except SecuritySettingsError as e:
+        log.error("cannot start", extra={"reason": str(e)})
+        sys.stderr.write(f"edgefleet-node: {e}\n")
+        return 2
+    settings.warn_if_insecure(log, "this node")
     try:
         switched_on = failpoints.load_env()
     except ValueError as e:

@@ -10,6 +10,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from edgefleet.plumbing.mqtt_settings import MqttSettings
+from edgefleet.plumbing.transport_security import SecuritySettingsError, TransportSecurity
 from edgefleet.proto.topics import check_name
 
 
@@ -17,7 +18,7 @@ def _default_data_dir() -> Path:
     return Path.home() / ".local" / "share" / "edgefleet"
 
 
-class NodeSettings(MqttSettings):
+class NodeSettings(MqttSettings, TransportSecurity):
     """Settings of one node process. Command-line flags override these."""
 
     model_config = SettingsConfigDict(env_prefix="EDGEFLEET_", extra="forbid", validate_default=True)
@@ -166,10 +167,11 @@ class NodeSettings(MqttSettings):
     knowledge: bool = Field(
         default=True, description="Keep a local knowledge store for retrieval (RAG) (EDGEFLEET_KNOWLEDGE)"
     )
-    embedder: Literal["wordllama", "node", "gguf"] = Field(
+    embedder: Literal["wordllama", "minilm", "node", "gguf"] = Field(
         default="wordllama",
-        description="Knowledge embedder: wordllama (static, in its wheel; chosen by bench/rag_eval.py), node "
-        "(this node's model, mean pooling) or gguf (EDGEFLEET_EMBEDDER_MODEL) (EDGEFLEET_EMBEDDER)",
+        description="Knowledge embedder: wordllama (static, in its wheel; the lightest), minilm (all-MiniLM-L6-v2 "
+        "from its wheel through llama.cpp; better retrieval, ~50x slower ingest), node (this node's model, mean "
+        "pooling) or gguf (EDGEFLEET_EMBEDDER_MODEL); a change re-embeds in the background (EDGEFLEET_EMBEDDER)",
     )
     embedder_model: Path | None = Field(
         default=None, description="GGUF embedding model for EDGEFLEET_EMBEDDER=gguf (EDGEFLEET_EMBEDDER_MODEL)"
@@ -251,3 +253,15 @@ class NodeSettings(MqttSettings):
             return list(self.site_public_key)
         default = Path.home() / ".config" / "edgefleet" / f"{self.site}.pub"
         return [default] if default.exists() else []
+
+    def check_security(self) -> None:
+        """Secure mode (the default): mutual TLS on gRPC, mqtts:// with a client certificate, and a
+        pinned site key to verify desired state; a SecuritySettingsError says what is missing."""
+        self.require_tls("the node's gRPC API")
+        self.require_secure_mqtt()
+        if not self.insecure and self.mqtt_url and not self.site_key_paths():
+            raise SecuritySettingsError(
+                "a node verifies desired state with the site's public key: set EDGEFLEET_SITE_PUBLIC_KEY "
+                "(the bundle from `edgefleet fleet enroll-node` holds site.pub), or EDGEFLEET_INSECURE=1 "
+                "for local development only"
+            )

@@ -14,6 +14,7 @@ from edgefleet.orchestrator.runtime import build_orchestrator
 from edgefleet.orchestrator.settings import OrchestratorSettings
 from edgefleet.plumbing import failpoints
 from edgefleet.plumbing.logs import configure_logging
+from edgefleet.plumbing.transport_security import SecuritySettingsError
 
 log = logging.getLogger("edgefleet.orchestrator")
 
@@ -33,6 +34,12 @@ def main(argv: list[str] | None = None) -> int:
         "--openai-address", help="OpenAI-compatible HTTP host:port (default 0.0.0.0:8080); '' turns it off"
     )
     serve.add_argument("--metrics-address", help="a /metrics listener of its own, host:port (default: none)")
+    serve.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="local development only: plaintext MQTT, gRPC and HTTP, unsigned commands (EDGEFLEET_INSECURE)",
+    )
     args = p.parse_args(argv)
     overrides = {
         k: v
@@ -44,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             "front_door_address": args.front_door_address,
             "openai_address": args.openai_address,
             "metrics_address": args.metrics_address,
+            "insecure": args.insecure,
         }.items()
         if v is not None
     }
@@ -53,6 +61,13 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"edgefleet-orchestrator: invalid setting: {e}\n")
         return 2
     configure_logging("orchestrator", settings.log_level, settings.log_format)
+    try:
+        settings.check_security()
+    except SecuritySettingsError as e:
+        log.error("cannot start", extra={"reason": str(e)})
+        sys.stderr.write(f"edgefleet-orchestrator: {e}\n")
+        return 2
+    settings.warn_if_insecure(log, "the orchestrator")
     try:
         switched_on = failpoints.load_env()
     except ValueError as e:

@@ -133,8 +133,8 @@ def build_orchestrator(settings: OrchestratorSettings, registry: Registry | None
     # the console's plots: telemetry folded into per-minute buckets, in a file beside the registry
     history = TelemetryHistory(settings.registry_db.with_suffix(".history.db"))
     table = build_command_table(registry, publisher, adapters, history)
-    auth = CommandAuth(settings.site, OperatorKeys(settings.operator_keys), settings.require_signed_commands)
-    if not settings.require_signed_commands:
+    auth = CommandAuth(settings.site, OperatorKeys(settings.operator_keys), settings.signed_commands_required())
+    if not settings.signed_commands_required():
         log.warning(
             "OPERATOR COMMANDS ARE NOT AUTHENTICATED: any client that can publish on the broker can command "
             "this site; set EDGEFLEET_REQUIRE_SIGNED_COMMANDS=true (see README, Signed operator commands)"

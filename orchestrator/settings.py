@@ -9,6 +9,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from edgefleet.plumbing.mqtt_settings import DEFAULT_MQTT_URL, MqttSettings
+from edgefleet.plumbing.transport_security import SecuritySettingsError, TransportSecurity
 from edgefleet.proto.topics import check_name
 
 
@@ -27,7 +28,7 @@ def _default_db() -> Path:
     return Path.home() / ".local" / "share" / "edgefleet" / "orchestrator.db"
 
 
-class OrchestratorSettings(MqttSettings):
+class OrchestratorSettings(MqttSettings, TransportSecurity):
     model_config = SettingsConfigDict(env_prefix="EDGEFLEET_", extra="ignore", validate_default=True)
 
     mqtt_url: str = Field(default=DEFAULT_MQTT_URL, description="Site broker (EDGEFLEET_MQTT_URL)")
@@ -41,10 +42,11 @@ class OrchestratorSettings(MqttSettings):
         description="The site's Ed25519 private key that signs artifact manifests; empty: "
         "~/.config/edgefleet/<site>.key, as `edgefleet fleet init-site` writes it (EDGEFLEET_SITE_KEY)",
     )
-    require_signed_commands: bool = Field(
-        default=False,
+    require_signed_commands: bool | None = Field(
+        default=None,
         description="Run only operator commands signed by a trusted, unrevoked operator, fresh (±120 s) and "
-        "not replayed; off: any command is obeyed (logged loudly at start) (EDGEFLEET_REQUIRE_SIGNED_COMMANDS)",
+        "not replayed; empty: on unless EDGEFLEET_INSECURE; false: any command is obeyed (logged loudly at "
+        "start) and only allowed in insecure mode (EDGEFLEET_REQUIRE_SIGNED_COMMANDS)",
     )
     operator_keys: Path = Field(
         default_factory=lambda: Path.home() / ".config" / "edgefleet" / "pki",
@@ -127,10 +129,17 @@ class OrchestratorSettings(MqttSettings):
         description="Seconds between asking each online node what it serves (adapters, collections) "
         "(EDGEFLEET_ROUTE_PROBE_INTERVAL_S)",
     )
-    front_door_auth: Literal["off", "keys"] = Field(
-        default="off",
+    front_door_auth: Literal["auto", "off", "keys"] = Field(
+        default="auto",
         description="keys: every front-door request needs `authorization: Bearer <key>` (an API key from "
-        "`edgefleet fleet keys create`); off: no authentication, logged as a warning (EDGEFLEET_FRONT_DOOR_AUTH)",
+        "`edgefleet fleet keys create`) or a site client certificate; off: no authentication, logged as a "
+        "warning, insecure mode only; auto: keys, or off with EDGEFLEET_INSECURE (EDGEFLEET_FRONT_DOOR_AUTH)",
+    )
+    front_door_client_certs: bool = Field(
+        default=False,
+        description="gRPC front door: require a site client certificate (mutual TLS; then it stands in for an "
+        "API key). Off: TLS, and clients use API keys; HTTPS always takes either "
+        "(EDGEFLEET_FRONT_DOOR_CLIENT_CERTS)",
     )
     api_keys_db: Path | None = Field(
         default=None,
@@ -165,3 +174,34 @@ class OrchestratorSettings(MqttSettings):
 
     def site_key_path(self) -> Path:
         return self.site_key or Path.home() / ".config" / "edgefleet" / f"{self.site}.key"
+
+    def signed_commands_required(self) -> bool:
+        return (not self.insecure) if self.require_signed_commands is None else self.require_signed_commands
+
+    def front_door_auth_mode(self) -> Literal["off", "keys"]:
+        if self.front_door_auth == "auto":
+            return "off" if self.insecure else "keys"
+        return self.front_door_auth
+
+    def check_security(self) -> None:
+        """Secure mode (the default) needs mqtts:// with the orchestrator's certificate, TLS for the
+        front door and to the nodes, the site key, signed commands and front-door authentication."""
+        self.require_secure_mqtt()
+        self.require_tls("the front door and its connections to nodes")
+        if self.insecure:
+            return
+        if not self.site_key_path().exists():
+            raise SecuritySettingsError(
+                f"desired state is signed with the site key, and {self.site_key_path()} does not exist: run "
+                "`edgefleet fleet init-site` or set EDGEFLEET_SITE_KEY (EDGEFLEET_INSECURE=1: local development only)"
+            )
+        if self.require_signed_commands is False:
+            raise SecuritySettingsError(
+                "EDGEFLEET_REQUIRE_SIGNED_COMMANDS=false lets anyone on the broker command the fleet; "
+                "it is allowed only with EDGEFLEET_INSECURE=1"
+            )
+        if self.front_door_auth == "off":
+            raise SecuritySettingsError(
+                "EDGEFLEET_FRONT_DOOR_AUTH=off opens the inference API to anyone on the network; "
+                "it is allowed only with EDGEFLEET_INSECURE=1"
+            )

@@ -216,13 +216,26 @@ class SitePki:
         write_public(self.ca_cert_path, _cert_pem(cert))
         self._save(site, [], [])
         self.issue_server(broker_hosts)
-        self.issue(ORCHESTRATOR, "orchestrator")
+        self.issue(ORCHESTRATOR, "orchestrator", hosts=broker_hosts)
         log.info("site PKI created", extra={"pki_dir": str(self.dir), "site": site})
 
-    def _leaf(self, cn: str, pub: ec.EllipticCurvePublicKey, server_hosts: list[str] | None = None) -> x509.Certificate:
+    def _leaf(
+        self, cn: str, pub: ec.EllipticCurvePublicKey, san: list[x509.GeneralName], server_only: bool
+    ) -> x509.Certificate:
+        """A certificate for `cn`. Identities get client and server use (a node serves gRPC with the
+        certificate it shows the broker) and their name as a DNS name, so a caller can ask for
+        `pump-3` by name wherever it is; the broker's certificate is a server one only."""
         ca_key, ca_cert = self._ca()
         now = _now()
-        builder = (
+        usages = (
+            [ExtendedKeyUsageOID.SERVER_AUTH]
+            if server_only
+            else [
+                ExtendedKeyUsageOID.CLIENT_AUTH,
+                ExtendedKeyUsageOID.SERVER_AUTH,
+            ]
+        )
+        return (
             x509.CertificateBuilder()
             .subject_name(_name(cn, self.site))
             .issuer_name(ca_cert.subject)
@@ -232,22 +245,16 @@ class SitePki:
             .not_valid_after(now + dt.timedelta(days=LEAF_DAYS))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.KeyUsage(True, False, True, False, False, False, False, False, False), critical=True)
-            .add_extension(
-                x509.ExtendedKeyUsage(
-                    [ExtendedKeyUsageOID.SERVER_AUTH if server_hosts is not None else ExtendedKeyUsageOID.CLIENT_AUTH]
-                ),
-                critical=False,
-            )
+            .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+            .add_extension(x509.SubjectAlternativeName(san), critical=False)
+            .sign(ca_key, hashes.SHA256())
         )
-        if server_hosts is not None:
-            builder = builder.add_extension(x509.SubjectAlternativeName(san_entries(server_hosts)), critical=False)
-        return builder.sign(ca_key, hashes.SHA256())
 
     def issue_server(self, hosts: list[str]) -> None:
         """(Re)issue the broker's server certificate for localhost, 127.0.0.1 and `hosts`."""
         key = ec.generate_private_key(ec.SECP256R1())
-        cert = self._leaf("edgefleet broker", key.public_key(), server_hosts=hosts)
+        cert = self._leaf("edgefleet broker", key.public_key(), san_entries(hosts), server_only=True)
         write_private(self.server_key_path, _key_pem(key))
         write_public(self.server_cert_path, _cert_pem(cert))
         log.info("broker certificate issued", extra={"hosts": hosts, "serial": cert.serial_number})
@@ -256,7 +263,14 @@ class SitePki:
     def bundle_dir(self, name: str) -> Path:
         return self.dir / "bundles" / name
 
-    def issue(self, name: str, kind: str, groups: list[str] | None = None, force: bool = False) -> Identity:
+    def issue(
+        self,
+        name: str,
+        kind: str,
+        groups: list[str] | None = None,
+        force: bool = False,
+        hosts: list[str] | None = None,
+    ) -> Identity:
         """Issue a key and certificate for `name` into its bundle directory; returns the registry entry.
 
         A revoked name may be enrolled again (a new key, a new serial); a live one needs `force`
@@ -273,7 +287,10 @@ class SitePki:
         if old and old.kind != kind and not old.revoked:
             raise PkiError(f"{name} is a {old.kind}; names are unique across kinds")
         key = ec.generate_private_key(ec.SECP256R1())
-        cert = self._leaf(name, key.public_key())
+        san: list[x509.GeneralName] = [x509.DNSName(name)]
+        if hosts is not None:  # also reachable as these hosts (the orchestrator's front door)
+            san += [e for e in san_entries(hosts) if e != x509.DNSName(name)]
+        cert = self._leaf(name, key.public_key(), san, server_only=False)
         bundle = self.bundle_dir(name)
         bundle.mkdir(parents=True, exist_ok=True)
         bundle.chmod(0o700)

@@ -15,12 +15,23 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from edgefleet.plumbing.site_tls import channel_credentials, target_name
+from edgefleet.plumbing.transport_security import TlsFiles
 from edgefleet.proto.v1 import inference_pb2 as pb
 from edgefleet.proto.v1 import inference_pb2_grpc as pb_grpc
+from tests import site_identity
 
 ROOT = Path(__file__).resolve().parent.parent
 PROFILES = ROOT / "firmware_profiles"
 BIN = Path(sys.executable).parent
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    site_identity.site()  # the suite runs secure: every process inherits the harness identity
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    site_identity.remove()
 
 
 def free_port() -> int:
@@ -65,12 +76,16 @@ class NodeProcess:
         # One compute thread: tests run two nodes, a broker and their clients on a 2-core runner, and
         # ggml's threads spin at barriers, so 2 threads sharing cores with anything else decode ~7x
         # slower (136 -> 19 tok/s with one busy process beside them); one thread keeps ~131 tok/s.
+        env = env or {}
+        self.insecure = env.get("EDGEFLEET_INSECURE", os.environ.get("EDGEFLEET_INSECURE", "")) in ("1", "true")
+        own = {} if self.insecure else site_identity.site().node_env(self.node_id)
         full_env = {
             **os.environ,
+            **own,
             "EDGEFLEET_LOG_FORMAT": "text",
             "EDGEFLEET_RESPONSE_CACHE": "false",
             "EDGEFLEET_THREADS": "1",
-            **(env or {}),
+            **env,
         }
         self.proc = subprocess.Popen(
             [
@@ -91,8 +106,24 @@ class NodeProcess:
             stderr=subprocess.STDOUT,
             env=full_env,
         )
-        self.channel = grpc.insecure_channel(self.address)
+        self.channel = self.open_channel()
         self.stub = pb_grpc.InferenceStub(self.channel)
+
+    def open_channel(self, options: list[tuple[str, object]] | None = None) -> grpc.Channel:
+        """A channel to this node: mutual TLS as the harness operator (or, for a node enrolled in a
+        PKI of the test's own, as the node's own certificate), plaintext for an insecure node."""
+        if self.insecure:
+            return grpc.insecure_channel(self.address, options=options or [])
+        if "EDGEFLEET_MQTT_CA_FILE" in self.env:
+            e = self.env
+            files = TlsFiles(
+                Path(e["EDGEFLEET_MQTT_CERT_FILE"]),
+                Path(e["EDGEFLEET_MQTT_KEY_FILE"]),
+                Path(e["EDGEFLEET_MQTT_CA_FILE"]),
+            )
+            opts = [*(options or []), *target_name(self.node_id)]
+            return grpc.secure_channel(self.address, channel_credentials(files), options=opts)
+        return site_identity.site().grpc_channel(self.address, self.node_id, options)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

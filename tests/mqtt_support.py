@@ -16,7 +16,9 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from tests import site_identity
 from tests.conftest import BIN, free_port
+from tests.site_identity import INSECURE_ENV
 
 
 def mosquitto_binary() -> str:
@@ -27,22 +29,49 @@ def mosquitto_binary() -> str:
 
 
 class Mosquitto:
-    """A broker with a generated config and persistence on, so it can be stopped and restarted."""
+    """A broker with a generated config and persistence on, so it can be stopped and restarted.
 
-    def __init__(self, tmp: Path) -> None:
+    Secure like the product's: a TLS listener with the test site's broker certificate, client
+    certificates required, the certificate's CN as the user name. The ACL side is tested against
+    the generated configuration in tests/security; here every site identity may use every topic.
+    `insecure=True`: a plaintext anonymous listener (for tests of insecure mode itself)."""
+
+    def __init__(self, tmp: Path, insecure: bool = False) -> None:
         self.dir = tmp / "mosquitto"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
-        self.url = f"mqtt://127.0.0.1:{self.port}"
+        self.insecure = insecure
+        self.url = f"{'mqtt' if insecure else 'mqtts'}://127.0.0.1:{self.port}"
         self.conf = self.dir / "mosquitto.conf"
+        pki = site_identity.site().pki
+        security = (
+            "allow_anonymous true\n"
+            if insecure
+            else f"cafile {pki.ca_cert_path}\ncertfile {pki.server_cert_path}\nkeyfile {pki.server_key_path}\n"
+            "require_certificate true\nuse_identity_as_username true\nallow_anonymous false\n"
+        )
         self.conf.write_text(
             # `user`: as root, mosquitto would switch to its own user and could not write here.
             f"user {pwd.getpwuid(os.getuid()).pw_name}\n"
-            f"listener {self.port} 127.0.0.1\nset_tcp_nodelay true\nallow_anonymous true\npersistence true\n"
+            f"listener {self.port} 127.0.0.1\nset_tcp_nodelay true\n{security}persistence true\n"
             f"persistence_location {self.dir}/\nautosave_interval 1\nlog_dest stderr\n"
         )
         self.proc: subprocess.Popen[bytes] | None = None
         self.start()
+
+    def link_options(self) -> dict[str, Any]:
+        """MqttLink keyword arguments for this broker (the harness certificate)."""
+        if self.insecure:
+            return {}
+        h = site_identity.site().harness_dir
+        return {"ca_file": str(h / "ca.crt"), "cert_file": str(h / "client.crt"), "key_file": str(h / "client.key")}
+
+    def client(self, client_id: str = "") -> mqtt.Client:
+        """A paho MQTT 5 client set up for this broker (TLS as the harness operator), not connected."""
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        if not self.insecure:
+            site_identity.site().paho_tls(c)
+        return c
 
     def start(self) -> None:
         log = (self.dir / "mosquitto.log").open("ab")
@@ -76,6 +105,7 @@ class Orchestrator:
         # The front door's listeners are off unless a test opens them (on free ports of its own).
         self.env = {
             **os.environ,
+            **(INSECURE_ENV if getattr(broker, "insecure", False) else site_identity.site().orchestrator_env()),
             "EDGEFLEET_ARTIFACT_DIR": str(tmp / "artifacts"),
             "EDGEFLEET_FRONT_DOOR_ADDRESS": "",
             "EDGEFLEET_OPENAI_ADDRESS": "",
@@ -114,11 +144,15 @@ class Orchestrator:
 
 
 def node_env(broker: Mosquitto, site: str = "lab", **extra: str) -> dict[str, str]:
-    return {"EDGEFLEET_MQTT_URL": broker.url, "EDGEFLEET_SITE": site, "EDGEFLEET_TELEMETRY_INTERVAL_S": "1", **extra}
+    env = {"EDGEFLEET_MQTT_URL": broker.url, "EDGEFLEET_SITE": site, "EDGEFLEET_TELEMETRY_INTERVAL_S": "1"}
+    return {**env, **(INSECURE_ENV if broker.insecure else {}), **extra}
 
 
 def fleet(broker: Mosquitto, *args: str, site: str = "lab", timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """The CLI as the harness operator (its certificate signs the commands)."""
     env = {**os.environ, "EDGEFLEET_MQTT_URL": broker.url, "EDGEFLEET_SITE": site}
+    if broker.insecure:
+        env.update(INSECURE_ENV)
     return subprocess.run([str(BIN / "edgefleet"), *args], capture_output=True, text=True, timeout=timeout, env=env)
 
 
@@ -135,7 +169,7 @@ class Watcher:
     def __init__(self, broker: Mosquitto, topic_filter: str) -> None:
         self.messages: list[tuple[str, bytes]] = []
         self._lock = threading.Lock()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        self.client = broker.client()
         ready = threading.Event()
         self.client.on_connect = lambda c, *_: c.subscribe(topic_filter, qos=1)
         self.client.on_subscribe = lambda *_: ready.set()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import tarfile
@@ -21,7 +22,7 @@ from edgefleet.fleet.console.settings import ConsoleSettings
 from edgefleet.node.profiles import builtin_profiles
 from edgefleet.node.settings import NodeSettings
 from edgefleet.orchestrator.settings import OrchestratorSettings
-from tests.conftest import ROOT
+from tests.conftest import BIN, ROOT
 
 
 def _vars(model: type) -> set[str]:
@@ -50,15 +51,26 @@ def test_compose_agrees_with_dockerfile_profiles_and_settings() -> None:
     assert node["ports"] == [f"{port}:{port}"] and f"EXPOSE {port}" in dockerfile
     assert any(v.endswith(f":{node['environment']['EDGEFLEET_DATA_DIR']}") for v in node["volumes"])
 
-    # Both parts reach the broker service by name, on the port its config listens on, in one site.
-    broker_port = re.search(r"^listener (\d+)", (ROOT / "deploy/mosquitto.conf").read_text(), re.M)
-    assert broker_port is not None
-    for part in (node, orch):
-        assert part["environment"]["EDGEFLEET_MQTT_URL"] == f"mqtt://mosquitto:{broker_port.group(1)}"
-        assert "mosquitto" in part["depends_on"]
-    assert node["environment"]["EDGEFLEET_SITE"] == orch["environment"]["EDGEFLEET_SITE"]
+    # Both parts reach the broker service by name over TLS, on the port its (secure) config listens
+    # on, in one site, each with a certificate and the files its secure mode needs.
     conf_mount = services["mosquitto"]["volumes"][0].split(":")[0]
-    assert (ROOT / conf_mount).exists()
+    assert conf_mount == "./deploy/mosquitto-secure.conf"
+    broker_conf = (ROOT / conf_mount).read_text()
+    broker_port = re.search(r"^listener (\d+)", broker_conf, re.M)
+    assert broker_port is not None and "require_certificate true" in broker_conf
+    assert f"{broker_port.group(1)}:{broker_port.group(1)}" in services["mosquitto"]["ports"]
+    for part in (node, orch, console):
+        env = part["environment"]
+        assert env["EDGEFLEET_MQTT_URL"] == f"mqtts://mosquitto:{broker_port.group(1)}"
+        assert "mosquitto" in part["depends_on"]
+        assert {"EDGEFLEET_MQTT_CA_FILE", "EDGEFLEET_MQTT_CERT_FILE", "EDGEFLEET_MQTT_KEY_FILE"} <= set(env)
+        assert "EDGEFLEET_INSECURE" not in env
+        mounted = {v.split(":")[1].rstrip("/") for v in part["volumes"]}
+        for var in ("EDGEFLEET_MQTT_CA_FILE", "EDGEFLEET_MQTT_CERT_FILE", "EDGEFLEET_MQTT_KEY_FILE"):
+            assert any(env[var].startswith(m + "/") for m in mounted), (var, env[var], mounted)
+    assert "EDGEFLEET_SITE_PUBLIC_KEY" in node["environment"]
+    assert {"EDGEFLEET_SITE_KEY", "EDGEFLEET_OPERATOR_KEYS", "EDGEFLEET_TLS_CRL_FILE"} <= set(orch["environment"])
+    assert node["environment"]["EDGEFLEET_SITE"] == orch["environment"]["EDGEFLEET_SITE"]
 
 
 # -- the Compose Specification, the image build, Prometheus/Grafana, balena --------------------------------
@@ -103,7 +115,29 @@ def _json_cmd(line: str) -> list[str]:
     return json.loads(line.split("CMD", 1)[1]) if "CMD [" in line else []
 
 
-def test_every_command_and_path_exists_in_the_image_build() -> None:
+def _site_tree(tmp: Path) -> Path:
+    """Run the identity commands docker-compose.yml's header tells the operator to run, in `tmp`."""
+    header = [
+        line[1:].strip() for line in (ROOT / "docker-compose.yml").read_text().splitlines() if line.startswith("#")
+    ]
+    commands = [shlex.split(line) for line in header if line.startswith("edgefleet ")]
+    assert len(commands) >= 4, header
+    for cmd in commands:
+        r = subprocess.run([str(BIN / "edgefleet"), *cmd[1:]], cwd=tmp, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, (cmd, r.stderr)
+    return tmp
+
+
+def _shell_command(test: list[str]) -> list[str]:
+    """A healthcheck's command: CMD's list, or CMD-SHELL's string without leading VAR=value words."""
+    if test[0] == "CMD-SHELL":
+        words = shlex.split(test[1])
+        return [w for i, w in enumerate(words) if not (re.match(r"^\w+=", w) and all("=" in x for x in words[:i]))]
+    return test[1:]
+
+
+def test_every_command_and_path_exists_in_the_image_build(tmp_path: Path) -> None:
+    generated = _site_tree(tmp_path)
     scripts = _scripts() | {"python"}  # the venv's python (on PATH in the image)
     for dockerfile in ("Dockerfile", "Dockerfile.template"):
         text = (ROOT / dockerfile).read_text().replace("\\\n", " ")
@@ -120,12 +154,15 @@ def test_every_command_and_path_exists_in_the_image_build() -> None:
     for name in COMPOSE_FILES:
         for svc_name, svc in yaml.safe_load((ROOT / name).read_text())["services"].items():
             edgefleet_image = svc.get("image", "").startswith("edgefleet") or "build" in svc
-            for cmd in (svc.get("command"), (svc.get("healthcheck") or {}).get("test", [None])[1:]):
+            check = (svc.get("healthcheck") or {}).get("test")
+            for cmd in (svc.get("command"), _shell_command(check) if check else None):
                 if edgefleet_image and cmd:
                     assert cmd[0] in scripts, f"{name}: {svc_name} runs {cmd[0]}, not in the image"
             for vol in svc.get("volumes", []):
                 host = vol.split(":")[0]
-                if host.startswith("./"):
+                if host.startswith("./site/"):  # made by the header's identity commands
+                    assert (generated / host).exists(), f"{name}: {svc_name} mounts {host}, not made by them"
+                elif host.startswith("./"):
                     assert (ROOT / host).exists(), f"{name}: {svc_name} mounts {host}, which does not exist"
             profile = (svc.get("environment") or {}).get("EDGEFLEET_PROFILE")
             assert profile is None or profile in builtin_profiles()

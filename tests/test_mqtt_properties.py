@@ -18,7 +18,6 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -114,15 +113,15 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Mosquitto, 
 class Publisher:
     """A plain MQTT 5 client; a new connection whenever the broker dropped the last one."""
 
-    def __init__(self, port: int) -> None:
-        self.port = port
+    def __init__(self, broker: Mosquitto) -> None:
+        self.broker, self.port = broker, broker.port
         self.client: mqtt.Client | None = None
 
     def connected(self) -> mqtt.Client:
         if self.client is not None and self.client.is_connected():
             return self.client
         self.close()
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        client = self.broker.client()
         client.connect("127.0.0.1", self.port)
         client.loop_start()
         assert wait_for(client.is_connected, timeout=5)
@@ -138,7 +137,7 @@ class Publisher:
 
 @pytest.fixture(scope="module")
 def publisher(site: tuple[Mosquitto, Orchestrator, NodeProcess]) -> Iterator[Publisher]:
-    p = Publisher(site[0].port)
+    p = Publisher(site[0])
     yield p
     p.close()
 
@@ -190,7 +189,7 @@ def test_after_every_message_both_processes_are_whole(
     )
     _, last, _ = collect(node.stub.Generate(pb.GenerateRequest(prompt="Hello", max_tokens=3), timeout=30))
     assert last.usage.completion_tokens == 3
-    client = CommandClient(broker.port)
+    client = CommandClient(broker)
     try:
         result = client.call(Command(op="status").dumps(), timeout=15)
         assert result.ok and any(n["node_id"] == NODE for n in result.data["nodes"])

@@ -18,6 +18,7 @@ import grpc
 from aiohttp import web
 
 from edgefleet.fleet.console import server as s
+from edgefleet.fleet.grpc_channel import node_channel_aio
 from edgefleet.proto.v1 import inference_pb2 as pb
 from edgefleet.proto.v1 import inference_pb2_grpc as pb_grpc
 
@@ -97,7 +98,9 @@ async def generate(request: web.Request) -> web.StreamResponse:
     started = time.monotonic()
     first: float | None = None
     chars = 0
-    async with grpc.aio.insecure_channel(address) as channel:
+    settings = request.app[s.SETTINGS_KEY]
+    key = settings.console_api_key if address == front_door else None
+    async with node_channel_aio(settings, address, known.get(address), key) as channel:
         call = pb_grpc.InferenceStub(channel).Generate(req, timeout=120, metadata=(("x-request-id", rid),))
         try:
             header = dict(await call.initial_metadata() or ())

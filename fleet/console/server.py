@@ -119,10 +119,11 @@ def build_app(settings: ConsoleSettings, link: MqttLink | None = None) -> web.Ap
 
 
 def ssl_context(settings: ConsoleSettings) -> ssl.SSLContext | None:
-    if not settings.console_tls_cert_file:
+    files = settings.https_files()
+    if files is None:
         return None
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(str(settings.console_tls_cert_file), str(settings.console_tls_key_file or "") or None)
+    ctx.load_cert_chain(str(files[0]), str(files[1]))
     return ctx
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from edgefleet.fleet.settings import FleetSettings
 from edgefleet.plumbing.mqtt_settings import DEFAULT_MQTT_URL, MqttSettings
+from edgefleet.plumbing.transport_security import TlsFiles, TransportSecurity
 
 
 def _host_port(v: str, what: str) -> str:
@@ -19,7 +20,7 @@ def _host_port(v: str, what: str) -> str:
     return v
 
 
-class ConsoleSettings(MqttSettings):
+class ConsoleSettings(MqttSettings, TransportSecurity):
     model_config = SettingsConfigDict(env_prefix="EDGEFLEET_", extra="ignore")
 
     console_address: str = Field(
@@ -36,6 +37,11 @@ class ConsoleSettings(MqttSettings):
         default="127.0.0.1:50050",
         description="gRPC edgefleet.v1.Inference the playground talks to, HOST:PORT (EDGEFLEET_FRONT_DOOR_ADDRESS)",
     )
+    console_api_key: SecretStr | None = Field(
+        default=None,
+        description="API key the playground sends to the front door's gRPC listener; never logged "
+        "(EDGEFLEET_CONSOLE_API_KEY)",
+    )
     console_session_hours: Annotated[float, Field(gt=0)] = Field(
         default=12.0, description="Hours a login lasts (EDGEFLEET_CONSOLE_SESSION_HOURS)"
     )
@@ -49,7 +55,10 @@ class ConsoleSettings(MqttSettings):
         description="How often the console asks the orchestrator for `status` (EDGEFLEET_CONSOLE_STATUS_POLL_S)",
     )
     console_tls_cert_file: Path | None = Field(
-        default=None, description="Serve HTTPS with this certificate (EDGEFLEET_CONSOLE_TLS_CERT_FILE)"
+        default=None,
+        description="Serve HTTPS with this certificate; empty: the console's site certificate "
+        "(EDGEFLEET_TLS_CERT_FILE / EDGEFLEET_MQTT_CERT_FILE), plain HTTP only with EDGEFLEET_INSECURE "
+        "(EDGEFLEET_CONSOLE_TLS_CERT_FILE)",
     )
     console_tls_key_file: Path | None = Field(
         default=None, description="Private key of the certificate (EDGEFLEET_CONSOLE_TLS_KEY_FILE)"
@@ -79,6 +88,23 @@ class ConsoleSettings(MqttSettings):
             mqtt_ca_file=self.mqtt_ca_file,
             mqtt_cert_file=self.mqtt_cert_file,
             mqtt_key_file=self.mqtt_key_file,
+            insecure=self.insecure,
+            tls_cert_file=self.tls_cert_file,
+            tls_key_file=self.tls_key_file,
+            tls_ca_file=self.tls_ca_file,
             site=self.site,
             topic_root=self.topic_root,
         )
+
+    def https_files(self) -> tuple[Path, Path] | None:
+        """(certificate, key) to serve HTTPS with, or None for plain HTTP (insecure mode only)."""
+        if self.console_tls_cert_file is not None:
+            return self.console_tls_cert_file, self.console_tls_key_file or self.console_tls_cert_file
+        tls: TlsFiles | None = None if self.insecure else self.tls_files()
+        return (tls.cert, tls.key) if tls is not None else None
+
+    def check_security(self) -> None:
+        """Secure mode: mqtts:// with the console's operator certificate, which also serves HTTPS
+        and signs the commands the console sends."""
+        self.require_secure_mqtt()
+        self.require_tls("the console (HTTPS, and gRPC to the front door)")

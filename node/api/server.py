@@ -22,6 +22,7 @@ from edgefleet.node.runtime import Node
 from edgefleet.node.settings import NodeSettings
 from edgefleet.node.update_lock import hold_update_lock
 from edgefleet.plumbing.grpc_malformed import MalformedRequestInterceptor, request_types
+from edgefleet.plumbing.site_tls import PeerCheckInterceptor, Revocations, server_credentials
 from edgefleet.proto.v1 import inference_pb2, inference_pb2_grpc
 
 log = logging.getLogger("edgefleet.node.server")
@@ -74,6 +75,9 @@ async def serve(node: Node, settings: NodeSettings, ready: asyncio.Event | None 
         interceptors.insert(0, MetricsInterceptor(metrics))
         metrics.serve(settings.host, settings.metrics_port)
         log.info("metrics", extra={"url": f"http://{settings.host}:{settings.metrics_port}/metrics"})
+    tls = settings.tls_files() if not settings.insecure else None
+    if tls is not None:  # checked at start; the CRL, if any, refuses revoked callers on every call
+        interceptors.insert(0, PeerCheckInterceptor(Revocations(tls.crl)))
     server = grpc.aio.server(options=opts, interceptors=interceptors)
     servicer = InferenceServicer(node.service)
     inference_pb2_grpc.add_InferenceServicer_to_server(servicer, server)
@@ -84,7 +88,10 @@ async def serve(node: Node, settings: NodeSettings, ready: asyncio.Event | None 
         server,
     )
     address = f"{settings.host}:{settings.port}"
-    port = server.add_insecure_port(address)
+    if tls is not None:  # mutual TLS: only holders of a site certificate may call
+        port = server.add_secure_port(address, server_credentials(tls, require_client_auth=True))
+    else:
+        port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot listen on {address}")
     await server.start()

@@ -7,9 +7,10 @@ parentheses and column filters are thereby plain text, so no query can raise an 
 error; BM25 then ranks chunks matching more (and rarer) terms first.
 
 `reciprocal_rank_fusion` merges ranked lists by the sum of weight / (k + rank) (Cormack et al.). The
-store fuses keyword and vector rankings with k = 10 and weights 1.5 (keyword) and 1 (vector): chosen by
-`bench/rag_eval.py` on the union of both evaluation sets (112 questions) as the best union recall@5 then
-MRR@10 among settings whose hybrid is at least its keyword and its vector ranking on each set.
+store fuses keyword and vector rankings with wordllama's vectors by k = 10 and weights 1.5 (keyword) and
+1 (vector), with MiniLM's by k = 60 and weights 0.8 and 1: chosen by `bench/rag_eval.py` on the union
+of both evaluation sets (112 questions) as the best union recall@5 then MRR@10 among settings whose
+hybrid is at least its keyword and its vector ranking on each set (`fusion_for`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,12 @@ MAX_TERMS = 32
 RRF_K = 10
 HYBRID_WEIGHTS = (1.5, 1.0)
 """Keyword, vector: the weights of the two rankings in hybrid retrieval (see the module doc)."""
+FUSION_BY_EMBEDDER: dict[str, tuple[int, tuple[float, float]]] = {
+    "wordllama": (RRF_K, HYBRID_WEIGHTS),
+    "minilm": (60, (0.8, 1.0)),
+}
+"""(k, (keyword weight, vector weight)) by embedder kind (the identity's prefix), chosen by the same
+rule on the union of both sets: a sentence embedder's ranking deserves more weight than wordllama's."""
 T = TypeVar("T", bound=Hashable)
 
 _WORD_RE = re.compile(r"\w+", re.UNICODE)
@@ -90,6 +97,11 @@ def reciprocal_rank_fusion(
             scores[item] = scores.get(item, 0.0) + weight / (k + rank)
     order = {item: i for i, item in enumerate(scores)}
     return sorted(scores.items(), key=lambda kv: (-kv[1], order[kv[0]]))
+
+
+def fusion_for(embedder_identity: str) -> tuple[int, tuple[float, float]]:
+    """The fusion (k, weights) for vectors of this embedder; the wordllama setting for any other."""
+    return FUSION_BY_EMBEDDER.get(embedder_identity.partition(":")[0], (RRF_K, HYBRID_WEIGHTS))
 
 
 def check_mode(mode: str) -> Mode:

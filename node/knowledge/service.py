@@ -23,13 +23,16 @@ from edgefleet.node.knowledge.caches import (
     response_cache_key,
 )
 from edgefleet.node.knowledge.documents import Document
-from edgefleet.node.knowledge.embedders import Embedder, make_embedder
+from edgefleet.node.knowledge.embedders import Embedder, embedder_for_identity, make_embedder
+from edgefleet.node.knowledge.reembed import ReembedWorker
 from edgefleet.node.knowledge.schema import CollectionInfo, Hit, IngestResult
 from edgefleet.node.knowledge.store import KnowledgeStore
 
 log = logging.getLogger("edgefleet.node.knowledge")
 DEFAULT_GENERATION_TOP_K = 4
 MAX_CONTEXT_CHARS_PER_CHUNK = 1200
+EMBEDDERS_DIR = "embedders"
+"""Beside knowledge.db: embedding models written once from the wheels that ship them (minilm's GGUF)."""
 
 CONTEXT_INTRO = (
     "Answer from the sources below. They come from this site's own documents. "
@@ -39,7 +42,7 @@ CONTEXT_INTRO = (
 
 @dataclass(frozen=True)
 class EmbedderChoice:
-    kind: str  # wordllama | node | gguf
+    kind: str  # wordllama | minilm | node | gguf
     model_path: Path | None = None
     threads: int = 2
 
@@ -56,6 +59,7 @@ class KnowledgeService:
         response_cache_rows: int,
         max_document_bytes: int,
     ) -> None:
+        cache_dir = Path(path).parent / EMBEDDERS_DIR
         embedder: Embedder = make_embedder(
             choice.kind,  # type: ignore[arg-type]
             embed_fn=node_embed,
@@ -63,7 +67,19 @@ class KnowledgeService:
             model_sha256=model_sha256,
             model_path=choice.model_path,
             n_threads=choice.threads,
+            cache_dir=cache_dir,
         )
+
+        def previous(identity: str) -> Embedder | None:
+            return embedder_for_identity(
+                identity,
+                cache_dir=cache_dir,
+                embed_fn=node_embed,
+                dimensions=n_embd,
+                model_sha256=model_sha256,
+                n_threads=choice.threads,
+            )
+
         cache_path = default_cache_path(path)
         self.responses = ResponseCache(cache_path, max_rows=response_cache_rows)
         self.store = KnowledgeStore(
@@ -72,11 +88,11 @@ class KnowledgeService:
             max_document_bytes=max_document_bytes,
             retrieval_cache=RetrievalCache(cache_path, max_rows=retrieval_cache_rows),
             response_cache=self.responses,
+            previous_embedder=previous,
         )
         self.model_sha256 = model_sha256
-        reembedded = self.store.ensure_embedder()
-        if reembedded:
-            log.info("collections embedded again for a new embedder", extra={"collections": reembedded})
+        # Collections of another embedder are embedded again in the background; their old vectors serve meanwhile.
+        self.reembedding = ReembedWorker(self.store).start()
 
     @property
     def search_backend(self) -> str:
@@ -87,6 +103,7 @@ class KnowledgeService:
         return self.store.embedder.identity
 
     def close(self) -> None:
+        self.reembedding.stop()
         self.store.close()
         self.responses.close()
 

@@ -19,7 +19,8 @@ before anything is written; a failure or a crash leaves the previous state intac
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Literal
@@ -42,12 +43,13 @@ from edgefleet.node.knowledge.documents import (
 )
 from edgefleet.node.knowledge.embedders import Embedder
 from edgefleet.node.knowledge.errors import CorruptDatabase, EmbedderMismatch, InvalidInput, NotFoundError
+from edgefleet.node.knowledge.reembed import reembed_collection
 from edgefleet.node.knowledge.schema import MIGRATIONS, CollectionInfo, Hit, IngestResult
 from edgefleet.node.knowledge.search import (
-    HYBRID_WEIGHTS,
     Mode,
     check_mode,
     check_top_k,
+    fusion_for,
     normalise_query,
     reciprocal_rank_fusion,
 )
@@ -79,6 +81,7 @@ class KnowledgeStore:
         retrieval_cache: RetrievalCache | None = None,
         response_cache: ResponseCache | None = None,
         check_on_open: bool = True,
+        previous_embedder: Callable[[str], Embedder | None] | None = None,
     ) -> None:
         if vector_backend not in ("auto", "sqlite-vec", "numpy"):
             raise InvalidInput(f"vector_backend must be auto, sqlite-vec or numpy, got {vector_backend!r}")
@@ -88,6 +91,9 @@ class KnowledgeStore:
         self.chunking = chunking or ChunkingConfig()
         self.retrieval_cache = retrieval_cache
         self.response_cache = response_cache
+        self._previous_embedder = previous_embedder
+        self._previous: dict[str, Embedder | None] = {}
+        self._previous_lock = threading.Lock()
         writer, vec = sqlite.open_database(
             self.path, MIGRATIONS, load_vec=vector_backend != "numpy", check=check_on_open
         )
@@ -152,12 +158,20 @@ class KnowledgeStore:
         with self._db.read() as conn:
             return self._require(conn, name)
 
-    def _check_embedder(self, info: CollectionInfo) -> None:
-        if info.chunks and info.embedder != self.embedder.identity:
-            raise EmbedderMismatch(
-                f"collection {info.name!r} was embedded with {info.embedder}, this store runs "
-                f"{self.embedder.identity}; re-embed it first (KnowledgeStore.reembed or ensure_embedder)"
-            )
+    def _embedder_for(self, info: CollectionInfo) -> Embedder | None:
+        """The embedder of the collection's vectors: this store's, or the one it is being re-embedded from
+        (rebuilt by `previous_embedder` from its identity), or None when that one cannot be had."""
+        if not info.chunks or info.embedder == self.embedder.identity:
+            return self.embedder
+        with self._previous_lock:
+            if info.embedder not in self._previous:
+                found = self._previous_embedder(info.embedder) if self._previous_embedder else None
+                self._previous[info.embedder] = found if found is None or found.identity == info.embedder else None
+            return self._previous[info.embedder]
+
+    def forget_previous_embedders(self) -> None:
+        """Let go of the embedders kept for collections being re-embedded (their models' memory)."""
+        self._previous.clear()
 
     def _changed(self, collection: str) -> None:
         for cache in (self.retrieval_cache, self.response_cache):
@@ -168,17 +182,24 @@ class KnowledgeStore:
                     log.warning("cache entries not removed", extra={"collection": collection, "reason": str(e)})
 
     # -- writes -----------------------------------------------------------------------------
-    def _embed(self, prepared: Sequence[PreparedDocument]) -> list[np.ndarray]:
+    def _embed(self, prepared: Sequence[PreparedDocument], embedder: Embedder | None = None) -> list[np.ndarray]:
+        embedder = embedder or self.embedder
         texts = [c.search_text for p in prepared for c in p.chunks]
-        matrix = self.embedder.embed(texts) if texts else np.zeros((0, self.embedder.dimensions), np.float32)
+        matrix = embedder.embed(texts) if texts else np.zeros((0, embedder.dimensions), np.float32)
         out, start = [], 0
         for p in prepared:
             out.append(matrix[start : start + len(p.chunks)])
             start += len(p.chunks)
         return out
 
-    def _upsert(self, conn: sqlite.Connection, name: str, version: str | None) -> None:
-        q.upsert_collection(conn, name, version, self.embedder.identity, self.embedder.dimensions)
+    def _upsert(
+        self, conn: sqlite.Connection, name: str, version: str | None, label: CollectionInfo | None = None
+    ) -> None:
+        """Create or touch the collection; `label`: keep the embedder it names (a collection being re-embedded)."""
+        embedder, dims = (
+            (label.embedder, label.dimensions) if label else (self.embedder.identity, self.embedder.dimensions)
+        )
+        q.upsert_collection(conn, name, version, embedder, dims)
 
     def ingest(self, collection: str, docs: Sequence[Document], version: str | None = None) -> IngestResult:
         """Add or replace documents; each one is replaced wholly in one transaction.
@@ -193,20 +214,22 @@ class KnowledgeStore:
         with self._db.write_lock:
             info = q.collection_info(self._db.writer, collection)
             existing: dict[str, tuple[str, str, str]] = {}
+            embedder, label = self.embedder, None
             if info is not None:
-                self._check_embedder(info)
                 existing = q.stored_documents(self._db.writer, collection)
+                if info.chunks and info.embedder != self.embedder.identity:  # being re-embedded: stay in its space
+                    embedder, label = self._embedder_for(info) or self.embedder, info
             changed = [p for p in prepared if existing.get(p.id) != (p.sha256, p.metadata_json, p.chunker)]
             dims = info.dimensions if info is not None else self.embedder.dimensions
-            for doc, matrix in zip(changed, self._embed(changed), strict=True):
+            for doc, matrix in zip(changed, self._embed(changed, embedder), strict=True):
                 with self._db.write() as conn:
-                    self._upsert(conn, collection, version)
+                    self._upsert(conn, collection, version, label)
                     q.delete_document(conn, self._vectors, collection, dims, doc.id)
-                    q.insert_document(conn, self._vectors, collection, self.embedder.identity, doc, matrix)
-                dims = self.embedder.dimensions
+                    q.insert_document(conn, self._vectors, collection, embedder.identity, doc, matrix)
+                dims = label.dimensions if label else self.embedder.dimensions
             if not changed and (info is None or (version is not None and version != info.version)):
                 with self._db.write() as conn:
-                    self._upsert(conn, collection, version)
+                    self._upsert(conn, collection, version, label)
             self._changed(collection)
         result = IngestResult(sum(len(p.chunks) for p in changed), len(changed), len(prepared) - len(changed))
         log.info("documents ingested", extra={"collection": collection, **asdict(result)})
@@ -279,26 +302,23 @@ class KnowledgeStore:
         log.info("collection deleted", extra={"collection": name})
 
     def reembed(self, collection: str) -> int:
-        """Re-embed every chunk of `collection` with this store's embedder (one transaction); returns chunks."""
+        """Re-embed every chunk of `collection` with this store's embedder; returns chunks (see reembed.py).
+
+        Embedding runs outside the write lock; the old vectors serve until the switch, one transaction.
+        """
         check_collection(collection)
-        with self._db.write_lock:
-            info = self._require(self._db.writer, collection)
-            rows = q.chunk_texts(self._db.writer, collection)
-            matrix = self.embedder.embed([text for _, text in rows])
-            with self._db.write() as conn:
-                self._vectors.delete_collection(conn, collection, info.dimensions)
-                self._vectors.write(conn, collection, self.embedder.identity, [rid for rid, _ in rows], matrix)
-                self._upsert(conn, collection, None)
-            self._changed(collection)
-        log.info(
-            "collection re-embedded",
-            extra={"collection": collection, "from": info.embedder, "to": self.embedder.identity, "chunks": len(rows)},
-        )
-        return len(rows)
+        self.collection_info(collection)  # NotFound when there is none
+        return reembed_collection(self, collection) or 0
+
+    def stale_collections(self) -> list[str]:
+        """Collections whose vectors came from another embedder than this store's."""
+        return [c.name for c in self.list_collections() if c.embedder != self.embedder.identity]
 
     def ensure_embedder(self) -> list[str]:
-        """Re-embed every collection whose vectors came from another embedder; returns their names."""
-        stale = [c.name for c in self.list_collections() if c.embedder != self.embedder.identity]
+        """Re-embed, now, every collection whose vectors came from another embedder; returns their names.
+
+        The node does this in the background instead (`reembed.ReembedWorker`)."""
+        stale = self.stale_collections()
         for name in stale:
             self.reembed(name)
         return stale
@@ -323,28 +343,35 @@ class KnowledgeStore:
         check_top_k(top_k)
         mode = check_mode(mode)
         query = normalise_query(query)
-        qvec = self.embedder.embed([query])[0] if mode != "keyword" else None
         cache = self.retrieval_cache
         with self._db.read() as conn:
             info = self._require(conn, collection)
-            if qvec is not None:
-                self._check_embedder(info)
-            key = (collection, info.cache_version, self.embedder.identity, query, top_k, mode)
+            embedder = self._embedder_for(info) if mode != "keyword" else None
+            if mode == "vector" and embedder is None:
+                raise EmbedderMismatch(
+                    f"collection {info.name!r} was embedded with {info.embedder}, this store runs "
+                    f"{self.embedder.identity}; re-embed it first (KnowledgeStore.reembed or ensure_embedder)"
+                )
+            if mode == "hybrid" and embedder is None:  # being re-embedded, the old embedder gone: keyword ranking
+                log.debug("keyword ranking until re-embedded", extra={"collection": collection, "from": info.embedder})
+            used = embedder.identity if embedder is not None else "none"
+            key = (collection, info.cache_version, used, query, top_k, mode)
             if cache is not None and (cached := cache.get(*key)) is not None:
                 found = [q.hit_by_chunk_id(conn, cid, score) for cid, score in cached]
                 if all(h is not None for h in found):  # else a stale entry: search again
                     return [h for h in found if h is not None]
-            if mode == "keyword":
+            qvec = embedder.embed([query])[0] if embedder is not None else None
+            if qvec is None:
                 ranked = q.keyword_ranking(conn, collection, query, top_k)
-            elif qvec is not None and mode == "vector":
+            elif mode == "vector":
                 ranked = self._vectors.search(conn, collection, info.revision, qvec, top_k)
             else:
-                assert qvec is not None
                 depth = min(max(top_k * 4, 40), 200)
                 kw = q.keyword_ranking(conn, collection, query, depth)
                 vec = self._vectors.search(conn, collection, info.revision, qvec, depth)
                 rankings = [[r for r, _ in kw], [r for r, _ in vec]]
-                ranked = reciprocal_rank_fusion(rankings, weights=HYBRID_WEIGHTS)[:top_k]
+                k, weights = fusion_for(used)
+                ranked = reciprocal_rank_fusion(rankings, k=k, weights=weights)[:top_k]
             hits = q.hits_by_rowid(conn, ranked)
         if cache is not None:
             cache.put(*key, [(h.chunk_id, h.score) for h in hits])

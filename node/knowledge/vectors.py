@@ -80,15 +80,24 @@ class VectorIndex:
     def delete(self, conn: Connection, dims: int, rowid_sql: str, params: tuple[object, ...]) -> None:
         """Delete the vectors of the chunk rowids that `rowid_sql` selects (run before deleting the chunks)."""
         conn.execute(f"DELETE FROM vectors WHERE chunk_rowid IN ({rowid_sql})", params)
-        if self.backend == "sqlite-vec" and self._has_table(conn, dims):
-            conn.execute(f"DELETE FROM {_index_table(dims)} WHERE chunk_rowid IN ({rowid_sql})", params)
+        for table in self._tables(conn, dims):
+            conn.execute(f"DELETE FROM {table} WHERE chunk_rowid IN ({rowid_sql})", params)
         self._bump(conn)
 
     def delete_collection(self, conn: Connection, collection: str, dims: int) -> None:
         conn.execute("DELETE FROM vectors WHERE collection = ?", (collection,))
-        if self.backend == "sqlite-vec" and self._has_table(conn, dims):
-            conn.execute(f"DELETE FROM {_index_table(dims)} WHERE collection = ?", (collection,))
+        for table in self._tables(conn, dims):
+            conn.execute(f"DELETE FROM {table} WHERE collection = ?", (collection,))
         self._bump(conn)
+
+    def _tables(self, conn: Connection, dims: int) -> list[str]:
+        """The vec0 tables a deletion must reach: every one, since a collection being re-embedded
+        may hold rows of two embedders (of different dimensions) for a while; `dims`'s first."""
+        if self.backend != "sqlite-vec":
+            return []
+        tables = self.index_tables(conn)
+        first = _index_table(dims)
+        return sorted(tables, key=lambda t: t != first)
 
     @staticmethod
     def _has_table(conn: Connection, dims: int) -> bool:

@@ -1,5 +1,6 @@
 """API keys on the front door (EDGEFLEET_FRONT_DOOR_AUTH=keys): `authorization: Bearer <key>` on
-every gRPC Inference call and every HTTP /v1/* request. Health (gRPC Health, reflection) and
+every gRPC Inference call and every HTTP /v1/* request, or instead of a key a client certificate
+issued by the site CA and not in its CRL (a site identity: operators, services). Health (gRPC Health, reflection) and
 /metrics stay open. Refusals: 401 / UNAUTHENTICATED (missing, unknown, revoked, expired key),
 403 / PERMISSION_DENIED (a model or adapter the key may not use), 429 / RESOURCE_EXHAUSTED with
 Retry-After (over the key's requests or tokens per minute). The key's secret is never logged.
@@ -12,9 +13,11 @@ import logging
 from pathlib import Path
 
 import grpc
+from aiohttp import web
 
 from edgefleet.orchestrator.front_door.metrics import FrontDoorMetrics
 from edgefleet.plumbing.api_keys import ApiKey, KeyStore, Verdict, Verifier
+from edgefleet.plumbing.site_tls import Peer, Revocations, peer_of, peer_of_ssl
 
 log = logging.getLogger("edgefleet.orchestrator.front_door.auth")
 GRPC_CODES = {
@@ -29,11 +32,26 @@ HTTP_CODES = {401: "invalid_api_key", 403: "model_not_allowed", 429: "rate_limit
 class FrontDoorAuth:
     """None of it applies when `verifier` is None (auth off)."""
 
-    def __init__(self, verifier: Verifier | None, metrics: FrontDoorMetrics) -> None:
+    def __init__(
+        self, verifier: Verifier | None, metrics: FrontDoorMetrics, revocations: Revocations | None = None
+    ) -> None:
         self.verifier, self.metrics = verifier, metrics
+        self.revocations = revocations or Revocations(None)
+
+    def certified(self, peer: Peer | None) -> bool:
+        """A verified site certificate that is not revoked stands in for an API key."""
+        if peer is None:
+            return False
+        if self.revocations.revoked(peer.serial):
+            self.metrics.auth_refused.labels("401").inc()
+            log.info("front door request refused", extra={"status": 401, "reason": f"{peer.name}: certificate revoked"})
+            return False
+        return True
 
     @classmethod
-    def from_settings(cls, mode: str, path: Path, metrics: FrontDoorMetrics) -> FrontDoorAuth:
+    def from_settings(
+        cls, mode: str, path: Path, metrics: FrontDoorMetrics, revocations: Revocations | None = None
+    ) -> FrontDoorAuth:
         if mode != "keys":
             log.warning(
                 "FRONT DOOR AUTHENTICATION IS OFF: anyone who reaches the front door may use it; "
@@ -42,7 +60,7 @@ class FrontDoorAuth:
             return cls(None, metrics)
         store = KeyStore(path)
         log.info("front door requires API keys", extra={"api_keys_db": str(path)})
-        return cls(Verifier(store), metrics)
+        return cls(Verifier(store), metrics, revocations)
 
     @property
     def enabled(self) -> bool:
@@ -56,6 +74,21 @@ class FrontDoorAuth:
         if v.status == 200 and v.key is not None:
             self.metrics.key_requests.labels(v.key.name).inc()
         return v
+
+    def identify(self, authorization: str | None, peer: Peer | None) -> Verdict:
+        """Who calls: a site certificate (not revoked) is enough; an API key sent beside it is used
+        for its limits and usage when it is valid (OpenAI clients always send one). Without a
+        certificate the key decides."""
+        if self.verifier is None:
+            return Verdict(200)
+        if self.certified(peer):
+            if authorization:
+                v = self.verifier.authenticate(authorization)
+                if v.status == 200 and v.key is not None:
+                    self.metrics.key_requests.labels(v.key.name).inc()
+                    return v
+            return Verdict(200)
+        return self.authenticate(authorization)
 
     def authorize(self, key: ApiKey | None, model: str, adapter: str = "") -> Verdict:
         if self.verifier is None or key is None:
@@ -95,7 +128,7 @@ async def grpc_check(auth: FrontDoorAuth, context: grpc.aio.ServicerContext, ada
     if not auth.enabled:
         return None
     md = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
-    v = auth.authenticate(md.get("authorization"))
+    v = auth.identify(md.get("authorization"), peer_of(context))
     if v.status == 200 and v.key is not None and v.key.models:
         v = auth.authorize(v.key, grpc_model(v.key), adapter)
     if v.status != 200:
@@ -109,3 +142,9 @@ def grpc_model(key: ApiKey | None) -> str:
     if key is None or not key.models:
         return ""
     return key.models[0].split(":", 1)[0]
+
+
+def http_peer(request: web.Request) -> Peer | None:
+    """The verified client certificate of an HTTPS request, or None."""
+    transport = request.transport
+    return peer_of_ssl(transport.get_extra_info("ssl_object") if transport is not None else None)

@@ -101,7 +101,7 @@ class Dispatcher:
             claim = await self.claim(api, route, tried, rid, deadline, arrived)
             try:
                 left = deadline - time.monotonic()
-                response = await call(self.channels.stub(claim.address), left, [(REQUEST_ID_KEY, rid)])
+                response = await call(self.channels.stub(claim.address, claim.node_id), left, [(REQUEST_ID_KEY, rid)])
             except grpc.aio.AioRpcError as e:
                 self.admission.release(claim)
                 failure = _Failure(e.code(), e.details() or "", _reason(e.code()))
@@ -201,7 +201,7 @@ class Generation:
             claim = await d.claim(self.api, self.route, tried, self.rid, self.deadline, self.arrived)
             self._claim, self.node = claim, claim.node_id
             left = self.deadline - time.monotonic()
-            stub = d.channels.stub(claim.address)
+            stub = d.channels.stub(claim.address, claim.node_id)
             self._call = stub.Generate(self.request, timeout=max(0.001, left), metadata=[(REQUEST_ID_KEY, self.rid)])
             wait = min(d.policy.first_token_timeout_s, max(0.001, left))
             try:

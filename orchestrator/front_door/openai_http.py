@@ -21,7 +21,7 @@ import grpc
 from aiohttp import web
 
 from edgefleet.orchestrator.front_door import openai_schema as schema
-from edgefleet.orchestrator.front_door.auth import HTTP_CODES, HTTP_KINDS, FrontDoorAuth
+from edgefleet.orchestrator.front_door.auth import HTTP_CODES, HTTP_KINDS, FrontDoorAuth, http_peer
 from edgefleet.orchestrator.front_door.dispatch import GROUP_KEY, NODE_KEY, REQUEST_ID_KEY, Dispatcher, FrontDoorError
 from edgefleet.orchestrator.front_door.grpc_front import affinity_key
 from edgefleet.orchestrator.front_door.metrics import CONTENT_TYPE, FrontDoorMetrics
@@ -107,7 +107,7 @@ class OpenAIApi:
     async def _api_key(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """With API keys on, /v1/* needs `Authorization: Bearer <key>`; /metrics stays open."""
         if self.auth.enabled and request.path.startswith("/v1/"):
-            v = self.auth.authenticate(request.headers.get("Authorization"))
+            v = self.auth.identify(request.headers.get("Authorization"), http_peer(request))
             if v.status != 200:
                 return refusal(v)
             request["api_key"] = v.key

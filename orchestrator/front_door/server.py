@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import threading
 import time
 
@@ -30,6 +31,8 @@ from edgefleet.orchestrator.front_door.router import Router, RouteRequest, Routi
 from edgefleet.orchestrator.front_door.upstream import NodeChannels, probe_forever
 from edgefleet.orchestrator.settings import OrchestratorSettings, split_address
 from edgefleet.plumbing.grpc_malformed import MalformedRequestInterceptor, request_types
+from edgefleet.plumbing.site_tls import Revocations, server_credentials, server_ssl_context
+from edgefleet.plumbing.transport_security import TlsFiles
 from edgefleet.proto.v1 import inference_pb2, inference_pb2_grpc
 
 log = logging.getLogger("edgefleet.orchestrator.front_door")
@@ -58,6 +61,7 @@ class FrontDoor:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._ready = threading.Event()
+        self._tls: TlsFiles | None = None  # set on start: None in insecure mode
         self._thread = threading.Thread(target=self._run, name="edgefleet-front-door", daemon=True)
 
     @property
@@ -91,11 +95,15 @@ class FrontDoor:
     async def _main(self) -> None:
         s = self.settings
         self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
-        channels = NodeChannels()
+        tls = None if s.insecure else s.tls_files()
+        self._tls = tls
+        channels = NodeChannels(tls)
         admission = Admission(self.router, self.view.snapshot, self.metrics, s.route_buffer_size, s.route_buffer_wait_s)
         policy = DispatchPolicy(s.route_first_token_timeout_s, s.route_max_attempts)
         dispatcher = Dispatcher(self.view, self.router, admission, channels, self.metrics, policy)
-        auth = FrontDoorAuth.from_settings(s.front_door_auth, s.api_keys_path(), self.metrics)
+        auth = FrontDoorAuth.from_settings(
+            s.front_door_auth_mode(), s.api_keys_path(), self.metrics, Revocations(tls.crl if tls else None)
+        )
         tasks = [asyncio.create_task(probe_forever(channels, self.view, s.route_probe_interval_s))]
         if auth.enabled:
             tasks.append(asyncio.create_task(auth.flush_forever()))
@@ -103,7 +111,8 @@ class FrontDoor:
         runners = []
         if s.openai_address:
             api = OpenAIApi(dispatcher, self.metrics, s.request_timeout_s, auth)
-            runners.append(await self._http("openai", s.openai_address, api.app()))
+            ctx = server_ssl_context(tls, require_client_cert=False) if tls is not None else None
+            runners.append(await self._http("openai", s.openai_address, api.app(), ctx))
         if s.metrics_address:
             page = web.Application()
             page.router.add_get("/metrics", OpenAIApi(dispatcher, self.metrics, s.request_timeout_s).metrics_page)
@@ -138,7 +147,12 @@ class FrontDoor:
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
         )
         try:
-            port = server.add_insecure_port(address)
+            if self._tls is not None:
+                # gRPC's TLS either requires a client certificate or asks for none: with none, API keys
+                creds = server_credentials(self._tls, require_client_auth=self.settings.front_door_client_certs)
+                port = server.add_secure_port(address, creds)
+            else:
+                port = server.add_insecure_port(address)
         except RuntimeError:
             port = 0
         if port == 0:
@@ -163,11 +177,13 @@ class FrontDoor:
                 last = status
             await asyncio.sleep(_HEALTH_INTERVAL_S)
 
-    async def _http(self, name: str, address: str, app: web.Application) -> web.AppRunner | None:
+    async def _http(
+        self, name: str, address: str, app: web.Application, ssl_context: ssl.SSLContext | None = None
+    ) -> web.AppRunner | None:
         runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
         await runner.setup()
         host, port = split_address(address)
-        site = web.TCPSite(runner, host, port, reuse_address=True)
+        site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=ssl_context)
         try:
             await site.start()
         except OSError as e:
@@ -178,5 +194,8 @@ class FrontDoor:
         server = getattr(site, "_server", None)
         sockets = getattr(server, "sockets", None) or []
         self.ports[name] = sockets[0].getsockname()[1] if sockets else port
-        log.info("front door listening", extra={"api": name, "address": address, "port": self.ports[name]})
+        log.info(
+            "front door listening",
+            extra={"api": name, "address": address, "port": self.ports[name], "tls": ssl_context is not None},
+        )
         return runner

@@ -14,6 +14,8 @@ import logging
 import grpc
 
 from edgefleet.orchestrator.fleet_view import FleetView, NodeSnapshot
+from edgefleet.plumbing.site_tls import channel_credentials, target_name
+from edgefleet.plumbing.transport_security import TlsFiles
 from edgefleet.proto.v1 import inference_pb2 as pb
 from edgefleet.proto.v1 import inference_pb2_grpc as pb_grpc
 
@@ -29,15 +31,23 @@ _OPTIONS = [
 
 
 class NodeChannels:
-    def __init__(self) -> None:
-        self._stubs: dict[str, tuple[grpc.aio.Channel, pb_grpc.InferenceStub]] = {}
+    """One channel per (address, node id). With `tls` (secure mode) each is mutual TLS with the
+    orchestrator's certificate, and the node must show a certificate for the id it announced:
+    an address taken over by another machine gets no request."""
 
-    def stub(self, address: str) -> pb_grpc.InferenceStub:
-        have = self._stubs.get(address)
+    def __init__(self, tls: TlsFiles | None = None) -> None:
+        self._stubs: dict[tuple[str, str], tuple[grpc.aio.Channel, pb_grpc.InferenceStub]] = {}
+        self._credentials = channel_credentials(tls) if tls is not None else None
+
+    def stub(self, address: str, node_id: str) -> pb_grpc.InferenceStub:
+        have = self._stubs.get((address, node_id))
         if have is None:
-            channel = grpc.aio.insecure_channel(address, options=_OPTIONS)
+            if self._credentials is not None:
+                channel = grpc.aio.secure_channel(address, self._credentials, options=_OPTIONS + target_name(node_id))
+            else:
+                channel = grpc.aio.insecure_channel(address, options=_OPTIONS)
             have = (channel, pb_grpc.InferenceStub(channel))
-            self._stubs[address] = have
+            self._stubs[(address, node_id)] = have
         return have[1]
 
     async def close(self) -> None:
@@ -48,7 +58,7 @@ class NodeChannels:
 
 
 async def probe_node(channels: NodeChannels, view: FleetView, node: NodeSnapshot, timeout: float = 2.0) -> None:
-    stub = channels.stub(node.address)
+    stub = channels.stub(node.address, node.node_id)
     try:
         info = await stub.GetNodeInfo(pb.GetNodeInfoRequest(), timeout=timeout)
     except grpc.aio.AioRpcError as e:

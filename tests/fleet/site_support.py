@@ -6,13 +6,16 @@ import os
 import subprocess
 from pathlib import Path
 
+from tests import site_identity
 from tests.conftest import BIN
 
 
 def operator_env(config: Path | None = None, **env: str) -> dict[str, str]:
-    """The environment without EDGEFLEET_* (a fresh shell), a config file of the test's own, and `env`."""
+    """A fresh operator shell: no EDGEFLEET_* but the operator's enrollment bundle (the harness's
+    certificate, as `set -a; . edgefleet.env` gives it), a config file of the test's own, and `env`."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
-    return {**clean, "EDGEFLEET_CLI_CONFIG": str(config or "/nonexistent/edgefleet-cli.toml"), **env}
+    identity = site_identity.site().identity_env(site_identity.site().harness_dir)
+    return {**clean, **identity, "EDGEFLEET_CLI_CONFIG": str(config or "/nonexistent/edgefleet-cli.toml"), **env}
 
 
 def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 90) -> subprocess.CompletedProcess[str]:

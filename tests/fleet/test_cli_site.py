@@ -7,13 +7,13 @@ template or through a group, knowledge ingest / retrieve / collections, a long p
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests import site_identity
 from tests.conftest import ROOT, NodeProcess, free_port, wait_for
 from tests.fleet.site_support import cli, operator_env
 from tests.mqtt_support import Mosquitto, Orchestrator, Watcher, node_env
@@ -47,10 +47,13 @@ def test_a_second_shell_finds_the_site_by_flags_or_config_file_and_errors_say_wh
 ) -> None:
     broker, _, _ = site
     t0 = time.monotonic()
-    r = cli("fleet", "status", env=operator_env(EDGEFLEET_MQTT_URL=f"mqtt://127.0.0.1:{free_port()}"))
-    assert r.returncode == 2 and "cannot reach the broker at mqtt://127.0.0.1:" in r.stderr, r.stderr
+    r = cli("fleet", "status", env=operator_env(EDGEFLEET_MQTT_URL=f"mqtts://127.0.0.1:{free_port()}"))
+    assert r.returncode == 2 and "cannot reach the broker at mqtts://127.0.0.1:" in r.stderr, r.stderr
     assert "--mqtt-url" in r.stderr and "cli.toml" in r.stderr
     assert time.monotonic() - t0 < 6, "a broker that is not there is known in a moment"
+    plain = cli("fleet", "status", env=operator_env(EDGEFLEET_MQTT_URL=broker.url.replace("mqtts:", "mqtt:")))
+    assert plain.returncode == 2 and "is plaintext; use mqtts://" in plain.stderr
+    assert "EDGEFLEET_INSECURE" in plain.stderr
     t0 = time.monotonic()
     r = cli("--mqtt-url", broker.url, "fleet", "status")  # the site left at `default`
     assert r.returncode == 2 and "site 'default'" in r.stderr and "lab (online)" in r.stderr, r.stderr
@@ -106,7 +109,7 @@ def test_after_retained_state_is_lost_and_the_registry_rebuilt_generations_conti
     }
     w = Watcher(broker, "edgefleet/lab/node/cli-a/reported")
     try:
-        w.publish(topic, json.dumps(stray).encode(), retain=True)
+        w.publish(topic, site_identity.site().signed(stray), retain=True)
         assert wait_for(lambda: any(m.get("generations", {}).get("node:cli-a") == 1002 for m in w.json()), 10)
         orch.stop()
         w.publish(topic, b"garbage", retain=True)  # the retained document is lost

@@ -21,6 +21,7 @@ from edgefleet.proto.payloads import DesiredState, Target, TemplateSpec
 from edgefleet.proto.rules import RuleSpec
 from edgefleet.proto.topics import Topics
 from edgefleet.proto.v1 import inference_pb2 as pb
+from tests import site_identity
 from tests.conftest import NodeProcess, wait_for
 from tests.disk_support import fill, free_bytes, small_disk
 from tests.mqtt_support import Mosquitto, Watcher, node_env
@@ -60,7 +61,7 @@ def desired(generation: int, template_version: str) -> bytes:
             )
         },
     )
-    return doc.dumps()
+    return site_identity.site().signed(doc)
 
 
 @pytest.fixture(scope="module")

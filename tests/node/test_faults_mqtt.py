@@ -24,6 +24,7 @@ from edgefleet.proto.payloads import DesiredState, Target, TemplateSpec
 from edgefleet.proto.rules import RuleSpec
 from edgefleet.proto.topics import Topics
 from edgefleet.proto.v1 import inference_pb2 as pb
+from tests import site_identity
 from tests.conftest import NodeProcess, collect, wait_for
 from tests.mqtt_support import Mosquitto, Watcher, node_env
 
@@ -61,7 +62,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     broker = Mosquitto(tmp)
     w = Watcher(broker, "edgefleet/lab/#")
     answers = Watcher(broker, "answers/#")
-    w.publish(TOPICS.desired_node(NODE), desired_doc(1).dumps(), retain=True)
+    w.publish(TOPICS.desired_node(NODE), site_identity.site().signed(desired_doc(1)), retain=True)
     node = NodeProcess(
         tmp, node_id=NODE, env=node_env(broker, EDGEFLEET_FAILPOINTS="sensors.intake=raise-once-after:0")
     )

@@ -1,4 +1,7 @@
-"""A plain MQTT 5 requester for the orchestrator's commands topic: the wire, without edgefleet's CLI."""
+"""A plain MQTT 5 requester for the orchestrator's commands topic: the wire, without edgefleet's CLI.
+
+A payload that is a valid command is signed as the harness operator on its way (the site requires
+signed commands); anything else goes out as it is, to meet the orchestrator's parser."""
 
 from __future__ import annotations
 
@@ -7,26 +10,28 @@ import uuid
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edgefleet.proto.payloads import CommandResult, parse_payload
+from edgefleet.proto.payloads import Command, CommandResult, PayloadError, parse_payload
+from edgefleet.proto.signing import load_operator_key, sign_command
 from edgefleet.proto.topics import Topics
+from tests import site_identity
+from tests.mqtt_support import Mosquitto
 
 
 class CommandClient:
-    def __init__(self, port: int, site: str = "lab") -> None:
-        self.topics = Topics.for_site(site)
+    def __init__(self, broker: Mosquitto, site: str = "lab", sign: bool = True) -> None:
+        self.topics, self.site, self.broker, self.sign = Topics.for_site(site), site, broker, sign
         self.response_topic = self.topics.cli_responses(f"test-{uuid.uuid4().hex[:8]}")
         self._answers: dict[bytes, CommandResult] = {}
         self._cond = threading.Condition()
         ready = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        self.client = broker.client()
         self.client.on_connect = lambda c, *_: c.subscribe(self.response_topic, qos=1)
         self.client.on_subscribe = lambda *_: ready.set()
         self.client.on_message = self._on_message
-        self.client.connect("127.0.0.1", port)
+        self.client.connect("127.0.0.1", broker.port)
         self.client.loop_start()
         if not ready.wait(10):
             raise RuntimeError("command client could not subscribe")
@@ -38,8 +43,20 @@ class CommandClient:
                 self._answers[bytes(correlation)] = parse_payload(CommandResult, msg.payload)
                 self._cond.notify_all()
 
+    def _signed(self, payload: bytes) -> bytes:
+        if self.broker.insecure or not self.sign:
+            return payload
+        try:
+            cmd = parse_payload(Command, payload)
+        except PayloadError:
+            return payload
+        harness = site_identity.site().harness_dir
+        key = load_operator_key(harness / "client.key")
+        return sign_command(cmd, self.site, site_identity.HARNESS, key).dumps()
+
     def send(self, payload: bytes) -> bytes:
-        """Publish a raw request; returns its correlation data."""
+        """Publish a request (signed if it is a valid command); returns its correlation data."""
+        payload = self._signed(payload)
         correlation = uuid.uuid4().bytes
         props = Properties(PacketTypes.PUBLISH)
         props.ResponseTopic = self.response_topic

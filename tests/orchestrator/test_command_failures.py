@@ -54,7 +54,7 @@ def test_an_os_error_in_a_command_is_answered_with_internal_not_a_timeout(broker
     (uploads / sha).write_bytes(b"a file where the upload's directory must go")
     o = started(broker, tmp_path)
     errors = Watcher(broker, TOPICS.errors("orchestrator"))
-    client = CommandClient(broker.port)
+    client = CommandClient(broker)
     try:
         piece = UploadChunk(
             sha256=sha, size=len(ADAPTER), chunk_bytes=1024, index=0, data=base64.b64encode(ADAPTER[:1024]).decode()
@@ -91,7 +91,7 @@ def telemetry_rows(db: Path) -> dict[str, int]:
 def test_a_slow_command_does_not_hold_up_telemetry(broker: Mosquitto, tmp_path: Path) -> None:
     o = started(broker, tmp_path, env={"EDGEFLEET_FAILPOINTS": "orchestrator.command=sleep:3000"})
     node = Watcher(broker, TOPICS.node_status("slowpoke-probe"))  # a plain client to publish as a node
-    client = CommandClient(broker.port)
+    client = CommandClient(broker)
     try:
         node.publish(TOPICS.node_status("kappa"), NodeStatus(node_id="kappa", state="online").dumps())
         correlation = client.send(Command(op="status").dumps())

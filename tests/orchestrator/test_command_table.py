@@ -141,7 +141,7 @@ def test_an_os_error_inside_a_handler_is_answered_as_internal_naming_its_cause(
 
 
 def test_over_mqtt_every_request_gets_an_answer_with_a_code(orch: Orchestrator, broker: Mosquitto) -> None:
-    client = CommandClient(broker.port)
+    client = CommandClient(broker)
     try:
         ok = client.call(Command(op="push-template", target="group:g", template=TemplateSpec(**TEMPLATE)).dumps())
         assert ok.ok and ok.data["generation"] == 1

@@ -10,6 +10,7 @@ import grpc
 import pytest
 
 from edgefleet.proto.v1 import inference_pb2 as pb
+from tests import site_identity
 from tests.conftest import NodeProcess, collect, wait_for
 from tests.mqtt_support import Mosquitto, Orchestrator, Watcher, fleet, fleet_status, node_env
 
@@ -191,7 +192,7 @@ def test_bad_input_is_refused_on_the_errors_topic_and_the_node_keeps_serving(
         for payload in BAD_DESIRED.values():
             errors.publish(topic, payload)
         other_site = {"v": 1, "site": "elsewhere", "target": {"kind": "group", "name": "bad-input"}, "generation": 9}
-        errors.publish(topic, json.dumps(other_site).encode())
+        errors.publish(topic, site_identity.site().signed(other_site))
         sandbox = {
             "v": 1,
             "site": "lab",
@@ -206,8 +207,8 @@ def test_bad_input_is_refused_on_the_errors_topic_and_the_node_keeps_serving(
             "generation": 51,
             "templates": {"s": {"name": "s", "version": "1", "template": "{% if %}", "variables": []}},
         }
-        errors.publish(topic, json.dumps(syntax).encode())
-        errors.publish(topic, json.dumps(sandbox).encode())
+        errors.publish(topic, site_identity.site().signed(syntax))
+        errors.publish(topic, site_identity.site().signed(sandbox))
         assert wait_for(lambda: len([e for e in errors.json() if e["source"] == "theta"]) >= 6, timeout=10), [
             e["message"][:80] for e in errors.json() if e["source"] == "theta"
         ]

@@ -28,7 +28,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Mosquitto, 
     tmp = tmp_path_factory.mktemp("hardening")
     broker = Mosquitto(tmp)
     orch = Orchestrator(tmp, broker)
-    client = CommandClient(broker.port)
+    client = CommandClient(broker)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:  # the orchestrator subscribes within a second or two of starting
         if client.answer(client.send(Command(op="status").dumps()), 1.0) is not None:

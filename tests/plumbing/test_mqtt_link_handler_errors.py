@@ -34,7 +34,9 @@ def test_a_raising_handler_reaches_the_hook_and_can_be_run_again(broker: Mosquit
                 raise OSError(28, "No space left on device")
             seen.append(bytes(msg.payload))
 
-    link = MqttLink(broker.url, on_handler_error=lambda m, e, again: failures.append((m.topic, e, again)))
+    link = MqttLink(
+        broker.url, **broker.link_options(), on_handler_error=lambda m, e, again: failures.append((m.topic, e, again))
+    )
     link.subscribe("t/errors", handler)
     link.start()
     try:
@@ -58,7 +60,7 @@ def test_a_retry_that_fails_raises_to_the_retrier_not_the_hook(broker: Mosquitto
     def handler(msg: mqtt.MQTTMessage) -> None:
         raise RuntimeError("always")
 
-    link = MqttLink(broker.url, on_handler_error=lambda m, e, again: failures.append(again))
+    link = MqttLink(broker.url, **broker.link_options(), on_handler_error=lambda m, e, again: failures.append(again))
     link.subscribe("t/always", handler)
     link.start()
     try:

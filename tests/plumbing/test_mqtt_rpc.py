@@ -9,7 +9,6 @@ from collections.abc import Iterator
 
 import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -42,7 +41,7 @@ class Echo:
     """A responder built on the helper: answers `<payload>!`, after a delay named in the payload."""
 
     def __init__(self, broker: Mosquitto) -> None:
-        self.link = MqttLink(broker.url, client_id=f"echo-{uuid.uuid4().hex[:6]}")
+        self.link = MqttLink(broker.url, **broker.link_options(), client_id=f"echo-{uuid.uuid4().hex[:6]}")
         self.refused: list[str] = []
         self.sent: list[bool] = []
         self.link.subscribe(REQUESTS, self._on_request)
@@ -77,7 +76,7 @@ def echo(broker: Mosquitto) -> Iterator[Echo]:
 
 @pytest.fixture
 def client_link(broker: Mosquitto) -> Iterator[MqttLink]:
-    link = MqttLink(broker.url, client_id=f"req-{uuid.uuid4().hex[:6]}")
+    link = MqttLink(broker.url, **broker.link_options(), client_id=f"req-{uuid.uuid4().hex[:6]}")
     link.start()
     assert link.wait_connected(10)
     yield link
@@ -86,7 +85,7 @@ def client_link(broker: Mosquitto) -> Iterator[MqttLink]:
 
 def _raw_request(broker: Mosquitto, response_topic: str, correlation: bytes = b"c") -> None:
     """A requester that does not use the helper (and so can send a bad response topic)."""
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    c = broker.client()
     c.connect("127.0.0.1", broker.port)
     c.loop_start()
     try:
@@ -187,7 +186,7 @@ def test_response_topic_checks() -> None:
 
 
 def test_reply_on_a_link_that_is_down_returns_false(broker: Mosquitto) -> None:
-    link = MqttLink(broker.url, client_id=f"down-{uuid.uuid4().hex[:6]}")
+    link = MqttLink(broker.url, **broker.link_options(), client_id=f"down-{uuid.uuid4().hex[:6]}")
     link.start()
     assert link.wait_connected(10)
     link.stop()

@@ -10,12 +10,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
 from edgefleet.fleet.identity_commands import read_env
+from edgefleet.plumbing.site_pki import SitePki
+from edgefleet.plumbing.site_tls import target_name
+from edgefleet.proto.artifacts import SiteKey
 from edgefleet.proto.payloads import DesiredState, Target, TemplateSpec
 from edgefleet.proto.rules import RuleSpec
+from edgefleet.proto.signing import sign_desired
 from edgefleet.proto.topics import Topics
+from edgefleet.proto.v1 import inference_pb2 as pb
+from edgefleet.proto.v1 import inference_pb2_grpc as pb_grpc
 from tests.conftest import BIN, NodeProcess, wait_for
 from tests.mqtt_support import Orchestrator
 from tests.security.tls_support import Client, TlsBroker
@@ -57,7 +64,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         started.append(watch)
         assert watch.connected
         watch.subscribe(f"{T.root}#")
-        assert not watch.publish(T.desired_group("line"), desired().dumps(), retain=True).is_failure
+        signed = sign_desired(desired(), SiteKey.load(broker.pki.dir / "lab.key").private).dumps()
+        assert not watch.publish(T.desired_group("line"), signed, retain=True).is_failure
         node_env = {**read_env(node_bundle / "edgefleet.env"), "EDGEFLEET_TELEMETRY_INTERVAL_S": "1"}
         node = NodeProcess(tmp, node_id=NODE, env=node_env)
         started.append(node)
@@ -135,3 +143,43 @@ def test_no_private_key_material_in_any_log_or_output(fleet: dict[str, Any]) -> 
         for body in bodies:
             assert body not in text
         assert "PRIVATE KEY" not in text
+
+
+def _creds(bundle: Path, with_cert: bool = True) -> grpc.ChannelCredentials:
+    ca = (bundle / "ca.crt").read_bytes()
+    if not with_cert:
+        return grpc.ssl_channel_credentials(root_certificates=ca)
+    return grpc.ssl_channel_credentials(ca, (bundle / "client.key").read_bytes(), (bundle / "client.crt").read_bytes())
+
+
+def _info(channel: grpc.Channel) -> grpc.StatusCode | str:
+    try:
+        return str(pb_grpc.InferenceStub(channel).GetNodeInfo(pb.GetNodeInfoRequest(), timeout=5).node_id)
+    except grpc.RpcError as e:
+        return e.code()
+    finally:
+        channel.close()
+
+
+def test_node_grpc_takes_only_site_identities(fleet: dict[str, Any], tmp_path: Path) -> None:
+    """Mutual TLS on the node: a site operator's certificate is served; plaintext, TLS without a
+    certificate, a foreign CA's certificate, and a caller expecting another node's name are not."""
+    node: NodeProcess = fleet["node"]
+    pki = fleet["broker"].pki
+    alice = pki.bundle_dir("alice")
+    assert _info(grpc.secure_channel(node.address, _creds(alice), options=target_name(NODE))) == NODE
+    assert _info(grpc.insecure_channel(node.address)) == grpc.StatusCode.UNAVAILABLE
+    no_cert = grpc.secure_channel(node.address, _creds(alice, with_cert=False), options=target_name(NODE))
+    assert _info(no_cert) == grpc.StatusCode.UNAVAILABLE
+    other = SitePki(tmp_path / "other")
+    other.init("lab", [])
+    other.issue("mallory", "operator")
+    mallory = other.bundle_dir("mallory")
+    shown = grpc.ssl_channel_credentials(
+        (alice / "ca.crt").read_bytes(),
+        (mallory / "client.key").read_bytes(),
+        (mallory / "client.crt").read_bytes(),
+    )
+    assert _info(grpc.secure_channel(node.address, shown, options=target_name(NODE))) == grpc.StatusCode.UNAVAILABLE
+    impostor = grpc.secure_channel(node.address, _creds(alice), options=target_name("some-other-node"))
+    assert _info(impostor) == grpc.StatusCode.UNAVAILABLE

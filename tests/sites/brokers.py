@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgefleet.plumbing.bridge_config import CentralBroker, write_bridge_conf
+from tests import site_identity
 from tests.mqtt_support import Mosquitto
 
 
@@ -13,9 +14,11 @@ class BridgedMosquitto(Mosquitto):
 
     def __init__(self, tmp: Path, site: str, central: Mosquitto) -> None:
         self.bridge_dir = tmp / "bridge.d"
-        self.bridge_file = write_bridge_conf(
-            self.bridge_dir / "uplink.conf", site, CentralBroker.parse(f"127.0.0.1:{central.port}")
+        h = site_identity.site().harness_dir  # the bridge shows a site certificate to the central broker
+        central_tls = CentralBroker.parse(
+            f"127.0.0.1:{central.port}", str(h / "ca.crt"), str(h / "client.crt"), str(h / "client.key")
         )
+        self.bridge_file = write_bridge_conf(self.bridge_dir / "uplink.conf", site, central_tls)
         super().__init__(tmp)
 
     def start(self) -> None:

@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from edgefleet.plumbing.api_keys import KeyStore
+from tests import site_identity
 from tests.conftest import ROOT, NodeProcess, free_port
 from tests.mqtt_support import Mosquitto, Orchestrator, node_env
 
@@ -22,9 +24,19 @@ SCREENSHOTS = ROOT / "build" / "screenshots"
 PASSWORD = "correct horse battery"
 
 
-def console_env(broker: Mosquitto, data_file: Path, front_door: str = "") -> dict[str, str]:
+def console_identity() -> dict[str, str]:
+    """The console's own operator identity, its certificate also valid for 127.0.0.1 (HTTPS)."""
+    site = site_identity.site()
+    if not (site.pki.bundle_dir("console") / "client.crt").exists():
+        site.pki.issue("console", "operator", hosts=["127.0.0.1"], force=True)
+    return site.identity_env(site.pki.bundle_dir("console"))
+
+
+def console_env(broker: Mosquitto, data_file: Path, front_door: str = "", api_key: str = "") -> dict[str, str]:
     return {
         **os.environ,
+        **({"EDGEFLEET_CONSOLE_API_KEY": api_key} if api_key else {}),
+        **({} if broker.insecure else console_identity()),
         **({"EDGEFLEET_FRONT_DOOR_ADDRESS": front_door} if front_door else {}),
         "EDGEFLEET_MQTT_URL": broker.url,
         "EDGEFLEET_SITE": "lab",
@@ -45,10 +57,12 @@ def add_operator(env: dict[str, str], name: str, role: str) -> subprocess.Comple
 
 
 class ConsoleProcess:
-    def __init__(self, tmp: Path, broker: Mosquitto, front_door: str = "") -> None:
+    def __init__(self, tmp: Path, broker: Mosquitto, front_door: str = "", api_key: str = "") -> None:
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = console_env(broker, tmp / "console.db", front_door)
+        self.url = f"{'http' if broker.insecure else 'https'}://127.0.0.1:{self.port}"
+        # the console's certificate must chain to the site CA (checked here, not by the browser)
+        self.ssl = site_identity.site().ssl_context(client_cert=False) if not broker.insecure else None
+        self.env = console_env(broker, tmp / "console.db", front_door, api_key)
         self.log_path = tmp / "console.log"
         self._log = self.log_path.open("ab")
         for name, role in (("olivia", "operator"), ("victor", "viewer")):
@@ -63,7 +77,7 @@ class ConsoleProcess:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
-                urllib.request.urlopen(f"{self.url}/login", timeout=1).read()
+                urllib.request.urlopen(f"{self.url}/login", timeout=1, context=self.ssl).read()
                 return
             except OSError:
                 if self.proc.poll() is not None:
@@ -94,6 +108,9 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     tmp = tmp_path_factory.mktemp("console-site")
     broker = Mosquitto(tmp)
     front_door = f"127.0.0.1:{free_port()}"  # the playground asks through the site's front door
+    store = KeyStore(tmp / "api-keys.db")  # the front door's gRPC listener takes API keys
+    api_key = store.create("console")[1]
+    store.close()
     orch = Orchestrator(tmp, broker, env={"EDGEFLEET_FRONT_DOOR_ADDRESS": front_door})
     nodes = [
         NodeProcess(tmp, env=node_env(broker, EDGEFLEET_GROUPS=g), node_id=f"edge-{i}")
@@ -103,7 +120,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     try:
         for n in nodes:
             n.wait_serving()
-        console = ConsoleProcess(tmp, broker, front_door)
+        console = ConsoleProcess(tmp, broker, front_door, api_key)
         yield Site(broker, orch, nodes, console)
     finally:
         if console is not None:
@@ -132,6 +149,9 @@ def browser() -> Iterator[Any]:
     ):
         opts.add_argument(arg)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
+    # The console serves HTTPS with a certificate of the test site's CA, which this browser does not
+    # know; ConsoleProcess verifies the chain itself with the CA before any browser test runs.
+    opts.accept_insecure_certs = True
     driver = webdriver.Chrome(options=opts, service=Service("/usr/bin/chromedriver"))
     driver.implicitly_wait(0)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,9 @@ def fetch_page(site: Site, path: str, data: dict[str, str] | None = None, jar: A
             return None
 
     opener = urllib.request.build_opener(
-        NoRedirect, urllib.request.HTTPCookieProcessor(jar if jar is not None else http.cookiejar.CookieJar())
+        NoRedirect,
+        urllib.request.HTTPCookieProcessor(jar if jar is not None else http.cookiejar.CookieJar()),
+        urllib.request.HTTPSHandler(context=site.console.ssl),
     )
     body = urllib.parse.urlencode(data).encode() if data is not None else None
     try:

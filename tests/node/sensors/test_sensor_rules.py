@@ -19,7 +19,6 @@ import jsonschema
 import paho.mqtt.client as mqtt
 import pytest
 import yaml
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -37,7 +36,7 @@ class Client:
     def __init__(self, broker: Mosquitto, subscribe: str | None = None) -> None:
         self.results: list[dict[str, Any]] = []
         self.lock = threading.Lock()
-        self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"t-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv5)
+        self.c = broker.client(client_id=f"t-{uuid.uuid4().hex[:8]}")
         self.c.reconnect_delay_set(0.2, 1)
         subscribed = threading.Event()
         if subscribe:

@@ -5,16 +5,16 @@ each node start loads a model, so tests that need other nodes start them beside 
 from __future__ import annotations
 
 import json
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 
+from edgefleet.plumbing.api_keys import KeyStore
 from edgefleet.proto.v1 import inference_pb2_grpc as pb_grpc
+from tests import site_identity
 from tests.conftest import NodeProcess, free_port, wait_for
 from tests.mqtt_support import Mosquitto, Orchestrator, node_env
 
@@ -37,17 +37,18 @@ class Site:
     grpc_address: str
     http: str  # base URL of the OpenAI API
     tmp: Path
+    api_key: str  # the gRPC listener takes API keys (HTTPS takes the harness certificate too)
 
     def __post_init__(self) -> None:
-        self.channel = grpc.insecure_channel(self.grpc_address)
+        self.channel = site_identity.site().grpc_channel(self.grpc_address, api_key=self.api_key)
         self.stub = pb_grpc.InferenceStub(self.channel)
 
     def get(self, path: str) -> Any:
-        with urllib.request.urlopen(self.http + path, timeout=10) as r:
+        with site_identity.site().urlopen(self.http + path) as r:
             return json.loads(r.read())
 
     def metrics(self) -> str:
-        with urllib.request.urlopen(self.http + "/metrics", timeout=10) as r:
+        with site_identity.site().urlopen(self.http + "/metrics") as r:
             return str(r.read().decode())
 
     def serving(self) -> dict[str, list[str]]:
@@ -84,8 +85,11 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         "EDGEFLEET_FRONT_DOOR_ADDRESS": f"127.0.0.1:{grpc_port}",
         "EDGEFLEET_OPENAI_ADDRESS": f"127.0.0.1:{http_port}",
     }
+    store = KeyStore(tmp / "api-keys.db")  # the orchestrator's default: beside its registry
+    api_key = store.create("harness")[1]
+    store.close()
     orch = Orchestrator(tmp, broker, env=env)
-    s = Site(broker, orch, {}, f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{http_port}", tmp)
+    s = Site(broker, orch, {}, f"127.0.0.1:{grpc_port}", f"https://127.0.0.1:{http_port}", tmp, api_key)
     try:
         for node_id in ("fd-a", "fd-b"):
             s.nodes[node_id] = NodeProcess(tmp, env=node_env(broker, EDGEFLEET_GROUPS="pair"), node_id=node_id)

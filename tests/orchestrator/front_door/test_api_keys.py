@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -21,8 +22,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from edgefleet.fleet import keys_commands
 from edgefleet.plumbing.api_keys import KeyStore
+from edgefleet.plumbing.site_pki import SitePki
 from edgefleet.proto.v1 import inference_pb2 as pb
 from edgefleet.proto.v1 import inference_pb2_grpc as pb_grpc
+from tests import site_identity
 from tests.conftest import free_port, wait_for
 from tests.mqtt_support import Orchestrator
 from tests.orchestrator.front_door.conftest import FRONT_DOOR_ENV, Site
@@ -48,14 +51,14 @@ class Keyed:
         if token:
             req.add_header("Authorization", f"Bearer {token}")
         try:
-            with urllib.request.urlopen(req, timeout=10) as r:
+            with site_identity.site().urlopen(req, client_cert=False) as r:
                 body = r.read()
                 return r.status, json.loads(body) if path.startswith("/v1/") else body.decode(), dict(r.headers)
         except urllib.error.HTTPError as e:
             return e.code, json.loads(e.read()), dict(e.headers)
 
     def client(self, name: str) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.http + "/v1", api_key=self.tokens[name], max_retries=0, timeout=60)
+        return site_identity.site().openai(self.http + "/v1", self.tokens[name], client_cert=False)
 
     def stub(self) -> pb_grpc.InferenceStub:
         return pb_grpc.InferenceStub(self.channel)
@@ -83,7 +86,8 @@ def keyed(site: Site) -> Iterator[Keyed]:
         "EDGEFLEET_API_KEYS_DB": str(db),
     }
     orch = Orchestrator(tmp, site.broker, db=tmp / "registry.db", env=env)
-    k = Keyed(orch, db, f"http://127.0.0.1:{http_port}", grpc.insecure_channel(f"127.0.0.1:{grpc_port}"), tokens)
+    channel = site_identity.site().grpc_channel(f"127.0.0.1:{grpc_port}", client_cert=False)
+    k = Keyed(orch, db, f"https://127.0.0.1:{http_port}", channel, tokens)
     try:
         ok = wait_for(lambda: len(_served(k)) >= 1, timeout=30)
         assert ok, orch.log_path.read_text(errors="replace")[-3000:]
@@ -107,15 +111,131 @@ def _chat(client: openai.OpenAI, model: str) -> Any:
     )
 
 
-def test_open_site_warns_that_auth_is_off(site: Site) -> None:
-    assert "FRONT DOOR AUTHENTICATION IS OFF" in site.orchestrator_log()
+def test_secure_site_requires_a_key_or_a_site_certificate(site: Site) -> None:
+    """The default (secure) front door: no certificate and no key is 401; the harness certificate
+    alone is enough (every other front-door test uses it)."""
+    assert "front door requires API keys" in site.orchestrator_log()
+    assert "FRONT DOOR AUTHENTICATION IS OFF" not in site.orchestrator_log()
+    with pytest.raises(urllib.error.HTTPError) as e:
+        site_identity.site().urlopen(site.http + "/v1/models", client_cert=False)
+    assert e.value.code == 401
+    with site_identity.site().urlopen(site.http + "/v1/models") as r:
+        assert r.status == 200
+
+
+def test_plaintext_and_foreign_certificates_are_refused(site: Site, tmp_path: Path) -> None:
+    """gRPC without TLS, or with a certificate from another CA, never reaches the front door."""
+    plain = grpc.insecure_channel(site.grpc_address)
+    with pytest.raises(grpc.RpcError) as e:
+        list(pb_grpc.InferenceStub(plain).Generate(pb.GenerateRequest(prompt="hi", max_tokens=2), timeout=5))
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+    plain.close()
+    other = SitePki(tmp_path / "other")
+    other.init("lab", [])
+    other.issue("mallory", "operator")
+    b = other.bundle_dir("mallory")
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=(b / "ca.crt").read_bytes(),
+        private_key=(b / "client.key").read_bytes(),
+        certificate_chain=(b / "client.crt").read_bytes(),
+    )
+    foreign = grpc.secure_channel(site.grpc_address, creds)  # trusts its own CA: the handshake fails
+    with pytest.raises(grpc.RpcError) as e:
+        list(pb_grpc.InferenceStub(foreign).Generate(pb.GenerateRequest(prompt="hi", max_tokens=2), timeout=5))
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+    foreign.close()
+    ca = (site_identity.site().harness_dir / "ca.crt").read_bytes()
+    mixed = grpc.secure_channel(
+        site.grpc_address,
+        grpc.ssl_channel_credentials(ca, (b / "client.key").read_bytes(), (b / "client.crt").read_bytes()),
+    )  # trusts the site, shows a foreign certificate: refused in the handshake
+    with pytest.raises(grpc.RpcError) as e:
+        list(pb_grpc.InferenceStub(mixed).Generate(pb.GenerateRequest(prompt="hi", max_tokens=2), timeout=5))
+    assert e.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAUTHENTICATED)
+    mixed.close()
+
+
+def _temp_operator(name: str) -> Path:
+    test_site = site_identity.site()
+    test_site.pki.issue(name, "operator", force=True)
+    return test_site.pki.bundle_dir(name)
+
+
+def _https(url: str, bundle: Path) -> int:
+    ctx = ssl.create_default_context(cafile=str(bundle / "ca.crt"))
+    ctx.load_cert_chain(str(bundle / "client.crt"), str(bundle / "client.key"))
+    try:
+        with urllib.request.urlopen(url, timeout=10, context=ctx) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def test_revoked_site_certificate_is_refused_on_https_within_a_second(site: Site) -> None:
+    bundle = _temp_operator("temp-op")
+    assert _https(site.http + "/v1/models", bundle) == 200
+    site_identity.site().pki.revoke("temp-op")
+    revoked_at = time.monotonic()
+    assert wait_for(lambda: _https(site.http + "/v1/models", bundle) == 401, timeout=3, interval=0.05)
+    assert time.monotonic() - revoked_at < 1.5
+
+
+@pytest.fixture(scope="module")
+def certified(site: Site) -> Iterator[tuple[Orchestrator, str]]:
+    """A third orchestrator whose gRPC listener requires site client certificates (mutual TLS)."""
+    tmp = site.tmp / "certified"
+    tmp.mkdir()
+    grpc_port = free_port()
+    env = {
+        **FRONT_DOOR_ENV,
+        "EDGEFLEET_FRONT_DOOR_ADDRESS": f"127.0.0.1:{grpc_port}",
+        "EDGEFLEET_FRONT_DOOR_CLIENT_CERTS": "true",
+    }
+    orch = Orchestrator(tmp, site.broker, db=tmp / "registry.db", env=env)
+    address = f"127.0.0.1:{grpc_port}"
+    try:
+        channel = site_identity.site().grpc_channel(address)
+        ok = wait_for(lambda: _generate(channel) == grpc.StatusCode.OK, timeout=30, interval=0.3)
+        channel.close()
+        assert ok, orch.log_path.read_text(errors="replace")[-3000:]
+        yield orch, address
+    finally:
+        orch.stop()
+
+
+def _generate(channel: grpc.Channel) -> grpc.StatusCode:
+    try:
+        list(pb_grpc.InferenceStub(channel).Generate(pb.GenerateRequest(prompt="hi", max_tokens=1), timeout=30))
+        return grpc.StatusCode.OK
+    except grpc.RpcError as e:
+        return e.code()  # type: ignore[no-any-return]
+
+
+def test_grpc_with_client_certificates_required(certified: tuple[Orchestrator, str]) -> None:
+    """EDGEFLEET_FRONT_DOOR_CLIENT_CERTS=true: the certificate is the credential (no key needed);
+    no certificate fails the handshake; a revoked one is refused within a second."""
+    _, address = certified
+    bundle = _temp_operator("temp-grpc")
+    creds = grpc.ssl_channel_credentials(
+        (bundle / "ca.crt").read_bytes(), (bundle / "client.key").read_bytes(), (bundle / "client.crt").read_bytes()
+    )
+    channel = grpc.secure_channel(address, creds)
+    assert _generate(channel) == grpc.StatusCode.OK
+    no_cert = site_identity.site().grpc_channel(address, client_cert=False)
+    assert _generate(no_cert) == grpc.StatusCode.UNAVAILABLE
+    no_cert.close()
+    site_identity.site().pki.revoke("temp-grpc")
+    revoked_at = time.monotonic()
+    assert wait_for(lambda: _generate(channel) == grpc.StatusCode.UNAUTHENTICATED, timeout=3, interval=0.05)
+    assert time.monotonic() - revoked_at < 1.5
+    channel.close()
 
 
 def test_no_key_is_refused(keyed: Keyed) -> None:
     status, body, headers = keyed.get("/v1/models")
     assert status == 401 and body["error"]["type"] == "authentication_error"
     assert headers.get("WWW-Authenticate") == "Bearer"
-    bad = openai.OpenAI(base_url=keyed.http + "/v1", api_key="ef-000000000000-wrong", max_retries=0)
+    bad = site_identity.site().openai(keyed.http + "/v1", "ef-000000000000-wrong", client_cert=False)
     with pytest.raises(openai.AuthenticationError):
         _chat(bad, "any")
     with pytest.raises(grpc.RpcError) as e:

@@ -11,6 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from edgefleet.proto.v1 import inference_pb2 as pb
+from tests import site_identity
 from tests.conftest import collect, wait_for
 from tests.orchestrator.front_door.conftest import Site
 
@@ -58,7 +59,7 @@ def test_an_error_after_the_first_token_names_the_node(site: Site) -> None:
 def test_an_http_stream_that_breaks_after_the_first_token_names_the_node(site: Site) -> None:
     site.start_node("ac-dying", EDGEFLEET_FAILPOINTS="engine.step=raise-after:6")
     site.wait_routable("ac-dying")
-    client = openai.OpenAI(base_url=site.http + "/v1", api_key="unused", max_retries=0, timeout=60)
+    client = site_identity.site().openai(site.http + "/v1")
     stream = client.completions.create(
         model=site.model(), prompt="Count: 1, 2, 3,", max_tokens=64, stream=True, extra_headers={NODE: "ac-dying"}
     )

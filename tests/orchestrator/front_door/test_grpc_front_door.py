@@ -11,6 +11,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from edgefleet.proto.v1 import inference_pb2 as pb
+from tests import site_identity
 from tests.conftest import collect
 from tests.orchestrator.front_door.conftest import Site
 
@@ -119,7 +120,7 @@ def test_a_full_fleet_buffers_then_answers_resource_exhausted_and_429(site: Site
 
     body = b'{"model": "%s", "prompt": "Hi", "max_tokens": 2}' % site.model().encode()
     with pytest.raises(urllib.error.HTTPError) as http:
-        urllib.request.urlopen(urllib.request.Request(site.http + "/v1/completions", body), timeout=10)
+        site_identity.site().urlopen(urllib.request.Request(site.http + "/v1/completions", body))
     assert http.value.code == 429 and http.value.headers["Retry-After"] == "2"
     t_wait.join(60)
     t_long.join(120)

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from edgefleet.orchestrator.fleet_view import FleetView
 from edgefleet.orchestrator.front_door.server import FrontDoor
 from edgefleet.orchestrator.settings import OrchestratorSettings
+from tests import site_identity
 from tests.conftest import free_port
 
 
@@ -55,7 +56,9 @@ def test_a_taken_port_leaves_that_listener_off_and_the_rest_serves(tmp_path) -> 
         fd.start()
         try:
             assert "grpc" not in fd.ports and fd.ports["openai"] == http and fd.ports["metrics"] == metrics
-            with urllib.request.urlopen(f"http://127.0.0.1:{http}/v1/models", timeout=5) as r:
+            # HTTPS with the site certificate (the harness's, from the environment); the harness
+            # certificate is its client credential
+            with site_identity.site().urlopen(f"https://127.0.0.1:{http}/v1/models", timeout=5) as r:
                 assert json.loads(r.read()) == {"object": "list", "data": []}
             with urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=5) as r:
                 assert b"edgefleet_fleet_nodes" in r.read()

@@ -10,17 +10,19 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests import site_identity
 from tests.orchestrator.front_door.conftest import Site
 
 
 @pytest.fixture(scope="module")
 def client(site: Site) -> openai.OpenAI:
-    return openai.OpenAI(base_url=site.http + "/v1", api_key="unused", max_retries=0, timeout=60)
+    return site_identity.site().openai(site.http + "/v1")
 
 
 def curl(site: Site, path: str, body: str | bytes, *headers: str) -> tuple[int, dict[str, Any], str]:
     """(status, JSON body, raw headers) of a POST through curl."""
-    args = ["curl", "-sS", "-D", "-", "-X", "POST", site.http + path, "-H", "content-type: application/json"]
+    args = ["curl", "-sS", *site_identity.site().curl_args(), "-D", "-", "-X", "POST", site.http + path]
+    args += ["-H", "content-type: application/json"]
     for h in headers:
         args += ["-H", h]
     r = subprocess.run([*args, "--data-binary", "@-"], input=body if isinstance(body, bytes) else body.encode(),
@@ -68,7 +70,8 @@ def test_completions_stop_and_curl_sse(site: Site, client: openai.OpenAI) -> Non
     body = {"model": site.model(), "prompt": "Once upon", "max_tokens": 4, "stream": True}
     status, _, head = curl(site, "/v1/completions", json.dumps(body))
     assert status == 200 and "text/event-stream" in head and "x-edgefleet-node: fd-" in head
-    out = subprocess.run(["curl", "-sN", site.http + "/v1/completions", "-d", json.dumps(body)],
+    tls = site_identity.site().curl_args()
+    out = subprocess.run(["curl", "-sN", *tls, site.http + "/v1/completions", "-d", json.dumps(body)],
                          capture_output=True, text=True, timeout=60).stdout  # fmt: skip
     events = [e for e in out.split("\n\n") if e]
     assert all(e.startswith("data: ") for e in events) and events[-1] == "data: [DONE]"
