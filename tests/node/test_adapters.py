@@ -13,6 +13,7 @@ import pytest
 
 from edgefleet.node.model_catalog import resolve_model
 from edgefleet.proto.v1 import inference_pb2 as pb
+from tests import site_identity
 from tests.conftest import BIN, NodeProcess, collect
 from tools.make_lora import write_lora
 
@@ -94,7 +95,7 @@ def _serve_with(adapters: str, tmp: Path) -> subprocess.CompletedProcess[str]:
         capture_output=True,
         text=True,
         timeout=120,
-        env={"EDGEFLEET_ADAPTERS": adapters, "PATH": "/usr/bin:/bin"},
+        env={"EDGEFLEET_ADAPTERS": adapters, "PATH": "/usr/bin:/bin", **site_identity.site().node_env("vm")},
     )
 
 

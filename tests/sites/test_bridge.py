@@ -17,6 +17,7 @@ from edgefleet.fleet.settings import FleetSettings
 from edgefleet.plumbing.bridge_config import CentralBroker, bridge_conf
 from edgefleet.proto.topics import Topics
 from edgefleet.proto.v1 import inference_pb2 as pb
+from tests import site_identity
 from tests.conftest import NodeProcess, collect, wait_for
 from tests.mqtt_support import Mosquitto, Watcher, node_env
 from tests.sites.brokers import BridgedMosquitto
@@ -31,6 +32,10 @@ def fleet_run(*argv: str, site: str = "a") -> tuple[int, str]:
     fsub = parser.add_subparsers(dest="fleet_command", required=True)
     uplink_commands.add_parsers(fsub)
     out = io.StringIO()
+    if "sites-status" in argv:  # the central broker takes site certificates (the harness's here)
+        h = site_identity.site().harness_dir
+        argv = (*argv, "--central-ca-file", str(h / "ca.crt"), "--central-cert-file", str(h / "client.crt"))
+        argv = (*argv, "--central-key-file", str(h / "client.key"))
     rc = uplink_commands.run(parser.parse_args(list(argv)), FleetSettings(site=site), out)
     return rc, out.getvalue()
 
