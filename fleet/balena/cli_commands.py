@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from importlib.resources import files
@@ -11,6 +12,8 @@ from typing import TextIO
 from edgefleet.fleet.balena.client import BalenaFleet, BalenaSyncError, make_sdk
 from edgefleet.fleet.balena.plan import describe as describe_plan
 from edgefleet.fleet.balena.plan import plan_device
+from edgefleet.fleet.balena.status_view import join, render
+from edgefleet.fleet.control import OrchestratorUnreachable
 
 
 def _profiles() -> set[str]:
@@ -40,6 +43,15 @@ def register(fsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="balena API (EDGEFLEET_BALENA_API_URL, e.g. openBalena); default: balena-sdk's settings",
     )
     sync.set_defaults(console_handler=run)  # `edgefleet` runs handlers with settings of their own
+    status = bsub.add_parser(
+        "status",
+        help="balena's view beside edgefleet's: each device's online state and its node's (flags disagreements)",
+    )
+    status.add_argument("--fleet", required=True, help="the balena fleet: slug (org/name), uuid or id")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--api-url", default=os.environ.get("EDGEFLEET_BALENA_API_URL"), help=argparse.SUPPRESS)
+    status.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the orchestrator")
+    status.set_defaults(console_handler=run)
 
 
 def sync(fleet: BalenaFleet, name: str, mqtt_url: str | None, dry_run: bool, out: TextIO) -> int:
@@ -67,12 +79,32 @@ def sync(fleet: BalenaFleet, name: str, mqtt_url: str | None, dry_run: bool, out
     return 1 if skipped else 0
 
 
+def status(fleet: BalenaFleet, name: str, as_json: bool, timeout: float, out: TextIO) -> int:
+    """Devices from balena, nodes from the orchestrator (the CLI's own settings: EDGEFLEET_*)."""
+    from edgefleet.fleet.control import refusal, request
+    from edgefleet.fleet.settings import FleetSettings
+    from edgefleet.proto.payloads import Command
+
+    devices = fleet.devices(name)
+    result = request(FleetSettings(), Command(op="status"), timeout)
+    if not result.ok:
+        raise BalenaSyncError(refusal(result))
+    rows = join(devices, list(result.data.get("nodes", [])))
+    if as_json:
+        out.write(json.dumps([r.as_dict() for r in rows], indent=2) + "\n")
+    else:
+        out.writelines(line + "\n" for line in render(rows))
+    return 0
+
+
 def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
     out, err = out or sys.stdout, err or sys.stderr
     try:
         fleet = BalenaFleet(make_sdk(args.api_url))
+        if args.balena_command == "status":
+            return status(fleet, args.fleet, args.json, args.timeout, out)
         return sync(fleet, args.fleet, args.device_mqtt_url, args.dry_run, out)
-    except BalenaSyncError as e:
+    except (BalenaSyncError, OrchestratorUnreachable, ValueError) as e:  # ValueError: settings (no identity, …)
         err.write(f"edgefleet: {e}\n")
         return 2
 
