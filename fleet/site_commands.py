@@ -11,7 +11,15 @@ from typing import Any, TextIO
 import yaml
 from pydantic import ValidationError
 
-from edgefleet.fleet import adapter_commands, applied, identity_commands, keys_commands, rule_commands, uplink_commands
+from edgefleet.fleet import (
+    adapter_commands,
+    applied,
+    group_commands,
+    identity_commands,
+    keys_commands,
+    rule_commands,
+    uplink_commands,
+)
 from edgefleet.fleet.adapter_commands import bar
 from edgefleet.fleet.balena import cli_commands as balena_cli
 from edgefleet.fleet.console.cli_commands import register_operator
@@ -43,12 +51,20 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     init = fsub.add_parser("init-site", help="create the site's Ed25519 key pair for signing artifacts")
     init.add_argument("--dir", type=Path, default=Path.home() / ".config" / "edgefleet", help="where to write it")
     init.add_argument("--force", action="store_true", help="replace an existing key pair (key rotation)")
+    init.add_argument(
+        "--uplink",
+        metavar="HOST:PORT",
+        help="also write this site broker's bridge to a central broker (as `fleet uplink-config`) into --uplink-out",
+    )
+    init.add_argument("--uplink-out", type=Path, help="where the bridge block goes (default <dir>/uplink.conf)")
+    uplink_commands.tls_flags(init)
     rm = fsub.add_parser("rm-template", help="remove a template from a group or a node")
     rm.add_argument("name")
     rm.add_argument("--target", required=True)
     applied.add_wait_flags(rm)
     adapter_commands.add_parsers(fsub)
     rule_commands.add_parsers(fsub)
+    group_commands.add_parsers(fsub)
     register_operator(fsub)
     identity_commands.add_parsers(fsub)
     keys_commands.add_parsers(fsub)
@@ -100,6 +116,13 @@ def _age(ts: float) -> str:
     return f"{s:.0f}s ago" if s < 120 else f"{s / 60:.0f}m ago" if s < 7200 else f"{s / 3600:.0f}h ago"
 
 
+def _groups(n: dict[str, Any]) -> str:
+    """A node's groups as it reports them, and assigned ones it has not applied yet."""
+    text = ",".join(n["groups"]) or "-"
+    pending = [g for g in n.get("assigned_groups", []) if g not in n["groups"]]
+    return text + (f" (+{','.join(pending)} assigned)" if pending else "")
+
+
 def print_status(nodes: list[dict[str, Any]], out: TextIO) -> None:
     header = ["NODE", "GROUPS", "PROFILE", "MODEL", "STATUS", "LAST SEEN", "OUTBOX", "TEMPLATES / ADAPTERS"]
     rows = []
@@ -118,7 +141,7 @@ def print_status(nodes: list[dict[str, Any]], out: TextIO) -> None:
         rows.append(
             [
                 n["node_id"],
-                ",".join(n["groups"]),
+                _groups(n),
                 n["profile"],
                 n["model"],
                 n["state"],
@@ -144,9 +167,20 @@ def init_site(directory: Path, force: bool, site: str, out: TextIO) -> int:
     return 0
 
 
+def _has_key(directory: Path, settings: FleetSettings) -> bool:
+    """An existing key pair with `--uplink` alone: keep it, write the bridge (no --force needed)."""
+    return (directory / f"{settings.site}.key").exists()
+
+
 def run(args: argparse.Namespace, settings: FleetSettings, out: TextIO) -> int:
     if args.fleet_command == "init-site":
-        return init_site(args.dir, args.force, settings.site, out)
+        keep = args.uplink and not args.force and _has_key(args.dir, settings)
+        made = 0 if keep else init_site(args.dir, args.force, settings.site, out)
+        if args.uplink:
+            up = argparse.Namespace(**{**vars(args), "fleet_command": "uplink-config", "central": args.uplink})
+            up.out = args.uplink_out or args.dir / "uplink.conf"
+            return uplink_commands.run(up, settings, out)
+        return made
     if args.fleet_command in identity_commands.VERBS:
         try:
             return identity_commands.run(args, settings.site, settings.topic_root, out)
@@ -161,6 +195,11 @@ def run(args: argparse.Namespace, settings: FleetSettings, out: TextIO) -> int:
         try:
             return uplink_commands.run(args, settings, out)
         except uplink_commands.UplinkCommandError as e:
+            raise FleetCommandError(str(e)) from e
+    if args.fleet_command in group_commands.VERBS:
+        try:
+            return group_commands.run(args, settings, out)
+        except group_commands.GroupCommandError as e:
             raise FleetCommandError(str(e)) from e
     if args.fleet_command in ("push-rule", "rm-rule", "rules"):
         try:

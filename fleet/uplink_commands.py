@@ -36,7 +36,7 @@ class UplinkCommandError(Exception):
     """A problem the operator can fix; printed without a traceback."""
 
 
-def _tls_flags(p: argparse.ArgumentParser) -> None:
+def tls_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--central-ca-file", help="CA file of the central broker (TLS)")
     p.add_argument("--central-cert-file", help="client certificate for the central broker")
     p.add_argument("--central-key-file", help="private key of that certificate")
@@ -46,12 +46,12 @@ def add_parsers(fsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     up = fsub.add_parser("uplink-config", help="write this site broker's bridge to the central broker")
     up.add_argument("--central", required=True, help="central broker HOST:PORT")
     up.add_argument("--out", type=Path, help="write the block to this file (default: print it)")
-    _tls_flags(up)
+    tls_flags(up)
     ss = fsub.add_parser("sites-status", help="every site's nodes, as the central broker sees them")
     ss.add_argument("--central-url", required=True, help="central broker, mqtt://HOST:PORT or mqtts://HOST:PORT")
     ss.add_argument("--wait", type=float, default=1.5, help=f"seconds to listen (at most {MAX_WAIT_S:g})")
     ss.add_argument("--json", action="store_true")
-    _tls_flags(ss)
+    tls_flags(ss)
 
 
 @dataclass

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +20,7 @@ from edgefleet.plumbing.bridge_config import CentralBroker, bridge_conf
 from edgefleet.proto.topics import Topics
 from edgefleet.proto.v1 import inference_pb2 as pb
 from tests import site_identity
-from tests.conftest import NodeProcess, collect, wait_for
+from tests.conftest import BIN, NodeProcess, collect, wait_for
 from tests.mqtt_support import Mosquitto, Watcher, node_env
 from tests.sites.brokers import BridgedMosquitto
 
@@ -142,3 +144,16 @@ def test_site_reaches_central_and_catches_up_after_an_outage(
         again.close()
     rc, out = fleet_run("sites-status", "--central-url", central.url, "--json")
     assert rc == 0 and [(r["site"], r["node_id"], r["state"]) for r in json.loads(out)] == [("a", NODE, "online")]
+
+
+def test_init_site_with_uplink_writes_the_same_bridge_as_uplink_config(tmp_path: Path) -> None:
+    env = {**os.environ, "EDGEFLEET_SITE": "a", "EDGEFLEET_CLI_CONFIG": os.devnull}
+    cmd = [str(BIN / "edgefleet"), "fleet", "init-site", "--dir", str(tmp_path), "--uplink", "central.example:8883"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    key = (tmp_path / "a.key").read_bytes()
+    assert "uplink.conf" in done.stdout
+    rc, printed = fleet_run("uplink-config", "--central", "central.example:8883")
+    assert rc == 0 and (tmp_path / "uplink.conf").read_text() == printed
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and (tmp_path / "a.key").read_bytes() == key, "the site key is kept"
