@@ -15,7 +15,6 @@ from edgefleet.node.errors import EdgefleetError
 from edgefleet.node.settings import NodeSettings
 from edgefleet.plumbing import failpoints
 from edgefleet.plumbing.logs import configure_logging
-from edgefleet.plumbing.transport_security import SecuritySettingsError
 
 log = logging.getLogger("edgefleet.node")
 
@@ -103,13 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"edgefleet-node: invalid setting: {e}\n")
         return 2
     configure_logging(settings.node_id, settings.log_level, settings.log_format)
-    try:
-        settings.check_security()
-    except SecuritySettingsError as e:
-        log.error("cannot start", extra={"reason": str(e)})
-        sys.stderr.write(f"edgefleet-node: {e}\n")
+    if not settings.may_start(log, "edgefleet-node", "this node"):
         return 2
-    settings.warn_if_insecure(log, "this node")
     try:
         switched_on = failpoints.load_env()
     except ValueError as e:

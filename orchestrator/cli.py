@@ -14,7 +14,6 @@ from edgefleet.orchestrator.runtime import build_orchestrator
 from edgefleet.orchestrator.settings import OrchestratorSettings
 from edgefleet.plumbing import failpoints
 from edgefleet.plumbing.logs import configure_logging
-from edgefleet.plumbing.transport_security import SecuritySettingsError
 
 log = logging.getLogger("edgefleet.orchestrator")
 
@@ -61,13 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"edgefleet-orchestrator: invalid setting: {e}\n")
         return 2
     configure_logging("orchestrator", settings.log_level, settings.log_format)
-    try:
-        settings.check_security()
-    except SecuritySettingsError as e:
-        log.error("cannot start", extra={"reason": str(e)})
-        sys.stderr.write(f"edgefleet-orchestrator: {e}\n")
+    if not settings.may_start(log, "edgefleet-orchestrator", "the orchestrator"):
         return 2
-    settings.warn_if_insecure(log, "the orchestrator")
     try:
         switched_on = failpoints.load_env()
     except ValueError as e:

@@ -10,6 +10,7 @@ enrollment bundle's (`EDGEFLEET_MQTT_CERT_FILE` …) unless `EDGEFLEET_TLS_*` na
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,6 +115,23 @@ class TransportSecurity(BaseSettings):
             raise SecuritySettingsError(
                 f"the site broker requires a client certificate (EDGEFLEET_MQTT_CERT_FILE/KEY_FILE): {INSECURE_HINT}"
             )
+
+    def check_security(self) -> None:
+        """What this part needs in secure mode (each part's settings say more); raises SecuritySettingsError."""
+        self.require_secure_mqtt()
+        self.require_tls("this process")
+
+    def may_start(self, log: logging.Logger, prog: str, part: str) -> bool:
+        """At start: False (reason logged and on stderr, for exit 2) when secure mode lacks something;
+        otherwise True, after the loud warning if the mode is insecure."""
+        try:
+            self.check_security()
+        except SecuritySettingsError as e:
+            log.error("cannot start", extra={"reason": str(e)})
+            sys.stderr.write(f"{prog}: {e}\n")
+            return False
+        self.warn_if_insecure(log, part)
+        return True
 
     def warn_if_insecure(self, log: logging.Logger, part: str) -> None:
         if self.insecure:

@@ -14,7 +14,6 @@ from typing import TextIO
 from edgefleet.fleet.console.accounts import ROLES, AccountError, Accounts
 from edgefleet.fleet.console.settings import ConsoleSettings
 from edgefleet.plumbing.logs import configure_logging
-from edgefleet.plumbing.transport_security import SecuritySettingsError
 
 
 def register_console(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -40,12 +39,8 @@ def run_console(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     import logging
 
     logging.getLogger().setLevel(logging.INFO)
-    try:
-        settings.check_security()
-    except SecuritySettingsError as e:
-        sys.stderr.write(f"edgefleet console: {e}\n")
+    if not settings.may_start(logging.getLogger("edgefleet.console"), "edgefleet console", "the console"):
         return 2
-    settings.warn_if_insecure(logging.getLogger("edgefleet.console"), "the console")
     from edgefleet.fleet.console.server import serve
 
     serve(settings)
