@@ -11,7 +11,7 @@ from __future__ import annotations
 import tomllib
 from importlib import resources
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -70,6 +70,14 @@ class ThermalSection(_Strict):
         return self
 
 
+class KnowledgeSection(_Strict):
+    embedder: Literal["wordllama", "minilm", "node"] = Field(
+        default="wordllama",
+        description="The knowledge embedder of this device class, unless EDGEFLEET_EMBEDDER names one: "
+        "wordllama for the smallest devices, minilm where cores and disk allow (better retrieval)",
+    )
+
+
 class FirmwareProfile(_Strict):
     device: DeviceSection
     memory: MemorySection
@@ -77,6 +85,7 @@ class FirmwareProfile(_Strict):
     context: ContextSection
     model: ModelSection = ModelSection()
     thermal: ThermalSection
+    knowledge: KnowledgeSection = KnowledgeSection()
     source: str = Field(default="", exclude=True, description="File the profile came from")
 
     @property

@@ -17,7 +17,7 @@ from edgefleet.node.errors import EdgefleetError, InvalidRequest, ModelError, Ov
 from edgefleet.node.knowledge.errors import KnowledgeError
 from edgefleet.node.knowledge.service import EmbedderChoice, KnowledgeService
 from edgefleet.node.model_catalog import resolve_model
-from edgefleet.node.profiles import MiB, estimate_memory_bytes, resolve_profile
+from edgefleet.node.profiles import FirmwareProfile, MiB, estimate_memory_bytes, resolve_profile
 from edgefleet.node.sensors.plane import SensorPlane
 from edgefleet.node.service import NodeService
 from edgefleet.node.settings import NodeSettings
@@ -52,14 +52,21 @@ class Node:
 KNOWLEDGE_DB = "knowledge.db"
 
 
-def open_knowledge(settings: NodeSettings, service: NodeService, n_embd: int, sha256: str) -> KnowledgeService:
+def open_knowledge(
+    settings: NodeSettings, service: NodeService, n_embd: int, sha256: str, profile: FirmwareProfile
+) -> KnowledgeService:
     def node_embed(texts: list[str]) -> list[list[float]]:
         fut, _ = service.embed(texts, True)
         return fut.result(120)
 
     return KnowledgeService(
         settings.data_dir / KNOWLEDGE_DB,
-        EmbedderChoice(settings.embedder, settings.embedder_model),
+        # the embedder's compute threads follow the node's (EDGEFLEET_THREADS, else the profile's)
+        EmbedderChoice(
+            settings.embedder or profile.knowledge.embedder,
+            settings.embedder_model,
+            max(1, settings.threads or profile.compute.threads),
+        ),
         node_embed,
         n_embd,
         sha256,
@@ -152,7 +159,7 @@ def build_node(settings: NodeSettings) -> Node:
             raise ModelError(f"adapter {item!r} cannot be loaded: {e}") from e
     if settings.knowledge:
         try:
-            service.knowledge = open_knowledge(settings, service, model.meta.n_embd, model_file.sha256)
+            service.knowledge = open_knowledge(settings, service, model.meta.n_embd, model_file.sha256, profile)
         except (KnowledgeError, OSError) as e:
             Node(service, engine, model).close()
             raise ModelError(f"knowledge store {settings.data_dir / KNOWLEDGE_DB}: {e}") from e

@@ -167,9 +167,10 @@ class NodeSettings(MqttSettings, TransportSecurity):
     knowledge: bool = Field(
         default=True, description="Keep a local knowledge store for retrieval (RAG) (EDGEFLEET_KNOWLEDGE)"
     )
-    embedder: Literal["wordllama", "minilm", "node", "gguf"] = Field(
-        default="wordllama",
-        description="Knowledge embedder: wordllama (static, in its wheel; the lightest), minilm (all-MiniLM-L6-v2 "
+    embedder: Literal["wordllama", "minilm", "node", "gguf"] | None = Field(
+        default=None,
+        description="Knowledge embedder; empty: the profile's [knowledge] embedder (wordllama unless it says): "
+        "wordllama (static, in its wheel; the lightest), minilm (all-MiniLM-L6-v2 "
         "from its wheel through llama.cpp; better retrieval, ~50x slower ingest), node (this node's model, mean "
         "pooling) or gguf (EDGEFLEET_EMBEDDER_MODEL); a change re-embeds in the background (EDGEFLEET_EMBEDDER)",
     )

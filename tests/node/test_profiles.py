@@ -61,3 +61,15 @@ def test_errors_name_the_file_and_the_field(tmp_path: Path) -> None:
 def test_unknown_profile_name_lists_the_shipped_ones() -> None:
     with pytest.raises(ProfileError, match="x86-dev"):
         resolve_profile("toaster-9000")
+
+
+def test_a_profile_names_its_device_class_s_embedder(tmp_path: Path) -> None:
+    """[knowledge] embedder: the Jetsons use MiniLM, the small boards and x86-dev the default wordllama;
+    a name that is no embedder is refused naming the field."""
+    shipped = {name: load_profile_file(path).knowledge.embedder for name, path in builtin_profiles().items()}
+    assert shipped["jetson-orin-nano-8gb"] == shipped["jetson-agx-orin-64gb"] == "minilm"
+    assert shipped["rpi4-4gb"] == shipped["x86-dev"] == "wordllama"
+    bad = tmp_path / "bad.toml"
+    bad.write_text(builtin_profiles()["x86-dev"].read_text() + '\n[knowledge]\nembedder = "bert-huge"\n')
+    with pytest.raises(ProfileError, match=r"knowledge\.embedder"):
+        load_profile_file(bad)
