@@ -47,7 +47,7 @@ def desired_change(settings: FleetSettings, args: argparse.Namespace, cmd: Comma
 
 def nodes_of(target_key: str, nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
     kind, _, name = target_key.partition(":")
-    if kind == "node":
+    if kind in ("node", "assign"):  # assign:<node>: a node's group assignment
         return [n for n in nodes if n["node_id"] == name]
     return [n for n in nodes if name in n.get("groups", [])]
 

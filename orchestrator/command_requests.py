@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from edgefleet.proto.payloads import SHA256_FIELD, TemplateSpec, UploadChunk
+from edgefleet.proto.payloads import SHA256_FIELD, TemplateSpec, UploadChunk, check_groups
 from edgefleet.proto.rules import RuleSpec
 from edgefleet.proto.versions import Version
 
@@ -65,3 +65,15 @@ class TelemetryHistoryRequest(CommandRequest):
 
     target: NonEmpty  # node id, or node:<id>
     name: str = ""  # one metric; empty: all
+
+
+class AssignGroupsRequest(CommandRequest):
+    """The groups the orchestrator assigns to one node, beside its own ([]: take every assigned group away)."""
+
+    target: NonEmpty  # node id, or node:<id>
+    groups: list[str]
+
+    @field_validator("groups")
+    @classmethod
+    def _groups(cls, v: list[str]) -> list[str]:
+        return check_groups(v)

@@ -26,6 +26,7 @@ from edgefleet.plumbing.sqlite_db import open_database
 from edgefleet.proto.payloads import (
     MAX_GENERATION,
     DesiredState,
+    GroupAssignment,
     NodeInfoPayload,
     NodeStatus,
     ReportedState,
@@ -46,6 +47,9 @@ MIGRATIONS: list[str] = [
         doc TEXT NOT NULL, updated REAL NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS reported (node_id TEXT PRIMARY KEY, doc TEXT NOT NULL, ts REAL NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS telemetry (node_id TEXT PRIMARY KEY, doc TEXT NOT NULL, ts REAL NOT NULL)""",
+    # groups assigned at run time (`assign-groups`): the newest signed assignment per node
+    """CREATE TABLE IF NOT EXISTS assignments (
+        node_id TEXT PRIMARY KEY, generation INTEGER NOT NULL, doc TEXT NOT NULL, updated REAL NOT NULL)""",
 ]
 
 
@@ -71,6 +75,7 @@ class NodeRow:
     outbox: int | None = None
     generations: dict[str, int] = field(default_factory=dict)  # target key → generation the node applied
     address: str = ""  # gRPC host:port the node advertises
+    assigned_groups: list[str] = field(default_factory=list)  # what `assign-groups` asked for (`groups`: applied)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -166,7 +171,31 @@ class Registry:
             )
         return True
 
+    def record_assignment(self, doc: GroupAssignment) -> bool:
+        """Keep the newest assignment per node; False when `doc` is older than the one stored."""
+        with self._lock, self.db.conn:
+            row = self.db.execute("SELECT generation FROM assignments WHERE node_id = ?", [doc.node_id]).fetchone()
+            if row is not None and row[0] > doc.generation:
+                return False
+            self.db.execute(
+                "INSERT INTO assignments (node_id, generation, doc, updated) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(node_id) DO UPDATE SET generation = excluded.generation, doc = excluded.doc, "
+                "updated = excluded.updated",
+                [doc.node_id, doc.generation, doc.model_dump_json(), time.time()],
+            )
+        return True
+
     # -- reads ------------------------------------------------------------------------------------------
+    def assignment(self, node_id: str) -> GroupAssignment | None:
+        with self._lock:
+            row = self.db.execute("SELECT doc FROM assignments WHERE node_id = ?", [node_id]).fetchone()
+        return GroupAssignment.model_validate_json(row[0]) if row else None
+
+    def assignments(self) -> dict[str, GroupAssignment]:
+        with self._lock:
+            rows = self.db.execute("SELECT node_id, doc FROM assignments").fetchall()
+        return {n: GroupAssignment.model_validate_json(d) for n, d in rows}
+
     def reported_generation(self, key: str) -> int:
         """The newest generation of target `key` any node reports having applied (0: none).
 
@@ -183,10 +212,11 @@ class Registry:
         return best
 
     def groups(self) -> set[str]:
-        """Every group some registered node is in."""
+        """Every group some registered node is in, or is assigned to."""
         with self._lock:
             rows = self.db.execute("SELECT groups FROM nodes").fetchall()
-        return {g for (groups_json,) in rows for g in json.loads(groups_json or "[]")}
+        assigned = {g for a in self.assignments().values() for g in a.groups}
+        return {g for (groups_json,) in rows for g in json.loads(groups_json or "[]")} | assigned
 
     def desired(self, key: str) -> DesiredState | None:
         with self._lock:
@@ -238,6 +268,7 @@ class Registry:
 
     def rows(self) -> list[NodeRow]:
         desired = self.all_desired()
+        assigned = self.assignments()
         with self._lock:
             reported = {k: ReportedState.model_validate_json(d) for k, d in self._docs("reported").items()}
             outbox = {k: Telemetry.model_validate_json(d).outbox_depth for k, d in self._docs("telemetry").items()}
@@ -268,6 +299,7 @@ class Registry:
                     outbox.get(node_id),
                     dict(rep.generations) if rep else {},
                     NodeInfoPayload.model_validate_json(info).grpc_address if info else "",
+                    list(assigned[node_id].groups) if node_id in assigned else [],
                 )
             )
         return out

@@ -27,6 +27,7 @@ from edgefleet.orchestrator.desired_edits import DesiredSigner, DesiredStatePubl
 from edgefleet.orchestrator.error_reports import ErrorReporter
 from edgefleet.orchestrator.fleet_view import FleetView
 from edgefleet.orchestrator.front_door.server import FrontDoor
+from edgefleet.orchestrator.group_commands import AssignmentIngest, GroupCommands
 from edgefleet.orchestrator.history_commands import HistoryCommands
 from edgefleet.orchestrator.ingest import Ingest
 from edgefleet.orchestrator.registry import Registry, open_registry
@@ -80,7 +81,11 @@ class Orchestrator:
 
 
 def build_command_table(
-    registry: Registry, publisher: DesiredStatePublisher, adapters: AdapterCommands, history: TelemetryHistory
+    registry: Registry,
+    publisher: DesiredStatePublisher,
+    adapters: AdapterCommands,
+    history: TelemetryHistory,
+    groups: GroupCommands,
 ) -> CommandTable:
     """One handler per op of `Command`, checked complete."""
     table = CommandTable()
@@ -88,6 +93,7 @@ def build_command_table(
     RuleCommands(registry, publisher).register(table)
     adapters.register(table)
     HistoryCommands(history).register(table)
+    groups.register(table)
     if table.ops != COMMAND_OPS:
         raise RuntimeError(f"command table incomplete: no handler for {sorted(COMMAND_OPS - table.ops)}")
     return table
@@ -132,7 +138,8 @@ def build_orchestrator(settings: OrchestratorSettings, registry: Registry | None
     )
     # the console's plots: telemetry folded into per-minute buckets, in a file beside the registry
     history = TelemetryHistory(settings.registry_db.with_suffix(".history.db"))
-    table = build_command_table(registry, publisher, adapters, history)
+    group_commands = GroupCommands(settings.site, topics, registry, publish_retained, signer)
+    table = build_command_table(registry, publisher, adapters, history, group_commands)
     auth = CommandAuth(settings.site, OperatorKeys(settings.operator_keys), settings.signed_commands_required())
     if not settings.signed_commands_required():
         log.warning(
@@ -149,6 +156,8 @@ def build_orchestrator(settings: OrchestratorSettings, registry: Registry | None
     link.subscribe(topics.all_node_reported(), _on(ingest.reported))
     link.subscribe(topics.all_node_telemetry(), _on(ingest.telemetry), qos=0)
     link.subscribe(topics.all_desired(), _on(ingest.desired))
+    assignments = AssignmentIngest(settings.site, topics, registry, errors, signer, publish_retained)
+    link.subscribe(topics.all_node_assignments(), _on(assignments))
     link.subscribe(topics.all_errors(), _on(ingest.node_error))
     link.subscribe(topics.orchestrator_commands(), endpoint.on_message)
     link.subscribe(topics.artifact_chunk_requests(), _on(chunk_requests.on_request))

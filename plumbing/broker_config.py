@@ -55,11 +55,13 @@ def node_rules(t: Topics, ident: Identity, policy: BrokerPolicy) -> list[str]:
         t.cli_responses("+"),  # answers to operators' inference requests (MQTT 5 response topic)
         *policy.node_outputs,
     ]
+    groups = [*ident.groups, *ident.assigned_groups]  # enrolled, then assigned at run time
     read = [
         t.desired_node(n),
-        *(t.desired_group(g) for g in ident.groups),
+        t.node_assignment(n),  # its group assignment (only the orchestrator writes it)
+        *(t.desired_group(g) for g in groups),
         t.node_requests(n),
-        *(t.group_requests(g) for g in ident.groups),
+        *(t.group_requests(g) for g in groups),
         t.all_artifact_manifests(ARTIFACT_KINDS_FILTER),
         t.artifact_chunks(ARTIFACT_KINDS_FILTER, "+", "+"),
         *policy.sensor_filters,

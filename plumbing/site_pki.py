@@ -55,6 +55,7 @@ class Identity:
     issued_at: str = ""
     revoked: bool = False
     revoked_at: str | None = None
+    assigned_groups: list[str] = field(default_factory=list)  # `fleet assign-groups`: read in the ACL too
 
 
 def _now() -> dt.datetime:
@@ -304,6 +305,19 @@ class SitePki:
         self._save(site, [*(i for i in current if i.name != name), ident], replaced)
         self.write_crl()
         log.info("identity issued", extra={"identity": name, "kind": kind, "serial": cert.serial_number})
+        return ident
+
+    def assign_groups(self, name: str, groups: list[str]) -> Identity:
+        """Set the groups assigned to node `name` at run time (its ACL block reads them as well)."""
+        for g in groups:
+            check_name("group", g)
+        current = self.identities()
+        ident = next((i for i in current if i.name == name), None)
+        if ident is None or ident.kind != "node" or ident.revoked:
+            raise PkiError(f"no enrolled node named {name!r} in {self.registry_path}")
+        ident.assigned_groups = sorted(set(groups))
+        self._save(self.site, current)
+        log.info("groups assigned", extra={"identity": name, "groups": ident.assigned_groups})
         return ident
 
     def revoke(self, name: str) -> Identity:

@@ -42,6 +42,7 @@ class NodeInfoPayload(BaseModel):
     grpc_address: str = ""
     adapters: list[str] = Field(default_factory=list)
     versions: dict[str, str] = Field(default_factory=dict)
+    assigned_groups: list[str] = Field(default_factory=list)  # of `groups`, those the orchestrator assigned
 
 
 class NodeStatus(_Payload):
@@ -162,6 +163,54 @@ class DesiredState(_Payload):
     signature: Annotated[str, Field(max_length=256)] = ""
 
 
+MAX_ASSIGNED_GROUPS = 32
+
+
+class GroupAssignment(_Payload):
+    """The groups the orchestrator adds to a node's own (EDGEFLEET_GROUPS) at run time.
+
+    Retained on `assign/node/<id>`, signed with the site key like desired state (see
+    proto/signing.py `sign_assignment`). `generation` only grows; an empty `groups` list takes
+    every assigned group away. The node's effective groups are its own, then these."""
+
+    site: str
+    node_id: str
+    groups: Annotated[list[str], Field(max_length=MAX_ASSIGNED_GROUPS)] = Field(default_factory=list)
+    generation: Annotated[int, Field(ge=1, le=MAX_GENERATION)]
+    ts: float = Field(default_factory=_now)
+    key_id: Annotated[str, Field(max_length=64)] = ""
+    signature: Annotated[str, Field(max_length=256)] = ""
+
+    @field_validator("node_id")
+    @classmethod
+    def _node(cls, v: str) -> str:
+        return check_name("node", v)
+
+    @field_validator("groups")
+    @classmethod
+    def _groups(cls, v: list[str]) -> list[str]:
+        return check_groups(v)
+
+    @property
+    def key(self) -> str:
+        """Its key among a node's reported generations: `assign:<node>`."""
+        return f"assign:{self.node_id}"
+
+
+def check_groups(groups: list[str]) -> list[str]:
+    """Valid, distinct group names, in the order given (ValueError naming the bad one)."""
+    for g in groups:
+        check_name("group", g)
+    if len(set(groups)) != len(groups):
+        raise ValueError(f"groups {groups} name a group twice")
+    return groups
+
+
+def effective_groups(own: list[str], assigned: list[str]) -> list[str]:
+    """A node's groups: its own (profile, EDGEFLEET_GROUPS) first, then the assigned ones not among them."""
+    return list(dict.fromkeys([*own, *assigned]))
+
+
 def merged(docs: dict[str, DesiredState], node_id: str, groups: list[str], field: str) -> dict[str, Any]:
     """What one node should have of `field` (templates, adapters, knowledge): its groups' entries in
     the node's group order, then its own, which win on a name clash."""
@@ -195,6 +244,7 @@ class ReportedState(_Payload):
     knowledge: dict[str, str] = Field(default_factory=dict)  # collection → version installed
     transfers: dict[str, TransferProgress] = Field(default_factory=dict)  # `<kind>/<name>` → progress
     errors: list[str] = Field(default_factory=list)  # why something desired is not applied
+    groups: list[str] = Field(default_factory=list)  # effective groups: its own, then the assigned ones
 
 
 class InferenceRequest(_Payload):
@@ -276,6 +326,7 @@ class Command(_Payload):
         "push-knowledge",
         "rm-knowledge",
         "telemetry-history",
+        "assign-groups",
     ]
     target: str = ""
     template: TemplateSpec | None = None
@@ -284,6 +335,7 @@ class Command(_Payload):
     sha256: str = ""
     upload: UploadChunk | None = None
     rule: RuleSpec | None = None
+    groups: list[str] | None = None  # assign-groups: the node's assigned groups ([]: none)
     force: bool = False  # push a template or rule version older than the one desired now
     new_group: bool = False  # a bare target that names no node and no known group: create the group
     # the signed envelope (proto/signing.py `sign_command`): all empty on an unsigned command

@@ -62,6 +62,10 @@ class Topics:
     def desired_group(self, group: str) -> str:
         return f"{self.root}desired/group/{group}"
 
+    def node_assignment(self, node_id: str) -> str:
+        """Retained, signed GroupAssignment: the groups the orchestrator adds to a node's own."""
+        return f"{self.root}assign/node/{node_id}"
+
     # -- artifacts and results (the adapter, knowledge and sensor-rule issues use these) ----------
     def artifact_manifest(self, kind: str, name: str) -> str:
         """Retained, signed manifest of the newest version of a large artifact (adapter, knowledge)."""
@@ -118,6 +122,9 @@ class Topics:
     def all_desired(self) -> str:
         return f"{self.root}desired/#"
 
+    def all_node_assignments(self) -> str:
+        return f"{self.root}assign/node/+"
+
     def all_errors(self) -> str:
         return f"{self.root}errors/+"
 
@@ -144,6 +151,13 @@ class Topics:
         levels = self.parse(topic)
         if levels and len(levels) == 3 and levels[0] == "desired" and levels[1] in ("node", "group"):
             return levels[1], levels[2]
+        return None
+
+    def assignment_of(self, topic: str) -> str | None:
+        """The node id of `<root>assign/node/<id>`, else None."""
+        levels = self.parse(topic)
+        if levels and len(levels) == 3 and levels[0] == "assign" and levels[1] == "node":
+            return levels[2]
         return None
 
     def manifest_of(self, topic: str) -> tuple[str, str] | None:
@@ -201,6 +215,12 @@ TOPIC_TABLE = [
     ),
     ("desired/node/<node>", "orchestrator", "retained, QoS 1", "DesiredState for one node"),
     ("desired/group/<group>", "orchestrator", "retained, QoS 1", "DesiredState for every node of a group"),
+    (
+        "assign/node/<node>",
+        "orchestrator",
+        "retained, QoS 1",
+        "GroupAssignment: groups added to the node's own at run time, signed with the site key",
+    ),
     ("artifact/<kind>/<name>/manifest", "orchestrator", "retained, QoS 1", "Manifest, signed with the site key"),
     ("artifact/<kind>/<name>/<version>/chunk/<i>", "orchestrator", "QoS 1", "raw bytes of chunk i"),
     ("artifact/requests", "node", "QoS 1", "ChunkRequest: chunks a node is missing"),

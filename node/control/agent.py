@@ -11,6 +11,9 @@ site signed (proto/signing.py): unsigned (UNSIGNED), signed by another key or al
 (BAD_SIGNATURE), an older generation or another document at the generation applied (REPLAYED)
 are refused, and the node stays on the last good generation. Without a pinned key it takes
 desired state unverified, as before, and says so once, loudly.
+
+Groups at run time: a signed assignment on `assign/node/<id>` (checked by `group_assignment.py`)
+adds groups to the node's own; the agent then follows the new set of groups without a restart.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from edgefleet.node.control.desired_store import (
     same_document,
 )
 from edgefleet.node.control.faults import NodeFaults, parse_bounded
+from edgefleet.node.control.group_assignment import AssignmentStore, GroupMembership
 from edgefleet.node.control.installers import AdapterInstaller, KnowledgeInstaller
 from edgefleet.node.sensors.plane import SensorPlane
 from edgefleet.node.service import NodeService
@@ -82,9 +86,19 @@ class ControlAgent:
         self.store = store
         self.node_id = settings.node_id
         self.topics = Topics.for_site(settings.site, settings.topic_root)
-        self.groups = service.groups
         self._lock = threading.RLock()  # _reject runs inside _on_desired's critical section
         self._errors: list[str] = []
+        # its own groups (profile, EDGEFLEET_GROUPS), then those the orchestrator assigned (kept in node.db)
+        self.membership = GroupMembership(
+            settings.site,
+            self.node_id,
+            service.groups,
+            AssignmentStore(store.db, self.node_id),
+            self.keys,
+            self._reject,
+        )
+        self.groups = self.membership.effective
+        service.groups = self.groups
         self._stop = threading.Event()
         self._telemetry: threading.Thread | None = None
         self._last_tokens = 0
@@ -126,7 +140,10 @@ class ControlAgent:
 
         self.adapters = sync(AdapterInstaller(service.adapter_manager)) if service.adapter_manager else None
         self.knowledge = sync(KnowledgeInstaller(service.knowledge)) if service.knowledge else None
+        if sensors is not None:
+            sensors.set_groups(self.groups)
         self.link.subscribe(self.topics.desired_node(self.node_id), self._on_desired)
+        self.link.subscribe(self.topics.node_assignment(self.node_id), self._on_assignment)
         for g in self.groups:
             self.link.subscribe(self.topics.desired_group(g), self._on_desired)
         self._install(self.store.docs())
@@ -166,7 +183,7 @@ class ControlAgent:
         self.link.publish(self.topics.node_status(self.node_id), status.dumps(), qos=1, retain=True)
 
     # -- presence and telemetry ---------------------------------------------------------------------
-    def _birth(self) -> list[tuple[str, bytes]]:
+    def _online(self) -> bytes:
         s = self.service.status()
         info = NodeInfoPayload(
             profile=s.profile,
@@ -174,8 +191,12 @@ class ControlAgent:
             model=ModelRef(name=s.model.name, quantization=str(s.model_meta["quantization"]), sha256=s.model.sha256),
             grpc_address=self.settings.advertise_address or f"{self.settings.host}:{self.settings.port}",
             versions=s.versions,
+            assigned_groups=self.membership.assigned,
         )
-        online = NodeStatus(node_id=self.node_id, state="online", info=info).dumps()
+        return NodeStatus(node_id=self.node_id, state="online", info=info).dumps()
+
+    def _birth(self) -> list[tuple[str, bytes]]:
+        online = self._online()
         for sync in (self.adapters, self.knowledge):
             if sync is not None:
                 sync.on_connect()
@@ -183,6 +204,32 @@ class ControlAgent:
             (self.topics.node_status(self.node_id), online),
             (self.topics.node_reported(self.node_id), self._reported().dumps()),
         ]
+
+    # -- groups at run time -------------------------------------------------------------------------
+    def _on_assignment(self, msg: mqtt.MQTTMessage) -> None:
+        """A new group assignment: subscribe to the new groups, leave the dropped ones, re-install
+        the effective desired state, and say so (status and reported state, retained). No restart."""
+        with self._lock:
+            if not self.membership.accept(msg.topic, msg.payload):
+                return
+            before, after = self.groups, self.membership.effective
+            for g in before:
+                if g not in after:
+                    self.link.unsubscribe(self.topics.desired_group(g))
+            for g in after:
+                if g not in before:
+                    self.link.subscribe(self.topics.desired_group(g), self._on_desired)
+            self.groups = after
+            self.service.groups = after  # one assignment: readers see the old list or the new
+            if self.sensors is not None:
+                self.sensors.set_groups(after)
+            self._install(self.store.docs())
+            log.info(
+                "groups changed",
+                extra={"groups": after, "assigned": self.membership.assigned, "generation": self.membership.generation},
+            )
+        self.link.publish(self.topics.node_status(self.node_id), self._online(), qos=1, retain=True)
+        self._publish_reported()
 
     def _telemetry_loop(self) -> None:
         interval = self.settings.telemetry_interval_s
@@ -221,9 +268,13 @@ class ControlAgent:
         docs = self.store.docs()
         adapters, transfers = self.adapters.report() if self.adapters is not None else ({}, {})
         knowledge, knowledge_transfers = self.knowledge.report() if self.knowledge is not None else ({}, {})
+        generations = {k: d.generation for k, d in docs.items()}
+        if self.membership.applied is not None:
+            generations[self.membership.applied.key] = self.membership.generation
         return ReportedState(
             node_id=self.node_id,
-            generations={k: d.generation for k, d in docs.items()},
+            generations=generations,
+            groups=self.groups,
             templates={name: t.spec.version for name, t in self.service.templates.items()},
             adapters=adapters,
             knowledge=knowledge,

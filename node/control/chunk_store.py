@@ -60,14 +60,18 @@ class ChunkStore:
         tmp = dest.with_name(dest.name + ".tmp")
         digest = hashlib.sha256()
         size = 0
-        with open(tmp, "wb") as out:
-            for i in range(self.manifest.chunk_count):
-                data = (self.dir / str(i)).read_bytes()
-                digest.update(data)
-                size += len(data)
-                out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
+        try:
+            with open(tmp, "wb") as out:
+                for i in range(self.manifest.chunk_count):
+                    data = (self.dir / str(i)).read_bytes()
+                    digest.update(data)
+                    size += len(data)
+                    out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+        except OSError:  # a chunk gone from disk, a full disk: no half file stays behind
+            tmp.unlink(missing_ok=True)
+            raise
         if size != self.manifest.size or digest.hexdigest() != self.manifest.sha256:
             tmp.unlink(missing_ok=True)
             self.discard()

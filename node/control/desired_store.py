@@ -35,6 +35,13 @@ MIGRATIONS: list[str] = [
         installed_at REAL NOT NULL,
         PRIMARY KEY (kind, name)
     )""",
+    # the group assignment applied (node/control/group_assignment.py): groups added at run time
+    """CREATE TABLE IF NOT EXISTS group_assignment (
+        node_id TEXT PRIMARY KEY,
+        generation INTEGER NOT NULL,
+        doc TEXT NOT NULL,
+        applied_at REAL NOT NULL
+    )""",
 ]
 
 

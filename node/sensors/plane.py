@@ -75,8 +75,8 @@ class SensorPlane:
             report=faults.report,
         )
         self.link.subscribe(topics.node_requests(self.node_id), self._on_request)
-        for g in service.groups:
-            self.link.subscribe(shared_filter(g, topics.group_requests(g)), self._on_request)
+        self.groups: list[str] = []
+        self.set_groups(service.groups)
 
     def start(self) -> None:
         self.answerer.start()
@@ -86,6 +86,16 @@ class SensorPlane:
         self.intake.stop()
         self.answerer.stop()
         self.ledger.close()
+
+    def set_groups(self, groups: list[str]) -> None:
+        """Answer the request topics of these groups (shared with their other nodes), and no others."""
+        for g in self.groups:
+            if g not in groups:
+                self.link.unsubscribe(shared_filter(g, self.topics.group_requests(g)))
+        for g in groups:
+            if g not in self.groups:
+                self.link.subscribe(shared_filter(g, self.topics.group_requests(g)), self._on_request)
+        self.groups = list(groups)
 
     def set_rules(self, rules: dict[str, EffectiveRule]) -> None:
         self.intake.set_rules(rules)

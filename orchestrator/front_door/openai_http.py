@@ -135,6 +135,8 @@ class OpenAIApi:
             return json.loads(await request.read())
         except (ValueError, UnicodeDecodeError) as e:
             raise schema.BodyError(None, f"the request body is not valid JSON: {e}") from None
+        except RecursionError:
+            raise schema.BodyError(None, "the request body is nested too deeply") from None
 
     def _start(self, request: web.Request) -> tuple[str, float, float]:
         arrived = time.monotonic()

@@ -10,6 +10,7 @@ top_k, adapter. Any other field is refused with a 400 naming it: nothing is sile
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,7 +70,27 @@ class EmbeddingCall:
 def _object(body: Any) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise BodyError(None, "the request body must be a JSON object")
+    _check_text(body)
     return body
+
+
+def _check_text(body: dict[str, Any]) -> None:
+    """Refuse a string that is not valid Unicode (a lone surrogate, `"\\ud800"` in JSON), naming where."""
+    todo: list[tuple[Any, str | None]] = [(body, None)]
+    while todo:
+        v, where = todo.pop()
+        items = v.items() if isinstance(v, dict) else enumerate(v) if isinstance(v, list) else ()
+        for k, item in items:
+            path = f"{where}[{k}]" if isinstance(k, int) else str(k) if where is None else f"{where}.{k}"
+            for text in (k, item):
+                if isinstance(text, str):
+                    try:
+                        text.encode()
+                    except UnicodeEncodeError:
+                        raise BodyError(
+                            path.encode(errors="replace").decode(), f"{path!a} is not valid Unicode"
+                        ) from None
+            todo.append((item, path))
 
 
 def _unsupported(body: dict[str, Any], allowed: set[str]) -> None:
@@ -106,8 +127,8 @@ def _number(body: dict[str, Any], key: str, lo: float, hi: float, low_open: bool
     v = body.get(key)
     if v is None:
         return None
-    if isinstance(v, bool) or not isinstance(v, int | float):
-        raise BodyError(key, f"{key!r} must be a number")
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+        raise BodyError(key, f"{key!r} must be a (finite) number")
     if v > hi or v < lo or (low_open and v == lo):
         span = f"({lo}, {hi}]" if low_open else f"[{lo}, {hi}]"
         raise BodyError(key, f"{key!r} must be in {span}, not {v}")
@@ -168,7 +189,10 @@ def _response_format(body: dict[str, Any]) -> str:
     spec = v.get("json_schema")
     if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
         raise BodyError("response_format.json_schema.schema", "'response_format.json_schema.schema' must be an object")
-    return json.dumps(spec["schema"])
+    try:
+        return json.dumps(spec["schema"], allow_nan=False)
+    except (ValueError, RecursionError) as e:
+        raise BodyError("response_format.json_schema.schema", f"the schema cannot be used: {e}") from None
 
 
 def _messages(body: dict[str, Any]) -> list[tuple[str, str]]:
@@ -186,7 +210,7 @@ def _messages(body: dict[str, Any]) -> list[tuple[str, str]]:
             if key not in ("role", "content", "name"):
                 raise BodyError(f"{where}.{key}", f"{where}.{key} is not supported by edgefleet")
         role = m.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:  # a list or object is unhashable
             raise BodyError(f"{where}.role", f"{where}.role must be one of {', '.join(sorted(ROLES))}")
         out.append(("system" if role == "developer" else role, _content(m.get("content"), f"{where}.content")))
     return out

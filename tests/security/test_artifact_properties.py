@@ -363,15 +363,21 @@ def check_layout(base: Path, root: Path) -> None:
         path = base / rel
         assert path.is_relative_to(root), f"written outside the case directory: {path}"
         inner = path.relative_to(root)
-        side, rest = inner.parts[0], "/".join(inner.parts[1:])
+        assert re.fullmatch(r"case-\d+", inner.parts[0]), f"a file outside the case directories: {inner}"
+        side, rest = inner.parts[1], "/".join(inner.parts[2:])
         layout = {"store": STORE_LAYOUT, "node": NODE_LAYOUT}.get(side)
         assert layout is not None and layout.fullmatch(rest), f"a file outside the layout: {inner}"
 
 
 @pytest.fixture(scope="module")
-def tricks_base(base: Path) -> Path:
-    # deep, so a `../` too many still lands under `base`, where it is seen
-    root = base / "tricks" / "a" / "b" / "c" / "d" / "e" / "f"
+def outer(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("artifact-tricks")
+
+
+@pytest.fixture(scope="module")
+def tricks_base(outer: Path) -> Path:
+    # deep, so a `../` too many still lands under `outer`, where it is seen
+    root = outer / "a" / "b" / "c" / "d" / "e" / "f"
     root.mkdir(parents=True)
     return root
 
@@ -379,9 +385,9 @@ def tricks_base(base: Path) -> Path:
 @settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_path_tricks_are_refused_and_nothing_is_written_outside(
-    base: Path, tricks_base: Path, data: st.DataObject
+    outer: Path, tricks_base: Path, data: st.DataObject
 ) -> None:
-    escape = base / "escaped"
+    escape = outer / "escaped"
     where, name, version, sha_override = data.draw(tricky_case(escape))
     root = tricks_base / f"case-{next(_cases)}"
     store, node = ArtifactStore(root / "store"), Node(root / "node")
@@ -431,7 +437,7 @@ def test_path_tricks_are_refused_and_nothing_is_written_outside(
         assert installed.path.parent == root / "node" / "adapters" and installed.path.read_bytes() == content
     finally:
         node.close()
-        check_layout(base, tricks_base)
+        check_layout(outer, tricks_base)
         assert not escape.exists()
 
 

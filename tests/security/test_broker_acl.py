@@ -16,7 +16,7 @@ import pytest
 from edgefleet.plumbing.site_pki import SitePki
 from edgefleet.proto.topics import Topics
 from tests.conftest import wait_for
-from tests.security.tls_support import Client, TlsBroker
+from tests.security.tls_support import Client, TlsBroker, pki_cli
 
 T = Topics.for_site("lab")
 NOT_AUTHORIZED = "Not authorized"
@@ -78,6 +78,8 @@ def refused_and_not_delivered(site: dict[str, object], who: str, topic: str) -> 
         ("n1", T.artifact_manifest("adapter", "a")),
         ("n1", T.artifact_chunk("adapter", "a", "1", 0)),
         ("n1", T.orchestrator_status()),
+        ("n1", T.node_assignment("n1")),  # only the orchestrator assigns groups
+        ("op", T.node_assignment("n1")),
         ("s1", T.desired_node("n1")),
         ("s1", T.node_status("n1")),
         ("s1", T.orchestrator_commands()),
@@ -181,3 +183,25 @@ def test_revoked_node_cannot_reconnect_and_loses_rights_at_once(site: dict[str, 
     assert not n2.publish(T.node_status("n2"), b"still here").is_failure
     assert wait_for(lambda: orch.got(T.node_status("n2"), b"still here"), timeout=5)
     assert broker.pki.get("n3").revoked  # type: ignore[union-attr]
+
+
+def test_a_node_reads_its_own_assignment_and_its_assigned_groups_once_the_acl_is_regenerated(
+    site: dict[str, object],
+) -> None:
+    broker, orch = site["broker"], site["orch"]
+    assert isinstance(broker, TlsBroker) and isinstance(orch, Client)
+    for node in ("n1", "n2"):
+        assert not orch.publish(T.node_assignment(node), f"groups of {node}".encode(), retain=True).is_failure
+    assert not orch.publish(T.desired_group("g1"), b"g1 again", retain=True).is_failure
+    n2 = connect(site, "n2")
+    n2.subscribe(T.node_assignment("+"))
+    n2.subscribe(T.desired_group("g1"))
+    assert wait_for(lambda: n2.got(T.node_assignment("n2"), b"groups of n2"), timeout=5)
+    time.sleep(0.3)
+    assert not n2.got(T.node_assignment("n1")) and not n2.got(T.desired_group("g1"))
+    broker.pki.assign_groups("n2", ["g1"])  # what `fleet assign-groups --dir` does, then regenerate
+    pki_cli(broker.pki.dir, "broker-config", "--broker-pid", str(broker.proc.pid))
+    broker.settle()
+    late = connect(site, "n2")
+    late.subscribe(T.desired_group("g1"))
+    assert wait_for(lambda: late.got(T.desired_group("g1"), b"g1 again"), timeout=5)
