@@ -1,6 +1,7 @@
 """The orchestrator's front door against straight-to-the-node, on a real two-node site.
 
     .venv/bin/python -m bench.front_door [--requests 40] [--throughput-s 30] [--failover-s 60 --kill-at-s 20]
+                                         [--only overhead] [--insecure]
 
 Starts Mosquitto, two nodes (x86-dev, one compute thread each) and an orchestrator with its front
 door on free ports, then prints:
@@ -12,6 +13,12 @@ door on free ports, then prints:
    rotation that failed; requests in flight at the kill (completed elsewhere / error naming the
    node); time from the kill to out of rotation.
 Direct traffic alternates between the two nodes (a client that spreads by itself).
+
+Secure by default, as the product is: a TLS broker requiring client certificates, each node with its
+own node certificate (mutual TLS on gRPC), the orchestrator with its bundle (TLS on the front door's
+gRPC and HTTPS, mutual TLS to the nodes), all from the test site PKI of tests/site_identity.py; the
+bench's clients show the `harness` operator certificate, both to the nodes (checking each node's
+name) and to the front door. `--insecure`: plaintext everywhere (EDGEFLEET_INSECURE=1).
 """
 
 from __future__ import annotations
@@ -20,8 +27,7 @@ import argparse
 import contextlib
 import json
 import os
-import pwd
-import shutil
+import ssl
 import statistics
 import subprocess
 import sys
@@ -38,10 +44,17 @@ import grpc
 
 from bench.processes import free_port, stop_process
 from edgefleet.orchestrator.front_door.router import rendezvous_weight
+from edgefleet.plumbing.api_keys import KeyStore
 from edgefleet.proto.v1 import inference_pb2 as pb
 from edgefleet.proto.v1 import inference_pb2_grpc as pb_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests import site_identity  # noqa: E402
+from tests.mqtt_support import Mosquitto  # noqa: E402
+from tests.site_identity import INSECURE_ENV  # noqa: E402
+
 BIN = ROOT / ".venv" / "bin"
 # greedy and counting: every answer runs to max_tokens, so both paths do the same work
 PROMPT = "Count from 1 to 500: 1, 2, 3,"
@@ -68,31 +81,74 @@ class Result:
 class Site:
     """Mosquitto, two nodes and an orchestrator in a temporary directory, stopped on exit."""
 
-    def __init__(self, tmp: Path) -> None:
-        self.tmp, self.procs = tmp, {}  # type: ignore[var-annotated]
-        self.mqtt_port = free_port()
-        conf = tmp / "mosquitto.conf"
-        conf.write_text(
-            f"user {pwd.getpwuid(os.getuid()).pw_name}\nlistener {self.mqtt_port} 127.0.0.1\nallow_anonymous true\n"
-        )
-        mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        self._spawn("mosquitto", [mosquitto, "-c", str(conf)], {})
-        time.sleep(0.5)
-        self.env = {"EDGEFLEET_MQTT_URL": f"mqtt://127.0.0.1:{self.mqtt_port}", "EDGEFLEET_SITE": "bench"}
+    def __init__(self, tmp: Path, insecure: bool = False) -> None:
+        self.tmp, self.procs, self.insecure = tmp, {}, insecure  # type: ignore[var-annotated]
+        self.broker = Mosquitto(tmp, insecure=insecure)  # TLS, client certificates required, unless insecure
+        self.env = {
+            "EDGEFLEET_MQTT_URL": self.broker.url,
+            "EDGEFLEET_SITE": site_identity.SITE,
+            **(INSECURE_ENV if insecure else {}),
+        }
         self.nodes: dict[str, str] = {}
         for node_id in ("bench-a", "bench-b"):
             port = free_port()
             self.nodes[node_id] = f"127.0.0.1:{port}"
             env = {**self.env, "EDGEFLEET_THREADS": "1", "EDGEFLEET_TELEMETRY_INTERVAL_S": "1",
-                   "EDGEFLEET_RESPONSE_CACHE": "false", "EDGEFLEET_GROUPS": "bench"}  # fmt: skip
+                   "EDGEFLEET_RESPONSE_CACHE": "false", "EDGEFLEET_GROUPS": "bench",
+                   **({} if insecure else site_identity.site().node_env(node_id))}  # fmt: skip
             cmd = [str(BIN / "edgefleet-node"), "serve", "--host", "127.0.0.1", "--port", str(port), "--node-id",
                    node_id, "--data-dir", str(tmp / node_id)]  # fmt: skip
             self._spawn(node_id, cmd, env)
         self.grpc_port, self.http_port = free_port(), free_port()
+        # Metadata of every front-door call: none (the harness certificate authenticates), unless the
+        # gRPC front door refuses the certificate (`check_front_door_auth`); then an API key.
+        self.front_metadata: tuple[tuple[str, str], ...] = ()
+        self._key = ""
+        if not insecure:
+            store = KeyStore(tmp / "api-keys.db")  # the orchestrator's default: beside the registry
+            self._key = store.create("bench")[1]
+            store.close()
         self.start_orchestrator(affinity=True)
-        for address in self.nodes.values():
-            grpc.channel_ready_future(grpc.insecure_channel(address)).result(timeout=120)
+        for node_id, address in self.nodes.items():
+            with self.channel(address, node_id) as channel:
+                grpc.channel_ready_future(channel).result(timeout=120)
         self.wait_routable(set(self.nodes))
+        self.check_front_door_auth()
+
+    def check_front_door_auth(self) -> None:
+        """The secure front door takes a site client certificate or an API key. If its gRPC listener
+        refuses the harness certificate (UNAUTHENTICATED), say so and send the bench's API key instead
+        (still TLS, and the key check is a sha256: the figures stay those of TLS)."""
+        if self.insecure:
+            return
+        req = pb.GenerateRequest(prompt="hi", max_tokens=1, temperature=0)
+        with self.channel(self.front_door) as channel:
+            r = one(pb_grpc.InferenceStub(channel), req)
+        if not r.ok and "API key" in r.error:
+            print(
+                f"NOTE: the gRPC front door refused the harness client certificate ({r.error!r}); "
+                "front-door calls send an API key (Authorization: Bearer) over TLS instead",
+                flush=True,
+            )
+            self.front_metadata = (("authorization", f"Bearer {self._key}"),)
+
+    def channel(self, address: str, node_id: str | None = None) -> grpc.Channel:
+        """To a node (`node_id`: the name its certificate must carry) or the front door: mutual TLS as
+        the harness operator, or plaintext when insecure."""
+        if self.insecure:
+            return grpc.insecure_channel(address)
+        return site_identity.site().grpc_channel(address, node_id)
+
+    @property
+    def front_door(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def https(self, path: str) -> bytes:
+        """GET on the front door's HTTP listener (HTTPS with the harness certificate unless insecure)."""
+        scheme = "http" if self.insecure else "https"
+        context: ssl.SSLContext | None = None if self.insecure else site_identity.site().ssl_context()
+        with urllib.request.urlopen(f"{scheme}://127.0.0.1:{self.http_port}{path}", timeout=5, context=context) as r:
+            return bytes(r.read())
 
     def _spawn(self, name: str, cmd: list[str], env: dict[str, str]) -> None:
         log = (self.tmp / f"{name}.log").open("ab")
@@ -103,6 +159,7 @@ class Site:
         stop_process(self.procs.get("orchestrator"))
         env = {
             **self.env,
+            **({} if self.insecure else site_identity.site().orchestrator_env()),
             "EDGEFLEET_FRONT_DOOR_ADDRESS": f"127.0.0.1:{self.grpc_port}",
             "EDGEFLEET_OPENAI_ADDRESS": f"127.0.0.1:{self.http_port}",
             "EDGEFLEET_ROUTE_AFFINITY": str(affinity).lower(),
@@ -111,12 +168,12 @@ class Site:
         }
         cmd = [str(BIN / "edgefleet-orchestrator"), "serve", "--registry-db", str(self.tmp / "registry.db")]
         self._spawn("orchestrator", cmd, env)
-        grpc.channel_ready_future(grpc.insecure_channel(f"127.0.0.1:{self.grpc_port}")).result(timeout=30)
+        with self.channel(self.front_door) as channel:
+            grpc.channel_ready_future(channel).result(timeout=30)
 
     def routable(self) -> set[str]:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/v1/models", timeout=5) as r:
-                return {n for m in json.loads(r.read())["data"] for n in m["nodes"]}
+            return {n for m in json.loads(self.https("/v1/models"))["data"] for n in m["nodes"]}
         except OSError:
             return set()
 
@@ -124,8 +181,7 @@ class Site:
         """A sample's value from the front door's /metrics."""
         from prometheus_client.parser import text_string_to_metric_families
 
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/metrics", timeout=5) as r:
-            text = r.read().decode()
+        text = self.https("/metrics").decode()
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
                 if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
@@ -149,8 +205,9 @@ class Site:
             subprocess.run(cmd, env={**os.environ, **self.env}, check=True, capture_output=True, timeout=60)
 
     def close(self) -> None:
-        for name in ["orchestrator", *self.nodes, "mosquitto"]:
+        for name in ["orchestrator", *self.nodes]:
             stop_process(self.procs.get(name))
+        self.broker.stop()
 
 
 def one(stub: pb_grpc.InferenceStub, req: pb.GenerateRequest, metadata: tuple = ()) -> Result:
@@ -209,9 +266,7 @@ def ms(v: float) -> str:
 
 @contextlib.contextmanager
 def stubs(site: Site) -> Iterator[tuple[pb_grpc.InferenceStub, list[pb_grpc.InferenceStub]]]:
-    channels = [grpc.insecure_channel(f"127.0.0.1:{site.grpc_port}")] + [
-        grpc.insecure_channel(a) for a in site.nodes.values()
-    ]
+    channels = [site.channel(site.front_door)] + [site.channel(a, n) for n, a in site.nodes.items()]
     try:
         yield pb_grpc.InferenceStub(channels[0]), [pb_grpc.InferenceStub(c) for c in channels[1:]]
     finally:
@@ -221,19 +276,29 @@ def stubs(site: Site) -> Iterator[tuple[pb_grpc.InferenceStub, list[pb_grpc.Infe
 
 def overhead(site: Site, requests: int, max_tokens: int) -> None:
     print(f"\n1. overhead ({requests} requests each, max_tokens {max_tokens}; ms)")
-    print("   path          c   TTFT p50   TTFT p99  total p50  total p99  tokens")
+    print("   path          c   TTFT p50   TTFT p95   TTFT p99  total p50  total p95  total p99  tokens")
     req = pb.GenerateRequest(prompt=PROMPT, max_tokens=max_tokens, temperature=0)
     with stubs(site) as (front, direct):
+        for stub in direct:  # connect (TLS handshakes) before measuring
+            one(stub, req)
+        one(front, req, site.front_metadata)
         for c in (1, 4):
+            medians: dict[str, tuple[float, float]] = {}
             for name, work in (
                 ("direct", lambda i: one(direct[i % 2], req)),
-                ("front door", lambda i: one(front, req)),
+                ("front door", lambda i: one(front, req, site.front_metadata)),
             ):
-                rs = [r for r in closed_loop(c, work, count=requests) if r.ok]
+                every = closed_loop(c, work, count=requests)
+                rs = [r for r in every if r.ok]
                 t, tot = [r.ttft for r in rs], [r.total for r in rs]
-                cols = [ms(pct(t, 0.5)), ms(pct(t, 0.99)), ms(pct(tot, 0.5)), ms(pct(tot, 0.99))]
+                cols = [ms(pct(v, q)) for v in (t, tot) for q in (0.5, 0.95, 0.99)]
                 cols.append(f"{statistics.mean(r.tokens for r in rs) if rs else 0:5.1f}")
-                print(f"   {name:12} {c:2} " + "    ".join(cols))
+                failed = [r.error for r in every if not r.ok]
+                note = f"  {len(failed)} failed: {failed[0]}" if failed else ""
+                print(f"   {name:12} {c:2} " + "    ".join(cols) + note)
+                medians[name] = (pct(t, 0.5), pct(tot, 0.5))
+            (dt, dtot), (ft, ftot) = medians["direct"], medians["front door"]
+            print(f"   added by the front door at c={c}: TTFT p50 {ms(ft - dt)} ms, total p50 {ms(ftot - dtot)} ms")
 
 
 def throughput(site: Site, seconds: float, max_tokens: int) -> None:
@@ -241,7 +306,10 @@ def throughput(site: Site, seconds: float, max_tokens: int) -> None:
     req = pb.GenerateRequest(prompt=PROMPT, max_tokens=max_tokens, temperature=0)
     rates = {}
     with stubs(site) as (front, direct):
-        for name, work in (("direct", lambda i: one(direct[i % 2], req)), ("front door", lambda i: one(front, req))):
+        for name, work in (
+            ("direct", lambda i: one(direct[i % 2], req)),
+            ("front door", lambda i: one(front, req, site.front_metadata)),
+        ):
             started = time.monotonic()
             rs = closed_loop(8, work, seconds=seconds)
             took = time.monotonic() - started
@@ -264,7 +332,8 @@ def affinity(site: Site, requests: int, templates: int) -> None:
             def work(i: int) -> Result:
                 v = {"sensor": f"pump-{i % 7}", "reading": f"{i % 5 + 3}.1 mm/s"}
                 name = f"fault-{(i * 5) % templates}"
-                return one(front, pb.GenerateRequest(template=name, variables=v, max_tokens=4, temperature=0))
+                req = pb.GenerateRequest(template=name, variables=v, max_tokens=4, temperature=0)
+                return one(front, req, site.front_metadata)
 
             rs = [r for r in closed_loop(2, work, count=requests) if r.ok]
         hits = sum(r.cached > 0 for r in rs)
@@ -292,7 +361,7 @@ def failover(site: Site, seconds: float, kill_at: float, max_tokens: int) -> Non
     k = threading.Thread(target=killer)
     with stubs(site) as (front, _):
         k.start()
-        rs = closed_loop(4, lambda i: one(front, req), seconds=seconds)
+        rs = closed_loop(4, lambda i: one(front, req, site.front_metadata), seconds=seconds)
         k.join()
     kill, out = marks["kill"], marks.get("out", float("nan"))
     after = [r for r in rs if r.started >= out]
@@ -323,11 +392,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", action="append", choices=["overhead", "throughput", "affinity", "failover"])
     p.add_argument("--failover-s", type=float, default=60.0)
     p.add_argument("--kill-at-s", type=float, default=20.0)
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="plaintext MQTT, gRPC and HTTP, EDGEFLEET_INSECURE=1 (default: TLS with site certificates)",
+    )
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="edgefleet-bench-fd-") as d:
-        site = Site(Path(d))
+        load = os.getloadavg()
+        site = Site(Path(d), insecure=args.insecure)
         try:
-            print(f"front door bench: two nodes (x86-dev, 1 thread each), {os.cpu_count()} CPUs")
+            mode = "insecure (plaintext, EDGEFLEET_INSECURE=1)" if args.insecure else "secure (TLS, site certificates)"
+            print(f"front door bench: two nodes (x86-dev, 1 thread each), {os.cpu_count()} CPUs, {mode}")
+            print(f"load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
             only = set(args.only or ["overhead", "throughput", "affinity", "failover"])
             if "overhead" in only:
                 overhead(site, args.requests, args.max_tokens)
@@ -339,6 +416,9 @@ def main(argv: list[str] | None = None) -> int:
                 failover(site, args.failover_s, args.kill_at_s, args.max_tokens)
         finally:
             site.close()
+            site_identity.remove()  # the temporary site PKI
+            load = os.getloadavg()
+            print(f"load average at end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     return 0
 
 

@@ -23,7 +23,13 @@ Also measured, for scale: a plain QoS 1 publish -> receive between two clients o
 directory the node's `sensors.db` lives in (the node commits 4 times per message: accept, claim,
 complete, outbox delete).
 
-    .venv/bin/python bench/sensor_latency.py [--rate 10] [--count 300] [--max-tokens 4] [--dump FILE.jsonl]
+Secure by default, as the product is: a TLS broker that requires client certificates (the test
+site PKI of tests/site_identity.py), the node with its own node certificate, the orchestrator with its
+bundle, and the bench's own MQTT clients (sensor, reader, broker hop) over TLS as the `harness`
+operator. `--insecure`: a plaintext broker and EDGEFLEET_INSECURE=1 for the node, the orchestrator and
+the CLI (the cost of TLS is the difference).
+
+    .venv/bin/python bench/sensor_latency.py [--rate 10] [--count 300] [--max-tokens 4] [--insecure] [--dump FILE.jsonl]
 """
 
 from __future__ import annotations
@@ -44,13 +50,14 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import psutil
 import yaml
-from paho.mqtt.enums import CallbackAPIVersion
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests import site_identity  # noqa: E402
 from tests.conftest import NodeProcess  # noqa: E402
 from tests.mqtt_support import Mosquitto, Orchestrator, fleet  # noqa: E402
+from tests.site_identity import INSECURE_ENV  # noqa: E402
 
 TEMPLATE = "Sensor {{ sensor }} reads {{ rms }} mm/s RMS. Is this a bearing fault? Answer yes or no."
 RESULTS = "edgefleet/lab/results/#"
@@ -78,7 +85,8 @@ def pct(values: list[float], q: float) -> float:
 
 def summary(name: str, values: list[float]) -> str:
     return (
-        f"{name:<14} median {pct(values, 50):8.1f}  p90 {pct(values, 90):8.1f}  p99 {pct(values, 99):8.1f}  "
+        f"{name:<14} median {pct(values, 50):8.1f}  p90 {pct(values, 90):8.1f}  p95 {pct(values, 95):8.1f}  "
+        f"p99 {pct(values, 99):8.1f}  "
         f"max {max(values, default=float('nan')):8.1f}  ms"
     )
 
@@ -86,16 +94,16 @@ def summary(name: str, values: list[float]) -> str:
 class Reader:
     """Records the arrival time of every message on a topic filter."""
 
-    def __init__(self, port: int, topic_filter: str) -> None:
+    def __init__(self, broker: Mosquitto, topic_filter: str) -> None:
         self.lock = threading.Lock()
         self.got: dict[str, tuple[float, dict[str, Any]]] = {}
         self.raw: list[tuple[float, bytes]] = []
-        self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"b-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv5)
+        self.c = broker.client(f"b-{uuid.uuid4().hex[:8]}")  # TLS as the harness operator unless insecure
         subscribed = threading.Event()
         self.c.on_connect = lambda c, *_: c.subscribe(topic_filter, qos=1)
         self.c.on_subscribe = lambda *_: subscribed.set()
         self.c.on_message = self._on_message
-        self.c.connect("127.0.0.1", port)
+        self.c.connect("127.0.0.1", broker.port)
         self.c.loop_start()
         if not subscribed.wait(10):
             raise RuntimeError(f"could not subscribe to {topic_filter}")
@@ -120,12 +128,12 @@ class Reader:
         self.c.disconnect()
 
 
-def publisher(port: int) -> mqtt.Client:
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"s-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv5)
+def publisher(broker: Mosquitto) -> mqtt.Client:
+    c = broker.client(f"s-{uuid.uuid4().hex[:8]}")
     c.max_inflight_messages_set(1000)
     connected = threading.Event()
     c.on_connect = lambda *_: connected.set()
-    c.connect("127.0.0.1", port)
+    c.connect("127.0.0.1", broker.port)
     c.loop_start()
     if not connected.wait(10):
         raise RuntimeError("sensor client could not connect")
@@ -158,11 +166,11 @@ def wait_answers(reader: Reader, ids: set[str], timeout: float) -> None:
         time.sleep(0.1)
 
 
-def broker_hop(port: int, count: int, rate: float) -> list[float]:
+def broker_hop(broker: Mosquitto, count: int, rate: float) -> list[float]:
     """Plain QoS 1 publish -> receive between two clients, open loop at `rate`/s (ms)."""
     topic = f"bench/hop/{uuid.uuid4().hex[:6]}"
-    reader = Reader(port, topic)
-    sensor = publisher(port)
+    reader = Reader(broker, topic)
+    sensor = publisher(broker)
     try:
         sent: dict[int, float] = {}
         t0 = time.perf_counter() + 0.05
@@ -284,10 +292,17 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="for comparison: a broker without `set_tcp_nodelay true` (Mosquitto default; edgefleet configs set it)",
     )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="plaintext broker and EDGEFLEET_INSECURE=1 everywhere (default: TLS with client certificates)",
+    )
     p.add_argument("--dump", type=Path, help="write one JSON line per answered message here (for a closer look)")
     args = p.parse_args(argv)
 
     load = os.getloadavg()
+    mode = "insecure (plaintext MQTT, EDGEFLEET_INSECURE=1)" if args.insecure else "secure (TLS, client certificates)"
+    print(f"mode: {mode}")
     print(f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} ({os.cpu_count()} CPUs)", flush=True)
     with tempfile.TemporaryDirectory(prefix="sensor-latency-") as tmp_s:
         tmp = Path(tmp_s)
@@ -297,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         reader: Reader | None = None
         sensor: mqtt.Client | None = None
         try:
-            broker = Mosquitto(tmp / "broker")
+            broker = Mosquitto(tmp / "broker", insecure=args.insecure)
             if args.broker_nagle:
                 broker.conf.write_text(broker.conf.read_text().replace("set_tcp_nodelay true\n", ""))
                 broker.restart()
@@ -307,12 +322,21 @@ def main(argv: list[str] | None = None) -> int:
                 "EDGEFLEET_SITE": "lab",
                 "EDGEFLEET_GROUPS": "vib",
                 "EDGEFLEET_LOG_LEVEL": "WARNING",
+                # the profile's compute threads (x86-dev: 2, with the thread governor), as a node runs;
+                # NodeProcess pins 1 for test runners, too slow for 10 msg/s (~180 ms CPU a message)
+                "EDGEFLEET_THREADS": "0",
+                **(INSECURE_ENV if args.insecure else {}),  # secure: NodeProcess issues its node certificate
             }
             node = NodeProcess(tmp, profile="x86-dev", env=env, node_id=NODE_ID)
             node.wait_serving()
-            push_setup(broker, tmp, args.max_tokens)
-            reader = Reader(broker.port, RESULTS)
-            sensor = publisher(broker.port)
+            try:
+                push_setup(broker, tmp, args.max_tokens)
+            except RuntimeError:
+                exited = orch.proc.poll() if orch.proc is not None else None
+                print(f"orchestrator (exit status {exited}) log tail:\n{orch.log_path.read_text()[-3000:]}")
+                raise
+            reader = Reader(broker, RESULTS)
+            sensor = publisher(broker)
             first_answer(sensor, reader)
 
             warm, _ = send_open_loop(sensor, "w", WARMUP, args.rate)
@@ -356,11 +380,12 @@ def main(argv: list[str] | None = None) -> int:
             if args.dump:
                 args.dump.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
-            hop = broker_hop(broker.port, args.hop_count, args.rate * 5)
+            hop = broker_hop(broker, args.hop_count, args.rate * 5)
             commit = sqlite_commit_ms(node.data_dir)
 
             print(
-                f"rate {args.rate:g} msg/s, max_tokens {args.max_tokens}, 1 node (x86-dev), "
+                f"{'insecure' if args.insecure else 'secure (TLS)'}: rate {args.rate:g} msg/s, "
+                f"max_tokens {args.max_tokens}, 1 node (x86-dev), "
                 f"{WARMUP} warm-up messages not counted; send schedule worst lateness {late:.1f} ms"
                 + ("; broker without set_tcp_nodelay" if args.broker_nagle else "")
             )
@@ -402,6 +427,7 @@ def main(argv: list[str] | None = None) -> int:
                 orch.stop()
             if broker is not None:
                 broker.stop()
+            site_identity.remove()  # the temporary site PKI
     return 0
 
 
