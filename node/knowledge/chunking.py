@@ -6,7 +6,7 @@ Deterministic: the same text and settings give the same chunks, so chunk ids
 - Markdown: ATX (`## Title`) and setext (`Title` over `===`/`---`) headings open sections; fenced
   code blocks are kept whole and their `#` lines are not headings. Each chunk keeps the path of
   headings above it ("Manual > Maintenance > Bearings"), which is prefixed to the text that is
-  indexed and embedded (`Chunk.search_text`).
+  embedded (`Chunk.search_text`) and indexed for BM25 as a column of its own (schema migration 3).
 - Plain text: paragraphs (blank-line separated) only.
 - A chunk holds whole paragraphs while they fit `max_tokens`; a longer paragraph is split at
   sentence ends, a longer sentence at word boundaries. A chunk that continues a section starts

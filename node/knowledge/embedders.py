@@ -35,8 +35,9 @@ EmbedFn = Callable[[list[str]], list[list[float]]]
 EmbedderKind = Literal["wordllama", "minilm", "node", "gguf"]
 EMBEDDER_KINDS: tuple[EmbedderKind, ...] = ("wordllama", "minilm", "node", "gguf")
 DEFAULT_EMBEDDER_KIND: EmbedderKind = "wordllama"
-"""The node's default. `bench/rag_eval.py` measures minilm better on the union of both evaluation sets (hybrid
-recall@5 / MRR@10 0.887 / 0.793 against 0.882 / 0.719) at ~4.5 ms a query on an idle 2-core machine, but
+"""The node's default. `bench/rag_eval.py` measures both alike in hybrid recall on the union of both evaluation
+sets and minilm better in MRR (recall@5 / MRR@10 0.896 / 0.784 against 0.899 / 0.726, with the heading path
+weighted in BM25); minilm runs at ~4.5 ms a query on an idle 2-core machine, but
 45-180 ms while other work holds the cores, ~20 chunks/s ingest against 1000+, and a 46 MB GGUF in the data
 dir: it is the choice for devices with room to spare (EDGEFLEET_EMBEDDER=minilm), wordllama everywhere."""
 

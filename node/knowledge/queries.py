@@ -11,7 +11,7 @@ import numpy as np
 
 from edgefleet.node.knowledge.documents import PreparedDocument
 from edgefleet.node.knowledge.schema import CollectionInfo, Hit, chunk_id, parse_chunk_id
-from edgefleet.node.knowledge.search import fts_query
+from edgefleet.node.knowledge.search import FTS_COLUMN_WEIGHTS, fts_query
 from edgefleet.node.knowledge.sqlite import Connection
 from edgefleet.node.knowledge.vectors import VectorIndex
 
@@ -117,14 +117,20 @@ def hit_from_row(row: tuple[Any, ...], score: float) -> Hit:
 
 
 def keyword_ranking(conn: Connection, collection: str, query: str, n: int) -> list[tuple[int, float]]:
-    """Chunk rowids of `collection` by BM25 (score = -bm25, higher is better); [] when the query has no word."""
+    """Chunk rowids of `collection` by BM25 over heading path and text (score = -bm25, higher is better).
+
+    [] when the query has no word.
+    """
     expr = fts_query(query)
     if expr is None:
         return []
     # MATERIALIZED: run the full-text query once, then filter by collection. A plain join lets
     # SQLite scan the collection's chunks and probe the FTS index once per chunk (~40x slower, measured).
+    # bm25's column weights: a term in the heading path counts FTS_COLUMN_WEIGHTS[0] times, in the text [1] times.
+    heading_w, text_w = (float(w) for w in FTS_COLUMN_WEIGHTS)
     rows = conn.execute(
-        "WITH m AS MATERIALIZED (SELECT rowid AS id, bm25(chunks_fts) AS s FROM chunks_fts WHERE chunks_fts MATCH ?) "
+        f"WITH m AS MATERIALIZED (SELECT rowid AS id, bm25(chunks_fts, {heading_w!r}, {text_w!r}) AS s "
+        "FROM chunks_fts WHERE chunks_fts MATCH ?) "
         "SELECT m.id, m.s FROM m JOIN chunks c ON c.id = m.id WHERE c.collection = ? ORDER BY m.s, m.id LIMIT ?",
         (expr, collection, n),
     ).fetchall()

@@ -39,6 +39,25 @@ MIGRATIONS: list[list[str]] = [
     ],
     # 2: the page a chunk comes from (documents of format "pages", e.g. a PDF's text layer); NULL otherwise.
     ["ALTER TABLE chunks ADD COLUMN page INTEGER"],
+    # 3: the full-text index in two columns, the heading path and the chunk's own text, so BM25 can weigh a
+    # match in the headings above one in the body (queries.keyword_ranking, search.FTS_COLUMN_WEIGHTS).
+    [
+        "DROP TRIGGER chunks_fts_insert",
+        "DROP TRIGGER chunks_fts_delete",
+        "DROP TRIGGER chunks_fts_update",
+        "DROP TABLE chunks_fts",
+        """CREATE VIRTUAL TABLE chunks_fts USING fts5(
+            heading, text, content='chunks', content_rowid='id', tokenize='porter unicode61 remove_diacritics 2')""",
+        """CREATE TRIGGER chunks_fts_insert AFTER INSERT ON chunks BEGIN
+            INSERT INTO chunks_fts(rowid, heading, text) VALUES (new.id, new.heading, new.text); END""",
+        """CREATE TRIGGER chunks_fts_delete AFTER DELETE ON chunks BEGIN
+            INSERT INTO chunks_fts(chunks_fts, rowid, heading, text) VALUES ('delete', old.id, old.heading, old.text);
+            END""",
+        """CREATE TRIGGER chunks_fts_update AFTER UPDATE ON chunks BEGIN
+            INSERT INTO chunks_fts(chunks_fts, rowid, heading, text) VALUES ('delete', old.id, old.heading, old.text);
+            INSERT INTO chunks_fts(rowid, heading, text) VALUES (new.id, new.heading, new.text); END""",
+        "INSERT INTO chunks_fts(chunks_fts) VALUES ('rebuild')",
+    ],
 ]
 
 _CHUNK_ID_RE = re.compile(r"^([^/#%\s]+)/([^#]+)#(\d+)$")

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
-from edgefleet.node.knowledge import InvalidInput, KnowledgeStore
+from edgefleet.node.knowledge import InvalidInput, KnowledgeStore, WordLlamaEmbedder
 from edgefleet.node.knowledge.search import (
     check_mode,
     check_top_k,
@@ -101,3 +102,44 @@ def test_hostile_queries_never_raise(store: KnowledgeStore, query: str, mode: st
 def test_keyword_search_uses_stemming(store: KnowledgeStore) -> None:
     hits = store.retrieve("phases reversed", "manual", 3, "keyword")
     assert hits[0].chunk_id == "manual/alarm-codes#1"
+
+
+def test_a_match_in_the_heading_path_outranks_one_in_the_text(tmp_path: Path, embedder: WordLlamaEmbedder) -> None:
+    from edgefleet.node.knowledge import Document
+
+    docs = [
+        Document("body", "# Pump\n\n## Maintenance\n\nCheck the impeller and the seal every year.", {}, "markdown"),
+        Document("heading", "# Pump\n\n## Impeller\n\nCheck it and the seal every year.", {}, "markdown"),
+    ]
+    with KnowledgeStore(tmp_path / "k.sqlite", embedder) as s:
+        s.ingest("kb", docs)
+        hits = s.retrieve("impeller", "kb", top_k=2, mode="keyword")
+        assert [h.doc_id for h in hits] == ["heading", "body"]
+
+
+def test_an_existing_store_gets_the_two_column_index(tmp_path: Path, embedder: WordLlamaEmbedder) -> None:
+    from edgefleet.node.knowledge import Document, sqlite
+    from edgefleet.node.knowledge.schema import MIGRATIONS
+
+    path = tmp_path / "k.sqlite"
+    conn, _ = sqlite.open_database(path, MIGRATIONS[:2], check=False)  # a store from before migration 3
+    conn.close()
+    with KnowledgeStore(path, embedder, check_on_open=False) as s:
+        s.ingest("kb", [Document("a", "# Pump\n\n## Bearings\n\nGrease them twice a year.", {}, "markdown")])
+    # Take the database back to schema 2 with its single-column index over the stored chunks, then reopen.
+    conn, _ = sqlite.open_database(path, MIGRATIONS, check=False)
+    for sql in ("DROP TRIGGER chunks_fts_insert", "DROP TRIGGER chunks_fts_delete", "DROP TRIGGER chunks_fts_update"):
+        conn.execute(sql)
+    conn.execute("DROP TABLE chunks_fts")
+    for sql in MIGRATIONS[0]:
+        if "chunks_fts" in sql:
+            conn.execute(sql)
+    conn.execute("INSERT INTO chunks_fts(chunks_fts) VALUES ('rebuild')")
+    conn.execute("PRAGMA user_version = 2")
+    conn.commit()
+    conn.close()
+    with KnowledgeStore(path, embedder) as s:
+        assert s.integrity_check() == "ok"
+        assert [h.doc_id for h in s.retrieve("bearings grease", "kb", top_k=1, mode="keyword")] == ["a"]
+        s.ingest("kb", [Document("b", "# Valve\n\nClose it slowly.", {}, "markdown")])
+        assert [h.doc_id for h in s.retrieve("valve", "kb", top_k=1, mode="keyword")] == ["b"]
