@@ -42,6 +42,12 @@ def register(fsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=os.environ.get("EDGEFLEET_BALENA_API_URL"),
         help="balena API (EDGEFLEET_BALENA_API_URL, e.g. openBalena); default: balena-sdk's settings",
     )
+    sync.add_argument(
+        "--assign-groups",
+        action="store_true",
+        help="groups from the edgefleet-group tag go to the orchestrator (assign-groups: applied without a "
+        "restart) instead of the EDGEFLEET_GROUPS device variable (balena restarts the service for a variable)",
+    )
     sync.set_defaults(console_handler=run)  # `edgefleet` runs handlers with settings of their own
     status = bsub.add_parser(
         "status",
@@ -54,9 +60,9 @@ def register(fsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     status.set_defaults(console_handler=run)
 
 
-def sync(fleet: BalenaFleet, name: str, mqtt_url: str | None, dry_run: bool, out: TextIO) -> int:
+def sync(fleet: BalenaFleet, name: str, mqtt_url: str | None, dry_run: bool, out: TextIO, assign: bool = False) -> int:
     profiles = _profiles()
-    plans = [plan_device(d, profiles, mqtt_url) for d in fleet.devices(name)]
+    plans = [plan_device(d, profiles, mqtt_url, groups_as_variable=not assign) for d in fleet.devices(name)]
     if not plans:
         out.write(f"fleet {name} has no devices\n")
         return 0
@@ -71,12 +77,26 @@ def sync(fleet: BalenaFleet, name: str, mqtt_url: str | None, dry_run: bool, out
             if not dry_run:
                 fleet.set_env(p.device, c.name, c.wanted)
             changed += 1
+        if assign and p.groups is not None:
+            out.write(f"  assign-groups {p.node_id} {','.join(p.groups)}{' (dry run)' if dry_run else ''}\n")
+            if not dry_run:
+                assign_groups(p.node_id, p.groups, out)
     verb = "would set" if dry_run else "set"
     out.write(
         f"{len(plans)} devices: {verb} {changed} variables on {len(plans) - skipped} devices; "
         f"{skipped} skipped (see SKIPPED)\n"
     )
     return 1 if skipped else 0
+
+
+def assign_groups(node_id: str, groups: list[str], out: TextIO) -> None:
+    """The tags' groups as the orchestrator's assignment for the node (the CLI's own settings)."""
+    from edgefleet.fleet.control import refusal, request
+    from edgefleet.fleet.settings import FleetSettings
+    from edgefleet.proto.payloads import Command
+
+    result = request(FleetSettings(), Command(op="assign-groups", target=node_id, groups=groups), 30.0)
+    out.write(f"  {'ok' if result.ok else 'REFUSED'}: {result.message if result.ok else refusal(result)}\n")
 
 
 def status(fleet: BalenaFleet, name: str, as_json: bool, timeout: float, out: TextIO) -> int:
@@ -103,7 +123,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
         fleet = BalenaFleet(make_sdk(args.api_url))
         if args.balena_command == "status":
             return status(fleet, args.fleet, args.json, args.timeout, out)
-        return sync(fleet, args.fleet, args.device_mqtt_url, args.dry_run, out)
+        return sync(fleet, args.fleet, args.device_mqtt_url, args.dry_run, out, args.assign_groups)
     except (BalenaSyncError, OrchestratorUnreachable, ValueError) as e:  # ValueError: settings (no identity, …)
         err.write(f"edgefleet: {e}\n")
         return 2

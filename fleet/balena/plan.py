@@ -78,14 +78,20 @@ class DevicePlan:
     device: Device
     wanted: dict[str, str] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    node_id: str = ""
+    groups: list[str] | None = None  # the tags' groups, when they go to the orchestrator instead of a variable
 
     @property
     def changes(self) -> list[Change]:
         return [Change(k, self.device.env.get(k), v) for k, v in self.wanted.items() if self.device.env.get(k) != v]
 
 
-def plan_device(device: Device, profiles: set[str], default_mqtt_url: str | None) -> DevicePlan:
-    """The settings `device` should have, or the problems that keep it from being synced."""
+def plan_device(
+    device: Device, profiles: set[str], default_mqtt_url: str | None, groups_as_variable: bool = True
+) -> DevicePlan:
+    """The settings `device` should have, or the problems that keep it from being synced.
+    `groups_as_variable=False`: the groups are left out of the variables, for the orchestrator to
+    assign at run time (`plan.groups`)."""
     p = DevicePlan(device)
     tags = device.tags
     profile = tags.get(TAG_PROFILE) or DEVICE_TYPE_PROFILES.get(device.device_type)
@@ -118,6 +124,10 @@ def plan_device(device: Device, profiles: set[str], default_mqtt_url: str | None
             "EDGEFLEET_GROUPS": ",".join(dict.fromkeys(groups)),
             "EDGEFLEET_MQTT_URL": mqtt_url,
         }
+        p.node_id = node_id
+        if not groups_as_variable:
+            del p.wanted["EDGEFLEET_GROUPS"]
+            p.groups = list(dict.fromkeys(groups))
     return p
 
 
@@ -137,7 +147,7 @@ def describe(p: DevicePlan) -> list[str]:
         lines.append(f"  other variables: {', '.join(others)}")
     for problem in p.problems:
         lines.append(f"  SKIPPED: {problem}")
-    for name in VARIABLES if p.wanted else ():
+    for name in (v for v in VARIABLES if v in p.wanted):
         cur, want = d.env.get(name), p.wanted[name]
         if cur == want:
             lines.append(f"    {name}={want}")

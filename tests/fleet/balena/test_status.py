@@ -88,3 +88,26 @@ def test_a_refused_token_is_named_and_nothing_else_is_shown(tmp_path: Path) -> N
                               text=True, timeout=60)  # fmt: skip
         assert done.returncode == 2 and "401" in done.stderr and "BALENA_API_KEY" in done.stderr
         assert "Traceback" not in done.stderr and done.stdout == ""
+
+
+def test_sync_with_assign_groups_sends_the_tags_groups_to_the_orchestrator(
+    site: tuple[Mosquitto, Orchestrator], tmp_path: Path
+) -> None:
+    """`sync --assign-groups`: no EDGEFLEET_GROUPS variable (a variable restarts the service on
+    balena); the orchestrator publishes a signed assignment for the node instead."""
+    broker, _ = site
+    w = Watcher(broker, T.node_assignment("cam-east"))
+    try:
+        with BalenaStandIn(TOKEN, {"acme/site-1": APP}, DEVICES) as api:
+            env = {k: v for k, v in os.environ.items() if not k.startswith("BALENA")}
+            env.update(BALENA_API_KEY=TOKEN, EDGEFLEET_BALENA_API_URL=api.url, HOME=str(tmp_path))
+            env.update(EDGEFLEET_MQTT_URL=broker.url, EDGEFLEET_SITE="lab", EDGEFLEET_CLI_CONFIG=os.devnull)
+            cmd = [*_command(), "sync", "--fleet", "acme/site-1", "--device-mqtt-url", broker.url, "--assign-groups"]
+            done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=90)
+            assert "assign-groups cam-east cams" in done.stdout and "ok:" in done.stdout, done.stdout + done.stderr
+            assert "EDGEFLEET_GROUPS" not in api.env(1) and api.env(1)["EDGEFLEET_NODE_ID"] == "cam-east"
+        assert wait_for(lambda: any(m.get("groups") == ["cams"] for m in w.on(T.node_assignment("cam-east"))), 10)
+        assignment = w.on(T.node_assignment("cam-east"))[-1]
+        assert assignment["node_id"] == "cam-east" and assignment["signature"], "signed with the site key"
+    finally:
+        w.close()
