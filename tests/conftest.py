@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -189,6 +190,26 @@ def start_node(tmp_path: Path) -> Iterator:
     yield _start
     for n in nodes:
         n.stop()
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One TLS Mosquitto per test module (tests.mqtt_support.Mosquitto), stopped after it."""
+    from tests.mqtt_support import Mosquitto
+
+    b = Mosquitto(tmp_path_factory.mktemp("broker"))
+    yield b
+    b.stop()
+
+
+@pytest.fixture(scope="module")
+def orchestrator(broker: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One orchestrator process per test module on the module's broker (a module may define its own)."""
+    from tests.mqtt_support import Orchestrator
+
+    o = Orchestrator(tmp_path_factory.mktemp("orchestrator"), broker)
+    yield o
+    o.stop()
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -23,13 +22,6 @@ from tests.mqtt_support import Mosquitto, Watcher, node_env
 
 EXIT_ENGINE_FAILED = 70  # documented in the README (node/api/server.py)
 LONG = pb.GenerateRequest(prompt="Count: 1, 2, 3, 4, 5, 6, 7,", max_tokens=1500, temperature=0)
-
-
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
-    b = Mosquitto(tmp_path_factory.mktemp("broker"))
-    yield b
-    b.stop()
 
 
 def _stream(stub, request, out: dict[str, object]) -> threading.Thread:  # type: ignore[no-untyped-def]

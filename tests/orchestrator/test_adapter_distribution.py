@@ -51,13 +51,6 @@ def loras(base_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
 
 
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
-    b = Mosquitto(tmp_path_factory.mktemp("broker"))
-    yield b
-    b.stop()
-
-
-@pytest.fixture(scope="module")
 def orchestrator(broker: Mosquitto, site: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     env = {
         "EDGEFLEET_SITE_KEY": str(site["key"]),

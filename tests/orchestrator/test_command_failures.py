@@ -12,10 +12,7 @@ import hashlib
 import json
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from edgefleet.proto.payloads import Command, NodeStatus, Telemetry, UploadChunk
 from edgefleet.proto.topics import Topics
@@ -25,13 +22,6 @@ from tests.orchestrator.command_client import CommandClient
 
 TOPICS = Topics.for_site("lab")
 ADAPTER = b"GGUF" + bytes(range(256)) * 40  # enough for the CLI to upload it; it never gets further
-
-
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
-    b = Mosquitto(tmp_path_factory.mktemp("broker"))
-    yield b
-    b.stop()
 
 
 def started(broker: Mosquitto, tmp: Path, env: dict[str, str] | None = None) -> Orchestrator:

@@ -31,13 +31,6 @@ from tests.orchestrator.command_client import CommandClient
 TEMPLATE = {"name": "fault", "version": "1", "template": "Sensor {{ sensor }}?", "variables": ["sensor"]}
 
 
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
-    b = Mosquitto(tmp_path_factory.mktemp("broker"))
-    yield b
-    b.stop()
-
-
 @pytest.fixture
 def orch(broker: Mosquitto, tmp_path: Path) -> Iterator[Orchestrator]:
     settings = OrchestratorSettings(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -16,20 +15,6 @@ from tests.mqtt_support import Mosquitto, Orchestrator, Watcher, fleet, fleet_st
 
 TEMPLATE = "Sensor {{ sensor }} reports {{ reading }}. Is this a fault? Answer yes or no."
 SYSTEM = "You are a maintenance assistant."
-
-
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
-    b = Mosquitto(tmp_path_factory.mktemp("broker"))
-    yield b
-    b.stop()
-
-
-@pytest.fixture(scope="module")
-def orchestrator(broker: Mosquitto, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orchestrator]:
-    o = Orchestrator(tmp_path_factory.mktemp("orchestrator"), broker)
-    yield o
-    o.stop()
 
 
 def push(

@@ -31,20 +31,6 @@ TOPICS = Topics.for_site("lab")
 
 
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
-    b = Mosquitto(tmp_path_factory.mktemp("broker"))
-    yield b
-    b.stop()
-
-
-@pytest.fixture(scope="module")
-def orchestrator(broker: Mosquitto, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orchestrator]:
-    o = Orchestrator(tmp_path_factory.mktemp("orchestrator"), broker)
-    yield o
-    o.stop()
-
-
-@pytest.fixture(scope="module")
 def nodes(broker: Mosquitto, orchestrator: Orchestrator, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     """{"node": the running NodeProcess} (a test that restarts it puts the new one in)."""
     n = NodeProcess(tmp_path_factory.mktemp("node"), env=node_env(broker, EDGEFLEET_GROUPS="ga"), node_id=NODE)

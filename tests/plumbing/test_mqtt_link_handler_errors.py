@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -11,13 +10,6 @@ import pytest
 from edgefleet.plumbing.mqtt_link import Again, MqttLink
 from tests.conftest import wait_for
 from tests.mqtt_support import Mosquitto
-
-
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
-    b = Mosquitto(tmp_path_factory.mktemp("broker"))
-    yield b
-    b.stop()
 
 
 def test_a_raising_handler_reaches_the_hook_and_can_be_run_again(broker: Mosquitto) -> None:

@@ -30,13 +30,6 @@ from tests.mqtt_support import Mosquitto
 REQUESTS = "lab/echo/requests"
 
 
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
-    b = Mosquitto(tmp_path_factory.mktemp("broker"))
-    yield b
-    b.stop()
-
-
 class Echo:
     """A responder built on the helper: answers `<payload>!`, after a delay named in the payload."""
 

@@ -49,13 +49,6 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
-    b = Mosquitto(tmp_path_factory.mktemp("broker"))  # allow_anonymous, no ACL
-    yield b
-    b.stop()
-
-
-@pytest.fixture(scope="module")
 def orchestrator(broker: Mosquitto, site: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     o = Orchestrator(tmp_path_factory.mktemp("orchestrator"), broker, env={"EDGEFLEET_SITE_KEY": str(site["key"])})
     yield

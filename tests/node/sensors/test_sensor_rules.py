@@ -84,13 +84,6 @@ class Client:
 
 
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
-    b = Mosquitto(tmp_path_factory.mktemp("broker"))
-    yield b
-    b.stop()
-
-
-@pytest.fixture(scope="module")
 def site(broker: Mosquitto, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, NodeProcess]]:
     tmp = tmp_path_factory.mktemp("site")
     orch = Orchestrator(tmp, broker)
