@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any, TextIO
@@ -22,6 +23,10 @@ from edgefleet.fleet import (
 )
 from edgefleet.fleet.adapter_commands import bar
 from edgefleet.fleet.balena import cli_commands as balena_cli
+from edgefleet.fleet.balena.client import BalenaFleet, BalenaSyncError, make_sdk
+from edgefleet.fleet.balena.status_view import StatusRow
+from edgefleet.fleet.balena.status_view import join as join_balena
+from edgefleet.fleet.balena.status_view import render as render_balena
 from edgefleet.fleet.console.cli_commands import register_operator
 from edgefleet.fleet.control import refusal, request
 from edgefleet.fleet.settings import FleetSettings
@@ -41,6 +46,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     fsub = fleet.add_subparsers(dest="fleet_command", required=True)
     st = fsub.add_parser("status", help="nodes, groups, status, last seen, templates in sync or drifted")
     st.add_argument("--json", action="store_true")
+    st.add_argument(
+        "--balena",
+        metavar="FLEET",
+        help="also balena's view of this balena fleet beside each node, disagreements flagged (token: BALENA_API_KEY)",
+    )
     push = fsub.add_parser("push-template", help="push a prompt template to a group or a node")
     push.add_argument("file", type=Path, help="a Jinja2 file, or YAML/JSON with template, system, variables")
     push.add_argument("--name", required=True)
@@ -167,6 +177,15 @@ def init_site(directory: Path, force: bool, site: str, out: TextIO) -> int:
     return 0
 
 
+def balena_rows(fleet: str, nodes: list[dict[str, Any]]) -> list[StatusRow]:
+    """balena's devices of `fleet` joined with the nodes (EDGEFLEET_BALENA_API_URL: another API)."""
+    try:
+        devices = BalenaFleet(make_sdk(os.environ.get("EDGEFLEET_BALENA_API_URL"))).devices(fleet)
+    except BalenaSyncError as e:
+        raise FleetCommandError(str(e)) from e
+    return join_balena(devices, nodes)
+
+
 def _has_key(directory: Path, settings: FleetSettings) -> bool:
     """An existing key pair with `--uplink` alone: keep it, write the bridge (no --force needed)."""
     return (directory / f"{settings.site}.key").exists()
@@ -217,10 +236,15 @@ def run(args: argparse.Namespace, settings: FleetSettings, out: TextIO) -> int:
         if not result.ok:
             raise FleetCommandError(refusal(result))
         nodes = result.data.get("nodes", [])
+        rows = balena_rows(args.balena, nodes) if args.balena else None
         if args.json:
-            out.write(json.dumps(nodes, indent=2) + "\n")
+            doc: Any = nodes if rows is None else {"nodes": nodes, "balena": [r.as_dict() for r in rows]}
+            out.write(json.dumps(doc, indent=2) + "\n")
         else:
             print_status(nodes, out)
+            if rows is not None:
+                out.write(f"\nbalena fleet {args.balena}:\n")
+                out.writelines(line + "\n" for line in render_balena(rows))
         return 0
     if args.fleet_command == "push-template":
         spec = load_template(args.file, args.name, args.version, args.system)

@@ -21,6 +21,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from edgefleet.fleet.console.balena_view import BalenaPoller
 from edgefleet.fleet.console.commands import CommandBridge
 from edgefleet.fleet.console.sensor_feed import SensorFeed
 from edgefleet.fleet.console.settings import ConsoleSettings
@@ -103,6 +104,14 @@ class LiveFleet:
         self.status_error = ""  # why the last `status` failed; "" when it answered
         self._stop = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="console-status-poll", daemon=True)
+        self.balena: BalenaPoller | None = None  # balena's view of the fleet, when a balena fleet is named
+        if settings.console_balena_fleet:
+            self.balena = BalenaPoller(
+                settings.console_balena_fleet,
+                settings.balena_api_url,
+                settings.console_balena_poll_s,
+                self.changes.bump,
+            )
 
     def start(self) -> None:
         t = self.topics
@@ -112,9 +121,16 @@ class LiveFleet:
         self.link.subscribe(t.all_desired(), self._on_desired)
         self.link.subscribe(t.all_errors(), self._on_error)
         self._poller.start()
+        if self.balena is not None:
+            self.balena.start()
 
     def stop(self) -> None:
         self._stop.set()
+        if self.balena is not None:
+            self.balena.stop()
+
+    def balena_view(self, rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+        return self.balena.view(rows) if self.balena is not None else None
 
     # -- MQTT (network thread) -----------------------------------------------------------------------
     def _facts(self, node_id: str) -> NodeFacts:

@@ -116,7 +116,8 @@ async def logout(request: web.Request) -> web.StreamResponse:
 # -- pages ----------------------------------------------------------------------------------------------
 async def fleet_page(request: web.Request) -> web.Response:
     fleet = request.app[s.FLEET_KEY]
-    return render(request, "fleet.html", rows_json=fleet.dumps_rows(), groups=fleet.groups())
+    balena = fleet.balena.fleet if fleet.balena is not None else ""
+    return render(request, "fleet.html", rows_json=fleet.dumps_rows(), groups=fleet.groups(), balena=balena)
 
 
 async def node_page(request: web.Request) -> web.Response:
@@ -218,9 +219,12 @@ async def stream(request: web.Request, view: Callable[[], Any]) -> web.StreamRes
 
 async def fleet_events(request: web.Request) -> web.StreamResponse:
     fleet = request.app[s.FLEET_KEY]
-    return await stream(
-        request, lambda: {"rows": fleet.fleet_rows(), "now": time.time(), "status_error": fleet.status_error}
-    )
+
+    def view() -> dict[str, Any]:
+        rows = fleet.fleet_rows()
+        return {"rows": rows, "now": time.time(), "status_error": fleet.status_error, "balena": fleet.balena_view(rows)}
+
+    return await stream(request, view)
 
 
 async def node_events(request: web.Request) -> web.StreamResponse:

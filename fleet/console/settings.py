@@ -42,6 +42,19 @@ class ConsoleSettings(MqttSettings, TransportSecurity):
         description="API key the playground sends to the front door's gRPC listener; never logged "
         "(EDGEFLEET_CONSOLE_API_KEY)",
     )
+    console_balena_fleet: str = Field(
+        default="",
+        description="A balena fleet (slug, uuid or id) whose devices the fleet page shows beside the nodes, "
+        "flagging disagreements; token from BALENA_API_KEY; empty: none (EDGEFLEET_CONSOLE_BALENA_FLEET)",
+    )
+    console_balena_poll_s: Annotated[float, Field(ge=5, le=3600)] = Field(
+        default=30.0,
+        description="How often the console asks balena for the fleet's devices (EDGEFLEET_CONSOLE_BALENA_POLL_S)",
+    )
+    balena_api_url: str | None = Field(
+        default=None,
+        description="balena API, e.g. an openBalena; empty: balena-sdk's settings (EDGEFLEET_BALENA_API_URL)",
+    )
     console_session_hours: Annotated[float, Field(gt=0)] = Field(
         default=12.0, description="Hours a login lasts (EDGEFLEET_CONSOLE_SESSION_HOURS)"
     )

@@ -38,7 +38,20 @@ function fleetPage() {
   const group = document.getElementById("filter-group");
   const state = document.getElementById("filter-state");
   let rows = EF.initial(table) || [];
+  let balena = null;  // {nodes: {node_id: {device, balena, flag}}, others: [...], error}: when a balena fleet is named
   let now = Date.now() / 1000;
+  const balenaCell = (r) => {
+    const b = balena && balena.nodes[r.node_id];
+    const td = EF.el("td", { class: "balena", title: b ? `device ${b.device}, release ${b.release}` : "" }, b ? b.balena : "–");
+    if (b && b.flag) td.append(EF.el("span", { class: "mark bad", text: b.flag }));
+    return td;
+  };
+  const balenaOthers = () => {
+    const p = document.getElementById("balena-others");
+    if (!p || !balena) return;
+    const parts = balena.others.map((o) => `${o.device} (${o.balena}, node ${o.node_id}: ${o.edgefleet})${o.flag ? " — " + o.flag : ""}`);
+    p.textContent = balena.error ? `balena: ${balena.error}` : parts.length ? `balena devices without a node here: ${parts.join("; ")}` : "";
+  };
   let sortKey = "node_id", asc = true;
   const key = (r) => {
     const l = r.load || {};
@@ -65,8 +78,10 @@ function fleetPage() {
         EF.el("td", { class: "tps", text: l ? l.tokens_per_second.toFixed(1) : "–" }), temp,
         EF.el("td", { class: "rss", text: EF.mib(l && l.rss_bytes) }),
         EF.el("td", { class: "outbox", text: r.outbox ?? "–" }), sync,
-        EF.el("td", { class: "errors", title: errs, text: errs.slice(0, 60) }));
+        EF.el("td", { class: "errors", title: errs, text: errs.slice(0, 60) }),
+        ...(table.dataset.balena ? [balenaCell(r)] : []));
     }));
+    balenaOthers();
   };
   table.querySelectorAll("th[data-sort]").forEach((th) => th.addEventListener("click", () => {
     asc = sortKey === th.dataset.sort ? !asc : true; sortKey = th.dataset.sort;
@@ -77,7 +92,7 @@ function fleetPage() {
   group.addEventListener("change", render); state.addEventListener("change", render);
   render();
   EF.live("/events/fleet", (d) => {
-    rows = d.rows; now = d.now;
+    rows = d.rows; now = d.now; balena = d.balena || null;
     for (const g of new Set(rows.flatMap((r) => r.groups))) {
       if (![...group.options].some((o) => o.value === g)) group.append(EF.el("option", { text: g, value: g }));
     }

@@ -15,7 +15,7 @@ import pytest
 
 from edgefleet.proto.payloads import NodeStatus
 from edgefleet.proto.topics import Topics
-from tests.conftest import wait_for
+from tests.conftest import BIN, wait_for
 from tests.fleet.balena.standin import BalenaStandIn, device
 from tests.fleet.balena.test_sync import TOKEN, _command
 from tests.mqtt_support import Mosquitto, Orchestrator, Watcher, fleet_status
@@ -111,3 +111,21 @@ def test_sync_with_assign_groups_sends_the_tags_groups_to_the_orchestrator(
         assert assignment["node_id"] == "cam-east" and assignment["signature"], "signed with the site key"
     finally:
         w.close()
+
+
+def test_fleet_status_with_balena_shows_both_views(site: tuple[Mosquitto, Orchestrator], tmp_path: Path) -> None:
+    broker, _ = site
+    with BalenaStandIn(TOKEN, {"acme/site-1": APP}, DEVICES) as api:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BALENA")}
+        env.update(BALENA_API_KEY=TOKEN, EDGEFLEET_BALENA_API_URL=api.url, HOME=str(tmp_path))
+        env.update(EDGEFLEET_MQTT_URL=broker.url, EDGEFLEET_SITE="lab", EDGEFLEET_CLI_CONFIG=os.devnull)
+        base = [str(BIN / "edgefleet"), "fleet", "status", "--balena", "acme/site-1"]
+        done = subprocess.run([*base, "--json"], env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        doc = json.loads(done.stdout)
+        assert {n["node_id"] for n in doc["nodes"]} >= {"cam-east", "orin-a"}
+        flags = {r["node_id"]: r["flag"] for r in doc["balena"]}
+        assert flags["cam-east"] == "online in balena, node offline" and flags["orin-a"] == ""
+        table = subprocess.run(base, env=env, capture_output=True, text=True, timeout=60)
+        assert "balena fleet acme/site-1:" in table.stdout and "! online in balena, node offline" in table.stdout
+        assert TOKEN not in done.stdout + done.stderr + table.stdout + table.stderr

@@ -57,12 +57,14 @@ def add_operator(env: dict[str, str], name: str, role: str) -> subprocess.Comple
 
 
 class ConsoleProcess:
-    def __init__(self, tmp: Path, broker: Mosquitto, front_door: str = "", api_key: str = "") -> None:
+    def __init__(
+        self, tmp: Path, broker: Mosquitto, front_door: str = "", api_key: str = "", env: dict[str, str] | None = None
+    ) -> None:
         self.port = free_port()
         self.url = f"{'http' if broker.insecure else 'https'}://127.0.0.1:{self.port}"
         # the console's certificate must chain to the site CA (checked here, not by the browser)
         self.ssl = site_identity.site().ssl_context(client_cert=False) if not broker.insecure else None
-        self.env = console_env(broker, tmp / "console.db", front_door, api_key)
+        self.env = {**console_env(broker, tmp / "console.db", front_door, api_key), **(env or {})}
         self.log_path = tmp / "console.log"
         self._log = self.log_path.open("ab")
         for name, role in (("olivia", "operator"), ("victor", "viewer")):
