@@ -121,6 +121,13 @@ async def fleet_page(request: web.Request) -> web.Response:
 
 
 async def node_page(request: web.Request) -> web.Response:
+    return await node_view(request, done=request.query.get("done", ""))
+
+
+async def node_view(
+    request: web.Request, status: int = 200, groups_error: str = "", groups_value: str = "", done: str = ""
+) -> web.Response:
+    """The node page; after an assign-groups form, with its outcome next to the field."""
     fleet = request.app[s.FLEET_KEY]
     node_id = request.match_info["node_id"]
     detail = fleet.node_detail(node_id)
@@ -131,10 +138,14 @@ async def node_page(request: web.Request) -> web.Response:
     return render(
         request,
         "node.html",
+        status,
         node_id=node_id,
         detail_json=json.dumps(detail),
         history_json=json.dumps(history),
         history_note="" if result.ok else f"not available: {result.message[:120]}",
+        groups_error=groups_error,
+        groups_value=groups_value,
+        done=done,
     )
 
 

@@ -22,6 +22,7 @@ from multidict import MultiDictProxy
 from edgefleet.fleet.adapter_commands import MAX_ADAPTER_BYTES
 from edgefleet.fleet.console import pages
 from edgefleet.fleet.console import server as s
+from edgefleet.fleet.group_commands import parse_groups
 from edgefleet.fleet.rule_commands import RuleCommandError, load_rule
 from edgefleet.fleet.site_commands import FleetCommandError, load_template
 from edgefleet.proto.knowledge_bundle import BundleDocument, write_bundle
@@ -182,6 +183,22 @@ async def remove(request: web.Request, kind: str) -> web.StreamResponse:
     raise web.HTTPSeeOther(f"/{kind}?done={urllib.parse.quote(result.message)}")
 
 
+async def assign_groups(request: web.Request) -> web.StreamResponse:
+    """The node page's form: the groups the orchestrator assigns to this node (assign-groups)."""
+    form = await request.post()
+    node_id, value = request.match_info["node_id"], _text(form, "groups")
+    try:
+        groups = parse_groups(value)
+    except ValueError as e:
+        return await pages.node_view(request, 422, groups_error=str(e), groups_value=value)
+    cmd = Command(op="assign-groups", target=node_id, groups=groups)
+    result = await asyncio.to_thread(request.app[s.COMMANDS_KEY].call, cmd)
+    if not result.ok:
+        message = f"refused ({result.code or 'refused'}): {result.message}"
+        return await pages.node_view(request, 422, groups_error=message, groups_value=value)
+    raise web.HTTPSeeOther(f"/node/{urllib.parse.quote(node_id)}?done={urllib.parse.quote(result.message)}")
+
+
 def _handler(action: Callable[[web.Request, str], Awaitable[web.StreamResponse]], kind: str) -> Handler:
     async def handle(request: web.Request) -> web.StreamResponse:
         return await action(request, kind)
@@ -193,3 +210,4 @@ def add_routes(app: web.Application) -> None:
     for kind in OPS:
         app.router.add_post(f"/{kind}/push", _handler(push, kind))
         app.router.add_post(f"/{kind}/remove", _handler(remove, kind))
+    app.router.add_post("/node/{node_id}/groups", assign_groups)

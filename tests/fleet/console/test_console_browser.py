@@ -250,3 +250,20 @@ def test_login_attempts_are_rate_limited(site: Site) -> None:
             fetch_page(site, "/login", {"name": "mallory", "password": "guess", "login_csrf": token}, jar)[0]
         )
     assert statuses[:4] == [401] * 4 and statuses[-1] == 429, statuses
+
+
+def test_assigning_groups_from_the_node_page_reaches_the_node_without_a_restart(site: Site) -> None:
+    """The node page's form sends assign-groups through the orchestrator: edge-1 joins `extra`
+    (same process); a bad group name is refused next to the field with what was typed kept;
+    a viewer may not assign."""
+    pid = site.nodes[0].proc.pid
+    jar, csrf = login_http(site, "olivia")
+    status, where, _ = fetch_page(site, "/node/edge-1/groups", {"groups": "line-a2, extra", "csrf_token": csrf}, jar)
+    assert status == 303 and where.startswith("/node/edge-1?done="), (status, where)
+    assert wait_for(lambda: "extra" in fleet_status(site.broker).get("edge-1", {}).get("groups", []), 20)
+    assert site.nodes[0].proc.pid == pid and site.nodes[0].proc.poll() is None, "applied without a restart"
+    status, _, page = fetch_page(site, "/node/edge-1/groups", {"groups": "ok, a/b", "csrf_token": csrf}, jar)
+    assert status == 422 and 'id="groups-error"' in page and "a/b" in page and 'value="ok, a/b"' in page
+    viewer, viewer_csrf = login_http(site, "victor")
+    status, _, _ = fetch_page(site, "/node/edge-1/groups", {"groups": "x", "csrf_token": viewer_csrf}, viewer)
+    assert status == 403
