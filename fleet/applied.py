@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from typing import Any, TextIO
 
 from edgefleet.fleet.control import CommandRefused, OrchestratorSession, refusal
@@ -30,12 +31,21 @@ def add_push_flags(p: argparse.ArgumentParser, force: bool) -> None:
         add_wait_flags(p)
 
 
-def desired_change(settings: FleetSettings, args: argparse.Namespace, cmd: Command, out: TextIO) -> int:
-    """Send a desired-state change, print the orchestrator's answer, then which nodes applied it."""
+def desired_change(
+    settings: FleetSettings,
+    args: argparse.Namespace,
+    cmd: Command,
+    out: TextIO,
+    on_refused: Callable[[], None] | None = None,
+) -> int:
+    """Send a desired-state change, print the orchestrator's answer, then which nodes applied it.
+    `on_refused`: undo what was done beforehand (an ACL) when the orchestrator refuses."""
     timeout = min(args.timeout, 30.0)
     with OrchestratorSession(settings, min(timeout, 10.0)) as s:
         result = s.call(cmd, timeout)
         if not result.ok:
+            if on_refused is not None:
+                on_refused()
             raise CommandRefused(refusal(result))
         out.write(result.message + "\n")
         out.flush()

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import TextIO
 
 from edgefleet.fleet import applied, identity_commands
-from edgefleet.fleet.control import CommandRefused, OrchestratorSession, refusal
 from edgefleet.fleet.settings import FleetSettings
 from edgefleet.plumbing.site_pki import PkiError, SitePki
 from edgefleet.proto.payloads import Command
@@ -87,18 +86,11 @@ def run(args: argparse.Namespace, settings: FleetSettings, out: TextIO) -> int:
             "note: no site PKI here (--dir): on a site with the broker ACL, update the node's ACL groups on "
             f"the PKI host (`edgefleet fleet assign-groups {args.node} --groups '{','.join(groups)}' --acl-only`)\n"
         )
+
+    def put_back() -> None:  # the ACL follows the orchestrator: the node's groups as they were
+        if before is not None:
+            _pki(args).assign_groups(args.node, before)
+            identity_commands.regenerate(_pki(args), settings.topic_root, out)
+
     cmd = Command(op="assign-groups", target=args.node, groups=groups)
-    timeout = min(args.timeout, 30.0)
-    with OrchestratorSession(settings, min(timeout, 10.0)) as s:
-        result = s.call(cmd, timeout)
-        if not result.ok:
-            if before is not None:  # the ACL follows the orchestrator: put the node's groups back
-                _pki(args).assign_groups(args.node, before)
-                identity_commands.regenerate(_pki(args), settings.topic_root, out)
-            raise CommandRefused(refusal(result))
-        out.write(result.message + "\n")
-        out.flush()
-        generation, target = result.data.get("generation"), result.data.get("target")
-        if args.no_wait or not isinstance(generation, int) or not isinstance(target, str):
-            return 0
-        return applied.report_applied(s, target, generation, args.wait, timeout, out)
+    return applied.desired_change(settings, args, cmd, out, on_refused=put_back)

@@ -69,6 +69,7 @@ def front_door_error(e: FrontDoorError, rid: str) -> web.Response:
     return error_response(status, e.message, kind, None, e.code.name.lower(), headers)
 
 
+API_KEY = web.RequestKey("api_key", ApiKey)  # the caller's key (absent: a site certificate, or auth off)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -110,7 +111,8 @@ class OpenAIApi:
             v = self.auth.identify(request.headers.get("Authorization"), http_peer(request))
             if v.status != 200:
                 return refusal(v)
-            request["api_key"] = v.key
+            if v.key is not None:  # a site certificate: no key, no per-key limits
+                request[API_KEY] = v.key
         return await handler(request)
 
     async def metrics_page(self, _: web.Request) -> web.Response:
@@ -166,7 +168,7 @@ class OpenAIApi:
     async def _complete(self, request: web.Request, call: schema.CompletionCall) -> web.StreamResponse:
         rid, deadline, arrived = self._start(request)
         req = call.request
-        key: ApiKey | None = request.get("api_key")
+        key = request.get(API_KEY)
         allowed = self.auth.authorize(key, call.model, call.adapter)
         if allowed.status != 200:
             return refusal(allowed)
@@ -229,7 +231,7 @@ class OpenAIApi:
     async def embeddings(self, request: web.Request) -> web.StreamResponse:
         call = schema.parse_embeddings(await self._body(request))
         rid, deadline, arrived = self._start(request)
-        key: ApiKey | None = request.get("api_key")
+        key = request.get(API_KEY)
         allowed = self.auth.authorize(key, call.model)
         if allowed.status != 200:
             return refusal(allowed)
