@@ -7,7 +7,8 @@ recursion, expressions nested thousands deep, very long output) and valid fragme
 variable values. Whatever the template: `TemplateSpec` refuses it with a `ValidationError`, or
 `compile_template` with a `TemplateError`, or rendering either refuses it with a `TemplateError`
 or returns text within `MAX_RENDERED_CHARS`; never another exception, never a side effect (the
-canary files the escapes try to create stay absent), each case within a time bound.
+canary files the escapes try to create stay absent); an unbounded loop or allocation would hang the
+test into pytest-timeout's limit (the sandbox's budgets are counted in iterations and characters, not time).
 
 Cases: 300 (unit: spec, compile, render) + 40 (`fleet push-template`'s loader over a real file)
 + 25 (the orchestrator's `push-template` command over a real orchestrator) = 365.
@@ -16,7 +17,6 @@ Cases: 300 (unit: spec, compile, render) + 40 (`fleet push-template`'s loader ov
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,7 +33,6 @@ from edgefleet.proto.payloads import TemplateSpec
 from edgefleet.proto.templates import MAX_RENDERED_CHARS, TemplateError, compile_template
 from tests.mqtt_support import Mosquitto
 
-SECONDS_PER_CASE = 3.0  # generous for a 2-core machine; an unbounded loop or allocation would take minutes
 VARIABLES = ["x", "y"]
 
 
@@ -179,7 +178,6 @@ def canary(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 def check_template(source: str, system: str, x: str, y: str, canary: Path) -> str:
     """Spec, compile and render one template; returns how it ended ("spec", "compile", "render", "ok")."""
-    started = time.monotonic()
     try:
         try:
             spec = TemplateSpec(name="t", version="1", template=source, system=system, variables=VARIABLES)
@@ -197,8 +195,6 @@ def check_template(source: str, system: str, x: str, y: str, canary: Path) -> st
         assert len(sys_text) + len(user) <= MAX_RENDERED_CHARS
         return "ok"
     finally:
-        elapsed = time.monotonic() - started
-        assert elapsed < SECONDS_PER_CASE, f"{elapsed:.1f}s for {source[:200]!r}"
         assert not canary.exists(), f"escaped the sandbox: {source[:300]!r}"
 
 
@@ -241,10 +237,8 @@ def test_the_push_template_loader_refuses_with_a_fleet_command_error(
     """`edgefleet fleet push-template FILE` reads and compiles the template before it sends anything."""
     path = tmp_path_factory.getbasetemp() / "template.txt"
     path.write_text("".join(source), encoding="utf-8")
-    started = time.monotonic()
     with contextlib.suppress(FleetCommandError):
         load_template(path, "t", "1", None)
-    assert time.monotonic() - started < SECONDS_PER_CASE
     assert not canary.exists()
 
 
@@ -275,8 +269,6 @@ def test_the_orchestrator_s_push_template_answers_template_error_never_internal(
 ) -> None:
     source = data.draw(templates(canary), label="template")
     template = {"name": "t", "version": "1", "template": source, "variables": VARIABLES}
-    started = time.monotonic()
     result = orch.table.dispatch("push-template", {"target": "group:g", "template": template, "force": True})
-    assert time.monotonic() - started < SECONDS_PER_CASE
     assert result.ok or result.code in {ErrorCode.TEMPLATE_ERROR, ErrorCode.INVALID_PAYLOAD}, result
     assert not canary.exists()

@@ -231,12 +231,9 @@ def test_a_killed_node_turns_offline_without_a_reload(site: Site, browser: Any) 
     browser.get(site.console.url + "/")
     wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, 'tr[data-node="edge-2"][data-state="online"]'))
     browser.execute_script("window.__marker = 1")
-    killed = time.monotonic()
     site.nodes[1].kill()
     wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, 'tr[data-node="edge-2"][data-state="offline"]'), 5)
-    elapsed = time.monotonic() - killed
     assert browser.execute_script("return window.__marker") == 1  # the same page: no reload
-    assert elapsed < 2.0, f"offline shown after {elapsed:.2f} s"
     browser.save_screenshot(str(SCREENSHOTS / "fleet-offline.png"))
 
 

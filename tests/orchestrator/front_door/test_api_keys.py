@@ -175,9 +175,8 @@ def test_revoked_site_certificate_is_refused_on_https_within_a_second(site: Site
     bundle = _temp_operator("temp-op")
     assert _https(site.http + "/v1/models", bundle) == 200
     site_identity.site().pki.revoke("temp-op")
-    revoked_at = time.monotonic()
-    assert wait_for(lambda: _https(site.http + "/v1/models", bundle) == 401, timeout=3, interval=0.05)
-    assert time.monotonic() - revoked_at < 1.5
+    # the CRL is reread within 0.5 s of a change: refused well inside 1.5 s
+    assert wait_for(lambda: _https(site.http + "/v1/models", bundle) == 401, timeout=1.5, interval=0.05)
 
 
 @pytest.fixture(scope="module")
@@ -225,9 +224,7 @@ def test_grpc_with_client_certificates_required(certified: tuple[Orchestrator, s
     assert _generate(no_cert) == grpc.StatusCode.UNAVAILABLE
     no_cert.close()
     site_identity.site().pki.revoke("temp-grpc")
-    revoked_at = time.monotonic()
-    assert wait_for(lambda: _generate(channel) == grpc.StatusCode.UNAUTHENTICATED, timeout=3, interval=0.05)
-    assert time.monotonic() - revoked_at < 1.5
+    assert wait_for(lambda: _generate(channel) == grpc.StatusCode.UNAUTHENTICATED, timeout=1.5, interval=0.05)
     channel.close()
 
 
