@@ -29,7 +29,7 @@ import openai
 from edgefleet.fleet import identity_commands
 from edgefleet.fleet.identity_commands import read_env
 from edgefleet.plumbing.site_pki import SitePki
-from edgefleet.plumbing.site_tls import channel_credentials, target_name
+from edgefleet.plumbing.site_tls import channel_credentials, client_ssl_context, target_name
 from edgefleet.plumbing.transport_security import TlsFiles
 from edgefleet.proto.artifacts import SiteKey
 from edgefleet.proto.payloads import DesiredState
@@ -143,10 +143,7 @@ class TestSite:
 
     def ssl_context(self, client_cert: bool = True) -> ssl.SSLContext:
         """HTTPS/MQTT client context trusting the site CA, showing the harness certificate."""
-        ctx = ssl.create_default_context(cafile=str(self.harness_dir / "ca.crt"))
-        if client_cert:
-            ctx.load_cert_chain(str(self.harness_dir / "client.crt"), str(self.harness_dir / "client.key"))
-        return ctx
+        return client_ssl_context(self.harness_files if client_cert else None, ca=self.harness_dir / "ca.crt")
 
     def paho_tls(self, client: Any) -> None:
         """Configure a paho client to connect to the test brokers as the harness."""
