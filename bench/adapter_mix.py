@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.processes import serving_node  # noqa: E402
+from bench.site_security import BenchSecurity, add_insecure_flag  # noqa: E402
 from edgefleet.node.model_catalog import resolve_model  # noqa: E402
 from edgefleet.proto.v1 import inference_pb2 as pb  # noqa: E402
 from edgefleet.proto.v1 import inference_pb2_grpc as pb_grpc  # noqa: E402
@@ -69,13 +70,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3, help="requests per client (default 3)")
     p.add_argument("--max-tokens", type=int, default=64, help="completion tokens per request (default 64)")
     p.add_argument("--repeats", type=int, default=2, help="runs of each mix; the best is kept (default 2)")
+    add_insecure_flag(p)
     args = p.parse_args(argv)
-    with tempfile.TemporaryDirectory() as tmp_s:
+    with BenchSecurity(args.insecure) as security, tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
         base = resolve_model(None, tmp / "data").path
         a = write_lora(base, tmp / "a.gguf", rank=16, seed=1)
         b = write_lora(base, tmp / "b.gguf", rank=16, seed=2)
-        with serving_node(ROOT, tmp / "data", {"EDGEFLEET_ADAPTERS": f"a={a},b={b}"}) as channel:
+        with serving_node(ROOT, tmp / "data", {"EDGEFLEET_ADAPTERS": f"a={a},b={b}"}, security) as channel:
             stub = pb_grpc.InferenceStub(channel)
             run_mix(stub, MIXES["two"], 8, 1)  # warm up both adapters
             results = {}

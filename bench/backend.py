@@ -14,6 +14,7 @@ from bench.processes import RssMonitor, log_tail, stop_process
 from bench.prompts import Prompt
 from bench.records import RequestRecord
 from bench.settings import LOG_DIR
+from bench.site_security import BenchSecurity
 
 
 @dataclass
@@ -25,6 +26,7 @@ class BenchContext:
     plans: dict[int, list[list[list[list[Prompt]]]]]
     warm_prompt: Prompt
     count_tokens: Callable[[str], int]
+    security: BenchSecurity  # the node's certificate and the clients' channels (secure unless --insecure)
 
 
 class Backend:

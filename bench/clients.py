@@ -74,14 +74,15 @@ def run_level(
 
 # -- node ---------------------------------------------------------------------------------
 class NodeClient(Client):
-    def __init__(self, address: str) -> None:
+    def __init__(self, channel: Any) -> None:
+        """`channel`: a grpc.Channel of its own (mutual TLS, or plaintext with --insecure)."""
         import grpc
 
         from edgefleet.proto.v1 import inference_pb2 as pb
         from edgefleet.proto.v1 import inference_pb2_grpc as pb_grpc
 
         self.pb = pb
-        self.channel = grpc.insecure_channel(address)
+        self.channel = channel
         grpc.channel_ready_future(self.channel).result(timeout=10)
         self.stub = pb_grpc.InferenceStub(self.channel)
 

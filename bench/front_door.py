@@ -16,8 +16,8 @@ Direct traffic alternates between the two nodes (a client that spreads by itself
 
 Secure by default, as the product is: a TLS broker requiring client certificates, each node with its
 own node certificate (mutual TLS on gRPC), the orchestrator with its bundle (TLS on the front door's
-gRPC and HTTPS, mutual TLS to the nodes), all from the test site PKI of tests/site_identity.py; the
-bench's clients show the `harness` operator certificate, both to the nodes (checking each node's
+gRPC and HTTPS, mutual TLS to the nodes), all from a site PKI made for the run (bench/site_security.py);
+the bench's clients show the `harness` operator certificate, both to the nodes (checking each node's
 name) and to the front door. `--insecure`: plaintext everywhere (EDGEFLEET_INSECURE=1).
 """
 
@@ -27,7 +27,6 @@ import argparse
 import contextlib
 import json
 import os
-import ssl
 import statistics
 import subprocess
 import sys
@@ -43,17 +42,16 @@ from pathlib import Path
 import grpc
 
 from bench.processes import free_port, stop_process
+from edgefleet.orchestrator.api_keys import KeyStore
 from edgefleet.orchestrator.front_door.router import rendezvous_weight
-from edgefleet.plumbing.api_keys import KeyStore
 from edgefleet.proto.v1 import inference_pb2 as pb
 from edgefleet.proto.v1 import inference_pb2_grpc as pb_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests import site_identity  # noqa: E402
+from bench.site_security import BenchSecurity, add_insecure_flag  # noqa: E402
 from tests.mqtt_support import Mosquitto  # noqa: E402
-from tests.site_identity import INSECURE_ENV  # noqa: E402
 
 BIN = ROOT / ".venv" / "bin"
 # greedy and counting: every answer runs to max_tokens, so both paths do the same work
@@ -81,21 +79,18 @@ class Result:
 class Site:
     """Mosquitto, two nodes and an orchestrator in a temporary directory, stopped on exit."""
 
-    def __init__(self, tmp: Path, insecure: bool = False) -> None:
-        self.tmp, self.procs, self.insecure = tmp, {}, insecure  # type: ignore[var-annotated]
+    def __init__(self, tmp: Path, security: BenchSecurity) -> None:
+        self.tmp, self.procs, self.security = tmp, {}, security  # type: ignore[var-annotated]
+        self.insecure = insecure = security.insecure
         self.broker = Mosquitto(tmp, insecure=insecure)  # TLS, client certificates required, unless insecure
-        self.env = {
-            "EDGEFLEET_MQTT_URL": self.broker.url,
-            "EDGEFLEET_SITE": site_identity.SITE,
-            **(INSECURE_ENV if insecure else {}),
-        }
+        self.env = {"EDGEFLEET_MQTT_URL": self.broker.url, "EDGEFLEET_SITE": security.site, **security.env()}
         self.nodes: dict[str, str] = {}
         for node_id in ("bench-a", "bench-b"):
             port = free_port()
             self.nodes[node_id] = f"127.0.0.1:{port}"
             env = {**self.env, "EDGEFLEET_THREADS": "1", "EDGEFLEET_TELEMETRY_INTERVAL_S": "1",
                    "EDGEFLEET_RESPONSE_CACHE": "false", "EDGEFLEET_GROUPS": "bench",
-                   **({} if insecure else site_identity.site().node_env(node_id))}  # fmt: skip
+                   **security.node_env(node_id)}  # fmt: skip
             cmd = [str(BIN / "edgefleet-node"), "serve", "--host", "127.0.0.1", "--port", str(port), "--node-id",
                    node_id, "--data-dir", str(tmp / node_id)]  # fmt: skip
             self._spawn(node_id, cmd, env)
@@ -135,9 +130,7 @@ class Site:
     def channel(self, address: str, node_id: str | None = None) -> grpc.Channel:
         """To a node (`node_id`: the name its certificate must carry) or the front door: mutual TLS as
         the harness operator, or plaintext when insecure."""
-        if self.insecure:
-            return grpc.insecure_channel(address)
-        return site_identity.site().grpc_channel(address, node_id)
+        return self.security.channel(address, node_id)
 
     @property
     def front_door(self) -> str:
@@ -145,9 +138,8 @@ class Site:
 
     def https(self, path: str) -> bytes:
         """GET on the front door's HTTP listener (HTTPS with the harness certificate unless insecure)."""
-        scheme = "http" if self.insecure else "https"
-        context: ssl.SSLContext | None = None if self.insecure else site_identity.site().ssl_context()
-        with urllib.request.urlopen(f"{scheme}://127.0.0.1:{self.http_port}{path}", timeout=5, context=context) as r:
+        url, context = f"{self.security.http_scheme}://127.0.0.1:{self.http_port}{path}", self.security.ssl_context()
+        with urllib.request.urlopen(url, timeout=5, context=context) as r:
             return bytes(r.read())
 
     def _spawn(self, name: str, cmd: list[str], env: dict[str, str]) -> None:
@@ -159,7 +151,7 @@ class Site:
         stop_process(self.procs.get("orchestrator"))
         env = {
             **self.env,
-            **({} if self.insecure else site_identity.site().orchestrator_env()),
+            **self.security.orchestrator_env(),
             "EDGEFLEET_FRONT_DOOR_ADDRESS": f"127.0.0.1:{self.grpc_port}",
             "EDGEFLEET_OPENAI_ADDRESS": f"127.0.0.1:{self.http_port}",
             "EDGEFLEET_ROUTE_AFFINITY": str(affinity).lower(),
@@ -392,18 +384,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", action="append", choices=["overhead", "throughput", "affinity", "failover"])
     p.add_argument("--failover-s", type=float, default=60.0)
     p.add_argument("--kill-at-s", type=float, default=20.0)
-    p.add_argument(
-        "--insecure",
-        action="store_true",
-        help="plaintext MQTT, gRPC and HTTP, EDGEFLEET_INSECURE=1 (default: TLS with site certificates)",
-    )
+    add_insecure_flag(p)
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="edgefleet-bench-fd-") as d:
         load = os.getloadavg()
-        site = Site(Path(d), insecure=args.insecure)
+        security = BenchSecurity(args.insecure)
+        site = Site(Path(d), security)
         try:
-            mode = "insecure (plaintext, EDGEFLEET_INSECURE=1)" if args.insecure else "secure (TLS, site certificates)"
-            print(f"front door bench: two nodes (x86-dev, 1 thread each), {os.cpu_count()} CPUs, {mode}")
+            print(f"front door bench: two nodes (x86-dev, 1 thread each), {os.cpu_count()} CPUs, {security.mode}")
             print(f"load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
             only = set(args.only or ["overhead", "throughput", "affinity", "failover"])
             if "overhead" in only:
@@ -416,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
                 failover(site, args.failover_s, args.kill_at_s, args.max_tokens)
         finally:
             site.close()
-            site_identity.remove()  # the temporary site PKI
+            security.close()  # the run's site PKI
             load = os.getloadavg()
             print(f"load average at end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     return 0

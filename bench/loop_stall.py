@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.processes import serving_node  # noqa: E402
+from bench.site_security import BenchSecurity, add_insecure_flag  # noqa: E402
 from edgefleet.proto.v1 import inference_pb2 as pb  # noqa: E402
 from edgefleet.proto.v1 import inference_pb2_grpc as pb_grpc  # noqa: E402
 
@@ -128,11 +129,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--disruptors", type=int, default=3)
     p.add_argument("--schemas", type=int, default=8, help="distinct schemas the disruptors rotate through")
+    add_insecure_flag(p)
     args = p.parse_args(argv)
     schemas = [big_schema(v) for v in range(args.schemas)]
     print(f"schema size {len(schemas[0])} bytes, long prompt {len(LONG_TEXT)} chars")
     env = {"EDGEFLEET_THREADS": "1"}
-    with tempfile.TemporaryDirectory() as tmp, serving_node(ROOT, Path(tmp), env) as channel:
+    with (
+        BenchSecurity(args.insecure) as security,
+        tempfile.TemporaryDirectory() as tmp,
+        serving_node(ROOT, Path(tmp), env, security) as channel,
+    ):
         stub = pb_grpc.InferenceStub(channel)
         quiet = measure(stub, args.seconds, 0, schemas)
         loaded = measure(stub, args.seconds, args.disruptors, schemas)

@@ -10,7 +10,10 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bench.site_security import BenchSecurity
 
 
 def free_port() -> int:
@@ -20,19 +23,20 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serving_node(root: Path, data_dir: Path, env: dict[str, str]) -> Any:
-    """`edgefleet-node serve` (x86-dev profile, localhost) until the block ends; yields its gRPC channel."""
+def serving_node(root: Path, data_dir: Path, env: dict[str, str], security: BenchSecurity) -> Any:
+    """`edgefleet-node serve` (x86-dev profile, localhost) until the block ends; yields its gRPC channel
+    (mutual TLS with the node's own certificate, or plaintext when `security` is insecure)."""
     import grpc
 
-    port = free_port()
+    port, node_id = free_port(), "bench-node"
     cmd = [str(root / ".venv/bin/edgefleet-node"), "serve", "--profile", "x86-dev", "--host", "127.0.0.1"]
-    cmd += ["--port", str(port), "--data-dir", str(data_dir)]
-    full_env = {**os.environ, "EDGEFLEET_LOG_LEVEL": "WARNING", **env}
+    cmd += ["--port", str(port), "--data-dir", str(data_dir), "--node-id", node_id]
+    full_env = {**os.environ, "EDGEFLEET_LOG_LEVEL": "WARNING", **security.node_env(node_id), **env}
     proc = subprocess.Popen(
         cmd, env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
     try:
-        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        channel = security.channel(f"127.0.0.1:{port}", node_id)
         grpc.channel_ready_future(channel).result(timeout=60)
         yield channel
         channel.close()

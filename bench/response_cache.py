@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.processes import serving_node  # noqa: E402
+from bench.site_security import BenchSecurity, add_insecure_flag  # noqa: E402
 from edgefleet.proto.v1 import inference_pb2 as pb  # noqa: E402
 from edgefleet.proto.v1 import inference_pb2_grpc as pb_grpc  # noqa: E402
 
@@ -54,12 +55,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--questions", type=int, default=10)
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--max-tokens", type=int, default=32)
+    add_insecure_flag(p)
     args = p.parse_args(argv)
     questions = [q["question"] for q in json.loads((CORPUS / "questions.json").read_text())["questions"]]
     questions = questions[: args.questions]
-    with tempfile.TemporaryDirectory() as tmp_s:
+    with BenchSecurity(args.insecure) as security, tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
-        with serving_node(ROOT, tmp / "data", {"EDGEFLEET_RESPONSE_CACHE": "true"}) as channel:
+        with serving_node(ROOT, tmp / "data", {"EDGEFLEET_RESPONSE_CACHE": "true"}, security) as channel:
             stub = pb_grpc.InferenceStub(channel)
             docs = [
                 pb.Document(id=f.stem, text=f.read_text()) for f in sorted(CORPUS.glob("*.md")) if f.stem != "README"

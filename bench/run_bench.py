@@ -37,6 +37,11 @@ Other processes on the machine spoil the figures (llama.cpp's threads wait for e
 at every step), so the script waits for idle CPUs before each measurement, accounts the
 CPU time others used during it, and re-measures (fresh prompts) when it was over 10 %.
 
+The node runs secure by default, as the product does: its own node certificate from a site PKI
+made for the run (mutual TLS on gRPC; the bench's clients show the `harness` operator certificate
+and check the node's name), the same as bench/front_door.py. `--insecure`: plaintext gRPC with
+EDGEFLEET_INSECURE=1, to compare. The other backends have no TLS either way.
+
 Also measured: the node's cold start (Popen -> grpc.health.v1 SERVING, polled every 20 ms)
 and its peak RSS (psutil polling of the node process during the whole run, and the
 kernel's VmHWM), compared with model file + KV cache (n_layer * 2 * head_dim * n_head_kv *
@@ -45,7 +50,7 @@ kernel's VmHWM), compared with model file + KV cache (n_layer * 2 * head_dim * n
 Results: tables, ratio and PASS/FAIL lines on stdout; bench/results/bench-<UTC time>.json,
 bench/results/latest.json and bench/results/throughput.png.
 
-Run:  bench/setup_llama_server.sh && .venv/bin/python bench/run_bench.py
+Run:  bench/setup_llama_server.sh && .venv/bin/python bench/run_bench.py [--insecure]
 """
 
 from __future__ import annotations
@@ -92,6 +97,7 @@ from bench.settings import (
     TOP_K,
     TOP_P,
 )
+from bench.site_security import BenchSecurity, add_insecure_flag
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -144,6 +150,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=150.0,
         help="seconds the whole run may spend waiting for a quiet machine (default 150)",
     )
+    add_insecure_flag(p)
     p.add_argument("--worker", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -221,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
         with vocab_lock:
             return len(vocab.tokenize(text.encode("utf-8"), add_bos=False, special=True))
 
-    ctx = BenchContext(args, model, levels, plans, prompts[0], count_tokens)
+    security = BenchSecurity(args.insecure)
+    ctx = BenchContext(args, model, levels, plans, prompts[0], count_tokens, security)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     print(
         f"model {model.name} ({fmt_mib(facts.size_bytes)}), llama-cpp-python {environment()['llama_cpp_python']}, "
@@ -233,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{n_prompts} distinct prompts ({min(p.n_tokens for p in prompts)}-{max(p.n_tokens for p in prompts)} "
         f"tokens)"
     )
+    print(f"node: {security.mode}")
 
     results: dict[str, Any] = {}
     names = []
@@ -250,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         run_all(ctx, names, results)
     finally:
         vocab.close()
+        security.close()  # the run's site PKI
 
     checks = report(results, levels, facts, args.max_tokens)
     doc = {
@@ -277,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
             "threads": THREADS,
             "queue_length": QUEUE_LENGTH,
             "backends": only,
+            "node_security": security.mode,
         },
         "model": asdict(facts),
         "environment": environment(),

@@ -26,6 +26,9 @@ from bench.settings import (
     START_TIMEOUT_S,
     THREADS,
 )
+from bench.site_security import BenchSecurity
+
+NODE_ID = "bench-node"  # the CN of its certificate, checked by the bench's clients when secure
 
 
 def node_profile(tmp: Path) -> Path:
@@ -64,7 +67,7 @@ def node_profile(tmp: Path) -> Path:
     return path
 
 
-def wait_serving(port: int, proc: subprocess.Popen[Any], timeout: float) -> float:
+def wait_serving(port: int, proc: subprocess.Popen[Any], timeout: float, security: BenchSecurity) -> float:
     """Poll grpc.health.v1 Check every 20 ms until SERVING; returns the perf_counter time."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -81,8 +84,9 @@ def wait_serving(port: int, proc: subprocess.Popen[Any], timeout: float) -> floa
                 time.sleep(0.02)
                 continue
             if channel is None:
-                channel = grpc.insecure_channel(
+                channel = security.channel(
                     f"127.0.0.1:{port}",
+                    NODE_ID,
                     options=[
                         ("grpc.initial_reconnect_backoff_ms", 20),
                         ("grpc.min_reconnect_backoff_ms", 20),
@@ -102,14 +106,13 @@ def wait_serving(port: int, proc: subprocess.Popen[Any], timeout: float) -> floa
     raise RuntimeError(f"node not SERVING within {timeout:.0f} s")
 
 
-def node_info(address: str) -> dict[str, Any]:
-    import grpc
+def node_info(address: str, security: BenchSecurity) -> dict[str, Any]:
     from google.protobuf.json_format import MessageToDict
 
     from edgefleet.proto.v1 import inference_pb2 as pb
     from edgefleet.proto.v1 import inference_pb2_grpc as pb_grpc
 
-    with grpc.insecure_channel(address) as ch:
+    with security.channel(address, NODE_ID) as ch:
         info = pb_grpc.InferenceStub(ch).GetNodeInfo(pb.GetNodeInfoRequest(), timeout=10)
     return MessageToDict(info, preserving_proto_field_name=True)
 
@@ -152,27 +155,35 @@ class NodeBackend(ThreadedBackend):
             str(profile),
             "--data-dir",
             str(tmp / "data"),
+            "--node-id",
+            NODE_ID,
             "--log-format",
             "text",
         ]
         self.info["profile_file"] = profile.read_text()
+        security = self.ctx.security
+        self.info["security"] = security.mode
+        env = {
+            **os.environ,
+            **security.node_env(NODE_ID),
+            # Measure the engine: the response cache would answer the repeated greedy prompts by itself.
+            "EDGEFLEET_RESPONSE_CACHE": "false",
+        }
         t_start = time.perf_counter()
-        # Measure the engine: the response cache would answer the repeated greedy prompts by itself.
-        env = {**os.environ, "EDGEFLEET_RESPONSE_CACHE": "false"}
         proc = self._spawn(cmd, tmp, env=env)
         try:
-            t_ready = wait_serving(port, proc, START_TIMEOUT_S)
+            t_ready = wait_serving(port, proc, START_TIMEOUT_S, security)
         except RuntimeError as e:
             raise self.failure(e) from e
         self.info["cold_start_s"] = round(t_ready - t_start, 3)
         print(f"  node cold start (Popen -> SERVING): {t_ready - t_start:.3f} s", flush=True)
 
     def make_client(self) -> Client:
-        return NodeClient(self.address)
+        return NodeClient(self.ctx.security.channel(self.address, NODE_ID))
 
     def finish(self) -> None:
         with contextlib.suppress(Exception):
-            self.info["node_info"] = node_info(self.address)
+            self.info["node_info"] = node_info(self.address, self.ctx.security)
         super().finish()
 
     def stop(self) -> None:

@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.processes import serving_node  # noqa: E402
+from bench.site_security import BenchSecurity, add_insecure_flag  # noqa: E402
 from edgefleet.proto.v1 import inference_pb2 as pb  # noqa: E402
 from edgefleet.proto.v1 import inference_pb2_grpc as pb_grpc  # noqa: E402
 
@@ -62,10 +63,16 @@ def main() -> int:
     ap.add_argument("--concurrency", default="1,4", help="concurrent streams (default 1,4)")
     ap.add_argument("--max-tokens", type=int, default=64, help="completion tokens per stream (default 64)")
     ap.add_argument("--passes", type=int, default=2, help="measurements of each case, printed each (default 2)")
+    add_insecure_flag(ap)
     args = ap.parse_args()
+    with BenchSecurity(args.insecure) as security:
+        return measure_all(args, security)
+
+
+def measure_all(args: argparse.Namespace, security: BenchSecurity) -> int:
     quiet: dict[tuple[int, int], float] = {}
     for threads in (int(x) for x in args.threads.split(",")):
-        with tempfile.TemporaryDirectory() as tmp, serving_node(ROOT, Path(tmp), env(threads)) as ch:
+        with tempfile.TemporaryDirectory() as tmp, serving_node(ROOT, Path(tmp), env(threads), security) as ch:
             stub = pb_grpc.InferenceStub(ch)
             throughput(stub, 1, 8)  # warm-up
             for busy in (int(x) for x in args.busy.split(",")):

@@ -8,21 +8,19 @@ progress bar until every one has loaded it, refused it, or the wait ends.
 from __future__ import annotations
 
 import argparse
-import base64
-import hashlib
 import json
 import sys
 import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from pydantic import ValidationError
-
 from edgefleet.fleet.control import OrchestratorSession, refusal
 from edgefleet.fleet.settings import FleetSettings
+from edgefleet.fleet.uploads import upload
+from edgefleet.proto.commands import Command
 from edgefleet.proto.input_limits import brief
 from edgefleet.proto.knowledge_bundle import BundleDocument, write_bundle
-from edgefleet.proto.payloads import MAX_UPLOAD_CHUNK_BYTES, Command, UploadChunk, describe_validation_error
+from edgefleet.proto.payloads import PayloadError
 from edgefleet.proto.topics import valid_name
 
 MAX_ADAPTER_BYTES = 2 * 1024**3
@@ -102,26 +100,16 @@ def knowledge_bundle(directory: Path, err: TextIO) -> bytes:
 
 
 def _upload(s: OrchestratorSession, data: bytes, timeout: float, err: TextIO) -> str:
-    sha = hashlib.sha256(data).hexdigest()
-    step = MAX_UPLOAD_CHUNK_BYTES
-    count = -(-len(data) // step)
-    for i in range(count):
-        piece = UploadChunk(
-            sha256=sha,
-            size=len(data),
-            chunk_bytes=step,
-            index=i,
-            data=base64.b64encode(data[i * step : (i + 1) * step]).decode(),
-        )
-        r = s.call(Command(op="upload-chunk", upload=piece), timeout)
-        if not r.ok:
-            raise AdapterCommandError(f"upload {refusal(r)}")
-        done = r.data.get("missing") == 0  # the orchestrator has the whole file (perhaps from before)
-        if err.isatty() or done or i + 1 == count:
-            err.write(f"\rupload {bar(i + 1, count)}")
-        if done:
-            break
+    """`fleet/uploads.py` with a progress bar on `err` (redrawn on a terminal; the last state in a log)."""
+
+    def progress(sent: int, count: int, done: bool) -> None:
+        if err.isatty() or done or sent == count:
+            err.write(f"\rupload {bar(sent, count)}")
+
+    sha, r = upload(lambda cmd: s.call(cmd, timeout), data, progress)
     err.write("\n")
+    if not r.ok:
+        raise AdapterCommandError(f"upload {refusal(r)}")
     return sha
 
 
@@ -228,8 +216,8 @@ def run(args: argparse.Namespace, settings: FleetSettings, out: TextIO, err: Tex
                 target=args.target,
                 new_group=args.new_group,
             )
-        except ValidationError as e:
-            raise AdapterCommandError(describe_validation_error(e)) from e
+        except PayloadError as e:
+            raise AdapterCommandError(str(e)) from e
         r = s.call(cmd, timeout)
         if not r.ok:
             raise AdapterCommandError(refusal(r))

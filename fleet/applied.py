@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 from edgefleet.fleet.control import CommandRefused, OrchestratorSession, refusal
 from edgefleet.fleet.settings import FleetSettings
-from edgefleet.proto.payloads import Command
+from edgefleet.proto.commands import Command
 
 
 def add_wait_flags(p: argparse.ArgumentParser) -> None:

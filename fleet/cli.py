@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import TextIO
 
@@ -17,11 +16,13 @@ from edgefleet.fleet import knowledge_commands, site_commands
 from edgefleet.fleet.ask import AskError
 from edgefleet.fleet.console import cli_commands as console_cli
 from edgefleet.fleet.control import CommandRefused, OrchestratorUnreachable, refusal, request
+from edgefleet.fleet.exit_codes import describe_rpc_error
 from edgefleet.fleet.grpc_channel import node_channel
 from edgefleet.fleet.knowledge_commands import KnowledgeCommandError
 from edgefleet.fleet.settings import ConfigFileError, FleetSettings
+from edgefleet.proto.commands import Command
 from edgefleet.proto.input_limits import brief
-from edgefleet.proto.payloads import Command, describe_validation_error
+from edgefleet.proto.payloads import describe_validation_error
 from edgefleet.proto.v1 import inference_pb2 as pb
 from edgefleet.proto.v1 import inference_pb2_grpc as pb_grpc
 
@@ -170,25 +171,23 @@ def _node_command(
             return knowledge_commands.run(stub, args, out)
         return _node_info(stub, args, out)
     except grpc.RpcError as e:
-        code = e.code()
-        if code == grpc.StatusCode.UNAVAILABLE and "connect" in (e.details() or "").lower():
-            err.write(f"edgefleet: cannot reach a node at {address}: is edgefleet-node running there?\n")
-        else:
-            err.write(f"edgefleet: {code.name}: {e.details()}\n")
-        return 1
+        line, status = describe_rpc_error(e, address)
+        err.write(f"edgefleet: {line}\n")
+        return status
     finally:
         channel.close()
 
 
 def main(argv: list[str] | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     args = _parser().parse_args(argv)
-    if getattr(args, "console_handler", None):  # the console and its accounts: settings of their own
-        for flag, env in (("mqtt_url", "EDGEFLEET_MQTT_URL"), ("site", "EDGEFLEET_SITE")):
-            if getattr(args, flag, None):
-                os.environ[env] = getattr(args, flag)
-        if args.insecure:
-            os.environ["EDGEFLEET_INSECURE"] = "1"
-        return int(args.console_handler(args))
+    if getattr(args, "console_handler", None):  # the console, its accounts, balena: settings of their own
+        # The global flags go on as overrides of the site section; each handler builds its settings with them.
+        flags = {"mqtt_url": args.mqtt_url, "site": args.site, "insecure": args.insecure}
+        try:
+            return int(args.console_handler(args, overrides={k: v for k, v in flags.items() if v is not None}))
+        except ValidationError as e:
+            err.write(f"edgefleet: invalid setting: {describe_validation_error(e)}\n")
+            return 2
     try:
         settings = _settings(args)
         if args.command == "fleet":

@@ -24,8 +24,9 @@ from cryptography.x509.oid import NameOID
 from edgefleet.fleet.settings import FleetSettings, config_path
 from edgefleet.plumbing.mqtt_link import BrokerAddress, MqttLink
 from edgefleet.plumbing.mqtt_rpc import NoAnswer, RpcClient
+from edgefleet.proto.commands import Command
 from edgefleet.proto.input_limits import brief
-from edgefleet.proto.payloads import Command, CommandResult, OrchestratorStatus, PayloadError, parse_payload
+from edgefleet.proto.payloads import CommandResult, OrchestratorStatus, PayloadError, parse_payload
 from edgefleet.proto.signing import OperatorPrivateKey, load_operator_key, sign_command
 from edgefleet.proto.topics import Topics
 

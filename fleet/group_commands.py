@@ -16,8 +16,8 @@ from typing import TextIO
 
 from edgefleet.fleet import applied, identity_commands
 from edgefleet.fleet.settings import FleetSettings
-from edgefleet.plumbing.site_pki import PkiError, SitePki
-from edgefleet.proto.payloads import Command
+from edgefleet.fleet.site.pki import PkiError, SitePki
+from edgefleet.proto.commands import Command
 from edgefleet.proto.topics import check_name
 
 VERBS = ("assign-groups",)

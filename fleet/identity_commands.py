@@ -14,9 +14,13 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from edgefleet.plumbing.broker_config import BrokerPolicy, ListenerOptions, reload_broker, write_broker_files
-from edgefleet.plumbing.site_pki import ORCHESTRATOR, PkiError, SitePki, write_private, write_public
+from pydantic import ValidationError
+
+from edgefleet.fleet.site.broker_config import BrokerPolicy, ListenerOptions, reload_broker, write_broker_files
+from edgefleet.fleet.site.pki import ORCHESTRATOR, PkiError, SitePki, write_private, write_public
+from edgefleet.plumbing.site_settings import SiteSettings
 from edgefleet.proto.artifacts import SiteKey
+from edgefleet.proto.payloads import describe_validation_error
 from edgefleet.proto.topics import Topics
 
 VERBS = ("init-pki", "enroll-node", "enroll-sensor", "enroll-operator", "revoke", "identities", "broker-config")
@@ -237,12 +241,20 @@ def run(args: argparse.Namespace, site: str, topic_root: str, out: TextIO) -> in
 def main(argv: list[str] | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     """Standalone entry (`python -m edgefleet.fleet.identity_commands VERB …`), same verbs as `edgefleet fleet`."""
     parser = argparse.ArgumentParser(prog="edgefleet-pki")
-    parser.add_argument("--site", default=os.environ.get("EDGEFLEET_SITE", "default"))
-    parser.add_argument("--topic-root", default=os.environ.get("EDGEFLEET_TOPIC_ROOT", "edgefleet/{site}/"))
+    parser.add_argument("--site", help="the site (EDGEFLEET_SITE; default 'default')")
+    parser.add_argument(
+        "--topic-root", help="root of every MQTT topic (EDGEFLEET_TOPIC_ROOT; default edgefleet/{site}/)"
+    )
     add_parsers(parser.add_subparsers(dest="fleet_command", required=True))
     args = parser.parse_args(argv)
+    flags = {"site": args.site, "topic_root": args.topic_root}
     try:
-        return run(args, args.site, args.topic_root, out)
+        site = SiteSettings(**{k: v for k, v in flags.items() if v is not None})  # flags over EDGEFLEET_*
+    except ValidationError as e:
+        err.write(f"edgefleet: invalid setting: {describe_validation_error(e)}\n")
+        return 2
+    try:
+        return run(args, site.site, site.topic_root, out)
     except IdentityCommandError as e:
         err.write(f"edgefleet: {e}\n")
         return 2

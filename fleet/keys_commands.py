@@ -1,44 +1,41 @@
-"""`edgefleet fleet keys create | list | revoke`: API keys for the front door (run on the orchestrator host).
+"""`edgefleet fleet keys create | list | revoke`: API keys for the front door, through the orchestrator.
 
-These verbs work on the keys file only (`--db`, else EDGEFLEET_API_KEYS_DB, else api-keys.db
-beside the registry, EDGEFLEET_REGISTRY_DB). `create` prints the key once; it is never stored
-nor shown again (only a hash of its secret is kept). `list` shows usage, never a secret.
+The key database is the orchestrator's alone: these verbs send its `keys-create`, `keys-list` and
+`keys-revoke` commands (proto/commands.py), signed with the operator's key like every command;
+the orchestrator runs them only for an enrolled operator. `create` prints the key once: it is in
+that one answer and nowhere else (the orchestrator keeps only a hash of its secret). `list` shows
+usage, never a secret.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
-from edgefleet.plumbing.api_keys import ApiKey, ApiKeyError, KeyStore, default_db_path, parse_expires
+from edgefleet.fleet.control import OrchestratorSession, refusal
+from edgefleet.fleet.settings import FleetSettings
+from edgefleet.proto.commands import Command
+from edgefleet.proto.payloads import CommandResult, PayloadError
 
 VERBS = ("keys",)
-DB_ENV = "EDGEFLEET_API_KEYS_DB"
+SendCommand = Callable[[Command], CommandResult]
 
 
 class KeysCommandError(Exception):
     """A problem the operator can fix; printed without a traceback."""
 
 
-def default_db() -> Path:
-    explicit = os.environ.get(DB_ENV)
-    if explicit:
-        return Path(explicit).expanduser()
-    registry = os.environ.get("EDGEFLEET_REGISTRY_DB")
-    return Path(registry).expanduser().parent / "api-keys.db" if registry else default_db_path()
-
-
 def _db_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--db", type=Path, default=None, help=f"the keys file (${DB_ENV}; api-keys.db beside the registry)")
+    """`--db`, from when the CLI wrote the keys file itself: refused with what to do instead."""
+    p.add_argument("--db", type=Path, default=None, help=argparse.SUPPRESS)
 
 
 def add_parsers(fsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    keys = fsub.add_parser("keys", help="API keys for the front door (create, list, revoke)")
+    keys = fsub.add_parser("keys", help="API keys for the front door (create, list, revoke), through the orchestrator")
     ksub = keys.add_subparsers(dest="keys_command", required=True)
     c = ksub.add_parser("create", help="create a key and print it once")
     c.add_argument("name", help="the key's name (who or what uses it)")
@@ -59,36 +56,53 @@ def _when(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if t else "-"
 
 
-def _state(k: ApiKey, now: float) -> str:
-    return "revoked" if k.revoked else "expired" if k.expired(now) else "active"
-
-
-def run(args: argparse.Namespace, out: TextIO) -> int:
-    store = KeyStore(args.db or default_db())
+def command(args: argparse.Namespace) -> Command:
+    """The orchestrator command of a `keys` verb."""
     try:
         if args.keys_command == "create":
-            models = [m for m in args.models.split(",") if m.strip()]
-            key, token = store.create(args.name, models, args.rpm, args.tpm, parse_expires(args.expires))
-            out.write(f"created key {key.name!r} (id {key.key_id}); it is shown only this once:\n{token}\n")
-            return 0
-        if args.keys_command == "revoke":
-            key = store.revoke(args.name)
-            out.write(f"revoked key {key.name!r} (id {key.key_id})\n")
-            return 0
-        now = time.time()
-        keys = store.all_keys()
-        if args.json:
-            out.write(json.dumps([{**k.public(), "state": _state(k, now)} for k in keys], indent=2) + "\n")
-            return 0
-        out.write(f"{'NAME':<20} {'ID':<12} {'STATE':<8} {'MODELS':<24} {'RPM':>5} {'TPM':>7} "
-                  f"{'REQUESTS':>9} {'TOKENS':>9} {'EXPIRES':<20} LAST USED\n")  # fmt: skip
-        for k in keys:
-            out.write(
-                f"{k.name:<20} {k.key_id:<12} {_state(k, now):<8} {','.join(k.models) or '*':<24} {k.rpm:>5} "
-                f"{k.tpm:>7} {k.requests:>9} {k.tokens:>9} {_when(k.expires_at):<20} {_when(k.last_used)}\n"
+            models = [m.strip() for m in args.models.split(",") if m.strip()]
+            return Command(
+                op="keys-create", name=args.name, models=models, rpm=args.rpm, tpm=args.tpm, expires=args.expires
             )
-        return 0
-    except ApiKeyError as e:
+        if args.keys_command == "revoke":
+            return Command(op="keys-revoke", name=args.name)
+        return Command(op="keys-list")
+    except PayloadError as e:
         raise KeysCommandError(str(e)) from e
-    finally:
-        store.close()
+
+
+def execute(args: argparse.Namespace, send: SendCommand, out: TextIO) -> int:
+    """Send the verb's command with `send` and print the answer (a refusal raises KeysCommandError)."""
+    r = send(command(args))
+    if not r.ok:
+        raise KeysCommandError(refusal(r))
+    if args.keys_command == "create":
+        key = r.data["key"]
+        out.write(f"created key {key['name']!r} (id {key['key_id']}); it is shown only this once:\n{r.data['token']}\n")
+        return 0
+    if args.keys_command == "revoke":
+        out.write(r.message + "\n")
+        return 0
+    keys: list[dict[str, Any]] = r.data.get("keys", [])
+    if args.json:
+        out.write(json.dumps(keys, indent=2) + "\n")
+        return 0
+    out.write(f"{'NAME':<20} {'ID':<12} {'STATE':<8} {'MODELS':<24} {'RPM':>5} {'TPM':>7} "
+              f"{'REQUESTS':>9} {'TOKENS':>9} {'EXPIRES':<20} LAST USED\n")  # fmt: skip
+    for k in keys:
+        out.write(
+            f"{k['name']:<20} {k['key_id']:<12} {k['state']:<8} {','.join(k['models']) or '*':<24} {k['rpm']:>5} "
+            f"{k['tpm']:>7} {k['requests']:>9} {k['tokens']:>9} {_when(k['expires_at']):<20} {_when(k['last_used'])}\n"
+        )
+    return 0
+
+
+def run(args: argparse.Namespace, settings: FleetSettings, out: TextIO) -> int:
+    if args.db is not None:
+        raise KeysCommandError(
+            f"--db {args.db}: the keys file is the orchestrator's alone now; `edgefleet fleet keys` asks the "
+            "orchestrator of the site (--site, --mqtt-url), which uses its EDGEFLEET_API_KEYS_DB"
+        )
+    timeout = min(settings.timeout_s, 30.0)
+    with OrchestratorSession(settings, min(timeout, 10.0)) as s:
+        return execute(args, lambda cmd: s.call(cmd, timeout), out)

@@ -13,7 +13,8 @@ from pydantic import ValidationError
 from edgefleet.fleet import applied
 from edgefleet.fleet.control import refusal, request
 from edgefleet.fleet.settings import FleetSettings
-from edgefleet.proto.payloads import Command, describe_validation_error
+from edgefleet.proto.commands import Command
+from edgefleet.proto.payloads import describe_validation_error
 from edgefleet.proto.rules import RuleSpec
 
 

@@ -1,4 +1,5 @@
-"""Settings of the operator CLI: every field has a default, a doc line and an environment variable.
+"""Settings of the operator CLI: the site section (plumbing/site_settings.py), the balena section and
+the CLI's own fields; every field has a default, a doc line and an environment variable.
 
 Where a value comes from, strongest first: a command-line flag, the environment (EDGEFLEET_*),
 the per-user config file (`config_path()`: `$EDGEFLEET_CLI_CONFIG`, else
@@ -14,10 +15,10 @@ from typing import Annotated, Any
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
-from edgefleet.plumbing.mqtt_settings import DEFAULT_MQTT_URL, MqttSettings
-from edgefleet.plumbing.transport_security import TransportSecurity
+from edgefleet.fleet.balena.settings import BalenaSettings
+from edgefleet.plumbing.site_settings import SiteSettings
 
 CONFIG_ENV = "EDGEFLEET_CLI_CONFIG"
 
@@ -27,6 +28,7 @@ class ConfigFileError(ValueError):
 
 
 def config_path() -> Path:
+    # Read raw on purpose: these say where the settings file is, so they cannot come from it.
     explicit = os.environ.get(CONFIG_ENV)
     if explicit:
         return Path(explicit).expanduser()
@@ -64,9 +66,7 @@ class _ConfigFile(PydanticBaseSettingsSource):
         return data
 
 
-class FleetSettings(MqttSettings, TransportSecurity):
-    model_config = SettingsConfigDict(env_prefix="EDGEFLEET_", extra="ignore")
-
+class FleetSettings(SiteSettings, BalenaSettings):
     node: str = Field(default="127.0.0.1:50051", description="Node address host:port (EDGEFLEET_NODE)")
     api_key: SecretStr | None = Field(
         default=None,
@@ -80,9 +80,6 @@ class FleetSettings(MqttSettings, TransportSecurity):
     timeout_s: Annotated[float, Field(gt=0)] = Field(
         default=120.0, description="Deadline of one CLI call in seconds (EDGEFLEET_TIMEOUT_S)"
     )
-    mqtt_url: str = Field(default=DEFAULT_MQTT_URL, description="Site broker (EDGEFLEET_MQTT_URL)")
-    site: str = Field(default="default", description="Site to operate (EDGEFLEET_SITE)")
-    topic_root: str = Field(default="edgefleet/{site}/", description="Root of every MQTT topic (EDGEFLEET_TOPIC_ROOT)")
     operator_key_file: Path | None = Field(
         default=None,
         description="The operator's private key that signs every command (the enrolled bundle's client.key); "
@@ -93,6 +90,11 @@ class FleetSettings(MqttSettings, TransportSecurity):
         description="The operator's enrolled name; empty: the CN of client.crt beside the key "
         "(EDGEFLEET_OPERATOR_NAME)",
     )
+    balena_mqtt_url: str | None = Field(
+        default=None,
+        description="`fleet balena sync`: the site broker as balena devices reach it (--device-mqtt-url); a "
+        "device's edgefleet-mqtt-url tag overrides it (EDGEFLEET_BALENA_MQTT_URL)",
+    )
 
     def operator_key_path(self) -> Path | None:
         """The key that signs commands: EDGEFLEET_OPERATOR_KEY_FILE, else (secure mode) the key of
@@ -101,9 +103,9 @@ class FleetSettings(MqttSettings, TransportSecurity):
             return self.operator_key_file
         return None if self.insecure else self.mqtt_key_file
 
-    @field_validator("operator_key_file", mode="before")
+    @field_validator("operator_key_file", "balena_mqtt_url", mode="before")
     @classmethod
-    def _empty_is_none(cls, v: object) -> object:
+    def _cli_paths_empty_is_none(cls, v: object) -> object:
         return None if v == "" else v
 
     @classmethod

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any, TextIO
@@ -31,14 +30,22 @@ from edgefleet.fleet.console.cli_commands import register_operator
 from edgefleet.fleet.control import refusal, request
 from edgefleet.fleet.settings import FleetSettings
 from edgefleet.proto.artifacts import SiteKey
+from edgefleet.proto.commands import Command
 from edgefleet.proto.input_limits import brief
-from edgefleet.proto.payloads import Command, TemplateSpec, describe_validation_error
+from edgefleet.proto.payloads import TemplateSpec, describe_validation_error, validation_field
 from edgefleet.proto.templates import TemplateError, compile_template, declared_variables
 from edgefleet.proto.topics import valid_name
 
 
 class FleetCommandError(Exception):
-    """A problem the operator can fix (bad file, refused command)."""
+    """A problem the operator can fix (bad file, refused command).
+
+    `field`: what it is about, where one thing is (`load_template`: "name", "version", "file", or
+    another `TemplateSpec` field); empty otherwise."""
+
+    def __init__(self, message: str, *, field: str = "") -> None:
+        super().__init__(message)
+        self.field = field
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -85,22 +92,25 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def load_template(path: Path, name: str, version: str, system: str | None) -> TemplateSpec:
     if not valid_name(name):
         raise FleetCommandError(
-            f"template name {brief(name)} is invalid: use letters, digits, '.', '_' or '-', no '/' or '..'"
+            f"template name {brief(name)} is invalid: use letters, digits, '.', '_' or '-', no '/' or '..'",
+            field="name",
         )
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
-        raise FleetCommandError(f"cannot read {path}: {e.strerror}") from e
+        raise FleetCommandError(f"cannot read {path}: {e.strerror}", field="file") from e
     except UnicodeDecodeError as e:
-        raise FleetCommandError(f"{path} is not UTF-8 text") from e
+        raise FleetCommandError(f"{path} is not UTF-8 text", field="file") from e
     fields: dict[str, Any] = {}
     if path.suffix in (".yaml", ".yml", ".json"):
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as e:
-            raise FleetCommandError(f"{path} is not valid YAML/JSON: {e}") from e
+            raise FleetCommandError(f"{path} is not valid YAML/JSON: {e}", field="file") from e
         if not isinstance(data, dict) or "template" not in data:
-            raise FleetCommandError(f"{path} must be a mapping with a 'template' key (and system, variables)")
+            raise FleetCommandError(
+                f"{path} must be a mapping with a 'template' key (and system, variables)", field="file"
+            )
         fields = {k: data[k] for k in ("template", "system", "variables", "description") if k in data}
     else:
         fields["template"] = text
@@ -115,9 +125,9 @@ def load_template(path: Path, name: str, version: str, system: str | None) -> Te
         spec = TemplateSpec(name=name, version=version, **fields)
         compile_template(spec)
     except ValidationError as e:
-        raise FleetCommandError(f"template refused: {describe_validation_error(e)}") from e
+        raise FleetCommandError(f"template refused: {describe_validation_error(e)}", field=validation_field(e)) from e
     except TemplateError as e:
-        raise FleetCommandError(str(e)) from e
+        raise FleetCommandError(str(e), field="template") from e
     return spec
 
 
@@ -177,10 +187,10 @@ def init_site(directory: Path, force: bool, site: str, out: TextIO) -> int:
     return 0
 
 
-def balena_rows(fleet: str, nodes: list[dict[str, Any]]) -> list[StatusRow]:
-    """balena's devices of `fleet` joined with the nodes (EDGEFLEET_BALENA_API_URL: another API)."""
+def balena_rows(fleet: str, nodes: list[dict[str, Any]], api_url: str | None) -> list[StatusRow]:
+    """balena's devices of `fleet` joined with the nodes (`api_url`, EDGEFLEET_BALENA_API_URL: another API)."""
     try:
-        devices = BalenaFleet(make_sdk(os.environ.get("EDGEFLEET_BALENA_API_URL"))).devices(fleet)
+        devices = BalenaFleet(make_sdk(api_url)).devices(fleet)
     except BalenaSyncError as e:
         raise FleetCommandError(str(e)) from e
     return join_balena(devices, nodes)
@@ -207,7 +217,7 @@ def run(args: argparse.Namespace, settings: FleetSettings, out: TextIO) -> int:
             raise FleetCommandError(str(e)) from e
     if args.fleet_command in keys_commands.VERBS:
         try:
-            return keys_commands.run(args, out)
+            return keys_commands.run(args, settings, out)
         except keys_commands.KeysCommandError as e:
             raise FleetCommandError(str(e)) from e
     if args.fleet_command in uplink_commands.VERBS:
@@ -236,7 +246,7 @@ def run(args: argparse.Namespace, settings: FleetSettings, out: TextIO) -> int:
         if not result.ok:
             raise FleetCommandError(refusal(result))
         nodes = result.data.get("nodes", [])
-        rows = balena_rows(args.balena, nodes) if args.balena else None
+        rows = balena_rows(args.balena, nodes, settings.balena_api_url) if args.balena else None
         if args.json:
             doc: Any = nodes if rows is None else {"nodes": nodes, "balena": [r.as_dict() for r in rows]}
             out.write(json.dumps(doc, indent=2) + "\n")

@@ -1,6 +1,6 @@
 """`edgefleet fleet uplink-config | sites-status`: more than one site, through a central broker.
 
-`uplink-config` writes the Mosquitto bridge block of this site's broker (plumbing/bridge_config.py):
+`uplink-config` writes the Mosquitto bridge block of this site's broker (fleet/site/bridge_config.py):
 the fleet's status, telemetry and reported state go UP to the central broker with unchanged topic
 names (they carry the site), the central desired state of this site comes DOWN.
 
@@ -24,7 +24,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edgefleet.fleet.settings import FleetSettings
-from edgefleet.plumbing.bridge_config import CentralBroker, bridge_conf, write_bridge_conf
+from edgefleet.fleet.site.bridge_config import CentralBroker, bridge_conf, write_bridge_conf
 from edgefleet.plumbing.mqtt_link import BrokerAddress
 from edgefleet.proto.topics import Topics
 

@@ -6,7 +6,6 @@ the node on the old version and says why.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 from pathlib import Path
@@ -15,6 +14,7 @@ from edgefleet.node.adapter_check import base_tensor_shapes, check_adapter
 from edgefleet.node.engine.adapters import LoadedAdapter
 from edgefleet.node.engine.engine import Engine
 from edgefleet.node.errors import InvalidRequest, OverBudget
+from edgefleet.node.model_catalog import sha256_file
 from edgefleet.node.profiles import MiB
 from edgefleet.proto.topics import check_name
 
@@ -48,30 +48,32 @@ class AdapterManager:
                 raise InvalidRequest(f"{label}: tensor {name} fits shape {list(shape)}; this node's is {list(base)}")
 
     def install(self, name: str, version: str, path: Path, sha256: str | None = None) -> LoadedAdapter:
-        """Check and load; raises InvalidRequest / OverBudget / ModelError naming the problem."""
+        """Check and load; raises InvalidRequest / OverBudget / ModelError naming the problem.
+
+        `sha256`: the digest the file was verified with where it entered the node (assembled from a
+        signed transfer, node/control/chunk_store.py), not computed again. None for a local file
+        (EDGEFLEET_ADAPTERS), which is hashed here, once."""
         try:
             check_name("adapter", name)
         except ValueError as e:
             raise InvalidRequest(str(e)) from e
         with self._lock:
-            data = path.read_bytes()
-            digest = hashlib.sha256(data).hexdigest()
-            if sha256 and digest != sha256:
-                raise InvalidRequest(f"adapter {name}@{version}: sha256 {digest} does not match {sha256}")
+            size = path.stat().st_size
+            digest = sha256 or sha256_file(path)
             arch, shapes = self._base()
             rank = check_adapter(path, arch, shapes)
             current = self.engine.adapters.get(name)
             in_use = self.engine.adapters.total_bytes() - (current.size if current else 0)
-            total = self.memory["total"] + in_use + len(data)
+            total = self.memory["total"] + in_use + size
             if total > self.memory["budget"]:
                 raise OverBudget(
-                    f"adapter {name}@{version} ({len(data) / MiB:.1f} MiB) would bring the node to "
+                    f"adapter {name}@{version} ({size / MiB:.1f} MiB) would bring the node to "
                     f"{total / MiB:.0f} MiB, over its budget of {self.memory['budget'] / MiB:.0f} MiB"
                 )
-            entry = self.engine.load_adapter(name, version, path, digest, len(data)).result(LOAD_TIMEOUT_S)
+            entry = self.engine.load_adapter(name, version, path, digest, size).result(LOAD_TIMEOUT_S)
             log.info(
                 "adapter loaded",
-                extra={"adapter": name, "version": version, "rank": rank, "size_bytes": len(data), "sha256": digest},
+                extra={"adapter": name, "version": version, "rank": rank, "size_bytes": size, "sha256": digest},
             )
             return entry
 

@@ -1,4 +1,5 @@
-"""Typed errors of the node. Each edge maps them once: gRPC in api/status.py, MQTT by `mqtt_code`."""
+"""Typed errors of the node. Each class carries its ErrorCode (`code`); every edge sends that code
+and takes the rest from proto/error_table.py: gRPC status (api/status.py), MQTT `code` (`code_of`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import ClassVar
 
 from edgefleet.proto.error_codes import ErrorCode
 
@@ -14,25 +16,43 @@ from edgefleet.proto.error_codes import ErrorCode
 class EdgefleetError(Exception):
     """Base of every error the node raises on purpose; the message is shown to the caller."""
 
+    code: ClassVar[ErrorCode] = ErrorCode.INTERNAL
+
 
 class InvalidRequest(EdgefleetError):
-    """The request is malformed or out of range (gRPC INVALID_ARGUMENT)."""
+    """The request is malformed or out of range."""
+
+    code = ErrorCode.INVALID_REQUEST
 
 
 class ContextOverflow(InvalidRequest):
     """The prompt (plus room for one token) does not fit the slot's context."""
 
+    code = ErrorCode.CONTEXT_OVERFLOW
+
 
 class NotFound(EdgefleetError):
     """A named thing (adapter, template, …) does not exist on this node."""
 
+    code = ErrorCode.NOT_FOUND
+
 
 class QueueFull(EdgefleetError):
-    """Every slot is busy and the waiting queue is at its limit (gRPC RESOURCE_EXHAUSTED)."""
+    """Every slot is busy and the waiting queue is at its limit."""
+
+    code = ErrorCode.QUEUE_FULL
 
 
 class Unavailable(EdgefleetError):
-    """The node cannot take work now: draining, shedding load for heat, or not ready."""
+    """The node cannot take work now: shedding load for heat, or not ready."""
+
+    code = ErrorCode.UNAVAILABLE
+
+
+class Draining(Unavailable):
+    """The node is draining for shutdown: the request should go to another node."""
+
+    code = ErrorCode.DRAINING
 
 
 class ProfileError(EdgefleetError):
@@ -46,17 +66,23 @@ class ModelError(EdgefleetError):
 class OverBudget(EdgefleetError):
     """The memory estimate exceeds the profile's budget."""
 
+    code = ErrorCode.OVER_BUDGET
+
 
 class EngineFailure(EdgefleetError):
-    """llama.cpp reported an error while decoding (gRPC INTERNAL)."""
+    """llama.cpp reported an error while decoding."""
+
+    code = ErrorCode.ENGINE_FAILURE
 
 
 class StorageFull(EdgefleetError):
-    """A node store cannot grow: its disk is full (SQLITE_FULL, ENOSPC). gRPC RESOURCE_EXHAUSTED.
+    """A node store cannot grow: its disk is full (SQLITE_FULL, ENOSPC).
 
     The message names the store and the free space; the write changed nothing and may be tried
     again once room is back.
     """
+
+    code = ErrorCode.STORAGE_FULL
 
     def __init__(self, store: str, path: Path, cause: BaseException | None = None) -> None:
         free, total = disk_space(path)
@@ -116,24 +142,10 @@ def disk_full_as(store: str, path: Path) -> Iterator[None]:
         raise
 
 
-_MQTT_CODES: list[tuple[type[EdgefleetError], ErrorCode]] = [
-    (ContextOverflow, ErrorCode.CONTEXT_OVERFLOW),
-    (InvalidRequest, ErrorCode.INVALID_REQUEST),
-    (NotFound, ErrorCode.NOT_FOUND),
-    (QueueFull, ErrorCode.QUEUE_FULL),
-    (Unavailable, ErrorCode.UNAVAILABLE),
-    (OverBudget, ErrorCode.OVER_BUDGET),
-    (EngineFailure, ErrorCode.ENGINE_FAILURE),
-    (StorageFull, ErrorCode.STORAGE_FULL),
-]
+def code_of(error: BaseException) -> ErrorCode:
+    """The ErrorCode of a node error (INTERNAL for anything not raised on purpose)."""
+    return error.code if isinstance(error, EdgefleetError) else ErrorCode.INTERNAL
 
-
-def mqtt_code(error: BaseException) -> ErrorCode:
-    """The `error_code` of an MQTT error result or report for a node error."""
-    for cls, code in _MQTT_CODES:
-        if isinstance(error, cls):
-            return code
-    return ErrorCode.INTERNAL
 
 
 TRANSIENT = (QueueFull, Unavailable)  # worth trying again later (the message stays in the inbox)

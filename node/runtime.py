@@ -19,7 +19,7 @@ from edgefleet.node.knowledge.service import EmbedderChoice, KnowledgeService
 from edgefleet.node.model_catalog import resolve_model
 from edgefleet.node.profiles import FirmwareProfile, MiB, estimate_memory_bytes, resolve_profile
 from edgefleet.node.sensors.plane import SensorPlane
-from edgefleet.node.service import NodeService
+from edgefleet.node.service import Embed, NodeService
 from edgefleet.node.settings import NodeSettings
 from edgefleet.node.thermal import ThermalGovernor
 from edgefleet.proto.artifacts import load_public_key
@@ -53,12 +53,8 @@ KNOWLEDGE_DB = "knowledge.db"
 
 
 def open_knowledge(
-    settings: NodeSettings, service: NodeService, n_embd: int, sha256: str, profile: FirmwareProfile
+    settings: NodeSettings, node_embed: Embed, n_embd: int, sha256: str, profile: FirmwareProfile
 ) -> KnowledgeService:
-    def node_embed(texts: list[str]) -> list[list[float]]:
-        fut, _ = service.embed(texts, True)
-        return fut.result(120)
-
     return KnowledgeService(
         settings.data_dir / KNOWLEDGE_DB,
         # the embedder's compute threads follow the node's (EDGEFLEET_THREADS, else the profile's)
@@ -143,26 +139,42 @@ def build_node(settings: NodeSettings) -> Node:
         raise
     zone = Path(settings.thermal_zone or profile.thermal.zone)
     thermal = ThermalGovernor(profile.thermal, zone)
-    service = NodeService(settings, profile, model_file, model, engine, thermal, memory)
-    service.apply_thermal(thermal.poll())
-    service.adapter_manager = AdapterManager(engine, model_file.path, memory)
+
+    def stop_engine() -> None:
+        engine.stop()
+        model.close()
+
+    adapter_manager = AdapterManager(engine, model_file.path, memory)
     for item in settings.adapters:
         name, sep, path = item.partition("=")
         if not sep:
-            node = Node(service, engine, model)
-            node.close()
+            stop_engine()
             raise InvalidRequest(f"EDGEFLEET_ADAPTERS entry {item!r} must be name=path.gguf")
         try:
-            service.adapter_manager.install(name.strip(), "local", Path(path.strip()))
+            adapter_manager.install(name.strip(), "local", Path(path.strip()))
         except (EdgefleetError, OSError) as e:
-            Node(service, engine, model).close()
+            stop_engine()
             raise ModelError(f"adapter {item!r} cannot be loaded: {e}") from e
-    if settings.knowledge:
-        try:
-            service.knowledge = open_knowledge(settings, service, model.meta.n_embd, model_file.sha256, profile)
-        except (KnowledgeError, OSError) as e:
-            Node(service, engine, model).close()
-            raise ModelError(f"knowledge store {settings.data_dir / KNOWLEDGE_DB}: {e}") from e
+
+    def knowledge(embed: Embed) -> KnowledgeService:
+        return open_knowledge(settings, embed, model.meta.n_embd, model_file.sha256, profile)
+
+    try:
+        service = NodeService(
+            settings,
+            profile,
+            model_file,
+            model,
+            engine,
+            thermal,
+            memory,
+            adapter_manager=adapter_manager,
+            open_knowledge=knowledge if settings.knowledge else None,
+        )
+    except (KnowledgeError, OSError) as e:
+        stop_engine()
+        raise ModelError(f"knowledge store {settings.data_dir / KNOWLEDGE_DB}: {e}") from e
+    service.apply_thermal(thermal.poll())
     agent = None
     if settings.mqtt_url:
         key_path = settings.site_key_path()

@@ -1,10 +1,17 @@
-"""Node services: typed requests in, engine work out. gRPC and (later) MQTT translate to these."""
+"""Node services: typed requests in, engine work out. gRPC, MQTT (ad-hoc requests, sensor rules) and
+the CLI translate to these.
+
+`NodeService` is fixed once built: its parts (adapter manager, knowledge store) are given to the
+constructor, and what changes at run time (templates, groups, draining) changes through methods,
+each one assignment, so a reader sees the old value or the new.
+"""
 
 from __future__ import annotations
 
 import math
 import platform
 import secrets
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -17,7 +24,7 @@ from edgefleet.node.adapter_manager import AdapterManager
 from edgefleet.node.engine.engine import Engine
 from edgefleet.node.engine.llama_backend import LoadedModel
 from edgefleet.node.engine.types import EventSink, GenerationRequest, SamplingParams
-from edgefleet.node.errors import InvalidRequest, NotFound, Unavailable
+from edgefleet.node.errors import Draining, InvalidRequest, NotFound, Unavailable
 from edgefleet.node.grammar import GrammarCache
 from edgefleet.node.knowledge.service import KnowledgeService
 from edgefleet.node.model_catalog import ModelFile
@@ -64,10 +71,14 @@ class Queued:
 
     sources: list[str]
     prompt_tokens: int
+    template: str = ""  # `name@version` of the template rendered into the prompt, "" without one
+    adapter: str = ""  # `name@version` of the adapter pinned for the request, "" without one
 
 
 @dataclass(frozen=True)
-class NodeStatus:
+class ServingState:
+    """What this node is serving and how loaded it is right now (not the MQTT status payload, proto's NodeStatus)."""
+
     node_id: str
     profile: str
     model: ModelFile
@@ -84,6 +95,10 @@ class NodeStatus:
     rss_bytes: int
     status: str
     versions: dict[str, str] = field(default_factory=dict)
+
+
+Embed = Callable[[list[str]], list[list[float]]]
+"""Texts in, their normalized vectors out (blocking): how the knowledge store embeds through the node."""
 
 
 def _version(dist: str) -> str:
@@ -103,7 +118,10 @@ class NodeService:
         engine: Engine,
         thermal: ThermalGovernor,
         memory: dict[str, int],
+        adapter_manager: AdapterManager | None = None,
+        open_knowledge: Callable[[Embed], KnowledgeService] | None = None,
     ) -> None:
+        """`open_knowledge`: opens the knowledge store, given this service's embedding function."""
         self.settings = settings
         self.profile = profile
         self.model_file = model_file
@@ -111,12 +129,11 @@ class NodeService:
         self.engine = engine
         self.thermal = thermal
         self.memory = memory
-        self.draining = False
+        self._draining = False
         self.grammars = GrammarCache()
-        self.templates: dict[str, CompiledTemplate] = {}  # swapped whole by the control agent
-        self.adapter_manager: AdapterManager | None = None
-        self.knowledge: KnowledgeService | None = None
-        self.groups = list(dict.fromkeys([profile.name, *settings.groups]))
+        self._templates: dict[str, CompiledTemplate] = {}
+        self._groups = list(dict.fromkeys([profile.name, *settings.groups]))
+        self._adapter_manager = adapter_manager
         meta = model.meta
         self._chat = (
             Jinja2ChatFormatter(meta.chat_template, eos_token=meta.eos_text, bos_token=meta.bos_text)
@@ -129,6 +146,44 @@ class NodeService:
             "grpc": _version("grpcio"),
             "python": platform.python_version(),
         }
+        self._knowledge = open_knowledge(self._embed_for_knowledge) if open_knowledge is not None else None
+
+    # -- what it is built with, and what changes through methods -----------------------------
+    @property
+    def adapter_manager(self) -> AdapterManager | None:
+        return self._adapter_manager
+
+    @property
+    def knowledge(self) -> KnowledgeService | None:
+        return self._knowledge
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    def start_draining(self) -> None:
+        """Refuse new work from now on (shutdown); work in flight finishes."""
+        self._draining = True
+
+    @property
+    def templates(self) -> dict[str, CompiledTemplate]:
+        """The templates in effect (replaced whole by `set_templates`: never changed in place)."""
+        return self._templates
+
+    def set_templates(self, templates: dict[str, CompiledTemplate]) -> None:
+        self._templates = dict(templates)
+
+    @property
+    def groups(self) -> list[str]:
+        """The node's effective groups: its own (profile, EDGEFLEET_GROUPS), then those assigned."""
+        return self._groups
+
+    def set_groups(self, groups: list[str]) -> None:
+        self._groups = list(groups)
+
+    def _embed_for_knowledge(self, texts: list[str]) -> list[list[float]]:
+        fut, _ = self.embed(texts, True)
+        return fut.result(120)
 
     # -- generation ----------------------------------------------------------------------
     @property
@@ -168,23 +223,29 @@ class NodeService:
     def _grammar(self, json_schema: str) -> str | None:
         return self.grammars.grammar(json_schema) if json_schema else None
 
-    def _from_template(self, inp: GenerateInput) -> list[ChatTurn]:
+    def _template(self, inp: GenerateInput) -> CompiledTemplate | None:
+        """The template a request names, looked up once: the version rendered is the version reported."""
+        if not inp.template:
+            return None
         if inp.prompt or inp.messages:
             raise InvalidRequest("give a template or prompt or messages, not several")
-        compiled = self.templates.get(inp.template)
+        compiled = self._templates.get(inp.template)
         if compiled is None:
             known = ", ".join(sorted(self.templates)) or "none"
             raise NotFound(f"template {brief(inp.template)} is not on this node (templates: {known})")
+        return compiled
+
+    def _from_template(self, inp: GenerateInput, compiled: CompiledTemplate) -> list[ChatTurn]:
         try:
             system, user = compiled.render(inp.variables)
         except TemplateError as e:
             raise InvalidRequest(str(e)) from e
         return [*([ChatTurn("system", system)] if system else []), ChatTurn("user", user)]
 
-    def _conversation(self, inp: GenerateInput) -> tuple[str, list[ChatTurn]]:
+    def _conversation(self, inp: GenerateInput, template: CompiledTemplate | None) -> tuple[str, list[ChatTurn]]:
         """(raw prompt, "") or ("", chat turns) of a request, its template rendered."""
-        if inp.template:
-            turns = self._from_template(inp)
+        if template is not None:
+            turns = self._from_template(inp, template)
             if self._chat is None:  # a base model: system prompt and text as one raw prompt
                 return "\n\n".join(t.content for t in turns), []
             return "", turns
@@ -219,8 +280,8 @@ class NodeService:
             return raw, [ChatTurn("system", f"{context}\n\n{turns[0].content}"), *turns[1:]], ids
         return raw, [ChatTurn("system", context), *turns], ids
 
-    def _prompt_tokens(self, inp: GenerateInput) -> tuple[list[int], list[str]]:
-        raw, turns = self._conversation(inp)
+    def _prompt_tokens(self, inp: GenerateInput, template: CompiledTemplate | None) -> tuple[list[int], list[str]]:
+        raw, turns = self._conversation(inp, template)
         sources: list[str] = []
         if inp.collection:
             raw, turns, sources = self._with_sources(inp, raw, turns)
@@ -250,14 +311,15 @@ class NodeService:
         """`generate`, also telling how many prompt tokens the engine has to read first."""
         self.engine.check_alive()
         if self.draining:
-            raise Unavailable("node is draining for shutdown; send the request to another node")
+            raise Draining("node is draining for shutdown; send the request to another node")
         if self.thermal.state.shedding:
             raise Unavailable(
                 f"node is shedding load: {self.thermal.state.temperature_c:.1f} C is at or above the "
                 f"shed temperature {self.profile.thermal.shed_c:.1f} C; retry later or on another node"
             )
         params = self._sampling(inp)
-        tokens, sources = self._prompt_tokens(inp)
+        template = self._template(inp)
+        tokens, sources = self._prompt_tokens(inp, template)
         if not tokens:
             raise InvalidRequest("the prompt has no tokens for this model (only control characters?)")
         scale = 1.0 if inp.adapter_scale is None else inp.adapter_scale
@@ -270,7 +332,12 @@ class NodeService:
         except BaseException:
             self.engine.discard(req)
             raise
-        return Queued(sources, len(tokens))
+        return Queued(
+            sources,
+            len(tokens),
+            template=f"{template.spec.name}@{template.spec.version}" if template is not None else "",
+            adapter=f"{use.name}@{use.version}" if use is not None else "",
+        )
 
     def cancel(self, request_id: str) -> None:
         self.engine.cancel(request_id)
@@ -280,7 +347,7 @@ class NodeService:
         """Queue the texts for embedding; returns the future vectors and the token count."""
         self.engine.check_alive()
         if self.draining:
-            raise Unavailable("node is draining for shutdown")
+            raise Draining("node is draining for shutdown")
         if not texts:
             raise InvalidRequest("texts is empty; give at least one text")
         if len(texts) > self.settings.max_embed_texts:
@@ -296,7 +363,7 @@ class NodeService:
         return self.engine.embed(tokens, normalize), sum(len(t) for t in tokens)
 
     # -- status --------------------------------------------------------------------------
-    def status(self) -> NodeStatus:
+    def status(self) -> ServingState:
         th = self.thermal.state
         meta = self.model.meta
         state = (
@@ -310,7 +377,7 @@ class NodeService:
             if th.throttled
             else "serving"
         )
-        return NodeStatus(
+        return ServingState(
             node_id=self.settings.node_id,
             profile=self.profile.name,
             model=self.model_file,

@@ -1,16 +1,17 @@
-"""Node settings: every field has a default, a doc line and an environment variable (EDGEFLEET_*)."""
+"""Node settings: the site section (plumbing/site_settings.py) and the node's own fields; every
+field has a default, a doc line and an environment variable (EDGEFLEET_*)."""
 
 from __future__ import annotations
 
 import socket
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode
 
-from edgefleet.plumbing.mqtt_settings import MqttSettings
-from edgefleet.plumbing.transport_security import SecuritySettingsError, TransportSecurity
+from edgefleet.plumbing.site_settings import SiteSettings
+from edgefleet.plumbing.transport_security import SecuritySettingsError
 from edgefleet.proto.topics import check_name
 
 
@@ -18,10 +19,10 @@ def _default_data_dir() -> Path:
     return Path.home() / ".local" / "share" / "edgefleet"
 
 
-class NodeSettings(MqttSettings, TransportSecurity):
+class NodeSettings(SiteSettings):
     """Settings of one node process. Command-line flags override these."""
 
-    model_config = SettingsConfigDict(env_prefix="EDGEFLEET_", extra="forbid", validate_default=True)
+    default_mqtt_url: ClassVar[str] = ""  # no EDGEFLEET_MQTT_URL: no control plane, gRPC only
 
     node_id: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")] = Field(
         default_factory=lambda: socket.gethostname().split(".")[0] or "node",
@@ -100,14 +101,6 @@ class NodeSettings(MqttSettings, TransportSecurity):
         description="Use fewer compute threads while other processes hold cores, and more when they "
         "leave, by timing decode steps (EDGEFLEET_ADAPT_THREADS)",
     )
-    mqtt_url: str | None = Field(
-        default=None,
-        description="Site broker, e.g. mqtt://127.0.0.1:1883; empty: no control plane (EDGEFLEET_MQTT_URL)",
-    )
-    site: str = Field(default="default", description="Site this node belongs to (EDGEFLEET_SITE)")
-    topic_root: str = Field(
-        default="edgefleet/{site}/", description="Root of every MQTT topic; {site} is replaced (EDGEFLEET_TOPIC_ROOT)"
-    )
     groups: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Groups besides the profile's name, comma separated (EDGEFLEET_GROUPS)",
@@ -153,6 +146,11 @@ class NodeSettings(MqttSettings, TransportSecurity):
     sensor_max_in_flight: Annotated[int, Field(ge=0, le=256)] = Field(
         default=0,
         description="Sensor messages answered at once; 0: the profile's slots (EDGEFLEET_SENSOR_MAX_IN_FLIGHT)",
+    )
+    sensor_max_attempts: Annotated[int, Field(ge=1, le=100)] = Field(
+        default=3,
+        description="Tries at answering one sensor message (a failure, a crash) before it is parked with an "
+        "error result and an error report instead of tried again (EDGEFLEET_SENSOR_MAX_ATTEMPTS)",
     )
     disk_warn_mb: Annotated[int, Field(ge=0)] = Field(
         default=100,
@@ -201,12 +199,6 @@ class NodeSettings(MqttSettings, TransportSecurity):
         default=300.0,
         description="Longest one hold of the update lock, in seconds (EDGEFLEET_UPDATE_LOCK_MAX_S)",
     )
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
-        default="INFO", description="Log level (EDGEFLEET_LOG_LEVEL)"
-    )
-    log_format: Literal["json", "text"] = Field(
-        default="json", description="json: one object a line; text: for a terminal (EDGEFLEET_LOG_FORMAT)"
-    )
 
     @field_validator("site_public_key", mode="before")
     @classmethod
@@ -237,11 +229,6 @@ class NodeSettings(MqttSettings, TransportSecurity):
         for g in v:
             check_name("group", g)
         return v
-
-    @field_validator("site")
-    @classmethod
-    def _check_site(cls, v: str) -> str:
-        return check_name("site", v)
 
     def site_key_path(self) -> Path | None:
         """The first pinned public key file (see `site_key_paths`), or None."""

@@ -16,17 +16,21 @@ from typing import Any, Literal
 
 from edgefleet.orchestrator.artifact_store import ArtifactStore
 from edgefleet.orchestrator.command_errors import CommandError
-from edgefleet.orchestrator.command_requests import (
-    NoArguments,
-    PushArtifactRequest,
-    RemoveEntryRequest,
-    UploadChunkRequest,
-)
 from edgefleet.orchestrator.command_table import CommandTable
 from edgefleet.orchestrator.desired_edits import PublishDesired, remove_entry, resolve_target, target_note
 from edgefleet.orchestrator.drift import expected_adapters, expected_knowledge
 from edgefleet.orchestrator.registry import Registry
 from edgefleet.proto.artifacts import ArtifactError, Manifest, SiteKey, build_manifest, verify
+from edgefleet.proto.commands import (
+    AdaptersRequest,
+    PushAdapterRequest,
+    PushArtifactRequest,
+    PushKnowledgeRequest,
+    RemoveAdapterRequest,
+    RemoveEntryRequest,
+    RemoveKnowledgeRequest,
+    UploadChunkRequest,
+)
 from edgefleet.proto.error_codes import ErrorCode
 from edgefleet.proto.input_limits import brief
 from edgefleet.proto.knowledge_bundle import BundleError, iter_bundle
@@ -43,7 +47,9 @@ def adapter_fit(path: Path) -> tuple[str, dict[str, list[int]]]:
     try:
         lora = read_lora(path)
     except LoraFileError as e:
-        raise CommandError(f"the uploaded file is not a usable LoRA adapter: {e}", ErrorCode.ADAPTER_REFUSED) from e
+        raise CommandError(
+            f"the uploaded file is not a usable LoRA adapter: {e}", ErrorCode.ADAPTER_REFUSED, field="sha256"
+        ) from e
     return lora.architecture, lora.fits()
 
 
@@ -53,7 +59,9 @@ def check_bundle(path: Path) -> None:
         for _ in iter_bundle(path):
             pass
     except BundleError as e:
-        raise CommandError(f"the uploaded file is not a knowledge bundle: {e}", ErrorCode.KNOWLEDGE_REFUSED) from e
+        raise CommandError(
+            f"the uploaded file is not a knowledge bundle: {e}", ErrorCode.KNOWLEDGE_REFUSED, field="sha256"
+        ) from e
 
 
 ArtifactKind = Literal["adapter", "knowledge"]
@@ -78,12 +86,12 @@ class AdapterCommands:
         self.chunks_sent = chunks_sent  # sha256 → chunks the sender published
 
     def register(self, table: CommandTable) -> None:
-        table.register("upload-chunk", UploadChunkRequest, self.upload_chunk)
-        table.register("adapters", NoArguments, lambda _: CommandResult(ok=True, data=self.overview()))
-        table.register("push-adapter", PushArtifactRequest, partial(self.push, kind="adapter"))
-        table.register("rm-adapter", RemoveEntryRequest, partial(self.remove, kind="adapter"))
-        table.register("push-knowledge", PushArtifactRequest, partial(self.push, kind="knowledge"))
-        table.register("rm-knowledge", RemoveEntryRequest, partial(self.remove, kind="knowledge"))
+        table.register(UploadChunkRequest, self.upload_chunk)
+        table.register(AdaptersRequest, lambda _: CommandResult(ok=True, data=self.overview()))
+        table.register(PushAdapterRequest, partial(self.push, kind="adapter"))
+        table.register(RemoveAdapterRequest, partial(self.remove, kind="adapter"))
+        table.register(PushKnowledgeRequest, partial(self.push, kind="knowledge"))
+        table.register(RemoveKnowledgeRequest, partial(self.remove, kind="knowledge"))
 
     def _key(self) -> SiteKey:
         try:
@@ -121,14 +129,15 @@ class AdapterCommands:
         try:
             missing = self.store.put_upload(req.upload)
         except ArtifactError as e:
-            raise CommandError(str(e)) from e
+            raise CommandError(str(e), field="upload") from e
         return CommandResult(ok=True, data={"missing": missing})
 
     @staticmethod
     def _check_name(kind: ArtifactKind, name: str) -> None:
         if not valid_name(name):
             raise CommandError(
-                f"{kind} name {brief(name)} is invalid: letters, digits, '.', '_' or '-', no '/' or '..'"
+                f"{kind} name {brief(name)} is invalid: letters, digits, '.', '_' or '-', no '/' or '..'",
+                field="name",
             )
 
     def remove(self, req: RemoveEntryRequest, kind: ArtifactKind) -> CommandResult:
@@ -157,7 +166,9 @@ class AdapterCommands:
     def _manifest(self, req: PushArtifactRequest, kind: ArtifactKind) -> Manifest:
         """The signed manifest of the pushed version, made and published now (or the stored one, re-pushed)."""
         if not self.store.has_blob(req.sha256):
-            raise CommandError(f"no uploaded file with sha256 {brief(req.sha256)}: upload it first (upload-chunk)")
+            raise CommandError(
+                f"no uploaded file with sha256 {brief(req.sha256)}: upload it first (upload-chunk)", field="sha256"
+            )
         existing = self.store.manifest(kind, req.name)
         if existing is not None:
             if is_older(req.version, existing.version):
@@ -165,11 +176,13 @@ class AdapterCommands:
                     f"{kind} {req.name} version {req.version} is older than {existing.version}, pushed before; "
                     f"push a newer version (nodes refuse older ones as replays)",
                     ErrorCode.OLDER_VERSION,
+                    field="version",
                 )
             if req.version == existing.version:
                 if req.sha256 != existing.sha256:
                     raise CommandError(
-                        f"{kind} {req.name}@{req.version} was pushed before with other content; use a new version"
+                        f"{kind} {req.name}@{req.version} was pushed before with other content; use a new version",
+                        field="version",
                     )
                 return existing
         extra: dict[str, Any] = {}

@@ -7,6 +7,9 @@ the site PKI directory (`EDGEFLEET_OPERATOR_KEYS`): each `operator` identity in 
 that is not revoked, with its certificate `bundles/<name>/client.crt` (issued by the site CA in
 `ca.crt`, of the serial the registry records). The registry is read again when it changes, so a
 revocation takes effect at the next command.
+
+Ops whose request is `always_signed` (the API-key commands: their answers hold secrets) are checked
+the same way even where unsigned commands are allowed: only an enrolled operator runs them.
 """
 
 from __future__ import annotations
@@ -23,8 +26,8 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from edgefleet.proto.commands import Command
 from edgefleet.proto.error_codes import ErrorCode
-from edgefleet.proto.payloads import Command
 from edgefleet.proto.signing import COMMAND_WINDOW_S, OperatorPublicKey, SignatureError, verify_command
 
 log = logging.getLogger("edgefleet.orchestrator.command_auth")
@@ -150,12 +153,14 @@ class CommandAuth:
         self._lock = threading.Lock()
 
     def check(self, cmd: Command) -> None:
-        if not self.required:
+        req = cmd.request
+        if not self.required and not req.always_signed:
             return
-        if not cmd.signature:
-            raise Refused(ErrorCode.UNSIGNED, f"command {cmd.op} is not signed; this site requires signed commands")
-        who = f"operator {cmd.operator!r}"
-        op = self.operators.get(cmd.operator)
+        if not req.signature:
+            why = "this site requires signed commands" if self.required else "it is an operator-only command"
+            raise Refused(ErrorCode.UNSIGNED, f"command {cmd.op} is not signed; {why}")
+        who = f"operator {req.operator!r}"
+        op = self.operators.get(req.operator)
         if op is None:
             raise Refused(ErrorCode.UNKNOWN_OPERATOR, f"{who} is not an enrolled operator of site {self.site}")
         if op.revoked:
@@ -167,7 +172,7 @@ class CommandAuth:
         except SignatureError as e:
             raise Refused(e.code, str(e)) from e
         now = self.clock()
-        skew = cmd.signed_at - now
+        skew = req.signed_at - now
         if abs(skew) > self.window_s:
             raise Refused(
                 ErrorCode.STALE,
@@ -175,6 +180,6 @@ class CommandAuth:
                 f"the limit is ±{self.window_s:.0f} s (check both clocks)",
             )
         with self._lock:
-            fresh = self.nonces.add(f"{cmd.operator}\0{cmd.nonce}", cmd.signed_at, now)
+            fresh = self.nonces.add(f"{req.operator}\0{req.nonce}", req.signed_at, now)
         if not fresh:
             raise Refused(ErrorCode.REPLAYED, f"command {cmd.op} from {who} was already received (nonce seen)")

@@ -22,8 +22,9 @@ from edgefleet.orchestrator.error_reports import ErrorReporter
 from edgefleet.plumbing import failpoints
 from edgefleet.plumbing.mqtt_link import MqttLink
 from edgefleet.plumbing.mqtt_rpc import BadResponseTarget, ResponseTarget, reply, response_target
+from edgefleet.proto.commands import Command
 from edgefleet.proto.error_codes import ErrorCode
-from edgefleet.proto.payloads import Command, CommandResult, PayloadError, parse_payload
+from edgefleet.proto.payloads import CommandResult, PayloadError, parse_payload
 from edgefleet.proto.signing import without_envelope
 
 log = logging.getLogger("edgefleet.orchestrator.commands")
@@ -53,7 +54,7 @@ class MqttCommandEndpoint:
         try:
             cmd = parse_payload(Command, msg.payload)
         except PayloadError as e:
-            self._finish(msg.topic, target, failure(ErrorCode.INVALID_PAYLOAD, str(e)))
+            self._finish(msg.topic, target, failure(ErrorCode.INVALID_PAYLOAD, str(e), e.field))
             return
         if self.auth is not None:
             try:

@@ -2,7 +2,9 @@
 
 `CommandError` is a refusal a handler raises on purpose (COMMAND_REFUSED unless it names
 another code); anything else a handler raises is an internal error, answered as INTERNAL with
-the cause named, in `CommandResult.code`.
+the cause named, in `CommandResult.code`. A refusal about one field of the request names it
+(`field`, dotted: "target", "template.version"), in `CommandResult.field`, so a form can show the
+reason next to that field without reading the message.
 """
 
 from __future__ import annotations
@@ -14,14 +16,14 @@ from edgefleet.proto.payloads import CommandResult
 class CommandError(Exception):
     """A command the orchestrator refuses; the message tells the operator why."""
 
-    def __init__(self, message: str, code: ErrorCode = ErrorCode.COMMAND_REFUSED) -> None:
+    def __init__(self, message: str, code: ErrorCode = ErrorCode.COMMAND_REFUSED, *, field: str = "") -> None:
         super().__init__(message)
-        self.code = code
+        self.code, self.field = code, field
 
 
-def failure(code: ErrorCode, message: str) -> CommandResult:
-    """The answer to a command that failed."""
-    return CommandResult(ok=False, message=message, code=code.value)
+def failure(code: ErrorCode, message: str, field: str = "") -> CommandResult:
+    """The answer to a command that failed (`field`: the request field it is about, if one)."""
+    return CommandResult(ok=False, message=message, code=code.value, field=field)
 
 
 def error_code_of(result: CommandResult) -> ErrorCode | None:

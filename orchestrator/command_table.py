@@ -1,10 +1,12 @@
-"""One table of operator commands: op → (typed request, handler). The MQTT endpoint uses it, HTTP will.
+"""One table of operator commands: request type → handler, one per op; the MQTT endpoint runs it.
 
-The table knows nothing of MQTT: `dispatch` takes an op and its fields and always returns a
-`CommandResult`. A refusal (`CommandError`, a request that does not validate, a template that
-does not compile) is answered with its code; any other exception is a bug or a fault of the
-machine (a full disk, a permission): it is logged with its traceback and answered as INTERNAL,
-naming the cause. Nothing a handler raises goes unanswered.
+The requests are typed once, in `proto/commands.py`: a `Command` is validated when it is parsed
+off the wire (or built), and the table hands its typed request to the op's handler without
+validating it again. The table knows nothing of MQTT: `run` takes a `Command` and always returns
+a `CommandResult`. A refusal (`CommandError`, a template that does not compile) is answered with
+its code; any other exception is a bug or a fault of the machine (a full disk, a permission): it
+is logged with its traceback and answered as INTERNAL, naming the cause. Nothing a handler raises
+goes unanswered.
 """
 
 from __future__ import annotations
@@ -13,23 +15,20 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar, get_args
-
-from pydantic import ValidationError
+from typing import Any, TypeVar
 
 from edgefleet.orchestrator.command_errors import CommandError, failure
-from edgefleet.orchestrator.command_requests import CommandRequest
+from edgefleet.proto.commands import COMMAND_OPS, Command, CommandRequest, op_of
 from edgefleet.proto.error_codes import ErrorCode
 from edgefleet.proto.input_limits import brief
-from edgefleet.proto.payloads import Command, CommandResult, PayloadError, describe_validation_error
+from edgefleet.proto.payloads import CommandResult, PayloadError
 from edgefleet.proto.templates import TemplateError
 
 log = logging.getLogger("edgefleet.orchestrator.commands")
 
 R = TypeVar("R", bound=CommandRequest)
 
-ENVELOPE_FIELDS = frozenset({"v", "op"})
-COMMAND_OPS: frozenset[str] = frozenset(get_args(Command.model_fields["op"].annotation))
+__all__ = ["COMMAND_OPS", "CommandHandler", "CommandTable", "clip"]
 
 
 @dataclass(frozen=True)
@@ -44,20 +43,13 @@ def clip(message: str, limit: int = 600) -> str:
     return message if len(message) <= limit else f"{message[:limit]}… ({len(message)} characters)"
 
 
-def command_fields(cmd: Command) -> dict[str, Any]:
-    """The fields a `Command` carries for its op: those set to something other than their default."""
-    return {
-        name: getattr(cmd, name)
-        for name, f in Command.model_fields.items()
-        if name not in ENVELOPE_FIELDS and getattr(cmd, name) != f.get_default(call_default_factory=True)
-    }
-
-
 class CommandTable:
     def __init__(self) -> None:
         self._handlers: dict[str, CommandHandler] = {}
 
-    def register(self, op: str, request: type[R], handle: Callable[[R], CommandResult]) -> None:
+    def register(self, request: type[R], handle: Callable[[R], CommandResult]) -> None:
+        """`handle` answers the op of `request` (its `op` literal); one handler per op."""
+        op = op_of(request)
         if op in self._handlers:
             raise ValueError(f"command {op!r} has a handler already")
         self._handlers[op] = CommandHandler(op, request, handle)
@@ -66,19 +58,33 @@ class CommandTable:
     def ops(self) -> frozenset[str]:
         return frozenset(self._handlers)
 
-    def dispatch_command(self, cmd: Command) -> CommandResult:
-        return self.dispatch(cmd.op, command_fields(cmd))
-
     def dispatch(self, op: str, fields: Mapping[str, Any]) -> CommandResult:
-        """Validate `fields` as `op`'s request and run its handler; every outcome is a `CommandResult`."""
+        """`op` with `fields` (as an in-process caller gives them): validated into its `Command`, then run."""
+        try:
+            cmd = Command(op=op, **fields)
+        except PayloadError as e:
+            known = op in COMMAND_OPS
+            code = ErrorCode.INVALID_PAYLOAD if known else ErrorCode.INVALID_REQUEST
+            message = f"invalid {op} request: {clip(str(e).split(': ', 1)[-1])}"
+            if not known:
+                message = f"unknown command {brief(op)}; known: {', '.join(sorted(self.ops))}"
+            return self._answered(op, time.monotonic(), failure(code, message, e.field if known else "op"))
+        return self.dispatch_command(cmd)
+
+    def dispatch_command(self, cmd: Command) -> CommandResult:
+        """Run the handler of `cmd`'s op on its typed request; every outcome is a `CommandResult`."""
         started = time.monotonic()
-        handler = self._handlers.get(op)
+        handler = self._handlers.get(cmd.op)
         if handler is None:
             result = failure(
-                ErrorCode.INVALID_REQUEST, f"unknown command {brief(op)}; known: {', '.join(sorted(self.ops))}"
+                ErrorCode.INVALID_REQUEST, f"no handler for command {brief(cmd.op)} in this orchestrator"
             )
         else:
-            result = self._run(handler, fields)
+            result = self._run(handler, cmd.request)
+        return self._answered(cmd.op, started, result)
+
+    @staticmethod
+    def _answered(op: str, started: float, result: CommandResult) -> CommandResult:
         log.info(
             "command answered",
             extra={
@@ -90,21 +96,15 @@ class CommandTable:
         )
         return result
 
-    def _run(self, handler: CommandHandler, fields: Mapping[str, Any]) -> CommandResult:
-        try:
-            request = handler.request.model_validate(dict(fields))
-        except ValidationError as e:
-            return failure(
-                ErrorCode.INVALID_PAYLOAD, f"invalid {handler.op} request: {clip(describe_validation_error(e))}"
-            )
+    def _run(self, handler: CommandHandler, request: CommandRequest) -> CommandResult:
         try:
             return handler.handle(request)
         except CommandError as e:
-            return failure(e.code, str(e))
+            return failure(e.code, str(e), e.field)
         except TemplateError as e:
             return failure(ErrorCode.TEMPLATE_ERROR, str(e))
         except PayloadError as e:
-            return failure(ErrorCode.INVALID_PAYLOAD, clip(str(e)))
+            return failure(ErrorCode.INVALID_PAYLOAD, clip(str(e)), e.field)
         except Exception as e:
             log.exception("command failed", extra={"op": handler.op})
             return failure(

@@ -40,9 +40,9 @@ def resolve_target(spec: str, registry: Registry, *, creating: bool = False, new
     """
     kind, _, name = spec.partition(":") if ":" in spec else ("", "", spec)
     if not name or not valid_name(name):
-        raise CommandError(f"target {brief(spec)} is not a valid node or group name")
+        raise CommandError(f"target {brief(spec)} is not a valid node or group name", field="target")
     if kind not in ("", "node", "group"):
-        raise CommandError(f"target kind {brief(kind)} must be node or group")
+        raise CommandError(f"target kind {brief(kind)} must be node or group", field="target")
     if not kind:
         nodes = registry.node_ids()
         kind = "node" if name in nodes else "group"
@@ -54,6 +54,7 @@ def resolve_target(spec: str, registry: Registry, *, creating: bool = False, new
                 f"{', '.join(sorted(groups)[:20]) or 'none'}; nodes: {', '.join(sorted(nodes)[:20]) or 'none'}); "
                 f"to create group {name} pass --new-group (or name it group:{name})",
                 ErrorCode.NOT_FOUND,
+                field="target",
             )
     return Target.model_validate({"kind": kind, "name": name})
 
@@ -68,13 +69,18 @@ def target_note(target: Target, registry: Registry) -> str:
     return f"; no node is in group {target.name} yet: nodes that join it get this"
 
 
-def refuse_older(noun: str, name: str, version: str, desired_version: str | None, key: str, force: bool) -> None:
-    """OLDER_VERSION when `version` goes back from the one desired now for `key` (unless `force`)."""
+def refuse_older(
+    noun: str, name: str, version: str, desired_version: str | None, key: str, force: bool, field: str
+) -> None:
+    """OLDER_VERSION when `version` goes back from the one desired now for `key` (unless `force`).
+
+    `field`: the request field that holds `version` ("template.version")."""
     if desired_version is not None and not force and is_older(version, desired_version):
         raise CommandError(
             f"{noun} {name} version {version} is older than {desired_version}, desired for {key} now; "
             f"push a newer version, or pass --force to go back",
             ErrorCode.OLDER_VERSION,
+            field=field,
         )
 
 
@@ -191,7 +197,7 @@ def remove_entry(
     """Publish `current` without `name` in `section` (e.g. "rules"); refused when it is not there."""
     entries = dict(getattr(current, section)) if current else {}
     if name not in entries:
-        raise CommandError(f"{noun} {brief(name)} is not desired for {target.key}")
+        raise CommandError(f"{noun} {brief(name)} is not desired for {target.key}", field="name")
     del entries[name]
     doc = publish(target, current, {section: entries})
     return CommandResult(

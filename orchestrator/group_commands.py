@@ -14,11 +14,11 @@ from __future__ import annotations
 import logging
 
 from edgefleet.orchestrator.command_errors import CommandError
-from edgefleet.orchestrator.command_requests import AssignGroupsRequest
 from edgefleet.orchestrator.command_table import CommandTable
 from edgefleet.orchestrator.desired_edits import DesiredSigner, PublishRetained
 from edgefleet.orchestrator.error_reports import ErrorReporter
 from edgefleet.orchestrator.registry import Registry
+from edgefleet.proto.commands import AssignGroupsRequest
 from edgefleet.proto.error_codes import ErrorCode
 from edgefleet.proto.input_limits import brief
 from edgefleet.proto.payloads import (
@@ -48,18 +48,19 @@ class GroupCommands:
         self.publish_retained, self.signer = publish_retained, signer
 
     def register(self, table: CommandTable) -> None:
-        table.register("assign-groups", AssignGroupsRequest, self.assign_groups)
+        table.register(AssignGroupsRequest, self.assign_groups)
 
     def assign_groups(self, req: AssignGroupsRequest) -> CommandResult:
         node = req.target.removeprefix("node:")
         if not valid_name(node):
-            raise CommandError(f"node {brief(node)} is not a valid node id")
+            raise CommandError(f"node {brief(node)} is not a valid node id", field="target")
         nodes = self.registry.node_ids()
         if node not in nodes:
             raise CommandError(
                 f"no node {brief(node)} has registered with this site (nodes: "
                 f"{', '.join(sorted(nodes)[:20]) or 'none'}); groups are assigned to known nodes",
                 ErrorCode.NOT_FOUND,
+                field="target",
             )
         current = self.registry.assignment(node)
         stored = current.generation if current else 0

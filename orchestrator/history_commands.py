@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 
 from edgefleet.orchestrator.command_errors import CommandError
-from edgefleet.orchestrator.command_requests import TelemetryHistoryRequest
 from edgefleet.orchestrator.command_table import CommandTable
 from edgefleet.orchestrator.telemetry_history import TelemetryHistory, UnknownMetric
+from edgefleet.proto.commands import TelemetryHistoryRequest
 from edgefleet.proto.error_codes import ErrorCode
 from edgefleet.proto.input_limits import brief
 from edgefleet.proto.payloads import CommandResult
@@ -20,7 +20,7 @@ class HistoryCommands:
         self.history = history
 
     def register(self, table: CommandTable) -> None:
-        table.register("telemetry-history", TelemetryHistoryRequest, self.telemetry_history)
+        table.register(TelemetryHistoryRequest, self.telemetry_history)
 
     def telemetry_history(self, req: TelemetryHistoryRequest) -> CommandResult:
         node = req.target.removeprefix("node:")
@@ -31,7 +31,7 @@ class HistoryCommands:
             else:
                 series = self.history.all_series(node, since)
         except UnknownMetric as e:
-            raise CommandError(f"{e} (asked for {brief(req.name)})", ErrorCode.INVALID_REQUEST) from e
+            raise CommandError(f"{e} (asked for {brief(req.name)})", ErrorCode.INVALID_REQUEST, field="name") from e
         return CommandResult(
             ok=True,
             data={

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 
 from edgefleet.orchestrator.command_errors import CommandError
-from edgefleet.orchestrator.command_requests import NoArguments, PushRuleRequest, RemoveEntryRequest
 from edgefleet.orchestrator.command_table import CommandTable
 from edgefleet.orchestrator.desired_edits import (
     PublishDesired,
@@ -20,6 +19,7 @@ from edgefleet.orchestrator.desired_edits import (
     target_note,
 )
 from edgefleet.orchestrator.registry import Registry
+from edgefleet.proto.commands import PushRuleRequest, RemoveRuleRequest, RulesRequest
 from edgefleet.proto.input_limits import brief
 from edgefleet.proto.payloads import CommandResult, Target
 
@@ -30,9 +30,9 @@ class RuleCommands:
         self.publish_desired = publish_desired
 
     def register(self, table: CommandTable) -> None:
-        table.register("rules", NoArguments, self.rules)
-        table.register("push-rule", PushRuleRequest, self.push)
-        table.register("rm-rule", RemoveEntryRequest, self.remove)
+        table.register(RulesRequest, self.rules)
+        table.register(PushRuleRequest, self.push)
+        table.register(RemoveRuleRequest, self.remove)
 
     def _templates_for(self, t: Target) -> set[str]:
         desired = self.registry.all_desired()
@@ -42,7 +42,7 @@ class RuleCommands:
             keys += [f"group:{g}" for g in (row.groups if row else [])]
         return {name for k in keys if k in desired for name in desired[k].templates}
 
-    def rules(self, _: NoArguments) -> CommandResult:
+    def rules(self, _: RulesRequest) -> CommandResult:
         desired = self.registry.all_desired()
         return CommandResult(
             ok=True,
@@ -53,7 +53,7 @@ class RuleCommands:
             },
         )
 
-    def remove(self, req: RemoveEntryRequest) -> CommandResult:
+    def remove(self, req: RemoveRuleRequest) -> CommandResult:
         t = resolve_target(req.target, self.registry)
         return remove_entry(self.publish_desired, t, self.registry.desired(t.key), "rules", req.name, "rule")
 
@@ -63,11 +63,13 @@ class RuleCommands:
         rules = dict(current.rules) if current else {}
         rule = req.rule
         before = rules.get(rule.name)
-        refuse_older("rule", rule.name, rule.version, before.version if before else None, t.key, req.force)
+        before_version = before.version if before else None
+        refuse_older("rule", rule.name, rule.version, before_version, t.key, req.force, "rule.version")
         if rule.template not in self._templates_for(t):
             raise CommandError(
                 f"rule {rule.name}: template {brief(rule.template)} is not desired for {t.key}; "
-                f"push it first (edgefleet fleet push-template)"
+                f"push it first (edgefleet fleet push-template)",
+                field="rule.template",
             )
         rules[rule.name] = rule
         doc = self.publish_desired(t, current, {"rules": rules})

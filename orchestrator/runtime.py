@@ -2,7 +2,8 @@
 
 ```
 MQTT link ─> ingest ─> registry (SQLite) + fleet view (memory)
-         ─> command endpoint ─> worker thread ─> command table ─> handlers ─> desired state, manifests
+         ─> command endpoint ─> worker thread ─> command table ─> handlers ─> desired state, manifests,
+                                                                                API keys
          ─> chunk requests ─> chunk sender ─> MQTT link
 ```
 The front door (gRPC and OpenAI HTTP for the whole site, see `front_door/`) runs on its own thread
@@ -22,7 +23,7 @@ from edgefleet.orchestrator.chunk_requests import ChunkRequests
 from edgefleet.orchestrator.chunk_sender import ChunkSender
 from edgefleet.orchestrator.command_auth import CommandAuth, OperatorKeys
 from edgefleet.orchestrator.command_endpoint import MqttCommandEndpoint
-from edgefleet.orchestrator.command_table import COMMAND_OPS, CommandTable
+from edgefleet.orchestrator.command_table import CommandTable
 from edgefleet.orchestrator.desired_edits import DesiredSigner, DesiredStatePublisher
 from edgefleet.orchestrator.error_reports import ErrorReporter
 from edgefleet.orchestrator.fleet_view import FleetView
@@ -30,6 +31,7 @@ from edgefleet.orchestrator.front_door.server import FrontDoor
 from edgefleet.orchestrator.group_commands import AssignmentIngest, GroupCommands
 from edgefleet.orchestrator.history_commands import HistoryCommands
 from edgefleet.orchestrator.ingest import Ingest
+from edgefleet.orchestrator.key_commands import KeyCommands
 from edgefleet.orchestrator.registry import Registry, open_registry
 from edgefleet.orchestrator.rule_commands import RuleCommands
 from edgefleet.orchestrator.settings import OrchestratorSettings
@@ -37,6 +39,7 @@ from edgefleet.orchestrator.site_commands import SiteCommands
 from edgefleet.orchestrator.telemetry_history import TelemetryHistory
 from edgefleet.plumbing.mqtt_link import Handler, LastWill, MqttLink
 from edgefleet.proto.artifacts import Manifest
+from edgefleet.proto.commands import COMMAND_OPS
 from edgefleet.proto.payloads import OrchestratorStatus
 from edgefleet.proto.topics import Topics
 
@@ -66,6 +69,7 @@ class Orchestrator:
     commands: MqttCommandEndpoint
     adapters: AdapterCommands
     front_door: FrontDoor
+    keys: KeyCommands | None = None  # the API-key commands (their database is opened at the first one)
 
     def start(self) -> None:
         self.sender.start()
@@ -75,6 +79,8 @@ class Orchestrator:
     def stop(self) -> None:
         self.front_door.stop()
         self.commands.stop()
+        if self.keys is not None:
+            self.keys.close()
         self.sender.stop()
         offline = (self.topics.orchestrator_status(), OrchestratorStatus(state="offline").dumps())
         self.link.stop(final=[offline])
@@ -86,14 +92,16 @@ def build_command_table(
     adapters: AdapterCommands,
     history: TelemetryHistory,
     groups: GroupCommands,
+    keys: KeyCommands,
 ) -> CommandTable:
-    """One handler per op of `Command`, checked complete."""
+    """One handler per op of `Command` (proto/commands.py), checked complete."""
     table = CommandTable()
     SiteCommands(registry, publisher).register(table)
     RuleCommands(registry, publisher).register(table)
     adapters.register(table)
     HistoryCommands(history).register(table)
     groups.register(table)
+    keys.register(table)
     if table.ops != COMMAND_OPS:
         raise RuntimeError(f"command table incomplete: no handler for {sorted(COMMAND_OPS - table.ops)}")
     return table
@@ -139,7 +147,8 @@ def build_orchestrator(settings: OrchestratorSettings, registry: Registry | None
     # the console's plots: telemetry folded into per-minute buckets, in a file beside the registry
     history = TelemetryHistory(settings.registry_db.with_suffix(".history.db"))
     group_commands = GroupCommands(settings.site, topics, registry, publish_retained, signer)
-    table = build_command_table(registry, publisher, adapters, history, group_commands)
+    keys = KeyCommands(settings.api_keys_path())
+    table = build_command_table(registry, publisher, adapters, history, group_commands, keys)
     auth = CommandAuth(settings.site, OperatorKeys(settings.operator_keys), settings.signed_commands_required())
     if not settings.signed_commands_required():
         log.warning(
@@ -148,7 +157,9 @@ def build_orchestrator(settings: OrchestratorSettings, registry: Registry | None
         )
     endpoint = MqttCommandEndpoint(link, table, errors, auth)
     front_door = FrontDoor(settings, view)
-    orch = Orchestrator(settings, topics, registry, view, link, store, sender, table, endpoint, adapters, front_door)
+    orch = Orchestrator(
+        settings, topics, registry, view, link, store, sender, table, endpoint, adapters, front_door, keys
+    )
 
     ingest = Ingest(settings.site, topics, registry, view, errors, history, signer, publish_retained)
     chunk_requests = ChunkRequests(store, sender, errors)

@@ -1,4 +1,5 @@
-"""Orchestrator settings: every field has a default, a doc line and an environment variable."""
+"""Orchestrator settings: the site section (plumbing/site_settings.py) and the orchestrator's own
+fields; every field has a default, a doc line and an environment variable."""
 
 from __future__ import annotations
 
@@ -6,11 +7,9 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import SettingsConfigDict
 
-from edgefleet.plumbing.mqtt_settings import DEFAULT_MQTT_URL, MqttSettings
-from edgefleet.plumbing.transport_security import SecuritySettingsError, TransportSecurity
-from edgefleet.proto.topics import check_name
+from edgefleet.plumbing.site_settings import SiteSettings
+from edgefleet.plumbing.transport_security import SecuritySettingsError
 
 
 def _host_port(v: str) -> bool:
@@ -28,12 +27,7 @@ def _default_db() -> Path:
     return Path.home() / ".local" / "share" / "edgefleet" / "orchestrator.db"
 
 
-class OrchestratorSettings(MqttSettings, TransportSecurity):
-    model_config = SettingsConfigDict(env_prefix="EDGEFLEET_", extra="ignore", validate_default=True)
-
-    mqtt_url: str = Field(default=DEFAULT_MQTT_URL, description="Site broker (EDGEFLEET_MQTT_URL)")
-    site: str = Field(default="default", description="The site this orchestrator runs (EDGEFLEET_SITE)")
-    topic_root: str = Field(default="edgefleet/{site}/", description="Root of every MQTT topic (EDGEFLEET_TOPIC_ROOT)")
+class OrchestratorSettings(SiteSettings):
     registry_db: Path = Field(
         default_factory=_default_db, description="The fleet registry, SQLite (EDGEFLEET_REGISTRY_DB)"
     )
@@ -149,12 +143,6 @@ class OrchestratorSettings(MqttSettings, TransportSecurity):
         default=300.0,
         description="Deadline of an HTTP request, and of a gRPC one that sets none (EDGEFLEET_REQUEST_TIMEOUT_S)",
     )
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
-        default="INFO", description="Log level (EDGEFLEET_LOG_LEVEL)"
-    )
-    log_format: Literal["json", "text"] = Field(
-        default="json", description="json: one object a line; text: for a terminal (EDGEFLEET_LOG_FORMAT)"
-    )
 
     @field_validator("front_door_address", "openai_address", "metrics_address")
     @classmethod
@@ -163,11 +151,6 @@ class OrchestratorSettings(MqttSettings, TransportSecurity):
         if v and not _host_port(v):
             raise ValueError(f"{v!r} is not host:port (an empty value turns the listener off)")
         return v
-
-    @field_validator("site")
-    @classmethod
-    def _site(cls, v: str) -> str:
-        return check_name("site", v)
 
     def api_keys_path(self) -> Path:
         return self.api_keys_db or self.registry_db.parent / "api-keys.db"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edgefleet.orchestrator.command_requests import NoArguments, PushTemplateRequest, RemoveEntryRequest
+from edgefleet.orchestrator.command_errors import CommandError
 from edgefleet.orchestrator.command_table import CommandTable
 from edgefleet.orchestrator.desired_edits import (
     PublishDesired,
@@ -12,8 +12,10 @@ from edgefleet.orchestrator.desired_edits import (
     target_note,
 )
 from edgefleet.orchestrator.registry import Registry
+from edgefleet.proto.commands import PushTemplateRequest, RemoveTemplateRequest, StatusRequest
+from edgefleet.proto.error_codes import ErrorCode
 from edgefleet.proto.payloads import CommandResult
-from edgefleet.proto.templates import compile_template
+from edgefleet.proto.templates import TemplateError, compile_template
 
 
 class SiteCommands:
@@ -22,22 +24,26 @@ class SiteCommands:
         self.publish_desired = publish_desired
 
     def register(self, table: CommandTable) -> None:
-        table.register("status", NoArguments, self.status)
-        table.register("push-template", PushTemplateRequest, self.push_template)
-        table.register("rm-template", RemoveEntryRequest, self.remove_template)
+        table.register(StatusRequest, self.status)
+        table.register(PushTemplateRequest, self.push_template)
+        table.register(RemoveTemplateRequest, self.remove_template)
 
-    def status(self, _: NoArguments) -> CommandResult:
+    def status(self, _: StatusRequest) -> CommandResult:
         """Every node: groups, profile, model, state, last seen, templates, and in sync or drifted (why)."""
         return CommandResult(ok=True, data={"nodes": [r.as_dict() for r in self.registry.rows()]})
 
     def push_template(self, req: PushTemplateRequest) -> CommandResult:
-        compile_template(req.template)  # TemplateError: refused with the reason
+        try:
+            compile_template(req.template)
+        except TemplateError as e:
+            raise CommandError(str(e), ErrorCode.TEMPLATE_ERROR, field="template") from e
         target = resolve_target(req.target, self.registry, creating=True, new_group=req.new_group)
         current = self.registry.desired(target.key)
         templates = dict(current.templates) if current else {}
         before = templates.get(req.template.name)
         spec = req.template
-        refuse_older("template", spec.name, spec.version, before.version if before else None, target.key, req.force)
+        before_version = before.version if before else None
+        refuse_older("template", spec.name, spec.version, before_version, target.key, req.force, "template.version")
         templates[spec.name] = spec
         doc = self.publish_desired(target, current, {"templates": templates})
         return CommandResult(
@@ -47,7 +53,7 @@ class SiteCommands:
             data={"generation": doc.generation, "target": target.key},
         )
 
-    def remove_template(self, req: RemoveEntryRequest) -> CommandResult:
+    def remove_template(self, req: RemoveTemplateRequest) -> CommandResult:
         target = resolve_target(req.target, self.registry)
         current = self.registry.desired(target.key)
         return remove_entry(self.publish_desired, target, current, "templates", req.name, "template")

@@ -13,16 +13,22 @@ Actions:
 - `sleep:MS`       sleep MS milliseconds each time (a slow disk, a slow handler);
 - `off`            nothing (the same as not naming the point).
 
+A point announces itself when it acts: a log line "fail point acting" with `failpoint=NAME`
+before it sleeps or raises, so a test waits for that line instead of guessing with the clock.
+
 A bad specification stops the process at start with a message naming the entry: a fault test that
 silently tests nothing would pass for the wrong reason.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
 from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
 
 ENV = "EDGEFLEET_FAILPOINTS"
 
@@ -96,8 +102,15 @@ def hit(name: str) -> None:
         point.hits += 1
         n = point.hits
     if point.action == "sleep":
+        _announce(name, point, n)
         time.sleep(point.arg / 1000)
     elif point.action == "raise" or (point.action == "raise-after" and n > point.arg):
+        _announce(name, point, n)
         raise FailPointError(f"fail point {name} ({point.action}{':' + str(point.arg) if point.arg else ''})")
     elif point.action == "raise-once-after" and n == point.arg + 1:
+        _announce(name, point, n)
         raise FailPointError(f"fail point {name} (raise-once-after:{point.arg})")
+
+
+def _announce(name: str, point: _Point, hits: int) -> None:
+    log.warning("fail point acting", extra={"failpoint": name, "action": point.action, "hits": hits})

@@ -17,6 +17,9 @@ import grpc
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 
+from edgefleet.plumbing.grpc_errors import abort
+from edgefleet.proto.error_codes import ErrorCode
+
 
 class Malformed:
     """Stands in for a request that did not parse."""
@@ -135,6 +138,6 @@ def request_types(service_descriptor: Any, module: Any) -> dict[str, type[Messag
 
 
 async def refuse_malformed(request: object, context: grpc.aio.ServicerContext) -> None:
-    """Abort with INVALID_ARGUMENT if the request did not parse."""
+    """Abort with INVALID_ARGUMENT (ErrorCode INVALID_REQUEST) if the request did not parse."""
     if isinstance(request, Malformed):
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+        await abort(context, ErrorCode.INVALID_REQUEST, request.message)

@@ -247,9 +247,11 @@ class MqttLink:
             log.warning("lost the broker; reconnecting with backoff", extra={"reason": str(reason)})
 
     def _on_message(self, _c: mqtt.Client, _ud: Any, msg: mqtt.MQTTMessage) -> None:
+        """Each handler once per message, however many of its subscriptions' filters match the topic
+        (a handler behind overlapping filters acks a message once, not once per filter)."""
         with self._lock:
-            handlers = [h for f, (_, h) in self._subs.items() if mqtt.topic_matches_sub(_unshared(f), msg.topic)]
-        for handler in handlers:
+            matching = [h for f, (_, h) in self._subs.items() if mqtt.topic_matches_sub(_unshared(f), msg.topic)]
+        for handler in dict.fromkeys(matching):
             self._run(handler, msg)
 
     def _run(self, handler: Handler, msg: mqtt.MQTTMessage) -> bool:

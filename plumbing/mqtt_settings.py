@@ -1,28 +1,33 @@
-"""The one MQTT settings section: broker URL, credentials (secret) and TLS files.
+"""The MQTT section of the site settings: broker URL, credentials (secret) and TLS files.
 
-Node, orchestrator and CLI settings all inherit it, so the same EDGEFLEET_MQTT_* variables mean
-the same thing everywhere, and every MqttLink is built from it the same way.
+Every part's settings include it (through `SiteSettings`), so the same EDGEFLEET_MQTT_* variables
+mean the same thing everywhere, and every MqttLink is built from it the same way.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings
 
 from edgefleet.plumbing.mqtt_link import BrokerAddress
+from edgefleet.plumbing.settings_base import StrictSettings
 
 DEFAULT_MQTT_URL = "mqtt://127.0.0.1:1883"
 
 
-class MqttSettings(BaseSettings):
-    """Inherited by each part's settings (their env_prefix EDGEFLEET_ applies)."""
+class MqttSettings(StrictSettings):
+    """The site broker and how to log in to it."""
 
-    mqtt_url: str | None = Field(
-        default=DEFAULT_MQTT_URL,
-        description="Site broker, mqtt://host:1883 or mqtts://host:8883 (EDGEFLEET_MQTT_URL)",
+    # What an unset (or empty) EDGEFLEET_MQTT_URL means for a part: the orchestrator, the CLI and the
+    # console talk to the local broker; a node runs without a control plane (NodeSettings sets "").
+    default_mqtt_url: ClassVar[str] = DEFAULT_MQTT_URL
+
+    mqtt_url: str = Field(
+        default="",
+        description="Site broker, mqtt://host:1883 or mqtts://host:8883; empty: mqtt://127.0.0.1:1883, on a node: "
+        "no control plane (EDGEFLEET_MQTT_URL)",
     )
     mqtt_username: str | None = Field(default=None, description="Broker user name (EDGEFLEET_MQTT_USERNAME)")
     mqtt_password: SecretStr | None = Field(
@@ -32,7 +37,9 @@ class MqttSettings(BaseSettings):
         default=None, description="CA file for mqtts:// brokers; empty: system CAs (EDGEFLEET_MQTT_CA_FILE)"
     )
     mqtt_cert_file: Path | None = Field(
-        default=None, description="Client certificate for brokers that ask for one (EDGEFLEET_MQTT_CERT_FILE)"
+        default=None,
+        description="Client certificate for brokers that ask for one; also shown on gRPC and HTTPS unless "
+        "EDGEFLEET_TLS_CERT_FILE names another (EDGEFLEET_MQTT_CERT_FILE)",
     )
     mqtt_key_file: Path | None = Field(
         default=None, description="Private key of the client certificate (EDGEFLEET_MQTT_KEY_FILE)"
@@ -40,10 +47,16 @@ class MqttSettings(BaseSettings):
 
     @field_validator("mqtt_url")
     @classmethod
-    def _url(cls, v: str | None) -> str | None:
+    def _broker_url(cls, v: str) -> str:
+        v = v.strip() or cls.default_mqtt_url
         if v:
             BrokerAddress.parse(v)  # a clear error at start, not at the first connect
-        return v or None
+        return v
+
+    @field_validator("mqtt_ca_file", "mqtt_cert_file", "mqtt_key_file", mode="before")
+    @classmethod
+    def _mqtt_files_empty_is_none(cls, v: object) -> object:
+        return None if isinstance(v, str) and not v.strip() else v
 
     def mqtt_link_options(self) -> dict[str, Any]:
         """Keyword arguments of MqttLink for this section (credentials and TLS)."""

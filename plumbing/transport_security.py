@@ -1,10 +1,11 @@
 """Secure by default: the one settings section that says how a process proves who it is on gRPC
 and HTTPS, and the one switch that turns all of it off for local development.
 
-Every part (node, orchestrator, CLI, console) inherits `TransportSecurity`. Its certificate is the
-enrollment bundle's (`EDGEFLEET_MQTT_CERT_FILE` …) unless `EDGEFLEET_TLS_*` name others, so one
-`edgefleet.env` from `fleet enroll-*` sets up MQTT, gRPC and HTTPS alike. With
-`EDGEFLEET_INSECURE=1` nothing is required and every start says so at WARNING, loudly.
+`TransportSecurity` is the TLS section of the site settings (`SiteSettings`, which every part's
+settings extend). It builds on the MQTT section: its certificate is the enrollment bundle's
+(`EDGEFLEET_MQTT_CERT_FILE` …) unless `EDGEFLEET_TLS_*` name others, so one `edgefleet.env` from
+`fleet enroll-*` sets up MQTT, gRPC and HTTPS alike. With `EDGEFLEET_INSECURE=1` nothing is
+required and every start says so at WARNING, loudly.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings
+
+from edgefleet.plumbing.mqtt_settings import MqttSettings
 
 INSECURE_HINT = (
     "load an enrollment bundle's edgefleet.env (edgefleet fleet enroll-node / enroll-operator), "
@@ -47,8 +49,8 @@ class TlsFiles:
         return out[0], out[1], out[2]
 
 
-class TransportSecurity(BaseSettings):
-    """Inherited by each part's settings (their env_prefix EDGEFLEET_ applies)."""
+class TransportSecurity(MqttSettings):
+    """The insecure switch and the TLS files of gRPC and HTTPS (falling back to the MQTT ones)."""
 
     insecure: bool = Field(
         default=False,
@@ -77,17 +79,17 @@ class TransportSecurity(BaseSettings):
 
     @field_validator("tls_cert_file", "tls_key_file", "tls_ca_file", "tls_crl_file", mode="before")
     @classmethod
-    def _empty_is_none(cls, v: object) -> object:
+    def _tls_files_empty_is_none(cls, v: object) -> object:
         return None if isinstance(v, str) and not v.strip() else v
 
     def tls_files(self) -> TlsFiles | None:
         """The certificate, key and CA to use (falling back to the MQTT ones), or None if incomplete."""
-        cert = self.tls_cert_file or getattr(self, "mqtt_cert_file", None)
-        key = self.tls_key_file or getattr(self, "mqtt_key_file", None)
-        ca = self.tls_ca_file or getattr(self, "mqtt_ca_file", None)
+        cert = self.tls_cert_file or self.mqtt_cert_file
+        key = self.tls_key_file or self.mqtt_key_file
+        ca = self.tls_ca_file or self.mqtt_ca_file
         if cert is None or key is None or ca is None:
             return None
-        return TlsFiles(Path(cert), Path(key), Path(ca), self.tls_crl_file)
+        return TlsFiles(cert, key, ca, self.tls_crl_file)
 
     def require_tls(self, what: str) -> TlsFiles | None:
         """The TLS files in secure mode (an error naming `what` if there are none); None when insecure."""
@@ -106,12 +108,12 @@ class TransportSecurity(BaseSettings):
         """In secure mode the broker URL must be mqtts:// and a client certificate configured."""
         if self.insecure:
             return
-        url = getattr(self, "mqtt_url", None)
+        url = self.mqtt_url
         if not url:
             return
-        if not str(url).startswith("mqtts://"):
+        if not url.startswith("mqtts://"):
             raise SecuritySettingsError(f"the broker URL {url} is plaintext; use mqtts:// — {INSECURE_HINT}")
-        if getattr(self, "mqtt_cert_file", None) is None or getattr(self, "mqtt_key_file", None) is None:
+        if self.mqtt_cert_file is None or self.mqtt_key_file is None:
             raise SecuritySettingsError(
                 f"the site broker requires a client certificate (EDGEFLEET_MQTT_CERT_FILE/KEY_FILE): {INSECURE_HINT}"
             )

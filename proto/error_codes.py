@@ -1,7 +1,10 @@
-"""Every `code` an MQTT error report or error result may carry: one enum, shared by all parts.
+"""Every error code a part may send: one enum, shared by all parts and every boundary.
 
-Consumers (the CLI, the console, other sites) match on these values; a new failure gets a new
-member here, never a free-form string at the place that raises it.
+The code travels with each error: the `code` of MQTT error reports and command results, the
+`x-edgefleet-error-code` trailing metadata of a gRPC error (node and front door), OpenAI's
+`error.code` on HTTP. Consumers (the front door's failover, the CLI, the console, other sites)
+decide on these values, never on a message's words; a new failure gets a new member here (and a
+row in `error_table.py`), never a free-form string at the place that raises it.
 """
 
 from __future__ import annotations
@@ -16,10 +19,20 @@ class ErrorCode(StrEnum):
     NOT_FOUND = "not_found"
     QUEUE_FULL = "queue_full"
     UNAVAILABLE = "unavailable"
+    DRAINING = "draining"  # the node is draining for shutdown: send the request to another node
     OVER_BUDGET = "over_budget"
     ENGINE_FAILURE = "engine_failure"
     INTERNAL = "internal"
     STORAGE_FULL = "storage_full"  # the node's data directory has no room (SQLITE_FULL, ENOSPC)
+    DEADLINE_EXCEEDED = "deadline_exceeded"  # no answer (or no first token) within the time allowed
+    CANCELLED = "cancelled"  # the caller went away
+    NOT_IMPLEMENTED = "not_implemented"  # a method this server does not offer (ask a node directly)
+    # -- the front door: API keys and routing -----------------------------------------------------
+    UNAUTHENTICATED = "unauthenticated"  # no API key, or one that is unknown, revoked or expired
+    PERMISSION_DENIED = "permission_denied"  # a model or adapter the API key may not use
+    RATE_LIMITED = "rate_limited"  # the API key is over its requests or tokens per minute
+    NO_NODE = "no_node"  # no node of the fleet serves what the request asks for
+    ALL_BUSY = "all_busy"  # every node that could serve the request is busy, and the wait ran out
     # -- a payload refused where it entered ------------------------------------------------------
     INVALID_PAYLOAD = "invalid_payload"
     WRONG_NODE = "wrong_node"
@@ -39,6 +52,7 @@ class ErrorCode(StrEnum):
     BAD_TOPIC_LEVEL = "bad_topic_level"
     UNKNOWN_RULE = "unknown_rule"
     INVALID_ANSWER = "invalid_answer"
+    POISON_MESSAGE = "poison_message"  # answering it failed EDGEFLEET_SENSOR_MAX_ATTEMPTS times: parked, not retried
     # -- artifact transfers ------------------------------------------------------------------------
     MANIFEST_REFUSED = "manifest_refused"
     BAD_SIGNATURE = "bad_signature"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, field_validator
 
 from edgefleet.proto.input_limits import MAX_JSON_DEPTH, JsonLimitError, brief, loads_bounded
 from edgefleet.proto.payload_base import PAYLOAD_VERSION, _now, _Payload
@@ -21,10 +21,14 @@ MAX_TEMPLATE_CHARS = 32 * 1024
 
 
 class PayloadError(ValueError):
-    """A payload that cannot be accepted; the message says why."""
+    """A payload that cannot be accepted; the message says why, `field` where (empty: no one field)."""
+
+    def __init__(self, message: str, field: str = "") -> None:
+        super().__init__(message)
+        self.field = field
 
 
-P = TypeVar("P", bound=_Payload)
+P = TypeVar("P", bound=BaseModel)  # a payload, or a union of payloads (proto/commands.py `Command`)
 
 
 class ModelRef(BaseModel):
@@ -309,47 +313,13 @@ class UploadChunk(BaseModel):
     data: str
 
 
-class Command(_Payload):
-    """An operator command. `target` is `node:<id>`, `group:<name>`, or a bare name: a known node, else a group."""
-
-    op: Literal[
-        "status",
-        "push-template",
-        "rm-template",
-        "upload-chunk",
-        "push-adapter",
-        "rm-adapter",
-        "adapters",
-        "push-rule",
-        "rm-rule",
-        "rules",
-        "push-knowledge",
-        "rm-knowledge",
-        "telemetry-history",
-        "assign-groups",
-    ]
-    target: str = ""
-    template: TemplateSpec | None = None
-    name: str = ""
-    version: str = ""
-    sha256: str = ""
-    upload: UploadChunk | None = None
-    rule: RuleSpec | None = None
-    groups: list[str] | None = None  # assign-groups: the node's assigned groups ([]: none)
-    force: bool = False  # push a template or rule version older than the one desired now
-    new_group: bool = False  # a bare target that names no node and no known group: create the group
-    # the signed envelope (proto/signing.py `sign_command`): all empty on an unsigned command
-    operator: str = ""  # the operator's enrolled name
-    key_id: str = ""  # the fingerprint of the operator's public key
-    signed_at: int = 0  # unix seconds when signed; the orchestrator accepts ±120 s
-    nonce: str = ""  # random, once per command: a replay within the window is refused
-    signature: str = ""  # base64, over `command_bytes` (every other field, and the site)
-
-
 class CommandResult(_Payload):
+    """The answer to a `Command` (proto/commands.py)."""
+
     ok: bool
     message: str = ""
     code: str = ""  # an ErrorCode value when ok is false (kept a str: an older peer's code still parses)
+    field: str = ""  # the request field a refusal is about, dotted ("target", "template.version"); empty: none
     data: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -372,12 +342,29 @@ def parse_payload(model: type[P], raw: bytes | bytearray) -> P:
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        raise PayloadError(f"invalid {model.__name__}: {_clip(describe_validation_error(e))}") from e
+        # a root model over a tagged union (`Command`): its errors' locations start with the op
+        tag = data.get("op") if isinstance(model, type) and issubclass(model, RootModel) else None
+        raise PayloadError(
+            f"invalid {model.__name__}: {_clip(describe_validation_error(e))}", validation_field(e, tag)
+        ) from e
 
 
 def _clip(message: str, limit: int = 600) -> str:
     """A validation message cut short: pydantic quotes the client's values whole."""
     return message if len(message) <= limit else f"{message[:limit]}… ({len(message)} characters)"
+
+
+def validation_field(e: ValidationError, tag: object = None) -> str:
+    """The field a validation error is about, dotted: the deepest one holding every problem ("" for none).
+
+    `tag` is the discriminator value that leads the locations of a tagged union's errors (a `Command`'s op)."""
+    paths = [err["loc"][1:] if tag is not None and err["loc"][:1] == (tag,) else err["loc"] for err in e.errors()]
+    common: list[str] = []
+    for parts in zip(*paths, strict=False):
+        if any(p != parts[0] for p in parts):
+            break
+        common.append(str(parts[0]))
+    return ".".join(common)
 
 
 def describe_validation_error(e: ValidationError) -> str:

@@ -24,8 +24,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from edgefleet.proto.artifacts import ArtifactError
+from edgefleet.proto.commands import Command, CommandRequest
 from edgefleet.proto.error_codes import ErrorCode
-from edgefleet.proto.payloads import Command, DesiredState, GroupAssignment
+from edgefleet.proto.payloads import DesiredState, GroupAssignment
 
 _PEM_BEGIN = b"-----BEGIN PUBLIC KEY-----"
 
@@ -156,12 +157,13 @@ COMMAND_ENVELOPE = ("operator", "key_id", "signed_at", "nonce", "signature")  # 
 
 def without_envelope(cmd: Command) -> Command:
     """`cmd` as its op sees it: the signed envelope back at its defaults (checked, and no argument)."""
-    return cmd.model_copy(update={f: Command.model_fields[f].get_default() for f in COMMAND_ENVELOPE})
+    fields = CommandRequest.model_fields
+    return Command(cmd.request.model_copy(update={f: fields[f].get_default() for f in COMMAND_ENVELOPE}))
 
 
 def command_bytes(cmd: Command, site: str) -> bytes:
     """What an operator signs: the tag, the site, and the canonical command (without `signature`)."""
-    data = cmd.model_dump(mode="json", exclude={"signature"})
+    data = cmd.request.model_dump(mode="json", exclude={"signature"})
     body = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
     return _COMMAND_TAG + site.encode() + b"\n" + body
 
@@ -170,7 +172,7 @@ def sign_command(
     cmd: Command, site: str, operator: str, private: OperatorPrivateKey, now: float | None = None
 ) -> Command:
     """`cmd` with its envelope: operator, key id, time, a fresh nonce, and the signature."""
-    unsigned = cmd.model_copy(
+    unsigned = cmd.request.model_copy(
         update={
             "operator": operator,
             "key_id": public_key_id(private.public_key()),
@@ -179,28 +181,29 @@ def sign_command(
             "signature": "",
         }
     )
-    data = command_bytes(unsigned, site)
+    data = command_bytes(Command(unsigned), site)
     if isinstance(private, Ed25519PrivateKey):
         sig = private.sign(data)
     else:
         sig = private.sign(data, ec.ECDSA(hashes.SHA256()))
-    return unsigned.model_copy(update={"signature": base64.b64encode(sig).decode()})
+    return Command(unsigned.model_copy(update={"signature": base64.b64encode(sig).decode()}))
 
 
 def verify_command(cmd: Command, site: str, public: OperatorPublicKey) -> None:
     """Raise SignatureError (UNSIGNED or BAD_SIGNATURE) unless `public` signed `cmd` for `site` as it is.
 
     Who the operator is, whether they are trusted, and freshness are the receiver's to check."""
-    label = f"command {cmd.op} from operator {cmd.operator!r}"
-    if not cmd.signature:
+    req = cmd.request
+    label = f"command {cmd.op} from operator {req.operator!r}"
+    if not req.signature:
         raise SignatureError(ErrorCode.UNSIGNED, f"command {cmd.op} is not signed; this site requires signed commands")
     want = public_key_id(public)
-    if cmd.key_id != want:
+    if req.key_id != want:
         raise SignatureError(
-            ErrorCode.BAD_SIGNATURE, f"{label} names key {cmd.key_id[:16]!r}; the operator's key is {want}"
+            ErrorCode.BAD_SIGNATURE, f"{label} names key {req.key_id[:16]!r}; the operator's key is {want}"
         )
     try:
-        sig = base64.b64decode(cmd.signature, validate=True)
+        sig = base64.b64decode(req.signature, validate=True)
         if isinstance(public, Ed25519PublicKey):
             public.verify(sig, command_bytes(cmd, site))
         else:

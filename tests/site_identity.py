@@ -28,7 +28,7 @@ import openai
 
 from edgefleet.fleet import identity_commands
 from edgefleet.fleet.identity_commands import read_env
-from edgefleet.plumbing.site_pki import SitePki
+from edgefleet.fleet.site.pki import SitePki
 from edgefleet.plumbing.site_tls import channel_credentials, client_ssl_context, target_name
 from edgefleet.plumbing.transport_security import TlsFiles
 from edgefleet.proto.artifacts import SiteKey

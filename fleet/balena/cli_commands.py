@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
+from collections.abc import Mapping
 from importlib.resources import files
-from typing import TextIO
+from typing import Any, TextIO
+
+from pydantic import ValidationError
 
 from edgefleet.fleet.balena.client import BalenaFleet, BalenaSyncError, make_sdk
 from edgefleet.fleet.balena.plan import describe as describe_plan
 from edgefleet.fleet.balena.plan import plan_device
 from edgefleet.fleet.balena.status_view import join, render
 from edgefleet.fleet.control import OrchestratorUnreachable
+from edgefleet.fleet.settings import FleetSettings
+from edgefleet.proto.payloads import describe_validation_error
 
 
 def _profiles() -> set[str]:
@@ -34,13 +38,10 @@ def register(fsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     sync.add_argument("--dry-run", action="store_true", help="print the plan (current → wanted); change nothing")
     sync.add_argument(
         "--device-mqtt-url",
-        default=os.environ.get("EDGEFLEET_BALENA_MQTT_URL"),
         help="the site broker as devices reach it (EDGEFLEET_BALENA_MQTT_URL); tag edgefleet-mqtt-url overrides",
     )
     sync.add_argument(
-        "--api-url",
-        default=os.environ.get("EDGEFLEET_BALENA_API_URL"),
-        help="balena API (EDGEFLEET_BALENA_API_URL, e.g. openBalena); default: balena-sdk's settings",
+        "--api-url", help="balena API (EDGEFLEET_BALENA_API_URL, e.g. openBalena); default: balena-sdk's settings"
     )
     sync.add_argument(
         "--assign-groups",
@@ -55,12 +56,20 @@ def register(fsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     status.add_argument("--fleet", required=True, help="the balena fleet: slug (org/name), uuid or id")
     status.add_argument("--json", action="store_true", help="machine-readable output")
-    status.add_argument("--api-url", default=os.environ.get("EDGEFLEET_BALENA_API_URL"), help=argparse.SUPPRESS)
+    status.add_argument("--api-url", help=argparse.SUPPRESS)
     status.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the orchestrator")
     status.set_defaults(console_handler=run)
 
 
-def sync(fleet: BalenaFleet, name: str, mqtt_url: str | None, dry_run: bool, out: TextIO, assign: bool = False) -> int:
+def sync(
+    settings: FleetSettings,
+    fleet: BalenaFleet,
+    name: str,
+    mqtt_url: str | None,
+    dry_run: bool,
+    out: TextIO,
+    assign: bool = False,
+) -> int:
     profiles = _profiles()
     plans = [plan_device(d, profiles, mqtt_url, groups_as_variable=not assign) for d in fleet.devices(name)]
     if not plans:
@@ -80,7 +89,7 @@ def sync(fleet: BalenaFleet, name: str, mqtt_url: str | None, dry_run: bool, out
         if assign and p.groups is not None:
             out.write(f"  assign-groups {p.node_id} {','.join(p.groups)}{' (dry run)' if dry_run else ''}\n")
             if not dry_run:
-                assign_groups(p.node_id, p.groups, out)
+                assign_groups(settings, p.node_id, p.groups, out)
     verb = "would set" if dry_run else "set"
     out.write(
         f"{len(plans)} devices: {verb} {changed} variables on {len(plans) - skipped} devices; "
@@ -89,24 +98,22 @@ def sync(fleet: BalenaFleet, name: str, mqtt_url: str | None, dry_run: bool, out
     return 1 if skipped else 0
 
 
-def assign_groups(node_id: str, groups: list[str], out: TextIO) -> None:
+def assign_groups(settings: FleetSettings, node_id: str, groups: list[str], out: TextIO) -> None:
     """The tags' groups as the orchestrator's assignment for the node (the CLI's own settings)."""
     from edgefleet.fleet.control import refusal, request
-    from edgefleet.fleet.settings import FleetSettings
-    from edgefleet.proto.payloads import Command
+    from edgefleet.proto.commands import Command
 
-    result = request(FleetSettings(), Command(op="assign-groups", target=node_id, groups=groups), 30.0)
+    result = request(settings, Command(op="assign-groups", target=node_id, groups=groups), 30.0)
     out.write(f"  {'ok' if result.ok else 'REFUSED'}: {result.message if result.ok else refusal(result)}\n")
 
 
-def status(fleet: BalenaFleet, name: str, as_json: bool, timeout: float, out: TextIO) -> int:
+def status(settings: FleetSettings, fleet: BalenaFleet, name: str, as_json: bool, timeout: float, out: TextIO) -> int:
     """Devices from balena, nodes from the orchestrator (the CLI's own settings: EDGEFLEET_*)."""
     from edgefleet.fleet.control import refusal, request
-    from edgefleet.fleet.settings import FleetSettings
-    from edgefleet.proto.payloads import Command
+    from edgefleet.proto.commands import Command
 
     devices = fleet.devices(name)
-    result = request(FleetSettings(), Command(op="status"), timeout)
+    result = request(settings, Command(op="status"), timeout)
     if not result.ok:
         raise BalenaSyncError(refusal(result))
     rows = join(devices, list(result.data.get("nodes", [])))
@@ -117,13 +124,26 @@ def status(fleet: BalenaFleet, name: str, as_json: bool, timeout: float, out: Te
     return 0
 
 
-def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
+def run(
+    args: argparse.Namespace,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+    *,
+    overrides: Mapping[str, Any] = {},
+) -> int:
+    """`overrides`: the `edgefleet` global flags (--mqtt-url, --site, --insecure), over the environment."""
     out, err = out or sys.stdout, err or sys.stderr
     try:
-        fleet = BalenaFleet(make_sdk(args.api_url))
+        settings = FleetSettings(**overrides)
+    except ValidationError as e:
+        err.write(f"edgefleet: invalid setting: {describe_validation_error(e)}\n")
+        return 2
+    try:
+        fleet = BalenaFleet(make_sdk(args.api_url or settings.balena_api_url))
         if args.balena_command == "status":
-            return status(fleet, args.fleet, args.json, args.timeout, out)
-        return sync(fleet, args.fleet, args.device_mqtt_url, args.dry_run, out, args.assign_groups)
+            return status(settings, fleet, args.fleet, args.json, args.timeout, out)
+        mqtt_url = args.device_mqtt_url or settings.balena_mqtt_url
+        return sync(settings, fleet, args.fleet, mqtt_url, args.dry_run, out, args.assign_groups)
     except (BalenaSyncError, OrchestratorUnreachable, ValueError) as e:  # ValueError: settings (no identity, …)
         err.write(f"edgefleet: {e}\n")
         return 2

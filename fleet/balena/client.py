@@ -54,6 +54,8 @@ def make_sdk(api_url: str | None) -> balena.Balena:
 class BalenaFleet:
     def __init__(self, sdk: balena.Balena, retries: int = 5, backoff_s: float = 0.5) -> None:
         self.sdk, self.retries, self.backoff_s = sdk, retries, backoff_s
+        # BALENA_API_KEY is balena-sdk's own variable (the SDK reads it itself), not an edgefleet setting:
+        # read here only to say early that there is no token, instead of a 401 on the first call.
         if not sdk.auth.get_token() and not os.environ.get("BALENA_API_KEY"):
             raise BalenaSyncError("no balena token: set BALENA_API_KEY to an API key (or run `balena login`)")
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import getpass
 import sys
-from typing import TextIO
+from collections.abc import Mapping
+from typing import Any, TextIO
 
 from edgefleet.fleet.console.accounts import ROLES, AccountError, Accounts
 from edgefleet.fleet.console.settings import ConsoleSettings
@@ -32,13 +33,13 @@ def register_operator(fsub: argparse._SubParsersAction[argparse.ArgumentParser])
     add.set_defaults(console_handler=run_operator)
 
 
-def run_console(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
-    overrides = {"console_address": args.address} if getattr(args, "address", None) else {}
-    settings = ConsoleSettings(**overrides)
-    configure_logging("console", fmt=settings.log_format)
+def run_console(args: argparse.Namespace, out: TextIO = sys.stdout, *, overrides: Mapping[str, Any] = {}) -> int:
+    """`overrides`: the `edgefleet` global flags (--mqtt-url, --site, --insecure), over the environment."""
+    address = {"console_address": args.address} if getattr(args, "address", None) else {}
+    settings = ConsoleSettings(**overrides, **address)
+    configure_logging("console", settings.log_level, settings.log_format)
     import logging
 
-    logging.getLogger().setLevel(logging.INFO)
     if not settings.may_start(logging.getLogger("edgefleet.console"), "edgefleet console", "the console"):
         return 2
     from edgefleet.fleet.console.server import serve
@@ -56,8 +57,8 @@ def read_password(from_stdin: bool, stdin: TextIO = sys.stdin) -> str:
     return first
 
 
-def run_operator(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
-    settings = ConsoleSettings()
+def run_operator(args: argparse.Namespace, out: TextIO = sys.stdout, *, overrides: Mapping[str, Any] = {}) -> int:
+    settings = ConsoleSettings(**overrides)
     try:
         password = read_password(args.password_stdin)
         created = Accounts(settings.console_data_file).add(args.name, args.role, password)

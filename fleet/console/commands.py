@@ -1,6 +1,6 @@
 """The console's one way to change the fleet: the orchestrator's command table, the CLI's way.
 
-Every push and removal is a `Command` sent with the CLI's `OrchestratorSession` (MQTT 5
+Every push and removal is a `Command` (proto/commands.py) sent with the CLI's `OrchestratorSession` (MQTT 5
 request/response on the orchestrator's commands topic); refusals come back as the orchestrator's
 `CommandResult` (code and message), which the pages show next to the field they concern.
 Calls block: web handlers run them with `asyncio.to_thread`.
@@ -8,28 +8,15 @@ Calls block: web handlers run them with `asyncio.to_thread`.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import json
 import logging
 import threading
-from typing import Any
-
-from pydantic import ValidationError
 
 from edgefleet.fleet.console.settings import ConsoleSettings
 from edgefleet.fleet.control import OrchestratorSession, OrchestratorUnreachable
-from edgefleet.plumbing.mqtt_rpc import NoAnswer
-from edgefleet.proto.payload_base import PAYLOAD_VERSION
-from edgefleet.proto.payloads import (
-    MAX_UPLOAD_CHUNK_BYTES,
-    Command,
-    CommandResult,
-    PayloadError,
-    UploadChunk,
-    describe_validation_error,
-    parse_payload,
-)
+from edgefleet.fleet.uploads import upload
+from edgefleet.proto.commands import Command
+from edgefleet.proto.error_codes import ErrorCode
+from edgefleet.proto.payloads import CommandResult, PayloadError
 
 log = logging.getLogger("edgefleet.console.commands")
 
@@ -58,50 +45,26 @@ class CommandBridge:
             log.info("command refused", extra={"op": command.op, "code": result.code, "reason": result.message[:300]})
         return result
 
-    def call_raw(self, fields: dict[str, Any], timeout: float = 5.0) -> CommandResult:
-        """An op this edgefleet's `Command` model may not know yet (the orchestrator decides)."""
-        payload = json.dumps({"v": PAYLOAD_VERSION, **fields}).encode()
-        try:
-            s = self._connected()
-            answer = s.rpc.call(s.topics.orchestrator_commands(), payload, timeout)
-            return parse_payload(CommandResult, answer)
-        except (OrchestratorUnreachable, NoAnswer, PayloadError) as e:
-            return CommandResult(ok=False, code=UNAVAILABLE, message=str(e))
-
     def status(self) -> CommandResult:
         return self.call(Command(op="status"), timeout=3.0)
 
     def telemetry_history(self, node_id: str) -> CommandResult:
         """The orchestrator's per-minute history of a node (op `telemetry-history`), where it has one."""
-        return self.call_raw({"op": "telemetry-history", "target": node_id})
-
-    def upload(self, data: bytes) -> tuple[str, CommandResult]:
-        """Hand a file to the orchestrator in confirmed pieces, like `edgefleet fleet push-adapter` does."""
-        sha = hashlib.sha256(data).hexdigest()
-        step = MAX_UPLOAD_CHUNK_BYTES
-        result = CommandResult(ok=True)
-        for i in range(-(-len(data) // step)):
-            piece = UploadChunk(
-                sha256=sha,
-                size=len(data),
-                chunk_bytes=step,
-                index=i,
-                data=base64.b64encode(data[i * step : (i + 1) * step]).decode(),
-            )
-            result = self.call(Command(op="upload-chunk", upload=piece))
-            if not result.ok or result.data.get("missing") == 0:
-                break
-        return sha, result
+        try:
+            cmd = Command(op="telemetry-history", target=node_id)
+        except PayloadError as e:
+            return CommandResult(ok=False, code=ErrorCode.INVALID_PAYLOAD.value, message=str(e))
+        return self.call(cmd, timeout=5.0)
 
     def push_artifact(self, op: str, name: str, version: str, target: str, data: bytes) -> CommandResult:
-        """push-adapter or push-knowledge: upload, then ask the orchestrator to sign and publish it."""
-        sha, uploaded = self.upload(data)
+        """push-adapter or push-knowledge: upload (`fleet/uploads.py`), then the orchestrator signs and publishes it."""
+        sha, uploaded = upload(self.call, data)
         if not uploaded.ok:
             return CommandResult(ok=False, code=uploaded.code, message=f"upload refused: {uploaded.message}")
         try:
-            cmd = Command(op=op, name=name, version=version, sha256=sha, target=target)  # type: ignore[arg-type]
-        except ValidationError as e:
-            return CommandResult(ok=False, code="invalid_payload", message=describe_validation_error(e))
+            cmd = Command(op=op, name=name, version=version, sha256=sha, target=target)
+        except PayloadError as e:
+            return CommandResult(ok=False, code=ErrorCode.INVALID_PAYLOAD.value, message=str(e), field=e.field)
         return self.call(cmd)
 
     def close(self) -> None:

@@ -2,7 +2,7 @@
 
 The browser POSTs the request as JSON (with the CSRF header) and reads the answer as it comes:
 newline-delimited JSON events `meta` (who answers), `text` (each delta), then `done` (time to
-first token, tokens/s, finish reason, sources) or `error`. The server calls
+first token, tokens/s, finish reason, sources) or `error` (its ErrorCode and message). The server calls
 `edgefleet.v1.Inference/Generate` with grpc.aio and forwards each chunk as it arrives.
 """
 
@@ -19,6 +19,7 @@ from aiohttp import web
 
 from edgefleet.fleet.console import server as s
 from edgefleet.fleet.grpc_channel import node_channel_aio
+from edgefleet.plumbing.grpc_errors import code_of
 from edgefleet.proto.v1 import inference_pb2 as pb
 from edgefleet.proto.v1 import inference_pb2_grpc as pb_grpc
 
@@ -138,8 +139,8 @@ async def generate(request: web.Request) -> web.StreamResponse:
                     "sources": list(last.source_chunk_ids) if last is not None else [],
                 }
             )
-        except grpc.aio.AioRpcError as e:
-            await send({"type": "error", "code": e.code().name, "error": e.details() or str(e.code())})
+        except grpc.aio.AioRpcError as e:  # the ErrorCode the node or front door sent (grpc's own: from its status)
+            await send({"type": "error", "code": code_of(e).value, "error": e.details() or str(e.code())})
     log.info("playground answer", extra={"address": address, "request_id": rid, "chars": chars})
     return resp
 

@@ -1,4 +1,5 @@
-"""Settings of the web console: every field has a default, a doc line and an environment variable."""
+"""Settings of the web console: the site section (plumbing/site_settings.py), the balena section and
+the console's own fields; every field has a default, a doc line and an environment variable."""
 
 from __future__ import annotations
 
@@ -6,11 +7,11 @@ from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import SettingsConfigDict
 
+from edgefleet.fleet.balena.settings import BalenaSettings
 from edgefleet.fleet.settings import FleetSettings
-from edgefleet.plumbing.mqtt_settings import DEFAULT_MQTT_URL, MqttSettings
-from edgefleet.plumbing.transport_security import TlsFiles, TransportSecurity
+from edgefleet.plumbing.site_settings import SiteSettings
+from edgefleet.plumbing.transport_security import TlsFiles
 
 
 def _host_port(v: str, what: str) -> str:
@@ -20,15 +21,10 @@ def _host_port(v: str, what: str) -> str:
     return v
 
 
-class ConsoleSettings(MqttSettings, TransportSecurity):
-    model_config = SettingsConfigDict(env_prefix="EDGEFLEET_", extra="ignore")
-
+class ConsoleSettings(SiteSettings, BalenaSettings):
     console_address: str = Field(
         default="0.0.0.0:8088", description="Where the console listens, HOST:PORT (EDGEFLEET_CONSOLE_ADDRESS)"
     )
-    mqtt_url: str = Field(default=DEFAULT_MQTT_URL, description="Site broker (EDGEFLEET_MQTT_URL)")
-    site: str = Field(default="default", description="Site to operate (EDGEFLEET_SITE)")
-    topic_root: str = Field(default="edgefleet/{site}/", description="Root of every MQTT topic (EDGEFLEET_TOPIC_ROOT)")
     console_data_file: Path = Field(
         default=Path.home() / ".local" / "share" / "edgefleet" / "console.db",
         description="SQLite file of operator accounts and sessions (EDGEFLEET_CONSOLE_DATA_FILE)",
@@ -51,10 +47,6 @@ class ConsoleSettings(MqttSettings, TransportSecurity):
         default=30.0,
         description="How often the console asks balena for the fleet's devices (EDGEFLEET_CONSOLE_BALENA_POLL_S)",
     )
-    balena_api_url: str | None = Field(
-        default=None,
-        description="balena API, e.g. an openBalena; empty: balena-sdk's settings (EDGEFLEET_BALENA_API_URL)",
-    )
     console_session_hours: Annotated[float, Field(gt=0)] = Field(
         default=12.0, description="Hours a login lasts (EDGEFLEET_CONSOLE_SESSION_HOURS)"
     )
@@ -76,7 +68,6 @@ class ConsoleSettings(MqttSettings, TransportSecurity):
     console_tls_key_file: Path | None = Field(
         default=None, description="Private key of the certificate (EDGEFLEET_CONSOLE_TLS_KEY_FILE)"
     )
-    log_format: str = Field(default="json", description="json or text (EDGEFLEET_LOG_FORMAT)")
 
     @field_validator("console_address")
     @classmethod
@@ -93,21 +84,10 @@ class ConsoleSettings(MqttSettings, TransportSecurity):
         return host.strip("[]"), int(port)
 
     def fleet_settings(self) -> FleetSettings:
-        """The CLI's settings for the same broker and site: the console sends commands the CLI's way."""
-        return FleetSettings(
-            mqtt_url=self.mqtt_url,
-            mqtt_username=self.mqtt_username,
-            mqtt_password=self.mqtt_password,
-            mqtt_ca_file=self.mqtt_ca_file,
-            mqtt_cert_file=self.mqtt_cert_file,
-            mqtt_key_file=self.mqtt_key_file,
-            insecure=self.insecure,
-            tls_cert_file=self.tls_cert_file,
-            tls_key_file=self.tls_key_file,
-            tls_ca_file=self.tls_ca_file,
-            site=self.site,
-            topic_root=self.topic_root,
-        )
+        """The CLI's settings with this console's site section (broker, site, TLS, the insecure switch)
+        and balena section: the console sends commands the CLI's way."""
+        shared = set(SiteSettings.model_fields) | set(BalenaSettings.model_fields)
+        return FleetSettings(**{name: getattr(self, name) for name in shared})
 
     def https_files(self) -> tuple[Path, Path] | None:
         """(certificate, key) to serve HTTPS with, or None for plain HTTP (insecure mode only)."""

@@ -4,6 +4,8 @@ A form is checked with the CLI's own loaders (`load_template`, `load_rule`) and 
 of `push-adapter` / `push-knowledge`, so the console refuses what the CLI refuses with the same
 words; then the orchestrator's `CommandResult` decides. A refusal re-renders the form with what
 was typed and the reason next to the field it concerns: nothing is lost and nothing is pushed.
+Which field that is comes typed, never from the message's words: the request field a refusal
+names (`CommandResult.field`, `PayloadError.field`) or the loader's (`FleetCommandError.field`).
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ from edgefleet.fleet.console import server as s
 from edgefleet.fleet.group_commands import parse_groups
 from edgefleet.fleet.rule_commands import RuleCommandError, load_rule
 from edgefleet.fleet.site_commands import FleetCommandError, load_template
+from edgefleet.proto.commands import Command
 from edgefleet.proto.knowledge_bundle import BundleDocument, write_bundle
-from edgefleet.proto.payloads import Command, CommandResult
+from edgefleet.proto.payloads import PayloadError
 from edgefleet.proto.topics import valid_name
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -37,6 +40,14 @@ OPS = {
     "knowledge": ("push-knowledge", "rm-knowledge"),
 }
 BODY_FIELD = {"templates": "template", "rules": "rule", "adapters": "file", "knowledge": "files"}
+# the form's fields besides the body, each named as the request field it fills
+FORM_FIELDS = {
+    "templates": ("target", "name", "version"),
+    "rules": ("target",),
+    "adapters": ("target", "name", "version"),
+    "knowledge": ("target", "name", "version"),
+}
+SPEC_FIELD = {"templates": "template", "rules": "rule"}  # the request field whose name and version the form has
 DOC_SUFFIXES = (".md", ".markdown", ".txt")
 
 
@@ -58,14 +69,15 @@ def _upload(form: MultiDictProxy[Any], key: str) -> tuple[str, bytes] | None:
     return Path(f.filename).name, f.file.read()
 
 
-def _field_of(kind: str, result: CommandResult) -> str:
-    """Which field a refusal concerns, from its code and words."""
-    msg = result.message.lower()
-    if result.code in ("not_found", "wrong_target") or msg.startswith("target"):
-        return "target"
-    if result.code == "older_version" or "version" in msg.split(":", 1)[0]:
-        return "version"
-    return BODY_FIELD[kind]
+def form_field(kind: str, field: str) -> str:
+    """The form field showing a refusal about request field `field` (dotted; "": the body).
+
+    `template.version` is the templates form's `version`; a field the form has no input for
+    (`rule.version`, `sha256`, `template.variables`) is shown at the body it comes from."""
+    path = field.split(".")
+    if kind in SPEC_FIELD and path[0] == SPEC_FIELD[kind]:
+        path = path[1:]
+    return path[0] if path and path[0] in FORM_FIELDS[kind] else BODY_FIELD[kind]
 
 
 def template_command(form: MultiDictProxy[Any]) -> Command:
@@ -79,16 +91,9 @@ def template_command(form: MultiDictProxy[Any]) -> Command:
         path.write_bytes(body if isinstance(body, bytes) else str(body).encode())
         try:
             spec = load_template(path, name, version, _text(form, "system") or None)
-        except FleetCommandError as e:
+        except FleetCommandError as e:  # its field is a TemplateSpec field, or "file"
             msg = str(e).replace(str(path), upload[0] if upload else "the template")
-            raise FieldError(
-                "name"
-                if msg.startswith("template name")
-                else "version"
-                if msg.startswith("template refused: version")
-                else "template",
-                msg,
-            ) from e
+            raise FieldError(form_field("templates", f"template.{e.field}"), msg) from e
     return Command(
         op="push-template", target=_text(form, "target"), template=spec, new_group=form.get("new_group") == "on"
     )
@@ -167,16 +172,20 @@ async def push(request: web.Request, kind: str) -> web.StreamResponse:
             result = await asyncio.to_thread(commands.push_artifact, OPS[kind][0], name, version, target, data)
     except FieldError as e:
         return pages.desired_page(request, kind, 422, {e.field: e.message}, values)
+    except PayloadError as e:  # a command that does not validate: nothing was sent
+        return pages.desired_page(request, kind, 422, {form_field(kind, e.field): str(e)}, values)
     if not result.ok:
-        field = _field_of(kind, result)
         message = f"refused ({result.code or 'refused'}): {result.message}"
-        return pages.desired_page(request, kind, 422, {field: message}, values)
+        return pages.desired_page(request, kind, 422, {form_field(kind, result.field): message}, values)
     raise web.HTTPSeeOther(f"/{kind}?done={urllib.parse.quote(result.message)}")
 
 
 async def remove(request: web.Request, kind: str) -> web.StreamResponse:
     form = await request.post()
-    cmd = Command(op=OPS[kind][1], target=_text(form, "target"), name=_text(form, "name"))  # type: ignore[arg-type]
+    try:
+        cmd = Command(op=OPS[kind][1], target=_text(form, "target"), name=_text(form, "name"))
+    except PayloadError as e:
+        return pages.desired_page(request, kind, 422, form_error=str(e))
     result = await asyncio.to_thread(request.app[s.COMMANDS_KEY].call, cmd)
     if not result.ok:
         return pages.desired_page(request, kind, 422, form_error=f"refused ({result.code}): {result.message}")
@@ -189,9 +198,9 @@ async def assign_groups(request: web.Request) -> web.StreamResponse:
     node_id, value = request.match_info["node_id"], _text(form, "groups")
     try:
         groups = parse_groups(value)
-    except ValueError as e:
+        cmd = Command(op="assign-groups", target=node_id, groups=groups)
+    except ValueError as e:  # PayloadError is one
         return await pages.node_view(request, 422, groups_error=str(e), groups_value=value)
-    cmd = Command(op="assign-groups", target=node_id, groups=groups)
     result = await asyncio.to_thread(request.app[s.COMMANDS_KEY].call, cmd)
     if not result.ok:
         message = f"refused ({result.code or 'refused'}): {result.message}"

@@ -146,7 +146,7 @@ async def serve(node: Node, settings: NodeSettings, ready: asyncio.Event | None 
         return EXIT_ENGINE_FAILED
 
     log.info("draining", extra={"in_flight": node.engine.outstanding})
-    node.service.draining = True
+    node.service.start_draining()
     deadline = loop.time() + settings.drain_timeout_s
     while node.engine.outstanding > 0 and loop.time() < deadline and not failure:
         await asyncio.sleep(0.05)

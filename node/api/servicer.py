@@ -14,7 +14,7 @@ import grpc
 
 from edgefleet.node.api import knowledge_rpc, response_cache
 from edgefleet.node.api.event_channel import EventChannel
-from edgefleet.node.api.status import grpc_code
+from edgefleet.node.api.status import refuse
 from edgefleet.node.engine.types import EventSink, Failed, Finished, FinishReason, TextDelta
 from edgefleet.node.errors import EdgefleetError
 from edgefleet.node.knowledge.caches import CachedResponse
@@ -49,12 +49,6 @@ async def _request_id(context: grpc.aio.ServicerContext, send: bool = True) -> s
     if send:
         await context.send_initial_metadata(((REQUEST_ID_KEY, rid),))
     return rid
-
-
-async def _abort(context: grpc.aio.ServicerContext, error: EdgefleetError) -> None:
-    code = grpc_code(error)
-    log.info("request refused", extra={"code": code.name, "reason": str(error)})
-    await context.abort(code, str(error))
 
 
 def _to_input(req: pb.GenerateRequest) -> GenerateInput:
@@ -92,8 +86,7 @@ def _unary(fn: UnaryMethod[Q, R]) -> UnaryMethod[Q, R]:
         try:
             return await fn(self, request, context)
         except EdgefleetError as e:
-            await _abort(context, e)
-            raise AssertionError("unreachable") from e
+            await refuse(context, e)
 
     return call
 
@@ -143,7 +136,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         try:
             hit, cache_key, queued = await self._off_loop(rid, self._admit, request, inp, rid, channel.put, arrived)
         except EdgefleetError as e:
-            await _abort(context, e)
+            await refuse(context, e)
             return
         prompt_tokens = str(queued.prompt_tokens) if queued is not None else "0"
         sources = queued.sources if queued is not None else []
@@ -204,7 +197,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                     finished = True
                     if text:
                         yield pb.GenerateChunk(text=text, request_id=rid)
-                    await _abort(context, event.error)
+                    await refuse(context, event.error)
                     return
         finally:
             if not finished:  # client cancelled, deadline passed, or the stream broke
@@ -218,13 +211,11 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         try:  # tokenizing is CPU work: not on the event loop
             fut, n_tokens = await self._off_loop("", self.service.embed, texts, request.normalize)
         except EdgefleetError as e:
-            await _abort(context, e)
-            raise AssertionError("unreachable") from e
+            await refuse(context, e)
         try:
             vectors = await asyncio.wrap_future(fut)
         except EdgefleetError as e:
-            await _abort(context, e)
-            raise AssertionError("unreachable") from e
+            await refuse(context, e)
         except asyncio.CancelledError:
             fut.cancel()
             raise

@@ -1,24 +1,20 @@
-"""The one mapping from the node's typed errors to gRPC status codes."""
+"""The node's typed errors on gRPC: the error's ErrorCode decides the status (proto/error_table.py)
+and travels in the trailing metadata."""
 
 from __future__ import annotations
+
+import logging
+from typing import NoReturn
 
 import grpc
 
 from edgefleet.node import errors
+from edgefleet.plumbing.grpc_errors import abort
 
-_CODES: list[tuple[type[errors.EdgefleetError], grpc.StatusCode]] = [
-    (errors.InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),  # ContextOverflow included
-    (errors.NotFound, grpc.StatusCode.NOT_FOUND),
-    (errors.QueueFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (errors.OverBudget, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (errors.StorageFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
-    (errors.EngineFailure, grpc.StatusCode.INTERNAL),
-]
+log = logging.getLogger("edgefleet.node.grpc")
 
 
-def grpc_code(error: errors.EdgefleetError) -> grpc.StatusCode:
-    for kind, code in _CODES:
-        if isinstance(error, kind):
-            return code
-    return grpc.StatusCode.INTERNAL
+async def refuse(context: grpc.aio.ServicerContext, error: errors.EdgefleetError) -> NoReturn:
+    """End the call with the error's status, message and ErrorCode."""
+    log.info("request refused", extra={"code": error.code.value, "reason": str(error)})
+    await abort(context, error.code, str(error))

@@ -98,7 +98,7 @@ class ControlAgent:
             self._reject,
         )
         self.groups = self.membership.effective
-        service.groups = self.groups
+        service.set_groups(self.groups)
         self._stop = threading.Event()
         self._telemetry: threading.Thread | None = None
         self._last_tokens = 0
@@ -220,7 +220,7 @@ class ControlAgent:
                 if g not in before:
                     self.link.subscribe(self.topics.desired_group(g), self._on_desired)
             self.groups = after
-            self.service.groups = after  # one assignment: readers see the old list or the new
+            self.service.set_groups(after)  # one assignment: readers see the old list or the new
             if self.sensors is not None:
                 self.sensors.set_groups(after)
             self._install(self.store.docs())
@@ -380,7 +380,7 @@ class ControlAgent:
                 compiled[name] = compile_template(spec)
             except TemplateError as e:  # stored earlier by another version of edgefleet
                 log.error("stored template does not compile", extra={"template": name, "reason": str(e)})
-        self.service.templates = compiled  # one assignment: requests see the old set or the new
+        self.service.set_templates(compiled)  # one assignment: requests see the old set or the new
         if self.adapters is not None:
             self.adapters.set_wanted(effective_adapters(docs, self.node_id, self.groups))
         if self.knowledge is not None:

@@ -57,7 +57,10 @@ class Installer(Protocol):
         """Before any byte is fetched: refuse (EdgefleetError) what cannot fit this node."""
 
     def load(self, name: str, version: str, path: Path, sha256: str) -> None:
-        """Put a verified file into service; the previous version serves until this returns."""
+        """Put a verified file into service; the previous version serves until this returns.
+
+        `sha256` is the digest the file was verified with when it was assembled (or recorded then, for
+        a file installed before this start): the file is not hashed again."""
 
     def unload(self, name: str) -> None: ...
 
@@ -123,9 +126,13 @@ class ArtifactSync:
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     def load_installed(self) -> None:
-        """At start, before serving: load what this node installed earlier (a bad file is forgotten)."""
+        """At start, before serving: load what this node installed earlier (a bad file is forgotten).
+
+        Hashed when it was assembled, a file is checked here by its size and by what loads it."""
         for a in self.installed.all(self.kind).values():
             try:
+                if (size := a.path.stat().st_size) != a.size:
+                    raise ArtifactError(f"{a.path} is {size} bytes; {a.size} were installed")
                 self.installer.load(a.name, a.version, a.path, a.sha256)
             except (EdgefleetError, ArtifactError, OSError) as e:
                 log.error(
@@ -219,25 +226,20 @@ class ArtifactSync:
                 log.info("chunk not being fetched ignored", extra={"topic": msg.topic})
                 return
             try:
-                t.manifest.check_chunk(index, data)  # tampered data is refused even for a chunk held
+                kept = t.store.write(index, data)  # verified here, once; tampered data is refused even when held
             except ArtifactError as e:
                 self.report_error(msg.topic, ErrorCode.CHUNK_REFUSED, str(e))
                 return
-            if t.store.has(index):
+            except OSError as e:
+                self.report_error(msg.topic, ErrorCode.DISK_ERROR, f"{t.manifest.label}: chunk {index} not kept: {e}")
+                return
+            t.requested.discard(index)
+            if kept:
+                first = False
+                t.last_progress = time.monotonic()
+            else:
                 t.duplicates += 1
                 first = t.duplicates == 1
-                t.requested.discard(index)
-            else:
-                first = False
-                try:
-                    t.store.write(index, data)
-                except (ArtifactError, OSError) as e:
-                    self.report_error(
-                        msg.topic, ErrorCode.DISK_ERROR, f"{t.manifest.label}: chunk {index} not kept: {e}"
-                    )
-                    return
-                t.requested.discard(index)
-                t.last_progress = time.monotonic()
         if first:  # QoS 1 redelivery and group fan-out make some normal: say so once per transfer
             self.report_error(
                 msg.topic, ErrorCode.DUPLICATE_CHUNK, f"{t.manifest.label}: chunk {index} already held; ignored"
@@ -335,14 +337,14 @@ class ArtifactSync:
         self.changed()
         path = self.install_dir / f"{m.name}@{m.version}{self.installer.suffix}"
         try:
-            t.store.assemble(path)
-            self.installer.load(m.name, m.version, path, m.sha256)
+            assembled = t.store.assemble(path)  # the one hash of the whole file, passed on from here
+            self.installer.load(m.name, m.version, path, assembled.sha256)
         except (ArtifactError, EdgefleetError, OSError) as e:
             path.unlink(missing_ok=True)
             self._fail(m, str(e))
             return
         previous = self.installed.all(self.kind).get(m.name)
-        self.installed.record(InstalledArtifact(self.kind, m.name, m.version, m.sha256, path, m.size))
+        self.installed.record(InstalledArtifact(self.kind, m.name, m.version, assembled.sha256, path, assembled.size))
         if previous is not None and previous.path != path:
             previous.path.unlink(missing_ok=True)
         self.link.unsubscribe(self._chunk_filter_for(m))

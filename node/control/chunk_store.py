@@ -3,6 +3,11 @@
 `<data_dir>/artifacts/<sha256>/<index>` holds each verified chunk (written to a temporary name,
 fsynced, renamed), so a transfer resumes from what is on disk. `assemble` joins them into the
 final file the same way and checks the whole file's size and sha256 before the rename.
+
+Each byte is hashed once per check: a chunk when it arrives (`write`, against the signed manifest's
+chunk hash), the whole file while it is joined (`assemble`, against the manifest's sha256; the chunks
+were on disk since, so this is the check that counts). The digest `assemble` returns is passed on to
+whatever puts the file into service, which does not hash it again.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from edgefleet.proto.artifacts import ArtifactError, Manifest
@@ -21,6 +27,15 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@dataclass(frozen=True)
+class AssembledFile:
+    """A file joined from verified chunks whose size and sha256 were checked against the manifest."""
+
+    path: Path
+    sha256: str  # computed while joining: the one hash of the whole file on this node
+    size: int
 
 
 class ChunkStore:
@@ -43,9 +58,12 @@ class ChunkStore:
     def has(self, index: int) -> bool:
         return index in self._held
 
-    def write(self, index: int, data: bytes) -> None:
-        """Verify (index, size, sha256 from the signed manifest) and keep one chunk."""
+    def write(self, index: int, data: bytes) -> bool:
+        """Verify one chunk as it arrives (index, size, sha256 from the signed manifest; ArtifactError) and
+        keep it; False when it is held already (nothing written). Tampered data is refused even then."""
         self.manifest.check_chunk(index, data)
+        if index in self._held:
+            return False
         tmp = self.dir / f"{index}.tmp"
         with open(tmp, "wb") as f:
             f.write(data)
@@ -53,9 +71,10 @@ class ChunkStore:
             os.fsync(f.fileno())
         os.replace(tmp, self.dir / str(index))
         self._held.add(index)
+        return True
 
-    def assemble(self, dest: Path) -> Path:
-        """Join the chunks into `dest` atomically; raises ArtifactError when the whole does not match."""
+    def assemble(self, dest: Path) -> AssembledFile:
+        """Join the chunks into `dest` atomically, hashing as they go; ArtifactError when the whole does not match."""
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(dest.name + ".tmp")
         digest = hashlib.sha256()
@@ -81,7 +100,7 @@ class ChunkStore:
             )
         os.replace(tmp, dest)
         _fsync_dir(dest.parent)
-        return dest
+        return AssembledFile(dest, digest.hexdigest(), size)
 
     def discard(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)

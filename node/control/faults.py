@@ -23,7 +23,8 @@ from typing import TypeVar
 
 import paho.mqtt.client as mqtt
 
-from edgefleet.node.errors import EdgefleetError, StorageFull, disk_space, is_disk_full, mqtt_code
+from edgefleet.node.errors import EdgefleetError, StorageFull, disk_space, is_disk_full
+from edgefleet.node.errors import code_of as error_code
 from edgefleet.plumbing.mqtt_link import Again
 from edgefleet.proto.error_codes import ErrorCode
 from edgefleet.proto.input_limits import MAX_JSON_DEPTH, json_depth
@@ -44,11 +45,12 @@ def transient(error: BaseException) -> bool:
     return isinstance(error, StorageFull | ConnectionError | TimeoutError) or is_disk_full(error)
 
 
-def code_of(error: BaseException) -> ErrorCode:
+def _code(error: BaseException) -> ErrorCode:
+    """The code a failed MQTT handler is reported with: a full disk wherever it surfaced, a node error's own."""
     if isinstance(error, StorageFull) or is_disk_full(error):
         return ErrorCode.STORAGE_FULL
     if isinstance(error, EdgefleetError):
-        return mqtt_code(error)
+        return error_code(error)
     return ErrorCode.HANDLER_ERROR
 
 
@@ -114,7 +116,7 @@ class NodeFaults:
                 self.handler_errors += 1
                 key = (msg.topic, msg.mid if per_message else None)
                 self._retries[key] = _Retry(msg, again, 1, time.monotonic() + self.retry_s)
-            self.report(code_of(error), self._describe(msg, error, retried=True), msg.topic, once_per=REPEAT_REPORT_S)
+            self.report(_code(error), self._describe(msg, error, retried=True), msg.topic, once_per=REPEAT_REPORT_S)
 
         return on_handler_error
 
@@ -150,7 +152,7 @@ class NodeFaults:
                     else:
                         r.attempts += 1
                         r.due = now + min(MAX_BACKOFF_S, self.retry_s * 2 ** min(r.attempts - 1, 6))
-                self.report(code_of(e), self._describe(r.msg, e, not give_up), r.msg.topic, once_per=REPEAT_REPORT_S)
+                self.report(_code(e), self._describe(r.msg, e, not give_up), r.msg.topic, once_per=REPEAT_REPORT_S)
                 continue
             with self._lock:
                 if self._retries.get(key) is r:

@@ -89,14 +89,18 @@ class _LruTable:
         self._lock = threading.Lock()
         self._clock = 0
         try:
-            self._conn, _ = sqlite.open_database(self.path, MIGRATIONS, synchronous="NORMAL", what="cache file")
+            self._conn, _ = sqlite.open_knowledge_database(
+                self.path, MIGRATIONS, synchronous="NORMAL", what="cache file"
+            )
         except CorruptDatabase as e:
             moved = sqlite.move_aside(self.path)
             log.warning(
                 "cache file damaged, starting an empty one",
                 extra={"path": str(self.path), "moved_to": str(moved), "error": str(e)},
             )
-            self._conn, _ = sqlite.open_database(self.path, MIGRATIONS, synchronous="NORMAL", what="cache file")
+            self._conn, _ = sqlite.open_knowledge_database(
+                self.path, MIGRATIONS, synchronous="NORMAL", what="cache file"
+            )
 
     def tick(self) -> int:
         """A strictly increasing last-used stamp (wall-clock ns, so it orders across restarts too)."""

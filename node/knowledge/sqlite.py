@@ -112,7 +112,7 @@ def transaction(conn: Connection, mode: Literal["IMMEDIATE", "DEFERRED"] = "IMME
     conn.execute("COMMIT")
 
 
-def open_database(
+def open_knowledge_database(
     path: Path,
     migrations: Sequence[Sequence[str]],
     *,
@@ -121,7 +121,9 @@ def open_database(
     check: bool = True,
     what: str = "knowledge database",
 ) -> tuple[Connection, bool]:
-    """Open (or create) `path` in WAL mode, check it, apply pending migrations.
+    """Open (or create) a knowledge store or cache file at `path` in WAL mode, check it, apply pending
+    migrations; a plain sqlite3 connection (with sqlite-vec when `load_vec` and available) and whether
+    sqlite-vec loaded. The other parts' databases open through plumbing's `sqlite_db.open_database`.
 
     Raises CorruptDatabase when the file is not a database or `PRAGMA quick_check` finds damage.
     """

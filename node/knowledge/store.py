@@ -55,6 +55,7 @@ from edgefleet.node.knowledge.search import (
 )
 from edgefleet.node.knowledge.space import SpaceReserve
 from edgefleet.node.knowledge.vectors import Backend, VectorIndex
+from edgefleet.plumbing import failpoints
 from edgefleet.proto.input_limits import brief
 
 log = logging.getLogger("edgefleet.node.knowledge")
@@ -94,7 +95,7 @@ class KnowledgeStore:
         self._previous_embedder = previous_embedder
         self._previous: dict[str, Embedder | None] = {}
         self._previous_lock = threading.Lock()
-        writer, vec = sqlite.open_database(
+        writer, vec = sqlite.open_knowledge_database(
             self.path, MIGRATIONS, load_vec=vector_backend != "numpy", check=check_on_open
         )
         if vector_backend == "sqlite-vec" and not vec:
@@ -136,7 +137,7 @@ class KnowledgeStore:
         """
         path = Path(path)
         moved = sqlite.move_aside(path)
-        conn, _ = sqlite.open_database(path, MIGRATIONS, check=False)
+        conn, _ = sqlite.open_knowledge_database(path, MIGRATIONS, check=False)
         conn.close()
         log.warning("knowledge database rebuilt empty", extra={"path": str(path), "moved_to": str(moved)})
         return moved
@@ -225,6 +226,7 @@ class KnowledgeStore:
                 with self._db.write() as conn:
                     self._upsert(conn, collection, version, label)
                     q.delete_document(conn, self._vectors, collection, dims, doc.id)
+                    failpoints.hit("knowledge.ingest.write")  # inside the write transaction
                     q.insert_document(conn, self._vectors, collection, embedder.identity, doc, matrix)
                 dims = label.dimensions if label else self.embedder.dimensions
             if not changed and (info is None or (version is not None and version != info.version)):

@@ -1,4 +1,4 @@
-"""The node's sensor connection: messages in through the inbox, results out through the outbox.
+"""The pipeline's first stage: sensor messages in, each recorded in the inbox and then acknowledged.
 
 Its own MQTT session, persistent (clean start off, a session expiry), so the broker keeps QoS 1
 sensor messages while the node is away, and with manual acknowledgement: a message is acked only
@@ -7,8 +7,10 @@ dropped. When the inbox is full the message is held unacknowledged (the broker s
 its receive maximum is reached) and accepted when room frees. A rule pushed to a group is
 subscribed as `$share/<group>/<filter>`, so the group's nodes share its messages.
 
-The publisher sends the outbox in order, one QoS 1 message at a time, and deletes a row only on
-its PUBACK; while the broker is away the rows wait.
+Rules are matched once per message: the message gets one inbox row per rule it matches and one
+acknowledgement, however many rules' filters overlap (`subscriptions.py` keeps the broker from
+sending it twice). Each accepted message is an `Accepted` item on the answerer's queue. Runs on
+the MQTT network thread; held messages are tried again on the intake's own thread.
 """
 
 from __future__ import annotations
@@ -17,29 +19,28 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from typing import Protocol
 
 import paho.mqtt.client as mqtt
 
 from edgefleet.node.errors import StorageFull
 from edgefleet.node.sensors.ledger import SensorLedger
 from edgefleet.node.sensors.messages import message_id
+from edgefleet.node.sensors.reports import Report, no_report
+from edgefleet.node.sensors.stages import Accepted, AnswererQueue, RulesChanged
 from edgefleet.node.sensors.stats import SensorStats
+from edgefleet.node.sensors.subscriptions import EffectiveRule, subscription_filters
 from edgefleet.plumbing import failpoints
 from edgefleet.plumbing.mqtt_link import MqttLink
 from edgefleet.plumbing.mqtt_rpc import BadProperties, check_user_properties
 from edgefleet.proto.error_codes import ErrorCode
-from edgefleet.proto.rules import RuleSpec, shared_filter, topic_matches
+from edgefleet.proto.rules import RuleSpec, topic_matches
 
 log = logging.getLogger("edgefleet.node.sensors")
 
+HELD_RETRY_S = 0.2  # how often held messages are offered to the inbox again
+SUBACK_WAIT_S = 5.0  # a new rule is in effect once the broker confirmed its subscription (or this passed)
 
-class Report(Protocol):
-    def __call__(self, code: str, message: str, topic: str = "", *, once_per: float = 0.0) -> None: ...
-
-
-EffectiveRule = tuple[RuleSpec, str | None]  # the rule and the group that shares it (None: this node only)
+__all__ = ["EffectiveRule", "SensorIntake"]
 
 
 class SensorIntake:
@@ -48,31 +49,31 @@ class SensorIntake:
         link: MqttLink,
         ledger: SensorLedger,
         stats: SensorStats,
-        answered: Callable[[], None],
-        report: Report | None = None,
+        answerer: AnswererQueue,
+        report: Report = no_report,
     ) -> None:
         self.link, self.ledger, self.stats = link, ledger, stats
-        self.report: Report = report or (lambda code, message, topic="", **_: None)
+        self.answerer = answerer  # the next stage's queue: an `Accepted` for each message recorded
+        self.report = report
         self.storage_full = False  # the last inbox write found the disk full; held messages wait for room
-        self._published: set[int] = set()  # outbox rows published whose deletion waits for room
-        self.answered = answered  # wakes the answerer
         self._lock = threading.Lock()
         self._rules: dict[str, EffectiveRule] = {}
         self._subscriptions: set[str] = set()
         self._held: deque[mqtt.MQTTMessage] = deque()
-        self._wake = threading.Event()
+        self._holding = threading.Event()  # set while messages are held
         self._stop = threading.Event()
-        self._publisher = threading.Thread(target=self._publish_loop, name="edgefleet-outbox", daemon=True)
+        self._started = False  # the plane starts the link with the intake: from then on, rules wait for SUBACK
+        self._thread = threading.Thread(target=self._retry_loop, name="edgefleet-sensor-held", daemon=True)
 
     def start(self) -> None:
-        self._publisher.start()
-        self.link.start()
+        """Take held messages again as room frees (the plane starts the link: messages come in then)."""
+        self._started = True
+        self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
-        self._wake.set()
-        self._publisher.join(10)
-        self.link.stop()
+        self._holding.set()
+        self._thread.join(10)
 
     def rules(self) -> dict[str, RuleSpec]:
         with self._lock:
@@ -84,23 +85,31 @@ class SensorIntake:
         return len(self._held)
 
     def set_rules(self, rules: dict[str, EffectiveRule]) -> None:
-        wanted = {shared_filter(g, r.topic_filter) if g else r.topic_filter for r, g in rules.values()}
+        """Match messages against these rules from now on; returns once the broker confirmed the new
+        subscriptions (or SUBACK_WAIT_S passed, or the link is down: then they are made on connect)."""
+        wanted = subscription_filters(rules)
         with self._lock:
             self._rules = dict(rules)
             gone, new = self._subscriptions - wanted, wanted - self._subscriptions
             self._subscriptions = wanted
         for f in gone:
             self.link.unsubscribe(f)
-        for f in new:
-            self.link.subscribe(f, self._on_message)
+        confirmed = [self.link.subscribe_wait(f, self._on_message, timeout=SUBACK_WAIT_S) for f in sorted(new)]
+        if self._started and not all(confirmed):  # not connected yet: subscribed (all at once) on connect
+            self.link.wait_subscribed(SUBACK_WAIT_S)
         if gone or new:
             log.info("sensor subscriptions", extra={"subscribed": sorted(wanted)})
+        self.answerer.put(RulesChanged())
+
+    def _matching(self, topic: str) -> list[RuleSpec]:
+        with self._lock:
+            return [r for r, _ in self._rules.values() if topic_matches(r.topic_filter, topic)]
 
     # -- messages in (network thread) --------------------------------------------------------------------
     def _on_message(self, msg: mqtt.MQTTMessage) -> None:
         failpoints.hit("sensors.intake")
+        rules = self._matching(msg.topic)
         with self._lock:
-            rules = [r for r, _ in self._rules.values() if topic_matches(r.topic_filter, msg.topic)]
             if self._held:  # keep arrival order behind what is already waiting for room
                 self._held.append(msg)
                 return
@@ -113,6 +122,7 @@ class SensorIntake:
         else:
             with self._lock:
                 self._held.append(msg)
+            self._holding.set()
             log.warning("inbox or disk full: holding messages unacknowledged", extra={"topic": msg.topic})
 
     def _accept(self, msg: mqtt.MQTTMessage, rules: list[RuleSpec]) -> bool:
@@ -149,48 +159,30 @@ class SensorIntake:
         if self.storage_full:
             self.storage_full = False
             log.info("disk has room again: held sensor messages are taken")
-        self.answered()
+        self.answerer.put(Accepted(msg.topic, tuple(r.name for r in rules)))
         return True
+
+    # -- held messages (the intake's thread) ---------------------------------------------------------------
+    def _retry_loop(self) -> None:
+        while not self._stop.is_set():
+            self._holding.wait()
+            if self._stop.wait(HELD_RETRY_S):
+                return
+            try:
+                self._retry_held()
+            except Exception:
+                log.exception("taking held sensor messages failed")
 
     def _retry_held(self) -> None:
         while True:
             with self._lock:
                 if not self._held:
+                    self._holding.clear()
                     return
                 msg = self._held[0]
-                rules = [r for r, _ in self._rules.values() if topic_matches(r.topic_filter, msg.topic)]
+            rules = self._matching(msg.topic)
             if rules and not self._accept(msg, rules):
                 return
             with self._lock:
                 self._held.popleft()
             self.link.ack(msg)
-
-    # -- results out ----------------------------------------------------------------------------------------
-    def wake_publisher(self) -> None:
-        self._wake.set()
-
-    def _publish_loop(self) -> None:
-        while not self._stop.is_set():
-            self._wake.wait(0.2)
-            self._wake.clear()
-            try:
-                self._retry_held()
-                self._drain_outbox()
-            except Exception:
-                log.exception("outbox step failed")
-
-    def _drain_outbox(self) -> None:
-        while self.link.connected.is_set() and not self._stop.is_set():
-            rows = self.ledger.outbox_batch(64)
-            if not rows:
-                return
-            for row in rows:
-                if row.seq not in self._published:
-                    if not self.link.publish_wait(row.topic, row.payload, timeout=10.0):
-                        return  # the broker went away: the row stays and goes out first when it is back
-                    self._published.add(row.seq)
-                try:
-                    self.ledger.outbox_delete(row.seq)
-                except StorageFull:  # published already: deleted when there is room, not sent again
-                    return
-                self._published.discard(row.seq)

@@ -8,6 +8,8 @@ are kept (without their payload, up to `done_keep`, oldest pruned first) to reco
 
 States of an inbox row: `pending` (accepted, waiting) → `running` (claimed for the engine) →
 `done` (answered). Rows left `running` by a crash go back to `pending` when the ledger opens.
+`attempts` counts the claims that were real tries (a claim given back unanswered by a busy engine
+or a stopping node is not one); the answerer parks a message whose tries ran out.
 Messages are keyed by (rule, topic, id): one message matching two rules is two pieces of work,
 and ids need only be unique per topic.
 
@@ -156,11 +158,27 @@ class SensorLedger:
                 )
         return [InboxRow(r[0], r[1], r[2], r[3], bytes(r[4]), r[5], r[6] + 1) for r in rows]
 
-    def release(self, seq: int) -> bool:
-        """Give a claimed row back (the engine refused it for now); False when it is not running."""
+    def release(self, seq: int, tried: bool = True) -> bool:
+        """Give a claimed row back to be claimed again; False when it is not running. `tried`: the
+        claim counts as an attempt (it failed); False when it was none (the engine refused it for
+        now, the node is stopping).
+        """
+        uncount = 0 if tried else 1
         with self._lock, disk_full_as("sensor ledger", self.path), self._conn:
-            cur = self._conn.execute("UPDATE inbox SET state = 'pending' WHERE seq = ? AND state = 'running'", [seq])
+            cur = self._conn.execute(
+                "UPDATE inbox SET state = 'pending', attempts = MAX(attempts - ?, 0) "
+                "WHERE seq = ? AND state = 'running'",
+                [uncount, seq],
+            )
             return cur.rowcount == 1
+
+    def attempts(self, msg_id: str, rule: str, topic: str) -> int | None:
+        """How often the message was claimed for an answer (None when the ledger does not know it)."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT attempts FROM inbox WHERE rule = ? AND topic = ? AND id = ?", [rule, topic, msg_id]
+            ).fetchone()
+        return None if row is None else int(row[0])
 
     def complete(self, seq: int, result_topic: str, result_payload: bytes, source_id: str | None = None) -> bool:
         """In one transaction: the inbox row turns `done` (its payload dropped) and the answer joins the

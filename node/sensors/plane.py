@@ -1,15 +1,19 @@
-"""The node's sensor plane: ledger, intake, answerer and ad-hoc MQTT requests on one session.
+"""The node's sensor plane: one MQTT session, the ledger, and the pipeline intake → answerer → publisher.
 
-The control agent hands it the effective rules whenever desired state changes and reads its
-figures for telemetry. Ad-hoc inference uses MQTT 5 request/response: a request on the node's (or
-a group's, shared) request topic with a response topic and correlation data gets its answer
-there; it does not go through the inbox (the requester owns retries).
+The plane owns the three stages and the typed queues between them (`stages.py`), starts them
+last-first and stops them first-first, so no stage puts work on a queue nobody reads. The control
+agent hands it the effective rules whenever desired state changes and reads its figures for
+telemetry. Ad-hoc inference uses MQTT 5 request/response: a request on the node's (or a group's,
+shared) request topic with a response topic and correlation data gets its answer there; it does
+not go through the inbox (the requester owns retries), but its answer leaves through the same
+publisher as every other message of this session, never from the engine or the network thread.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import queue
 import secrets
 import time
 from pathlib import Path
@@ -18,16 +22,19 @@ import paho.mqtt.client as mqtt
 
 from edgefleet.node.control.faults import NodeFaults, parse_bounded
 from edgefleet.node.engine.types import Failed, Finished, TextDelta
-from edgefleet.node.errors import EdgefleetError, mqtt_code
+from edgefleet.node.errors import EdgefleetError, code_of
 from edgefleet.node.sensors.answerer import Answerer
-from edgefleet.node.sensors.intake import EffectiveRule, SensorIntake
+from edgefleet.node.sensors.intake import SensorIntake
 from edgefleet.node.sensors.ledger import SensorLedger
+from edgefleet.node.sensors.publisher import Publisher
+from edgefleet.node.sensors.stages import AnswererQueue, PublisherQueue, Reply
 from edgefleet.node.sensors.stats import SensorStats
+from edgefleet.node.sensors.subscriptions import EffectiveRule
 from edgefleet.node.service import GenerateInput, NodeService
 from edgefleet.node.settings import NodeSettings
 from edgefleet.plumbing import failpoints
 from edgefleet.plumbing.mqtt_link import MqttLink
-from edgefleet.plumbing.mqtt_rpc import BadProperties, BadResponseTarget, check_user_properties, reply, response_target
+from edgefleet.plumbing.mqtt_rpc import BadProperties, BadResponseTarget, check_user_properties, response_target
 from edgefleet.proto.error_codes import ErrorCode
 from edgefleet.proto.payloads import (
     InferenceRequest,
@@ -61,30 +68,40 @@ class SensorPlane:
             manual_ack=True,
             on_handler_error=faults.hook(per_message=True),
         )
-        self.intake = SensorIntake(
-            self.link, self.ledger, self.stats, answered=lambda: self.answerer.wake(), report=faults.report
-        )
+        self.to_answerer: AnswererQueue = queue.Queue()
+        self.to_publisher: PublisherQueue = queue.Queue()
+        self.intake = SensorIntake(self.link, self.ledger, self.stats, self.to_answerer, report=faults.report)
         self.answerer = Answerer(
             service,
             self.ledger,
             self.stats,
             self.intake.rules,
             topics.results(self.node_id),
-            published=self.intake.wake_publisher,
+            self.to_answerer,
+            self.to_publisher,
             max_in_flight=settings.sensor_max_in_flight or service.engine.config.slots,
+            max_attempts=settings.sensor_max_attempts,
             report=faults.report,
         )
+        self.publisher = Publisher(self.link, self.ledger, self.to_publisher, faults.report)
         self.link.subscribe(topics.node_requests(self.node_id), self._on_request)
         self.groups: list[str] = []
         self.set_groups(service.groups)
 
     def start(self) -> None:
+        """The last stage first, so each stage's next one is taking items; then messages come in."""
+        self.publisher.start()
         self.answerer.start()
         self.intake.start()
+        self.link.start()
 
     def stop(self) -> None:
+        """The first stage first; the link (the intake's input, the publisher's output) and the ledger last.
+        Messages the link still delivers are kept in the inbox and answered at the next start."""
         self.intake.stop()
         self.answerer.stop()
+        self.publisher.stop()
+        self.link.stop()
         self.ledger.close()
 
     def set_groups(self, groups: list[str]) -> None:
@@ -99,7 +116,6 @@ class SensorPlane:
 
     def set_rules(self, rules: dict[str, EffectiveRule]) -> None:
         self.intake.set_rules(rules)
-        self.answerer.wake()
 
     def telemetry(self) -> dict[str, object]:
         inbox, outbox = self.ledger.depths()
@@ -115,7 +131,7 @@ class SensorPlane:
         }
         return {"inbox_depth": inbox, "outbox_depth": outbox, "holding": self.intake.holding, "rules": rules}
 
-    # -- ad-hoc requests (network thread; the answer goes out from the engine's callback) ------------------
+    # -- ad-hoc requests (network thread; every answer is a `Reply` for the publisher) ----------------------
     def _on_request(self, msg: mqtt.MQTTMessage) -> None:
         """Every refusal here is an error report on the node's errors topic (and an answer where one can go)."""
         self.link.ack(msg)  # a request is answered or refused, never kept: the requester retries
@@ -127,13 +143,8 @@ class SensorPlane:
             return
         started = time.monotonic()
 
-        def answer(r: InferenceResponse) -> None:
-            if not reply(self.link, target, r.dumps()):
-                self.faults.report(
-                    ErrorCode.REPLY_FAILED,
-                    f"the answer to a request on {msg.topic} could not be sent to {target.topic[:200]}",
-                    msg.topic,
-                )
+        def answer(r: InferenceResponse) -> None:  # network or engine thread: hand over only
+            self.to_publisher.put(Reply(target, r.dumps(), msg.topic))
 
         try:
             check_user_properties(msg)
@@ -170,7 +181,7 @@ class SensorPlane:
             else:
                 answer(
                     InferenceResponse(
-                        node_id=self.node_id, ok=False, error_code=mqtt_code(event.error), error=str(event.error)
+                        node_id=self.node_id, ok=False, error_code=code_of(event.error), error=str(event.error)
                     )
                 )
 
@@ -187,4 +198,4 @@ class SensorPlane:
         try:
             self.service.generate(inp, f"mqtt-{secrets.token_hex(6)}", sink, started)
         except EdgefleetError as e:
-            answer(InferenceResponse(node_id=self.node_id, ok=False, error_code=mqtt_code(e), error=str(e)))
+            answer(InferenceResponse(node_id=self.node_id, ok=False, error_code=code_of(e), error=str(e)))

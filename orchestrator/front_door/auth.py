@@ -1,9 +1,10 @@
 """API keys on the front door (EDGEFLEET_FRONT_DOOR_AUTH=keys): `authorization: Bearer <key>` on
 every gRPC Inference call and every HTTP /v1/* request, or instead of a key a client certificate
 issued by the site CA and not in its CRL (a site identity: operators, services). Health (gRPC Health, reflection) and
-/metrics stay open. Refusals: 401 / UNAUTHENTICATED (missing, unknown, revoked, expired key),
-403 / PERMISSION_DENIED (a model or adapter the key may not use), 429 / RESOURCE_EXHAUSTED with
-Retry-After (over the key's requests or tokens per minute). The key's secret is never logged.
+/metrics stay open. Refusals carry an ErrorCode, mapped by proto/error_table.py: UNAUTHENTICATED
+(401; missing, unknown, revoked, expired key), PERMISSION_DENIED (403; a model or adapter the key
+may not use), RATE_LIMITED (429 / RESOURCE_EXHAUSTED with Retry-After; over the key's requests or
+tokens per minute). The key's secret is never logged.
 """
 
 from __future__ import annotations
@@ -15,18 +16,14 @@ from pathlib import Path
 import grpc
 from aiohttp import web
 
+from edgefleet.orchestrator.api_keys import ApiKey, KeyStore, Verdict, Verifier
 from edgefleet.orchestrator.front_door.metrics import FrontDoorMetrics
-from edgefleet.plumbing.api_keys import ApiKey, KeyStore, Verdict, Verifier
+from edgefleet.plumbing.grpc_errors import abort
 from edgefleet.plumbing.site_tls import Peer, Revocations, peer_of, peer_of_ssl
+from edgefleet.proto.error_codes import ErrorCode
+from edgefleet.proto.error_table import row
 
 log = logging.getLogger("edgefleet.orchestrator.front_door.auth")
-GRPC_CODES = {
-    401: grpc.StatusCode.UNAUTHENTICATED,
-    403: grpc.StatusCode.PERMISSION_DENIED,
-    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
-}
-HTTP_KINDS = {401: "authentication_error", 403: "permission_denied", 429: "rate_limit_error"}
-HTTP_CODES = {401: "invalid_api_key", 403: "model_not_allowed", 429: "rate_limit_exceeded"}
 
 
 class FrontDoorAuth:
@@ -43,8 +40,11 @@ class FrontDoorAuth:
         if peer is None:
             return False
         if self.revocations.revoked(peer.serial):
-            self.metrics.auth_refused.labels("401").inc()
-            log.info("front door request refused", extra={"status": 401, "reason": f"{peer.name}: certificate revoked"})
+            self.metrics.auth_refused.labels(str(row(ErrorCode.UNAUTHENTICATED).http)).inc()
+            log.info(
+                "front door request refused",
+                extra={"code": ErrorCode.UNAUTHENTICATED.value, "reason": f"{peer.name}: certificate revoked"},
+            )
             return False
         return True
 
@@ -68,10 +68,10 @@ class FrontDoorAuth:
 
     def authenticate(self, authorization: str | None) -> Verdict:
         if self.verifier is None:
-            return Verdict(200)
+            return Verdict()
         v = self.verifier.authenticate(authorization)
         self._count(v)
-        if v.status == 200 and v.key is not None:
+        if v.allowed and v.key is not None:
             self.metrics.key_requests.labels(v.key.name).inc()
         return v
 
@@ -80,19 +80,19 @@ class FrontDoorAuth:
         for its limits and usage when it is valid (OpenAI clients always send one). Without a
         certificate the key decides."""
         if self.verifier is None:
-            return Verdict(200)
+            return Verdict()
         if self.certified(peer):
             if authorization:
                 v = self.verifier.authenticate(authorization)
-                if v.status == 200 and v.key is not None:
+                if v.allowed and v.key is not None:
                     self.metrics.key_requests.labels(v.key.name).inc()
                     return v
-            return Verdict(200)
+            return Verdict()
         return self.authenticate(authorization)
 
     def authorize(self, key: ApiKey | None, model: str, adapter: str = "") -> Verdict:
         if self.verifier is None or key is None:
-            return Verdict(200)
+            return Verdict()
         v = self.verifier.authorize(key, model, adapter)
         self._count(v)
         return v
@@ -104,9 +104,9 @@ class FrontDoorAuth:
         self.metrics.key_tokens.labels(key.name).inc(tokens)
 
     def _count(self, v: Verdict) -> None:
-        if v.status != 200:
-            self.metrics.auth_refused.labels(str(v.status)).inc()
-            log.info("front door request refused", extra={"status": v.status, "reason": v.message})
+        if v.refused is not None:
+            self.metrics.auth_refused.labels(str(row(v.refused).http)).inc()
+            log.info("front door request refused", extra={"code": v.refused.value, "reason": v.message})
 
     async def flush_forever(self, interval_s: float = 0.5) -> None:
         """Write the usage counters to the keys file (what `edgefleet fleet keys list` shows)."""
@@ -129,11 +129,10 @@ async def grpc_check(auth: FrontDoorAuth, context: grpc.aio.ServicerContext, ada
         return None
     md = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
     v = auth.identify(md.get("authorization"), peer_of(context))
-    if v.status == 200 and v.key is not None and v.key.models:
+    if v.allowed and v.key is not None and v.key.models:
         v = auth.authorize(v.key, grpc_model(v.key), adapter)
-    if v.status != 200:
-        trailing = (("retry-after", str(v.retry_after_s)),) if v.retry_after_s else ()
-        await context.abort(GRPC_CODES[v.status], v.message, trailing_metadata=trailing)
+    if v.refused is not None:
+        await abort(context, v.refused, v.message, (("retry-after", str(v.retry_after_s)),) if v.retry_after_s else ())
     return v.key
 
 

@@ -1,9 +1,11 @@
 """Sending a request to a node: claim a slot, call, fail over before the first token, release.
 
 `Generation` is one proxied Generate: `start()` tries nodes until one sends its first chunk
-(failures before it — connection refused, UNAVAILABLE, RESOURCE_EXHAUSTED, INTERNAL, no first
-chunk within `first_token_timeout_s` — go to the next eligible node, at most `max_attempts` in all
-and within the caller's deadline); then the chunks are passed on one by one as they arrive. A
+(a failure before it whose ErrorCode allows failover in proto/error_table.py — connection refused,
+a busy, draining or failing node, no first chunk within `first_token_timeout_s` — goes to the next
+eligible node, at most `max_attempts` in all and within the caller's deadline; a node that says
+DRAINING leaves the rotation until it publishes a new status, others count towards a cooldown);
+then the chunks are passed on one by one as they arrive. A
 failure after the first chunk ends the stream with an error naming the node: an answer is never
 spliced from two nodes. Every retry, failover and cooldown is logged with the request id and counted.
 """
@@ -20,10 +22,13 @@ from typing import Any, TypeVar
 import grpc
 
 from edgefleet.orchestrator.fleet_view import FleetView
-from edgefleet.orchestrator.front_door.admission import Admission, Refused
 from edgefleet.orchestrator.front_door.metrics import FrontDoorMetrics
 from edgefleet.orchestrator.front_door.router import Claim, Router, RouteRequest
+from edgefleet.orchestrator.front_door.slot_queue import NoSlot, SlotQueue
 from edgefleet.orchestrator.front_door.upstream import NodeChannels
+from edgefleet.plumbing.grpc_errors import code_of
+from edgefleet.proto.error_codes import ErrorCode
+from edgefleet.proto.error_table import row
 from edgefleet.proto.v1 import inference_pb2 as pb
 from edgefleet.proto.v1 import inference_pb2_grpc as pb_grpc
 
@@ -32,27 +37,16 @@ REQUEST_ID_KEY = "x-request-id"
 NODE_KEY = "x-edgefleet-node"
 GROUP_KEY = "x-edgefleet-group"
 PROMPT_TOKENS_KEY = "x-edgefleet-prompt-tokens"
-_RETRYABLE = {
-    grpc.StatusCode.UNAVAILABLE,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
-    grpc.StatusCode.INTERNAL,
-    grpc.StatusCode.UNKNOWN,
-    grpc.StatusCode.DEADLINE_EXCEEDED,
-}
-_REFUSAL_CODES = {
-    "not_found": grpc.StatusCode.NOT_FOUND,
-    "unavailable": grpc.StatusCode.UNAVAILABLE,
-    "full": grpc.StatusCode.RESOURCE_EXHAUSTED,
-}
 R = TypeVar("R")
 
 
 class FrontDoorError(Exception):
-    """A request that ends in an error: its gRPC code, a message, the node concerned if any."""
+    """A request that ends in an error: its ErrorCode, a message, the node concerned if any, and the
+    request field it concerns (`param`, for NO_NODE). Each face maps the code through proto/error_table.py."""
 
-    def __init__(self, code: grpc.StatusCode, message: str, node: str = "", retry_after_s: int = 0) -> None:
+    def __init__(self, code: ErrorCode, message: str, node: str = "", retry_after_s: int = 0, param: str = "") -> None:
         super().__init__(message)
-        self.code, self.message, self.node, self.retry_after_s = code, message, node, retry_after_s
+        self.code, self.message, self.node, self.retry_after_s, self.param = code, message, node, retry_after_s, param
 
 
 @dataclass(frozen=True)
@@ -62,10 +56,18 @@ class DispatchPolicy:
 
 
 @dataclass
-class _Failure:
-    code: grpc.StatusCode
+class NodeFailure:
+    """How a node failed a request before its first token."""
+
+    code: ErrorCode
     details: str
     reason: str  # a label for the retries counter
+
+
+def _failure(e: grpc.aio.AioRpcError) -> NodeFailure:
+    """A node's gRPC error: the ErrorCode it sent (or grpc's own status as one), its message."""
+    code = code_of(e)
+    return NodeFailure(code, e.details() or "", code.value)
 
 
 class Dispatcher:
@@ -73,12 +75,12 @@ class Dispatcher:
         self,
         view: FleetView,
         router: Router,
-        admission: Admission,
+        slots: SlotQueue,
         channels: NodeChannels,
         metrics: FrontDoorMetrics,
         policy: DispatchPolicy,
     ) -> None:
-        self.view, self.router, self.admission = view, router, admission
+        self.view, self.router, self.slots = view, router, slots
         self.channels, self.metrics, self.policy = channels, metrics, policy
 
     def generation(
@@ -103,11 +105,10 @@ class Dispatcher:
                 left = deadline - time.monotonic()
                 response = await call(self.channels.stub(claim.address, claim.node_id), left, [(REQUEST_ID_KEY, rid)])
             except grpc.aio.AioRpcError as e:
-                self.admission.release(claim)
-                failure = _Failure(e.code(), e.details() or "", _reason(e.code()))
-                self.give_up_or_retry(api, claim, failure, tried, rid, deadline)
+                self.slots.release(claim)
+                self.give_up_or_retry(api, claim, _failure(e), tried, rid, deadline)
                 continue
-            self.admission.release(claim)
+            self.slots.release(claim)
             self.router.succeeded(claim.node_id)
             self.metrics.requests.labels(api, claim.node_id, "ok").inc()
             return claim.node_id, response
@@ -117,31 +118,33 @@ class Dispatcher:
     ) -> Claim:
         started = time.monotonic()
         try:
-            claim, waited = await self.admission.acquire(replace(route, exclude=frozenset(tried)), deadline)
-        except Refused as e:
-            self.metrics.requests.labels(api, "", e.kind).inc()
-            log.info("refused", extra={"request_id": rid, "why": e.kind, "reason": e.message, "tried": sorted(tried)})
-            raise FrontDoorError(_REFUSAL_CODES[e.kind], e.message, retry_after_s=e.retry_after_s) from None
+            claim, waited = await self.slots.acquire(replace(route, exclude=frozenset(tried)), deadline)
+        except NoSlot as e:
+            self.metrics.requests.labels(api, "", e.code.value).inc()
+            log.info(
+                "refused", extra={"request_id": rid, "code": e.code.value, "reason": e.message, "tried": sorted(tried)}
+            )
+            raise FrontDoorError(e.code, e.message, retry_after_s=e.retry_after_s, param=e.param) from None
         own = (started - arrived if not tried else 0.0) + (time.monotonic() - started - waited)
         self.metrics.added_latency.observe(max(0.0, own))
         self.metrics.in_flight.labels(claim.node_id).set(self.router.in_flight(claim.node_id))
         return claim
 
     def give_up_or_retry(
-        self, api: str, claim: Claim, failure: _Failure, tried: set[str], rid: str, deadline: float
+        self, api: str, claim: Claim, failure: NodeFailure, tried: set[str], rid: str, deadline: float
     ) -> None:
         """After a failure before the first token: raise FrontDoorError, or return to try the next node."""
         node = claim.node_id
         self.metrics.in_flight.labels(node).set(self.router.in_flight(node))
-        if failure.code not in _RETRYABLE:  # the request itself is wrong: every node would say so
+        if not row(failure.code).failover:  # the request itself is wrong: every node would say so
             self.metrics.requests.labels(api, node, "invalid").inc()
             raise FrontDoorError(failure.code, failure.details, node)
         if time.monotonic() >= deadline:  # the caller's deadline, not the node's fault
             self.metrics.requests.labels(api, node, "deadline").inc()
             log.info("deadline passed before the first token", extra={"request_id": rid, "node": node})
-            raise FrontDoorError(grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed before the first token", node)
+            raise FrontDoorError(ErrorCode.DEADLINE_EXCEEDED, "the deadline passed before the first token", node)
         tried.add(node)
-        if "draining" in failure.details:
+        if failure.code == ErrorCode.DRAINING:
             snap = self.view.snapshot().node(node)
             if snap is not None:
                 self.router.draining(snap)
@@ -156,7 +159,7 @@ class Dispatcher:
             self.metrics.requests.labels(api, node, "failed").inc()
             log.warning(
                 "giving up: every attempt failed before the first token",
-                extra={"request_id": rid, "node": node, "attempts": len(tried), "code": failure.code.name},
+                extra={"request_id": rid, "node": node, "attempts": len(tried), "code": failure.code.value},
             )
             raise FrontDoorError(
                 failure.code, f"node {node} failed before the first token ({failure.details}); tried {len(tried)}", node
@@ -164,12 +167,8 @@ class Dispatcher:
         self.metrics.retries.labels(failure.reason).inc()
         log.warning(
             "failing over before the first token",
-            extra={"request_id": rid, "node": node, "code": failure.code.name, "reason": failure.details[:300]},
+            extra={"request_id": rid, "node": node, "code": failure.code.value, "reason": failure.details[:300]},
         )
-
-
-def _reason(code: grpc.StatusCode) -> str:
-    return code.name.lower()
 
 
 class Generation:
@@ -207,12 +206,12 @@ class Generation:
             try:
                 first = await asyncio.wait_for(self._call.read(), wait)
             except TimeoutError:
-                failure = _Failure(grpc.StatusCode.DEADLINE_EXCEEDED, f"no first token within {wait:.1f}s", "timeout")
+                failure = NodeFailure(ErrorCode.DEADLINE_EXCEEDED, f"no first token within {wait:.1f}s", "timeout")
             except grpc.aio.AioRpcError as e:
-                failure = _Failure(e.code(), e.details() or "", _reason(e.code()))
+                failure = _failure(e)
             else:
                 if first is grpc.aio.EOF:
-                    failure = _Failure(grpc.StatusCode.INTERNAL, "the node ended the stream without a chunk", "empty")
+                    failure = NodeFailure(ErrorCode.INTERNAL, "the node ended the stream without a chunk", "empty")
                 else:
                     self.first = first
                     with_meta = await self._call.initial_metadata()
@@ -238,14 +237,15 @@ class Generation:
                     return
         except grpc.aio.AioRpcError as e:
             self._finish("error")
-            if e.code() != grpc.StatusCode.CANCELLED:
+            code = code_of(e)
+            if code != ErrorCode.CANCELLED:
                 self.d.router.failed(self.node, time.time())
             log.warning(
                 "node failed after the first token",
-                extra={"request_id": self.rid, "node": self.node, "code": e.code().name, "reason": e.details()},
+                extra={"request_id": self.rid, "node": self.node, "code": code.value, "reason": e.details()},
             )
             raise FrontDoorError(
-                e.code(), f"node {self.node} failed after the first token: {e.details()}", self.node
+                code, f"node {self.node} failed after the first token: {e.details()}", self.node
             ) from None
 
     def _finish(self, outcome: str) -> None:
@@ -258,7 +258,7 @@ class Generation:
             self._call.cancel()
             self._call = None
         if self._claim is not None:
-            self.d.admission.release(self._claim)
+            self.d.slots.release(self._claim)
             self._claim = None
 
     def close(self) -> None:

@@ -5,6 +5,8 @@ one eligible node; the node-local methods (GetNodeInfo, Ingest, DeleteDocuments,
 answer UNIMPLEMENTED: they belong to one node, so ask it directly. The node that served is named
 in the initial metadata and in the trailing metadata (`x-edgefleet-node`); a caller may pin a node
 or a group with the same key or `x-edgefleet-group`; `x-request-id` passes through to the node.
+Every error carries its ErrorCode in the trailing metadata (`x-edgefleet-error-code`, as a node's
+do), its status from proto/error_table.py.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 
@@ -27,8 +29,10 @@ from edgefleet.orchestrator.front_door.dispatch import (
     FrontDoorError,
 )
 from edgefleet.orchestrator.front_door.router import RouteRequest
+from edgefleet.plumbing.grpc_errors import abort
 from edgefleet.plumbing.grpc_malformed import refuse_malformed
 from edgefleet.plumbing.logs import request_id_var
+from edgefleet.proto.error_codes import ErrorCode
 from edgefleet.proto.v1 import inference_pb2 as pb
 from edgefleet.proto.v1 import inference_pb2_grpc as pb_grpc
 
@@ -120,6 +124,22 @@ class FrontDoorServicer(pb_grpc.InferenceServicer):
         call = lambda stub, left, meta: stub.Retrieve(request, timeout=left, metadata=meta)  # noqa: E731
         return await self._unary(request, context, request.collection, call)
 
+    async def GetNodeInfo(self, request: pb.GetNodeInfoRequest, context: grpc.aio.ServicerContext) -> pb.NodeInfo:
+        return await _node_local(context, "GetNodeInfo")
+
+    async def Ingest(self, request: pb.IngestRequest, context: grpc.aio.ServicerContext) -> pb.IngestResponse:
+        return await _node_local(context, "Ingest")
+
+    async def DeleteDocuments(
+        self, request: pb.DeleteDocumentsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteDocumentsResponse:
+        return await _node_local(context, "DeleteDocuments")
+
+    async def ListCollections(
+        self, request: pb.ListCollectionsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListCollectionsResponse:
+        return await _node_local(context, "ListCollections")
+
     async def _unary(self, request: Any, context: grpc.aio.ServicerContext, collection: str, call: Any) -> Any:
         """One request to one eligible node (failover before it answers); the node named in the metadata."""
         await refuse_malformed(request, context)
@@ -132,10 +152,17 @@ class FrontDoorServicer(pb_grpc.InferenceServicer):
             node, resp = await self.dispatcher.unary("grpc", route, rid, deadline, arrived, call)
         except FrontDoorError as e:
             await _abort(context, rid, e)
-            raise AssertionError("unreachable") from e
         self.auth.add_tokens(key, int(getattr(resp, "prompt_tokens", 0) or 0))
         await _name_node(context, rid, node)
         return resp
+
+
+async def _node_local(context: grpc.aio.ServicerContext, method: str) -> NoReturn:
+    await abort(
+        context,
+        ErrorCode.NOT_IMPLEMENTED,
+        f"{method} belongs to one node: call it on the node's address, not the front door",
+    )
 
 
 async def _name_node(context: grpc.aio.ServicerContext, rid: str, node: str) -> None:
@@ -143,10 +170,10 @@ async def _name_node(context: grpc.aio.ServicerContext, rid: str, node: str) -> 
     context.set_trailing_metadata(((NODE_KEY, node),))
 
 
-async def _abort(context: grpc.aio.ServicerContext, rid: str, e: FrontDoorError) -> None:
+async def _abort(context: grpc.aio.ServicerContext, rid: str, e: FrontDoorError) -> NoReturn:
     trailing: list[tuple[str, str]] = [(REQUEST_ID_KEY, rid)]
     if e.node:
         trailing.append((NODE_KEY, e.node))
     if e.retry_after_s:
         trailing.append(("retry-after", str(e.retry_after_s)))
-    await context.abort(e.code, e.message, trailing_metadata=tuple(trailing))
+    await abort(context, e.code, e.message, trailing)

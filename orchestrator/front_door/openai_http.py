@@ -1,9 +1,11 @@
 """OpenAI-compatible HTTP on the front door's router (aiohttp).
 
 POST /v1/chat/completions, /v1/completions (SSE when streaming), /v1/embeddings; GET /v1/models,
-/metrics. Errors are OpenAI's error object with the matching status: 400 (a bad field, named),
-404 (unknown model, adapter, template or collection), 429 with Retry-After, 503, 504. The node
-that answered is in the `x-edgefleet-node` header and in the body's `edgefleet.node`.
+/metrics. Errors are OpenAI's error object: `error.code` is the ErrorCode, `error.type` and the
+HTTP status come from proto/error_table.py (400 for a bad field, named in `error.param`; 404 for
+what no node serves, the field named; 429 with Retry-After; 503; 504). The node that answered is
+in the `x-edgefleet-node` header and in the body's `edgefleet.node`. Embeddings come as floats or,
+with `encoding_format: base64` (the official client's default), as little-endian float32 bytes.
 """
 
 from __future__ import annotations
@@ -17,56 +19,56 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import grpc
 from aiohttp import web
 
+from edgefleet.orchestrator.api_keys import ApiKey, Verdict
 from edgefleet.orchestrator.front_door import openai_schema as schema
-from edgefleet.orchestrator.front_door.auth import HTTP_CODES, HTTP_KINDS, FrontDoorAuth, http_peer
+from edgefleet.orchestrator.front_door.auth import FrontDoorAuth, http_peer
 from edgefleet.orchestrator.front_door.dispatch import GROUP_KEY, NODE_KEY, REQUEST_ID_KEY, Dispatcher, FrontDoorError
 from edgefleet.orchestrator.front_door.grpc_front import affinity_key
 from edgefleet.orchestrator.front_door.metrics import CONTENT_TYPE, FrontDoorMetrics
 from edgefleet.orchestrator.front_door.router import RouteRequest
 from edgefleet.orchestrator.front_door.sse import ChunkWriter, completion_body, usage_of
-from edgefleet.plumbing.api_keys import ApiKey, Verdict
 from edgefleet.plumbing.logs import request_id_var
+from edgefleet.proto.error_codes import ErrorCode
+from edgefleet.proto.error_table import code_for_http_status, row
 from edgefleet.proto.v1 import inference_pb2 as pb
 
 log = logging.getLogger("edgefleet.orchestrator.front_door.http")
 MAX_BODY_BYTES = 8 * 1024 * 1024
-_STATUS = {
-    grpc.StatusCode.INVALID_ARGUMENT: (400, "invalid_request_error"),
-    grpc.StatusCode.NOT_FOUND: (404, "not_found_error"),
-    grpc.StatusCode.RESOURCE_EXHAUSTED: (429, "rate_limit_error"),
-    grpc.StatusCode.UNAVAILABLE: (503, "service_unavailable"),
-    grpc.StatusCode.DEADLINE_EXCEEDED: (504, "timeout"),
-}
 
 
-def error_body(message: str, kind: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+def error_body(code: ErrorCode, message: str, param: str | None = None) -> dict[str, Any]:
+    """OpenAI's error object for `code`: its type from the table, the code's value as `code`."""
+    return {"error": {"message": message, "type": row(code).openai_type, "param": param, "code": code.value}}
 
 
-def error_response(status: int, message: str, kind: str, param: str | None = None, code: str | None = None,
-                   headers: dict[str, str] | None = None) -> web.Response:  # fmt: skip
-    return web.json_response(error_body(message, kind, param, code), status=status, headers=headers)
+def error_response(code: ErrorCode, message: str, param: str | None = None, headers: dict[str, str] | None = None,
+                   status: int | None = None) -> web.Response:  # fmt: skip
+    """The error as a response: the table's HTTP status for `code` (`status` only for the framework's own)."""
+    r = row(code)
+    headers = dict(headers or {})
+    if r.http == 429:
+        headers.setdefault("Retry-After", "1")
+    if code == ErrorCode.UNAUTHENTICATED:
+        headers["WWW-Authenticate"] = "Bearer"
+    return web.json_response(error_body(code, message, param), status=status or r.http, headers=headers)
 
 
 def refusal(v: Verdict) -> web.Response:
-    """An API-key refusal (401, 403, 429) as OpenAI's error object."""
+    """An API-key refusal (UNAUTHENTICATED, PERMISSION_DENIED, RATE_LIMITED) as OpenAI's error object."""
+    assert v.refused is not None
     headers = {"Retry-After": str(v.retry_after_s)} if v.retry_after_s else None
-    if v.status == 401:
-        headers = {**(headers or {}), "WWW-Authenticate": "Bearer"}
-    return error_response(v.status, v.message, HTTP_KINDS[v.status], None, HTTP_CODES[v.status], headers)
+    return error_response(v.refused, v.message, headers=headers)
 
 
 def front_door_error(e: FrontDoorError, rid: str) -> web.Response:
-    status, kind = _STATUS.get(e.code, (502, "server_error"))
     headers = {REQUEST_ID_KEY: rid}
     if e.node:
         headers[NODE_KEY] = e.node
-    if status == 429:
-        headers["Retry-After"] = str(max(1, e.retry_after_s))
-    return error_response(status, e.message, kind, None, e.code.name.lower(), headers)
+    if e.retry_after_s:
+        headers["Retry-After"] = str(e.retry_after_s)
+    return error_response(e.code, e.message, e.param or None, headers)
 
 
 API_KEY = web.RequestKey("api_key", ApiKey)  # the caller's key (absent: a site certificate, or auth off)
@@ -79,14 +81,14 @@ async def openai_errors(request: web.Request, handler: Handler) -> web.StreamRes
     try:
         return await handler(request)
     except schema.BodyError as e:
-        return error_response(400, e.message, "invalid_request_error", e.param, "invalid_value")
-    except web.HTTPException as e:
+        return error_response(ErrorCode.INVALID_REQUEST, e.message, e.param)
+    except web.HTTPException as e:  # aiohttp's own (no route, method, body too large): its status kept
         if e.status < 400:
             raise
-        return error_response(e.status, e.reason or "error", "invalid_request_error")
+        return error_response(code_for_http_status(e.status), e.reason or "error", status=e.status)
     except Exception:
         log.exception("unexpected error in an HTTP handler")
-        return error_response(500, "internal error in the front door", "server_error")
+        return error_response(ErrorCode.INTERNAL, "internal error in the front door")
 
 
 class OpenAIApi:
@@ -109,7 +111,7 @@ class OpenAIApi:
         """With API keys on, /v1/* needs `Authorization: Bearer <key>`; /metrics stays open."""
         if self.auth.enabled and request.path.startswith("/v1/"):
             v = self.auth.identify(request.headers.get("Authorization"), http_peer(request))
-            if v.status != 200:
+            if not v.allowed:
                 return refusal(v)
             if v.key is not None:  # a site certificate: no key, no per-key limits
                 request[API_KEY] = v.key
@@ -146,19 +148,6 @@ class OpenAIApi:
         request_id_var.set(rid)
         return rid, arrived + self.timeout_s, arrived
 
-    def _unknown(self, model: str, adapter: str = "", template: str = "", collection: str = "") -> None:
-        """404 for what no node of the fleet serves, naming the field."""
-        nodes = [n for n in self.d.view.snapshot().nodes.values() if n.model == model]
-        if not nodes:
-            raise _NotFound("model", f"the model {model!r} does not exist: no node serves it (see GET /v1/models)")
-        for param, value, has in (
-            ("adapter", adapter, lambda n: n.has_adapter(adapter)),
-            ("template", template, lambda n: template in n.templates),
-            ("collection", collection, lambda n: n.has_collection(collection)),
-        ):
-            if value and not any(has(n) for n in nodes):
-                raise _NotFound(param, f"no node with model {model!r} has the {param} {value!r}")
-
     async def chat(self, request: web.Request) -> web.StreamResponse:
         return await self._complete(request, schema.parse_chat(await self._body(request)))
 
@@ -170,12 +159,8 @@ class OpenAIApi:
         req = call.request
         key = request.get(API_KEY)
         allowed = self.auth.authorize(key, call.model, call.adapter)
-        if allowed.status != 200:
+        if not allowed.allowed:
             return refusal(allowed)
-        try:
-            self._unknown(call.model, call.adapter, req.template, req.retrieval.collection)
-        except _NotFound as e:
-            return error_response(404, e.message, "invalid_request_error", e.param, f"{e.param}_not_found")
         route = RouteRequest(
             model=call.model,
             adapter=call.adapter,
@@ -220,8 +205,7 @@ class OpenAIApi:
             if out.final is not None:
                 self.auth.add_tokens(key, out.final.usage.prompt_tokens + out.final.usage.completion_tokens)
         except FrontDoorError as e:  # after the first token: an error event naming the node, no [DONE]
-            _, kind = _STATUS.get(e.code, (502, "server_error"))
-            await out.event(error_body(e.message, kind, None, e.code.name.lower()))
+            await out.event(error_body(e.code, e.message))
         except ConnectionResetError:  # the client went away: `close()` cancels the node's call
             log.info("client went away mid-stream", extra={"request_id": rid, "node": node})
             return resp
@@ -233,12 +217,8 @@ class OpenAIApi:
         rid, deadline, arrived = self._start(request)
         key = request.get(API_KEY)
         allowed = self.auth.authorize(key, call.model)
-        if allowed.status != 200:
+        if not allowed.allowed:
             return refusal(allowed)
-        try:
-            self._unknown(call.model)
-        except _NotFound as e:
-            return error_response(404, e.message, "invalid_request_error", e.param, "model_not_found")
         route = RouteRequest(
             model=call.model, node=request.headers.get(NODE_KEY, ""), group=request.headers.get(GROUP_KEY, "")
         )
@@ -258,7 +238,8 @@ class OpenAIApi:
         body = {
             "object": "list",
             "data": [
-                {"object": "embedding", "index": i, "embedding": list(e.values)} for i, e in enumerate(resp.embeddings)
+                {"object": "embedding", "index": i, "embedding": _vector(list(e.values), call.base64)}
+                for i, e in enumerate(resp.embeddings)
             ],
             "model": call.model,
             "usage": {"prompt_tokens": resp.prompt_tokens, "total_tokens": resp.prompt_tokens},
@@ -268,12 +249,7 @@ class OpenAIApi:
 
 
 def _vector(values: list[float], as_base64: bool) -> list[float] | str:
+    """An embedding as OpenAI sends it: floats, or base64 of little-endian float32 bytes."""
     if not as_base64:
         return values
     return base64.b64encode(struct.pack(f"<{len(values)}f", *values)).decode()
-
-
-class _NotFound(Exception):
-    def __init__(self, param: str, message: str) -> None:
-        super().__init__(message)
-        self.param, self.message = param, message

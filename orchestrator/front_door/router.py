@@ -18,11 +18,9 @@ import hashlib
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Literal
 
 from edgefleet.orchestrator.fleet_view import FleetSnapshot, NodeSnapshot
-
-Refusal = Literal["not_found", "unavailable", "full"]
+from edgefleet.proto.error_codes import ErrorCode
 
 
 @dataclass(frozen=True)
@@ -52,6 +50,21 @@ class RouteRequest:
         wants = [f"{k} {v!r}" for k, v in self._needs() if v]
         return ", ".join(wants) or "any node"
 
+    def keeping(self, needs: list[str]) -> RouteRequest:
+        """The request with only the named needs (the others empty, no affinity, nothing excluded)."""
+
+        def need(name: str, value: str) -> str:
+            return value if name in needs else ""
+
+        return RouteRequest(
+            model=need("model", self.model),
+            adapter=need("adapter", self.adapter),
+            template=need("template", self.template),
+            collection=need("collection", self.collection),
+            node=need("node", self.node),
+            group=need("group", self.group),
+        )
+
     def _needs(self) -> list[tuple[str, str]]:
         return [
             ("model", self.model),
@@ -71,9 +84,12 @@ class Claim:
 
 @dataclass(frozen=True)
 class Decision:
+    """A claimed slot, or why not: NO_NODE (naming the `param` no node has), UNAVAILABLE or ALL_BUSY."""
+
     claim: Claim | None
-    refusal: Refusal | None = None
+    refusal: ErrorCode | None = None
     message: str = ""
+    param: str = ""  # with NO_NODE: the need no node of the fleet has (model, adapter, …, node, group)
 
 
 @dataclass
@@ -185,7 +201,7 @@ class Router:
         return out
 
     def claim(self, fleet: FleetSnapshot, req: RouteRequest, now: float) -> Decision:
-        """Claim a slot on the best node, or say why not: not_found, unavailable or full."""
+        """Claim a slot on the best node, or say why not: NO_NODE, UNAVAILABLE or ALL_BUSY."""
         with self._lock:
             eligible = self._candidates(fleet.nodes.values(), req, now)
             free = [n for n in eligible if self._in_flight.get(n.node_id, 0) < self.capacity(n)]
@@ -210,11 +226,33 @@ class Router:
 
     def _refusal(self, fleet: FleetSnapshot, req: RouteRequest, eligible: list[NodeSnapshot]) -> Decision:
         if eligible:
-            return Decision(None, "full", f"every node that can serve {req.describe()} is busy")
-        if req.node and fleet.node(req.node) is None:
-            return Decision(None, "not_found", f"no node {req.node!r} in the fleet")
-        anywhere = RouteRequest(req.model, req.adapter, req.template, req.collection, req.node, req.group)
-        if not any(serves(n, anywhere) for n in fleet.nodes.values()):
-            return Decision(None, "not_found", f"no node in the fleet serves {req.describe()}")
+            return Decision(None, ErrorCode.ALL_BUSY, f"every node that can serve {req.describe()} is busy")
+        gap = unserved(fleet, req)
+        if gap is not None:
+            return Decision(None, ErrorCode.NO_NODE, gap[1], gap[0])
         tried = f" ({len(req.exclude)} tried)" if req.exclude else ""
-        return Decision(None, "unavailable", f"no node can take {req.describe()} now{tried}")
+        return Decision(None, ErrorCode.UNAVAILABLE, f"no node can take {req.describe()} now{tried}")
+
+
+def unserved(fleet: FleetSnapshot, req: RouteRequest) -> tuple[str, str] | None:
+    """(param, message) for the first need of the request that no node of the fleet has, in any
+    state (model, then adapter, template, collection with that model, then node, group), or None."""
+    if req.node and fleet.node(req.node) is None:
+        return "node", f"no node {req.node!r} in the fleet"
+    nodes = list(fleet.nodes.values())
+    if req.model:
+        nodes = [n for n in nodes if n.model == req.model]
+        if not nodes:
+            return "model", f"the model {req.model!r} does not exist: no node serves it (see GET /v1/models)"
+    names = [name for name, _ in req._needs()]
+    for i, (param, value) in enumerate(req._needs()[1:], 1):
+        before, so_far = req.keeping(names[:i]), req.keeping(names[: i + 1])
+        if not value or any(serves(n, so_far) for n in nodes):
+            continue
+        if param == "node":
+            return param, f"the node {value!r} does not serve {before.describe()}"
+        if param == "group":
+            return param, f"no node in the group {value!r} serves {before.describe()}"
+        with_model = f"with model {req.model!r} " if req.model else "of the fleet "
+        return param, f"no node {with_model}has the {param} {value!r}"
+    return None

@@ -21,13 +21,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from edgefleet.orchestrator.fleet_view import FleetView
-from edgefleet.orchestrator.front_door.admission import Admission
 from edgefleet.orchestrator.front_door.auth import FrontDoorAuth
 from edgefleet.orchestrator.front_door.dispatch import Dispatcher, DispatchPolicy
 from edgefleet.orchestrator.front_door.grpc_front import FrontDoorServicer
 from edgefleet.orchestrator.front_door.metrics import FrontDoorMetrics
 from edgefleet.orchestrator.front_door.openai_http import OpenAIApi
 from edgefleet.orchestrator.front_door.router import Router, RouteRequest, RoutingPolicy
+from edgefleet.orchestrator.front_door.slot_queue import SlotQueue
 from edgefleet.orchestrator.front_door.upstream import NodeChannels, probe_forever
 from edgefleet.orchestrator.settings import OrchestratorSettings, split_address
 from edgefleet.plumbing.grpc_malformed import MalformedRequestInterceptor, request_types
@@ -98,9 +98,9 @@ class FrontDoor:
         tls = None if s.insecure else s.tls_files()
         self._tls = tls
         channels = NodeChannels(tls)
-        admission = Admission(self.router, self.view.snapshot, self.metrics, s.route_buffer_size, s.route_buffer_wait_s)
+        slots = SlotQueue(self.router, self.view.snapshot, self.metrics, s.route_buffer_size, s.route_buffer_wait_s)
         policy = DispatchPolicy(s.route_first_token_timeout_s, s.route_max_attempts)
-        dispatcher = Dispatcher(self.view, self.router, admission, channels, self.metrics, policy)
+        dispatcher = Dispatcher(self.view, self.router, slots, channels, self.metrics, policy)
         auth = FrontDoorAuth.from_settings(
             s.front_door_auth_mode(), s.api_keys_path(), self.metrics, Revocations(tls.crl if tls else None)
         )

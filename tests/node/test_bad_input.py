@@ -1,4 +1,5 @@
-"""Every bad input gets its status and a message a person can act on; the node survives all."""
+"""Every bad input gets its status, its ErrorCode (trailing metadata) and a message a person can act
+on; the node survives all."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import json
 import grpc
 import pytest
 
+from edgefleet.plumbing.grpc_errors import sent_code
+from edgefleet.proto.error_codes import ErrorCode
 from edgefleet.proto.v1 import inference_pb2 as pb
 from tests.conftest import NodeProcess
 
@@ -36,6 +39,7 @@ def test_invalid_argument(stub, case: str) -> None:
     with pytest.raises(grpc.RpcError) as err:
         list(stub.Generate(request, timeout=10))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert sent_code(err.value) == ErrorCode.INVALID_REQUEST
     assert words in err.value.details()
 
 
@@ -45,6 +49,7 @@ def test_prompt_longer_than_the_context_names_count_and_limit(node: NodeProcess)
     with pytest.raises(grpc.RpcError) as err:
         list(node.stub.Generate(pb.GenerateRequest(prompt=prompt, max_tokens=4), timeout=10))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert sent_code(err.value) == ErrorCode.CONTEXT_OVERFLOW
     details = err.value.details()
     assert str(n_ctx) in details and "tokens" in details
 
@@ -53,6 +58,7 @@ def test_unknown_adapter_is_not_found(stub) -> None:
     with pytest.raises(grpc.RpcError) as err:
         list(stub.Generate(pb.GenerateRequest(prompt="x", adapter="alarm-classifier"), timeout=10))
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert sent_code(err.value) == ErrorCode.NOT_FOUND
     assert "alarm-classifier" in err.value.details()
 
 
@@ -61,6 +67,7 @@ def test_request_over_the_message_limit_is_refused_by_grpc(stub) -> None:
     with pytest.raises(grpc.RpcError) as err:
         list(stub.Generate(pb.GenerateRequest(prompt=huge), timeout=10))
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert sent_code(err.value) is None  # grpc's own refusal: the node never saw the request
     assert "larger than max" in err.value.details()
 
 
@@ -68,6 +75,7 @@ def test_embed_bad_input(stub) -> None:
     with pytest.raises(grpc.RpcError) as err:
         stub.Embed(pb.EmbedRequest(texts=[]), timeout=10)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert sent_code(err.value) == ErrorCode.INVALID_REQUEST
     with pytest.raises(grpc.RpcError) as err:
         stub.Embed(pb.EmbedRequest(texts=["ok", "   "]), timeout=10)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -1,7 +1,8 @@
 """Property-based: arbitrary field values (and arbitrary bytes) at every gRPC method of a real node.
 
-Whatever arrives, the node answers with a typed status (never UNKNOWN or INTERNAL), no thread
-dies (no traceback in its log, every slot comes back), and health keeps telling the truth.
+Whatever arrives, the node answers with a typed status (never UNKNOWN or INTERNAL), and each example
+ends with its own verdict on the node: the process alive, health SERVING, every slot back, no
+traceback in its log. So a node that crashes fails the case that crashed it, not a later one.
 The number of cases is the sum of `max_examples` below (reported by pytest's hypothesis stats).
 """
 
@@ -10,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import pytest
@@ -22,6 +22,7 @@ from edgefleet.proto.v1 import inference_pb2 as pb
 from tests.conftest import NodeProcess, collect, wait_for
 
 # A refusal must be one of these; UNKNOWN and INTERNAL mean the node did not expect the input.
+# UNAVAILABLE (busy, draining) counts only while the node is whole: each example checks it after.
 TYPED = {
     grpc.StatusCode.INVALID_ARGUMENT,
     grpc.StatusCode.NOT_FOUND,
@@ -91,19 +92,31 @@ def prop_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]
         n.stop()
 
 
-def _typed(call: object) -> None:
+def _typed(node: NodeProcess, call: object) -> None:
+    """Make the call; a refusal must carry a typed status; then the node must still be whole."""
     try:
         call()  # type: ignore[operator]
     except grpc.RpcError as e:
         assert e.code() in TYPED, f"{e.code().name}: {e.details()[:300]}"
         assert len(e.details()) < 2000, "a refusal quotes what it was sent briefly"
+    _whole(node)
 
 
-def _serving(node: NodeProcess) -> None:
+def _whole(node: NodeProcess) -> None:
+    """This example's verdict: alive, SERVING, every slot back, no thread died."""
+    assert node.proc.poll() is None, f"the node exited with {node.proc.returncode}:\n{node.log()[-3000:]}"
     health = health_pb2_grpc.HealthStub(node.channel)
     assert health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status == (
         health_pb2.HealthCheckResponse.SERVING
     )
+
+    def idle() -> bool:
+        info = node.info()
+        return info.slots_busy == 0 and info.queue_depth == 0
+
+    assert wait_for(idle, timeout=30), node.info()
+    log = node.log()
+    assert "Traceback" not in log, log[log.find("Traceback") - 500 : log.find("Traceback") + 3000]
 
 
 @SETTINGS
@@ -115,13 +128,13 @@ def test_generate_takes_any_field_values(prop_node: NodeProcess, req: pb.Generat
             if i >= 1:
                 stream.cancel()
 
-    _typed(call)
+    _typed(prop_node, call)
 
 
 @SETTINGS
 @given(texts=st.lists(text, max_size=5), normalize=st.booleans())
 def test_embed_takes_any_texts(prop_node: NodeProcess, texts: list[str], normalize: bool) -> None:
-    _typed(lambda: prop_node.stub.Embed(pb.EmbedRequest(texts=texts, normalize=normalize), timeout=10))
+    _typed(prop_node, lambda: prop_node.stub.Embed(pb.EmbedRequest(texts=texts, normalize=normalize), timeout=10))
 
 
 @SETTINGS
@@ -144,10 +157,19 @@ def test_knowledge_calls_take_any_values(
     prop_node: NodeProcess, collection: str, version: str, docs: list[pb.Document]
 ) -> None:
     stub = prop_node.stub
-    _typed(lambda: stub.Ingest(pb.IngestRequest(collection=collection, documents=docs, version=version), timeout=20))
-    _typed(lambda: stub.Retrieve(pb.RetrieveRequest(collection=collection, query=version, top_k=len(docs)), timeout=10))
-    _typed(lambda: stub.DeleteDocuments(pb.DeleteDocumentsRequest(collection=collection, ids=[version]), timeout=10))
-    _typed(lambda: stub.ListCollections(pb.ListCollectionsRequest(), timeout=10))
+    _typed(
+        prop_node,
+        lambda: stub.Ingest(pb.IngestRequest(collection=collection, documents=docs, version=version), timeout=20),
+    )
+    _typed(
+        prop_node,
+        lambda: stub.Retrieve(pb.RetrieveRequest(collection=collection, query=version, top_k=len(docs)), timeout=10),
+    )
+    _typed(
+        prop_node,
+        lambda: stub.DeleteDocuments(pb.DeleteDocumentsRequest(collection=collection, ids=[version]), timeout=10),
+    )
+    _typed(prop_node, lambda: stub.ListCollections(pb.ListCollectionsRequest(), timeout=10))
 
 
 METHODS = ["Generate", "Embed", "GetNodeInfo", "Ingest", "DeleteDocuments", "ListCollections", "Retrieve"]
@@ -167,14 +189,15 @@ def test_any_bytes_at_any_method(prop_node: NodeProcess, method: str, raw: bytes
         else:
             prop_node.channel.unary_unary(path)(raw, timeout=10)
 
-    _typed(call)
+    _typed(prop_node, call)
 
 
-def test_after_every_case_the_node_is_whole(prop_node: NodeProcess, tmp_path: Path) -> None:
-    """Runs after the properties (file order): health true, slots back, no thread died."""
-    _serving(prop_node)
-    assert wait_for(lambda: prop_node.info().slots_busy == 0 and prop_node.info().queue_depth == 0, timeout=30)
+def test_the_node_still_generates_after_hostile_requests(prop_node: NodeProcess) -> None:
+    """A whole node also answers: a few hostile requests, then a plain one (runs alone or in any order)."""
+    generate = prop_node.channel.unary_stream("/edgefleet.v1.Inference/Generate")
+    _typed(prop_node, lambda: list(generate(b"\xff" * 40, timeout=5)))  # not a protobuf message
+    for bad in (pb.GenerateRequest(prompt="x", max_tokens=-5), pb.GenerateRequest(prompt="x", json_schema="{")):
+        _typed(prop_node, lambda bad=bad: list(prop_node.stub.Generate(bad, timeout=5)))
     _, last, _ = collect(prop_node.stub.Generate(pb.GenerateRequest(prompt="Hello", max_tokens=3), timeout=30))
     assert last.usage.completion_tokens == 3 and not math.isnan(last.usage.tokens_per_second)
-    log = prop_node.log()
-    assert "Traceback" not in log, log[log.find("Traceback") - 500 : log.find("Traceback") + 3000]
+    _whole(prop_node)

@@ -13,7 +13,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edgefleet.proto.payloads import Command, CommandResult, PayloadError, parse_payload
+from edgefleet.proto.commands import Command
+from edgefleet.proto.payloads import CommandResult, PayloadError, parse_payload
 from edgefleet.proto.signing import load_operator_key, sign_command
 from edgefleet.proto.topics import Topics
 from tests import site_identity

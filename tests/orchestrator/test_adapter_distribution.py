@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -123,17 +122,18 @@ def test_pushed_adapter_reaches_the_group_only_and_removal_restores_base(
 ) -> None:
     assert loras["v1"].stat().st_size >= 1_500_000
     base = {k: ask(n) for k, n in nodes.items()}
+    before = {k: loaded(n) for k, n in nodes.items()}  # what the module's other tests left loaded
     r = push(broker, loras["v1"], "fix", "1", "line", "--wait", "120")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "a" in r.stderr and "b" in r.stderr and "loaded" in r.stderr  # the per-node progress lines
     for k in ("a", "b"):
-        assert loaded(nodes[k]) == {"fix": "1"}
+        assert loaded(nodes[k]) == {**before[k], "fix": "1"}
         tuned = ask(nodes[k], "fix")
         assert tuned != base[k]
         assert ask(nodes[k]) == base[k]  # base requests are untouched while the adapter is loaded
-    assert loaded(nodes["c"]) == {}
+    assert loaded(nodes["c"]) == before["c"]
     view = adapters_view(broker)
-    assert view["nodes"]["a"]["loaded"] == {"fix": "1"} and view["nodes"]["c"]["loaded"] == {}
+    assert view["nodes"]["a"]["loaded"] == {**before["a"], "fix": "1"} and view["nodes"]["c"]["loaded"] == before["c"]
 
     # four concurrent requests, two with the adapter and two without, each return what they return alone
     solo = {"fix": ask(nodes["a"], "fix"), "": base["a"]}
@@ -150,7 +150,7 @@ def test_pushed_adapter_reaches_the_group_only_and_removal_restores_base(
 
     r = fleet(broker, "fleet", "rm-adapter", "fix", "--target", "line")
     assert r.returncode == 0, r.stderr
-    assert wait_for(lambda: loaded(nodes["a"]) == {} and loaded(nodes["b"]) == {}, timeout=20)
+    assert wait_for(lambda: loaded(nodes["a"]) == before["a"] and loaded(nodes["b"]) == before["b"], timeout=20)
     assert ask(nodes["a"]) == base["a"] and ask(nodes["b"]) == base["b"]
 
 
@@ -213,6 +213,7 @@ def test_bad_artifacts_are_refused_and_the_node_keeps_its_adapter(
     finally:
         errors.close()
         fleet(broker, "fleet", "rm-adapter", "guard", "--target", "node:a")
+        assert wait_for(lambda: "guard" not in loaded(a), timeout=20)  # the module's other tests count adapters
 
 
 def sha(path: Path) -> str:
@@ -234,14 +235,18 @@ def test_node_killed_mid_transfer_resumes_from_the_chunks_it_holds(
     assert wait_for(lambda: len(seen.messages) >= 8, timeout=30)
     seen.close()
     c.kill()
-    time.sleep(1.0)  # what the orchestrator had queued goes out to nobody
-    before, total = chunks_sent(broker, "resume")
+    asks = Watcher(broker, TOPICS.artifact_chunk_requests())  # from here on only the restarted node asks
     restarted = c.restarted()
     nodes["c"] = restarted
-    restarted.wait_serving()
-    assert wait_for(lambda: loaded(restarted).get("resume") == "1", timeout=60)
-    after = chunks_sent(broker, "resume")[0] - before
-    assert 0 < after < total, (before, after, total)
+    try:
+        restarted.wait_serving()
+        assert wait_for(lambda: loaded(restarted).get("resume") == "1", timeout=60)
+        requests = [r for r in asks.json() if r.get("node_id") == c.node_id and r.get("name") == "resume"]
+    finally:
+        asks.close()
+    asked = {i for r in requests for i in r["chunks"]}  # the chunks it did not hold when it came back
+    total = chunks_sent(broker, "resume")[1]
+    assert 0 < len(asked) < total, (sorted(asked), total)
     transfer = adapters_view(broker)["nodes"]["c"]["transfers"]["adapter/resume"]
     assert transfer["resumed_from"] > 0 and transfer["state"] == "installed"
     assert ask(restarted, "resume") != ask(restarted)

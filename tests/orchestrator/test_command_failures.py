@@ -14,7 +14,8 @@ import sqlite3
 import time
 from pathlib import Path
 
-from edgefleet.proto.payloads import Command, NodeStatus, Telemetry, UploadChunk
+from edgefleet.proto.commands import Command
+from edgefleet.proto.payloads import NodeStatus, Telemetry, UploadChunk
 from edgefleet.proto.topics import Topics
 from tests.conftest import wait_for
 from tests.mqtt_support import Mosquitto, Orchestrator, Watcher, fleet
@@ -85,7 +86,10 @@ def test_a_slow_command_does_not_hold_up_telemetry(broker: Mosquitto, tmp_path: 
     try:
         node.publish(TOPICS.node_status("kappa"), NodeStatus(node_id="kappa", state="online").dumps())
         correlation = client.send(Command(op="status").dumps())
-        time.sleep(0.3)  # the command is on the worker, asleep in its fail point
+        # the command is on the worker, asleep in its fail point (which says so in the log)
+        assert wait_for(lambda: "failpoint=orchestrator.command" in o.log_path.read_text(), timeout=10), (
+            o.log_path.read_text()[-2000:]
+        )
         t = Telemetry(
             node_id="kappa",
             queue_depth=7,

@@ -16,15 +16,16 @@ from typing import Any
 
 import pytest
 
+from edgefleet.fleet.uploads import upload as upload_file
 from edgefleet.orchestrator.command_errors import error_code_of
-from edgefleet.orchestrator.command_requests import NoArguments
-from edgefleet.orchestrator.command_table import COMMAND_OPS
+from edgefleet.orchestrator.command_table import COMMAND_OPS, CommandTable
 from edgefleet.orchestrator.runtime import Orchestrator, build_orchestrator
 from edgefleet.orchestrator.settings import OrchestratorSettings
 from edgefleet.proto.artifacts import SiteKey
+from edgefleet.proto.commands import Command, RemoveRuleRequest, StatusRequest, UploadChunkRequest
 from edgefleet.proto.error_codes import ErrorCode
 from edgefleet.proto.knowledge_bundle import BundleDocument, write_bundle
-from edgefleet.proto.payloads import Command, CommandResult, TemplateSpec, UploadChunk
+from edgefleet.proto.payloads import MAX_UPLOAD_CHUNK_BYTES, CommandResult, TemplateSpec, UploadChunk
 from tests.mqtt_support import Mosquitto
 from tests.orchestrator.command_client import CommandClient
 
@@ -63,20 +64,33 @@ def code(result: CommandResult) -> ErrorCode | None:
 
 def test_every_op_of_the_command_contract_has_one_handler(orch: Orchestrator) -> None:
     assert orch.table.ops == COMMAND_OPS
-    assert {"status", "push-template", "upload-chunk", "push-rule", "push-knowledge"} <= COMMAND_OPS
+    assert {"status", "push-template", "upload-chunk", "push-rule", "push-knowledge", "keys-create"} <= COMMAND_OPS
     with pytest.raises(ValueError, match="has a handler already"):
-        orch.table.register("status", NoArguments, lambda _: CommandResult(ok=True))
+        orch.table.register(StatusRequest, lambda _: CommandResult(ok=True))
+
+
+def test_a_parsed_command_reaches_its_handler_as_it_is_validated_once() -> None:
+    """The wire model is the typed request: the table hands the handler the very object parsed."""
+    seen: list[RemoveRuleRequest] = []
+    table = CommandTable()
+    table.register(RemoveRuleRequest, lambda req: seen.append(req) or CommandResult(ok=True))
+    cmd = Command(op="rm-rule", target="line", name="r1")
+    assert table.dispatch_command(cmd).ok
+    assert seen == [cmd.request] and seen[0] is cmd.request
+    unhandled = table.dispatch_command(Command(op="status"))
+    assert not unhandled.ok and code(unhandled) == ErrorCode.INVALID_REQUEST
 
 
 def test_dispatch_runs_the_op_s_handler_and_the_desired_state_grows_a_generation(orch: Orchestrator) -> None:
-    first = orch.table.dispatch("push-template", {"target": "group:line-1", "template": TEMPLATE})
-    assert first.ok and first.data == {"generation": 1, "target": "group:line-1"}, first
-    second = orch.table.dispatch("push-template", {"target": "group:line-1", "template": {**TEMPLATE, "version": "2"}})
+    first = orch.table.dispatch("push-template", {"target": "group:grows", "template": TEMPLATE})
+    assert first.ok and first.data == {"generation": 1, "target": "group:grows"}, first
+    second = orch.table.dispatch("push-template", {"target": "group:grows", "template": {**TEMPLATE, "version": "2"}})
     assert second.ok and second.data["generation"] == 2
-    stored = orch.registry.desired("group:line-1")
+    stored = orch.registry.desired("group:grows")
     assert stored is not None and stored.templates["fault"].version == "2"
-    assert orch.view.snapshot().desired_generations == {"group:line-1": 2}
-    removed = orch.table.dispatch("rm-template", {"target": "group:line-1", "name": "fault"})
+    # its own target: the module broker keeps other tests' retained desired state, in any order
+    assert orch.view.snapshot().desired_generations["group:grows"] == 2
+    removed = orch.table.dispatch("rm-template", {"target": "group:grows", "name": "fault"})
     assert removed.ok and removed.data["generation"] == 3
     status = orch.table.dispatch("status", {})
     assert status.ok and status.data == {"nodes": []}
@@ -181,3 +195,26 @@ def test_artifact_refusals_carry_their_own_codes(orch: Orchestrator, tmp_path: P
     assert not not_lora.ok and code(not_lora) == ErrorCode.ADAPTER_REFUSED
     bad_version = orch.table.dispatch("push-adapter", {**push, "name": "fix", "version": "../1"})
     assert not bad_version.ok and code(bad_version) == ErrorCode.INVALID_PAYLOAD and "version" in bad_version.message
+
+
+def test_the_one_upload_path_sends_confirmed_pieces_and_stops_early(orch: Orchestrator) -> None:
+    """`fleet/uploads.py` (the CLI's and the console's upload) against the real table and store."""
+    data = bytes(range(256)) * (3 * MAX_UPLOAD_CHUNK_BYTES // 256 - 7)  # three pieces, the last one short
+    sent: list[int] = []
+
+    def send(cmd: Command) -> CommandResult:
+        assert isinstance(cmd.request, UploadChunkRequest)
+        sent.append(cmd.request.upload.index)
+        return orch.table.dispatch_command(cmd)
+
+    progress: list[tuple[int, int, bool]] = []
+    sha, result = upload_file(send, data, lambda *p: progress.append(p))
+    assert result.ok and sent == [0, 1, 2] and progress[-1] == (3, 3, True), (result, progress)
+    assert orch.store.has_blob(sha) and orch.store.blob_path(sha).read_bytes() == data
+    sent.clear()
+    assert upload_file(send, data)[1].ok and sent == [0]  # held already: the first answer says nothing is missing
+    other = bytes(2 * MAX_UPLOAD_CHUNK_BYTES)
+    (orch.store.root / "uploads" / hashlib.sha256(other).hexdigest()).write_bytes(b"in the way")
+    sent.clear()
+    _, refused = upload_file(send, other)
+    assert not refused.ok and code(refused) == ErrorCode.INTERNAL and sent == [0]  # a refusal ends it

@@ -14,7 +14,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from edgefleet.proto.payloads import Command, TemplateSpec
+from edgefleet.proto.commands import Command
+from edgefleet.proto.payloads import TemplateSpec
 from tests.conftest import wait_for
 from tests.mqtt_support import Mosquitto, Orchestrator, Watcher
 from tests.orchestrator.command_client import CommandClient

@@ -71,3 +71,14 @@ def test_a_wrong_setting_is_refused_with_the_entry_named(spec: str, message: str
 def test_load_env_reads_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(failpoints.ENV, "x.y=raise-after:1")
     assert failpoints.load_env() == ["x.y"]
+
+
+def test_a_point_announces_itself_when_it_acts_and_only_then(caplog: pytest.LogCaptureFixture) -> None:
+    failpoints.configure("a=sleep:1;b=raise-after:1")
+    with caplog.at_level("WARNING", logger=failpoints.__name__):
+        failpoints.hit("b")  # passes: no word
+        failpoints.hit("a")
+        with pytest.raises(FailPointError):
+            failpoints.hit("b")
+    acting = [(r.getMessage(), getattr(r, "failpoint", None)) for r in caplog.records]
+    assert acting == [("fail point acting", "a"), ("fail point acting", "b")]

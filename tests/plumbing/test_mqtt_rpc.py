@@ -31,12 +31,16 @@ REQUESTS = "lab/echo/requests"
 
 
 class Echo:
-    """A responder built on the helper: answers `<payload>!`, after a delay named in the payload."""
+    """A responder built on the helper: answers `<payload>!` at once, or, for a payload starting with
+    `hold:`, when the test releases it (so answers come late, or out of order, by the test's choice)."""
 
     def __init__(self, broker: Mosquitto) -> None:
         self.link = MqttLink(broker.url, **broker.link_options(), client_id=f"echo-{uuid.uuid4().hex[:6]}")
         self.refused: list[str] = []
-        self.sent: list[bool] = []
+        self.sent: list[bytes] = []  # the answers that went out
+        self.failed: list[bytes] = []  # the answers reply() could not send
+        self._held: dict[bytes, ResponseTarget] = {}
+        self._lock = threading.Lock()
         self.link.subscribe(REQUESTS, self._on_request)
         self.link.start()
         assert self.link.wait_subscribed(10)
@@ -48,13 +52,24 @@ class Echo:
             self.refused.append(str(e))
             return
         payload = bytes(msg.payload)
-        delay = float(payload.split(b":")[0]) if b":" in payload else 0.0
+        if payload.startswith(b"hold:"):
+            with self._lock:
+                self._held[payload] = target
+        else:
+            self._answer(target, payload)
 
-        def answer() -> None:
-            time.sleep(delay)
-            self.sent.append(reply(self.link, target, payload + b"!"))
+    def _answer(self, target: ResponseTarget, payload: bytes) -> None:
+        (self.sent if reply(self.link, target, payload + b"!") else self.failed).append(payload + b"!")
 
-        threading.Thread(target=answer, daemon=True).start()
+    def holding(self) -> set[bytes]:
+        with self._lock:
+            return set(self._held)
+
+    def release(self, payload: bytes) -> None:
+        """Send the held answer to `payload` now (from the test's thread)."""
+        with self._lock:
+            target = self._held.pop(payload)
+        self._answer(target, payload)
 
     def close(self) -> None:
         self.link.stop()
@@ -94,7 +109,7 @@ def _raw_request(broker: Mosquitto, response_topic: str, correlation: bytes = b"
 def test_a_request_gets_its_answer(echo: Echo, client_link: MqttLink) -> None:
     answer = request(client_link, REQUESTS, b"ping", 10, response_topic=f"lab/cli/{client_link.client_id}/responses")
     assert answer == b"ping!"
-    assert wait_for(lambda: echo.sent == [True])
+    assert wait_for(lambda: echo.sent == [b"ping!"]) and echo.failed == []
 
 
 def test_concurrent_requests_get_their_own_answers_out_of_order(echo: Echo, client_link: MqttLink) -> None:
@@ -103,14 +118,18 @@ def test_concurrent_requests_get_their_own_answers_out_of_order(echo: Echo, clie
     answers: dict[int, bytes] = {}
 
     def ask(i: int) -> None:
-        answers[i] = rpc.call(REQUESTS, f"{0.1 * (5 - i):.1f}:{i}".encode(), 10)
+        answers[i] = rpc.call(REQUESTS, f"hold:{i}".encode(), 30)
 
     threads = [threading.Thread(target=ask, args=(i,)) for i in range(5)]
     for t in threads:
         t.start()
+    assert wait_for(lambda: len(echo.holding()) == 5, timeout=10), echo.holding()
+    for i in reversed(range(5)):  # the last question is answered first
+        echo.release(f"hold:{i}".encode())
+        assert wait_for(lambda i=i: i in answers, timeout=10), (i, answers)
     for t in threads:
         t.join(15)
-    assert answers == {i: f"{0.1 * (5 - i):.1f}:{i}!".encode() for i in range(5)}
+    assert answers == {i: f"hold:{i}!".encode() for i in range(5)}
 
 
 def test_no_responder_means_no_answer_in_time(broker: Mosquitto, client_link: MqttLink) -> None:
@@ -124,10 +143,13 @@ def test_no_responder_means_no_answer_in_time(broker: Mosquitto, client_link: Mq
 def test_a_late_answer_is_not_taken_for_the_next_request(echo: Echo, client_link: MqttLink) -> None:
     rpc = RpcClient(client_link, f"lab/cli/{client_link.client_id}/responses")
     with pytest.raises(NoAnswer):
-        rpc.call(REQUESTS, b"1.0:slow", 0.3)
+        rpc.call(REQUESTS, b"hold:slow", 0.3)
+    assert wait_for(lambda: echo.holding() == {b"hold:slow"}, timeout=10)
     assert rpc.call(REQUESTS, b"fast", 10) == b"fast!"
-    time.sleep(1.0)  # the slow answer arrives now, for a correlation id nobody waits for
+    echo.release(b"hold:slow")  # the slow answer goes out now, for a correlation id nobody waits for
+    # the next answer leaves the same link on the same topic after it, so it arrives after it too
     assert rpc.call(REQUESTS, b"again", 10) == b"again!"
+    assert wait_for(lambda: echo.sent == [b"fast!", b"hold:slow!", b"again!"]), echo.sent
 
 
 @pytest.mark.parametrize(
@@ -145,9 +167,7 @@ def test_a_request_with_an_unusable_response_topic_is_refused_without_exception(
     broker: Mosquitto, echo: Echo, response_topic: str, reason: str
 ) -> None:
     _raw_request(broker, response_topic)
-    deadline = time.monotonic() + 5
-    while not echo.refused and time.monotonic() < deadline:
-        time.sleep(0.02)
+    assert wait_for(lambda: bool(echo.refused), timeout=5)
     assert len(echo.refused) == 1 and reason in echo.refused[0], echo.refused
     assert echo.sent == []
     assert echo.link.connected.is_set()  # the responder's link carries on
@@ -155,9 +175,7 @@ def test_a_request_with_an_unusable_response_topic_is_refused_without_exception(
 
 def test_oversized_correlation_data_is_refused(broker: Mosquitto, echo: Echo) -> None:
     _raw_request(broker, "lab/cli/x/responses", b"c" * (MAX_CORRELATION_BYTES + 1))
-    deadline = time.monotonic() + 5
-    while not echo.refused and time.monotonic() < deadline:
-        time.sleep(0.02)
+    assert wait_for(lambda: bool(echo.refused), timeout=5)
     assert echo.refused and "correlation data is 129 bytes" in echo.refused[0]
 
 

@@ -88,11 +88,11 @@ def test_the_knowledge_store_uses_the_same_runner_with_its_rebuild_hint(tmp_path
     from edgefleet.node.knowledge.errors import CorruptDatabase
 
     path = tmp_path / "knowledge.db"
-    conn, _ = knowledge_sqlite.open_database(path, [["CREATE TABLE t (x INTEGER)"]])
+    conn, _ = knowledge_sqlite.open_knowledge_database(path, [["CREATE TABLE t (x INTEGER)"]])
     conn.execute("PRAGMA user_version=4")
     conn.close()
     with pytest.raises(CorruptDatabase) as caught:
-        knowledge_sqlite.open_database(path, [["CREATE TABLE t (x INTEGER)"]])
+        knowledge_sqlite.open_knowledge_database(path, [["CREATE TABLE t (x INTEGER)"]])
     assert "schema version 4" in str(caught.value) and "rebuild-db" in str(caught.value)
     assert _version(path) == 4
 

@@ -10,10 +10,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from edgefleet.fleet.site.pki import SitePki
 from edgefleet.orchestrator.command_auth import CommandAuth, NonceCache, OperatorKeys, Refused
-from edgefleet.plumbing.site_pki import SitePki
+from edgefleet.proto.commands import Command
 from edgefleet.proto.error_codes import ErrorCode
-from edgefleet.proto.payloads import Command, parse_payload
+from edgefleet.proto.payloads import parse_payload
 from edgefleet.proto.signing import (
     command_bytes,
     load_operator_key,
@@ -25,17 +26,23 @@ from edgefleet.proto.signing import (
 NOW = 1_800_000_000.0
 
 
+def altered(cmd: Command, **change: object) -> Command:
+    """`cmd` with fields changed after it was signed (as a forger would)."""
+    return Command(cmd.request.model_copy(update=change))
+
+
 @pytest.mark.parametrize("make", [lambda: ec.generate_private_key(ec.SECP256R1()), Ed25519PrivateKey.generate])
 def test_a_signed_command_verifies_after_the_wire_and_not_when_altered(make: object) -> None:
     key = make()  # type: ignore[operator]
     signed = sign_command(Command(op="rm-rule", name="r1", target="line"), "lab", "alice", key, now=NOW)
-    assert signed.operator == "alice" and signed.signed_at == int(NOW) and len(signed.nonce) == 32
-    assert signed.key_id == public_key_id(key.public_key())
+    envelope = signed.request
+    assert envelope.operator == "alice" and envelope.signed_at == int(NOW) and len(envelope.nonce) == 32
+    assert envelope.key_id == public_key_id(key.public_key())
     wire = parse_payload(Command, signed.dumps())
     verify_command(wire, "lab", key.public_key())
     for change in ({"name": "r2"}, {"operator": "bob"}, {"signed_at": int(NOW) + 1}, {"nonce": "0" * 32}):
         with pytest.raises(ValueError) as e:
-            verify_command(wire.model_copy(update=change), "lab", key.public_key())
+            verify_command(altered(wire, **change), "lab", key.public_key())
         assert e.value.code == ErrorCode.BAD_SIGNATURE, change  # type: ignore[attr-defined]
     with pytest.raises(ValueError, match="does not verify"):
         verify_command(wire, "other-site", key.public_key())  # bound to the site
@@ -49,7 +56,7 @@ def test_unsigned_other_key_and_garbage_signatures_are_refused() -> None:
     signed = sign_command(Command(op="status"), "lab", "alice", other)
     with pytest.raises(ValueError, match="names key"):
         verify_command(signed, "lab", key.public_key())
-    forged = signed.model_copy(update={"key_id": public_key_id(key.public_key()), "signature": "not base64!"})
+    forged = altered(signed, key_id=public_key_id(key.public_key()), signature="not base64!")
     with pytest.raises(ValueError, match="does not verify"):
         verify_command(forged, "lab", key.public_key())
 
@@ -60,7 +67,7 @@ def test_the_signed_bytes_are_canonical_and_tagged() -> None:
     assert data.startswith(b"edgefleet-command/1\nlab\n")
     body = json.loads(data.split(b"\n", 2)[2])
     assert "signature" not in body and body["operator"] == "a" and body["nonce"] == "n"
-    assert command_bytes(cmd.model_copy(update={"signature": "other"}), "lab") == data
+    assert command_bytes(altered(cmd, signature="other"), "lab") == data
 
 
 def test_nonce_cache_refuses_repeats_forgets_old_ones_and_stays_bounded() -> None:
@@ -118,7 +125,19 @@ def test_command_auth_refuses_each_way_a_command_can_be_untrusted(pki: SitePki) 
 
 def test_command_auth_off_lets_everything_through(tmp_path: Path) -> None:
     auth = CommandAuth("lab", OperatorKeys(tmp_path / "no-pki"), required=False)
-    auth.check(Command(op="rm-rule", name="x"))
+    auth.check(Command(op="rm-rule", target="line", name="x"))
     on = CommandAuth("lab", OperatorKeys(tmp_path / "no-pki"), required=True)
     key = ec.generate_private_key(ec.SECP256R1())
     assert refused(on, sign_command(Command(op="status"), "lab", "alice", key)) == "unknown_operator"
+
+
+def test_key_commands_need_an_operator_signature_even_where_commands_need_none(pki: SitePki) -> None:
+    """keys-create, keys-list, keys-revoke answer with secrets and change who may use the front door."""
+    auth = CommandAuth("lab", OperatorKeys(pki.dir), required=False, clock=lambda: NOW)
+    auth.check(Command(op="status"))  # an ordinary command: unsigned is fine here
+    node_key = load_operator_key(pki.bundle_dir("n1") / "client.key")
+    operator = load_operator_key(pki.bundle_dir("bob") / "client.key")
+    for cmd in (Command(op="keys-list"), Command(op="keys-create", name="app"), Command(op="keys-revoke", name="a")):
+        assert refused(auth, cmd) == ErrorCode.UNSIGNED
+        assert refused(auth, sign_command(cmd, "lab", "n1", node_key, now=NOW)) == ErrorCode.UNKNOWN_OPERATOR
+        auth.check(sign_command(cmd, "lab", "bob", operator, now=NOW))

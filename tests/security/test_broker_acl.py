@@ -13,13 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from edgefleet.plumbing.site_pki import SitePki
+from edgefleet.fleet.site.pki import SitePki
 from edgefleet.proto.topics import Topics
 from tests.conftest import wait_for
 from tests.security.tls_support import Client, TlsBroker, pki_cli
 
 T = Topics.for_site("lab")
 NOT_AUTHORIZED = "Not authorized"
+MARKERS = f"{T.root}test/markers"  # the orchestrator identity reads and writes the whole root
 
 
 @pytest.fixture(scope="module")
@@ -61,9 +62,9 @@ def refused_and_not_delivered(site: dict[str, object], who: str, topic: str) -> 
     payload = f"forged by {who} {time.monotonic_ns()}".encode()
     reason = c.publish(topic, payload)
     assert str(reason) == NOT_AUTHORIZED, f"{who} -> {topic}: {reason}"
-    time.sleep(0.3)
     orch = site["orch"]
     assert isinstance(orch, Client)
+    orch.receive_marker(orch, MARKERS)  # published after the refusal's PUBACK: the broker was done with it
     assert not orch.got(topic, payload)
 
 
@@ -110,12 +111,14 @@ def test_node_reads_its_own_desired_state_only(site: dict[str, object]) -> None:
     n1, n2 = connect(site, "n1"), connect(site, "n2")
     n1.subscribe(f"{T.root}#")  # granted, but the broker delivers only what the ACL lets it read
     n2.subscribe(T.desired_group("g1"))
+    n2.subscribe(T.node_requests("n2"))  # where its marker comes
     n1.subscribe("$share/g1/" + T.group_requests("g1"))
     op = connect(site, "op")
     assert not op.publish(T.group_requests("g1"), b"question").is_failure
     assert wait_for(lambda: n1.got(T.desired_node("n1"), b"for n1") and n1.got(T.desired_group("g1")), timeout=5)
     assert wait_for(lambda: n1.got(T.group_requests("g1"), b"question"), timeout=5)
-    time.sleep(0.3)
+    n1.receive_marker(orch, T.node_requests("n1"))  # after the retained messages of its subscriptions
+    n2.receive_marker(orch, T.node_requests("n2"))
     assert not n1.got(T.desired_node("n2"))
     assert not n2.got(T.desired_group("g1"))  # not in that group
     assert not any(t.startswith(T.root + "orchestrator") or "/n2/" in t for t, _ in n1.messages)
@@ -131,9 +134,11 @@ def test_sensor_cannot_read_results_or_desired_state(site: dict[str, object]) ->
     s1.subscribe(T.results("+"))
     assert not orch.publish(T.desired_node("n2"), b"secret desired", retain=True).is_failure
     assert not orch.publish(T.results("n1"), b"secret result").is_failure
-    assert not s1.publish("plant/line1/reading", b'{"v": 1}').is_failure  # its own job works
+    # Its own job works. A sensor reads nothing, so no marker can reach it; the PUBACK of this publish
+    # is its marker: Mosquitto writes to one connection in order, so a message routed to s1 before the
+    # broker took this publish would have reached s1 before this PUBACK (publish() waits for it).
+    assert not s1.publish("plant/line1/reading", b'{"v": 1}').is_failure
     assert wait_for(lambda: op.got("plant/line1/reading"), timeout=5)  # operators (console) read sensors
-    time.sleep(0.3)
     assert s1.messages == []
 
 
@@ -170,11 +175,9 @@ def test_revoked_node_cannot_reconnect_and_loses_rights_at_once(site: dict[str, 
     assert not n3.publish(T.node_status("n3"), b"before").is_failure
     before = broker.reloads()
     broker.revoke("n3")  # the verb itself sends the SIGHUP
-    deadline = time.monotonic() + 5
-    while broker.reloads() <= before:
-        assert time.monotonic() < deadline, "revoke did not make the broker reload"
-        time.sleep(0.05)
+    assert wait_for(lambda: broker.reloads() > before, timeout=5), "revoke did not make the broker reload"
     assert str(n3.publish(T.node_status("n3"), b"after")) == NOT_AUTHORIZED  # the open connection too
+    orch.receive_marker(orch, MARKERS)
     assert not orch.got(T.node_status("n3"), b"after")
     again = Client(broker, bundles["n3"], "n3-again")
     site["clients"].append(again)  # type: ignore[attr-defined]
@@ -188,20 +191,24 @@ def test_revoked_node_cannot_reconnect_and_loses_rights_at_once(site: dict[str, 
 def test_a_node_reads_its_own_assignment_and_its_assigned_groups_once_the_acl_is_regenerated(
     site: dict[str, object],
 ) -> None:
-    broker, orch = site["broker"], site["orch"]
-    assert isinstance(broker, TlsBroker) and isinstance(orch, Client)
-    for node in ("n1", "n2"):
+    """A node of its own (n4): the other tests' n2 stays out of g1, whatever order they run in."""
+    broker, orch, bundles = site["broker"], site["orch"], site["bundles"]
+    assert isinstance(broker, TlsBroker) and isinstance(orch, Client) and isinstance(bundles, dict)
+    bundles["n4"] = broker.enroll("node", "n4")
+    broker.settle()
+    for node in ("n1", "n4"):
         assert not orch.publish(T.node_assignment(node), f"groups of {node}".encode(), retain=True).is_failure
     assert not orch.publish(T.desired_group("g1"), b"g1 again", retain=True).is_failure
-    n2 = connect(site, "n2")
-    n2.subscribe(T.node_assignment("+"))
-    n2.subscribe(T.desired_group("g1"))
-    assert wait_for(lambda: n2.got(T.node_assignment("n2"), b"groups of n2"), timeout=5)
-    time.sleep(0.3)
-    assert not n2.got(T.node_assignment("n1")) and not n2.got(T.desired_group("g1"))
-    broker.pki.assign_groups("n2", ["g1"])  # what `fleet assign-groups --dir` does, then regenerate
+    n4 = connect(site, "n4")
+    n4.subscribe(T.node_assignment("+"))
+    n4.subscribe(T.desired_group("g1"))
+    n4.subscribe(T.node_requests("n4"))
+    assert wait_for(lambda: n4.got(T.node_assignment("n4"), b"groups of n4"), timeout=5)
+    n4.receive_marker(orch, T.node_requests("n4"))  # after every retained message its subscriptions matched
+    assert not n4.got(T.node_assignment("n1")) and not n4.got(T.desired_group("g1"))
+    broker.pki.assign_groups("n4", ["g1"])  # what `fleet assign-groups --dir` does, then regenerate
     pki_cli(broker.pki.dir, "broker-config", "--broker-pid", str(broker.proc.pid))
     broker.settle()
-    late = connect(site, "n2")
+    late = connect(site, "n4")
     late.subscribe(T.desired_group("g1"))
     assert wait_for(lambda: late.got(T.desired_group("g1"), b"g1 again"), timeout=5)

@@ -14,7 +14,7 @@ import grpc
 import pytest
 
 from edgefleet.fleet.identity_commands import read_env
-from edgefleet.plumbing.site_pki import SitePki
+from edgefleet.fleet.site.pki import SitePki
 from edgefleet.plumbing.site_tls import target_name
 from edgefleet.proto.artifacts import SiteKey
 from edgefleet.proto.payloads import DesiredState, Target, TemplateSpec

@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from edgefleet.plumbing.site_pki import SitePki
-from edgefleet.proto.payloads import Command, CommandResult, RuleSpec, TemplateSpec
+from edgefleet.fleet.site.pki import SitePki
+from edgefleet.proto.commands import Command
+from edgefleet.proto.payloads import CommandResult, RuleSpec, TemplateSpec
 from edgefleet.proto.signing import OperatorPrivateKey, load_operator_key, public_key_id, sign_command
 from edgefleet.proto.topics import Topics
 from tests.conftest import BIN, wait_for
@@ -37,7 +38,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]
     tmp = tmp_path_factory.mktemp("signed-commands")
     pki = SitePki(tmp / "pki")
     pki.init("lab", ["localhost"])
-    for name in ("alice", "carol"):
+    for name in ("alice", "carol", "erin"):  # erin is revoked by a test; carol stays enrolled
         pki.issue(name, "operator")
     broker = Mosquitto(tmp)  # TLS, any site certificate may publish anything: no ACL
     watcher = Watcher(broker, TOPICS.orchestrator_status())
@@ -48,7 +49,12 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]
         assert wait_for(lambda: any(m.get("state") == "online" for m in watcher.json()), timeout=20), (
             orch.log_path.read_text()[-2000:]
         )
-        yield {"pki": pki, "broker": broker, "orch": orch, "client": client}
+        site = {"pki": pki, "broker": broker, "orch": orch, "client": client}
+        # what the tests try to remove: a rule (and its template) that only alice's signature may change
+        push = Command(op="push-template", target="group:line", template=TEMPLATE)
+        assert call(site, signed(site, push)).ok
+        assert call(site, signed(site, Command(op="push-rule", target="group:line", rule=RULE))).ok
+        yield site
     finally:
         watcher.close()
         client.close()
@@ -79,10 +85,7 @@ def rules(site: dict[str, object]) -> str:
 
 
 def test_unsigned_commands_are_refused_and_change_nothing(site: dict[str, object]) -> None:
-    push = Command(op="push-template", target="group:line", template=TEMPLATE)
-    assert call(site, signed(site, push)).ok
-    assert call(site, signed(site, Command(op="push-rule", target="group:line", rule=RULE))).ok
-    assert '"r1"' in rules(site)
+    assert '"r1"' in rules(site)  # pushed, signed, by the fixture
 
     status = call(site, Command(op="status"))
     assert not status.ok and status.code == "unsigned" and status.data == {}, status
@@ -145,9 +148,9 @@ def test_a_stale_signed_command_is_refused(site: dict[str, object]) -> None:
 def test_a_revoked_operator_is_refused(site: dict[str, object]) -> None:
     pki = site["pki"]
     assert isinstance(pki, SitePki)
-    assert call(site, signed(site, Command(op="status"), who="carol")).ok
-    pki.revoke("carol")
-    r = call(site, signed(site, Command(op="rm-rule", target="group:line", name="r1"), who="carol"))
+    assert call(site, signed(site, Command(op="status"), who="erin")).ok
+    pki.revoke("erin")
+    r = call(site, signed(site, Command(op="rm-rule", target="group:line", name="r1"), who="erin"))
     assert not r.ok and r.code == "operator_revoked", r
     assert '"r1"' in rules(site)
 
@@ -158,10 +161,12 @@ def test_forged_and_unknown_operator_commands_are_refused(site: dict[str, object
         mallory = ec.generate_private_key(ec.SECP256R1())
         genuine = signed(site, Command(op="status"))
         forged = sign_command(Command(op="rm-rule", target="group:line", name="r1"), "lab", "alice", mallory)
-        forged = forged.model_copy(update={"key_id": genuine.key_id})  # claims alice's key
+        claimed = {"key_id": genuine.request.key_id}  # claims alice's key
+        forged = Command(forged.request.model_copy(update=claimed))
         r = call(site, forged)
         assert not r.ok and r.code == "bad_signature", r
-        altered = genuine.model_copy(update={"op": "rm-rule", "target": "group:line", "name": "r1"})
+        moved = {"op": "rm-rule", "target": "group:line", "name": "r1"}  # alice's envelope on another command
+        altered = Command.model_validate({**json.loads(genuine.dumps()), **moved})
         r = call(site, altered)
         assert not r.ok and r.code == "bad_signature", r
         r = call(site, sign_command(Command(op="status"), "lab", "mallory", mallory))

@@ -12,12 +12,13 @@ generation and reaches the node.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from edgefleet.proto.artifacts import SiteKey
 from edgefleet.proto.error_codes import ErrorCode
@@ -73,6 +74,7 @@ def watch(broker: Mosquitto, node: NodeProcess) -> Iterator[dict[str, Watcher]]:
         "errors": Watcher(broker, TOPICS.errors("+")),
         "reported": Watcher(broker, TOPICS.node_reported(NODE)),
         "attacker": Watcher(broker, "attacker/#"),
+        "telemetry": Watcher(broker, TOPICS.node_telemetry(NODE)),
     }
     yield w
     for x in w.values():
@@ -95,6 +97,23 @@ def retained(broker: Mosquitto, topic: str) -> dict[str, Any]:
         return w.json()[-1]
     finally:
         w.close()
+
+
+def ask_after(broker: Mosquitto, topic: str, payload: bytes) -> dict[str, Any]:
+    """Publish `payload` on `topic`, then, from the same connection, an empty request to the node; the
+    node's answer to it. A broker keeps one publisher's order and the node takes both on its network
+    thread, so once the answer is here the node has taken in (or ignored) the first message."""
+    asker = Watcher(broker, TOPICS.cli_responses("forgery-check"))
+    try:
+        asker.publish(topic, payload)
+        props = Properties(PacketTypes.PUBLISH)
+        props.ResponseTopic = TOPICS.cli_responses("forgery-check")
+        props.CorrelationData = b"after " + topic.encode()
+        asker.client.publish(TOPICS.node_requests(NODE), b"{}", qos=1, properties=props).wait_for_publish(5)
+        assert wait_for(lambda: bool(asker.json()), timeout=10), "the node did not answer its request"
+        return asker.json()[0]
+    finally:
+        asker.close()
 
 
 def reported(watch: dict[str, Watcher]) -> dict[str, Any]:
@@ -169,9 +188,12 @@ def test_forged_desired_state_is_refused_and_the_next_push_continues_from_the_ge
     # 5. a genuine document for another target, moved to this node's slot
     assert_refused(broker, watch, group_doc, ErrorCode.WRONG_TARGET, 2, by_orch=False)
 
-    # the forged rule never ran: a message on its filter gets no answer on the attacker's topic
-    watch["errors"].publish("factory/press-1", b"7 mm/s")
-    time.sleep(3)
+    # the forged rule never ran: a message on its filter is not taken in, and nothing is answered
+    asked = ask_after(broker, "factory/press-1", b"7 mm/s")
+    seen = len(watch["telemetry"].json())  # the telemetry after the answer counts what the rules took in
+    assert wait_for(lambda: len(watch["telemetry"].json()) >= seen + 2, timeout=10), "no telemetry"
+    assert "steal" not in watch["telemetry"].json()[-1].get("rules", {}), watch["telemetry"].json()[-1]
+    assert asked.get("ok") is False, asked  # refused: `{}` has neither prompt nor template
     assert watch["attacker"].messages == []
     assert "steal" not in node.log().split("desired state applied")[-1]
 

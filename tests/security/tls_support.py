@@ -1,5 +1,5 @@
 """A real Mosquitto with the generated mutual-TLS configuration and ACL, and paho clients that
-connect with certificates from a site PKI (plumbing/site_pki.py)."""
+connect with certificates from a site PKI (fleet/site/pki.py)."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edgefleet.fleet import identity_commands
-from edgefleet.plumbing.site_pki import SitePki
-from tests.conftest import free_port
+from edgefleet.fleet.site.pki import SitePki
+from tests.conftest import free_port, wait_for
 from tests.mqtt_support import mosquitto_binary
 
 
@@ -80,8 +80,8 @@ class TlsBroker:
 
     def settle(self, timeout: float = 5) -> None:
         """Wait until the broker has applied the files as they are now: SIGHUPs sent close together
-        are coalesced, so send one more and wait for a reload that started after it."""
-        time.sleep(0.2)
+        are coalesced, so send one more and wait for a reload that starts after it was sent (the
+        broker logs "Reloading config" as it starts one, and reads the files after that line)."""
         before = self.reloads()
         self.proc.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + timeout
@@ -154,6 +154,16 @@ class Client:
             assert time.monotonic() < deadline, "no PUBACK"
             time.sleep(0.01)
         return self.acks[info.mid]
+
+    def receive_marker(self, sender: Client, topic: str) -> None:
+        """Wait until everything the broker routed to this client before now has arrived: `sender`
+        publishes a marker on `topic` (one this client reads and subscribed to) and it arrives here.
+        Mosquitto takes one message at a time and delivers to each subscriber in order, so whatever it
+        took before the marker (a publish already acknowledged, a retained message queued on
+        subscribe) reached this client before the marker did: "it did not arrive" is then a fact."""
+        payload = f"marker {time.monotonic_ns()}".encode()
+        assert not sender.publish(topic, payload).is_failure, f"marker refused on {topic}"
+        assert wait_for(lambda: self.got(topic, payload), timeout=5), f"the marker on {topic} did not arrive"
 
     def got(self, topic: str, payload: bytes | None = None) -> bool:
         with self._lock:

@@ -1,10 +1,10 @@
-"""Two real Mosquitto brokers: a site's, bridged to a central one (plumbing/bridge_config.py)."""
+"""Two real Mosquitto brokers: a site's, bridged to a central one (fleet/site/bridge_config.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from edgefleet.plumbing.bridge_config import CentralBroker, write_bridge_conf
+from edgefleet.fleet.site.bridge_config import CentralBroker, write_bridge_conf
 from tests import site_identity
 from tests.mqtt_support import Mosquitto
 

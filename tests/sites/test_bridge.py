@@ -16,7 +16,7 @@ import pytest
 
 from edgefleet.fleet import uplink_commands
 from edgefleet.fleet.settings import FleetSettings
-from edgefleet.plumbing.bridge_config import CentralBroker, bridge_conf
+from edgefleet.fleet.site.bridge_config import CentralBroker, bridge_conf
 from edgefleet.proto.topics import Topics
 from edgefleet.proto.v1 import inference_pb2 as pb
 from tests import site_identity

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from edgefleet.plumbing.api_keys import KeyStore
+from edgefleet.orchestrator.api_keys import KeyStore
 from tests import site_identity
 from tests.conftest import ROOT, NodeProcess, free_port
 from tests.mqtt_support import Mosquitto, Orchestrator, node_env

@@ -153,7 +153,7 @@ def test_existing_store_gains_the_page_column(tmp_path: Path, embedder) -> None:
     from edgefleet.node.knowledge.schema import MIGRATIONS
 
     path = tmp_path / "k.sqlite"
-    conn, _ = sqlite.open_database(path, MIGRATIONS[:1], check=False)  # a store from before the page column
+    conn, _ = sqlite.open_knowledge_database(path, MIGRATIONS[:1], check=False)  # a store from before the page column
     conn.close()
     with KnowledgeStore(path, embedder) as s:
         s.ingest("kb", [Document("a b.pdf", "one\ftwo", {}, "pages")])

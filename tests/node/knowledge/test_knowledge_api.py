@@ -7,7 +7,6 @@ answers. The corpus is the project's own (bench/rag_corpus).
 from __future__ import annotations
 
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import grpc
 import pytest
 
 from edgefleet.proto.v1 import inference_pb2 as pb
-from tests.conftest import BIN, NodeProcess, collect
+from tests.conftest import BIN, NodeProcess, collect, wait_for
 from tests.mqtt_support import Mosquitto
 
 CORPUS = Path(__file__).resolve().parents[3] / "bench" / "rag_corpus"
@@ -79,22 +78,27 @@ def test_retrieve_finds_the_answering_document(rag_node: NodeProcess) -> None:
 
 
 def test_offline_answer_cites_chunks_and_repeats_from_the_response_cache(rag_node: NodeProcess) -> None:
+    # A collection of its own: the new version below must not change the module's `manual`.
+    rag_node.stub.Ingest(
+        pb.IngestRequest(collection="cached", version="1", documents=docs("kr9-specifications", "maint-glycol-pump")),
+        timeout=60,
+    )
     req = pb.GenerateRequest(
         messages=[pb.ChatMessage(role="user", content="What is the maximum running current of the KR-9?")],
-        retrieval=pb.Retrieval(collection="manual", top_k=3),
+        retrieval=pb.Retrieval(collection="cached", top_k=3),
         max_tokens=24,
         temperature=0,
     )
     text, final, _ = collect(rag_node.stub.Generate(req, timeout=60))
     assert len(final.source_chunk_ids) == 3 and not final.cached
-    assert all(c.startswith("manual/") for c in final.source_chunk_ids)
-    assert any(c.startswith("manual/kr9-specifications#") for c in final.source_chunk_ids)
+    assert all(c.startswith("cached/") for c in final.source_chunk_ids)
+    assert any(c.startswith("cached/kr9-specifications#") for c in final.source_chunk_ids)
     again, final2, _ = collect(rag_node.stub.Generate(req, timeout=60))
     assert final2.cached and again == text and list(final2.source_chunk_ids) == list(final.source_chunk_ids)
 
     # a new version of the collection invalidates the cached answer
     rag_node.stub.Ingest(
-        pb.IngestRequest(collection="manual", version="2", documents=docs("maint-strainer")), timeout=60
+        pb.IngestRequest(collection="cached", version="2", documents=docs("maint-strainer")), timeout=60
     )
     _, final3, _ = collect(rag_node.stub.Generate(req, timeout=60))
     assert not final3.cached
@@ -159,19 +163,20 @@ def test_corrupt_database_is_named_at_start_and_rebuild_db_recovers(tmp_path: Pa
 
 
 def test_node_killed_mid_ingest_keeps_a_whole_document_or_none(tmp_path: Path) -> None:
-    n = NodeProcess(tmp_path, node_id="kill")
+    # The fail point holds the ingest inside its write transaction (the collection row written, the
+    # document not yet) and says so in the log: the kill lands there, not somewhere by the clock.
+    n = NodeProcess(tmp_path, node_id="kill", env={"EDGEFLEET_FAILPOINTS": "knowledge.ingest.write=sleep:60000"})
     n.wait_serving()
     text = "\n\n".join(f"## Part {i}\n\n" + "The glycol pump seal needs checking. " * 30 for i in range(400))
     future = n.stub.Ingest.future(pb.IngestRequest(collection="big", documents=[pb.Document(id="doc", text=text)]))
-    time.sleep(0.3)
+    assert wait_for(lambda: "failpoint=knowledge.ingest.write" in n.log(), timeout=60), n.log()[-2000:]
     n.kill()
     future.cancel()
     n = n.restarted()
     try:
         n.wait_serving()
         cols = {c.name: c for c in n.stub.ListCollections(pb.ListCollectionsRequest(), timeout=10).collections}
-        if "big" in cols and cols["big"].documents:
-            assert cols["big"].chunks >= 400  # every part of the document, not some
+        assert "big" not in cols, cols["big"]  # none of it: not even the collection the transaction created
         import pysqlite3.dbapi2 as sqlite3  # type: ignore[import-untyped]
 
         with sqlite3.connect(str(n.data_dir / "knowledge.db")) as conn:

@@ -122,12 +122,12 @@ def test_an_existing_store_gets_the_two_column_index(tmp_path: Path, embedder: W
     from edgefleet.node.knowledge.schema import MIGRATIONS
 
     path = tmp_path / "k.sqlite"
-    conn, _ = sqlite.open_database(path, MIGRATIONS[:2], check=False)  # a store from before migration 3
+    conn, _ = sqlite.open_knowledge_database(path, MIGRATIONS[:2], check=False)  # a store from before migration 3
     conn.close()
     with KnowledgeStore(path, embedder, check_on_open=False) as s:
         s.ingest("kb", [Document("a", "# Pump\n\n## Bearings\n\nGrease them twice a year.", {}, "markdown")])
     # Take the database back to schema 2 with its single-column index over the stored chunks, then reopen.
-    conn, _ = sqlite.open_database(path, MIGRATIONS, check=False)
+    conn, _ = sqlite.open_knowledge_database(path, MIGRATIONS, check=False)
     for sql in ("DROP TRIGGER chunks_fts_insert", "DROP TRIGGER chunks_fts_delete", "DROP TRIGGER chunks_fts_update"):
         conn.execute(sql)
     conn.execute("DROP TABLE chunks_fts")

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -25,6 +24,7 @@ from edgefleet.node.knowledge import (
 )
 from edgefleet.node.knowledge.chunking import chunk_text
 from edgefleet.node.knowledge.sqlite import DRIVER
+from tests.conftest import wait_for
 
 from .conftest import DOCS
 
@@ -223,9 +223,9 @@ def test_readers_see_the_old_or_the_new_version_whole(tmp_path: Path, embedder: 
     threads = [threading.Thread(target=reader) for _ in range(2)]
     for t in threads:
         t.start()
-    time.sleep(0.05)
+    assert wait_for(lambda: ("v1", 10, 10) in seen or bool(errors), timeout=30)  # the readers are reading
     store.install_collection("manual", "v2", new)
-    time.sleep(0.05)
+    assert wait_for(lambda: any(v == "v2" for v, _, _ in list(seen)) or bool(errors), timeout=30)  # ...and see v2
     done.set()
     for t in threads:
         t.join()
@@ -237,7 +237,7 @@ def test_readers_see_the_old_or_the_new_version_whole(tmp_path: Path, embedder: 
 
 # -- crashes and damage -------------------------------------------------------------------------
 CHILD = r"""
-import sys, time
+import sys, threading
 from pathlib import Path
 from edgefleet.node.knowledge import Document, KnowledgeStore, LlamaEmbedder, WordLlamaEmbedder
 
@@ -245,22 +245,29 @@ def make_text(v):
     return "\n\n".join(f"Paragraph {i} of version v{v}: bearing {i} on line {i % 7} was greased." for i in range(12000))
 
 wl = WordLlamaEmbedder()
+kill_in_cycle = int(sys.argv[2])
+steps, stop_at = [0], [0]  # SQLite progress calls inside the write transaction; where to stop (0: never)
 
-def embed_fn(texts):
-    out = wl.embed(texts).tolist()
-    print("embedded", time.monotonic(), flush=True)  # the write transaction opens right after this
-    return out
+def progress():
+    if store._db.writer.in_transaction:
+        steps[0] += 1
+        if steps[0] == stop_at[0]:
+            print("halfway", flush=True)  # the parent kills this process now, its transaction open
+            threading.Event().wait()
+    return 0
 
-store = KnowledgeStore(Path(sys.argv[1]), LlamaEmbedder(embed_fn, wl.identity, wl.dimensions, batch_size=10**6),
+store = KnowledgeStore(Path(sys.argv[1]), LlamaEmbedder(wl.embed, wl.identity, wl.dimensions, batch_size=10**6),
                        max_document_bytes=8 << 20)
+store._db.writer.set_progress_handler(progress, 1000)
 print("started", flush=True)
-store.ingest("warm-up", [Document("big", make_text(0))])  # lets the parent time a write transaction
-print("done", 0, time.monotonic(), flush=True)
-v = 0
-while True:
-    v += 1
+store.ingest("warm-up", [Document("big", make_text(0))])  # lets the child count a write transaction's steps
+print("done", 0, steps[0], flush=True)
+whole = steps[0]
+for v in range(1, kill_in_cycle + 1):
+    steps[0] = 0
+    stop_at[0] = max(1, whole // 2) if v == kill_in_cycle else 0
     store.ingest("crash", [Document("big", make_text(v))])
-    print("done", v, time.monotonic(), flush=True)
+    print("done", v, steps[0], flush=True)
 """
 
 
@@ -273,35 +280,33 @@ def test_sigkill_mid_ingest_leaves_the_document_whole_or_absent(
     tmp_path: Path, embedder: WordLlamaEmbedder, kill_in_cycle: int
 ) -> None:
     path = tmp_path / "k.sqlite"
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(path)], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(path), str(kill_in_cycle)], stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout is not None
+    last_done, halfway = -1, False  # cycle 0 ingests another collection, to count a write transaction
     try:
         assert proc.stdout.readline().strip() == "started"
-        tx_seconds = 0.0
-        last_done = -1  # cycle 0 ingests another collection, to measure the write transaction
-        while True:
-            embedded_at = float(proc.stdout.readline().split()[1])
-            if last_done + 1 == kill_in_cycle:
-                time.sleep(tx_seconds / 2)  # about the middle of the write transaction
+        for line in proc.stdout:  # the child stops itself halfway through the kill cycle's transaction
+            if line.strip() == "halfway":
                 os.kill(proc.pid, signal.SIGKILL)
+                halfway = True
                 break
-            line = proc.stdout.readline().split()
-            last_done, tx_seconds = int(line[1]), float(line[2]) - embedded_at
+            last_done = int(line.split()[1])
     finally:
         proc.kill()
         proc.wait()
+    assert halfway and last_done == kill_in_cycle - 1, (halfway, last_done)
     with KnowledgeStore(path, embedder) as store:
         assert store.integrity_check() == "ok"
         texts = chunk_rows(path, "crash", "big")
         versions = {int(v) for v in re.findall(r"version v(\d+)", "\n".join(texts))}
-        if not texts:
-            assert last_done == 0  # only the first ingest can leave nothing behind
+        if kill_in_cycle == 1:  # killed inside the first ingest: nothing of it is left
+            assert texts == []
             assert "crash" not in [c.name for c in store.list_collections()]  # nor its collection row
             return
-        assert len(versions) == 1
-        [version] = versions
-        assert version in (last_done, last_done + 1)
-        assert len(texts) == len(chunk_text(make_text(version)))
+        assert versions == {last_done}  # the last finished version, whole: none of the killed one
+        assert len(texts) == len(chunk_text(make_text(last_done)))
         assert store.collection_info("crash").chunks == len(texts)
 
 

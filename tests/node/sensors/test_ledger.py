@@ -258,3 +258,16 @@ def test_stats_count_per_rule_with_a_median_latency() -> None:
     r = snap["r"]
     assert (r.messages_in, r.duplicates, r.answered, r.errors, r.latency_p50_ms) == (4, 1, 4, 1, 20.0)
     assert snap["q"].latency_p50_ms is None
+
+
+def test_a_release_that_was_no_try_does_not_count_as_an_attempt(ledger: SensorLedger) -> None:
+    ledger.accept("m0", "r", TOPIC, b"p")
+    [row] = ledger.claim_pending(1)
+    assert row.attempts == 1
+    assert ledger.release(row.seq, tried=False)  # the engine was busy: not a try
+    [again] = ledger.claim_pending(1)
+    assert again.attempts == 1 and ledger.attempts("m0", "r", TOPIC) == 1
+    assert ledger.release(again.seq, tried=True)  # it failed: a try
+    [third] = ledger.claim_pending(1)
+    assert third.attempts == 2 and ledger.attempts("m0", "r", TOPIC) == 2
+    assert ledger.attempts("unknown", "r", TOPIC) is None

@@ -120,8 +120,9 @@ def push_rule(broker: Mosquitto, tmp: Path, target: str = "vib", expect_ok: bool
     f.write_text(yaml.safe_dump(rule))
     r = fleet(broker, "fleet", "push-rule", str(f), "--target", target)
     if expect_ok:
-        assert r.returncode == 0, r.stderr
-        time.sleep(1.0)  # nodes subscribe when the desired state arrives
+        # 0 once every online node of the target reported the generation applied, which a node
+        # does after the broker confirmed the rule's subscription.
+        assert r.returncode == 0, r.stdout + r.stderr
     return r.stdout + r.stderr if not expect_ok else r.stdout
 
 
@@ -283,9 +284,11 @@ def test_adhoc_request_response_and_per_rule_telemetry(broker: Mosquitto, site: 
             done.set()
 
     client.c.message_callback_add("cli/test/replies", on_reply)
+    subscribed = threading.Event()
+    client.c.on_subscribe = lambda *_: subscribed.set()
     client.c.subscribe("cli/test/replies", qos=1)
     try:
-        time.sleep(0.5)
+        assert subscribed.wait(10), "no SUBACK for the reply topic"
         p = Properties(PacketTypes.PUBLISH)
         p.ResponseTopic = "cli/test/replies"
         p.CorrelationData = correlation

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from edgefleet.plumbing.api_keys import KeyStore
+from edgefleet.orchestrator.api_keys import KeyStore
 from edgefleet.proto.v1 import inference_pb2_grpc as pb_grpc
 from tests import site_identity
 from tests.conftest import NodeProcess, free_port, wait_for

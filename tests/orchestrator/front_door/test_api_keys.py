@@ -21,8 +21,12 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from edgefleet.fleet import keys_commands
-from edgefleet.plumbing.api_keys import KeyStore
-from edgefleet.plumbing.site_pki import SitePki
+from edgefleet.fleet.site.pki import SitePki
+from edgefleet.orchestrator.api_keys import KeyStore
+from edgefleet.orchestrator.command_table import CommandTable
+from edgefleet.orchestrator.key_commands import KeyCommands
+from edgefleet.plumbing.grpc_errors import sent_code
+from edgefleet.proto.error_codes import ErrorCode
 from edgefleet.proto.v1 import inference_pb2 as pb
 from edgefleet.proto.v1 import inference_pb2_grpc as pb_grpc
 from tests import site_identity
@@ -40,10 +44,17 @@ class Keyed:
     tokens: dict[str, str]
 
     def cli(self, *argv: str) -> str:
+        """`edgefleet fleet keys …` on this orchestrator's key database: the CLI's code and the
+        orchestrator's key commands, in this process (both orchestrators here answer the site's commands)."""
         parser = argparse.ArgumentParser()
         keys_commands.add_parsers(parser.add_subparsers(dest="fleet_command"))
+        table, keys = CommandTable(), KeyCommands(self.db)
+        keys.register(table)
         out = io.StringIO()
-        assert keys_commands.run(parser.parse_args(["keys", *argv, "--db", str(self.db)]), out) == 0
+        try:
+            assert keys_commands.execute(parser.parse_args(["keys", *argv]), table.dispatch_command, out) == 0
+        finally:
+            keys.close()
         return out.getvalue()
 
     def get(self, path: str, token: str | None = None) -> tuple[int, Any, dict[str, str]]:
@@ -231,13 +242,15 @@ def test_grpc_with_client_certificates_required(certified: tuple[Orchestrator, s
 def test_no_key_is_refused(keyed: Keyed) -> None:
     status, body, headers = keyed.get("/v1/models")
     assert status == 401 and body["error"]["type"] == "authentication_error"
+    assert body["error"]["code"] == ErrorCode.UNAUTHENTICATED
     assert headers.get("WWW-Authenticate") == "Bearer"
     bad = site_identity.site().openai(keyed.http + "/v1", "ef-000000000000-wrong", client_cert=False)
-    with pytest.raises(openai.AuthenticationError):
+    with pytest.raises(openai.AuthenticationError) as refused:
         _chat(bad, "any")
+    assert refused.value.code == "unauthenticated"
     with pytest.raises(grpc.RpcError) as e:
         list(keyed.stub().Generate(pb.GenerateRequest(prompt="hi", max_tokens=2), timeout=10))
-    assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED and sent_code(e.value) == ErrorCode.UNAUTHENTICATED
     # health and metrics stay open
     health = health_pb2_grpc.HealthStub(keyed.channel)
     assert health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status is not None
@@ -284,22 +297,23 @@ def test_key_over_its_rpm_gets_429(keyed: Keyed) -> None:
     assert keyed.get("/v1/models", token)[0] == 200
     assert keyed.get("/v1/models", token)[0] == 200
     status, body, headers = keyed.get("/v1/models", token)
-    assert status == 429 and body["error"]["type"] == "rate_limit_error"
+    assert status == 429 and body["error"]["type"] == "rate_limit_error" and body["error"]["code"] == "rate_limited"
     assert 1 <= int(headers["Retry-After"]) <= 60
     md = (("authorization", f"Bearer {token}"),)
     with pytest.raises(grpc.RpcError) as e:
         keyed.stub().Embed(pb.EmbedRequest(texts=["x"]), timeout=10, metadata=md)
-    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and sent_code(e.value) == ErrorCode.RATE_LIMITED
 
 
 def test_model_not_in_allow_list_gets_403(keyed: Keyed) -> None:
     with pytest.raises(openai.PermissionDeniedError) as e:
         _chat(keyed.client("narrow"), _served(keyed)[0])
-    assert "may not use" in str(e.value)
+    assert "may not use" in str(e.value) and e.value.code == "permission_denied"
+    assert e.value.body["type"] == "permission_error"  # type: ignore[index]
     md = (("authorization", f"Bearer {keyed.tokens['narrow']}"),)
     with pytest.raises(grpc.RpcError) as g:
         list(keyed.stub().Generate(pb.GenerateRequest(prompt="hi", adapter="y", max_tokens=2), timeout=10, metadata=md))
-    assert g.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert g.value.code() == grpc.StatusCode.PERMISSION_DENIED and sent_code(g.value) == ErrorCode.PERMISSION_DENIED
 
 
 def test_secrets_never_in_logs(keyed: Keyed, site: Site) -> None:

@@ -10,6 +10,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from edgefleet.plumbing.grpc_errors import sent_code
+from edgefleet.proto.error_codes import ErrorCode
 from edgefleet.proto.v1 import inference_pb2 as pb
 from tests import site_identity
 from tests.conftest import collect
@@ -61,6 +63,7 @@ def test_node_local_methods_are_unimplemented(site: Site) -> None:
     with pytest.raises(grpc.RpcError) as e:
         site.stub.GetNodeInfo(pb.GetNodeInfoRequest(), timeout=5)
     assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert sent_code(e.value) == ErrorCode.NOT_IMPLEMENTED and "node's address" in e.value.details()
 
 
 def test_pinned_node_and_group(site: Site) -> None:
@@ -69,6 +72,10 @@ def test_pinned_node_and_group(site: Site) -> None:
     with pytest.raises(grpc.RpcError) as e:
         generate(site, metadata=(("x-edgefleet-group", "nobody"),))
     assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    assert sent_code(e.value) == ErrorCode.NO_NODE and "'nobody'" in e.value.details()
+    with pytest.raises(grpc.RpcError) as e:
+        generate(site, metadata=((NODE, "fd-nobody"),))
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND and sent_code(e.value) == ErrorCode.NO_NODE
 
 
 def _concurrently(n: int, fn) -> list:  # type: ignore[no-untyped-def]
@@ -98,6 +105,21 @@ def test_least_load_spreads_four_concurrent_requests_over_two_nodes(site: Site) 
 COUNT = "Count from 1 to 1000: 1, 2, 3, 4,"
 
 
+def _wait_for_gauge(site: Site, name: str, total: float, timeout: float = 60) -> None:
+    """Polls the front door's /metrics until the gauge `name`, summed over its labels, reaches `total`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        values = [
+            float(line.rsplit(" ", 1)[1])
+            for line in site.metrics().splitlines()
+            if line.startswith((name + "{", name + " "))
+        ]
+        if sum(values) >= total:
+            return
+        assert time.monotonic() < deadline, f"{name} stayed at {sum(values)}, expected {total}"
+        time.sleep(0.05)
+
+
 def test_a_full_fleet_buffers_then_answers_resource_exhausted_and_429(site: Site) -> None:
     long_ones: list = []
     waiting: list = []
@@ -105,15 +127,13 @@ def test_a_full_fleet_buffers_then_answers_resource_exhausted_and_429(site: Site
         target=lambda: long_ones.extend(_concurrently(4, lambda i: generate(site, max_tokens=300, prompt=COUNT)))
     )
     t_long.start()
-    time.sleep(0.5)  # four slots claimed: the fleet (2 per node here) is full
+    _wait_for_gauge(site, "edgefleet_front_door_in_flight", 4)  # four slots claimed: the fleet (2 per node) is full
     t_wait = threading.Thread(target=lambda: waiting.extend(_concurrently(2, lambda i: generate(site, max_tokens=2))))
     t_wait.start()
-    time.sleep(0.3)  # two wait in the buffer (its size here)
-    started = time.monotonic()
-    with pytest.raises(grpc.RpcError) as e:
+    _wait_for_gauge(site, "edgefleet_front_door_buffer_depth", 2)  # two wait in the buffer (its size here)
+    with pytest.raises(grpc.RpcError) as e:  # a full buffer refuses at once: no wait for a slot
         generate(site, max_tokens=2)
-    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert time.monotonic() - started < 1.0, "a full buffer refuses at once"
+    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and sent_code(e.value) == ErrorCode.ALL_BUSY
     assert dict(e.value.trailing_metadata())["retry-after"] == "2"  # type: ignore[attr-defined]
     import urllib.error
     import urllib.request

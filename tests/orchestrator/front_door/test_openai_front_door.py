@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import struct
 import subprocess
 from typing import Any
 
@@ -78,11 +80,28 @@ def test_completions_stop_and_curl_sse(site: Site, client: openai.OpenAI) -> Non
 
 
 def test_embeddings_and_models(site: Site, client: openai.OpenAI) -> None:
-    e = client.embeddings.create(model=site.model(), input=["pump", "valve"])
+    e = client.embeddings.create(model=site.model(), input=["pump", "valve"], encoding_format="float")
     assert len(e.data) == 2 and len(e.data[0].embedding) > 100
     models = site.get("/v1/models")["data"]
     base = next(m for m in models if m["id"] == site.model())
     assert {"fd-a", "fd-b"} <= set(base["nodes"])
+
+
+def test_base64_embeddings_through_the_official_client(site: Site, client: openai.OpenAI) -> None:
+    """The official client asks for base64 by default and decodes it: the same vectors as floats."""
+    floats = client.embeddings.create(model=site.model(), input=["pump", "valve"], encoding_format="float")
+    raw = client.embeddings.with_raw_response.create(model=site.model(), input=["pump", "valve"])
+    sent = json.loads(raw.http_response.text)["data"]
+    assert all(isinstance(d["embedding"], str) for d in sent), "the client asked for base64 and got it"
+    decoded = raw.parse()
+    assert len(decoded.data) == 2
+    for got, want in zip(decoded.data, floats.data, strict=True):
+        assert len(got.embedding) == len(want.embedding) > 100
+        assert got.embedding == pytest.approx(want.embedding, abs=1e-6)  # float32 on the wire
+    status, body, _ = curl(site, "/v1/embeddings", json.dumps({"model": site.model(), "input": "pump",
+                                                                "encoding_format": "base64"}))  # fmt: skip
+    vector = struct.unpack(f"<{len(floats.data[0].embedding)}f", base64.b64decode(body["data"][0]["embedding"]))
+    assert status == 200 and list(vector) == pytest.approx(floats.data[0].embedding, abs=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -127,6 +146,7 @@ def test_every_bad_body_gets_a_400_naming_the_field(site: Site, body: dict[str, 
     status, err, _ = curl(site, "/v1/chat/completions", json.dumps(body))
     assert status == 400, err
     assert err["error"]["param"] == param and err["error"]["type"] == "invalid_request_error"
+    assert err["error"]["code"] == "invalid_request"
     assert param.split(".")[0].split("[")[0] in err["error"]["message"]
 
 
@@ -139,12 +159,17 @@ def test_bad_json_unknown_model_and_adapter_then_it_keeps_serving(site: Site, cl
     assert status == 400
     with pytest.raises(openai.NotFoundError) as nf:
         client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "x"}])
-    assert nf.value.body["param"] == "model"  # type: ignore[index]
+    assert nf.value.body["param"] == "model" and nf.value.code == "no_node"  # type: ignore[index]
+    assert nf.value.body["type"] == "invalid_request_error"  # type: ignore[index]
     with pytest.raises(openai.NotFoundError) as nf:
         client.chat.completions.create(model=f"{site.model()}:pirate", messages=[{"role": "user", "content": "x"}])
-    assert nf.value.body["param"] == "adapter"  # type: ignore[index]
-    with pytest.raises(openai.BadRequestError):
+    assert nf.value.body["param"] == "adapter" and nf.value.code == "no_node"  # type: ignore[index]
+    with pytest.raises(openai.NotFoundError) as nf:
+        client.embeddings.create(model="no-such-model", input=["x"])
+    assert nf.value.body["param"] == "model" and nf.value.code == "no_node"  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError) as bad:
         client.embeddings.create(model=site.model(), input=[])
+    assert bad.value.code == "invalid_request" and bad.value.param == "input"
     ok = client.completions.create(model=site.model(), prompt="Hi", max_tokens=2)
     assert ok.choices[0].text is not None
 

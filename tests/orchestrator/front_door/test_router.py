@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from edgefleet.orchestrator.fleet_view import FleetSnapshot, NodeLoad, NodeSnapshot
 from edgefleet.orchestrator.front_door.router import Router, RouteRequest, RoutingPolicy
+from edgefleet.proto.error_codes import ErrorCode
 
 NOW = 1000.0
 
@@ -75,10 +76,10 @@ def test_eligibility_model_adapter_template_collection_state() -> None:
         d = r.claim(f, req, NOW)
         assert d.claim is not None and d.claim.node_id == expected, req
         r.release(d.claim)
-    assert r.claim(f, RouteRequest(template="nope"), NOW).refusal == "not_found"
-    assert r.claim(f, RouteRequest(model="smol", node="f"), NOW).refusal == "not_found"
+    assert r.claim(f, RouteRequest(template="nope"), NOW).refusal == ErrorCode.NO_NODE
+    assert r.claim(f, RouteRequest(model="smol", node="f"), NOW).refusal == ErrorCode.NO_NODE
     only_offline = fleet(node("d", state="offline", templates={"fault": "1"}))
-    assert r.claim(only_offline, RouteRequest(template="fault"), NOW).refusal == "unavailable"
+    assert r.claim(only_offline, RouteRequest(template="fault"), NOW).refusal == ErrorCode.UNAVAILABLE
 
 
 def test_probed_adapters_and_collections_count() -> None:
@@ -94,7 +95,7 @@ def test_least_loaded_first_then_full_then_freed() -> None:
     claims = [r.claim(f, RouteRequest(), NOW).claim for _ in range(4)]
     assert Counter(c.node_id for c in claims if c) == {"a": 2, "b": 2}
     full = r.claim(f, RouteRequest(), NOW)
-    assert full.claim is None and full.refusal == "full"
+    assert full.claim is None and full.refusal == ErrorCode.ALL_BUSY
     r.release(claims[1])  # type: ignore[arg-type]
     again = r.claim(f, RouteRequest(), NOW).claim
     assert again is not None and again.node_id == claims[1].node_id  # type: ignore[union-attr]
@@ -106,14 +107,14 @@ def test_below_throttle_before_above_and_capacity_caps() -> None:
     assert r.claim(f, RouteRequest(), NOW).claim.node_id == "b"  # type: ignore[union-attr]
     got = Counter(r.claim(f, RouteRequest(), NOW).claim.node_id for _ in range(3))  # type: ignore[union-attr]
     assert got == {"a": 3}, "b is full; a takes at most max_slots_per_node"
-    assert r.claim(f, RouteRequest(), NOW).refusal == "full"
+    assert r.claim(f, RouteRequest(), NOW).refusal == ErrorCode.ALL_BUSY
 
 
 def test_unknown_slots_use_the_policy_default() -> None:
     r = router(slots_when_unknown=1)
     f = fleet(node("a", slots=None))
     assert r.claim(f, RouteRequest(), NOW).claim is not None
-    assert r.claim(f, RouteRequest(), NOW).refusal == "full"
+    assert r.claim(f, RouteRequest(), NOW).refusal == ErrorCode.ALL_BUSY
 
 
 def test_affinity_keeps_a_prefix_on_one_node_while_it_has_room() -> None:
@@ -155,8 +156,8 @@ def test_cooldown_after_repeated_failures_and_back_by_itself() -> None:
     assert r.cooling_nodes(NOW + 2) == ["a"]
     picks = {r.claim(f, RouteRequest(), NOW + 2).claim.node_id for _ in range(2)}  # type: ignore[union-attr]
     assert picks == {"b"}
-    assert r.claim(f, RouteRequest(), NOW + 2).refusal == "full"
-    assert r.claim(f, RouteRequest(node="a"), NOW + 2).refusal == "unavailable"
+    assert r.claim(f, RouteRequest(), NOW + 2).refusal == ErrorCode.ALL_BUSY
+    assert r.claim(f, RouteRequest(node="a"), NOW + 2).refusal == ErrorCode.UNAVAILABLE
     assert r.claim(f, RouteRequest(node="a"), NOW + 7).claim is not None, "back after the cooldown"
     assert not r.failed("b", NOW) and not r.failed("b", NOW + 20), "failures outside the window do not add up"
 
@@ -165,7 +166,7 @@ def test_draining_node_leaves_until_its_status_changes() -> None:
     a = node("a", since=1.0)
     r = router()
     r.draining(a)
-    assert r.claim(fleet(a), RouteRequest(), NOW).refusal == "unavailable"
+    assert r.claim(fleet(a), RouteRequest(), NOW).refusal == ErrorCode.UNAVAILABLE
     restarted = node("a", since=2.0)
     assert r.claim(fleet(restarted), RouteRequest(), NOW).claim is not None
 
@@ -176,4 +177,24 @@ def test_pins_and_exclusions() -> None:
     assert r.claim(f, RouteRequest(group="y"), NOW).claim.node_id == "b"  # type: ignore[union-attr]
     assert r.claim(f, RouteRequest(node="a"), NOW).claim.node_id == "a"  # type: ignore[union-attr]
     assert r.claim(f, RouteRequest(exclude=frozenset({"a"})), NOW).claim.node_id == "b"  # type: ignore[union-attr]
-    assert r.claim(f, RouteRequest(node="zz"), NOW).refusal == "not_found"
+    assert r.claim(f, RouteRequest(node="zz"), NOW).refusal == ErrorCode.NO_NODE
+
+
+def test_no_node_names_the_need_that_no_node_of_the_fleet_has() -> None:
+    r = router()
+    f = fleet(node("a", templates={"fault": "1"}, adapters={"pirate": "1"}), node("b", model="other", groups=("yard",)))
+    cases = [
+        (RouteRequest(model="nope"), "model", "nope"),
+        (RouteRequest(model="smol", adapter="ghost"), "adapter", "ghost"),
+        (RouteRequest(model="other", template="fault"), "template", "fault"),  # a has it, not with that model
+        (RouteRequest(model="smol", collection="manuals"), "collection", "manuals"),
+        (RouteRequest(node="zz"), "node", "zz"),
+        (RouteRequest(model="other", node="a"), "node", "a"),
+        (RouteRequest(model="smol", group="yard"), "group", "yard"),
+    ]
+    for req, param, value in cases:
+        d = r.claim(f, req, NOW)
+        assert d.refusal == ErrorCode.NO_NODE and d.param == param and repr(value) in d.message, (req, d)
+    offline = fleet(node("a", state="offline", adapters={"pirate": "1"}))
+    d = r.claim(offline, RouteRequest(model="smol", adapter="pirate"), NOW)
+    assert d.refusal == ErrorCode.UNAVAILABLE and d.param == "", "it exists, only not now"

@@ -1,4 +1,4 @@
-"""Admission: a claimed slot now, a bounded wait for one, or a refusal at once.
+"""The slot queue: a claimed slot now, a bounded wait for one, or a refusal at once.
 
 When every eligible node is full a request waits in a bounded buffer and goes out on the next
 free slot (a release wakes the waiters; they also look again every `_POLL_S`, for telemetry and
@@ -17,21 +17,22 @@ from collections.abc import Callable
 
 from edgefleet.orchestrator.fleet_view import FleetSnapshot
 from edgefleet.orchestrator.front_door.metrics import FrontDoorMetrics
-from edgefleet.orchestrator.front_door.router import Claim, Refusal, Router, RouteRequest
+from edgefleet.orchestrator.front_door.router import Claim, Router, RouteRequest
+from edgefleet.proto.error_codes import ErrorCode
 
-log = logging.getLogger("edgefleet.orchestrator.front_door.admission")
+log = logging.getLogger("edgefleet.orchestrator.front_door.slot_queue")
 _POLL_S = 0.25
 
 
-class Refused(Exception):
-    """No node for this request: `kind` says why (not_found, unavailable, full)."""
+class NoSlot(Exception):
+    """No slot for this request: `code` says why (NO_NODE naming `param`, UNAVAILABLE, ALL_BUSY)."""
 
-    def __init__(self, kind: Refusal, message: str, retry_after_s: int = 1) -> None:
+    def __init__(self, code: ErrorCode, message: str, retry_after_s: int = 1, param: str = "") -> None:
         super().__init__(message)
-        self.kind, self.message, self.retry_after_s = kind, message, retry_after_s
+        self.code, self.message, self.retry_after_s, self.param = code, message, retry_after_s, param
 
 
-class Admission:
+class SlotQueue:
     def __init__(
         self,
         router: Router,
@@ -53,20 +54,22 @@ class Admission:
         d = self.router.claim(self.snapshot(), req, time.time())
         if d.claim is not None:
             return d.claim
-        if d.refusal != "full":
-            raise Refused(d.refusal or "unavailable", d.message)
+        if d.refusal != ErrorCode.ALL_BUSY:
+            raise NoSlot(d.refusal or ErrorCode.UNAVAILABLE, d.message, param=d.param)
         return None
 
     async def acquire(self, req: RouteRequest, deadline: float) -> tuple[Claim, float]:
         """A claimed slot and the seconds waited for it; `deadline` is the caller's (time.monotonic()).
 
-        Raises Refused."""
+        Raises NoSlot."""
         claim = self._try(req)
         if claim is not None:
             return claim, 0.0
         if self.waiting >= self.buffer_size:
-            raise Refused(
-                "full", f"every node is busy and {self.waiting} requests already wait; try again", self.retry_after_s
+            raise NoSlot(
+                ErrorCode.ALL_BUSY,
+                f"every node is busy and {self.waiting} requests already wait; try again",
+                self.retry_after_s,
             )
         start = time.monotonic()
         until = min(start + self.max_wait_s, deadline)
@@ -76,8 +79,8 @@ class Admission:
             while True:
                 left = until - time.monotonic()
                 if left <= 0:
-                    raise Refused(
-                        "full",
+                    raise NoSlot(
+                        ErrorCode.ALL_BUSY,
                         f"no free slot for {req.describe()} within {time.monotonic() - start:.1f}s; try again",
                         self.retry_after_s,
                     )

@@ -14,8 +14,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from edgefleet.fleet import identity_commands
 from edgefleet.fleet.identity_commands import read_env
-from edgefleet.plumbing.broker_config import BrokerPolicy, ListenerOptions, acl_text, mosquitto_conf
-from edgefleet.plumbing.site_pki import PkiError, SitePki
+from edgefleet.fleet.site.broker_config import BrokerPolicy, ListenerOptions, acl_text, mosquitto_conf
+from edgefleet.fleet.site.pki import PkiError, SitePki
 from edgefleet.proto.topics import Topics
 
 
@@ -139,5 +139,5 @@ def test_mosquitto_conf(pki: SitePki, tmp_path: Path) -> None:
         f"acl_file {tmp_path / 'acl'}",
     ):
         assert line in conf.splitlines()
-    template = Path(__file__).resolve().parents[2] / "deploy" / "mosquitto-secure.conf"
+    template = Path(__file__).resolve().parents[3] / "deploy" / "mosquitto-secure.conf"
     assert "use_identity_as_username true" in template.read_text()

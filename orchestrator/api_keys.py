@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from edgefleet.plumbing.sqlite_db import open_database
+from edgefleet.proto.error_codes import ErrorCode
 
 PREFIX = "ef"
 WINDOW_S = 60.0
@@ -207,12 +208,17 @@ class KeyStore:
 
 @dataclass
 class Verdict:
-    """The answer for one request: `status` 200 (let it in), 401, 403 or 429 (with `retry_after_s`)."""
+    """The answer for one request: `refused` None (let it in), UNAUTHENTICATED, PERMISSION_DENIED or
+    RATE_LIMITED (with `retry_after_s`). Each face maps the code through proto/error_table.py."""
 
-    status: int
+    refused: ErrorCode | None = None
     message: str = ""
     key: ApiKey | None = None
     retry_after_s: int = 0
+
+    @property
+    def allowed(self) -> bool:
+        return self.refused is None
 
 
 @dataclass
@@ -249,41 +255,45 @@ class Verifier:
         self._by_id = {k.key_id: k for k in self.store.all_keys()}
 
     def authenticate(self, authorization: str | None, now: float | None = None) -> Verdict:
-        """401 unless a live key, 429 when its requests per minute are used up; else 200 (one request counted)."""
+        """UNAUTHENTICATED unless a live key, RATE_LIMITED when its requests or tokens per minute are used
+        up; else allowed (one request counted)."""
         now = time.time() if now is None else now
         scheme, _, token = (authorization or "").strip().partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            return Verdict(401, "an API key is required: send `Authorization: Bearer <key>`")
+            return Verdict(ErrorCode.UNAUTHENTICATED, "an API key is required: send `Authorization: Bearer <key>`")
         parts = split_token(token)
         with self._lock:
             self._refresh()
             key = self._by_id.get(parts[0]) if parts else None
             if parts is None or key is None or not hmac.compare_digest(hash_secret(parts[1]), key.secret_hash):
-                return Verdict(401, "the API key is not valid")
+                return Verdict(ErrorCode.UNAUTHENTICATED, "the API key is not valid")
             if key.revoked:
-                return Verdict(401, f"the API key {key.name!r} is revoked")
+                return Verdict(ErrorCode.UNAUTHENTICATED, f"the API key {key.name!r} is revoked")
             if key.expired(now):
-                return Verdict(401, f"the API key {key.name!r} has expired")
+                return Verdict(ErrorCode.UNAUTHENTICATED, f"the API key {key.name!r} has expired")
             w = self._windows.setdefault(key.key_id, _Window())
             w.trim(now)
             if key.rpm and len(w.requests) >= key.rpm:
-                return Verdict(429, f"the API key {key.name!r} is over its {key.rpm} requests per minute", key,
-                               max(1, int(w.requests[0] + WINDOW_S - now + 0.999)))  # fmt: skip
+                left = max(1, int(w.requests[0] + WINDOW_S - now + 0.999))
+                why = f"the API key {key.name!r} is over its {key.rpm} requests per minute"
+                return Verdict(ErrorCode.RATE_LIMITED, why, key, left)
             if key.tpm and w.token_sum >= key.tpm:
-                return Verdict(429, f"the API key {key.name!r} is over its {key.tpm} tokens per minute", key,
-                               max(1, int(w.tokens[0][0] + WINDOW_S - now + 0.999)))  # fmt: skip
+                left = max(1, int(w.tokens[0][0] + WINDOW_S - now + 0.999))
+                why = f"the API key {key.name!r} is over its {key.tpm} tokens per minute"
+                return Verdict(ErrorCode.RATE_LIMITED, why, key, left)
             w.requests.append(now)
             r, t, _ = self._usage.get(key.key_id, (0, 0, 0.0))
             self._usage[key.key_id] = (r + 1, t, now)
-        return Verdict(200, "", key)
+        return Verdict(key=key)
 
     @staticmethod
     def authorize(key: ApiKey, model: str, adapter: str = "") -> Verdict:
-        """403 when the key may not use this model/adapter."""
+        """PERMISSION_DENIED when the key may not use this model/adapter."""
         if key.allows(model, adapter):
-            return Verdict(200, "", key)
+            return Verdict(key=key)
         what = f"{model}:{adapter}" if adapter else model
-        return Verdict(403, f"the API key {key.name!r} may not use {what!r} (allowed: {', '.join(key.models)})", key)
+        why = f"the API key {key.name!r} may not use {what!r} (allowed: {', '.join(key.models)})"
+        return Verdict(ErrorCode.PERMISSION_DENIED, why, key)
 
     def add_tokens(self, key: ApiKey, tokens: int, now: float | None = None) -> None:
         if tokens <= 0:

@@ -1,5 +1,5 @@
 """The site broker's TLS configuration and ACL, computed from the topic contract and the
-identities registry (plumbing/site_pki.py).
+identities registry (fleet/site/pki.py).
 
 Each identity gets its own `user <CN>` block listing exactly the topics of its role (built with
 proto/topics.py's methods). No `pattern` lines: a pattern applies to every authenticated user
@@ -17,7 +17,7 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgefleet.plumbing.site_pki import Identity, SitePki, write_public
+from edgefleet.fleet.site.pki import Identity, SitePki, write_public
 from edgefleet.proto.topics import Topics
 
 log = logging.getLogger("edgefleet.broker_config")
