@@ -26,6 +26,9 @@ const EF = (() => {
     es.onopen = () => { if (mark) mark.textContent = "live"; };
     es.onerror = () => { if (mark) mark.textContent = "reconnecting…"; };
     es.onmessage = (ev) => { onData(JSON.parse(ev.data)); if (mark) mark.textContent = `live · ${new Date().toLocaleTimeString()}`; };
+    // Close the stream as the page goes: a stream left open holds one of the browser's six
+    // connections to the console, and the seventh page would wait for one to time out.
+    window.addEventListener("pagehide", () => es.close());
     return es;
   };
   const initial = (node, key = "initial") => JSON.parse(node.dataset[key] || "null");

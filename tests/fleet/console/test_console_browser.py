@@ -260,6 +260,24 @@ def test_every_page_loads_without_errors_or_other_hosts(site: Site, browser: Any
 
 
 @pytest.mark.usefixtures("operator")
+def test_page_after_page_each_loads_without_waiting_for_a_connection(site: Site, browser: Any) -> None:
+    """Every page opens a live stream; one left open as the page goes held one of the browser's six
+    connections to the console, so the seventh page in a row waited ~60 s for one to time out."""
+    from selenium.common.exceptions import TimeoutException
+
+    browser.set_page_load_timeout(20)  # a page that waits for a connection never loads within it
+    try:
+        for i, path in enumerate([p for p in PAGES if p != "/playground"] * 2):
+            try:
+                browser.get(site.console.url + path)
+            except TimeoutException:
+                pytest.fail(f"page {i + 1} in a row ({path}) did not load: an earlier page's live stream is open")
+            wait(browser, lambda d: d.find_element(By.ID, "live-mark").text.startswith("live"))
+    finally:
+        browser.set_page_load_timeout(300)
+
+
+@pytest.mark.usefixtures("operator")
 def test_a_killed_node_turns_offline_without_a_reload(
     site: Site, browser: Any, start_node: Callable[..., NodeProcess]
 ) -> None:
