@@ -7,12 +7,17 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from edgefleet.orchestrator.runtime import Orchestrator, build_orchestrator
+from edgefleet.orchestrator.settings import OrchestratorSettings
 from edgefleet.proto.commands import Command
 from edgefleet.proto.payloads import CommandResult, PayloadError, parse_payload
 from edgefleet.proto.signing import load_operator_key, sign_command
@@ -78,3 +83,22 @@ class CommandClient:
     def close(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
+
+
+@contextmanager
+def lab_orchestrator(broker: Mosquitto, tmp: Path) -> Iterator[Orchestrator]:
+    """An in-process orchestrator of site `lab` on `broker`, its files in `tmp`, subscribed before it is handed out."""
+    settings = OrchestratorSettings(
+        mqtt_url=broker.url,
+        site="lab",
+        registry_db=tmp / "registry.db",
+        artifact_dir=tmp / "artifacts",
+        site_key=tmp / "lab.key",
+    )
+    o = build_orchestrator(settings)
+    o.start()
+    try:
+        assert o.link.wait_subscribed(10)
+        yield o
+    finally:
+        o.stop()

@@ -18,13 +18,12 @@ from typing import Any
 
 import pytest
 
-from edgefleet.orchestrator.runtime import Orchestrator, build_orchestrator
-from edgefleet.orchestrator.settings import OrchestratorSettings
+from edgefleet.orchestrator.runtime import Orchestrator
 from edgefleet.proto.commands import Command
 from edgefleet.proto.error_codes import ErrorCode
 from edgefleet.proto.payloads import UploadChunk
 from tests.mqtt_support import Mosquitto
-from tests.orchestrator.command_client import CommandClient
+from tests.orchestrator.command_client import CommandClient, lab_orchestrator
 
 
 def template(version: str) -> dict[str, Any]:
@@ -37,18 +36,8 @@ def rule(version: str) -> dict[str, Any]:
 
 @pytest.fixture
 def orch(broker: Mosquitto, tmp_path: Path) -> Iterator[Orchestrator]:
-    settings = OrchestratorSettings(
-        mqtt_url=broker.url,
-        site="lab",
-        registry_db=tmp_path / "registry.db",
-        artifact_dir=tmp_path / "artifacts",
-        site_key=tmp_path / "lab.key",
-    )
-    o = build_orchestrator(settings)
-    o.start()
-    assert o.link.wait_subscribed(10)
-    yield o
-    o.stop()
+    with lab_orchestrator(broker, tmp_path) as o:
+        yield o
 
 
 @pytest.fixture

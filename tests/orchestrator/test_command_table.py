@@ -19,33 +19,22 @@ import pytest
 from edgefleet.fleet.uploads import upload as upload_file
 from edgefleet.orchestrator.command_errors import error_code_of
 from edgefleet.orchestrator.command_table import COMMAND_OPS, CommandTable
-from edgefleet.orchestrator.runtime import Orchestrator, build_orchestrator
-from edgefleet.orchestrator.settings import OrchestratorSettings
+from edgefleet.orchestrator.runtime import Orchestrator
 from edgefleet.proto.artifacts import SiteKey
 from edgefleet.proto.commands import Command, RemoveRuleRequest, StatusRequest, UploadChunkRequest
 from edgefleet.proto.error_codes import ErrorCode
 from edgefleet.proto.knowledge_bundle import BundleDocument, write_bundle
 from edgefleet.proto.payloads import MAX_UPLOAD_CHUNK_BYTES, CommandResult, TemplateSpec, UploadChunk
 from tests.mqtt_support import Mosquitto
-from tests.orchestrator.command_client import CommandClient
+from tests.orchestrator.command_client import CommandClient, lab_orchestrator
 
 TEMPLATE = {"name": "fault", "version": "1", "template": "Sensor {{ sensor }}?", "variables": ["sensor"]}
 
 
 @pytest.fixture
 def orch(broker: Mosquitto, tmp_path: Path) -> Iterator[Orchestrator]:
-    settings = OrchestratorSettings(
-        mqtt_url=broker.url,
-        site="lab",
-        registry_db=tmp_path / "registry.db",
-        artifact_dir=tmp_path / "artifacts",
-        site_key=tmp_path / "lab.key",
-    )
-    o = build_orchestrator(settings)
-    o.start()
-    assert o.link.wait_subscribed(10)
-    yield o
-    o.stop()
+    with lab_orchestrator(broker, tmp_path) as o:
+        yield o
 
 
 def upload_piece(data: bytes) -> UploadChunk:

@@ -26,12 +26,12 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from edgefleet.fleet.site_commands import FleetCommandError, load_template
-from edgefleet.orchestrator.runtime import Orchestrator, build_orchestrator
-from edgefleet.orchestrator.settings import OrchestratorSettings
+from edgefleet.orchestrator.runtime import Orchestrator
 from edgefleet.proto.error_codes import ErrorCode
 from edgefleet.proto.payloads import TemplateSpec
 from edgefleet.proto.templates import MAX_RENDERED_CHARS, TemplateError, compile_template
 from tests.mqtt_support import Mosquitto
+from tests.orchestrator.command_client import lab_orchestrator
 
 VARIABLES = ["x", "y"]
 
@@ -246,19 +246,10 @@ def test_the_push_template_loader_refuses_with_a_fleet_command_error(
 def orch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orchestrator]:
     tmp = tmp_path_factory.mktemp("template-orch")
     broker = Mosquitto(tmp)
-    settings_ = OrchestratorSettings(
-        mqtt_url=broker.url,
-        site="lab",
-        registry_db=tmp / "registry.db",
-        artifact_dir=tmp / "artifacts",
-        site_key=tmp / "lab.key",
-    )
-    o = build_orchestrator(settings_)
-    o.start()
     try:
-        yield o
+        with lab_orchestrator(broker, tmp) as o:
+            yield o
     finally:
-        o.stop()
         broker.stop()
 
 
