@@ -13,8 +13,10 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
+from edgefleet.orchestrator.error_reports import ErrorReporter
 from edgefleet.plumbing.mqtt_link import MqttLink
 from edgefleet.proto.artifacts import Manifest
+from edgefleet.proto.error_codes import ErrorCode
 from edgefleet.proto.topics import Topics
 
 log = logging.getLogger("edgefleet.orchestrator.chunks")
@@ -29,8 +31,11 @@ class ChunkSender:
         topics: Topics,
         read_chunk: Callable[[Manifest, int], bytes],
         interval_s: float = 0.0,
+        errors: ErrorReporter | None = None,
     ) -> None:
+        """`errors`: told of a chunk that could not be published at all (it is dropped, the rest go on)."""
         self.link = link
+        self.errors = errors
         self.topics = topics
         self.read_chunk = read_chunk
         self.interval_s = interval_s
@@ -83,7 +88,12 @@ class ChunkSender:
                 with self._cond:
                     self._queue.pop((sha, index), None)
                 continue
-            if not self.link.publish_wait(topic, data, timeout=10.0):
+            try:
+                confirmed = self.link.publish_wait(topic, data, timeout=10.0)
+            except Exception as e:  # one bad chunk must not end the thread that serves every transfer
+                self._drop(sha, index, manifest, topic, e)
+                continue
+            if not confirmed:
                 log.warning("chunk not confirmed; will resend", extra={"artifact": manifest.label, "chunk": index})
                 time.sleep(0.2)
                 continue
@@ -92,3 +102,13 @@ class ChunkSender:
                 self.sent[sha] = self.sent.get(sha, 0) + 1
             if self.interval_s:
                 time.sleep(self.interval_s)
+
+    def _drop(self, sha: str, index: int, manifest: Manifest, topic: str, e: Exception) -> None:
+        log.exception("chunk not publishable; dropped", extra={"artifact": manifest.label, "chunk": index})
+        with self._cond:
+            self._queue.pop((sha, index), None)
+        if self.errors is not None:
+            try:
+                self.errors.report(topic, ErrorCode.INTERNAL, f"{manifest.label}: chunk {index} not published: {e}")
+            except Exception:
+                log.exception("chunk error not reported", extra={"artifact": manifest.label, "chunk": index})

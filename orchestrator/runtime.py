@@ -128,7 +128,7 @@ def build_orchestrator(settings: OrchestratorSettings, registry: Registry | None
     )
     errors = ErrorReporter(topics, lambda topic, payload: link.publish(topic, payload, qos=1))
     store = ArtifactStore(settings.artifact_dir)
-    sender = ChunkSender(link, topics, store.read_chunk, settings.artifact_chunk_interval_ms / 1000)
+    sender = ChunkSender(link, topics, store.read_chunk, settings.artifact_chunk_interval_ms / 1000, errors)
 
     def publish_retained(topic: str, payload: bytes) -> object:
         return link.publish(topic, payload, qos=1, retain=True)

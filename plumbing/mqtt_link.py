@@ -53,6 +53,21 @@ class LastWill:
     payload: bytes
 
 
+class InvalidTopic(ValueError):
+    """A topic or filter MQTT does not allow (a wildcard in a topic one publishes to, a bad filter)."""
+
+
+def _check_filter(topic_filter: str) -> str:
+    """The filter unchanged, or InvalidTopic saying why the broker would refuse it."""
+    levels = _unshared(topic_filter).split("/")
+    bad = not topic_filter or any(("+" in lv or "#" in lv) and lv not in ("+", "#") for lv in levels)
+    if bad or "#" in levels[:-1] or len(topic_filter.encode()) > 65535 or "\0" in topic_filter:
+        raise InvalidTopic(
+            f"topic filter {topic_filter[:200]!r} is invalid: '+' and '#' must fill a whole level, '#' only the last"
+        )
+    return topic_filter
+
+
 def _unshared(topic_filter: str) -> str:
     """`$share/<group>/<filter>` matches topics as `<filter>` does."""
     if topic_filter.startswith("$share/"):
@@ -149,7 +164,9 @@ class MqttLink:
 
     # -- subscriptions and publishing ---------------------------------------------------------------
     def subscribe(self, topic_filter: str, handler: Handler, qos: int = 1) -> None:
-        """Add a subscription; it is renewed on every connect."""
+        """Add a subscription; it is renewed on every connect. InvalidTopic (a ValueError) for a
+        filter the broker would refuse: it is never kept, so it cannot spoil every later resubscribe."""
+        _check_filter(topic_filter)
         with self._lock:
             self._subs[topic_filter] = (qos, handler)
         if self.connected.is_set():
@@ -157,6 +174,7 @@ class MqttLink:
 
     def subscribe_wait(self, topic_filter: str, handler: Handler, qos: int = 1, timeout: float = 5.0) -> bool:
         """Add a subscription and wait for its SUBACK (False: not connected, or no ack in time)."""
+        _check_filter(topic_filter)
         with self._lock:
             self._subs[topic_filter] = (qos, handler)
             if not self.connected.is_set():
@@ -181,7 +199,13 @@ class MqttLink:
     def publish(
         self, topic: str, payload: bytes, qos: int = 1, retain: bool = False, properties: Properties | None = None
     ) -> mqtt.MQTTMessageInfo:
-        return self.client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
+        """InvalidTopic (a ValueError) for a topic one may not publish to (a wildcard in it, empty)."""
+        try:
+            return self.client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
+        except ValueError as e:
+            if "topic" not in str(e).lower():
+                raise
+            raise InvalidTopic(f"cannot publish to {topic[:200]!r}: {e}") from e
 
     def ack(self, msg: mqtt.MQTTMessage) -> None:
         """With manual_ack: tell the broker this message is kept (PUBACK)."""
@@ -189,7 +213,8 @@ class MqttLink:
             self.client.ack(msg.mid, msg.qos)
 
     def publish_wait(self, topic: str, payload: bytes, retain: bool = False, timeout: float = 5.0) -> bool:
-        """QoS 1 publish that waits for the broker's PUBACK; False when it did not come in time."""
+        """QoS 1 publish that waits for the broker's PUBACK; False when it did not come in time.
+        InvalidTopic for a topic no broker would take: resending it cannot help."""
         info = self.publish(topic, payload, qos=1, retain=retain)
         try:
             info.wait_for_publish(timeout)

@@ -26,6 +26,30 @@ def check_name(kind: str, name: str) -> str:
     return name
 
 
+ANY_LEVEL = "+"
+"""A whole-level wildcard, as a filter builder's argument: it stays a wildcard, never encoded."""
+
+
+def encode_level(value: str) -> str:
+    """`value` as one topic level: `%`, `+`, `#` and `/` percent-encoded (a version such as
+    `1.0+cu121` is allowed, but `+` and `#` are MQTT wildcards and `/` splits levels).
+    `ANY_LEVEL` passes through, so filter builders can take it in any position."""
+    if value == ANY_LEVEL:
+        return value
+    return _ENCODE_RE.sub(lambda m: _ENCODED[m.group()], value)
+
+
+def decode_level(encoded: str) -> str:
+    """The value `encode_level` encoded into a topic level."""
+    return _DECODE_RE.sub(lambda m: _DECODED[m.group().upper()], encoded)
+
+
+_ENCODED = {c: f"%{ord(c):02X}" for c in "%+#/"}
+_DECODED = {v: k for k, v in _ENCODED.items()}
+_ENCODE_RE = re.compile("[%+#/]")
+_DECODE_RE = re.compile("%(?:25|2B|23|2F)", re.IGNORECASE)
+
+
 @dataclass(frozen=True)
 class Topics:
     """Topics of one site. `root` ends with '/'."""
@@ -69,14 +93,15 @@ class Topics:
     # -- artifacts and results (the adapter, knowledge and sensor-rule issues use these) ----------
     def artifact_manifest(self, kind: str, name: str) -> str:
         """Retained, signed manifest of the newest version of a large artifact (adapter, knowledge)."""
-        return f"{self.root}artifact/{kind}/{name}/manifest"
+        return f"{self.root}artifact/{encode_level(kind)}/{encode_level(name)}/manifest"
 
     def artifact_chunk(self, kind: str, name: str, version: str, index: int) -> str:
-        return f"{self.root}artifact/{kind}/{name}/{version}/chunk/{index}"
+        """`version` (and kind, name) go through `encode_level`: `1.0+cu121` is `1.0%2Bcu121` here."""
+        return f"{self.root}artifact/{encode_level(kind)}/{encode_level(name)}/{encode_level(version)}/chunk/{index}"
 
     def artifact_chunks(self, kind: str, name: str, version: str) -> str:
         """Filter: every chunk of one version of an artifact."""
-        return f"{self.root}artifact/{kind}/{name}/{version}/chunk/+"
+        return f"{self.root}artifact/{encode_level(kind)}/{encode_level(name)}/{encode_level(version)}/chunk/+"
 
     def artifact_chunk_requests(self) -> str:
         """Nodes ask here for the chunks they are missing."""
@@ -130,7 +155,7 @@ class Topics:
 
     def all_artifact_manifests(self, kind: str) -> str:
         """Filter: the manifests of every artifact of one kind."""
-        return f"{self.root}artifact/{kind}/+/manifest"
+        return f"{self.root}artifact/{encode_level(kind)}/+/manifest"
 
     # -- parsing --------------------------------------------------------------------------------
     def parse(self, topic: str) -> tuple[str, ...] | None:
@@ -164,7 +189,7 @@ class Topics:
         """(kind, name) of `<root>artifact/<kind>/<name>/manifest`, else None."""
         levels = self.parse(topic)
         if levels and len(levels) == 4 and levels[0] == "artifact" and levels[3] == "manifest":
-            return levels[1], levels[2]
+            return decode_level(levels[1]), decode_level(levels[2])
         return None
 
     def chunk_of(self, topic: str) -> ChunkTopic | None:
@@ -177,7 +202,7 @@ class Topics:
             and levels[4] == "chunk"
             and _INDEX_RE.fullmatch(levels[5])
         ):
-            return ChunkTopic(levels[1], levels[2], levels[3], int(levels[5]))
+            return ChunkTopic(decode_level(levels[1]), decode_level(levels[2]), decode_level(levels[3]), int(levels[5]))
         return None
 
 

@@ -216,6 +216,24 @@ def test_bad_artifacts_are_refused_and_the_node_keeps_its_adapter(
         assert wait_for(lambda: "guard" not in loaded(a), timeout=20)  # the module's other tests count adapters
 
 
+def test_a_version_with_a_plus_is_delivered_and_a_later_push_still_is(
+    broker: Mosquitto, nodes: dict[str, NodeProcess], loras: dict[str, Path]
+) -> None:
+    """Issue 22: `+` (allowed in versions) went raw into chunk topics, where it is a wildcard; the
+    orchestrator's chunk sender died on it and no later transfer was ever applied."""
+    b = nodes["b"]
+    try:
+        r = push(broker, loras["v1"], "cuda", "1.0+cu121", "node:b", "--wait", "120")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert loaded(b).get("cuda") == "1.0+cu121"
+        r = push(broker, loras["v2"], "cuda", "2", "node:b", "--wait", "120")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert loaded(b).get("cuda") == "2"
+    finally:
+        fleet(broker, "fleet", "rm-adapter", "cuda", "--target", "node:b")
+        assert wait_for(lambda: "cuda" not in loaded(b), timeout=20)  # the module's other tests count adapters
+
+
 def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 

@@ -10,9 +10,37 @@ T = Topics.for_site("lab")
 
 
 def test_chunk_topics_parse_back_to_what_built_them() -> None:
-    topic = T.artifact_chunk("adapter", "alarm", "1.2+b", 17)
-    assert topic == "edgefleet/lab/artifact/adapter/alarm/1.2+b/chunk/17"
-    assert T.chunk_of(topic) == ChunkTopic("adapter", "alarm", "1.2+b", 17)
+    topic = T.artifact_chunk("adapter", "alarm", "1.2", 17)
+    assert topic == "edgefleet/lab/artifact/adapter/alarm/1.2/chunk/17"
+    assert T.chunk_of(topic) == ChunkTopic("adapter", "alarm", "1.2", 17)
+
+
+@pytest.mark.parametrize("version", ["1.0+cu121", "1.2+b", "2+3+4", "1.0-rc.1_x"])
+def test_a_version_with_a_plus_is_a_publishable_level_and_parses_back(version: str) -> None:
+    """`+` is allowed in versions but is a wildcard in MQTT: it is percent-encoded in the topic (issue 22)."""
+    import paho.mqtt.client as mqtt
+
+    topic = T.artifact_chunk("adapter", "alarm", version, 3)
+    level = topic.split("/")[-3]
+    assert "+" not in level and "#" not in level and "/" not in level
+    assert level == version.replace("+", "%2B")
+    assert T.chunk_of(topic) == ChunkTopic("adapter", "alarm", version, 3)
+    flt = T.artifact_chunks("adapter", "alarm", version)
+    assert mqtt.topic_matches_sub(flt, topic)
+    assert not mqtt.topic_matches_sub(flt, T.artifact_chunk("adapter", "alarm", version + "0", 3))
+
+
+def test_a_percent_sign_is_encoded_too_so_decoding_is_exact() -> None:
+    topic = T.artifact_chunk("adapter", "alarm", "1%2B", 0)  # not a valid version, but must not decode to `1+`
+    assert T.chunk_of(topic) == ChunkTopic("adapter", "alarm", "1%2B", 0)
+
+
+def test_a_whole_level_wildcard_stays_a_wildcard_in_filters() -> None:
+    import paho.mqtt.client as mqtt
+
+    flt = T.artifact_chunks("+", "+", "+")
+    assert flt == "edgefleet/lab/artifact/+/+/+/chunk/+"
+    assert mqtt.topic_matches_sub(flt, T.artifact_chunk("adapter", "alarm", "1.0+cu121", 0))
 
 
 def test_the_chunk_filter_matches_every_chunk_of_one_version_only() -> None:
