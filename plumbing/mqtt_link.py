@@ -68,6 +68,13 @@ def _check_filter(topic_filter: str) -> str:
     return topic_filter
 
 
+def _check_topic(topic: str) -> str:
+    """The topic unchanged, or InvalidTopic saying why no broker takes a publish to it."""
+    if not topic or "+" in topic or "#" in topic or "\0" in topic or len(topic.encode()) > 65535:
+        raise InvalidTopic(f"cannot publish to {topic[:200]!r}: a topic is 1-65535 bytes with no '+', '#' or NUL")
+    return topic
+
+
 def _unshared(topic_filter: str) -> str:
     """`$share/<group>/<filter>` matches topics as `<filter>` does."""
     if topic_filter.startswith("$share/"):
@@ -199,13 +206,9 @@ class MqttLink:
     def publish(
         self, topic: str, payload: bytes, qos: int = 1, retain: bool = False, properties: Properties | None = None
     ) -> mqtt.MQTTMessageInfo:
-        """InvalidTopic (a ValueError) for a topic one may not publish to (a wildcard in it, empty)."""
-        try:
-            return self.client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
-        except ValueError as e:
-            if "topic" not in str(e).lower():
-                raise
-            raise InvalidTopic(f"cannot publish to {topic[:200]!r}: {e}") from e
+        """InvalidTopic (a ValueError) for a topic one may not publish to (a wildcard in it, empty),
+        checked before paho sees it."""
+        return self.client.publish(_check_topic(topic), payload, qos=qos, retain=retain, properties=properties)
 
     def ack(self, msg: mqtt.MQTTMessage) -> None:
         """With manual_ack: tell the broker this message is kept (PUBACK)."""
