@@ -10,7 +10,6 @@ import hashlib
 import secrets
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -112,38 +111,3 @@ class Accounts:
     def close_session(self, token: str) -> None:
         with self._lock, self.db.conn:
             self.db.execute("DELETE FROM sessions WHERE token_sha256 = ?", [_sha(token)])
-
-
-class LoginLimiter:
-    """At most `attempts` failed logins per account name, and four times that per client address
-    (several operators may share one), in a sliding minute."""
-
-    ADDRESS_FACTOR = 4
-
-    def __init__(self, attempts: int, window_s: float = 60.0) -> None:
-        self.attempts, self.window_s = attempts, window_s
-        self._failures: dict[str, deque[float]] = {}
-        self._lock = threading.Lock()
-
-    def _recent(self, key: str, now: float) -> deque[float]:
-        q = self._failures.setdefault(key, deque())
-        while q and q[0] < now - self.window_s:
-            q.popleft()
-        return q
-
-    def retry_after(self, *keys: str) -> float:
-        """Seconds until a login may be tried for these keys; 0: now."""
-        now = time.monotonic()
-        with self._lock:
-            waits = [
-                q[0] + self.window_s - now
-                for k in keys
-                if len(q := self._recent(k, now)) >= self.attempts * (self.ADDRESS_FACTOR if k.startswith("ip:") else 1)
-            ]
-        return max(waits, default=0.0)
-
-    def failed(self, *keys: str) -> None:
-        now = time.monotonic()
-        with self._lock:
-            for k in keys:
-                self._recent(k, now).append(now)

@@ -56,6 +56,11 @@ class NodeFacts:
     history: deque[tuple[float, ...]] = field(default_factory=lambda: deque(maxlen=4000))
 
 
+def runs_insecure(status: NodeStatus) -> bool:
+    """Whether the node says (in its status info) that it runs with EDGEFLEET_INSECURE."""
+    return status.info is not None and status.info.insecure
+
+
 class Changes:
     """A version number and the asyncio waiters to wake when it grows (set from any thread)."""
 
@@ -254,10 +259,12 @@ class LiveFleet:
                 "outbox": row.get("outbox"),
                 "transfers": row.get("transfers", {}),
                 "errors": [],
+                "insecure": bool(row.get("insecure", False)),
             }
             if f is not None and f.status is not None:  # the node's own latest word wins: it is newer
                 s = f.status
                 out.update(state=s.state, since=f.since or s.ts, reason=s.reason)
+                out["insecure"] = out["insecure"] or runs_insecure(s)
                 if s.info is not None:
                     out.update(
                         profile=s.info.profile,

@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+from edgefleet.fleet.console import login_limits
 from edgefleet.fleet.console import server as s
 
 log = logging.getLogger("edgefleet.console.pages")
@@ -65,34 +66,36 @@ async def login_page(request: web.Request, error: str = "", status: int = 200, n
         login_csrf=token,
         error=error,
         name=name,
-        next=nxt if nxt.startswith("/") and not nxt.startswith("//") else "/",
+        next=login_limits.safe_next(nxt),
     )
     resp.set_cookie(LOGIN_COOKIE, token, httponly=True, samesite="Strict", secure=cookie_secure(request), path="/login")
     return resp
 
 
 async def login(request: web.Request) -> web.StreamResponse:
-    form = await request.post()
+    """In this order, cheapest first: the form's size (413), its CSRF token (403), the rate limit (429),
+    and only then the password's Argon2id check, a few at a time."""
+    form = await login_limits.read_login_form(request)
     name, password = str(form.get("name", "")), str(form.get("password", ""))
     if not form.get("login_csrf") or form.get("login_csrf") != request.cookies.get(LOGIN_COOKIE):
         return await login_page(request, "the login form expired; try again", 403, name)
     limiter = request.app[s.LIMITER_KEY]
-    keys = (f"ip:{request.remote}", f"name:{name}")
-    wait = limiter.retry_after(*keys)
+    address = login_limits.client_address(request.remote)
+    wait = limiter.begin(address, name)
     if wait > 0:
-        log.warning("login refused: rate limit", extra={"operator": name, "remote": request.remote})
+        log.warning("login refused: rate limit", extra={"operator": name[:80], "remote": request.remote})
         return await login_page(request, f"too many failed logins; try again in {wait:.0f} s", 429, name)
     accounts = request.app[s.ACCOUNTS_KEY]
-    role = await asyncio.to_thread(accounts.verify, name, password)
-    if role is None:
-        limiter.failed(*keys)
-        log.warning("login failed", extra={"operator": name, "remote": request.remote})
+    async with request.app[s.HASH_SLOTS_KEY]:
+        role = await asyncio.to_thread(accounts.verify, name, password)
+    if role is None:  # the attempt `begin` counted stays counted
+        log.warning("login failed", extra={"operator": name[:80], "remote": request.remote})
         return await login_page(request, "wrong name or password", 401, name)
+    limiter.succeeded(address, name)
     hours = request.app[s.SETTINGS_KEY].console_session_hours
     token, _ = await asyncio.to_thread(accounts.open_session, name, hours * 3600)
     log.info("login", extra={"operator": name, "role": role, "remote": request.remote})
-    nxt = str(form.get("next", "/"))
-    resp = web.HTTPSeeOther(nxt if nxt.startswith("/") and not nxt.startswith("//") else "/")
+    resp = web.HTTPSeeOther(login_limits.safe_next(str(form.get("next", "/"))))
     resp.set_cookie(
         s.SESSION_COOKIE,
         token,

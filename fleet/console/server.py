@@ -19,9 +19,10 @@ import jinja2
 from aiohttp import web
 
 from edgefleet.fleet.console import pages, playground, writes
-from edgefleet.fleet.console.accounts import Accounts, LoginLimiter, Session
+from edgefleet.fleet.console.accounts import Accounts, Session
 from edgefleet.fleet.console.commands import CommandBridge
 from edgefleet.fleet.console.live_fleet import LiveFleet
+from edgefleet.fleet.console.login_limits import LoginLimiter
 from edgefleet.fleet.console.settings import ConsoleSettings
 from edgefleet.plumbing.mqtt_link import MqttLink
 
@@ -31,11 +32,13 @@ HERE = Path(__file__).resolve().parent
 STATIC = HERE / "static"
 SESSION_COOKIE = "edgefleet_session"
 PUBLIC_PREFIXES = ("/login", "/static/")
-MAX_UPLOAD_BYTES = 512 * 1024**2
+MAX_UPLOAD_BYTES = 512 * 1024**2  # signed-in operators' uploads; /login reads at most 4 KiB (login_limits.py)
+LOGIN_HASHES_AT_ONCE = 2  # Argon2id takes 64 MiB a check: logins beyond this many wait their turn
 
 SETTINGS_KEY: web.AppKey[ConsoleSettings] = web.AppKey("settings", ConsoleSettings)
 ACCOUNTS_KEY: web.AppKey[Accounts] = web.AppKey("accounts", Accounts)
 LIMITER_KEY: web.AppKey[LoginLimiter] = web.AppKey("limiter", LoginLimiter)
+HASH_SLOTS_KEY: web.AppKey[asyncio.Semaphore] = web.AppKey("hash_slots", asyncio.Semaphore)
 FLEET_KEY: web.AppKey[LiveFleet] = web.AppKey("fleet", LiveFleet)
 COMMANDS_KEY: web.AppKey[CommandBridge] = web.AppKey("commands", CommandBridge)
 JINJA_KEY: web.AppKey[jinja2.Environment] = web.AppKey("jinja", jinja2.Environment)
@@ -89,6 +92,7 @@ def build_app(settings: ConsoleSettings, link: MqttLink | None = None) -> web.Ap
     app[SETTINGS_KEY] = settings
     app[ACCOUNTS_KEY] = Accounts(settings.console_data_file)
     app[LIMITER_KEY] = LoginLimiter(settings.console_login_attempts)
+    app[HASH_SLOTS_KEY] = asyncio.Semaphore(LOGIN_HASHES_AT_ONCE)
     commands = CommandBridge(settings)
     app[COMMANDS_KEY] = commands
     fs = settings.fleet_settings()

@@ -3,13 +3,15 @@ the console's own fields; every field has a default, a doc line and an environme
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from edgefleet.fleet.balena.settings import BalenaSettings
 from edgefleet.fleet.settings import FleetSettings
+from edgefleet.plumbing.listen_address import is_loopback, loopback_address, warn_exposed
 from edgefleet.plumbing.site_settings import SiteSettings
 from edgefleet.plumbing.transport_security import TlsFiles
 
@@ -23,7 +25,9 @@ def _host_port(v: str, what: str) -> str:
 
 class ConsoleSettings(SiteSettings, BalenaSettings):
     console_address: str = Field(
-        default="0.0.0.0:8088", description="Where the console listens, HOST:PORT (EDGEFLEET_CONSOLE_ADDRESS)"
+        default="0.0.0.0:8088",
+        description="Where the console listens, HOST:PORT; unset with EDGEFLEET_INSECURE: 127.0.0.1:8088 "
+        "(EDGEFLEET_CONSOLE_ADDRESS)",
     )
     console_data_file: Path = Field(
         default=Path.home() / ".local" / "share" / "edgefleet" / "console.db",
@@ -52,8 +56,8 @@ class ConsoleSettings(SiteSettings, BalenaSettings):
     )
     console_login_attempts: Annotated[int, Field(ge=1)] = Field(
         default=5,
-        description="Failed logins allowed per client address and per account each minute "
-        "(EDGEFLEET_CONSOLE_LOGIN_ATTEMPTS)",
+        description="Failed logins allowed per client address and account each minute, four times that per "
+        "client address; never per account alone (EDGEFLEET_CONSOLE_LOGIN_ATTEMPTS)",
     )
     console_status_poll_s: Annotated[float, Field(gt=0, le=1)] = Field(
         default=1.0,
@@ -73,6 +77,18 @@ class ConsoleSettings(SiteSettings, BalenaSettings):
     @classmethod
     def _address(cls, v: str) -> str:
         return _host_port(v, "console address")
+
+    @model_validator(mode="after")
+    def _insecure_console_listens_on_loopback(self) -> ConsoleSettings:
+        """Insecure (plain HTTP): the console on 127.0.0.1 unless an address is set."""
+        if self.insecure and "console_address" not in self.model_fields_set:
+            self.console_address = loopback_address(self.console_address)
+        return self
+
+    def warn_if_insecure(self, log: logging.Logger, part: str) -> None:
+        super().warn_if_insecure(log, part)
+        if self.insecure and not is_loopback(self.host_port()[0]):
+            warn_exposed(log, part, {"EDGEFLEET_CONSOLE_ADDRESS": self.console_address})
 
     @field_validator("front_door_address")
     @classmethod

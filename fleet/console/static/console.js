@@ -74,7 +74,8 @@ function fleetPage() {
       const errs = r.errors.length ? `${r.errors.length}: ${r.errors[0].message}` : "";
       return EF.el("tr", { "data-node": r.node_id, "data-state": r.state },
         EF.el("td", {}, EF.el("a", { href: `/node/${encodeURIComponent(r.node_id)}`, text: r.node_id })),
-        EF.el("td", {}, EF.el("span", { class: `state ${r.state}`, text: r.state }), ` ${EF.ago(r.since, now)}`),
+        EF.el("td", {}, EF.el("span", { class: `state ${r.state}`, text: r.state }), ` ${EF.ago(r.since, now)}`,
+          r.insecure ? EF.el("span", { class: "mark bad insecure", text: "insecure", title: "runs without TLS or certificates" }) : null),
         EF.el("td", { text: r.profile }), EF.el("td", { text: r.model }), EF.el("td", { text: r.groups.join(", ") }),
         EF.el("td", { class: "slots", text: l ? `${l.slots_busy}/${l.slots_total}` : "–" }),
         EF.el("td", { class: "queue", text: l ? l.queue : "–" }),

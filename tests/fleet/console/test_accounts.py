@@ -1,4 +1,5 @@
-"""Operator accounts, sessions and the login limiter on real SQLite and real Argon2id; the CLI entry."""
+"""Operator accounts and sessions on real SQLite and real Argon2id; the CLI entry (the login limiter:
+test_login_limits.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from edgefleet.fleet.console.accounts import AccountError, Accounts, LoginLimiter
+from edgefleet.fleet.console.accounts import AccountError, Accounts
 from edgefleet.fleet.console.settings import ConsoleSettings
 
 
@@ -44,14 +45,6 @@ def test_sessions_expire_and_a_new_password_ends_them(tmp_path: Path) -> None:
     assert accounts.session(expired) is None
     accounts.add("v", "operator", "another long password")
     assert accounts.session(token) is None
-
-
-def test_the_limiter_counts_names_and_addresses_apart() -> None:
-    limiter = LoginLimiter(2, window_s=60)
-    limiter.failed("ip:1", "name:a")
-    limiter.failed("ip:1", "name:a")
-    assert limiter.retry_after("ip:1", "name:a") > 0
-    assert limiter.retry_after("ip:1", "name:b") == 0  # an address has 4x the room
 
 
 def test_operator_add_reads_the_password_from_stdin(tmp_path: Path) -> None:
