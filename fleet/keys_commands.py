@@ -3,8 +3,9 @@
 The key database is the orchestrator's alone: these verbs send its `keys-create`, `keys-list` and
 `keys-revoke` commands (proto/commands.py), signed with the operator's key like every command;
 the orchestrator runs them only for an enrolled operator. `create` prints the key once: it is in
-that one answer and nowhere else (the orchestrator keeps only a hash of its secret). `list` shows
-usage, never a secret.
+that one answer and nowhere else (the orchestrator keeps only a hash of its secret). A new key reads
+no knowledge collection unless `--collections` names some (`*`: all); `--identity` binds its limits
+to a site certificate's name. `list` shows usage, never a secret.
 """
 
 from __future__ import annotations
@@ -43,6 +44,18 @@ def add_parsers(fsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     c.add_argument("--rpm", type=int, default=0, help="requests per minute (default 0: no limit)")
     c.add_argument("--tpm", type=int, default=0, help="tokens per minute (default 0: no limit)")
     c.add_argument("--expires", default="", help="ISO 8601 time, or Nd for N days from now (default: never)")
+    c.add_argument(
+        "--collections",
+        default="",
+        help="comma-separated knowledge collections it may read (Retrieve, chat with a collection), or '*' for all "
+        "(default: none, least privilege)",
+    )
+    c.add_argument(
+        "--identity",
+        default="",
+        help="a site certificate's name (operator or orchestrator CN): its front-door limits and allow-lists "
+        "become this key's (default: none)",
+    )
     _db_flag(c)
     ls = ksub.add_parser("list", help="the keys with their limits and usage (never a secret)")
     ls.add_argument("--json", action="store_true")
@@ -61,9 +74,11 @@ def command(args: argparse.Namespace) -> Command:
     try:
         if args.keys_command == "create":
             models = [m.strip() for m in args.models.split(",") if m.strip()]
+            collections = [c.strip() for c in args.collections.split(",") if c.strip()]
             return Command(
-                op="keys-create", name=args.name, models=models, rpm=args.rpm, tpm=args.tpm, expires=args.expires
-            )
+                op="keys-create", name=args.name, models=models, rpm=args.rpm, tpm=args.tpm, expires=args.expires,
+                collections=collections, identity=args.identity.strip(),
+            )  # fmt: skip
         if args.keys_command == "revoke":
             return Command(op="keys-revoke", name=args.name)
         return Command(op="keys-list")
@@ -87,12 +102,14 @@ def execute(args: argparse.Namespace, send: SendCommand, out: TextIO) -> int:
     if args.json:
         out.write(json.dumps(keys, indent=2) + "\n")
         return 0
-    out.write(f"{'NAME':<20} {'ID':<12} {'STATE':<8} {'MODELS':<24} {'RPM':>5} {'TPM':>7} "
-              f"{'REQUESTS':>9} {'TOKENS':>9} {'EXPIRES':<20} LAST USED\n")  # fmt: skip
+    out.write(f"{'NAME':<20} {'ID':<12} {'STATE':<8} {'MODELS':<24} {'COLLECTIONS':<20} {'IDENTITY':<16} "
+              f"{'RPM':>5} {'TPM':>7} {'REQUESTS':>9} {'TOKENS':>9} {'EXPIRES':<20} LAST USED\n")  # fmt: skip
     for k in keys:
+        readable = ",".join(k.get("collections", [])) or "-"
         out.write(
-            f"{k['name']:<20} {k['key_id']:<12} {k['state']:<8} {','.join(k['models']) or '*':<24} {k['rpm']:>5} "
-            f"{k['tpm']:>7} {k['requests']:>9} {k['tokens']:>9} {_when(k['expires_at']):<20} {_when(k['last_used'])}\n"
+            f"{k['name']:<20} {k['key_id']:<12} {k['state']:<8} {','.join(k['models']) or '*':<24} {readable:<20} "
+            f"{k.get('identity') or '-':<16} {k['rpm']:>5} {k['tpm']:>7} {k['requests']:>9} {k['tokens']:>9} "
+            f"{_when(k['expires_at']):<20} {_when(k['last_used'])}\n"
         )
     return 0
 

@@ -7,10 +7,15 @@ a second lock and build the next snapshot from the facts they keep, then swap it
 
 A node's state is the one it published: `online`, `offline` (a shutdown, or its last will:
 reason "connection lost"), or `failed` (its engine died; the process exits to be restarted).
+
+What a node says about itself is bounded here (orchestrator/node_claims.py): each snapshot carries
+the most slots its firmware profile allows (`slot_cap`) and whether its model file is the one the
+site knows for that model name (`model_verified`); a claim beyond either is logged once per node.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -19,9 +24,11 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from edgefleet.orchestrator.drift import desired_generations, drift_reasons
+from edgefleet.orchestrator.node_claims import ModelHashes, SlotCaps, shipped_slot_caps
 from edgefleet.orchestrator.registry import NodeRecord
 from edgefleet.proto.payloads import DesiredState, ErrorReport, NodeInfoPayload, NodeStatus, ReportedState, Telemetry
 
+log = logging.getLogger("edgefleet.orchestrator.fleet_view")
 NodeState = Literal["online", "offline", "failed"]
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 
@@ -99,6 +106,11 @@ class NodeSnapshot:
     # loaded at start and collections ingested over gRPC, which reported state does not list
     served_adapters: frozenset[str] = frozenset()
     served_collections: frozenset[str] = frozenset()
+    # bounds on the node's own word (orchestrator/node_claims.py)
+    slot_cap: int = 0  # the most slots the front door uses on it (its profile's); 0: no bound known
+    model_sha256: str = ""  # the hash it reports for `model`
+    model_verified: bool = True  # `model_sha256` is the site's hash for `model` (or the site knows none)
+    insecure: bool = False  # the node runs with EDGEFLEET_INSECURE (its status info says so)
 
     def has_adapter(self, name: str) -> bool:
         return name in self.adapters or name in self.served_adapters
@@ -142,7 +154,7 @@ class _Presence:
 
 
 class FleetView:
-    def __init__(self) -> None:
+    def __init__(self, slot_caps: SlotCaps | None = None) -> None:
         self._lock = threading.Lock()  # guards the reference to the current snapshot
         self._write_lock = threading.Lock()  # one writer at a time
         self._snapshot = FleetSnapshot(MappingProxyType({}), MappingProxyType({}), 0, time.time())
@@ -154,6 +166,12 @@ class FleetView:
         self._errors: dict[str, NodeError] = {}
         self._desired: dict[str, DesiredState] = {}
         self._probed: dict[str, tuple[frozenset[str], frozenset[str]]] = {}
+        # bounds on what nodes claim
+        self._caps = slot_caps or shipped_slot_caps()
+        self._hashes = ModelHashes()
+        self._site_hashes: dict[str, str] = {}  # model → the sha256 the site knows for it
+        self._warned_slots: set[str] = set()
+        self._warned_model: dict[str, str] = {}  # node → the hash it was warned for
 
     def snapshot(self) -> FleetSnapshot:
         with self._lock:
@@ -165,14 +183,18 @@ class FleetView:
             before = self._presence.get(status.node_id)
             since = before.since if before is not None and before.state == status.state else status.ts
             info = status.info or (before.info if before is not None else None)
+            if status.info is not None:
+                self._hashes.seen(status.info.model.name, status.info.model.sha256)
             self._presence[status.node_id] = _Presence(status.state, status.reason, since, info)
             self._last_seen[status.node_id] = seen or time.time()
+            self._check_slots(status.node_id)
             self._publish([status.node_id])
 
     def apply_telemetry(self, t: Telemetry, seen: float | None = None) -> None:
         with self._write_lock:
             self._load[t.node_id] = NodeLoad.of(t)
             self._last_seen[t.node_id] = seen or time.time()
+            self._check_slots(t.node_id)
             self._publish([t.node_id])
 
     def apply_reported(self, rep: ReportedState, seen: float | None = None) -> None:
@@ -216,13 +238,16 @@ class FleetView:
             self._load.clear()
             self._errors.clear()
             self._desired = dict(desired)
-            for r in records:
+            for r in sorted(records, key=lambda r: r.since):  # the earliest first: ties of hashes go to them
+                if r.info is not None:
+                    self._hashes.seen(r.info.model.name, r.info.model.sha256)
                 self._presence[r.node_id] = _Presence(r.state, r.reason, r.since, r.info)
                 self._last_seen[r.node_id] = r.last_seen
                 if r.reported is not None:
                     self._reported[r.node_id] = r.reported
                 if r.telemetry is not None:
                     self._load[r.node_id] = NodeLoad.of(r.telemetry)
+                self._check_slots(r.node_id)
             self._publish(self._presence, replace_all=True)
 
     # -- building the next snapshot (under the write lock) ---------------------------------------------
@@ -233,6 +258,7 @@ class FleetView:
         info = presence.info
         groups = list(info.groups) if info else []
         rep = self._reported.get(node_id)
+        model, sha = (info.model.name, info.model.sha256) if info else ("", "")
         return NodeSnapshot(
             node_id=node_id,
             state=node_state(presence.state),
@@ -241,7 +267,7 @@ class FleetView:
             last_seen=self._last_seen.get(node_id, presence.since),
             address=info.grpc_address if info else "",
             profile=info.profile if info else "",
-            model=info.model.name if info else "",
+            model=model,
             groups=tuple(groups),
             adapters=_frozen(rep.adapters) if rep else _EMPTY,
             templates=_frozen(rep.templates) if rep else _EMPTY,
@@ -254,12 +280,60 @@ class FleetView:
             last_error=self._errors.get(node_id),
             served_adapters=self._probed.get(node_id, (frozenset(), frozenset()))[0],
             served_collections=self._probed.get(node_id, (frozenset(), frozenset()))[1],
+            insecure=info.insecure if info else False,
+            slot_cap=self._caps.cap(info.profile if info else ""),
+            model_sha256=sha,
+            model_verified=self._model_verified(node_id, model, sha),
         )
+
+    def _model_verified(self, node_id: str, model: str, sha: str) -> bool:
+        site = self._site_hashes.get(model, "")
+        if not model or not site or sha == site:
+            self._warned_model.pop(node_id, None)
+            return True
+        if self._warned_model.get(node_id) != sha:
+            self._warned_model[node_id] = sha
+            log.warning(
+                "node's model file is not the site's: not routed for requests naming the model",
+                extra={"node": node_id, "model": model, "sha256": sha or None, "site_sha256": site},
+            )
+        return False
+
+    def _check_slots(self, node_id: str) -> None:
+        """Log once per node a slot claim beyond its profile's cap (the router uses the cap)."""
+        load, presence = self._load.get(node_id), self._presence.get(node_id)
+        if load is None or presence is None or node_id in self._warned_slots:
+            return
+        profile = presence.info.profile if presence.info else ""
+        cap, claimed = self._caps.cap(profile), max(load.slots_total, load.slots_available)
+        if claimed > cap:
+            self._warned_slots.add(node_id)
+            log.warning(
+                "node claims more slots than its profile allows: capped",
+                extra={
+                    "node": node_id,
+                    "profile": profile,
+                    "claimed_slots": claimed,
+                    "cap": cap,
+                    "profile_known": profile in self._caps.by_profile,
+                },
+            )
+
+    def _rehash(self, node_ids: set[str]) -> None:
+        """Recount the site's model hashes; every node naming a model whose hash changed is built again."""
+        claims = [(p.info.model.name, p.info.model.sha256) for p in self._presence.values() if p.info]
+        hashes = self._hashes.site_hashes(claims)
+        changed = {m for m in hashes.keys() | self._site_hashes.keys() if hashes.get(m) != self._site_hashes.get(m)}
+        self._site_hashes = hashes
+        if changed:
+            node_ids.update(n for n, p in self._presence.items() if p.info and p.info.model.name in changed)
 
     def _publish(self, node_ids: Iterable[str], replace_all: bool = False) -> None:
         current = self.snapshot()
         nodes = {} if replace_all else dict(current.nodes)
-        for node_id in list(node_ids):
+        todo = set(node_ids)
+        self._rehash(todo)
+        for node_id in sorted(todo):
             snap = self._node(node_id)
             if snap is not None:
                 nodes[node_id] = snap

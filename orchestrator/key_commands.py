@@ -57,10 +57,20 @@ class KeyCommands:
     def create(self, req: KeysCreateRequest) -> CommandResult:
         try:
             expires_at = parse_expires(req.expires)
-            key, token = self._keys().create(req.name, req.models, req.rpm, req.tpm, expires_at)
+            key, token = self._keys().create(
+                req.name, req.models, req.rpm, req.tpm, expires_at, req.collections, req.identity
+            )
         except ApiKeyError as e:
             raise CommandError(str(e)) from e
-        log.info("API key created", extra={"key": key.name, "key_id": key.key_id})
+        log.info(
+            "API key created",
+            extra={
+                "key": key.name,
+                "key_id": key.key_id,
+                "collections": list(key.collections),
+                "identity": key.identity,
+            },
+        )
         return CommandResult(
             ok=True,
             message=f"created key {key.name!r} (id {key.key_id}); it is shown only this once",
@@ -82,4 +92,3 @@ class KeyCommands:
             raise CommandError(str(e), ErrorCode.NOT_FOUND, field="name") from e
         log.info("API key revoked", extra={"key": key.name, "key_id": key.key_id})
         return CommandResult(ok=True, message=f"revoked key {key.name!r} (id {key.key_id})", data={"key": key.public()})
-

@@ -23,7 +23,10 @@ from typing import Any
 import grpc
 from cryptography import x509
 
+from edgefleet.plumbing.grpc_errors import abort
 from edgefleet.plumbing.transport_security import TlsFiles
+from edgefleet.proto.access import Principal, principal_from_ous
+from edgefleet.proto.error_codes import ErrorCode
 
 log = logging.getLogger("edgefleet.site_tls")
 
@@ -65,10 +68,14 @@ def client_ssl_context(files: TlsFiles | None, ca: Path | None = None) -> ssl.SS
 
 @dataclass(frozen=True)
 class Peer:
-    """The verified certificate a caller showed."""
+    """The verified certificate a caller showed: who (name, kind, role: proto/access.py) and its serial."""
 
-    name: str
+    principal: Principal
     serial: int
+
+    @property
+    def name(self) -> str:
+        return self.principal.name
 
 
 _peer_cache: dict[bytes, Peer] = {}
@@ -79,7 +86,8 @@ def _peer(raw: bytes, der: bool) -> Peer:
     if found is None:
         cert = x509.load_der_x509_certificate(raw) if der else x509.load_pem_x509_certificate(raw)
         cns = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
-        found = Peer(str(cns[0].value) if cns else "", cert.serial_number)
+        ous = [str(a.value) for a in cert.subject.get_attributes_for_oid(x509.NameOID.ORGANIZATIONAL_UNIT_NAME)]
+        found = Peer(principal_from_ous(str(cns[0].value) if cns else "", ous), cert.serial_number)
         if len(_peer_cache) > 1024:
             _peer_cache.clear()
         _peer_cache[raw] = found
@@ -139,16 +147,30 @@ class Revocations:
 Behavior = Callable[..., Any]
 
 
+Refusal = tuple[ErrorCode, str]
+AccessCheck = Callable[[Peer | None, str], Refusal | None]
+"""(the caller's certificate, the full gRPC method) → None to let it call, or why not."""
+
+
 class PeerCheckInterceptor(grpc.aio.ServerInterceptor):
-    """Refuses callers whose certificate is in the site's CRL with UNAUTHENTICATED."""
+    """Refuses callers whose certificate is in the site's CRL (UNAUTHENTICATED) and, with `access`,
+    calls the caller may not make (its refusal's code, PERMISSION_DENIED for a missing grant)."""
 
-    def __init__(self, revocations: Revocations) -> None:
-        self.revocations = revocations
+    def __init__(self, revocations: Revocations, access: AccessCheck | None = None) -> None:
+        self.revocations, self.access = revocations, access
 
-    async def _check(self, context: grpc.aio.ServicerContext) -> None:
+    async def _check(self, context: grpc.aio.ServicerContext, method: str) -> None:
         peer = peer_of(context)
         if peer is not None and self.revocations.revoked(peer.serial):
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"the certificate of {peer.name} was revoked")
+            await abort(context, ErrorCode.UNAUTHENTICATED, f"the certificate of {peer.name} was revoked")
+        if self.access is not None:
+            refusal = self.access(peer, method)
+            if refusal is not None:
+                log.info(
+                    "call refused",
+                    extra={"method": method, "peer": peer.name if peer else "", "code": refusal[0].value},
+                )
+                await abort(context, refusal[0], refusal[1])
 
     async def intercept_service(
         self,
@@ -156,9 +178,13 @@ class PeerCheckInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        if handler is None or self.revocations.path is None:
+        if handler is None or (self.revocations.path is None and self.access is None):
             return handler
-        check = self._check
+        method = handler_call_details.method
+
+        async def check(context: grpc.aio.ServicerContext) -> None:
+            await self._check(context, method)
+
         kw = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}
         if handler.unary_unary:
             inner_uu = handler.unary_unary

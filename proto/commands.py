@@ -167,6 +167,9 @@ class KeysCreateRequest(KeysRequest):
     rpm: Annotated[int, Field(ge=0)] = 0  # requests per minute; 0: no limit
     tpm: Annotated[int, Field(ge=0)] = 0  # tokens per minute; 0: no limit
     expires: Annotated[str, Field(max_length=64)] = ""  # ISO 8601, or Nd/Nh/Nm from now; empty: never
+    # collections it may read: []: none (the default: least privilege); ["*"]: all
+    collections: Annotated[list[NonEmpty], Field(max_length=MAX_KEY_MODELS)] = Field(default_factory=list)
+    identity: Annotated[str, Field(max_length=64)] = ""  # a site certificate's name (CN) it sets the limits of
 
 
 class KeysListRequest(KeysRequest):

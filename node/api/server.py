@@ -16,6 +16,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from edgefleet.node.api.access import node_access
 from edgefleet.node.api.metrics import MetricsInterceptor, NodeMetrics
 from edgefleet.node.api.servicer import InferenceServicer
 from edgefleet.node.runtime import Node
@@ -76,8 +77,9 @@ async def serve(node: Node, settings: NodeSettings, ready: asyncio.Event | None 
         metrics.serve(settings.host, settings.metrics_port)
         log.info("metrics", extra={"url": f"http://{settings.host}:{settings.metrics_port}/metrics"})
     tls = settings.tls_files() if not settings.insecure else None
-    if tls is not None:  # checked at start; the CRL, if any, refuses revoked callers on every call
-        interceptors.insert(0, PeerCheckInterceptor(Revocations(tls.crl)))
+    if tls is not None:  # checked at start; the CRL refuses revoked callers, the grants other kinds' calls
+        access = node_access(settings.node_id, settings.operators_may_write_knowledge)
+        interceptors.insert(0, PeerCheckInterceptor(Revocations(tls.crl or settings.crl_file()), access))
     server = grpc.aio.server(options=opts, interceptors=interceptors)
     servicer = InferenceServicer(node.service)
     inference_pb2_grpc.add_InferenceServicer_to_server(servicer, server)

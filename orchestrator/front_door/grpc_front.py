@@ -6,7 +6,9 @@ answer UNIMPLEMENTED: they belong to one node, so ask it directly. The node that
 in the initial metadata and in the trailing metadata (`x-edgefleet-node`); a caller may pin a node
 or a group with the same key or `x-edgefleet-group`; `x-request-id` passes through to the node.
 Every error carries its ErrorCode in the trailing metadata (`x-edgefleet-error-code`, as a node's
-do), its status from proto/error_table.py.
+do), its status from proto/error_table.py. With authentication on, each proxied call is checked by
+auth.py for its method's permission (`METHOD_PERMISSION`) and, for Retrieve and a Generate with a
+collection, the caller's collections, before any node is asked.
 """
 
 from __future__ import annotations
@@ -88,7 +90,7 @@ class FrontDoorServicer(pb_grpc.InferenceServicer):
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateChunk]:
         await refuse_malformed(request, context)
-        key = await grpc_check(self.auth, context, request.adapter)
+        key = await grpc_check(self.auth, context, "Generate", request.adapter, request.retrieval.collection or None)
         md, rid, deadline, arrived = self._start(context)
         route = generate_route(request, md, grpc_model(key))
         gen = self.dispatcher.generation("grpc", request, route, rid, deadline, arrived)
@@ -117,12 +119,13 @@ class FrontDoorServicer(pb_grpc.InferenceServicer):
 
     async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
         return await self._unary(
-            request, context, "", lambda stub, left, meta: stub.Embed(request, timeout=left, metadata=meta)
+            request, context, "Embed", None, lambda stub, left, meta: stub.Embed(request, timeout=left, metadata=meta)
         )
 
     async def Retrieve(self, request: pb.RetrieveRequest, context: grpc.aio.ServicerContext) -> pb.RetrieveResponse:
+        """Raw chunks: only of a collection in the caller's allow-list, checked before any node is asked."""
         call = lambda stub, left, meta: stub.Retrieve(request, timeout=left, metadata=meta)  # noqa: E731
-        return await self._unary(request, context, request.collection, call)
+        return await self._unary(request, context, "Retrieve", request.collection, call)
 
     async def GetNodeInfo(self, request: pb.GetNodeInfoRequest, context: grpc.aio.ServicerContext) -> pb.NodeInfo:
         return await _node_local(context, "GetNodeInfo")
@@ -140,13 +143,16 @@ class FrontDoorServicer(pb_grpc.InferenceServicer):
     ) -> pb.ListCollectionsResponse:
         return await _node_local(context, "ListCollections")
 
-    async def _unary(self, request: Any, context: grpc.aio.ServicerContext, collection: str, call: Any) -> Any:
-        """One request to one eligible node (failover before it answers); the node named in the metadata."""
+    async def _unary(
+        self, request: Any, context: grpc.aio.ServicerContext, method: str, collection: str | None, call: Any
+    ) -> Any:
+        """One request to one eligible node (failover before it answers); the node named in the metadata.
+        `collection`: the one the request reads (None: none)."""
         await refuse_malformed(request, context)
-        key = await grpc_check(self.auth, context)
+        key = await grpc_check(self.auth, context, method, collection=collection)
         md, rid, deadline, arrived = self._start(context)
         route = RouteRequest(
-            model=grpc_model(key), collection=collection, node=md.get(NODE_KEY, ""), group=md.get(GROUP_KEY, "")
+            model=grpc_model(key), collection=collection or "", node=md.get(NODE_KEY, ""), group=md.get(GROUP_KEY, "")
         )
         try:
             node, resp = await self.dispatcher.unary("grpc", route, rid, deadline, arrived, call)

@@ -1,7 +1,10 @@
 """OpenAI-compatible HTTP on the front door's router (aiohttp).
 
 POST /v1/chat/completions, /v1/completions (SSE when streaming), /v1/embeddings; GET /v1/models,
-/metrics. Errors are OpenAI's error object: `error.code` is the ErrorCode, `error.type` and the
+/metrics. With authentication on, each route needs its permission (`HTTP_ROUTE_PERMISSION`,
+proto/access.py; auth.py): /metrics only for operator and orchestrator certificates (Prometheus
+scrapes the plaintext metrics listener instead), a chat naming a `collection` only for callers
+allowed to read it. Errors are OpenAI's error object: `error.code` is the ErrorCode, `error.type` and the
 HTTP status come from proto/error_table.py (400 for a bad field, named in `error.param`; 404 for
 what no node serves, the field named; 429 with Retry-After; 503; 504). The node that answered is
 in the `x-edgefleet-node` header and in the body's `edgefleet.node`. Embeddings come as floats or,
@@ -30,6 +33,7 @@ from edgefleet.orchestrator.front_door.metrics import CONTENT_TYPE, FrontDoorMet
 from edgefleet.orchestrator.front_door.router import RouteRequest
 from edgefleet.orchestrator.front_door.sse import ChunkWriter, completion_body, usage_of
 from edgefleet.plumbing.logs import request_id_var
+from edgefleet.proto.access import HTTP_ROUTE_PERMISSION, Permission
 from edgefleet.proto.error_codes import ErrorCode
 from edgefleet.proto.error_table import code_for_http_status, row
 from edgefleet.proto.v1 import inference_pb2 as pb
@@ -71,7 +75,7 @@ def front_door_error(e: FrontDoorError, rid: str) -> web.Response:
     return error_response(e.code, e.message, e.param or None, headers)
 
 
-API_KEY = web.RequestKey("api_key", ApiKey)  # the caller's key (absent: a site certificate, or auth off)
+CALLER = web.RequestKey("caller", Verdict)  # who calls and the limits that apply (absent: auth off)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -108,13 +112,16 @@ class OpenAIApi:
 
     @web.middleware
     async def _api_key(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """With API keys on, /v1/* needs `Authorization: Bearer <key>`; /metrics stays open."""
-        if self.auth.enabled and request.path.startswith("/v1/"):
-            v = self.auth.identify(request.headers.get("Authorization"), http_peer(request))
+        """With authentication on, every route needs its permission: a client certificate granted
+        it, or `Authorization: Bearer <key>` (/metrics: a certificate only)."""
+        permission = HTTP_ROUTE_PERMISSION.get(request.path)
+        if permission is None and request.path.startswith("/v1/"):
+            permission = Permission.GENERATE  # an unknown /v1/ route: a client's 404, nobody else's
+        if self.auth.enabled and permission is not None:
+            v = self.auth.identify(request.headers.get("Authorization"), http_peer(request), permission)
             if not v.allowed:
                 return refusal(v)
-            if v.key is not None:  # a site certificate: no key, no per-key limits
-                request[API_KEY] = v.key
+            request[CALLER] = v
         return await handler(request)
 
     async def metrics_page(self, _: web.Request) -> web.Response:
@@ -157,8 +164,9 @@ class OpenAIApi:
     async def _complete(self, request: web.Request, call: schema.CompletionCall) -> web.StreamResponse:
         rid, deadline, arrived = self._start(request)
         req = call.request
-        key = request.get(API_KEY)
-        allowed = self.auth.authorize(key, call.model, call.adapter)
+        caller = request.get(CALLER)
+        key = caller.key if caller is not None else None
+        allowed = self.auth.authorize(caller, call.model, call.adapter, req.retrieval.collection or None)
         if not allowed.allowed:
             return refusal(allowed)
         route = RouteRequest(
@@ -215,8 +223,9 @@ class OpenAIApi:
     async def embeddings(self, request: web.Request) -> web.StreamResponse:
         call = schema.parse_embeddings(await self._body(request))
         rid, deadline, arrived = self._start(request)
-        key = request.get(API_KEY)
-        allowed = self.auth.authorize(key, call.model)
+        caller = request.get(CALLER)
+        key = caller.key if caller is not None else None
+        allowed = self.auth.authorize(caller, call.model)
         if not allowed.allowed:
             return refusal(allowed)
         route = RouteRequest(

@@ -6,6 +6,12 @@ cooldowns (a node that failed `cooldown_failures` times within `cooldown_window_
 for `cooldown_s`, then comes back by itself). Everything else comes from the fleet snapshot it is
 handed: state, model, adapters, templates, collections, usable slots, throttling, shedding.
 
+What a node says about itself is bounded before it counts (the fleet view fills in the bounds,
+orchestrator/node_claims.py): its usable slots never exceed its firmware profile's (`slot_cap`), and
+it serves a requested model only if its model file is the one the site knows for that name
+(`model_verified`). A node at its capped slots in the router's own books gets nothing more, whatever
+free slots it announces; a node whose calls keep failing cools down, whatever it announces.
+
 Order among eligible nodes with a free slot: the affinity node first (rendezvous hashing of the
 request's prefix key over the eligible nodes) when affinity is on and it has a free slot; then
 below-throttle before throttled, least loaded (in flight / usable slots), shortest node queue, id.
@@ -27,7 +33,7 @@ from edgefleet.proto.error_codes import ErrorCode
 class RoutingPolicy:
     affinity: bool = True
     slots_when_unknown: int = 1  # usable slots assumed before a node's first telemetry
-    max_slots_per_node: int = 0  # 0: as many as the node says it can use
+    max_slots_per_node: int = 0  # 0: as many as the node may use (its claim, capped by its profile)
     cooldown_failures: int = 3
     cooldown_window_s: float = 30.0
     cooldown_s: float = 15.0
@@ -101,13 +107,18 @@ class _Health:
 def serves(node: NodeSnapshot, req: RouteRequest) -> bool:
     """The node has what the request asks for (whatever its state)."""
     return (
-        (not req.model or node.model == req.model)
+        (not req.model or serves_model(node, req.model))
         and (not req.adapter or node.has_adapter(req.adapter))
         and (not req.template or req.template in node.templates)
         and (not req.collection or node.has_collection(req.collection))
         and (not req.node or node.node_id == req.node)
         and (not req.group or req.group in node.groups)
     )
+
+
+def serves_model(node: NodeSnapshot, model: str) -> bool:
+    """The node names the model, and its model file is the one the site knows for that name."""
+    return node.model == model and node.model_verified
 
 
 def routable(node: NodeSnapshot) -> bool:
@@ -133,9 +144,13 @@ class Router:
             return self._in_flight.get(node_id, 0)
 
     def capacity(self, node: NodeSnapshot) -> int:
+        """The slots the router uses on the node: what it says it can use, capped by its profile
+        (`slot_cap`) and by the policy's `max_slots_per_node`."""
         usable = node.load.slots_available if node.load is not None else self.policy.slots_when_unknown
-        cap = self.policy.max_slots_per_node
-        return max(0, min(usable, cap) if cap > 0 else usable)
+        for cap in (node.slot_cap, self.policy.max_slots_per_node):
+            if cap > 0:
+                usable = min(usable, cap)
+        return max(0, usable)
 
     def cooling(self, node_id: str, now: float) -> bool:
         with self._lock:
@@ -241,9 +256,15 @@ def unserved(fleet: FleetSnapshot, req: RouteRequest) -> tuple[str, str] | None:
         return "node", f"no node {req.node!r} in the fleet"
     nodes = list(fleet.nodes.values())
     if req.model:
-        nodes = [n for n in nodes if n.model == req.model]
-        if not nodes:
+        named = [n for n in nodes if n.model == req.model]
+        if not named:
             return "model", f"the model {req.model!r} does not exist: no node serves it (see GET /v1/models)"
+        nodes = [n for n in named if serves_model(n, req.model)]
+        if not nodes:
+            return "model", (
+                f"no node serves the model {req.model!r} the site knows: {len(named)} node(s) name it with "
+                "another model file (sha256; see the orchestrator's log)"
+            )
     names = [name for name, _ in req._needs()]
     for i, (param, value) in enumerate(req._needs()[1:], 1):
         before, so_far = req.keeping(names[:i]), req.keeping(names[: i + 1])

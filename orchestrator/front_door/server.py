@@ -1,5 +1,6 @@
 """The front door's thread: its own asyncio loop running the grpc.aio server, the aiohttp server
-(OpenAI API and /metrics), an optional metrics-only listener, the serving probe and the health
+(OpenAI API, and /metrics for operator and orchestrator certificates), an optional metrics-only
+listener (plaintext, no authentication: what Prometheus scrapes), the serving probe and the health
 updater. The runtime starts it after the MQTT link and stops it first.
 
 A listener that cannot bind (the port is taken) is logged as an error and left off: the rest of the
@@ -102,7 +103,12 @@ class FrontDoor:
         policy = DispatchPolicy(s.route_first_token_timeout_s, s.route_max_attempts)
         dispatcher = Dispatcher(self.view, self.router, slots, channels, self.metrics, policy)
         auth = FrontDoorAuth.from_settings(
-            s.front_door_auth_mode(), s.api_keys_path(), self.metrics, Revocations(tls.crl if tls else None)
+            s.front_door_auth_mode(),
+            s.api_keys_path(),
+            self.metrics,
+            Revocations(tls.crl if tls else None),
+            s.front_door_identity_rpm,
+            s.front_door_identity_tpm,
         )
         tasks = [asyncio.create_task(probe_forever(channels, self.view, s.route_probe_interval_s))]
         if auth.enabled:
@@ -113,7 +119,7 @@ class FrontDoor:
             api = OpenAIApi(dispatcher, self.metrics, s.request_timeout_s, auth)
             ctx = server_ssl_context(tls, require_client_cert=False) if tls is not None else None
             runners.append(await self._http("openai", s.openai_address, api.app(), ctx))
-        if s.metrics_address:
+        if s.metrics_address:  # plaintext and open, for Prometheus: bind it to 127.0.0.1 or an internal network
             page = web.Application()
             page.router.add_get("/metrics", OpenAIApi(dispatcher, self.metrics, s.request_timeout_s).metrics_page)
             runners.append(await self._http("metrics", s.metrics_address, page))

@@ -4,6 +4,10 @@ When every eligible node is full a request waits in a bounded buffer and goes ou
 free slot (a release wakes the waiters; they also look again every `_POLL_S`, for telemetry and
 nodes that came online). A full buffer, or a wait that runs out, is refused at once with a hint
 of when to come back. Runs on the front door's event loop.
+
+It also shows, per online node, the slots the node claims and the slots the router grants it
+(capped by its firmware profile and EDGEFLEET_ROUTE_MAX_SLOTS_PER_NODE): the gauge
+`edgefleet_front_door_node_slots{node, figure="claimed"|"granted"}`, read at scrape time.
 """
 
 from __future__ import annotations
@@ -13,7 +17,10 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from edgefleet.orchestrator.fleet_view import FleetSnapshot
 from edgefleet.orchestrator.front_door.metrics import FrontDoorMetrics
@@ -32,6 +39,26 @@ class NoSlot(Exception):
         self.code, self.message, self.retry_after_s, self.param = code, message, retry_after_s, param
 
 
+class _SlotsCollector(Collector):
+    """Each online node's claimed and granted slots, from the fleet snapshot and the router at scrape time."""
+
+    def __init__(self, router: Router, snapshot: Callable[[], FleetSnapshot]) -> None:
+        self._router, self._snapshot = router, snapshot
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        g = GaugeMetricFamily(
+            "edgefleet_front_door_node_slots",
+            "Slots of each online node: what it claims, and what the front door grants it (capped by its "
+            "firmware profile and EDGEFLEET_ROUTE_MAX_SLOTS_PER_NODE)",
+            labels=["node", "figure"],
+        )
+        for n in self._snapshot().online():
+            if n.load is not None:
+                g.add_metric([n.node_id, "claimed"], n.load.slots_available)
+            g.add_metric([n.node_id, "granted"], self._router.capacity(n))
+        yield g
+
+
 class SlotQueue:
     def __init__(
         self,
@@ -45,6 +72,7 @@ class SlotQueue:
         self.buffer_size, self.max_wait_s = buffer_size, max_wait_s
         self.waiting = 0
         self._freed: asyncio.Event | None = None
+        metrics.registry.register(_SlotsCollector(router, snapshot))
 
     @property
     def retry_after_s(self) -> int:

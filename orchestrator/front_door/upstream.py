@@ -32,8 +32,9 @@ _OPTIONS = [
 
 class NodeChannels:
     """One channel per (address, node id). With `tls` (secure mode) each is mutual TLS with the
-    orchestrator's certificate, and the node must show a certificate for the id it announced:
-    an address taken over by another machine gets no request."""
+    orchestrator's certificate, and the node must show a certificate for the id it announced, with
+    server use: an address taken over by another machine, or a sensor's or operator's certificate
+    announced as a node (tests/security/test_node_claims.py), fails the handshake and gets no request."""
 
     def __init__(self, tls: TlsFiles | None = None) -> None:
         self._stubs: dict[tuple[str, str], tuple[grpc.aio.Channel, pb_grpc.InferenceStub]] = {}

@@ -10,6 +10,7 @@ signed command manages keys.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import time
@@ -78,7 +79,9 @@ def site(broker: Mosquitto, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 
 def test_a_created_key_opens_the_front_door_and_a_revoked_one_is_refused(site: KeyedSite) -> None:
-    created = site.keys("create", "app", "--models", "m1,m2", "--rpm", "50", "--expires", "7d")
+    created = site.keys(
+        "create", "app", "--models", "m1,m2", "--rpm", "50", "--expires", "7d", "--collections", "manuals,specs"
+    )
     assert "it is shown only this once" in created
     token = created.strip().splitlines()[-1]
     assert token.startswith("ef-")
@@ -87,6 +90,7 @@ def test_a_created_key_opens_the_front_door_and_a_revoked_one_is_refused(site: K
     listed = json.loads(site.keys("list", "--json"))
     app = next(k for k in listed if k["name"] == "app")
     assert app["models"] == ["m1", "m2"] and app["rpm"] == 50 and app["state"] == "active"
+    assert app["collections"] == ["manuals", "specs"] and app["identity"] == ""
     assert token not in json.dumps(listed) and "secret_hash" not in app
     assert "app" in site.keys("list") and token not in site.keys("list")
     assert "revoked key 'app'" in site.keys("revoke", "app")
@@ -155,6 +159,21 @@ def test_cli_verbs_against_the_key_commands_in_process(tmp_path: Path) -> None:
             cli("create", "later", "--expires", "soon")
         with pytest.raises(keys_commands.KeysCommandError, match="rpm"):
             cli("create", "negative", "--rpm", "-1")
+        bound = cli("create", "alice-limits", "--identity", "alice", "--collections", "*", "--rpm", "9")
+        assert "shown only this once" in bound
+        listed = {k["name"]: k for k in json.loads(cli("list", "--json"))}
+        assert listed["alice-limits"]["identity"] == "alice" and listed["alice-limits"]["collections"] == ["*"]
+        assert listed["app"]["collections"] == []  # a new key reads no collection unless told
+        listing = cli("list")
+        assert "COLLECTIONS" in listing and "IDENTITY" in listing and "alice" in listing
+        with pytest.raises(keys_commands.KeysCommandError, match="bound to identity 'alice'"):
+            cli("create", "alice-again", "--identity", "alice")
+        with pytest.raises(keys_commands.KeysCommandError, match="--collections"):
+            cli("create", "bad-collection", "--collections", "a/b")
+        shown = io.StringIO()
+        with contextlib.redirect_stdout(shown), pytest.raises(SystemExit):
+            parser.parse_args(["keys", "create", "--help"])
+        assert "(default: none, least privilege)" in " ".join(shown.getvalue().split())
         verifier.store.close()
     finally:
         keys.close()

@@ -87,7 +87,8 @@ def pki(tmp_path: Path) -> SitePki:
     p = SitePki(tmp_path / "pki")
     p.init("lab", ["localhost"])
     p.issue("alice", "operator")
-    p.issue("bob", "operator")
+    p.issue("bob", "operator", role="admin")
+    p.issue("vera", "operator", role="viewer")
     p.issue("n1", "node")
     return p
 
@@ -141,3 +142,22 @@ def test_key_commands_need_an_operator_signature_even_where_commands_need_none(p
         assert refused(auth, cmd) == ErrorCode.UNSIGNED
         assert refused(auth, sign_command(cmd, "lab", "n1", node_key, now=NOW)) == ErrorCode.UNKNOWN_OPERATOR
         auth.check(sign_command(cmd, "lab", "bob", operator, now=NOW))
+
+
+def test_an_operator_runs_only_the_commands_of_its_role(pki: SitePki) -> None:
+    """Roles come from the operator's certificate: viewers read, operators change, admins manage keys."""
+    auth = CommandAuth("lab", OperatorKeys(pki.dir), required=True, clock=lambda: NOW)
+    vera = load_operator_key(pki.bundle_dir("vera") / "client.key")
+    alice = load_operator_key(pki.bundle_dir("alice") / "client.key")
+    auth.check(sign_command(Command(op="status"), "lab", "vera", vera, now=NOW))
+    push = Command(op="rm-template", target="g1", name="t")
+    with pytest.raises(Refused) as e:
+        auth.check(sign_command(push, "lab", "vera", vera, now=NOW))
+    assert e.value.code is ErrorCode.PERMISSION_DENIED
+    assert (
+        str(e.value)
+        == "operator 'vera' (role viewer) may not run rm-template on site lab: it needs role operator or higher"
+    )
+    auth.check(sign_command(push, "lab", "alice", alice, now=NOW))
+    keys = Command(op="keys-list")
+    assert refused(auth, sign_command(keys, "lab", "alice", alice, now=NOW)) == ErrorCode.PERMISSION_DENIED

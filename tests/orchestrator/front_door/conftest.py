@@ -86,7 +86,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         "EDGEFLEET_OPENAI_ADDRESS": f"127.0.0.1:{http_port}",
     }
     store = KeyStore(tmp / "api-keys.db")  # the orchestrator's default: beside its registry
-    api_key = store.create("harness")[1]
+    # every collection, and the harness certificate's limits too (none): the tests poll freely
+    api_key = store.create("harness", collections=["*"], identity=site_identity.HARNESS)[1]
     store.close()
     orch = Orchestrator(tmp, broker, env=env)
     s = Site(broker, orch, {}, f"127.0.0.1:{grpc_port}", f"https://127.0.0.1:{http_port}", tmp, api_key)

@@ -22,10 +22,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from edgefleet.fleet import keys_commands
 from edgefleet.fleet.site.pki import SitePki
-from edgefleet.orchestrator.api_keys import KeyStore
+from edgefleet.orchestrator.api_keys import MIGRATIONS, ApiKeyError, KeyStore
 from edgefleet.orchestrator.command_table import CommandTable
 from edgefleet.orchestrator.key_commands import KeyCommands
 from edgefleet.plumbing.grpc_errors import sent_code
+from edgefleet.plumbing.sqlite_db import open_database
 from edgefleet.proto.error_codes import ErrorCode
 from edgefleet.proto.v1 import inference_pb2 as pb
 from edgefleet.proto.v1 import inference_pb2_grpc as pb_grpc
@@ -57,12 +58,12 @@ class Keyed:
             keys.close()
         return out.getvalue()
 
-    def get(self, path: str, token: str | None = None) -> tuple[int, Any, dict[str, str]]:
+    def get(self, path: str, token: str | None = None, cert: bool = False) -> tuple[int, Any, dict[str, str]]:
         req = urllib.request.Request(self.http + path)
         if token:
             req.add_header("Authorization", f"Bearer {token}")
         try:
-            with site_identity.site().urlopen(req, client_cert=False) as r:
+            with site_identity.site().urlopen(req, client_cert=cert) as r:
                 body = r.read()
                 return r.status, json.loads(body) if path.startswith("/v1/") else body.decode(), dict(r.headers)
         except urllib.error.HTTPError as e:
@@ -166,28 +167,30 @@ def test_plaintext_and_foreign_certificates_are_refused(site: Site, tmp_path: Pa
     mixed.close()
 
 
-def _temp_operator(name: str) -> Path:
+def _temp_identity(name: str, kind: str = "operator") -> Path:
     test_site = site_identity.site()
-    test_site.pki.issue(name, "operator", force=True)
+    test_site.pki.issue(name, kind, force=True)
     return test_site.pki.bundle_dir(name)
 
 
-def _https(url: str, bundle: Path) -> int:
+def _https(url: str, bundle: Path, token: str | None = None) -> int:
     ctx = ssl.create_default_context(cafile=str(bundle / "ca.crt"))
     ctx.load_cert_chain(str(bundle / "client.crt"), str(bundle / "client.key"))
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
     try:
-        with urllib.request.urlopen(url, timeout=10, context=ctx) as r:
+        with urllib.request.urlopen(req, timeout=10, context=ctx) as r:
             return int(r.status)
     except urllib.error.HTTPError as e:
         return e.code
 
 
 def test_revoked_site_certificate_is_refused_on_https_within_a_second(site: Site) -> None:
-    bundle = _temp_operator("temp-op")
+    bundle = _temp_identity("temp-op")
     assert _https(site.http + "/v1/models", bundle) == 200
     site_identity.site().pki.revoke("temp-op")
     # the CRL is reread within 0.5 s of a change: refused well inside 1.5 s
     assert wait_for(lambda: _https(site.http + "/v1/models", bundle) == 401, timeout=1.5, interval=0.05)
+    assert _https(site.http + "/v1/models", bundle, site.api_key) == 401  # a valid key beside it: still refused
 
 
 @pytest.fixture(scope="module")
@@ -223,9 +226,10 @@ def _generate(channel: grpc.Channel) -> grpc.StatusCode:
 
 def test_grpc_with_client_certificates_required(certified: tuple[Orchestrator, str]) -> None:
     """EDGEFLEET_FRONT_DOOR_CLIENT_CERTS=true: the certificate is the credential (no key needed);
-    no certificate fails the handshake; a revoked one is refused within a second."""
+    no certificate fails the handshake; a sensor's is refused (PERMISSION_DENIED); a revoked one is
+    refused within a second."""
     _, address = certified
-    bundle = _temp_operator("temp-grpc")
+    bundle = _temp_identity("temp-grpc")
     creds = grpc.ssl_channel_credentials(
         (bundle / "ca.crt").read_bytes(), (bundle / "client.key").read_bytes(), (bundle / "client.crt").read_bytes()
     )
@@ -234,6 +238,15 @@ def test_grpc_with_client_certificates_required(certified: tuple[Orchestrator, s
     no_cert = site_identity.site().grpc_channel(address, client_cert=False)
     assert _generate(no_cert) == grpc.StatusCode.UNAVAILABLE
     no_cert.close()
+    sensor = _temp_identity("temp-grpc-sensor", "sensor")  # a site certificate, but no client's
+    sensor_channel = grpc.secure_channel(
+        address,
+        grpc.ssl_channel_credentials(
+            (sensor / "ca.crt").read_bytes(), (sensor / "client.key").read_bytes(), (sensor / "client.crt").read_bytes()
+        ),
+    )
+    assert _generate(sensor_channel) == grpc.StatusCode.PERMISSION_DENIED
+    sensor_channel.close()
     site_identity.site().pki.revoke("temp-grpc")
     assert wait_for(lambda: _generate(channel) == grpc.StatusCode.UNAUTHENTICATED, timeout=1.5, interval=0.05)
     channel.close()
@@ -251,10 +264,11 @@ def test_no_key_is_refused(keyed: Keyed) -> None:
     with pytest.raises(grpc.RpcError) as e:
         list(keyed.stub().Generate(pb.GenerateRequest(prompt="hi", max_tokens=2), timeout=10))
     assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED and sent_code(e.value) == ErrorCode.UNAUTHENTICATED
-    # health and metrics stay open
+    # health stays open; /metrics needs an operator's (or the orchestrator's) certificate
     health = health_pb2_grpc.HealthStub(keyed.channel)
     assert health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status is not None
-    assert keyed.get("/metrics")[0] == 200
+    assert keyed.get("/metrics")[0] == 401
+    assert keyed.get("/metrics", cert=True)[0] == 200
 
 
 def test_good_key_answers_on_http_and_grpc(keyed: Keyed) -> None:
@@ -264,7 +278,7 @@ def test_good_key_answers_on_http_and_grpc(keyed: Keyed) -> None:
     md = (("authorization", f"Bearer {keyed.tokens['good']}"),)
     chunks = list(keyed.stub().Generate(pb.GenerateRequest(prompt="hi", max_tokens=2), timeout=30, metadata=md))
     assert chunks and chunks[-1].usage.completion_tokens > 0
-    metrics = keyed.get("/metrics")[1]
+    metrics = keyed.get("/metrics", cert=True)[1]
     assert 'edgefleet_front_door_key_requests_total{key="good"}' in metrics
     assert 'edgefleet_front_door_key_tokens_total{key="good"}' in metrics
 
@@ -320,3 +334,29 @@ def test_secrets_never_in_logs(keyed: Keyed, site: Site) -> None:
     logs = keyed.orchestrator.log_path.read_text(errors="replace") + site.orchestrator_log()
     for token in keyed.tokens.values():
         assert token.split("-", 2)[2] not in logs
+
+
+def test_keys_made_before_collections_read_none_and_one_live_key_per_identity(tmp_path: Path) -> None:
+    """The migration gives existing keys no collection (least privilege); `*` means all; a bad
+    collection name is refused; an identity has one live bound key at a time."""
+    db = tmp_path / "api-keys.db"
+    old = open_database(db, MIGRATIONS[:1], "NORMAL", incremental_vacuum=False)
+    old.conn.execute("INSERT INTO api_keys (name, key_id, secret_hash, created_at) VALUES ('legacy', 'abc', 'x', 0)")
+    old.conn.commit()
+    old.conn.close()
+    store = KeyStore(db)
+    try:
+        legacy = store.get("legacy")
+        assert legacy.collections == () and legacy.identity == "" and not legacy.reads("manuals")
+        assert store.create("fresh")[0].collections == ()
+        wide = store.create("wide", collections=["manuals", "*"])[0]
+        assert wide.collections == ("*",) and wide.reads("anything")
+        with pytest.raises(ApiKeyError, match=r"--collections '\.\./etc'"):
+            store.create("bad", collections=["../etc"])
+        assert store.create("alice-limits", identity="alice", rpm=5)[0].public()["identity"] == "alice"
+        with pytest.raises(ApiKeyError, match="'alice-limits' is bound to identity 'alice'"):
+            store.create("again", identity="alice")
+        store.revoke("alice-limits")
+        assert store.create("again", identity="alice")[0].identity == "alice"
+    finally:
+        store.close()
