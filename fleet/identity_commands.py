@@ -17,8 +17,10 @@ from typing import Any, TextIO
 from pydantic import ValidationError
 
 from edgefleet.fleet.site.broker_config import BrokerPolicy, ListenerOptions, reload_broker, write_broker_files
-from edgefleet.fleet.site.pki import ORCHESTRATOR, PkiError, SitePki, write_private, write_public
+from edgefleet.fleet.site.pki import ORCHESTRATOR, ORCHESTRATOR_SITE_KEY, PkiError, SitePki
+from edgefleet.fleet.site.pki_files import refresh, write_private, write_public
 from edgefleet.plumbing.site_settings import SiteSettings
+from edgefleet.proto.access import DEFAULT_OPERATOR_ROLE, Role
 from edgefleet.proto.artifacts import SiteKey
 from edgefleet.proto.payloads import describe_validation_error
 from edgefleet.proto.topics import Topics
@@ -65,6 +67,14 @@ def add_parsers(fsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         _dir_flag(e)
         if kind == "node":
             e.add_argument("--groups", default="", help="comma-separated groups the node belongs to")
+        if kind == "operator":
+            e.add_argument(
+                "--role",
+                choices=[r.value for r in Role],
+                default=DEFAULT_OPERATOR_ROLE.value,
+                help="viewer: reads and asks; operator: also changes the fleet; admin: also API keys "
+                "(default: operator)",
+            )
         e.add_argument("--install-dir", help="where the bundle will live on the device (paths in edgefleet.env)")
         e.add_argument(
             "--host",
@@ -104,7 +114,8 @@ def _listener(settings: dict[str, Any]) -> ListenerOptions:
 
 
 def regenerate(pki: SitePki, topic_root: str, out: TextIO) -> tuple[Path, Path]:
-    """Rewrite CRL, ACL and mosquitto.conf from the registry and the kept broker choices."""
+    """Rewrite CRL, ACL and mosquitto.conf from the registry and the kept broker choices, and
+    bring public/ (what services mount) up to date."""
     s = pki.broker_settings()
     policy = BrokerPolicy(
         Topics.for_site(pki.site, topic_root),
@@ -113,6 +124,7 @@ def regenerate(pki: SitePki, topic_root: str, out: TextIO) -> tuple[Path, Path]:
     )
     out_dir = Path(str(s["out"])) if s.get("out") else None
     conf, acl = write_broker_files(pki, policy, _listener(s), out_dir)
+    pki.publish()
     out.write(f"wrote {conf} and {acl}\n")
     return conf, acl
 
@@ -140,7 +152,7 @@ def write_env(pki: SitePki, name: str, kind: str, groups: list[str], install_dir
         f"EDGEFLEET_MQTT_CERT_FILE={base / 'client.crt'}",
         f"EDGEFLEET_MQTT_KEY_FILE={base / 'client.key'}",
     ]
-    site_key = Path(str(s.get("site_key") or pki.dir / f"{pki.site}.key"))
+    site_key = pki.site_key_path
     if kind == "node":
         lines.append(f"EDGEFLEET_NODE_ID={name}")
         if groups:
@@ -149,10 +161,11 @@ def write_env(pki: SitePki, name: str, kind: str, groups: list[str], install_dir
         if public.exists():  # the node verifies desired state with it
             write_public(bundle / "site.pub", public.read_bytes())
             lines.append(f"EDGEFLEET_SITE_PUBLIC_KEY={base / 'site.pub'}")
-    if kind == "orchestrator":  # runs beside the PKI: it signs with the site key, trusts its operators
+    if kind == "orchestrator":  # signs with (its copy of) the site key; trusts operators and the CRL of public/
+        refresh(bundle / ORCHESTRATOR_SITE_KEY, site_key, private=True)
         lines += [
-            f"EDGEFLEET_SITE_KEY={site_key}",
-            f"EDGEFLEET_OPERATOR_KEYS={pki.dir.resolve()}",
+            f"EDGEFLEET_SITE_KEY={base / ORCHESTRATOR_SITE_KEY}",
+            f"EDGEFLEET_OPERATOR_KEYS={pki.public_dir.resolve()}",
             f"EDGEFLEET_TLS_CRL_FILE={pki.crl_path.resolve()}",
         ]
     path = bundle / "edgefleet.env"
@@ -178,10 +191,14 @@ def _init(pki: SitePki, args: argparse.Namespace, site: str, topic_root: str, ou
         out.write(f"site signing key: {site_key} (signs desired state and artifacts; nodes pin its .pub)\n")
     pki.set_broker_settings({**pki.broker_settings(), "url": url, "port": args.port, "site_key": str(site_key)})
     write_env(pki, ORCHESTRATOR, "orchestrator", [], None)
+    regenerate(pki, topic_root, out)
     out.write(f"site CA: {pki.ca_cert_path} (its key {pki.ca_key_path} stays on this machine)\n")
     out.write(f"broker certificate: {pki.server_cert_path} for localhost, 127.0.0.1 {' '.join(hosts)}\n")
-    out.write(f"orchestrator identity: {pki.bundle_dir(ORCHESTRATOR)}\n")
-    regenerate(pki, topic_root, out)
+    out.write(f"orchestrator identity: {pki.bundle_dir(ORCHESTRATOR)} (with a copy of the site key)\n")
+    out.write(
+        f"what services mount: the broker {pki.broker_dir} and {pki.public_dir}; the orchestrator its bundle "
+        f"and {pki.public_dir}; every other device its bundle only\n"
+    )
     return 0
 
 
@@ -198,7 +215,7 @@ def _list(pki: SitePki, as_json: bool, out: TextIO) -> int:
 
 def run(args: argparse.Namespace, site: str, topic_root: str, out: TextIO) -> int:
     """Run one of VERBS; `site` and `topic_root` come from the CLI settings (EDGEFLEET_SITE, …)."""
-    pki = SitePki(args.dir or default_pki_dir())
+    pki = SitePki((args.dir or default_pki_dir()).absolute())  # absolute paths in mosquitto.conf and the env files
     verb = args.fleet_command
     try:
         if verb == "init-pki":
@@ -208,9 +225,13 @@ def run(args: argparse.Namespace, site: str, topic_root: str, out: TextIO) -> in
         if verb.startswith("enroll-"):
             kind = verb.removeprefix("enroll-")
             groups = [g.strip() for g in getattr(args, "groups", "").split(",") if g.strip()]
-            ident = pki.issue(args.name, kind, groups, force=args.force, hosts=args.host)
+            role = getattr(args, "role", None) if kind == "operator" else None
+            ident = pki.issue(args.name, kind, groups, force=args.force, hosts=args.host, role=role)
             env = write_env(pki, ident.name, kind, ident.groups, args.install_dir)
-            out.write(f"enrolled {kind} {ident.name} (serial {ident.serial:x}): copy {env.parent} onto the device\n")
+            as_role = f" with role {ident.role}" if ident.role else ""
+            out.write(
+                f"enrolled {kind} {ident.name}{as_role} (serial {ident.serial:x}): copy {env.parent} onto the device\n"
+            )
             out.write(f"  (client.key is private: keep it 0600; load {env.name} as the service's environment)\n")
         elif verb == "revoke":
             ident = pki.revoke(args.name)

@@ -3,11 +3,13 @@ fields; every field has a default, a doc line and an environment variable."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
+from edgefleet.plumbing.listen_address import is_loopback, loopback_address, warn_exposed
 from edgefleet.plumbing.site_settings import SiteSettings
 from edgefleet.plumbing.transport_security import SecuritySettingsError
 
@@ -21,6 +23,9 @@ def split_address(v: str) -> tuple[str, int]:
     """host:port (a host in brackets for IPv6) → (host, port)."""
     host, _, port = v.rpartition(":")
     return host.strip("[]"), int(port)
+
+
+_LISTENERS = ("front_door_address", "openai_address")  # listeners with a default address
 
 
 def _default_db() -> Path:
@@ -44,8 +49,8 @@ class OrchestratorSettings(SiteSettings):
     )
     operator_keys: Path = Field(
         default_factory=lambda: Path.home() / ".config" / "edgefleet" / "pki",
-        description="The site PKI directory whose operator identities (identities.json, "
-        "bundles/<name>/client.crt, ca.crt) may sign commands (EDGEFLEET_OPERATOR_KEYS)",
+        description="The site PKI's public/ directory (or the PKI directory above it) whose operator identities "
+        "(identities.json, certs/<name>.crt, ca.crt; no private key) may sign commands (EDGEFLEET_OPERATOR_KEYS)",
     )
     artifact_dir: Path = Field(
         default_factory=lambda: Path.home() / ".local" / "share" / "edgefleet" / "artifacts",
@@ -61,17 +66,19 @@ class OrchestratorSettings(SiteSettings):
     )
     front_door_address: str = Field(
         default="0.0.0.0:50050",
-        description="gRPC front door (edgefleet.v1.Inference for the whole site), host:port; empty: off "
-        "(EDGEFLEET_FRONT_DOOR_ADDRESS)",
+        description="gRPC front door (edgefleet.v1.Inference for the whole site), host:port; empty: off; unset "
+        "with EDGEFLEET_INSECURE: 127.0.0.1:50050 (EDGEFLEET_FRONT_DOOR_ADDRESS)",
     )
     openai_address: str = Field(
         default="0.0.0.0:8080",
-        description="OpenAI-compatible HTTP API (and /metrics), host:port; empty: off (EDGEFLEET_OPENAI_ADDRESS)",
+        description="OpenAI-compatible HTTP API (and /metrics), host:port; empty: off; unset with "
+        "EDGEFLEET_INSECURE: 127.0.0.1:8080 (EDGEFLEET_OPENAI_ADDRESS)",
     )
     metrics_address: str = Field(
         default="",
-        description="A listener of its own for Prometheus /metrics, host:port; empty: only on the OpenAI "
-        "listener (EDGEFLEET_METRICS_ADDRESS)",
+        description="A listener of its own for Prometheus /metrics: plaintext, no authentication, so bind it to "
+        "127.0.0.1 or an internal network; empty: off (the OpenAI listener's /metrics needs an operator or "
+        "orchestrator certificate) (EDGEFLEET_METRICS_ADDRESS)",
     )
     route_affinity: bool = Field(
         default=True,
@@ -135,6 +142,15 @@ class OrchestratorSettings(SiteSettings):
         "API key). Off: TLS, and clients use API keys; HTTPS always takes either "
         "(EDGEFLEET_FRONT_DOOR_CLIENT_CERTS)",
     )
+    front_door_identity_rpm: Annotated[int, Field(ge=0)] = Field(
+        default=600,
+        description="Requests per minute of a client certificate (operator, orchestrator) at the front door when "
+        "no API key is bound to its name (`keys create --identity`); 0: no limit (EDGEFLEET_FRONT_DOOR_IDENTITY_RPM)",
+    )
+    front_door_identity_tpm: Annotated[int, Field(ge=0)] = Field(
+        default=0,
+        description="Tokens per minute of such a certificate; 0: no limit (EDGEFLEET_FRONT_DOOR_IDENTITY_TPM)",
+    )
     api_keys_db: Path | None = Field(
         default=None,
         description="The front door's API keys, SQLite; empty: api-keys.db beside the registry (EDGEFLEET_API_KEYS_DB)",
@@ -151,6 +167,26 @@ class OrchestratorSettings(SiteSettings):
         if v and not _host_port(v):
             raise ValueError(f"{v!r} is not host:port (an empty value turns the listener off)")
         return v
+
+    @model_validator(mode="after")
+    def _insecure_front_door_listens_on_loopback(self) -> OrchestratorSettings:
+        """Insecure (plaintext, no API keys): the front door's listeners on 127.0.0.1 unless an address is set."""
+        if self.insecure:
+            for name in _LISTENERS:
+                if name not in self.model_fields_set:
+                    setattr(self, name, loopback_address(getattr(self, name)))
+        return self
+
+    def exposed_listeners(self) -> dict[str, str]:
+        """Insecure listeners on an address that is not loopback (set explicitly): setting → host:port."""
+        if not self.insecure:
+            return {}
+        addresses = {f"EDGEFLEET_{name.upper()}": getattr(self, name) for name in (*_LISTENERS, "metrics_address")}
+        return {env: a for env, a in addresses.items() if a and not is_loopback(split_address(a)[0])}
+
+    def warn_if_insecure(self, log: logging.Logger, part: str) -> None:
+        super().warn_if_insecure(log, part)
+        warn_exposed(log, part, self.exposed_listeners())
 
     def api_keys_path(self) -> Path:
         return self.api_keys_db or self.registry_db.parent / "api-keys.db"
@@ -187,4 +223,18 @@ class OrchestratorSettings(SiteSettings):
             raise SecuritySettingsError(
                 "EDGEFLEET_FRONT_DOOR_AUTH=off opens the inference API to anyone on the network; "
                 "it is allowed only with EDGEFLEET_INSECURE=1"
+            )
+        self._require_crl()
+
+    def _require_crl(self) -> None:
+        """The front door refuses revoked certificates only with the site's CRL: required when it listens."""
+        if not (self.front_door_address or self.openai_address) or self.front_door_auth_mode() != "keys":
+            return
+        crl = self.tls_crl_file
+        if crl is None or not crl.is_file():
+            where = "is not set" if crl is None else f"is {crl}, which does not exist"
+            raise SecuritySettingsError(
+                f"the front door must refuse revoked certificates, and EDGEFLEET_TLS_CRL_FILE {where}: set it to the "
+                "site's crl.pem (the PKI directory's, or a copy kept current; bundles/orchestrator/edgefleet.env from "
+                "`edgefleet fleet init-pki` sets it) (EDGEFLEET_INSECURE=1: local development only)"
             )

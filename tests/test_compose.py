@@ -12,6 +12,7 @@ import tarfile
 import tomllib
 from base64 import b64encode
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import pytest
@@ -66,7 +67,8 @@ def test_compose_agrees_with_dockerfile_profiles_and_settings() -> None:
         assert {"EDGEFLEET_MQTT_CA_FILE", "EDGEFLEET_MQTT_CERT_FILE", "EDGEFLEET_MQTT_KEY_FILE"} <= set(env)
         assert "EDGEFLEET_INSECURE" not in env
         mounted = {v.split(":")[1].rstrip("/") for v in part["volumes"]}
-        for var in ("EDGEFLEET_MQTT_CA_FILE", "EDGEFLEET_MQTT_CERT_FILE", "EDGEFLEET_MQTT_KEY_FILE"):
+        paths = ("MQTT_CA_FILE", "MQTT_CERT_FILE", "MQTT_KEY_FILE", "SITE_KEY", "SITE_PUBLIC_KEY", "TLS_CRL_FILE")
+        for var in (f"EDGEFLEET_{p}" for p in paths if f"EDGEFLEET_{p}" in env):
             assert any(env[var].startswith(m + "/") for m in mounted), (var, env[var], mounted)
     assert "EDGEFLEET_SITE_PUBLIC_KEY" in node["environment"]
     assert {"EDGEFLEET_SITE_KEY", "EDGEFLEET_OPERATOR_KEYS", "EDGEFLEET_TLS_CRL_FILE"} <= set(orch["environment"])
@@ -168,6 +170,117 @@ def test_every_command_and_path_exists_in_the_image_build(tmp_path: Path) -> Non
             assert profile is None or profile in builtin_profiles()
 
 
+# -- secrets: a container can read only the private keys it uses ----------------------------------------
+
+
+def _mounts(doc: dict[str, Any], svc: dict[str, Any], tree: Path) -> list[tuple[Path, str]]:
+    """A service's bind mounts and secrets as (host path, path in the container): ./site/ is in the
+    tree the header's identity commands made, other ./ paths are the repository's (named volumes and
+    host system paths such as /sys are left out)."""
+    pairs: list[tuple[str, str]] = []
+    for vol in svc.get("volumes", []):
+        pairs.append((vol["source"], vol["target"]) if isinstance(vol, dict) else tuple(vol.split(":")[:2]))
+    for ref in svc.get("secrets", []):
+        name = ref if isinstance(ref, str) else ref["source"]
+        target = ref.get("target", name) if isinstance(ref, dict) else name
+        pairs.append((doc["secrets"][name]["file"], target if target.startswith("/") else f"/run/secrets/{target}"))
+    base = {"./site/": tree, "./": ROOT}
+    return [
+        (next(b for prefix, b in base.items() if host.startswith(prefix)) / host, target)
+        for host, target in pairs
+        if host.startswith("./")
+    ]
+
+
+def _files(host: Path, target: str) -> list[tuple[Path, str]]:
+    if host.is_file():
+        return [(host, target)]
+    found = sorted(f for f in host.rglob("*") if f.is_file()) if host.is_dir() else []
+    return [(f, f"{target.rstrip('/')}/{f.relative_to(host).as_posix()}") for f in found]
+
+
+def private_keys(compose: Path, tree: Path) -> tuple[dict[str, set[str]], dict[str, set[str]], set[Path]]:
+    """(service → private keys it can read and uses, service → those it does not use, every key file
+    mounted anywhere). A private key is a PEM file with "PRIVATE KEY"; it is used when its path in
+    the container is a word of the service's environment, command or a configuration file it mounts
+    from the repository."""
+    doc = yaml.safe_load(compose.read_text())
+    used: dict[str, set[str]] = {}
+    unused: dict[str, set[str]] = {}
+    mounted: set[Path] = set()
+    for name, svc in doc["services"].items():
+        files = [f for host, target in _mounts(doc, svc, tree) for f in _files(host, target)]
+        text = [*map(str, (svc.get("environment") or {}).values()), *map(str, svc.get("command") or [])]
+        text += [f.read_text(errors="replace") for f, _ in files if f.is_relative_to(ROOT)]
+        words = set(re.split(r"[\s,=\"'\[\]]+", " ".join(text)))
+        for f, target in files:
+            if b"PRIVATE KEY" in f.read_bytes():
+                mounted.add(f.resolve())
+                (used if target in words else unused).setdefault(name, set()).add(target)
+    return used, unused, mounted
+
+
+def test_no_container_can_read_a_private_key_it_does_not_use(tmp_path: Path) -> None:
+    """The CA key, the site signing key and other devices' keys stay on the PKI host: the broker
+    mounts broker/ and public/, the orchestrator its bundle and public/, the rest their bundle."""
+    tree = _site_tree(tmp_path)
+    pki = tree / "site" / "pki"
+    for name in COMPOSE_FILES:
+        used, unused, mounted = private_keys(ROOT / name, tree)
+        assert unused == {}, f"{name}: containers can read private keys they do not use: {unused}"
+        assert not {(pki / "ca.key").resolve(), (pki / "site-1.key").resolve()} & mounted, name
+    used, _, _ = private_keys(ROOT / "docker-compose.yml", tree)
+    assert used == {
+        "mosquitto": {"/mosquitto/pki/broker/server.key"},
+        "orchestrator": {"/etc/edgefleet/identity/client.key", "/etc/edgefleet/identity/site.key"},
+        "console": {"/etc/edgefleet/identity/client.key"},
+        "node": {"/etc/edgefleet/identity/client.key"},
+        "node-2": {"/etc/edgefleet/identity/client.key"},
+    }
+    orch_env = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["orchestrator"]["environment"]
+    assert (pki / "bundles/orchestrator/site.key").read_bytes() == (pki / "site-1.key").read_bytes()
+    assert orch_env["EDGEFLEET_OPERATOR_KEYS"] + "/crl.pem" == orch_env["EDGEFLEET_TLS_CRL_FILE"]
+    balena = yaml.safe_load((ROOT / "docker-compose.balena.yml").read_text())["services"]["node"]
+    data = next(v.split(":")[1] for v in balena["volumes"] if v.startswith("node-data:"))
+    assert balena["environment"]["EDGEFLEET_MQTT_KEY_FILE"].startswith(data + "/")
+
+
+def test_the_broker_finds_its_files_in_what_it_mounts(tmp_path: Path) -> None:
+    """deploy/mosquitto-secure.conf names files inside the broker's two mounts, the same files (by
+    their place in the PKI directory) the generated broker/mosquitto.conf names."""
+    tree = _site_tree(tmp_path)
+    doc = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    mounts = _mounts(doc, doc["services"]["mosquitto"], tree)
+    template = (ROOT / "deploy/mosquitto-secure.conf").read_text()
+    pki = (tree / "site" / "pki").resolve()
+    generated = (pki / "broker" / "mosquitto.conf").read_text()
+    for option in ("acl_file", "cafile", "certfile", "keyfile", "crlfile"):
+        path = re.search(rf"^{option} (\S+)$", template, re.M)
+        ours = re.search(rf"^{option} (\S+)$", generated, re.M)
+        assert path is not None and ours is not None, option
+        host = next((h / path[1][len(t) + 1 :] for h, t in mounts if path[1].startswith(t + "/")), None)
+        assert host is not None and host.is_file(), f"{option} {path[1]} is in none of the broker's mounts"
+        assert Path(ours[1]).is_absolute() and Path(ours[1]).resolve() == host.resolve(), (option, ours[1], host)
+    assert "public" in {p.name for p, _ in mounts} and "broker" in {p.name for p, _ in mounts}
+
+
+def test_grafana_asks_for_a_login_and_has_no_default_admin_password() -> None:
+    doc = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    grafana = doc["services"]["grafana"]
+    env = grafana["environment"]
+    assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "false" and "GF_AUTH_ANONYMOUS_ORG_ROLE" not in env
+    assert env.get("GF_USERS_ALLOW_SIGN_UP") == "false"
+    assert "GF_SECURITY_ADMIN_PASSWORD" not in env, "a password in the compose file is everyone's password"
+    secret = env["GF_SECURITY_ADMIN_PASSWORD__FILE"]  # the image's run.sh reads GF_*__FILE into GF_*
+    name = secret.removeprefix("/run/secrets/")
+    assert name in grafana["secrets"]
+    source = doc["secrets"][name]["file"]
+    assert source.startswith("./site/") and "/site/" in (ROOT / ".gitignore").read_text().split()
+    header = (ROOT / "docker-compose.yml").read_text().split("services:")[0]
+    assert f">{source.removeprefix('./')}" in header.replace(" ", ""), "the header says how to make the secret"
+    assert not any("ANONYMOUS" in k and v not in ("false", False) for k, v in env.items())
+
+
 def test_prometheus_scrapes_the_orchestrator_and_every_node_and_grafana_shows_them() -> None:
     services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
     nodes = {n: s for n, s in services.items() if s.get("command", [""])[0] == "edgefleet-node"}
@@ -177,12 +290,18 @@ def test_prometheus_scrapes_the_orchestrator_and_every_node_and_grafana_shows_th
     for name, svc in nodes.items():
         port = svc["command"][svc["command"].index("--metrics-port") + 1]
         assert f"{name}:{port}" in targets, f"Prometheus does not scrape {name}'s metrics"
-    openai_port = services["orchestrator"]["environment"]["EDGEFLEET_OPENAI_ADDRESS"].rsplit(":", 1)[1]
-    assert f"orchestrator:{openai_port}" in targets
+    # the orchestrator's plain metrics listener (the front door's /metrics needs authorization):
+    # scraped inside the compose network, never published, and what the health check reads
+    orch = services["orchestrator"]
+    metrics_port = orch["environment"]["EDGEFLEET_METRICS_ADDRESS"].rsplit(":", 1)[1]
+    assert f"orchestrator:{metrics_port}" in targets
+    assert not any(p.split(":")[-1] == metrics_port for p in orch["ports"]), orch["ports"]
+    assert f"http://127.0.0.1:{metrics_port}/metrics" in " ".join(orch["healthcheck"]["test"])
+    assert all("tls_config" not in job and job.get("scheme", "http") == "http" for job in prom["scrape_configs"])
     grafana = services["grafana"]
     mounts = dict(v.split(":")[:2] for v in grafana["volumes"] if v.startswith("./"))
     ds = yaml.safe_load((ROOT / "deploy/grafana/provisioning/datasources/prometheus.yml").read_text())["datasources"][0]
-    assert ds["url"] == f"http://prometheus:{services['prometheus']['ports'][0].split(':')[1]}"
+    assert ds["url"] == f"http://prometheus:{services['prometheus']['ports'][0].split(':')[-1]}"
     provider = yaml.safe_load((ROOT / "deploy/grafana/provisioning/dashboards/edgefleet.yml").read_text())
     assert provider["providers"][0]["options"]["path"] == mounts["./deploy/grafana/dashboards"]
     dashboard = json.loads((ROOT / "deploy/grafana/dashboards/edgefleet-fleet.json").read_text())

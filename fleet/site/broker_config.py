@@ -1,8 +1,9 @@
 """The site broker's TLS configuration and ACL, computed from the topic contract and the
 identities registry (fleet/site/pki.py).
 
-Each identity gets its own `user <CN>` block listing exactly the topics of its role (built with
-proto/topics.py's methods). No `pattern` lines: a pattern applies to every authenticated user
+Each identity gets its own `user <CN>` block listing exactly the topics of its kind, rendered
+from proto/access.py's `MQTT_GRANTS` (the one table of who may do what) with proto/topics.py's
+methods. No `pattern` lines: a pattern applies to every authenticated user
 name, including one whose certificate was just revoked while its connection is still open;
 with per-user blocks a revoke removes the block, and on reload (SIGHUP) Mosquitto re-applies
 the ACL to connected clients, so the revoked identity can do nothing even before it drops.
@@ -18,11 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgefleet.fleet.site.pki import Identity, SitePki, write_public
+from edgefleet.proto.access import MQTT_GRANTS, Kind, TopicGrant
 from edgefleet.proto.topics import Topics
 
 log = logging.getLogger("edgefleet.broker_config")
-
-ARTIFACT_KINDS_FILTER = "+"
 
 
 @dataclass(frozen=True)
@@ -39,57 +39,36 @@ class BrokerPolicy:
     node_outputs: tuple[str, ...] = ()
 
 
-def _rules(access: str, topics: list[str]) -> list[str]:
-    return [f"topic {access} {t}" for t in dict.fromkeys(topics)]
-
-
-def node_rules(t: Topics, ident: Identity, policy: BrokerPolicy) -> list[str]:
-    n = ident.name
-    write = [
-        t.node_status(n),  # birth, will and shutdown message
-        t.node_telemetry(n),
-        t.node_reported(n),
-        t.results(n),
-        t.errors(n),
-        t.artifact_chunk_requests(),
-        t.cli_responses("+"),  # answers to operators' inference requests (MQTT 5 response topic)
-        *policy.node_outputs,
-    ]
+def _expand(t: Topics, g: TopicGrant, ident: Identity, policy: BrokerPolicy) -> list[str]:
+    """One grant of proto/access.py's MQTT_GRANTS → the topic filters it stands for."""
     groups = [*ident.groups, *ident.assigned_groups]  # enrolled, then assigned at run time
-    read = [
-        t.desired_node(n),
-        t.node_assignment(n),  # its group assignment (only the orchestrator writes it)
-        *(t.desired_group(g) for g in groups),
-        t.node_requests(n),
-        *(t.group_requests(g) for g in groups),
-        t.all_artifact_manifests(ARTIFACT_KINDS_FILTER),
-        t.artifact_chunks(ARTIFACT_KINDS_FILTER, "+", "+"),
-        *policy.sensor_filters,
-    ]
-    return _rules("write", write) + _rules("read", read)
+    if g.topic == "sensor_filters":
+        return list(policy.sensor_filters)
+    if g.topic == "node_outputs":
+        return list(policy.node_outputs)
+    if g.topic == "root#":
+        return [f"{t.root}#"]
+    if g.topic == "artifacts_for":  # its own node scope and each of its groups'
+        scopes = [t.artifact_scope("node", ident.name), *(t.artifact_scope("group", x) for x in groups)]
+        return [t.artifacts_for(s) for s in scopes]
+    method = getattr(t, g.topic)
+    if g.arg == "none":
+        return [method()]
+    if g.arg == "self":
+        return [method(ident.name)]
+    if g.arg == "any":
+        return [method("+")]
+    if g.arg == "groups":
+        return [method(x) for x in groups]
+    raise ValueError(f"MQTT grant {g} has an unknown argument {g.arg!r}")
 
 
-def sensor_rules(t: Topics, ident: Identity, policy: BrokerPolicy) -> list[str]:
-    return _rules("write", list(policy.sensor_filters))
-
-
-def operator_rules(t: Topics, ident: Identity, policy: BrokerPolicy) -> list[str]:
-    """Operators (CLI, console): commands and ad-hoc requests; they read the whole site view."""
-    write = [t.orchestrator_commands(), t.node_requests("+"), t.group_requests("+")]
-    return _rules("write", write) + _rules("read", [f"{t.root}#", *policy.sensor_filters])
-
-
-def orchestrator_rules(t: Topics, ident: Identity, policy: BrokerPolicy) -> list[str]:
-    """The site controller: the only writer of desired state, manifests, chunks, command answers."""
-    return _rules("readwrite", [f"{t.root}#"])
-
-
-ROLE_RULES = {
-    "node": node_rules,
-    "sensor": sensor_rules,
-    "operator": operator_rules,
-    "orchestrator": orchestrator_rules,
-}
+def role_rules(t: Topics, ident: Identity, policy: BrokerPolicy) -> list[str]:
+    """`topic <access> <filter>` lines of one identity, from its kind's grants, in table order."""
+    lines: list[str] = []
+    for g in MQTT_GRANTS.get(Kind(ident.kind), ()):
+        lines += [f"topic {g.access} {f}" for f in _expand(t, g, ident, policy)]
+    return list(dict.fromkeys(lines))
 
 
 def acl_text(identities: list[Identity], policy: BrokerPolicy) -> str:
@@ -103,7 +82,7 @@ def acl_text(identities: list[Identity], policy: BrokerPolicy) -> str:
         if ident.revoked:
             continue
         lines += [f"# {ident.kind} serial {ident.serial:x}", f"user {ident.name}"]
-        lines += ROLE_RULES[ident.kind](policy.topics, ident, policy)
+        lines += role_rules(policy.topics, ident, policy)
         lines.append("")
     return "\n".join(lines)
 

@@ -1,14 +1,21 @@
 """The site's X.509 identities: a site CA, the broker's server certificate, and one client
 certificate per orchestrator, node, sensor and operator, with a CRL and a registry.
 
-Layout of a PKI directory (everything private is written 0600, the directory 0700):
+Layout of a PKI directory (private files 0600, the directory 0700): what never leaves the PKI
+machine apart from what each service mounts.
 
-    ca.key ca.crt crl.pem identities.json       the CA, its revocation list, who was issued what
-    broker/server.key broker/server.crt         the broker's TLS server identity
-    bundles/<name>/{client.key,client.crt,ca.crt,edgefleet.env}   what is copied onto a device
+    ca.key  <site>.key                          private: the CA, the site signing key (`init-pki`)
+    bundles/<name>/{client.key,client.crt,ca.crt,edgefleet.env}   private: copied onto a device; the
+                                                orchestrator's also holds site.key (it signs desired state)
+    public/{ca.crt,crl.pem,identities.json,site.pub,certs/<name>.crt}   no secrets (broker, orchestrator)
+    broker/{server.key,server.crt,acl,mosquitto.conf}   the broker mounts broker/ and public/
 
-An identity's certificate subject CN is its name. The broker takes the CN as the MQTT user name
-(Mosquitto `use_identity_as_username`), so the CN is the principal of every ACL rule: every
+`publish()` keeps public/ and the orchestrator's site key current (every CLI verb runs it). The
+earlier layout (public files at the top) is moved into public/ when first read, links left behind.
+
+An identity's certificate subject CN is its name; its OUs name its kind and (operators) its role
+(proto/access.py), which every service reads to decide what the caller may do. The broker takes
+the CN as the MQTT user name (Mosquitto `use_identity_as_username`), so the CN is the principal of every ACL rule: every
 MQTT connection of one device (a node has two) presents the same certificate.
 Private key material is never logged; log lines name files and serials only.
 """
@@ -19,8 +26,6 @@ import datetime as dt
 import ipaddress
 import json
 import logging
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -29,12 +34,24 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from edgefleet.fleet.site.pki_files import (
+    has_legacy_layout,
+    move_legacy_layout,
+    public_dirs,
+    refresh,
+    write_private,
+    write_public,
+)
+from edgefleet.proto.access import CERT_KINDS, DEFAULT_OPERATOR_ROLE, Role, kind_ou, role_ou
 from edgefleet.proto.topics import check_name
 
 log = logging.getLogger("edgefleet.pki")
 
-KINDS = ("orchestrator", "node", "sensor", "operator")
+KINDS = tuple(k.value for k in CERT_KINDS)
+SERVER_KINDS = ("orchestrator", "node")
+"""Kinds whose certificates may serve TLS (a console operator gets server use through `hosts`)."""
 ORCHESTRATOR = "orchestrator"
+ORCHESTRATOR_SITE_KEY = "site.key"  # the orchestrator bundle's copy of the site signing key
 CA_DAYS = 3650
 LEAF_DAYS = 825
 CRL_DAYS = 397
@@ -56,31 +73,11 @@ class Identity:
     revoked: bool = False
     revoked_at: str | None = None
     assigned_groups: list[str] = field(default_factory=list)  # `fleet assign-groups`: read in the ACL too
+    role: str | None = None  # operators: viewer | operator | admin (proto/access.py), in the certificate too
 
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Atomically write `data` readable by the owner only (0600 from the first byte)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_public(path: Path, data: bytes) -> None:
-    write_private(path, data)
-    path.chmod(0o644)
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -93,13 +90,15 @@ def _cert_pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
-def _name(cn: str, site: str) -> x509.Name:
-    return x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, f"edgefleet site {site}"),
-            x509.NameAttribute(NameOID.COMMON_NAME, cn),
-        ]
-    )
+def _name(cn: str, site: str, kind: str | None = None, role: str | None = None) -> x509.Name:
+    """Subject: the site, the identity's kind and (operators) role as OUs, then its name as CN."""
+    attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, f"edgefleet site {site}")]
+    if kind is not None:
+        attrs.append(x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, kind_ou(kind)))
+    if role is not None:
+        attrs.append(x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, role_ou(role)))
+    attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, cn))
+    return x509.Name(attrs)
 
 
 def san_entries(hosts: list[str]) -> list[x509.GeneralName]:
@@ -119,21 +118,52 @@ class SitePki:
     def __init__(self, directory: Path) -> None:
         self.dir = directory
         self.ca_key_path = directory / "ca.key"
-        self.ca_cert_path = directory / "ca.crt"
-        self.crl_path = directory / "crl.pem"
-        self.registry_path = directory / "identities.json"
-        self.server_key_path = directory / "broker" / "server.key"
-        self.server_cert_path = directory / "broker" / "server.crt"
+        self.public_dir = directory / "public"
+        self.ca_cert_path = self.public_dir / "ca.crt"
+        self.crl_path = self.public_dir / "crl.pem"
+        self.registry_path = self.public_dir / "identities.json"
+        self.certs_dir = self.public_dir / "certs"
+        self.site_pub_path = self.public_dir / "site.pub"
+        self.broker_dir = directory / "broker"
+        self.server_key_path = self.broker_dir / "server.key"
+        self.server_cert_path = self.broker_dir / "server.crt"
+
+    def cert_path(self, name: str) -> Path:  # in public/: the orchestrator trusts operators by it
+        return self.certs_dir / f"{name}.crt"
+
+    @property
+    def site_key_path(self) -> Path:  # the site's Ed25519 signing key: `init-pki --site-key`, else <dir>/<site>.key
+        return Path(str(self.broker_settings().get("site_key") or self.dir / f"{self.site}.key"))
 
     # -- registry -----------------------------------------------------------------------------
     def exists(self) -> bool:
-        return self.ca_key_path.exists() and self.registry_path.exists()
+        return self.ca_key_path.exists() and (self.registry_path.exists() or has_legacy_layout(self.dir))
 
     def _load(self) -> dict[str, object]:
         if not self.exists():
             raise PkiError(f"no site PKI in {self.dir}: run `edgefleet fleet init-pki --dir {self.dir}` first")
+        if not self.registry_path.exists():
+            move_legacy_layout(self.dir, self.public_dir)
         data: dict[str, object] = json.loads(self.registry_path.read_text(encoding="utf-8"))
         return data
+
+    def publish(self) -> None:
+        """Bring public/ up to date (every identity's certificate, none of a name no longer in the
+        registry; the site's public key) and the orchestrator bundle's copy of the site key (with
+        `site.accepted.pub`: earlier keys it still accepts)."""
+        self._load()
+        public_dirs(self.public_dir, self.certs_dir)
+        names = {i.name for i in self.identities()}
+        for name in names:
+            refresh(self.cert_path(name), self.bundle_dir(name) / "client.crt", private=False)
+        for stale in (p for p in self.certs_dir.glob("*.crt") if p.stem not in names):
+            stale.unlink()
+        key = self.site_key_path
+        refresh(self.site_pub_path, key.with_suffix(".pub"), private=False)
+        orch = self.bundle_dir(ORCHESTRATOR)
+        if orch.is_dir():
+            refresh(orch / ORCHESTRATOR_SITE_KEY, key, private=True)
+            refresh(orch / "site.accepted.pub", key.with_name(key.stem + ".accepted.pub"), False, mirror=True)
 
     def _replaced_or_none(self) -> list[int]:
         return self.replaced_serials() if self.registry_path.exists() else []
@@ -191,6 +221,9 @@ class SitePki:
             raise PkiError(f"{self.dir} already holds a site PKI; pass --force to replace it (every device re-enrolls)")
         self.dir.mkdir(parents=True, exist_ok=True)
         self.dir.chmod(0o700)
+        if self.exists() and not self.registry_path.exists():
+            move_legacy_layout(self.dir, self.public_dir)  # replaced below; no stale copy left at the top
+        public_dirs(self.public_dir, self.certs_dir)
         key = ec.generate_private_key(ec.SECP256R1())
         name = x509.Name(
             [
@@ -221,24 +254,25 @@ class SitePki:
         log.info("site PKI created", extra={"pki_dir": str(self.dir), "site": site})
 
     def _leaf(
-        self, cn: str, pub: ec.EllipticCurvePublicKey, san: list[x509.GeneralName], server_only: bool
+        self,
+        cn: str,
+        pub: ec.EllipticCurvePublicKey,
+        san: list[x509.GeneralName],
+        client: bool,
+        server: bool,
+        kind: str | None = None,
+        role: str | None = None,
     ) -> x509.Certificate:
-        """A certificate for `cn`. Identities get client and server use (a node serves gRPC with the
-        certificate it shows the broker) and their name as a DNS name, so a caller can ask for
-        `pump-3` by name wherever it is; the broker's certificate is a server one only."""
+        """A certificate for `cn`, for its purposes only: client use to call, server use only for
+        what serves (broker, orchestrator, nodes, a console: `SERVER_KINDS` or a host given). The
+        name is a DNS name, so a caller can ask for `pump-3` by name wherever it is."""
         ca_key, ca_cert = self._ca()
         now = _now()
-        usages = (
-            [ExtendedKeyUsageOID.SERVER_AUTH]
-            if server_only
-            else [
-                ExtendedKeyUsageOID.CLIENT_AUTH,
-                ExtendedKeyUsageOID.SERVER_AUTH,
-            ]
-        )
+        purposes = ((ExtendedKeyUsageOID.CLIENT_AUTH, client), (ExtendedKeyUsageOID.SERVER_AUTH, server))
+        usages = [u for u, on in purposes if on]
         return (
             x509.CertificateBuilder()
-            .subject_name(_name(cn, self.site))
+            .subject_name(_name(cn, self.site, kind, role))
             .issuer_name(ca_cert.subject)
             .public_key(pub)
             .serial_number(x509.random_serial_number())
@@ -255,7 +289,7 @@ class SitePki:
     def issue_server(self, hosts: list[str]) -> None:
         """(Re)issue the broker's server certificate for localhost, 127.0.0.1 and `hosts`."""
         key = ec.generate_private_key(ec.SECP256R1())
-        cert = self._leaf("edgefleet broker", key.public_key(), san_entries(hosts), server_only=True)
+        cert = self._leaf("edgefleet broker", key.public_key(), san_entries(hosts), client=False, server=True)
         write_private(self.server_key_path, _key_pem(key))
         write_public(self.server_cert_path, _cert_pem(cert))
         log.info("broker certificate issued", extra={"hosts": hosts, "serial": cert.serial_number})
@@ -271,14 +305,21 @@ class SitePki:
         groups: list[str] | None = None,
         force: bool = False,
         hosts: list[str] | None = None,
+        role: str | None = None,
     ) -> Identity:
         """Issue a key and certificate for `name` into its bundle directory; returns the registry entry.
 
         A revoked name may be enrolled again (a new key, a new serial); a live one needs `force`
-        (the old certificate is then revoked)."""
+        (the old certificate is then revoked). Operators get a role (default `operator`)."""
         check_name(kind, name)
         if kind not in KINDS:
             raise PkiError(f"unknown identity kind {kind!r}; one of {', '.join(KINDS)}")
+        if kind == "operator":
+            role = role or DEFAULT_OPERATOR_ROLE.value
+            if role not in {r.value for r in Role}:
+                raise PkiError(f"unknown operator role {role!r}; one of {', '.join(r.value for r in Role)}")
+        elif role is not None:
+            raise PkiError(f"only operators have a role; {name} is a {kind}")
         for g in groups or []:
             check_name("group", g)
         site, current = self.site, self.identities()
@@ -291,14 +332,16 @@ class SitePki:
         san: list[x509.GeneralName] = [x509.DNSName(name)]
         if hosts is not None:  # also reachable as these hosts (the orchestrator's front door)
             san += [e for e in san_entries(hosts) if e != x509.DNSName(name)]
-        cert = self._leaf(name, key.public_key(), san, server_only=False)
+        server = kind in SERVER_KINDS or hosts is not None
+        cert = self._leaf(name, key.public_key(), san, client=True, server=server, kind=kind, role=role)
         bundle = self.bundle_dir(name)
         bundle.mkdir(parents=True, exist_ok=True)
         bundle.chmod(0o700)
         write_private(bundle / "client.key", _key_pem(key))
         write_public(bundle / "client.crt", _cert_pem(cert))
         write_public(bundle / "ca.crt", self.ca_cert_path.read_bytes())
-        ident = Identity(name, kind, sorted(set(groups or [])), cert.serial_number, _now().isoformat())
+        write_public(self.cert_path(name), _cert_pem(cert))
+        ident = Identity(name, kind, sorted(set(groups or [])), cert.serial_number, _now().isoformat(), role=role)
         replaced = self.replaced_serials()
         if old is not None:  # replaced: the old certificate stays revoked
             replaced.append(old.serial)

@@ -87,7 +87,7 @@ def test_an_assigned_group_applies_without_a_restart_survives_restarts_and_is_ta
     r = row(broker)
     assert {"ga", "gb"} <= set(r["groups"]) and r["assigned_groups"] == ["gb"], r
     assert wait_for(lambda: row(broker).get("sync") == "in sync", timeout=10), row(broker)
-    ident = json.loads((pki / "identities.json").read_text())["identities"][NODE]
+    ident = json.loads((pki / "public" / "identities.json").read_text())["identities"][NODE]
     assert ident["assigned_groups"] == ["gb"]
     acl = (pki / "broker" / "acl").read_text().split(f"user {NODE}\n")[1].split("\n\n")[0]
     assert "topic read edgefleet/lab/desired/group/gb" in acl and "topic read edgefleet/lab/group/gb/requests" in acl

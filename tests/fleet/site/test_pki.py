@@ -135,9 +135,67 @@ def test_mosquitto_conf(pki: SitePki, tmp_path: Path) -> None:
         "require_certificate true",
         "use_identity_as_username true",
         f"crlfile {pki.crl_path}",
+        f"cafile {pki.dir / 'public' / 'ca.crt'}",
+        f"keyfile {pki.dir / 'broker' / 'server.key'}",
         "allow_anonymous false",
         f"acl_file {tmp_path / 'acl'}",
     ):
         assert line in conf.splitlines()
     template = Path(__file__).resolve().parents[3] / "deploy" / "mosquitto-secure.conf"
     assert "use_identity_as_username true" in template.read_text()
+
+
+def _secrets_under(directory: Path) -> list[Path]:
+    return [p for p in directory.rglob("*") if p.is_file() and b"PRIVATE KEY" in p.read_bytes()]
+
+
+def test_public_holds_what_services_mount_and_no_secret(pki: SitePki) -> None:
+    """public/ (mounted by the broker and the orchestrator) has the CA certificate, the CRL, the
+    registry, the site's public key and every identity's certificate, kept current by every verb."""
+    assert cli(pki.dir, "enroll-operator", "alice", "--role", "admin")[0] == 0
+    assert cli(pki.dir, "enroll-node", "n1")[0] == 0
+    public = pki.public_dir
+    assert {pki.ca_cert_path, pki.crl_path, pki.registry_path, pki.site_pub_path} <= set(public.iterdir())
+    assert {p.name for p in pki.certs_dir.iterdir()} == {"orchestrator.crt", "alice.crt", "n1.crt"}
+    for name in ("orchestrator", "alice", "n1"):
+        assert pki.cert_path(name).read_bytes() == (pki.bundle_dir(name) / "client.crt").read_bytes()
+    assert _secrets_under(public) == [], "no private key in public/"
+    assert public.stat().st_mode & 0o777 == 0o755 and pki.certs_dir.stat().st_mode & 0o777 == 0o755
+    assert all(p.stat().st_mode & 0o777 == 0o644 for p in public.rglob("*") if p.is_file())
+    assert pki.site_pub_path.read_bytes() == (pki.dir / "lab.pub").read_bytes()
+    # the broker's directory holds its own key only; the orchestrator's bundle its key and the site key
+    assert [p.name for p in _secrets_under(pki.broker_dir)] == ["server.key"]
+    orch = pki.bundle_dir("orchestrator")
+    assert sorted(p.name for p in _secrets_under(orch)) == ["client.key", "site.key"]
+    assert (orch / "site.key").read_bytes() == (pki.dir / "lab.key").read_bytes()
+    assert (orch / "site.key").stat().st_mode & 0o777 == 0o600
+    env = read_env(orch / "edgefleet.env")
+    assert env["EDGEFLEET_SITE_KEY"] == str(orch.resolve() / "site.key")
+    assert env["EDGEFLEET_OPERATOR_KEYS"] == str(public.resolve())
+    assert env["EDGEFLEET_TLS_CRL_FILE"] == str(pki.crl_path.resolve())
+    # revoke and re-enroll: the CRL and the certificate in public/ follow
+    old = pki.cert_path("n1").read_bytes()
+    assert cli(pki.dir, "revoke", "n1")[0] == 0
+    assert {r.serial_number for r in x509.load_pem_x509_crl(pki.crl_path.read_bytes())} == {pki.get("n1").serial}  # type: ignore[union-attr]
+    assert cli(pki.dir, "enroll-node", "n1")[0] == 0
+    assert pki.cert_path("n1").read_bytes() != old and load(pki.cert_path("n1")).serial_number == pki.get("n1").serial  # type: ignore[union-attr]
+
+
+def test_a_pki_directory_of_the_earlier_layout_moves_into_public(pki: SitePki) -> None:
+    """ca.crt, crl.pem and identities.json at the top (before public/): the next verb moves them,
+    leaving links, so a service still configured with the old paths reads the live files."""
+    pki.issue("alice", "operator")
+    for name in ("ca.crt", "crl.pem", "identities.json"):
+        (pki.public_dir / name).rename(pki.dir / name)
+    for p in pki.certs_dir.iterdir():
+        p.unlink()
+    (pki.bundle_dir("orchestrator") / "site.key").unlink()
+    assert cli(pki.dir, "enroll-node", "n1")[0] == 0
+    for name in ("ca.crt", "crl.pem", "identities.json"):
+        old = pki.dir / name
+        assert old.is_symlink() and old.resolve() == (pki.public_dir / name).resolve()
+    assert {p.name for p in pki.certs_dir.iterdir()} == {"orchestrator.crt", "alice.crt", "n1.crt"}
+    assert (pki.bundle_dir("orchestrator") / "site.key").exists()
+    acl = (pki.broker_dir / "acl").read_text()
+    assert "user n1\n" in acl and "user alice\n" in acl
+    assert f"cafile {pki.ca_cert_path}" in (pki.broker_dir / "mosquitto.conf").read_text().splitlines()
