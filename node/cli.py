@@ -26,7 +26,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--profile", help="firmware profile name or TOML path (default: auto-detect)")
     serve.add_argument("--model", help="catalog model name or GGUF path (default: the profile's)")
     serve.add_argument("--port", type=int, help="gRPC port (default 50051; 0 picks one)")
-    serve.add_argument("--host", help="listen address (default 0.0.0.0)")
+    serve.add_argument("--host", help="listen address (default 0.0.0.0; 127.0.0.1 when insecure)")
     serve.add_argument("--node-id", help="this node's id (default: the hostname)")
     serve.add_argument("--data-dir", help="state folder (default ~/.local/share/edgefleet)")
     serve.add_argument("--threads", type=int, help="llama.cpp compute threads (default: the profile's)")

@@ -3,13 +3,15 @@ field has a default, a doc line and an environment variable (EDGEFLEET_*)."""
 
 from __future__ import annotations
 
+import logging
 import socket
 from pathlib import Path
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode
 
+from edgefleet.plumbing.listen_address import ANY_HOST, LOOPBACK_HOST, is_loopback, warn_exposed
 from edgefleet.plumbing.site_settings import SiteSettings
 from edgefleet.plumbing.transport_security import SecuritySettingsError
 from edgefleet.proto.topics import check_name
@@ -35,7 +37,10 @@ class NodeSettings(SiteSettings):
         default=None,
         description="Catalog model name or GGUF path; empty: the profile's preferred model (EDGEFLEET_MODEL)",
     )
-    host: str = Field(default="0.0.0.0", description="gRPC listen address (EDGEFLEET_HOST)")
+    host: str = Field(
+        default=ANY_HOST,
+        description="gRPC (and metrics) listen address; unset with EDGEFLEET_INSECURE: 127.0.0.1 (EDGEFLEET_HOST)",
+    )
     port: Annotated[int, Field(ge=0, le=65535)] = Field(
         default=50051, description="gRPC port; 0 picks a free one (EDGEFLEET_PORT)"
     )
@@ -47,6 +52,16 @@ class NodeSettings(SiteSettings):
     data_dir: Path = Field(
         default_factory=_default_data_dir,
         description="Where the node keeps state: model hashes, later its SQLite stores (EDGEFLEET_DATA_DIR)",
+    )
+    operators_may_write_knowledge: bool = Field(
+        default=True,
+        description="Operators (role operator or admin) may Ingest/DeleteDocuments over gRPC; off: only the "
+        "orchestrator may (EDGEFLEET_OPERATORS_MAY_WRITE_KNOWLEDGE)",
+    )
+    crl_cache_file: Path | None = Field(
+        default=None,
+        description="Where the node keeps the site CRL it receives over MQTT (checked against the site CA); "
+        "empty: <data_dir>/crl.pem (EDGEFLEET_CRL_CACHE_FILE)",
     )
     max_message_bytes: Annotated[int, Field(ge=1024, le=256 * 1024 * 1024)] = Field(
         default=4 * 1024 * 1024, description="Largest gRPC message accepted (EDGEFLEET_MAX_MESSAGE_BYTES)"
@@ -200,6 +215,10 @@ class NodeSettings(SiteSettings):
         description="Longest one hold of the update lock, in seconds (EDGEFLEET_UPDATE_LOCK_MAX_S)",
     )
 
+    def crl_file(self) -> Path:
+        """The site CRL this node applies: the one received over MQTT (or EDGEFLEET_CRL_CACHE_FILE)."""
+        return self.crl_cache_file or self.data_dir / "crl.pem"
+
     @field_validator("site_public_key", mode="before")
     @classmethod
     def _split_keys(cls, v: object) -> object:
@@ -229,6 +248,26 @@ class NodeSettings(SiteSettings):
         for g in v:
             check_name("group", g)
         return v
+
+    @model_validator(mode="after")
+    def _insecure_node_listens_on_loopback(self) -> NodeSettings:
+        """Insecure (plaintext, no client certificates): gRPC and metrics on 127.0.0.1 unless a host is set."""
+        if self.insecure and "host" not in self.model_fields_set and self.host == ANY_HOST:
+            self.host = LOOPBACK_HOST
+        return self
+
+    def exposed_listeners(self) -> dict[str, str]:
+        """Insecure listeners on an address that is not loopback (set explicitly): setting → host:port."""
+        if not self.insecure or is_loopback(self.host):
+            return {}
+        exposed = {"EDGEFLEET_HOST (gRPC)": f"{self.host}:{self.port}"}
+        if self.metrics_port:
+            exposed["EDGEFLEET_HOST (metrics)"] = f"{self.host}:{self.metrics_port}"
+        return exposed
+
+    def warn_if_insecure(self, log: logging.Logger, part: str) -> None:
+        super().warn_if_insecure(log, part)
+        warn_exposed(log, part, self.exposed_listeners())
 
     def site_key_path(self) -> Path | None:
         """The first pinned public key file (see `site_key_paths`), or None."""

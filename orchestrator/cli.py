@@ -27,10 +27,12 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--registry-db", help="registry SQLite file")
     serve.add_argument("--log-format", choices=["json", "text"])
     serve.add_argument(
-        "--front-door-address", help="gRPC front door host:port (default 0.0.0.0:50050); '' turns it off"
+        "--front-door-address",
+        help="gRPC front door host:port (default 0.0.0.0:50050; insecure: 127.0.0.1:50050); '' turns it off",
     )
     serve.add_argument(
-        "--openai-address", help="OpenAI-compatible HTTP host:port (default 0.0.0.0:8080); '' turns it off"
+        "--openai-address",
+        help="OpenAI-compatible HTTP host:port (default 0.0.0.0:8080; insecure: 127.0.0.1:8080); '' turns it off",
     )
     serve.add_argument("--metrics-address", help="a /metrics listener of its own, host:port (default: none)")
     serve.add_argument(

@@ -76,6 +76,7 @@ class NodeRow:
     generations: dict[str, int] = field(default_factory=dict)  # target key → generation the node applied
     address: str = ""  # gRPC host:port the node advertises
     assigned_groups: list[str] = field(default_factory=list)  # what `assign-groups` asked for (`groups`: applied)
+    insecure: bool = False  # the node said it runs with EDGEFLEET_INSECURE (its status info)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -279,6 +280,7 @@ class Registry:
         for node_id, state, since, last_seen, profile, groups_json, model, info in nodes:
             groups = json.loads(groups_json or "[]")
             rep = reported.get(node_id)
+            node_info = NodeInfoPayload.model_validate_json(info) if info else None
             drift = drift_reasons(node_id, groups, desired, rep)
             sync = "unknown" if rep is None else ("in sync" if not drift else "drifted")
             out.append(
@@ -298,8 +300,9 @@ class Registry:
                     {k: t.model_dump() for k, t in rep.transfers.items()} if rep else {},
                     outbox.get(node_id),
                     dict(rep.generations) if rep else {},
-                    NodeInfoPayload.model_validate_json(info).grpc_address if info else "",
+                    node_info.grpc_address if node_info else "",
                     list(assigned[node_id].groups) if node_id in assigned else [],
+                    node_info.insecure if node_info else False,
                 )
             )
         return out

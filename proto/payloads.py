@@ -47,6 +47,7 @@ class NodeInfoPayload(BaseModel):
     adapters: list[str] = Field(default_factory=list)
     versions: dict[str, str] = Field(default_factory=dict)
     assigned_groups: list[str] = Field(default_factory=list)  # of `groups`, those the orchestrator assigned
+    insecure: bool = False  # the node runs with EDGEFLEET_INSECURE: plaintext gRPC/MQTT, nothing verified
 
 
 class NodeStatus(_Payload):
@@ -289,14 +290,27 @@ class OrchestratorStatus(_Payload):
 
 
 class ChunkRequest(_Payload):
-    """A node asks for the chunks of an artifact it is missing (a window of them at a time)."""
+    """A node asks for the chunks of an artifact it is missing (a window of them at a time).
+
+    `scope`: the target whose manifest it took (`group/<g>` or `node/<n>`, proto/topics.py's
+    `artifact_scope`); the chunks are sent on that scope's topics, and only to a node of it."""
 
     node_id: str
+    scope: str
     kind: Literal["adapter", "knowledge"]
     name: str
     version: Version
     sha256: Annotated[str, SHA256_FIELD]
     chunks: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1, max_length=1024)]
+
+    @field_validator("scope")
+    @classmethod
+    def _scope(cls, v: str) -> str:
+        kind, _, target = v.partition("/")
+        if kind not in ("group", "node"):
+            raise ValueError(f"scope {brief(v)} must be group/<name> or node/<name>")
+        check_name(kind, target)
+        return v
 
 
 MAX_UPLOAD_CHUNK_BYTES = 128 * 1024  # base64 of it stays under MAX_PAYLOAD_BYTES
