@@ -2,8 +2,11 @@
 
 push-adapter: the file was uploaded piece by piece (upload-chunk) into the store; it is checked
 to be a LoRA GGUF, described (architecture and the base tensor shapes it fits), signed with the
-site key, published as a retained manifest, and named in the target's desired state. Nodes then
-ask for chunks on the requests topic (`chunk_requests.py`) and the chunk sender answers.
+site key, published as a retained manifest under the target's scope (`artifact/group/<g>/…` or
+`artifact/node/<n>/…`: the broker lets a node read only its own groups' and its own), and named in
+the target's desired state. An artifact pushed to two targets is published under both; removing it
+from one clears that scope's retained manifest. Nodes then ask for chunks on the requests topic
+(`chunk_requests.py`), naming the scope, and the chunk sender answers on that scope's topics.
 """
 
 from __future__ import annotations
@@ -35,8 +38,8 @@ from edgefleet.proto.error_codes import ErrorCode
 from edgefleet.proto.input_limits import brief
 from edgefleet.proto.knowledge_bundle import BundleError, iter_bundle
 from edgefleet.proto.lora_gguf import LoraFileError, read_lora
-from edgefleet.proto.payloads import ArtifactRef, CommandResult
-from edgefleet.proto.topics import valid_name
+from edgefleet.proto.payloads import ArtifactRef, CommandResult, Target
+from edgefleet.proto.topics import Topics, valid_name
 from edgefleet.proto.versions import is_older
 
 log = logging.getLogger("edgefleet.orchestrator.adapters")
@@ -65,6 +68,7 @@ def check_bundle(path: Path) -> None:
 
 
 ArtifactKind = Literal["adapter", "knowledge"]
+ARTIFACT_KINDS: tuple[ArtifactKind, ...] = ("adapter", "knowledge")
 
 
 class AdapterCommands:
@@ -75,15 +79,17 @@ class AdapterCommands:
         site_key_path: Path,
         chunk_bytes: int,
         publish_desired: PublishDesired,
-        publish_manifest: Callable[[Manifest], object],
+        publish_retained: Callable[[str, bytes], object],
         chunks_sent: Callable[[str], int],
+        topics: Topics,
     ) -> None:
         self.store, self.registry = store, registry
         self.site_key_path = site_key_path
         self.chunk_bytes = chunk_bytes
         self.publish_desired = publish_desired
-        self.publish_manifest = publish_manifest  # retained, on the artifact's manifest topic
+        self.publish_retained = publish_retained  # (topic, payload), QoS 1, retained: manifests
         self.chunks_sent = chunks_sent  # sha256 → chunks the sender published
+        self.topics = topics
 
     def register(self, table: CommandTable) -> None:
         table.register(UploadChunkRequest, self.upload_chunk)
@@ -124,6 +130,22 @@ class AdapterCommands:
                     log.info("manifest signed again with the current site key", extra={"artifact": m.label})
         return self.store.manifests()
 
+    def manifest_messages(self) -> list[tuple[str, bytes]]:
+        """Every stored manifest as its retained messages, one per target whose desired state names
+        it (that version): what the orchestrator publishes on each connect."""
+        manifests = {(m.kind, m.name): m for m in self.current_manifests()}
+        out = []
+        for doc in self.registry.all_desired().values():
+            for kind in ARTIFACT_KINDS:
+                for name, ref in getattr(doc, _section(kind)).items():
+                    m = manifests.get((kind, name))
+                    if m is not None and m.sha256 == ref.sha256 and m.version == ref.version:
+                        out.append((self._manifest_topic(doc.target, kind, name), m.model_dump_json().encode()))
+        return out
+
+    def _manifest_topic(self, target: Target, kind: str, name: str) -> str:
+        return self.topics.artifact_manifest(self.topics.artifact_scope(target.kind, target.name), kind, name)
+
     # -- commands --------------------------------------------------------------------------------------
     def upload_chunk(self, req: UploadChunkRequest) -> CommandResult:
         try:
@@ -144,7 +166,10 @@ class AdapterCommands:
         self._check_name(kind, req.name)
         t = resolve_target(req.target, self.registry)
         current = self.registry.desired(t.key)
-        return remove_entry(self.publish_desired, t, current, _section(kind), req.name, kind)
+        result = remove_entry(self.publish_desired, t, current, _section(kind), req.name, kind)
+        self.publish_retained(self._manifest_topic(t, kind, req.name), b"")  # the target's scope forgets it
+        log.info("manifest cleared", extra={"kind": kind, "artifact": req.name, "target": t.key})
+        return result
 
     def push(self, req: PushArtifactRequest, kind: ArtifactKind) -> CommandResult:
         self._check_name(kind, req.name)
@@ -152,6 +177,11 @@ class AdapterCommands:
         current = self.registry.desired(t.key)
         refs = dict(getattr(current, _section(kind))) if current else {}
         manifest = self._manifest(req, kind)
+        self.publish_retained(self._manifest_topic(t, kind, req.name), manifest.model_dump_json().encode())
+        log.info(
+            "manifest published",
+            extra={"artifact": manifest.label, "chunks": manifest.chunk_count, "target": t.key},
+        )
         refs[req.name] = ArtifactRef(
             name=manifest.name, version=manifest.version, sha256=manifest.sha256, size=manifest.size
         )
@@ -164,7 +194,7 @@ class AdapterCommands:
         )
 
     def _manifest(self, req: PushArtifactRequest, kind: ArtifactKind) -> Manifest:
-        """The signed manifest of the pushed version, made and published now (or the stored one, re-pushed)."""
+        """The signed manifest of the pushed version, made and stored now (or the stored one, re-pushed)."""
         if not self.store.has_blob(req.sha256):
             raise CommandError(
                 f"no uploaded file with sha256 {brief(req.sha256)}: upload it first (upload-chunk)", field="sha256"
@@ -199,8 +229,6 @@ class AdapterCommands:
             raise CommandError(f"manifest refused: {e}", ErrorCode.MANIFEST_REFUSED) from e
         manifest = self._key().sign(unsigned)
         self.store.save_manifest(manifest)
-        self.publish_manifest(manifest)
-        log.info("manifest published", extra={"artifact": manifest.label, "chunks": manifest.chunk_count})
         return manifest
 
     def overview(self) -> dict[str, Any]:

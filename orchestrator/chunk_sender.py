@@ -1,6 +1,7 @@
 """Sends the artifact chunks nodes ask for, one at a time, each confirmed by the broker (PUBACK).
 
-Requests from several nodes of a group for the same chunk are merged (a chunk is queued once),
+Requests from several nodes of a group for the same chunk are merged (a chunk is queued once per
+scope: the target it was pushed to, `group/<g>` or `node/<n>`, whose topics it is published on),
 and a chunk the broker did not confirm (it went away) goes back to the front of the queue and
 waits for the connection. An optional pause between chunks keeps a weak site link usable.
 """
@@ -21,7 +22,7 @@ from edgefleet.proto.topics import Topics
 
 log = logging.getLogger("edgefleet.orchestrator.chunks")
 
-ChunkKey = tuple[str, int]  # (sha256, index)
+ChunkKey = tuple[str, str, int]  # (sha256, scope, index)
 
 
 class ChunkSender:
@@ -54,12 +55,12 @@ class ChunkSender:
             self._cond.notify_all()
         self._thread.join(5)
 
-    def enqueue(self, manifest: Manifest, indices: list[int]) -> int:
-        """Queue chunks not queued yet; returns how many were added."""
+    def enqueue(self, manifest: Manifest, scope: str, indices: list[int]) -> int:
+        """Queue chunks not queued yet, to publish on `scope`'s chunk topics; returns how many were added."""
         added = 0
         with self._cond:
             for i in indices:
-                key = (manifest.sha256, i)
+                key = (manifest.sha256, scope, i)
                 if key not in self._queue:
                     self._queue[key] = manifest
                     added += 1
@@ -77,36 +78,38 @@ class ChunkSender:
                     self._cond.wait()
                 if self._stop:
                     return
-                (sha, index), manifest = next(iter(self._queue.items()))
+                key, manifest = next(iter(self._queue.items()))
+                sha, scope, index = key
             if not self.link.connected.wait(1.0):
                 continue
-            topic = self.topics.artifact_chunk(manifest.kind, manifest.name, manifest.version, index)
+            topic = self.topics.artifact_chunk(scope, manifest.kind, manifest.name, manifest.version, index)
             try:
                 data = self.read_chunk(manifest, index)
             except OSError as e:
                 log.error("chunk unreadable", extra={"artifact": manifest.label, "chunk": index, "reason": str(e)})
                 with self._cond:
-                    self._queue.pop((sha, index), None)
+                    self._queue.pop(key, None)
                 continue
             try:
                 confirmed = self.link.publish_wait(topic, data, timeout=10.0)
             except Exception as e:  # one bad chunk must not end the thread that serves every transfer
-                self._drop(sha, index, manifest, topic, e)
+                self._drop(key, manifest, topic, e)
                 continue
             if not confirmed:
                 log.warning("chunk not confirmed; will resend", extra={"artifact": manifest.label, "chunk": index})
                 time.sleep(0.2)
                 continue
             with self._cond:
-                self._queue.pop((sha, index), None)
+                self._queue.pop(key, None)
                 self.sent[sha] = self.sent.get(sha, 0) + 1
             if self.interval_s:
                 time.sleep(self.interval_s)
 
-    def _drop(self, sha: str, index: int, manifest: Manifest, topic: str, e: Exception) -> None:
+    def _drop(self, key: ChunkKey, manifest: Manifest, topic: str, e: Exception) -> None:
+        _, _, index = key
         log.exception("chunk not publishable; dropped", extra={"artifact": manifest.label, "chunk": index})
         with self._cond:
-            self._queue.pop((sha, index), None)
+            self._queue.pop(key, None)
         if self.errors is not None:
             try:
                 self.errors.report(topic, ErrorCode.INTERNAL, f"{manifest.label}: chunk {index} not published: {e}")

@@ -24,6 +24,7 @@ from edgefleet.orchestrator.chunk_sender import ChunkSender
 from edgefleet.orchestrator.command_auth import CommandAuth, OperatorKeys
 from edgefleet.orchestrator.command_endpoint import MqttCommandEndpoint
 from edgefleet.orchestrator.command_table import CommandTable
+from edgefleet.orchestrator.crl_publisher import CrlPublisher
 from edgefleet.orchestrator.desired_edits import DesiredSigner, DesiredStatePublisher
 from edgefleet.orchestrator.error_reports import ErrorReporter
 from edgefleet.orchestrator.fleet_view import FleetView
@@ -32,13 +33,13 @@ from edgefleet.orchestrator.group_commands import AssignmentIngest, GroupCommand
 from edgefleet.orchestrator.history_commands import HistoryCommands
 from edgefleet.orchestrator.ingest import Ingest
 from edgefleet.orchestrator.key_commands import KeyCommands
+from edgefleet.orchestrator.nonce_store import NonceStore
 from edgefleet.orchestrator.registry import Registry, open_registry
 from edgefleet.orchestrator.rule_commands import RuleCommands
 from edgefleet.orchestrator.settings import OrchestratorSettings
 from edgefleet.orchestrator.site_commands import SiteCommands
 from edgefleet.orchestrator.telemetry_history import TelemetryHistory
 from edgefleet.plumbing.mqtt_link import Handler, LastWill, MqttLink
-from edgefleet.proto.artifacts import Manifest
 from edgefleet.proto.commands import COMMAND_OPS
 from edgefleet.proto.payloads import OrchestratorStatus
 from edgefleet.proto.topics import Topics
@@ -46,9 +47,15 @@ from edgefleet.proto.topics import Topics
 log = logging.getLogger("edgefleet.orchestrator")
 
 
-def manifest_message(topics: Topics, m: Manifest) -> tuple[str, bytes]:
-    """A signed manifest as its retained message."""
-    return topics.artifact_manifest(m.kind, m.name), m.model_dump_json().encode()
+def node_groups(view: FleetView, registry: Registry) -> Callable[[str], set[str]]:
+    """node id → its groups now: those its status names (fleet view), and those it was assigned (registry)."""
+
+    def groups(node_id: str) -> set[str]:
+        snap = view.snapshot().node(node_id)
+        assigned = registry.assignment(node_id)
+        return {*(snap.groups if snap else ()), *(assigned.groups if assigned else ())}
+
+    return groups
 
 
 def _on(handle: Callable[[str, bytes], None]) -> Handler:
@@ -70,13 +77,18 @@ class Orchestrator:
     adapters: AdapterCommands
     front_door: FrontDoor
     keys: KeyCommands | None = None  # the API-key commands (their database is opened at the first one)
+    crl: CrlPublisher | None = None  # the site CRL, retained for the nodes
 
     def start(self) -> None:
         self.sender.start()
         self.link.start()
         self.front_door.start()
+        if self.crl is not None:
+            self.crl.start()
 
     def stop(self) -> None:
+        if self.crl is not None:
+            self.crl.stop()
         self.front_door.stop()
         self.commands.stop()
         if self.keys is not None:
@@ -115,9 +127,10 @@ def build_orchestrator(settings: OrchestratorSettings, registry: Registry | None
     view.rebuild(registry.node_records(), registry.all_desired())
 
     def birth() -> list[tuple[str, bytes]]:
-        """Published (retained) on every connect: `online`, and every manifest, so a broker that lost them heals."""
+        """Published (retained) on every connect: `online`, and every manifest under each target it was
+        pushed to, so a broker that lost them heals."""
         online = (topics.orchestrator_status(), OrchestratorStatus(state="online").dumps())
-        return [online, *(manifest_message(topics, m) for m in adapters.current_manifests())]
+        return [online, *adapters.manifest_messages()]
 
     link = MqttLink(
         settings.mqtt_url,
@@ -141,15 +154,20 @@ def build_orchestrator(settings: OrchestratorSettings, registry: Registry | None
         settings.site_key_path(),
         settings.artifact_chunk_bytes,
         publisher,
-        lambda m: link.publish(*manifest_message(topics, m), qos=1, retain=True),
+        publish_retained,
         lambda sha256: sender.sent.get(sha256, 0),
+        topics,
     )
     # the console's plots: telemetry folded into per-minute buckets, in a file beside the registry
     history = TelemetryHistory(settings.registry_db.with_suffix(".history.db"))
     group_commands = GroupCommands(settings.site, topics, registry, publish_retained, signer)
     keys = KeyCommands(settings.api_keys_path())
     table = build_command_table(registry, publisher, adapters, history, group_commands, keys)
-    auth = CommandAuth(settings.site, OperatorKeys(settings.operator_keys), settings.signed_commands_required())
+    # nonces of accepted signed commands, beside the registry: a replay after a restart is still refused
+    nonces = NonceStore(settings.registry_db.with_suffix(".nonces.db"))
+    auth = CommandAuth(
+        settings.site, OperatorKeys(settings.operator_keys), settings.signed_commands_required(), nonce_store=nonces
+    )
     if not settings.signed_commands_required():
         log.warning(
             "OPERATOR COMMANDS ARE NOT AUTHENTICATED: any client that can publish on the broker can command "
@@ -160,9 +178,10 @@ def build_orchestrator(settings: OrchestratorSettings, registry: Registry | None
     orch = Orchestrator(
         settings, topics, registry, view, link, store, sender, table, endpoint, adapters, front_door, keys
     )
+    orch.crl = CrlPublisher(None if settings.insecure else settings.tls_crl_file, topics.crl(), link)
 
     ingest = Ingest(settings.site, topics, registry, view, errors, history, signer, publish_retained)
-    chunk_requests = ChunkRequests(store, sender, errors)
+    chunk_requests = ChunkRequests(store, sender, errors, topics, registry, node_groups(view, registry))
     link.subscribe(topics.all_node_status(), _on(ingest.node_status))
     link.subscribe(topics.all_node_reported(), _on(ingest.reported))
     link.subscribe(topics.all_node_telemetry(), _on(ingest.telemetry), qos=0)

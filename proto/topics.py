@@ -91,17 +91,33 @@ class Topics:
         return f"{self.root}assign/node/{node_id}"
 
     # -- artifacts and results (the adapter, knowledge and sensor-rule issues use these) ----------
-    def artifact_manifest(self, kind: str, name: str) -> str:
+    # An artifact is published under the target it was pushed to (`group/<g>` or `node/<n>`), so
+    # the broker lets a node read only the artifacts of its own groups and of itself.
+    def artifact_scope(self, target_kind: str, target: str) -> str:
+        """`group/<g>` or `node/<n>`: the level pair an artifact is published under."""
+        if target_kind not in ("group", "node"):
+            raise ValueError(f"artifact target kind {target_kind!r} must be group or node")
+        return f"{target_kind}/{encode_level(target)}"
+
+    def artifact_manifest(self, scope: str, kind: str, name: str) -> str:
         """Retained, signed manifest of the newest version of a large artifact (adapter, knowledge)."""
-        return f"{self.root}artifact/{encode_level(kind)}/{encode_level(name)}/manifest"
+        return f"{self.root}artifact/{scope}/{encode_level(kind)}/{encode_level(name)}/manifest"
 
-    def artifact_chunk(self, kind: str, name: str, version: str, index: int) -> str:
+    def artifact_chunk(self, scope: str, kind: str, name: str, version: str, index: int) -> str:
         """`version` (and kind, name) go through `encode_level`: `1.0+cu121` is `1.0%2Bcu121` here."""
-        return f"{self.root}artifact/{encode_level(kind)}/{encode_level(name)}/{encode_level(version)}/chunk/{index}"
+        return f"{self.artifact_chunks(scope, kind, name, version)[:-1]}{index}"  # the filter's `+` → the index
 
-    def artifact_chunks(self, kind: str, name: str, version: str) -> str:
+    def artifact_chunks(self, scope: str, kind: str, name: str, version: str) -> str:
         """Filter: every chunk of one version of an artifact."""
-        return f"{self.root}artifact/{encode_level(kind)}/{encode_level(name)}/{encode_level(version)}/chunk/+"
+        return f"{self.root}artifact/{scope}/{encode_level(kind)}/{encode_level(name)}/{encode_level(version)}/chunk/+"
+
+    def artifacts_for(self, scope: str) -> str:
+        """Filter: every manifest and chunk published for one target (what the broker lets it read)."""
+        return f"{self.root}artifact/{scope}/#"
+
+    def crl(self) -> str:
+        """Retained: the site CA's certificate revocation list (PEM, signed by the CA itself)."""
+        return f"{self.root}pki/crl"
 
     def artifact_chunk_requests(self) -> str:
         """Nodes ask here for the chunks they are missing."""
@@ -153,9 +169,9 @@ class Topics:
     def all_errors(self) -> str:
         return f"{self.root}errors/+"
 
-    def all_artifact_manifests(self, kind: str) -> str:
-        """Filter: the manifests of every artifact of one kind."""
-        return f"{self.root}artifact/{encode_level(kind)}/+/manifest"
+    def all_artifact_manifests(self, scope: str, kind: str) -> str:
+        """Filter: the manifests of every artifact of one kind published for one target."""
+        return f"{self.root}artifact/{scope}/{encode_level(kind)}/+/manifest"
 
     # -- parsing --------------------------------------------------------------------------------
     def parse(self, topic: str) -> tuple[str, ...] | None:
@@ -185,24 +201,41 @@ class Topics:
             return levels[2]
         return None
 
-    def manifest_of(self, topic: str) -> tuple[str, str] | None:
-        """(kind, name) of `<root>artifact/<kind>/<name>/manifest`, else None."""
+    def artifact_target(self, scope: str) -> tuple[str, str] | None:
+        """('group'|'node', name) of an artifact scope (`artifact_scope`'s inverse), else None."""
+        kind, sep, target = scope.partition("/")
+        if sep and kind in ("group", "node") and valid_name(decode_level(target)):
+            return kind, decode_level(target)
+        return None
+
+    def _scope(self, levels: tuple[str, ...]) -> str | None:
+        """The scope of `artifact/<group|node>/<target>/…` levels, else None."""
+        if len(levels) < 3 or levels[0] != "artifact" or levels[1] not in ("group", "node"):
+            return None
+        scope = f"{levels[1]}/{levels[2]}"
+        return scope if self.artifact_target(scope) else None
+
+    def manifest_of(self, topic: str) -> ManifestTopic | None:
+        """The parts of `<root>artifact/<group|node>/<target>/<kind>/<name>/manifest`, else None."""
         levels = self.parse(topic)
-        if levels and len(levels) == 4 and levels[0] == "artifact" and levels[3] == "manifest":
-            return decode_level(levels[1]), decode_level(levels[2])
+        if levels and len(levels) == 6 and levels[5] == "manifest" and (scope := self._scope(levels)):
+            return ManifestTopic(scope, decode_level(levels[3]), decode_level(levels[4]))
         return None
 
     def chunk_of(self, topic: str) -> ChunkTopic | None:
-        """The parts of `<root>artifact/<kind>/<name>/<version>/chunk/<i>` (i in decimal digits), else None."""
+        """The parts of `<root>artifact/<group|node>/<target>/<kind>/<name>/<version>/chunk/<i>`
+        (i in decimal digits), else None."""
         levels = self.parse(topic)
         if (
             levels
-            and len(levels) == 6
-            and levels[0] == "artifact"
-            and levels[4] == "chunk"
-            and _INDEX_RE.fullmatch(levels[5])
+            and len(levels) == 8
+            and levels[6] == "chunk"
+            and _INDEX_RE.fullmatch(levels[7])
+            and (scope := self._scope(levels))
         ):
-            return ChunkTopic(decode_level(levels[1]), decode_level(levels[2]), decode_level(levels[3]), int(levels[5]))
+            return ChunkTopic(
+                scope, decode_level(levels[3]), decode_level(levels[4]), decode_level(levels[5]), int(levels[7])
+            )
         return None
 
 
@@ -210,9 +243,20 @@ _INDEX_RE = re.compile(r"[0-9]{1,9}")
 
 
 @dataclass(frozen=True)
-class ChunkTopic:
-    """What a chunk's topic says: which artifact version and which chunk."""
+class ManifestTopic:
+    """What a manifest's topic says: the target it was published for (`group/<g>`, `node/<n>`) and
+    which artifact."""
 
+    scope: str
+    kind: str
+    name: str
+
+
+@dataclass(frozen=True)
+class ChunkTopic:
+    """What a chunk's topic says: the target it was published for, which artifact version and which chunk."""
+
+    scope: str
     kind: str
     name: str
     version: str
@@ -246,8 +290,19 @@ TOPIC_TABLE = [
         "retained, QoS 1",
         "GroupAssignment: groups added to the node's own at run time, signed with the site key",
     ),
-    ("artifact/<kind>/<name>/manifest", "orchestrator", "retained, QoS 1", "Manifest, signed with the site key"),
-    ("artifact/<kind>/<name>/<version>/chunk/<i>", "orchestrator", "QoS 1", "raw bytes of chunk i"),
+    (
+        "artifact/<group|node>/<target>/<kind>/<name>/manifest",
+        "orchestrator",
+        "retained, QoS 1",
+        "Manifest, signed with the site key, for one target",
+    ),
+    (
+        "artifact/<group|node>/<target>/<kind>/<name>/<version>/chunk/<i>",
+        "orchestrator",
+        "QoS 1",
+        "raw bytes of chunk i",
+    ),
+    ("pki/crl", "orchestrator", "retained, QoS 1", "the site CA's CRL (PEM, signed by the CA)"),
     ("artifact/requests", "node", "QoS 1", "ChunkRequest: chunks a node is missing"),
     ("results/<node>", "node", "QoS 1", "SensorResult: the answer to one sensor message (default output topic)"),
     (

@@ -25,6 +25,7 @@ import paho.mqtt.client as mqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edgefleet.node.control.artifact_sync import ArtifactSync
+from edgefleet.node.control.crl_sync import CrlSync
 from edgefleet.node.control.desired_store import (
     DesiredStateStore,
     InstalledArtifacts,
@@ -142,8 +143,13 @@ class ControlAgent:
         self.knowledge = sync(KnowledgeInstaller(service.knowledge)) if service.knowledge else None
         if sensors is not None:
             sensors.set_groups(self.groups)
+        for sync in filter(None, (self.adapters, self.knowledge)):
+            sync.set_groups(self.groups)  # it reads artifacts of its own scope and its groups'
         self.link.subscribe(self.topics.desired_node(self.node_id), self._on_desired)
         self.link.subscribe(self.topics.node_assignment(self.node_id), self._on_assignment)
+        self.crl = CrlSync.for_settings(settings)  # the site's revocations, checked against the site CA
+        if self.crl is not None:
+            self.link.subscribe(self.topics.crl(), self.crl.on_message)
         for g in self.groups:
             self.link.subscribe(self.topics.desired_group(g), self._on_desired)
         self._install(self.store.docs())
@@ -192,6 +198,7 @@ class ControlAgent:
             grpc_address=self.settings.advertise_address or f"{self.settings.host}:{self.settings.port}",
             versions=s.versions,
             assigned_groups=self.membership.assigned,
+            insecure=self.settings.insecure,
         )
         return NodeStatus(node_id=self.node_id, state="online", info=info).dumps()
 
@@ -221,6 +228,8 @@ class ControlAgent:
                     self.link.subscribe(self.topics.desired_group(g), self._on_desired)
             self.groups = after
             self.service.set_groups(after)  # one assignment: readers see the old list or the new
+            for sync in filter(None, (self.adapters, self.knowledge)):
+                sync.set_groups(after)
             if self.sensors is not None:
                 self.sensors.set_groups(after)
             self._install(self.store.docs())

@@ -8,6 +8,10 @@ against the manifest (index, size, sha256) and kept on disk. Worker thread: star
 asks for missing chunks a window at a time (again after a reconnect or when nothing came for
 `retry_s`), assembles and installs a complete file, removes artifacts no longer desired. The
 previous version serves until the new one is loaded; a failure leaves it and is reported.
+
+Scopes: an artifact is published under the target it was pushed to (`group/<g>`, `node/<n>`); the
+node reads the manifests of its own scope and of each of its groups' (`set_groups`, followed when
+its groups change), and fetches the chunks from the scope whose manifest it took.
 """
 
 from __future__ import annotations
@@ -16,14 +20,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
 
 import paho.mqtt.client as mqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import ValidationError
 
+from edgefleet.node.control.artifact_transfer import Installer, Kind, Transfer
 from edgefleet.node.control.chunk_store import ChunkStore
 from edgefleet.node.control.desired_store import InstalledArtifact, InstalledArtifacts
 from edgefleet.node.errors import EdgefleetError
@@ -41,53 +44,8 @@ from edgefleet.proto.topics import Topics
 from edgefleet.proto.versions import is_older
 
 log = logging.getLogger("edgefleet.node.artifacts")
-Kind = Literal["adapter", "knowledge"]
+__all__ = ["ArtifactSync", "Installer", "Kind", "Transfer"]
 Reporter = Callable[[str, str, str], None]  # (topic, code, message) → errors topic
-
-
-class Installer(Protocol):
-    @property
-    def kind(self) -> Kind: ...
-
-    @property
-    def suffix(self) -> str:
-        """Of the installed file: ".gguf", ".jsonl.gz"."""
-
-    def precheck(self, m: Manifest) -> None:
-        """Before any byte is fetched: refuse (EdgefleetError) what cannot fit this node."""
-
-    def load(self, name: str, version: str, path: Path, sha256: str) -> None:
-        """Put a verified file into service; the previous version serves until this returns.
-
-        `sha256` is the digest the file was verified with when it was assembled (or recorded then, for
-        a file installed before this start): the file is not hashed again."""
-
-    def unload(self, name: str) -> None: ...
-
-
-@dataclass
-class Transfer:
-    manifest: Manifest
-    store: ChunkStore
-    resumed_from: int
-    requested: set[int] = field(default_factory=set)
-    last_progress: float = field(default_factory=time.monotonic)
-    subscribed: bool = False
-    state: str = "fetching"
-    error: str = ""
-    duplicates: int = 0
-
-    def progress(self) -> TransferProgress:
-        return TransferProgress(
-            kind=self.manifest.kind,
-            name=self.manifest.name,
-            version=self.manifest.version,
-            have=len(self.store.held()),
-            total=self.manifest.chunk_count,
-            resumed_from=self.resumed_from,
-            state=self.state,  # type: ignore[arg-type]
-            error=self.error,
-        )
 
 
 class ArtifactSync:
@@ -118,7 +76,8 @@ class ArtifactSync:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._wanted: dict[str, ArtifactRef] = {}
-        self._manifests: dict[str, Manifest] = {}
+        self._scopes: list[str] = []  # node scope, then its groups'; the manifests of each are read
+        self._manifests: dict[str, dict[str, Manifest]] = {}  # name → scope → verified manifest
         self._transfers: dict[str, Transfer] = {}
         self._failed: dict[str, str] = {}  # sha256 → why; not retried until another version is desired
         self._last_report = 0.0
@@ -142,8 +101,25 @@ class ArtifactSync:
                 self.installed.forget(self.kind, a.name)
 
     def start(self) -> None:
-        self.link.subscribe(self.topics.all_artifact_manifests(self.kind), self.on_manifest)
         self._thread.start()
+
+    def set_groups(self, groups: list[str]) -> None:
+        """Read the manifests of this node's scope and of these groups' only (what the broker lets it
+        read): subscribe to new scopes, leave dropped ones and forget what came from them."""
+        scopes = [
+            self.topics.artifact_scope("node", self.node_id),
+            *(self.topics.artifact_scope("group", g) for g in groups),
+        ]
+        with self._lock:
+            before, self._scopes = self._scopes, list(dict.fromkeys(scopes))
+            for gone in set(before) - set(self._scopes):
+                for held in self._manifests.values():
+                    held.pop(gone, None)
+        for gone in [s for s in before if s not in self._scopes]:
+            self.link.unsubscribe(self.topics.all_artifact_manifests(gone, self.kind))
+        for new in [s for s in self._scopes if s not in before]:
+            self.link.subscribe(self.topics.all_artifact_manifests(new, self.kind), self.on_manifest)
+        self._wake.set()
 
     def stop(self) -> None:
         self._stop.set()
@@ -171,7 +147,13 @@ class ArtifactSync:
 
     # -- network thread ----------------------------------------------------------------------------------
     def on_manifest(self, msg: mqtt.MQTTMessage) -> None:
-        if not msg.payload:
+        where = self.topics.manifest_of(msg.topic)
+        if where is None or where.scope not in self._scopes:
+            log.info("manifest outside this node's scopes ignored", extra={"topic": msg.topic})
+            return
+        if not msg.payload:  # cleared: the artifact was removed from that target
+            with self._lock:
+                self._manifests.get(where.name, {}).pop(where.scope, None)
             return
         try:
             if len(msg.payload) > MAX_PAYLOAD_BYTES:
@@ -185,7 +167,7 @@ class ArtifactSync:
         except ArtifactError as e:
             self.report_error(msg.topic, ErrorCode.MANIFEST_REFUSED, str(e))
             return
-        if self.topics.manifest_of(msg.topic) != (m.kind, m.name):
+        if (where.kind, where.name) != (m.kind, m.name):
             self.report_error(msg.topic, ErrorCode.MANIFEST_REFUSED, f"manifest of {m.label} arrived on {msg.topic}")
             return
         if self.site_key is None:
@@ -209,8 +191,8 @@ class ArtifactSync:
             )
             return
         with self._lock:
-            self._manifests[m.name] = m
-        log.info("manifest verified", extra={"artifact": m.label, "chunks": m.chunk_count})
+            self._manifests.setdefault(m.name, {})[where.scope] = m
+        log.info("manifest verified", extra={"artifact": m.label, "chunks": m.chunk_count, "scope": where.scope})
         self._wake.set()
 
     def on_chunk(self, msg: mqtt.MQTTMessage) -> None:
@@ -259,7 +241,8 @@ class ArtifactSync:
     def _tick(self) -> None:
         with self._lock:
             wanted = dict(self._wanted)
-            manifests = dict(self._manifests)
+            manifests = {name: dict(by_scope) for name, by_scope in self._manifests.items()}
+            scopes = list(self._scopes)
         installed = self.installed.all(self.kind)
         for name in set(installed) - set(wanted):
             self._remove(installed[name])
@@ -267,10 +250,14 @@ class ArtifactSync:
             have = installed.get(name)
             if (have is not None and have.sha256 == ref.sha256) or ref.sha256 in self._failed:
                 continue
-            m = manifests.get(name)
-            if m is None or m.sha256 != ref.sha256 or m.version != ref.version:
+            held = manifests.get(name, {})
+            fits = [s for s in scopes if s in held and (held[s].sha256, held[s].version) == (ref.sha256, ref.version)]
+            if not fits:
                 continue  # its manifest has not arrived yet
-            t = self._transfer(m)
+            with self._lock:
+                going = self._transfers.get(name)
+            scope = going.scope if going is not None and going.scope in fits else fits[0]
+            t = self._transfer(held[scope], scope)
             if t is None:
                 continue
             if t.store.complete():
@@ -279,21 +266,22 @@ class ArtifactSync:
                 self._request(t)
         self._publish_progress()
 
-    def _transfer(self, m: Manifest) -> Transfer | None:
+    def _transfer(self, m: Manifest, scope: str) -> Transfer | None:
         with self._lock:
             t = self._transfers.get(m.name)
-            if t is not None and t.manifest.sha256 == m.sha256:
+            if t is not None and t.manifest.sha256 == m.sha256 and t.scope == scope:
                 return t
-        if t is not None:  # a newer version superseded this one
-            self.link.unsubscribe(self._chunk_filter_for(t.manifest))
-            t.store.discard()
+        if t is not None:  # a newer version superseded this one, or its scope is gone: the chunks held stay
+            self.link.unsubscribe(self._chunk_filter_for(t))
+            if t.manifest.sha256 != m.sha256:
+                t.store.discard()
         try:
             self.installer.precheck(m)
         except EdgefleetError as e:
-            self._fail(m, str(e))
+            self._fail(m, scope, str(e))
             return None
         store = ChunkStore(self.chunk_root, m)
-        t = Transfer(m, store, resumed_from=len(store.held()))
+        t = Transfer(m, scope, store, resumed_from=len(store.held()))
         with self._lock:
             self._transfers[m.name] = t
         log.info("transfer started", extra={"artifact": m.label, "held": t.resumed_from, "total": m.chunk_count})
@@ -304,7 +292,7 @@ class ArtifactSync:
         if not self.link.connected.is_set():
             return
         if not t.subscribed:
-            t.subscribed = self.link.subscribe_wait(self._chunk_filter_for(t.manifest), self.on_chunk, timeout=5)
+            t.subscribed = self.link.subscribe_wait(self._chunk_filter_for(t), self.on_chunk, timeout=5)
             if not t.subscribed:
                 return
         with self._lock:
@@ -319,6 +307,7 @@ class ArtifactSync:
         if ask:
             req = ChunkRequest(
                 node_id=self.node_id,
+                scope=t.scope,
                 kind=self.kind,
                 name=t.manifest.name,
                 version=t.manifest.version,
@@ -327,8 +316,9 @@ class ArtifactSync:
             )
             self.link.publish(self.topics.artifact_chunk_requests(), req.dumps(), qos=1)
 
-    def _chunk_filter_for(self, m: Manifest) -> str:
-        return self.topics.artifact_chunks(m.kind, m.name, m.version)
+    def _chunk_filter_for(self, t: Transfer) -> str:
+        m = t.manifest
+        return self.topics.artifact_chunks(t.scope, m.kind, m.name, m.version)
 
     def _install(self, t: Transfer) -> None:
         m = t.manifest
@@ -341,32 +331,32 @@ class ArtifactSync:
             self.installer.load(m.name, m.version, path, assembled.sha256)
         except (ArtifactError, EdgefleetError, OSError) as e:
             path.unlink(missing_ok=True)
-            self._fail(m, str(e))
+            self._fail(m, t.scope, str(e))
             return
         previous = self.installed.all(self.kind).get(m.name)
         self.installed.record(InstalledArtifact(self.kind, m.name, m.version, assembled.sha256, path, assembled.size))
         if previous is not None and previous.path != path:
             previous.path.unlink(missing_ok=True)
-        self.link.unsubscribe(self._chunk_filter_for(m))
+        self.link.unsubscribe(self._chunk_filter_for(t))
         t.store.discard()
         with self._lock:
             t.state = "installed"
         log.info("artifact installed", extra={"artifact": m.label, "resumed_from": t.resumed_from})
         self.changed()
 
-    def _fail(self, m: Manifest, reason: str) -> None:
+    def _fail(self, m: Manifest, scope: str, reason: str) -> None:
         self._failed[m.sha256] = reason
         with self._lock:
             t = self._transfers.get(m.name)
             if t is None or t.manifest.sha256 != m.sha256:
-                t = Transfer(m, ChunkStore(self.chunk_root, m), resumed_from=0)
+                t = Transfer(m, scope, ChunkStore(self.chunk_root, m), resumed_from=0)
                 self._transfers[m.name] = t
             t.state, t.error = "failed", reason
-        self.link.unsubscribe(self._chunk_filter_for(m))
+        self.link.unsubscribe(self._chunk_filter_for(t))
         t.store.discard()
         log.error("artifact refused; the previous version stays", extra={"artifact": m.label, "reason": reason})
         self.report_error(
-            self.topics.artifact_manifest(m.kind, m.name),
+            self.topics.artifact_manifest(t.scope, m.kind, m.name),
             ErrorCode.ADAPTER_REFUSED if m.kind == "adapter" else ErrorCode.KNOWLEDGE_REFUSED,
             f"{m.label} refused: {reason}",
         )

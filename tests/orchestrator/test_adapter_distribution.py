@@ -27,6 +27,7 @@ from tools.make_lora import write_lora
 PROMPT = "Is 7 mm/s vibration bad?"
 CHUNK = 64 * 1024
 TOPICS = Topics.for_site("lab")
+NODE_A, NODE_C = TOPICS.artifact_scope("node", "a"), TOPICS.artifact_scope("node", "c")  # pushes to node:a, node:c
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +175,7 @@ def test_bad_artifacts_are_refused_and_the_node_keeps_its_adapter(
         manifest = build_manifest(loras["v2"], "adapter", "guard", "2", chunk_bytes=CHUNK)
         last = manifest.chunk_count - 1
         forged = bytes(CHUNK if last else manifest.size)[: manifest.size - CHUNK * last]
-        errors.publish(TOPICS.artifact_chunk("adapter", "guard", "2", last), forged)
+        errors.publish(TOPICS.artifact_chunk(NODE_A, "adapter", "guard", "2", last), forged)
         assert wait_for(lambda: errors_of(errors, "chunk_refused"), timeout=10), errors.json()
         assert wait_for(lambda: loaded(a).get("guard") == "2", timeout=60)  # the real chunk still lands
         v2 = ask(a, "guard")
@@ -182,11 +183,11 @@ def test_bad_artifacts_are_refused_and_the_node_keeps_its_adapter(
 
         # a manifest signed by another key
         other = SiteKey.generate().sign(build_manifest(loras["v1"], "adapter", "guard", "9", chunk_bytes=CHUNK))
-        errors.publish(TOPICS.artifact_manifest("adapter", "guard"), other.model_dump_json().encode())
+        errors.publish(TOPICS.artifact_manifest(NODE_A, "adapter", "guard"), other.model_dump_json().encode())
         assert wait_for(lambda: errors_of(errors, "bad_signature"), timeout=10)
         # an older version, properly signed (a replay)
         old = SiteKey.load(site["key"]).sign(build_manifest(loras["v1"], "adapter", "guard", "0.5", chunk_bytes=CHUNK))
-        errors.publish(TOPICS.artifact_manifest("adapter", "guard"), old.model_dump_json().encode())
+        errors.publish(TOPICS.artifact_manifest(NODE_A, "adapter", "guard"), old.model_dump_json().encode())
         assert wait_for(lambda: errors_of(errors, "older_version"), timeout=10)
 
         # an adapter for another architecture: the orchestrator signs it, the node refuses it
@@ -202,7 +203,13 @@ def test_bad_artifacts_are_refused_and_the_node_keeps_its_adapter(
 
         # a chunk request out of range goes to the orchestrator's errors topic
         req = ChunkRequest(
-            node_id="a", kind="adapter", name="guard", version="3", sha256=sha(loras["gemma"]), chunks=[9999]
+            node_id="a",
+            scope=NODE_A,
+            kind="adapter",
+            name="guard",
+            version="3",
+            sha256=sha(loras["gemma"]),
+            chunks=[9999],
         )
         errors.publish(TOPICS.artifact_chunk_requests(), req.dumps())
         assert wait_for(lambda: errors_of(errors, "chunk_out_of_range"), timeout=10)
@@ -247,7 +254,7 @@ def test_node_killed_mid_transfer_resumes_from_the_chunks_it_holds(
     broker: Mosquitto, nodes: dict[str, NodeProcess], loras: dict[str, Path]
 ) -> None:
     c = nodes["c"]
-    seen = Watcher(broker, TOPICS.artifact_chunk("adapter", "resume", "1", 0).rsplit("/", 1)[0] + "/+")
+    seen = Watcher(broker, TOPICS.artifact_chunk(NODE_C, "adapter", "resume", "1", 0).rsplit("/", 1)[0] + "/+")
     r = push(broker, loras["v2"], "resume", "1", "node:c", "--no-wait")
     assert r.returncode == 0, r.stderr
     assert wait_for(lambda: len(seen.messages) >= 8, timeout=30)
@@ -274,7 +281,7 @@ def test_broker_restarted_mid_transfer_resumes_and_completes(
     broker: Mosquitto, nodes: dict[str, NodeProcess], loras: dict[str, Path]
 ) -> None:
     c = nodes["c"]
-    seen = Watcher(broker, TOPICS.artifact_chunk("adapter", "steady", "1", 0).rsplit("/", 1)[0] + "/+")
+    seen = Watcher(broker, TOPICS.artifact_chunk(NODE_C, "adapter", "steady", "1", 0).rsplit("/", 1)[0] + "/+")
     r = push(broker, loras["v1"], "steady", "1", "node:c", "--no-wait")
     assert r.returncode == 0, r.stderr
     assert wait_for(lambda: len(seen.messages) >= 8, timeout=30)

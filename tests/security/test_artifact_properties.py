@@ -53,6 +53,7 @@ from edgefleet.proto.payloads import UploadChunk
 from edgefleet.proto.topics import Topics
 
 T = Topics.for_site("lab")
+SCOPE = T.artifact_scope("node", "n1")  # the test node's own scope
 CHUNK = 1024
 KEY = SiteKey.generate()
 OTHER_KEY = SiteKey.generate()
@@ -67,6 +68,9 @@ _cases = itertools.count()
 
 class FakeLink:
     """What ArtifactSync's handlers and install touch of the MQTT link."""
+
+    def subscribe(self, topic: str, handler: object, qos: int = 1) -> None:
+        pass
 
     def unsubscribe(self, topic: str) -> None:
         pass
@@ -108,6 +112,7 @@ class Node:
             report_error=lambda topic, code, message: self.reports.append((topic, code, message)),
             changed=lambda: None,
         )
+        self.sync.set_groups([])  # it reads its own scope (SCOPE): artifacts pushed to node n1
 
     def close(self) -> None:
         self.db.close()
@@ -259,12 +264,12 @@ def test_any_single_field_mutation_of_a_signed_manifest_is_refused(
         assert field not in ("signature_bytes", "other_key")
     node = Node(base / f"mutation-{next(_cases)}")
     try:
-        node.manifest(T.artifact_manifest("adapter", "lora1"), payload)
+        node.manifest(T.artifact_manifest(SCOPE, "adapter", "lora1"), payload)
         if node.reports:
             assert node.codes() in ([ErrorCode.MANIFEST_REFUSED], [ErrorCode.BAD_SIGNATURE]), node.reports
             assert not node.sync._manifests
         else:
-            assert node.sync._manifests["lora1"].canonical() == signed.canonical()
+            assert node.sync._manifests["lora1"][SCOPE].canonical() == signed.canonical()
     finally:
         node.close()
 
@@ -272,8 +277,8 @@ def test_any_single_field_mutation_of_a_signed_manifest_is_refused(
 def test_the_unchanged_manifest_verifies(signed: Manifest, base: Path) -> None:
     verify(Manifest.model_validate_json(signed.model_dump_json()), PUB)
     node = Node(base / "unchanged")
-    node.manifest(T.artifact_manifest("adapter", "lora1"), signed.model_dump_json().encode())
-    assert not node.reports and node.sync._manifests["lora1"] == signed
+    node.manifest(T.artifact_manifest(SCOPE, "adapter", "lora1"), signed.model_dump_json().encode())
+    assert not node.reports and node.sync._manifests["lora1"] == {SCOPE: signed}
     node.close()
 
 
@@ -410,8 +415,8 @@ def test_path_tricks_are_refused_and_nothing_is_written_outside(
                 valid = False
             else:
                 valid = True
-            node.manifest(T.artifact_manifest("adapter", name), payload)
-            node.manifest(T.artifact_manifest("adapter", "lora1"), payload)
+            node.manifest(T.artifact_manifest(SCOPE, "adapter", name), payload)
+            node.manifest(T.artifact_manifest(SCOPE, "adapter", "lora1"), payload)
             if not valid:
                 assert node.codes() == [ErrorCode.MANIFEST_REFUSED] * 2 and not node.sync._manifests, node.reports
             else:  # the trick happens to be a fine name or version: accepted on its own topic only
@@ -424,12 +429,12 @@ def test_path_tricks_are_refused_and_nothing_is_written_outside(
             assert where in ("name", "version"), f"a valid manifest refused ({where})"
             return
         store.save_manifest(m)
-        node.manifest(T.artifact_manifest("adapter", m.name), m.model_dump_json().encode())
+        node.manifest(T.artifact_manifest(SCOPE, "adapter", m.name), m.model_dump_json().encode())
         assert not node.reports, node.reports
-        t = Transfer(m, ChunkStore(node.sync.chunk_root, m), resumed_from=0)
+        t = Transfer(m, SCOPE, ChunkStore(node.sync.chunk_root, m), resumed_from=0)
         node.sync._transfers[m.name] = t
         for i in range(m.chunk_count):
-            node.chunk(T.artifact_chunk("adapter", m.name, m.version, i), store.read_chunk(m, i))
+            node.chunk(T.artifact_chunk(SCOPE, "adapter", m.name, m.version, i), store.read_chunk(m, i))
         node.sync._install(t)
         assert t.state == "installed" and not node.reports, node.reports
         assert node.installer.loaded == [(m.name, m.version, content)]
@@ -461,10 +466,10 @@ def test_bad_chunks_are_refused_and_the_file_appears_only_when_whole(
     m = KEY.sign(build_manifest(blob, "adapter", "lora1", "2.0", chunk_bytes=CHUNK))
     chunks = [content[i : i + CHUNK] for i in range(0, len(content), CHUNK)]
     node = Node(root / "node")
-    t = Transfer(m, ChunkStore(node.sync.chunk_root, m), resumed_from=0)
+    t = Transfer(m, SCOPE, ChunkStore(node.sync.chunk_root, m), resumed_from=0)
     node.sync._transfers[m.name] = t
     dest = node.sync.install_dir / "lora1@2.0.gguf"
-    topic = lambda i: T.artifact_chunk("adapter", "lora1", "2.0", i)  # noqa: E731
+    topic = lambda i: T.artifact_chunk(SCOPE, "adapter", "lora1", "2.0", i)  # noqa: E731
     expected: list[str] = []
     duplicates = 0
     try:
@@ -494,9 +499,9 @@ def test_bad_chunks_are_refused_and_the_file_appears_only_when_whole(
                 with pytest.raises(ArtifactError):
                     t.store.write(m.chunk_count + n, chunks[i])
             elif op == "other_version":  # not being fetched: ignored, nothing kept
-                node.chunk(T.artifact_chunk("adapter", "lora1", "1.0", i), chunks[i])
+                node.chunk(T.artifact_chunk(SCOPE, "adapter", "lora1", "1.0", i), chunks[i])
             else:
-                node.chunk(T.artifact_chunk("knowledge", "lora1", "2.0", i), chunks[i])
+                node.chunk(T.artifact_chunk(SCOPE, "knowledge", "lora1", "2.0", i), chunks[i])
                 node.chunk(topic(i) + "/x", chunks[i])
                 expected += [ErrorCode.CHUNK_REFUSED] * 2
             assert node.codes() == expected, node.reports

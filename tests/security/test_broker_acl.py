@@ -76,8 +76,8 @@ def refused_and_not_delivered(site: dict[str, object], who: str, topic: str) -> 
         ("n1", T.node_status("n2")),  # … nor speak for another node
         ("n1", T.results("n2")),
         ("n1", T.orchestrator_commands()),  # … nor command the orchestrator
-        ("n1", T.artifact_manifest("adapter", "a")),
-        ("n1", T.artifact_chunk("adapter", "a", "1", 0)),
+        ("n1", T.artifact_manifest(T.artifact_scope("group", "g1"), "adapter", "a")),
+        ("n1", T.artifact_chunk(T.artifact_scope("node", "n1"), "adapter", "a", "1", 0)),
         ("n1", T.orchestrator_status()),
         ("n1", T.node_assignment("n1")),  # only the orchestrator assigns groups
         ("op", T.node_assignment("n1")),

@@ -24,6 +24,7 @@ from edgefleet.proto.artifacts import ArtifactError, Manifest, SiteKey, build_ma
 from edgefleet.proto.topics import Topics
 
 T = Topics.for_site("lab")
+SCOPE = T.artifact_scope("node", "n1")  # the node's own: where an artifact pushed to it is published
 CHUNK = 1024
 KEY = SiteKey.generate()
 
@@ -103,10 +104,10 @@ def manifest_of(tmp_path: Path, content: bytes) -> Manifest:
 
 
 def deliver(sync: ArtifactSync, m: Manifest, content: bytes) -> Transfer:
-    t = Transfer(m, ChunkStore(sync.chunk_root, m), resumed_from=0)
+    t = Transfer(m, SCOPE, ChunkStore(sync.chunk_root, m), resumed_from=0)
     sync._transfers[m.name] = t
     for i in range(m.chunk_count):
-        msg = mqtt.MQTTMessage(topic=T.artifact_chunk("adapter", m.name, m.version, i).encode())
+        msg = mqtt.MQTTMessage(topic=T.artifact_chunk(SCOPE, "adapter", m.name, m.version, i).encode())
         msg.payload = content[i * CHUNK : (i + 1) * CHUNK]
         sync.on_chunk(msg)
     return t
