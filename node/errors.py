@@ -37,6 +37,12 @@ class NotFound(EdgefleetError):
     code = ErrorCode.NOT_FOUND
 
 
+class PermissionDenied(EdgefleetError):
+    """The caller may not do this here (a read-only collection, a missing grant)."""
+
+    code = ErrorCode.PERMISSION_DENIED
+
+
 class QueueFull(EdgefleetError):
     """Every slot is busy and the waiting queue is at its limit."""
 
@@ -145,7 +151,6 @@ def disk_full_as(store: str, path: Path) -> Iterator[None]:
 def code_of(error: BaseException) -> ErrorCode:
     """The ErrorCode of a node error (INTERNAL for anything not raised on purpose)."""
     return error.code if isinstance(error, EdgefleetError) else ErrorCode.INTERNAL
-
 
 
 TRANSIENT = (QueueFull, Unavailable)  # worth trying again later (the message stays in the inbox)

@@ -55,7 +55,8 @@ class TestSite:
         self.root = root
         self.pki = SitePki(root / "pki")
         _cli(self.pki.dir, "init-pki")
-        _cli(self.pki.dir, "enroll-operator", HARNESS, "--host", "127.0.0.1")  # in-process servers show it
+        # an admin: the suite's own clients run every command; in-process servers show its certificate
+        _cli(self.pki.dir, "enroll-operator", HARNESS, "--role", "admin", "--host", "127.0.0.1")
         self.harness_dir = self.pki.bundle_dir(HARNESS)
         self.site_key = self.pki.dir / f"{SITE}.key"
         self.site_pub = self.pki.dir / f"{SITE}.pub"

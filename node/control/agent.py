@@ -143,8 +143,8 @@ class ControlAgent:
         self.knowledge = sync(KnowledgeInstaller(service.knowledge)) if service.knowledge else None
         if sensors is not None:
             sensors.set_groups(self.groups)
-        for sync in filter(None, (self.adapters, self.knowledge)):
-            sync.set_groups(self.groups)  # it reads artifacts of its own scope and its groups'
+        for artifact_sync in filter(None, (self.adapters, self.knowledge)):
+            artifact_sync.set_groups(self.groups)  # it reads artifacts of its own scope and its groups'
         self.link.subscribe(self.topics.desired_node(self.node_id), self._on_desired)
         self.link.subscribe(self.topics.node_assignment(self.node_id), self._on_assignment)
         self.crl = CrlSync.for_settings(settings)  # the site's revocations, checked against the site CA

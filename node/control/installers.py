@@ -61,8 +61,8 @@ class KnowledgeInstaller:
 
     def load(self, name: str, version: str, path: Path, sha256: str) -> None:
         try:
-            if self.knowledge.store.collection_info(name).version == version:
-                return  # installed before this start: the store has it
+            if self.knowledge.store.collection_info(name).bundle_version == version:
+                return  # installed from this bundle before this start: the store has it
         except NotFoundError:
             pass
         self.knowledge.store.install_collection(name, version, read_bundle(path))

@@ -6,7 +6,7 @@ node errors to gRPC codes and MQTT payloads handles them without knowing this pa
 
 from __future__ import annotations
 
-from edgefleet.node.errors import EdgefleetError, InvalidRequest, NotFound
+from edgefleet.node.errors import EdgefleetError, InvalidRequest, NotFound, PermissionDenied
 
 
 class KnowledgeError(EdgefleetError):
@@ -31,3 +31,7 @@ class EmbedderMismatch(KnowledgeError):
 
 class BackendUnavailable(KnowledgeError):
     """The vector backend asked for (sqlite-vec) cannot be loaded on this machine."""
+
+
+class ReadOnlyCollection(KnowledgeError, PermissionDenied):
+    """The collection was installed from a signed knowledge bundle: only a new bundle changes it."""

@@ -25,7 +25,7 @@ _CHUNK_SELECT = (
 
 def collection_info(conn: Connection, name: str) -> CollectionInfo | None:
     row = conn.execute(
-        "SELECT name, version, revision, embedder, dimensions, created, updated, "
+        "SELECT name, version, revision, embedder, dimensions, created, updated, bundle_version, "
         "(SELECT count(*) FROM documents d WHERE d.collection = c.name), "
         "(SELECT coalesce(sum(n_chunks), 0) FROM documents d WHERE d.collection = c.name) "
         "FROM collections c WHERE name = ?",
@@ -33,8 +33,10 @@ def collection_info(conn: Connection, name: str) -> CollectionInfo | None:
     ).fetchone()
     if row is None:
         return None
-    name_, version, revision, embedder, dims, created, updated, docs, chunks = row
-    return CollectionInfo(name_, version, int(docs), int(chunks), embedder, int(dims), int(revision), created, updated)
+    name_, version, revision, embedder, dims, created, updated, bundle, docs, chunks = row
+    return CollectionInfo(
+        name_, version, int(docs), int(chunks), embedder, int(dims), int(revision), created, updated, bundle
+    )
 
 
 def collection_names(conn: Connection) -> list[str]:
@@ -51,6 +53,11 @@ def upsert_collection(conn: Connection, name: str, version: str | None, embedder
         "updated = excluded.updated",
         (name, version or DEFAULT_VERSION, embedder, dimensions, now, now, version),
     )
+
+
+def mark_installed(conn: Connection, name: str, bundle_version: str | None) -> None:
+    """Record the signed bundle a collection was installed from (None: writable through Ingest)."""
+    conn.execute("UPDATE collections SET bundle_version = ? WHERE name = ?", (bundle_version, name))
 
 
 def bump_revision(conn: Connection, name: str) -> None:

@@ -7,7 +7,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
-from edgefleet.node.knowledge.errors import InvalidInput
+from edgefleet.node.knowledge.errors import InvalidInput, ReadOnlyCollection
 
 MIGRATIONS: list[list[str]] = [
     [
@@ -58,6 +58,10 @@ MIGRATIONS: list[list[str]] = [
             INSERT INTO chunks_fts(rowid, heading, text) VALUES (new.id, new.heading, new.text); END""",
         "INSERT INTO chunks_fts(chunks_fts) VALUES ('rebuild')",
     ],
+    # 4: the version of the signed knowledge bundle a collection was installed from (install_collection);
+    # NULL for a collection made through Ingest. An installed collection is read-only to Ingest and
+    # DeleteDocuments: only a new bundle (or its removal) changes it.
+    ["ALTER TABLE collections ADD COLUMN bundle_version TEXT"],
 ]
 
 _CHUNK_ID_RE = re.compile(r"^([^/#%\s]+)/([^#]+)#(\d+)$")
@@ -111,6 +115,8 @@ class CollectionInfo:
     """Counts every change to the collection, so it tells two states of one version apart."""
     created: float
     updated: float
+    bundle_version: str | None = None
+    """The signed knowledge bundle it was installed from (then read-only to Ingest/DeleteDocuments), or None."""
 
     @property
     def cache_version(self) -> str:
@@ -128,3 +134,13 @@ class Hit:
     metadata: dict[str, str] = field(default_factory=dict)
     collection: str = ""
     index: int = 0
+
+
+def check_writable(info: CollectionInfo | None) -> None:
+    """ReadOnlyCollection for a collection installed from a signed bundle: Ingest and DeleteDocuments
+    may not change it, whoever calls (the bundle is what the site signed)."""
+    if info is not None and info.bundle_version is not None:
+        raise ReadOnlyCollection(
+            f"collection {info.name} was installed from a signed knowledge bundle (version {info.bundle_version}); "
+            "change it by pushing a new bundle (edgefleet fleet push-knowledge)"
+        )

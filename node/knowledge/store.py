@@ -44,7 +44,7 @@ from edgefleet.node.knowledge.documents import (
 from edgefleet.node.knowledge.embedders import Embedder
 from edgefleet.node.knowledge.errors import CorruptDatabase, EmbedderMismatch, InvalidInput, NotFoundError
 from edgefleet.node.knowledge.reembed import reembed_collection
-from edgefleet.node.knowledge.schema import MIGRATIONS, CollectionInfo, Hit, IngestResult
+from edgefleet.node.knowledge.schema import MIGRATIONS, CollectionInfo, Hit, IngestResult, check_writable
 from edgefleet.node.knowledge.search import (
     Mode,
     check_mode,
@@ -207,13 +207,17 @@ class KnowledgeStore:
 
         Unchanged documents (same text, metadata and chunking) are skipped. `version`, when
         given, becomes the collection's version; a new collection without one gets "0".
+        A collection installed from a signed bundle is refused (ReadOnlyCollection).
         """
         check_collection(collection)
         if version is not None:
             check_version(version)
+        with self._db.read() as conn:  # refused before the work (and again under the write lock)
+            check_writable(q.collection_info(conn, collection))
         prepared = prepare_documents(docs, self.max_document_bytes, self.chunking)
         with self._db.write_lock:
             info = q.collection_info(self._db.writer, collection)
+            check_writable(info)
             existing: dict[str, tuple[str, str, str]] = {}
             embedder, label = self.embedder, None
             if info is not None:
@@ -252,6 +256,7 @@ class KnowledgeStore:
                 if old is not None:
                     q.delete_collection_content(conn, self._vectors, name, old.dimensions)
                 self._upsert(conn, name, version)
+                q.mark_installed(conn, name, version)  # read-only to Ingest/DeleteDocuments from now on
                 for doc, matrix in zip(prepared, matrices, strict=True):
                     q.insert_document(conn, self._vectors, name, self.embedder.identity, doc, matrix)
             self._changed(name)
@@ -263,7 +268,9 @@ class KnowledgeStore:
         return result
 
     def delete_documents(self, collection: str, ids: Sequence[str]) -> int:
-        """Delete documents by id (in one transaction); returns how many existed."""
+        """Delete documents by id (in one transaction); returns how many existed.
+
+        A collection installed from a signed bundle is refused (ReadOnlyCollection)."""
         check_collection(collection)
         if isinstance(ids, str):
             raise InvalidInput("ids must be a list of document ids, not one string")
@@ -286,6 +293,7 @@ class KnowledgeStore:
     def _delete(self, collection: str, ids: Sequence[str]) -> int:
         with self._db.write() as conn:
             info = self._require(conn, collection)
+            check_writable(info)
             deleted = sum(
                 q.delete_document(conn, self._vectors, collection, info.dimensions, d) for d in dict.fromkeys(ids)
             )

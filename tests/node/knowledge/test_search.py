@@ -135,6 +135,7 @@ def test_an_existing_store_gets_the_two_column_index(tmp_path: Path, embedder: W
         if "chunks_fts" in sql:
             conn.execute(sql)
     conn.execute("INSERT INTO chunks_fts(chunks_fts) VALUES ('rebuild')")
+    conn.execute("ALTER TABLE collections DROP COLUMN bundle_version")  # and without migration 4's column
     conn.execute("PRAGMA user_version = 2")
     conn.commit()
     conn.close()
