@@ -15,7 +15,7 @@ import logging
 import ssl
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,37 +107,48 @@ def peer_of_ssl(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> Peer | None
 
 
 class Revocations:
-    """The serials in a CRL file, reread (at most every `recheck_s`) when the file changes."""
+    """The serials in one or more CRL files (their union), each reread (at most every `recheck_s`)
+    when it changes: its modification time, size or inode, so two writes within one timestamp tick
+    are not missed. A node applies both the site's file it was given and the one it receives over MQTT."""
 
-    def __init__(self, crl: Path | None, recheck_s: float = 0.5) -> None:
-        self.path, self.recheck_s = crl, recheck_s
+    def __init__(self, crl: Path | Sequence[Path] | None, recheck_s: float = 0.5) -> None:
+        paths = [crl] if isinstance(crl, Path) else list(crl or [])
+        self.paths = list(dict.fromkeys(paths))
+        self.path = self.paths[0] if self.paths else None
+        self.recheck_s = recheck_s
+        self._per_file: dict[Path, frozenset[int]] = {}
+        self._stamps: dict[Path, tuple[int, int, int]] = {}
         self._serials: frozenset[int] = frozenset()
-        self._mtime: float | None = None
         self._checked = 0.0
         self._lock = threading.Lock()
 
+    def _load(self, path: Path) -> bool:
+        """Reload `path` if it changed; True when its serials changed."""
+        try:
+            st = path.stat()
+        except OSError:
+            return False  # keep what we had: a CRL being replaced must not let everyone in
+        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if stamp == self._stamps.get(path):
+            return False
+        try:
+            crl = x509.load_pem_x509_crl(path.read_bytes())
+        except (OSError, ValueError) as e:
+            log.warning("cannot read the CRL; keeping the previous one", extra={"crl": str(path), "error": str(e)})
+            return False
+        self._per_file[path] = frozenset(r.serial_number for r in crl)
+        self._stamps[path] = stamp
+        log.info("CRL loaded", extra={"crl": str(path), "revoked": len(self._per_file[path])})
+        return True
+
     def _refresh(self) -> None:
         now = time.monotonic()
-        if self.path is None or now - self._checked < self.recheck_s:
+        if not self.paths or now - self._checked < self.recheck_s:
             return
         with self._lock:
             self._checked = now
-            try:
-                mtime = self.path.stat().st_mtime_ns
-            except OSError:
-                return  # keep what we had: a CRL being replaced must not let everyone in
-            if mtime == self._mtime:
-                return
-            try:
-                crl = x509.load_pem_x509_crl(self.path.read_bytes())
-            except (OSError, ValueError) as e:
-                log.warning(
-                    "cannot read the CRL; keeping the previous one", extra={"crl": str(self.path), "error": str(e)}
-                )
-                return
-            self._serials = frozenset(r.serial_number for r in crl)
-            self._mtime = mtime
-            log.info("CRL loaded", extra={"crl": str(self.path), "revoked": len(self._serials)})
+            if any([self._load(p) for p in self.paths]):
+                self._serials = frozenset().union(*self._per_file.values())
 
     def revoked(self, serial: int) -> bool:
         self._refresh()
@@ -178,7 +189,7 @@ class PeerCheckInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        if handler is None or (self.revocations.path is None and self.access is None):
+        if handler is None or (not self.revocations.paths and self.access is None):
             return handler
         method = handler_call_details.method
 

@@ -79,7 +79,8 @@ async def serve(node: Node, settings: NodeSettings, ready: asyncio.Event | None 
     tls = settings.tls_files() if not settings.insecure else None
     if tls is not None:  # checked at start; the CRL refuses revoked callers, the grants other kinds' calls
         access = node_access(settings.node_id, settings.operators_may_write_knowledge)
-        interceptors.insert(0, PeerCheckInterceptor(Revocations(tls.crl or settings.crl_file()), access))
+        crls = [p for p in (tls.crl, settings.crl_file()) if p]  # the site's file, if given, and the one over MQTT
+        interceptors.insert(0, PeerCheckInterceptor(Revocations(crls), access))
     server = grpc.aio.server(options=opts, interceptors=interceptors)
     servicer = InferenceServicer(node.service)
     inference_pb2_grpc.add_InferenceServicer_to_server(servicer, server)

@@ -58,9 +58,9 @@ class CrlSync:
             return None
         target = settings.crl_file()
         if tls.crl is not None and tls.crl != target:
-            log.warning(
-                "EDGEFLEET_TLS_CRL_FILE is set: gRPC applies that file, not the CRL the site publishes over MQTT",
-                extra={"applied": str(tls.crl), "received_into": str(target)},
+            log.info(
+                "EDGEFLEET_TLS_CRL_FILE is set: gRPC refuses serials in it and in the CRL the site publishes",
+                extra={"crl_file": str(tls.crl), "received_into": str(target)},
             )
         try:
             return cls(tls.ca, target)
