@@ -25,7 +25,7 @@ from edgefleet.orchestrator.fleet_view import FleetView
 from edgefleet.orchestrator.front_door.metrics import FrontDoorMetrics
 from edgefleet.orchestrator.front_door.router import Claim, Router, RouteRequest
 from edgefleet.orchestrator.front_door.slot_queue import NoSlot, SlotQueue
-from edgefleet.orchestrator.front_door.upstream import NodeChannels
+from edgefleet.orchestrator.front_door.upstream import NodeChannels, NodeRefused
 from edgefleet.plumbing.grpc_errors import code_of
 from edgefleet.proto.error_codes import ErrorCode
 from edgefleet.proto.error_table import row
@@ -70,6 +70,11 @@ def _failure(e: grpc.aio.AioRpcError) -> NodeFailure:
     return NodeFailure(code, e.details() or "", code.value)
 
 
+def _refused(e: NodeRefused) -> NodeFailure:
+    """A node the front door sent nothing: its certificate is not the node's, or it is unreachable."""
+    return NodeFailure(e.code, e.message, e.reason)
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -102,11 +107,13 @@ class Dispatcher:
         while True:
             claim = await self.claim(api, route, tried, rid, deadline, arrived)
             try:
+                stub = await self.channels.verified_stub(claim.address, claim.node_id)
                 left = deadline - time.monotonic()
-                response = await call(self.channels.stub(claim.address, claim.node_id), left, [(REQUEST_ID_KEY, rid)])
-            except grpc.aio.AioRpcError as e:
+                response = await call(stub, left, [(REQUEST_ID_KEY, rid)])
+            except (grpc.aio.AioRpcError, NodeRefused) as e:
                 self.slots.release(claim)
-                self.give_up_or_retry(api, claim, _failure(e), tried, rid, deadline)
+                failure = _refused(e) if isinstance(e, NodeRefused) else _failure(e)
+                self.give_up_or_retry(api, claim, failure, tried, rid, deadline)
                 continue
             self.slots.release(claim)
             self.router.succeeded(claim.node_id)
@@ -199,8 +206,13 @@ class Generation:
         while True:
             claim = await d.claim(self.api, self.route, tried, self.rid, self.deadline, self.arrived)
             self._claim, self.node = claim, claim.node_id
+            try:
+                stub = await d.channels.verified_stub(claim.address, claim.node_id)
+            except NodeRefused as e:
+                self._drop_call()
+                d.give_up_or_retry(self.api, claim, _refused(e), tried, self.rid, self.deadline)
+                continue
             left = self.deadline - time.monotonic()
-            stub = d.channels.stub(claim.address, claim.node_id)
             self._call = stub.Generate(self.request, timeout=max(0.001, left), metadata=[(REQUEST_ID_KEY, self.rid)])
             wait = min(d.policy.first_token_timeout_s, max(0.001, left))
             try:

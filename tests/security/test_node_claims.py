@@ -7,11 +7,20 @@ with a site certificate may publish anything), a real orchestrator with its fron
   TLS handshake fails (a sensor certificate has no server usage), and every request is answered by
   the real node; the impostor never receives a call. The same server with a NODE certificate does
   receive the call routed to it, so the refusal is the certificate's, nothing else.
+- An OPERATOR certificate issued with hosts (a console's: server usage, its own name as DNS name)
+  passes a TLS handshake for its own name; announced as the node of that name, the front door
+  checks the certificate it shows before the first call and finds an operator, not a node: no call
+  (not even the serving probe) reaches it, the requests go to the real node, and the refusal is
+  logged naming the node, its address and what its certificate is.
+- The check itself (NodeChannels, in process, against the same real servers): concurrent first
+  uses of a channel share one check, later uses none; a refusal is kept for a while, then checked again.
 - A node announcing more slots than its firmware profile allows is granted the profile's slots.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from concurrent import futures
@@ -23,6 +32,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from edgefleet.orchestrator.api_keys import KeyStore
+from edgefleet.orchestrator.front_door.upstream import NodeChannels, NodeRefused
+from edgefleet.plumbing.transport_security import TlsFiles
+from edgefleet.proto.error_codes import ErrorCode
+from edgefleet.proto.error_table import row
 from edgefleet.proto.payloads import ModelRef, NodeInfoPayload, NodeStatus, Telemetry
 from edgefleet.proto.topics import Topics
 from edgefleet.proto.v1 import inference_pb2 as pb
@@ -190,6 +203,90 @@ def test_a_sensor_certificate_announced_as_a_node_never_receives_a_request(site:
         withdraw(watch, control_name)
         impostor.stop()
         control.stop()
+
+
+def test_an_operator_certificate_with_server_usage_announced_as_a_node_never_receives_a_request(
+    site: Site, watch: Watcher
+) -> None:
+    pki = site_identity.site().pki
+    console = "ac-console-imp"  # sorts before the real node: with both idle, the router's first pick
+    pki.issue(console, "operator", hosts=["127.0.0.1"])  # a console's certificate: server usage
+    impostor = Impostor(pki.bundle_dir(console))
+    real = real_info(watch)
+    try:
+        announce(watch, console, real.model_copy(update={"grpc_address": impostor.address}), 64)
+        site.wait_routable(console, REAL)
+        for i in range(3):
+            req = pb.GenerateRequest(prompt=f"Item {i}:", max_tokens=3, temperature=0)
+            call = site.stub.Generate(req, metadata=(("x-request-id", f"console-imp-{i}"),), timeout=60)
+            collect(call)
+            assert dict(call.initial_metadata())[NODE_KEY] == REAL
+        tried = metric(site, "edgefleet_front_door_failovers_total", node=console)
+        assert tried is not None and tried >= 1, "the front door picked the impostor and failed over from it"
+        assert impostor.calls == [], f"a call got past the certificate check: {impostor.calls}"
+        assert metric(site, "edgefleet_front_door_cooldowns_total", node=console) == 1
+        pinned = pb.GenerateRequest(prompt="Secret:", max_tokens=3)
+        with pytest.raises(grpc.RpcError) as refused:
+            collect(site.stub.Generate(pinned, metadata=((NODE_KEY, console),), timeout=60))
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert impostor.calls == []
+        warned = [
+            ln
+            for ln in site.orchestrator_log().splitlines()
+            if " W " in ln and "certificate" in ln and f"node={console}" in ln
+        ]
+        assert warned, site.orchestrator_log()[-3000:]
+        assert f"address={impostor.address}" in warned[0] and "cert_kind=operator" in warned[0], warned[0]
+        assert f"cert_name={console}" in warned[0], warned[0]
+    finally:
+        withdraw(watch, console)
+        impostor.stop()
+
+
+def test_the_certificate_check_runs_once_per_channel_and_a_refusal_is_checked_again_later(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    pki = site_identity.site().pki
+    pki.issue("ad-node-once", "node", hosts=["127.0.0.1"])
+    pki.issue("ae-console-once", "operator", hosts=["127.0.0.1"])
+    node, console = Impostor(pki.bundle_dir("ad-node-once")), Impostor(pki.bundle_dir("ae-console-once"))
+    orch = pki.bundle_dir("orchestrator")
+    tls = TlsFiles(orch / "client.crt", orch / "client.key", orch / "ca.crt")
+
+    def checks(level: int) -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.name.endswith("front_door.upstream") and r.levelno == level]
+
+    async def scenario() -> None:
+        channels = NodeChannels(tls, hold_s=0.3)
+        try:
+            stubs = await asyncio.gather(*(channels.verified_stub(node.address, "ad-node-once") for _ in range(8)))
+            assert len({id(s) for s in stubs}) == 1
+            await channels.verified_stub(node.address, "ad-node-once")
+            assert len(checks(logging.INFO)) == 1, "eight concurrent first uses, then one more: one check"
+
+            refusals = await asyncio.gather(
+                *(channels.verified_stub(console.address, "ae-console-once") for _ in range(4)), return_exceptions=True
+            )
+            assert all(isinstance(r, NodeRefused) for r in refusals), refusals
+            first = refusals[0]
+            assert isinstance(first, NodeRefused) and first.code == ErrorCode.UNAVAILABLE and row(first.code).failover
+            with pytest.raises(NodeRefused):  # kept: not checked again yet
+                await channels.verified_stub(console.address, "ae-console-once")
+            assert len(checks(logging.WARNING)) == 1
+            await asyncio.sleep(0.4)  # the hold is a time span: nothing to wait on but the clock
+            with pytest.raises(NodeRefused):
+                await channels.verified_stub(console.address, "ae-console-once")
+            assert len(checks(logging.WARNING)) == 2, "checked again once the hold ran out"
+        finally:
+            await channels.close()
+
+    caplog.set_level(logging.INFO, logger="edgefleet.orchestrator.front_door.upstream")
+    try:
+        asyncio.run(scenario())
+    finally:
+        node.stop()
+        console.stop()
+    assert node.calls == [] and console.calls == [], "the check itself makes no gRPC call"
 
 
 def node_slots(site: Site, node_id: str) -> dict[str, float]:
