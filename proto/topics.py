@@ -209,21 +209,21 @@ class Topics:
         return None
 
     def _scope(self, levels: tuple[str, ...]) -> str | None:
-        """The scope of `artifact/<group|node>/<target>/…` levels, else None."""
+        """The scope of `artifact/<group-or-node>/<target>/…` levels, else None."""
         if len(levels) < 3 or levels[0] != "artifact" or levels[1] not in ("group", "node"):
             return None
         scope = f"{levels[1]}/{levels[2]}"
         return scope if self.artifact_target(scope) else None
 
     def manifest_of(self, topic: str) -> ManifestTopic | None:
-        """The parts of `<root>artifact/<group|node>/<target>/<kind>/<name>/manifest`, else None."""
+        """The parts of `<root>artifact/<group-or-node>/<target>/<kind>/<name>/manifest`, else None."""
         levels = self.parse(topic)
         if levels and len(levels) == 6 and levels[5] == "manifest" and (scope := self._scope(levels)):
             return ManifestTopic(scope, decode_level(levels[3]), decode_level(levels[4]))
         return None
 
     def chunk_of(self, topic: str) -> ChunkTopic | None:
-        """The parts of `<root>artifact/<group|node>/<target>/<kind>/<name>/<version>/chunk/<i>`
+        """The parts of `<root>artifact/<group-or-node>/<target>/<kind>/<name>/<version>/chunk/<i>`
         (i in decimal digits), else None."""
         levels = self.parse(topic)
         if (
@@ -291,13 +291,13 @@ TOPIC_TABLE = [
         "GroupAssignment: groups added to the node's own at run time, signed with the site key",
     ),
     (
-        "artifact/<group|node>/<target>/<kind>/<name>/manifest",
+        "artifact/<group-or-node>/<target>/<kind>/<name>/manifest",
         "orchestrator",
         "retained, QoS 1",
         "Manifest, signed with the site key, for one target",
     ),
     (
-        "artifact/<group|node>/<target>/<kind>/<name>/<version>/chunk/<i>",
+        "artifact/<group-or-node>/<target>/<kind>/<name>/<version>/chunk/<i>",
         "orchestrator",
         "QoS 1",
         "raw bytes of chunk i",
