@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import itertools
 import json
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
@@ -21,6 +22,11 @@ from typing import IO
 
 SUFFIX = ".jsonl.gz"
 MAX_BUNDLE_DOCUMENTS = 100_000
+# Decompressed sizes, counted while reading (a 1 MB gzip can hold gigabytes of zeros): the whole
+# bundle (a node holds a collection's documents in memory to install it: far more text than a
+# device's manuals), and one line (one document's JSON: a 1 MiB document escaped \uXXXX is 6 MiB).
+MAX_BUNDLE_BYTES = 256 * 1024**2
+MAX_BUNDLE_LINE_BYTES = 16 * 1024**2
 
 
 class BundleError(ValueError):
@@ -72,17 +78,38 @@ def _document(n: int, line: str) -> BundleDocument:
 
 
 def iter_bundle(source: Path | IO[bytes]) -> Iterator[BundleDocument]:
-    """The documents of a bundle (a file path or a binary file object), one at a time; BundleError when wrong."""
+    """The documents of a bundle (a file path or a binary file object), one at a time; BundleError when wrong.
+
+    Decompression streams: no line longer than `MAX_BUNDLE_LINE_BYTES` and no more than
+    `MAX_BUNDLE_BYTES` in all are ever decompressed, whatever the gzip data claims."""
     name = source.name if isinstance(source, Path) else "upload"
     count = 0
+    total = 0
     try:
-        with gzip.open(source, "rt", encoding="utf-8") as f:
-            for n, line in enumerate(f, start=1):
+        with gzip.open(source, "rb") as f:
+            for n in itertools.count(1):
+                raw = f.readline(MAX_BUNDLE_LINE_BYTES + 1)
+                if not raw:
+                    break
+                total += len(raw)
+                if total > MAX_BUNDLE_BYTES:
+                    raise BundleError(
+                        f"knowledge bundle {name} decompresses to over MAX_BUNDLE_BYTES={MAX_BUNDLE_BYTES} bytes "
+                        f"(at line {n}): split the collection into smaller bundles"
+                    )
+                if len(raw) > MAX_BUNDLE_LINE_BYTES:
+                    raise BundleError(
+                        f"knowledge bundle line {n} decompresses to over MAX_BUNDLE_LINE_BYTES={MAX_BUNDLE_LINE_BYTES}"
+                        " bytes: split that document"
+                    )
+                line = raw.decode("utf-8")
                 if not line.strip():
                     continue
                 count += 1
                 if count > MAX_BUNDLE_DOCUMENTS:
-                    raise BundleError(f"knowledge bundle has more than {MAX_BUNDLE_DOCUMENTS} documents")
+                    raise BundleError(
+                        f"knowledge bundle has more than {MAX_BUNDLE_DOCUMENTS} documents (MAX_BUNDLE_DOCUMENTS)"
+                    )
                 yield _document(n, line)
     except (OSError, EOFError, UnicodeDecodeError, zlib.error) as e:
         raise BundleError(f"knowledge bundle {name} is not gzip'd UTF-8 JSON lines: {e}") from e
