@@ -13,29 +13,15 @@ import base64
 import binascii
 import hashlib
 import logging
-import os
 import shutil
 import threading
 from pathlib import Path
 
+from edgefleet.plumbing.atomic_files import write_atomic
 from edgefleet.proto.artifacts import ArtifactError, Manifest
 from edgefleet.proto.payloads import UploadChunk
 
 log = logging.getLogger("edgefleet.orchestrator.artifacts")
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 class ArtifactStore:

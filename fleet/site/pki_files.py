@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
+
+from edgefleet.plumbing.atomic_files import write_atomic
 
 log = logging.getLogger("edgefleet.pki")
 
@@ -16,23 +17,11 @@ LEGACY_PUBLIC = ("ca.crt", "crl.pem", "identities.json")
 
 def write_private(path: Path, data: bytes) -> None:
     """Atomically write `data` readable by the owner only (0600 from the first byte)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, data, 0o600)
 
 
 def write_public(path: Path, data: bytes) -> None:
-    write_private(path, data)
-    path.chmod(0o644)
+    write_atomic(path, data, 0o644)
 
 
 def refresh(dest: Path, src: Path, private: bool, mirror: bool = False) -> None:

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -22,6 +20,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from edgefleet.node.settings import NodeSettings
+from edgefleet.plumbing.atomic_files import write_atomic
 
 _PEM = Encoding.PEM
 
@@ -117,7 +116,7 @@ class CrlSync:
             return False
         if self.held is not None and crl.public_bytes(_PEM) == self.held.public_bytes(_PEM):
             return False  # the same list again (every reconnect sends the retained copy)
-        _write_atomically(self.target, crl.public_bytes(_PEM))
+        write_atomic(self.target, crl.public_bytes(_PEM))  # a reader sees the old list or the new
         self.held = crl
         log.info(
             "CRL applied",
@@ -136,23 +135,3 @@ def _serials(crl: x509.CertificateRevocationList) -> set[int]:
 
 def _iso(t: dt.datetime) -> str:
     return t.isoformat()
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Write beside `path`, fsync, rename over it: a reader sees the old list or the new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
