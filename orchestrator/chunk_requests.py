@@ -1,6 +1,10 @@
 """Chunk requests of nodes: checked against the stored manifest and the requesting node's scopes,
 then queued on the chunk sender.
 
+A node asks on its own topic, `artifact/requests/<node>`, which the broker lets only that node
+write: the asking node is the one the topic names, and a request whose `node_id` names another
+node is refused (a node cannot ask in another's name).
+
 A request names the scope it needs (`group/<g>` or `node/<n>`: the target the artifact was pushed
 to). Chunks go out on that scope's topics only when the node belongs to it (it is the node, or
 the fleet view or its group assignment puts it in the group) and the target's desired state
@@ -46,7 +50,7 @@ class ChunkRequests:
         except PayloadError as e:
             self.errors.report(topic, ErrorCode.INVALID_PAYLOAD, str(e))
             return
-        if not self._allowed(topic, req):
+        if not self._from_named_node(topic, req) or not self._allowed(topic, req):
             return
         manifest = self.store.manifest(req.kind, req.name) if valid_name(req.name) else None
         if manifest is None or manifest.version != req.version or manifest.sha256 != req.sha256:
@@ -74,6 +78,21 @@ class ChunkRequests:
                 "queued": added,
             },
         )
+
+    def _from_named_node(self, topic: str, req: ChunkRequest) -> bool:
+        """The request came on the topic of the node it names (`artifact/requests/<node>`: the broker
+        lets a node write only its own); else refused, logged and reported (PERMISSION_DENIED)."""
+        asker = self.topics.chunk_requester_of(topic)
+        if asker == req.node_id:
+            return True
+        who = Principal(asker, Kind.NODE) if asker is not None else f"a client on {topic}"
+        message = (
+            f"{who} may not ask for chunks on {topic}: the request names node {req.node_id!r}, "
+            f"and a node asks only in its own name, on {self.topics.artifact_chunk_requests(req.node_id)}"
+        )
+        log.warning("chunk request refused", extra={"node": asker, "named": req.node_id, "reason": message})
+        self.errors.report(topic, ErrorCode.PERMISSION_DENIED, message)
+        return False
 
     def _allowed(self, topic: str, req: ChunkRequest) -> bool:
         """The node belongs to the scope it names, and the artifact was pushed there; else refused,

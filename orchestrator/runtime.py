@@ -190,5 +190,5 @@ def build_orchestrator(settings: OrchestratorSettings, registry: Registry | None
     link.subscribe(topics.all_node_assignments(), _on(assignments))
     link.subscribe(topics.all_errors(), _on(ingest.node_error))
     link.subscribe(topics.orchestrator_commands(), endpoint.on_message)
-    link.subscribe(topics.artifact_chunk_requests(), _on(chunk_requests.on_request))
+    link.subscribe(topics.all_artifact_chunk_requests(), _on(chunk_requests.on_request))
     return orch

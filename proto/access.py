@@ -231,7 +231,7 @@ MQTT_GRANTS: dict[Kind, tuple[TopicGrant, ...]] = {
         TopicGrant("write", "node_reported", "self"),
         TopicGrant("write", "results", "self"),
         TopicGrant("write", "errors", "self"),
-        TopicGrant("write", "artifact_chunk_requests"),
+        TopicGrant("write", "artifact_chunk_requests", "self"),  # its own: the orchestrator knows who asked
         TopicGrant("write", "cli_responses", "any"),  # answers to operators' requests (MQTT 5 response topic)
         TopicGrant("write", "node_outputs"),
         TopicGrant("read", "desired_node", "self"),

@@ -119,9 +119,10 @@ class Topics:
         """Retained: the site CA's certificate revocation list (PEM, signed by the CA itself)."""
         return f"{self.root}pki/crl"
 
-    def artifact_chunk_requests(self) -> str:
-        """Nodes ask here for the chunks they are missing."""
-        return f"{self.root}artifact/requests"
+    def artifact_chunk_requests(self, node_id: str) -> str:
+        """Node `node_id` asks here for the chunks it is missing. Its own topic: the broker lets a
+        node write only its own, so the orchestrator knows who asked from the topic."""
+        return f"{self.root}artifact/requests/{node_id}"
 
     def node_requests(self, node_id: str) -> str:
         """Ad-hoc inference for one node (MQTT 5 request: response topic + correlation data)."""
@@ -169,6 +170,10 @@ class Topics:
     def all_errors(self) -> str:
         return f"{self.root}errors/+"
 
+    def all_artifact_chunk_requests(self) -> str:
+        """Filter: every node's chunk requests (the orchestrator's subscription)."""
+        return self.artifact_chunk_requests(ANY_LEVEL)
+
     def all_artifact_manifests(self, scope: str, kind: str) -> str:
         """Filter: the manifests of every artifact of one kind published for one target."""
         return f"{self.root}artifact/{scope}/{encode_level(kind)}/+/manifest"
@@ -198,6 +203,13 @@ class Topics:
         """The node id of `<root>assign/node/<id>`, else None."""
         levels = self.parse(topic)
         if levels and len(levels) == 3 and levels[0] == "assign" and levels[1] == "node":
+            return levels[2]
+        return None
+
+    def chunk_requester_of(self, topic: str) -> str | None:
+        """The node id of `<root>artifact/requests/<node>` (a valid node name), else None."""
+        levels = self.parse(topic)
+        if levels and len(levels) == 3 and levels[:2] == ("artifact", "requests") and valid_name(levels[2]):
             return levels[2]
         return None
 
@@ -303,7 +315,12 @@ TOPIC_TABLE = [
         "raw bytes of chunk i",
     ),
     ("pki/crl", "orchestrator", "retained, QoS 1", "the site CA's CRL (PEM, signed by the CA)"),
-    ("artifact/requests", "node", "QoS 1", "ChunkRequest: chunks a node is missing"),
+    (
+        "artifact/requests/<node>",
+        "node",
+        "QoS 1",
+        "ChunkRequest: chunks a node is missing (each node asks on its own topic)",
+    ),
     ("results/<node>", "node", "QoS 1", "SensorResult: the answer to one sensor message (default output topic)"),
     (
         "node/<node>/requests",

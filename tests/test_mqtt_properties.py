@@ -44,7 +44,7 @@ TOPICS = [
     T.artifact_manifest(T.artifact_scope("group", GROUP), "adapter", "a1"),
     T.artifact_manifest(T.artifact_scope("node", NODE), "knowledge", "k1"),
     T.artifact_chunk(T.artifact_scope("group", GROUP), "adapter", "a1", "1", 0),
-    T.artifact_chunk_requests(),
+    T.artifact_chunk_requests(NODE),  # payloads name NODE or "ghost": its own name or another's
     T.node_status("ghost"),
     T.node_status(NODE),
     T.node_telemetry(NODE),

@@ -314,7 +314,7 @@ class ArtifactSync:
                 sha256=t.manifest.sha256,
                 chunks=ask,
             )
-            self.link.publish(self.topics.artifact_chunk_requests(), req.dumps(), qos=1)
+            self.link.publish(self.topics.artifact_chunk_requests(self.node_id), req.dumps(), qos=1)
 
     def _chunk_filter_for(self, t: Transfer) -> str:
         m = t.manifest

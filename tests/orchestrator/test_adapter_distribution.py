@@ -211,7 +211,7 @@ def test_bad_artifacts_are_refused_and_the_node_keeps_its_adapter(
             sha256=sha(loras["gemma"]),
             chunks=[9999],
         )
-        errors.publish(TOPICS.artifact_chunk_requests(), req.dumps())
+        errors.publish(TOPICS.artifact_chunk_requests("a"), req.dumps())
         assert wait_for(lambda: errors_of(errors, "chunk_out_of_range"), timeout=10)
 
         # through all of it the node kept version 2 and kept serving
@@ -260,7 +260,7 @@ def test_node_killed_mid_transfer_resumes_from_the_chunks_it_holds(
     assert wait_for(lambda: len(seen.messages) >= 8, timeout=30)
     seen.close()
     c.kill()
-    asks = Watcher(broker, TOPICS.artifact_chunk_requests())  # from here on only the restarted node asks
+    asks = Watcher(broker, TOPICS.artifact_chunk_requests(c.node_id))  # from here on only the restarted node asks
     restarted = c.restarted()
     nodes["c"] = restarted
     try:

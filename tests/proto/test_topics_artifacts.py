@@ -83,7 +83,37 @@ def test_what_a_target_may_read_is_its_scope_only() -> None:
     for other in (T.artifact_scope("group", "line2"), T.artifact_scope("node", "line"), T.artifact_scope("group", "l")):
         assert not mqtt.topic_matches_sub(flt, T.artifact_manifest(other, "adapter", "alarm"))
         assert not mqtt.topic_matches_sub(flt, T.artifact_chunk(other, "adapter", "alarm", "1", 0))
-    assert not mqtt.topic_matches_sub(flt, T.artifact_chunk_requests())
+    assert not mqtt.topic_matches_sub(flt, T.artifact_chunk_requests("line"))
+
+
+def test_each_node_asks_for_chunks_on_its_own_topic() -> None:
+    """Issue 22: one shared request topic let a node ask in another node's name. Each node now has
+    its own (the broker lets only that node write it) and the node id is read back from the topic."""
+    mine = T.artifact_chunk_requests("n1")
+    assert mine == "edgefleet/lab/artifact/requests/n1"
+    assert T.chunk_requester_of(mine) == "n1"
+    flt = T.all_artifact_chunk_requests()
+    assert flt == "edgefleet/lab/artifact/requests/+"
+    assert mqtt.topic_matches_sub(flt, mine) and mqtt.topic_matches_sub(flt, T.artifact_chunk_requests("n2"))
+    assert not mqtt.topic_matches_sub(mine, T.artifact_chunk_requests("n2"))
+    for scope in (LINE, T.artifact_scope("node", "n1")):  # no target's scope reads another node's requests
+        assert not mqtt.topic_matches_sub(T.artifacts_for(scope), mine)
+
+
+@pytest.mark.parametrize(
+    "topic",
+    [
+        "edgefleet/lab/artifact/requests",  # the shared topic before each node had its own
+        "edgefleet/lab/artifact/requests/",
+        "edgefleet/lab/artifact/requests/+",
+        "edgefleet/lab/artifact/requests/..",
+        "edgefleet/lab/artifact/requests/n1/extra",
+        "edgefleet/lab/artifact/asks/n1",
+        "edgefleet/other/artifact/requests/n1",
+    ],
+)
+def test_a_topic_that_is_no_node_s_request_topic_names_no_requester(topic: str) -> None:
+    assert T.chunk_requester_of(topic) is None
 
 
 @pytest.mark.parametrize(

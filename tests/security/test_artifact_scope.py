@@ -7,7 +7,8 @@ nodes `na` (group line-a) and `nb` (group line-b) with their enrollment bundles,
 `alice` pushing through the CLI. A client holding na's certificate subscribes to line-b's scope:
 the broker delivers nothing of it, while line-a's manifest, chunks and a marker sent after
 everything else do arrive. The orchestrator refuses to send chunks for a scope the asking node is
-not in, and a node assigned to a group at run time follows it and fetches that group's adapter.
+not in, a node can ask for chunks only in its own name (on its own request topic, which only it
+may write), and a node assigned to a group at run time follows it and fetches that group's adapter.
 """
 
 from __future__ import annotations
@@ -139,28 +140,51 @@ def test_the_orchestrator_sends_chunks_only_for_a_scope_the_asking_node_is_in(pu
     spy = Client(pushed["broker"], pushed["bundles"]["na"], "na-asks")
     try:
         assert spy.connected
-        spy.subscribe(T.artifacts_for(B))
-        spy.subscribe(T.artifacts_for(A))
         m = build_manifest(pushed["loras"]["fix-b"], "adapter", "fix-b", "1", chunk_bytes=CHUNK)
         ask = {"kind": "adapter", "name": "fix-b", "version": "1", "sha256": m.sha256, "chunks": [0]}
-        before = len(under(watch, B))
+        req = lambda node_id, scope: ChunkRequest(node_id=node_id, scope=scope, **ask).dumps()  # noqa: E731
+        own = T.artifact_chunk_requests("na")
+        assert not spy.publish(own, req("na", B)).is_failure  # na asks for line-b's scope: refused, nothing sent
+        assert not spy.publish(own, req("na", A)).is_failure  # line-b's adapter on its own group's scope: refused
+        assert wait_for(lambda: {"permission_denied", "unknown_artifact"} <= {c for c, _ in refusals(watch)}, 10)
+        assert any("node 'na' may not fetch adapter fix-b@1 on group/line-b" in r for _, r in refusals(watch))
+    finally:
+        spy.close()
 
-        def request(node_id: str, scope: str) -> None:
-            req = ChunkRequest(node_id=node_id, scope=scope, **ask)
-            assert not spy.publish(T.artifact_chunk_requests(), req.dumps()).is_failure  # nodes may ask
 
-        request("na", B)  # na asks for line-b's scope under its own name: refused, nothing sent
-        request("na", A)  # ... and for line-b's adapter on its own group's scope: refused, never sent where na reads
-        codes = lambda: [json.loads(p)["code"] for t, p in watch.messages if t == T.errors("orchestrator")]  # noqa: E731
-        assert wait_for(lambda: {"permission_denied", "unknown_artifact"} <= set(codes()), timeout=10), codes()
-        refusals = [json.loads(p)["message"] for t, p in watch.messages if t == T.errors("orchestrator")]
-        assert any("node 'na' may not fetch adapter fix-b@1 on group/line-b" in r for r in refusals), refusals
+def refusals(watch: Client) -> list[tuple[str, str]]:
+    """(code, message) of every error report the orchestrator published."""
+    with watch._lock:
+        found = [json.loads(p) for t, p in watch.messages if t == T.errors("orchestrator")]
+    return [(r["code"], r["message"]) for r in found]
 
-        # na lying that it is nb: the orchestrator sends chunk 0 on line-b's scope, where na's certificate reads nothing
-        request("nb", B)
-        assert wait_for(lambda: len(under(watch, B)) > before, timeout=10)
-        spy.receive_marker(watch, A_MARKER)
-        assert under(spy, B) == [] and not any("fix-b" in t for t in under(spy, A))
+
+def test_a_node_cannot_ask_for_chunks_in_another_node_s_name(pushed: dict[str, Any]) -> None:
+    """Issue 22: on the one shared request topic na could name nb in the payload, and the
+    orchestrator then sent line-b's chunks. Now the broker lets na write only its own request
+    topic, and the orchestrator refuses a request whose node differs from the topic's."""
+    watch = pushed["watch"]
+    spy = Client(pushed["broker"], pushed["bundles"]["na"], "na-lies")
+    try:
+        assert spy.connected
+        m = build_manifest(pushed["loras"]["fix-b"], "adapter", "fix-b", "1", chunk_bytes=CHUNK)
+        lie = ChunkRequest(node_id="nb", scope=B, kind="adapter", name="fix-b", version="1", sha256=m.sha256,
+                           chunks=[0]).dumps()  # fmt: skip
+        sent_before = [t for t in under(watch, B) if "fix-b" in t]
+        # on nb's topic: the broker refuses it, and nobody (the orchestrator included) receives it
+        nb_topic = T.artifact_chunk_requests("nb")
+        assert str(spy.publish(nb_topic, lie)) == "Not authorized"
+        watch.receive_marker(watch, A_MARKER)
+        assert not watch.got(nb_topic, lie)
+        # on its own topic, naming nb: the orchestrator refuses it (the asker is the topic's node)
+        own = T.artifact_chunk_requests("na")
+        assert not spy.publish(own, lie).is_failure
+        denied = lambda: [r for c, r in refusals(watch) if c == "permission_denied" and f"on {own}:" in r]  # noqa: E731
+        assert wait_for(denied, timeout=10), refusals(watch)
+        assert denied()[0].startswith(f"node 'na' may not ask for chunks on {own}: the request names node 'nb'")
+        # refused before anything was queued: no chunk of fix-b went out on line-b's scope
+        watch.receive_marker(watch, A_MARKER)
+        assert [t for t in under(watch, B) if "fix-b" in t] == sent_before
     finally:
         spy.close()
 

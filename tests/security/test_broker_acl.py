@@ -75,6 +75,8 @@ def refused_and_not_delivered(site: dict[str, object], who: str, topic: str) -> 
         ("n1", T.desired_group("g1")),
         ("n1", T.node_status("n2")),  # … nor speak for another node
         ("n1", T.results("n2")),
+        ("n1", T.artifact_chunk_requests("n2")),  # … nor ask for chunks in its name
+        ("n1", f"{T.root}artifact/requests"),  # the shared request topic of before
         ("n1", T.orchestrator_commands()),  # … nor command the orchestrator
         ("n1", T.artifact_manifest(T.artifact_scope("group", "g1"), "adapter", "a")),
         ("n1", T.artifact_chunk(T.artifact_scope("node", "n1"), "adapter", "a", "1", 0)),
@@ -96,7 +98,7 @@ def test_node_publishes_its_own_status(site: dict[str, object]) -> None:
     n1 = connect(site, "n1", "node-lab-n1")
     orch = site["orch"]
     assert isinstance(orch, Client)
-    for topic in (T.node_status("n1"), T.node_telemetry("n1"), T.results("n1"), T.artifact_chunk_requests()):
+    for topic in (T.node_status("n1"), T.node_telemetry("n1"), T.results("n1"), T.artifact_chunk_requests("n1")):
         payload = f"ok {time.monotonic_ns()}".encode()
         assert n1.publish(topic, payload).is_failure is False
         assert wait_for(lambda t=topic, p=payload: orch.got(t, p), timeout=5)
