@@ -209,7 +209,8 @@ def _list(pki: SitePki, as_json: bool, out: TextIO) -> int:
         return 0
     for i in sorted(idents, key=lambda i: (i.kind, i.name)):
         state = f"revoked {i.revoked_at}" if i.revoked else "active"
-        out.write(f"{i.name:<24} {i.kind:<12} {','.join(i.groups) or '-':<20} {i.serial:x}  {state}\n")
+        scope = f"role {i.role}" if i.role else ",".join(i.groups) or "-"  # an operator's role, a node's groups
+        out.write(f"{i.name:<24} {i.kind:<12} {scope:<20} {i.serial:x}  {state}\n")
     return 0
 
 

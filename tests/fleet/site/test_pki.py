@@ -199,3 +199,20 @@ def test_a_pki_directory_of_the_earlier_layout_moves_into_public(pki: SitePki) -
     acl = (pki.broker_dir / "acl").read_text()
     assert "user n1\n" in acl and "user alice\n" in acl
     assert f"cafile {pki.ca_cert_path}" in (pki.broker_dir / "mosquitto.conf").read_text().splitlines()
+
+
+def test_an_operators_role_is_in_its_certificate_and_the_listing(pki: SitePki) -> None:
+    assert cli(pki.dir, "enroll-operator", "vera", "--role", "viewer")[0] == 0
+    assert cli(pki.dir, "enroll-operator", "olga")[0] == 0  # the default role: operator
+    with pytest.raises(PkiError, match="unknown operator role 'root'"):
+        pki.issue("x", "operator", role="root")
+    with pytest.raises(PkiError, match="only operators have a role"):
+        pki.issue("s9", "sensor", role="admin")
+    subject = load(pki.bundle_dir("vera") / "client.crt").subject
+    ous = [str(a.value) for a in subject.get_attributes_for_oid(x509.NameOID.ORGANIZATIONAL_UNIT_NAME)]
+    assert ous == ["edgefleet:operator", "edgefleet-role:viewer"]
+    usages = load(pki.bundle_dir("vera") / "client.crt").extensions.get_extension_for_class(x509.ExtendedKeyUsage)
+    assert list(usages.value) == [x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]  # an operator does not serve
+    _, listing, _ = cli(pki.dir, "identities")
+    lines = {line.split()[0]: line for line in listing.splitlines()}
+    assert "role viewer" in lines["vera"] and "role operator" in lines["olga"]
