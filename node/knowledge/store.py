@@ -349,6 +349,7 @@ class KnowledgeStore:
         weighted reciprocal rank fusion (search.py) of the keyword and vector rankings. Any text is a valid
         query: FTS5 syntax in it is neutralised (see search.py).
         """
+        failpoints.hit("knowledge.retrieve")  # a slow search, in the worker thread
         check_collection(collection)
         check_top_k(top_k)
         mode = check_mode(mode)

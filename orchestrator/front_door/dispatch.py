@@ -115,6 +115,9 @@ class Dispatcher:
                 failure = _refused(e) if isinstance(e, NodeRefused) else _failure(e)
                 self.give_up_or_retry(api, claim, failure, tried, rid, deadline)
                 continue
+            except BaseException:  # the caller went away (cancelled) or anything else: the slot is free again
+                self.slots.release(claim)
+                raise
             self.slots.release(claim)
             self.router.succeeded(claim.node_id)
             self.metrics.requests.labels(api, claim.node_id, "ok").inc()
