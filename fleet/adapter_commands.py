@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from edgefleet.fleet.control import OrchestratorSession, refusal
+from edgefleet.fleet.control import OrchestratorSession, pages, refusal
 from edgefleet.fleet.settings import FleetSettings
 from edgefleet.fleet.uploads import upload
 from edgefleet.proto.commands import Command
@@ -43,7 +43,10 @@ def add_parsers(fsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     rm.add_argument("name")
     rm.add_argument("--target", required=True)
     ls = fsub.add_parser("adapters", help="which adapters and knowledge collections are where, in which version")
-    ls.add_argument("--json", action="store_true")
+    ls.add_argument("--json", action="store_true", help="manifests, desired versions, nodes (with --limit: the page)")
+    ls.add_argument("--group", default="", help="only nodes in this group (or assigned to it)")
+    ls.add_argument("--limit", type=int, help="one page of at most N nodes (with the next page's offset)")
+    ls.add_argument("--offset", type=int, default=0, help="start at this node (the last page's next offset)")
     pk = fsub.add_parser(
         "push-knowledge", help="push a folder of .md/.txt/.html/.pdf documents as a knowledge collection"
     )
@@ -120,8 +123,7 @@ def _watch(s: OrchestratorSession, kind: str, name: str, version: str, wait: flo
     lines = 0
     shown: dict[str, str] = {}
     while True:
-        r = s.call(Command(op="adapters"), timeout)
-        nodes: dict[str, Any] = r.data.get("nodes", {})
+        nodes: dict[str, Any] = overview(s, Command(op="adapters"), timeout)["nodes"]
         targets = {n: v for n, v in nodes.items() if v[desired_key].get(name) == version}
         states: dict[str, str] = {}
         for node_id, v in sorted(targets.items()):
@@ -181,18 +183,44 @@ def print_adapters(data: dict[str, Any], out: TextIO) -> None:
                 )
 
 
+def overview(s: OrchestratorSession, cmd: Command, timeout: float) -> dict[str, Any]:
+    """Every page of an `adapters` command as one: the manifests, the desired versions, all the nodes."""
+    data: dict[str, Any] = {"manifests": [], "desired": {}, "nodes": {}}
+    for r in pages(lambda c: s.call(c, timeout), cmd):
+        if not r.ok:
+            raise AdapterCommandError(refusal(r))
+        data.update(manifests=r.data.get("manifests", []), desired=r.data.get("desired", {}))
+        data["nodes"].update(r.data.get("nodes", {}))
+    return data
+
+
+def _list(s: OrchestratorSession, args: argparse.Namespace, timeout: float, out: TextIO) -> int:
+    """`fleet adapters`: every page of nodes (or the one `--limit` asks for)."""
+    try:
+        cmd = Command(op="adapters", group=args.group, offset=args.offset, limit=args.limit)
+    except PayloadError as e:
+        raise AdapterCommandError(str(e).replace("invalid adapters command: ", "fleet adapters: --")) from e
+    if args.limit is None:
+        data = overview(s, cmd, timeout)
+    else:
+        r = s.call(cmd, timeout)
+        if not r.ok:
+            raise AdapterCommandError(refusal(r))
+        data = r.data
+    if args.json:
+        out.write(json.dumps(data, indent=2) + "\n")
+        return 0
+    print_adapters(data, out)
+    if data.get("next_offset") is not None:
+        out.write(f"next page: --offset {data['next_offset']}\n")
+    return 0
+
+
 def run(args: argparse.Namespace, settings: FleetSettings, out: TextIO, err: TextIO = sys.stderr) -> int:
     timeout = min(args.timeout, 30.0)
     with OrchestratorSession(settings, min(timeout, 10.0)) as s:
         if args.fleet_command == "adapters":
-            r = s.call(Command(op="adapters"), timeout)
-            if not r.ok:
-                raise AdapterCommandError(refusal(r))
-            if args.json:
-                out.write(json.dumps(r.data, indent=2) + "\n")
-            else:
-                print_adapters(r.data, out)
-            return 0
+            return _list(s, args, timeout, out)
         if args.fleet_command in ("rm-adapter", "rm-knowledge"):
             r = s.call(Command(op=args.fleet_command, name=args.name, target=args.target), timeout)
             if not r.ok:

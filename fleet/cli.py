@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import TextIO
+from collections.abc import Iterator
+from typing import Any, TextIO
 
 import grpc
 from google.protobuf.json_format import MessageToDict
@@ -15,7 +16,7 @@ from edgefleet.fleet import ask as ask_module
 from edgefleet.fleet import knowledge_commands, site_commands
 from edgefleet.fleet.ask import AskError
 from edgefleet.fleet.console import cli_commands as console_cli
-from edgefleet.fleet.control import CommandRefused, OrchestratorUnreachable, refusal, request
+from edgefleet.fleet.control import CommandRefused, OrchestratorSession, OrchestratorUnreachable, pages, refusal
 from edgefleet.fleet.exit_codes import describe_rpc_error
 from edgefleet.fleet.grpc_channel import node_channel
 from edgefleet.fleet.knowledge_commands import KnowledgeCommandError
@@ -99,22 +100,28 @@ def _settings(args: argparse.Namespace) -> FleetSettings:
 
 
 def group_node(settings: FleetSettings, group: str, timeout: float, err: TextIO) -> tuple[str, str]:
-    """(gRPC address, node id) of an online node of `group` (the first by id), from `fleet status` data."""
-    result = request(settings, Command(op="status"), min(timeout, 30.0))
-    if not result.ok:
-        raise CliError(refusal(result))
-    nodes = result.data.get("nodes", [])
-    members = [n for n in nodes if group in n.get("groups", [])]
-    usable = [n for n in members if n["state"] == "online" and n.get("address")]
-    if not usable:
-        known = sorted({g for n in nodes for g in n.get("groups", [])})
+    """(gRPC address, node id) of an online node of `group` (the first by id), from `fleet status` pages."""
+    with OrchestratorSession(settings, min(timeout, 10.0)) as s:
+
+        def nodes(**filters: str) -> Iterator[dict[str, Any]]:
+            for result in pages(lambda c: s.call(c, min(timeout, 30.0)), Command(op="status", **filters)):
+                if not result.ok:
+                    raise CliError(refusal(result))
+                yield from result.data.get("nodes", [])
+
+        # in the group by its own report (the filter takes assigned groups it has not applied yet, too)
+        online = (n for n in nodes(group=group, state="online") if group in n.get("groups", []))
+        chosen = next((n for n in online if n.get("address")), None)
+        if chosen is None:
+            members = [n for n in nodes(group=group) if group in n.get("groups", [])]
+            known = sorted({g for n in nodes() for g in n.get("groups", [])})
+    if chosen is None:
         states = ", ".join(f"{n['node_id']} ({n['state']})" for n in members)
         why = f"its nodes: {states}" if members else "no node is in it"
         raise CliError(
             f"no online node of group {brief(group)} advertises a gRPC address ({why}); "
             f"groups of site {settings.site}: {', '.join(known) or 'none'}"
         )
-    chosen = usable[0]
     err.write(f"node {chosen['node_id']} ({chosen['address']}) of group {group}\n")
     return str(chosen["address"]), str(chosen["node_id"])
 

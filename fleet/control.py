@@ -14,6 +14,7 @@ import re
 import socket
 import threading
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -179,6 +180,25 @@ def request(settings: FleetSettings, command: Command, timeout: float) -> Comman
     """Send one command and wait for its answer."""
     with OrchestratorSession(settings, min(timeout, 10.0)) as s:
         return s.call(command, timeout)
+
+
+def pages(call: Callable[[Command], CommandResult], command: Command) -> Iterator[CommandResult]:
+    """Every page of a paged listing (`status`, `rules`, `adapters`: proto/paging.py): `command` from
+    its offset, then again from each answer's `next_offset` until that is None. A refusal is yielded
+    and ends it; an answer whose next page does not move on raises CommandRefused."""
+    offset = int(getattr(command.request, "offset", 0))
+    while True:
+        result = call(command)
+        yield result
+        following = result.data.get("next_offset") if result.ok else None
+        if following is None:
+            return
+        if not isinstance(following, int) or following <= offset:
+            raise CommandRefused(
+                f"the orchestrator's {command.op} answer from offset {offset} goes on at {following!r}, not past it"
+            )
+        offset = following
+        command = Command(command.request.model_copy(update={"offset": offset}))
 
 
 def refusal(result: CommandResult) -> str:

@@ -17,11 +17,12 @@ from typing import Any, TextIO
 from pydantic import ValidationError
 
 from edgefleet.fleet.site.broker_config import BrokerPolicy, ListenerOptions, reload_broker, write_broker_files
-from edgefleet.fleet.site.pki import ORCHESTRATOR, ORCHESTRATOR_SITE_KEY, PkiError, SitePki
+from edgefleet.fleet.site.pki import KINDS, ORCHESTRATOR, ORCHESTRATOR_SITE_KEY, PkiError, SitePki
 from edgefleet.fleet.site.pki_files import refresh, write_private, write_public
 from edgefleet.plumbing.site_settings import SiteSettings
 from edgefleet.proto.access import DEFAULT_OPERATOR_ROLE, Role
 from edgefleet.proto.artifacts import SiteKey
+from edgefleet.proto.paging import page_of
 from edgefleet.proto.payloads import describe_validation_error
 from edgefleet.proto.topics import Topics
 
@@ -91,7 +92,13 @@ def add_parsers(fsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     _reload_flags(rv)
     ls = fsub.add_parser("identities", help="list the site's identities, kinds, groups, serials and revocations")
     _dir_flag(ls)
-    ls.add_argument("--json", action="store_true")
+    ls.add_argument("--json", action="store_true", help="one JSON list (with --limit: the page, its total)")
+    ls.add_argument("--kind", choices=KINDS, help="only identities of this kind")
+    ls.add_argument("--group", default="", help="only identities in this group (or assigned to it)")
+    ls.add_argument("--state", choices=["active", "revoked"], help="only active or only revoked identities")
+    ls.add_argument("--search", default="", help="only names containing this (any case)")
+    ls.add_argument("--limit", type=int, help="one page of at most N identities (with the next page's offset)")
+    ls.add_argument("--offset", type=int, default=0, help="start at this identity (the last page's next offset)")
     bc = fsub.add_parser("broker-config", help="write mosquitto.conf and the ACL from the topic contract")
     _dir_flag(bc)
     bc.add_argument("--port", type=int, help="TLS listener port")
@@ -100,8 +107,23 @@ def add_parsers(fsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     bc.add_argument("--node-output", action="append", help="extra topic filter nodes may publish to (repeat)")
     bc.add_argument("--persistence-dir", help="Mosquitto persistence_location")
     bc.add_argument("--run-as-user", help="Mosquitto `user` option")
+    bc.add_argument(
+        "--nodes",
+        type=_node_count,
+        help="nodes the site expects; queue, in-flight and connection limits follow it (default: those enrolled)",
+    )
     bc.add_argument("--out", type=Path, help="where to write mosquitto.conf and acl (default <dir>/broker)")
     _reload_flags(bc)
+
+
+def _node_count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if not 0 <= n <= 1_000_000:
+        raise argparse.ArgumentTypeError(f"--nodes must be a whole number from 0 to 1000000, not {text!r}")
+    return n
 
 
 def _listener(settings: dict[str, Any]) -> ListenerOptions:
@@ -110,6 +132,7 @@ def _listener(settings: dict[str, Any]) -> ListenerOptions:
         bind=str(settings.get("bind") or ""),
         persistence_dir=settings.get("persistence_dir"),
         run_as_user=settings.get("run_as_user"),
+        nodes=int(settings.get("nodes") or 0),
     )
 
 
@@ -202,15 +225,30 @@ def _init(pki: SitePki, args: argparse.Namespace, site: str, topic_root: str, ou
     return 0
 
 
-def _list(pki: SitePki, as_json: bool, out: TextIO) -> int:
-    idents = pki.identities()
-    if as_json:
-        out.write(json.dumps([vars(i) for i in idents], indent=2) + "\n")
+def _list(pki: SitePki, args: argparse.Namespace, out: TextIO) -> int:
+    """The identities the filters match, by kind and name; `--limit`/`--offset`: one page of them."""
+    if args.offset < 0 or (args.limit is not None and args.limit < 0):
+        raise IdentityCommandError("--offset and --limit must not be negative")
+    wanted = [
+        i
+        for i in sorted(pki.identities(), key=lambda i: (i.kind, i.name))
+        if (not args.kind or i.kind == args.kind)
+        and (not args.group or args.group in [*i.groups, *i.assigned_groups])
+        and (not args.state or i.revoked == (args.state == "revoked"))
+        and args.search.lower() in i.name.lower()
+    ]
+    page = page_of(wanted, args.offset, args.limit, budget=sys.maxsize, size=lambda _: 0)  # local: no size limit
+    if args.json:
+        docs = [vars(i) for i in page.items]
+        doc = docs if args.limit is None else {"identities": docs, "total": page.total, "next_offset": page.next_offset}
+        out.write(json.dumps(doc, indent=2) + "\n")
         return 0
-    for i in sorted(idents, key=lambda i: (i.kind, i.name)):
+    for i in page.items:
         state = f"revoked {i.revoked_at}" if i.revoked else "active"
         scope = f"role {i.role}" if i.role else ",".join(i.groups) or "-"  # an operator's role, a node's groups
         out.write(f"{i.name:<24} {i.kind:<12} {scope:<20} {i.serial:x}  {state}\n")
+    if page.next_offset is not None:
+        out.write(f"{page.total} identities; next page: --offset {page.next_offset}\n")
     return 0
 
 
@@ -222,7 +260,7 @@ def run(args: argparse.Namespace, site: str, topic_root: str, out: TextIO) -> in
         if verb == "init-pki":
             return _init(pki, args, site, topic_root, out)
         if verb == "identities":
-            return _list(pki, args.json, out)
+            return _list(pki, args, out)
         if verb.startswith("enroll-"):
             kind = verb.removeprefix("enroll-")
             groups = [g.strip() for g in getattr(args, "groups", "").split(",") if g.strip()]
@@ -246,6 +284,7 @@ def run(args: argparse.Namespace, site: str, topic_root: str, out: TextIO) -> in
                 ("node_outputs", args.node_output),
                 ("persistence_dir", args.persistence_dir),
                 ("run_as_user", args.run_as_user),
+                ("nodes", args.nodes),
                 ("out", str(args.out.resolve()) if args.out else None),
             ):
                 if value is not None:

@@ -11,10 +11,10 @@ import yaml
 from pydantic import ValidationError
 
 from edgefleet.fleet import applied
-from edgefleet.fleet.control import refusal, request
+from edgefleet.fleet.control import OrchestratorSession, pages, refusal
 from edgefleet.fleet.settings import FleetSettings
 from edgefleet.proto.commands import Command
-from edgefleet.proto.payloads import describe_validation_error
+from edgefleet.proto.payloads import PayloadError, describe_validation_error
 from edgefleet.proto.rules import RuleSpec
 
 
@@ -32,7 +32,10 @@ def add_parsers(fsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     rm.add_argument("--target", required=True)
     applied.add_wait_flags(rm)
     ls = fsub.add_parser("rules", help="sensor rules per target")
-    ls.add_argument("--json", action="store_true")
+    ls.add_argument("--json", action="store_true", help="target → rule name → rule (with --limit: the page)")
+    ls.add_argument("--target", default="", help="only this target (GROUP or NODE, or group:NAME / node:NAME)")
+    ls.add_argument("--limit", type=int, help="one page of at most N targets (with the next page's offset)")
+    ls.add_argument("--offset", type=int, default=0, help="start at this target (the last page's next offset)")
 
 
 def load_rule(path: Path) -> RuleSpec:
@@ -50,22 +53,43 @@ def load_rule(path: Path) -> RuleSpec:
         raise RuleCommandError(f"rule refused: {describe_validation_error(e)}") from e
 
 
+def _list(args: argparse.Namespace, settings: FleetSettings, timeout: float, out: TextIO) -> int:
+    """`fleet rules`: every page of targets (or the one `--limit` asks for)."""
+    try:
+        cmd = Command(op="rules", target=args.target, offset=args.offset, limit=args.limit)
+    except PayloadError as e:
+        raise RuleCommandError(str(e).replace("invalid rules command: ", "fleet rules: --")) from e
+    data: dict[str, Any] = {}
+    following = None
+    with OrchestratorSession(settings, min(timeout, 10.0)) as s:
+        for r in pages(lambda c: s.call(c, timeout), cmd):
+            if not r.ok:
+                raise RuleCommandError(refusal(r))
+            if args.limit is not None:
+                if args.json:
+                    out.write(json.dumps(r.data, indent=2) + "\n")
+                    return 0
+                following = r.data.get("next_offset")
+                data = r.data.get("targets", {})
+                break
+            data.update(r.data.get("targets", {}))
+    if args.json:
+        out.write(json.dumps(data, indent=2) + "\n")
+        return 0
+    for target, rules in sorted(data.items()):
+        for name, rule in sorted(rules.items()):
+            out.write(f"{target:<20} {name}@{rule['version']:<8} {rule['topic_filter']} -> {rule['template']}\n")
+    if not data:
+        out.write("(no rules)\n")
+    if args.limit is not None and following is not None:
+        out.write(f"next page: --offset {following}\n")
+    return 0
+
+
 def run(args: argparse.Namespace, settings: FleetSettings, out: TextIO) -> int:
     timeout = min(args.timeout, 30.0)
     if args.fleet_command == "rules":
-        r = request(settings, Command(op="rules"), timeout)
-        if not r.ok:
-            raise RuleCommandError(refusal(r))
-        data: dict[str, Any] = r.data
-        if args.json:
-            out.write(json.dumps(data, indent=2) + "\n")
-            return 0
-        for target, rules in sorted(data.items()):
-            for name, rule in sorted(rules.items()):
-                out.write(f"{target:<20} {name}@{rule['version']:<8} {rule['topic_filter']} -> {rule['template']}\n")
-        if not data:
-            out.write("(no rules)\n")
-        return 0
+        return _list(args, settings, timeout, out)
     if args.fleet_command == "rm-rule":
         cmd = Command(op="rm-rule", name=args.name, target=args.target)
     else:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import textwrap
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -27,12 +29,13 @@ from edgefleet.fleet.balena.status_view import StatusRow
 from edgefleet.fleet.balena.status_view import join as join_balena
 from edgefleet.fleet.balena.status_view import render as render_balena
 from edgefleet.fleet.console.cli_commands import register_operator
-from edgefleet.fleet.control import refusal, request
+from edgefleet.fleet.control import OrchestratorSession, pages, refusal
 from edgefleet.fleet.settings import FleetSettings
 from edgefleet.proto.artifacts import SiteKey
 from edgefleet.proto.commands import Command
 from edgefleet.proto.input_limits import brief
-from edgefleet.proto.payloads import TemplateSpec, describe_validation_error, validation_field
+from edgefleet.proto.paging import MAX_PAGE_LIMIT, NodeFilter, summary_line
+from edgefleet.proto.payloads import PayloadError, TemplateSpec, describe_validation_error, validation_field
 from edgefleet.proto.templates import TemplateError, compile_template, declared_variables
 from edgefleet.proto.topics import valid_name
 
@@ -52,7 +55,18 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     fleet = sub.add_parser("fleet", help="site-wide commands through the orchestrator")
     fsub = fleet.add_subparsers(dest="fleet_command", required=True)
     st = fsub.add_parser("status", help="nodes, groups, status, last seen, templates in sync or drifted")
-    st.add_argument("--json", action="store_true")
+    st.add_argument("--json", action="store_true", help="one JSON list of the nodes (with --limit: the page, summary)")
+    st.add_argument("--group", default="", help="only nodes in this group (or assigned to it)")
+    st.add_argument("--state", default="", choices=["online", "offline", "failed"], help="only nodes in this state")
+    st.add_argument("--profile", default="", help="only nodes of this hardware profile")
+    st.add_argument("--model", default="", help="only nodes serving this model")
+    st.add_argument("--out-of-sync", action="store_true", help="only nodes drifted from their desired state")
+    st.add_argument("--errors", action="store_true", help="only nodes whose engine or an artifact transfer failed")
+    st.add_argument("--search", default="", help="only nodes whose id contains this (any case)")
+    st.add_argument(
+        "--limit", type=int, help=f"one page of at most N nodes (0: the counts only; at most {MAX_PAGE_LIMIT})"
+    )
+    st.add_argument("--offset", type=int, default=0, help="start at this node (the last page's next offset)")
     st.add_argument(
         "--balena",
         metavar="FLEET",
@@ -177,6 +191,81 @@ def print_status(nodes: list[dict[str, Any]], out: TextIO) -> None:
         out.write("(no nodes have reported yet)\n")
 
 
+def _filters(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: getattr(args, k) for k in ("group", "state", "profile", "model", "out_of_sync", "errors", "search")}
+
+
+def status_command(args: argparse.Namespace, offset: int = 0, limit: int | None = None) -> Command:
+    """The `status` command of `fleet status`'s filter flags, for one page."""
+    try:
+        return Command(op="status", offset=offset, limit=limit, **_filters(args))
+    except PayloadError as e:
+        raise FleetCommandError(str(e).replace("invalid status command: ", "fleet status: --"), field=e.field) from e
+
+
+def status_pages(s: OrchestratorSession, command: Command, timeout: float) -> Iterator[dict[str, Any]]:
+    """The data of each page of a `status` command, from its offset to the last page."""
+    for result in pages(lambda c: s.call(c, timeout), command):
+        if not result.ok:
+            raise FleetCommandError(refusal(result))
+        yield result.data
+
+
+def _write_json_list(items: Iterable[Any], out: TextIO) -> None:
+    """`json.dumps(list(items), indent=2)`, written item by item (a page at a time, never all in memory twice)."""
+    first = True
+    for item in items:
+        out.write(("[\n" if first else ",\n") + textwrap.indent(json.dumps(item, indent=2), "  "))
+        first = False
+    out.write("[]\n" if first else "\n]\n")
+
+
+def _print_page_notes(data: dict[str, Any], args: argparse.Namespace, shown: int, out: TextIO) -> None:
+    """The summary line, and what the filters and the page hold (before the table)."""
+    if "summary" in data:
+        out.write(summary_line(data["summary"]) + "\n")
+    described = NodeFilter(**_filters(args)).describe()
+    total = data.get("total", shown)
+    if described:
+        out.write(f"{total} match {described}\n")
+    if args.limit:  # one page (--limit 0: the counts alone)
+        following = data.get("next_offset")
+        span = f"nodes {args.offset + 1}-{args.offset + shown} of {total}" if shown else f"no nodes of {total} here"
+        out.write(span + (f"; next page: --offset {following}" if following is not None else "") + "\n")
+
+
+def status(args: argparse.Namespace, settings: FleetSettings, timeout: float, out: TextIO) -> int:
+    """`fleet status`: every page (or the one `--limit` asks for), the summary line, then the table."""
+    with OrchestratorSession(settings, min(timeout, 10.0)) as s:
+        if args.limit is not None:  # one page, as the orchestrator answers it
+            data = next(status_pages(s, status_command(args, args.offset, args.limit), timeout))
+            if args.json:
+                out.write(json.dumps(data, indent=2) + "\n")
+            else:
+                _print_page_notes(data, args, len(data.get("nodes", [])), out)
+                if args.limit:
+                    print_status(data.get("nodes", []), out)
+            return 0
+        datas = status_pages(s, status_command(args, args.offset), timeout)
+        if args.json and not args.balena:  # streamed: a page at a time
+            _write_json_list((n for d in datas for n in d.get("nodes", [])), out)
+            return 0
+        last: dict[str, Any] = {}
+        nodes: list[dict[str, Any]] = []
+        for last in datas:
+            nodes += last.get("nodes", [])
+    rows = balena_rows(args.balena, nodes, settings.balena_api_url) if args.balena else None
+    if args.json:
+        out.write(json.dumps({"nodes": nodes, "balena": [r.as_dict() for r in rows or []]}, indent=2) + "\n")
+        return 0
+    _print_page_notes(last, args, len(nodes), out)
+    print_status(nodes, out)
+    if rows is not None:
+        out.write(f"\nbalena fleet {args.balena}:\n")
+        out.writelines(line + "\n" for line in render_balena(rows))
+    return 0
+
+
 def init_site(directory: Path, force: bool, site: str, out: TextIO) -> int:
     private, public = directory / f"{site}.key", directory / f"{site}.pub"
     if private.exists() and not force:
@@ -242,20 +331,7 @@ def run(args: argparse.Namespace, settings: FleetSettings, out: TextIO) -> int:
             raise FleetCommandError(str(e)) from e
     timeout = min(args.timeout, 30.0)
     if args.fleet_command == "status":
-        result = request(settings, Command(op="status"), timeout)
-        if not result.ok:
-            raise FleetCommandError(refusal(result))
-        nodes = result.data.get("nodes", [])
-        rows = balena_rows(args.balena, nodes, settings.balena_api_url) if args.balena else None
-        if args.json:
-            doc: Any = nodes if rows is None else {"nodes": nodes, "balena": [r.as_dict() for r in rows]}
-            out.write(json.dumps(doc, indent=2) + "\n")
-        else:
-            print_status(nodes, out)
-            if rows is not None:
-                out.write(f"\nbalena fleet {args.balena}:\n")
-                out.writelines(line + "\n" for line in render_balena(rows))
-        return 0
+        return status(args, settings, timeout, out)
     if args.fleet_command == "push-template":
         spec = load_template(args.file, args.name, args.version, args.system)
         cmd = Command(op="push-template", target=args.target, template=spec, force=args.force, new_group=args.new_group)

@@ -38,6 +38,7 @@ from edgefleet.proto.error_codes import ErrorCode
 from edgefleet.proto.input_limits import brief
 from edgefleet.proto.knowledge_bundle import BundleError, iter_bundle
 from edgefleet.proto.lora_gguf import LoraFileError, read_lora
+from edgefleet.proto.paging import PAGE_BUDGET_BYTES, json_size, page_of
 from edgefleet.proto.payloads import ArtifactRef, CommandResult, Target
 from edgefleet.proto.topics import Topics, valid_name
 from edgefleet.proto.versions import is_older
@@ -93,7 +94,7 @@ class AdapterCommands:
 
     def register(self, table: CommandTable) -> None:
         table.register(UploadChunkRequest, self.upload_chunk)
-        table.register(AdaptersRequest, lambda _: CommandResult(ok=True, data=self.overview()))
+        table.register(AdaptersRequest, lambda req: CommandResult(ok=True, data=self.overview(req)))
         table.register(PushAdapterRequest, partial(self.push, kind="adapter"))
         table.register(RemoveAdapterRequest, partial(self.remove, kind="adapter"))
         table.register(PushKnowledgeRequest, partial(self.push, kind="knowledge"))
@@ -231,13 +232,18 @@ class AdapterCommands:
         self.store.save_manifest(manifest)
         return manifest
 
-    def overview(self) -> dict[str, Any]:
+    def overview(self, req: AdaptersRequest | None = None) -> dict[str, Any]:
+        """The manifests, the desired versions per target, and one page of nodes (what each should
+        have, has, and is fetching): `nodes`, `total` nodes, `next_offset` (None: the last page)."""
+        req = req or AdaptersRequest()
         desired = self.registry.all_desired()
-        nodes = {}
+        nodes = []
         for row in self.registry.rows():
+            if req.group and req.group not in [*row.groups, *row.assigned_groups]:
+                continue
             want = expected_adapters(row.node_id, row.groups, desired)
             want_k = expected_knowledge(row.node_id, row.groups, desired)
-            nodes[row.node_id] = {
+            node = {
                 "groups": row.groups,
                 "state": row.state,
                 "desired": {n: r.version for n, r in want.items()},
@@ -246,21 +252,28 @@ class AdapterCommands:
                 "knowledge_loaded": row.knowledge,
                 "transfers": row.transfers,
             }
+            nodes.append((row.node_id, node))
+        manifests = [
+            {
+                "name": m.name,
+                "version": m.version,
+                "size": m.size,
+                "sha256": m.sha256,
+                "chunks": m.chunk_count,
+                "chunks_sent": self.chunks_sent(m.sha256),
+                "kind": m.kind,
+            }
+            for m in self.store.manifests()
+        ]
+        versions = {k: {n: r.version for n, r in d.adapters.items()} for k, d in desired.items() if d.adapters}
+        page = page_of(nodes, req.offset, req.limit, max(PAGE_BUDGET_BYTES - json_size([manifests, versions]), 0))
         return {
-            "manifests": [
-                {
-                    "name": m.name,
-                    "version": m.version,
-                    "size": m.size,
-                    "sha256": m.sha256,
-                    "chunks": m.chunk_count,
-                    "chunks_sent": self.chunks_sent(m.sha256),
-                    "kind": m.kind,
-                }
-                for m in self.store.manifests()
-            ],
-            "desired": {k: {n: r.version for n, r in d.adapters.items()} for k, d in desired.items() if d.adapters},
-            "nodes": nodes,
+            "manifests": manifests,
+            "desired": versions,
+            "nodes": dict(page.items),
+            "total": page.total,
+            "offset": page.offset,
+            "next_offset": page.next_offset,
         }
 
 

@@ -3,7 +3,9 @@
 Readers (the router, the web console, `fleet status` one day) take the current `FleetSnapshot`
 by reference under a short lock and read it as long as they like: nothing in it ever changes,
 no SQLite, no JSON per call. Writers (ingest, the desired-state publisher) are serialized by
-a second lock and build the next snapshot from the facts they keep, then swap it in.
+a second lock and build the next snapshot from the facts they keep, then swap it in. Ingest
+applies a batch of messages inside `batch()`: one new snapshot for the whole batch, not one per
+message (building one costs a pass over every node).
 
 A node's state is the one it published: `online`, `offline` (a shutdown, or its last will:
 reason "connection lost"), or `failed` (its engine died; the process exits to be restarted).
@@ -18,7 +20,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
@@ -156,7 +159,9 @@ class _Presence:
 class FleetView:
     def __init__(self, slot_caps: SlotCaps | None = None) -> None:
         self._lock = threading.Lock()  # guards the reference to the current snapshot
-        self._write_lock = threading.Lock()  # one writer at a time
+        self._write_lock = threading.RLock()  # one writer at a time (a batch holds it across its writes)
+        self._pending: set[str] | None = None  # inside `batch`: the nodes whose snapshot is due
+        self._pending_any = False  # inside `batch`: something changed (desired state with no node, too)
         self._snapshot = FleetSnapshot(MappingProxyType({}), MappingProxyType({}), 0, time.time())
         # the writers' facts, from which node snapshots are built
         self._presence: dict[str, _Presence] = {}
@@ -176,6 +181,27 @@ class FleetView:
     def snapshot(self) -> FleetSnapshot:
         with self._lock:
             return self._snapshot
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Writes inside make one new snapshot, published when the batch ends (nested: part of it)."""
+        with self._write_lock:
+            if self._pending is not None:
+                yield
+                return
+            self._pending, self._pending_any = set(), False
+            try:
+                yield
+            finally:
+                todo, self._pending = self._pending, None
+                if self._pending_any:
+                    self._publish(todo)
+
+    def state_of(self, node_id: str) -> str | None:
+        """The state the node last published, as the writers know it now (None: never heard of)."""
+        with self._write_lock:
+            presence = self._presence.get(node_id)
+        return presence.state if presence is not None else None
 
     # -- writers ------------------------------------------------------------------------------------------
     def apply_status(self, status: NodeStatus, seen: float | None = None) -> None:
@@ -329,6 +355,10 @@ class FleetView:
             node_ids.update(n for n, p in self._presence.items() if p.info and p.info.model.name in changed)
 
     def _publish(self, node_ids: Iterable[str], replace_all: bool = False) -> None:
+        if self._pending is not None and not replace_all:
+            self._pending.update(node_ids)
+            self._pending_any = True
+            return
         current = self.snapshot()
         nodes = {} if replace_all else dict(current.nodes)
         todo = set(node_ids)

@@ -4,19 +4,33 @@ Node status, telemetry and reported state; desired-state documents as the broker
 back (our own echoes, or retained ones from before a restart, which rebuild a lost registry);
 and the errors nodes report. Each arrives as (topic, payload): nothing here knows MQTT's client.
 A payload that does not validate, or a node speaking for another, is refused on the errors topic.
+
+Messages come in batches (orchestrator/ingest_queue.py): `apply` writes a batch in one registry
+transaction and one fleet-view snapshot; each message is still checked, and refused, on its own.
+
+Healing: a node that sends telemetry (or a fresh reported state) while the orchestrator does not
+know it, or knows it as offline, had a status message lost on the way (a broker that dropped it
+from a full queue, a restart in between). `StatusHealer` then subscribes to that node's status
+topic alone for a moment: a new subscription is sent the retained status, which ingest takes as
+any other; the subscription is dropped once it arrived. Nodes also announce themselves again
+when the orchestrator's status turns `online` (node/control/agent.py).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections.abc import Callable
 
 from edgefleet.orchestrator.command_errors import CommandError
 from edgefleet.orchestrator.desired_edits import DesiredSigner, PublishRetained
 from edgefleet.orchestrator.error_reports import SOURCE, ErrorReporter
 from edgefleet.orchestrator.fleet_view import FleetView
+from edgefleet.orchestrator.ingest_queue import Message
 from edgefleet.orchestrator.registry import Registry
 from edgefleet.orchestrator.telemetry_history import TelemetryHistory
+from edgefleet.plumbing import failpoints
 from edgefleet.proto.error_codes import ErrorCode
 from edgefleet.proto.input_limits import brief
 from edgefleet.proto.payloads import (
@@ -34,6 +48,68 @@ from edgefleet.proto.topics import Topics
 
 log = logging.getLogger("edgefleet.orchestrator.ingest")
 
+FAILPOINT_MESSAGE = "orchestrator.ingest"  # passed before each message of a batch is applied
+HEAL_AFTER_S = 3.0  # a status may be on its way behind telemetry (QoS 0 passes the broker's QoS 1 queue)
+HEAL_FOR_S = 10.0  # how long a healing subscription waits for the retained status
+HEAL_AGAIN_S = 15.0  # a node is healed at most this often (it may have no retained status at all)
+HEAL_MAX = 1000  # healing subscriptions open at once; the others wait their turn
+
+
+class StatusHealer:
+    """Reads the retained status of nodes ingest heard from without knowing them.
+
+    A node is healed when no status of it arrived `HEAL_AFTER_S` after the sign of life (in a burst
+    its status is often just behind its telemetry). `subscribe(topic)` / `unsubscribe(topic)`: the
+    orchestrator's MQTT link, whose handler for the topic queues the status like every other one."""
+
+    def __init__(self, topics: Topics, subscribe: Callable[[str], None], unsubscribe: Callable[[str], None]) -> None:
+        self.topics, self.subscribe, self.unsubscribe = topics, subscribe, unsubscribe
+        self._lock = threading.Lock()
+        self._waiting: dict[str, float] = {}  # node → when it was heard from, not known (not asked yet)
+        self._open: dict[str, float] = {}  # node → when its healing subscription opened
+        self._asked: dict[str, float] = {}  # node → when its status was last asked for
+        self.healed = 0  # statuses that arrived on a healing subscription
+
+    def want(self, node_id: str, now: float) -> None:
+        with self._lock:
+            if node_id in self._waiting or node_id in self._open:
+                return
+            if now - self._asked.get(node_id, -HEAL_AGAIN_S) >= HEAL_AGAIN_S:
+                self._waiting[node_id] = now
+
+    def arrived(self, node_id: str) -> None:
+        """A status of the node arrived: no need to ask for it (any more)."""
+        with self._lock:
+            if self._waiting.pop(node_id, None) is not None or self._open.pop(node_id, None) is None:
+                return
+            self.healed += 1
+        self.unsubscribe(self.topics.node_status(node_id))
+        log.info("node status read again", extra={"node": node_id})
+
+    def flush(self, now: float) -> None:
+        """Open the subscriptions that are due; close those that waited too long (no retained status)."""
+        with self._lock:
+            room = max(0, HEAL_MAX - len(self._open))
+            due = [n for n, t in self._waiting.items() if now - t >= HEAL_AFTER_S][:room]
+            for n in due:
+                del self._waiting[n]
+                self._open[n] = self._asked[n] = now
+            stale = [n for n, t in self._open.items() if now - t > HEAL_FOR_S]
+            for n in stale:
+                del self._open[n]
+            if len(self._asked) > 4 * HEAL_MAX:  # forget old asks: the map stays bounded
+                self._asked = {n: t for n, t in self._asked.items() if now - t < HEAL_AGAIN_S}
+        for node_id in due:
+            log.info(
+                "heard from a node whose status is not known: reading its retained status", extra={"node": node_id}
+            )
+            try:
+                self.subscribe(self.topics.node_status(node_id))
+            except ValueError as e:  # InvalidTopic: an id no filter can name
+                log.warning("cannot read the node's status", extra={"node": node_id[:200], "reason": str(e)})
+        for node_id in stale:
+            self.unsubscribe(self.topics.node_status(node_id))
+
 
 class Ingest:
     def __init__(
@@ -46,10 +122,40 @@ class Ingest:
         history: TelemetryHistory | None = None,
         signer: DesiredSigner | None = None,
         publish_retained: PublishRetained | None = None,
+        healer: StatusHealer | None = None,
     ) -> None:
         self.site, self.topics, self.registry, self.view, self.errors = site, topics, registry, view, errors
         self.history = history
         self.signer, self.publish_retained = signer, publish_retained
+        self.healer = healer
+
+    def apply(self, batch: list[Message]) -> None:
+        """A batch: one registry transaction and one fleet-view snapshot; each message on its own
+        (refused, or failed with the error logged, alone)."""
+        handlers: dict[str, Callable[[Message], None]] = {
+            "status": lambda m: self.node_status(m.topic, m.payload),
+            "reported": lambda m: self.reported(m.topic, m.payload, m.retained),
+            "telemetry": lambda m: self.telemetry(m.topic, m.payload),
+            "desired": lambda m: self.desired(m.topic, m.payload),
+            "error": lambda m: self.node_error(m.topic, m.payload),
+        }
+        with self.view.batch(), self.registry.batch():
+            for m in batch:
+                try:
+                    failpoints.hit(FAILPOINT_MESSAGE)
+                    handlers[m.kind](m)
+                except Exception:  # as a failed MQTT handler: logged, the batch goes on
+                    log.exception("message handler failed", extra={"topic": m.topic[:200], "kind": m.kind})
+
+    def tick(self) -> None:
+        """After each batch, and every second while none comes: healing subscriptions that are due."""
+        if self.healer is not None:
+            self.healer.flush(time.time())
+
+    def _heard_from(self, node_id: str) -> None:
+        """The node is alive: heal it when its status is unknown or says it is not online."""
+        if self.healer is not None and self.view.state_of(node_id) != "online":
+            self.healer.want(node_id, time.time())
 
     def _parse(self, topic: str, payload: bytes, model: type[P]) -> P | None:
         """The payload as `model`, or None: empty (a cleared retained message) or refused with a reason."""
@@ -77,12 +183,17 @@ class Ingest:
             self.registry.record_status(status)
             self.view.apply_status(status, time.time())
             log.info("node status", extra={"node": status.node_id, "state": status.state, "reason": status.reason})
+            if self.healer is not None:
+                self.healer.arrived(status.node_id)
 
-    def reported(self, topic: str, payload: bytes) -> None:
+    def reported(self, topic: str, payload: bytes, retained: bool = False) -> None:
+        """`retained`: sent on a (re)subscription, so not a sign of life (an offline node's is kept)."""
         rep = self._parse(topic, payload, ReportedState)
         if rep is not None and self._from_node(topic, "reported", rep.node_id):
             self.registry.record_reported(rep)
             self.view.apply_reported(rep, time.time())
+            if not retained:
+                self._heard_from(rep.node_id)
 
     def telemetry(self, topic: str, payload: bytes) -> None:
         t = self._parse(topic, payload, Telemetry)
@@ -91,6 +202,7 @@ class Ingest:
             self.view.apply_telemetry(t, time.time())
             if self.history is not None:
                 self.history.record(t)
+            self._heard_from(t.node_id)
 
     def desired(self, topic: str, payload: bytes) -> None:
         """Retained desired state (ours, echoed or from before a restart) rebuilds the registry."""

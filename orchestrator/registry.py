@@ -3,9 +3,10 @@
 SQLite through sqlite-utils, WAL. Everything in it can be rebuilt from the broker's retained
 messages (node status, reported state, desired state), so a deleted file heals itself.
 
-One connection, used by the MQTT network thread (ingest) and the command worker (desired
-state): every method holds the registry's lock, so a transaction of one thread never takes in
-a statement of another.
+One connection, used by the ingest thread and the command worker (desired state): every method
+holds the registry's lock, so a transaction of one thread never takes in a statement of another.
+Ingest writes a whole batch of messages in one transaction (`batch`); each write inside it is a
+savepoint, so one that fails is undone alone and the rest of the batch still commits.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,7 @@ from pydantic import ValidationError
 
 from edgefleet.orchestrator.drift import drift_reasons
 from edgefleet.plumbing.sqlite_db import open_database
+from edgefleet.proto.paging import PAGE_BUDGET_BYTES, NodeFilter, node_page
 from edgefleet.proto.payloads import (
     MAX_GENERATION,
     DesiredState,
@@ -110,12 +114,46 @@ class Registry:
     def __init__(self, db: sqlite_utils.Database) -> None:
         self.db = db
         self._lock = threading.RLock()
+        self._in_batch = False  # only read and written under the lock, by the thread holding it
 
-    # -- writes (one transaction each) --------------------------------------------------------------
+    # -- writes (one transaction each, or one savepoint each inside a batch) --------------------------
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """One transaction around many writes (ingest's batches), committed at the end; other
+        threads wait for the lock meanwhile. Nested: part of the batch already open."""
+        with self._lock:
+            if self._in_batch:
+                yield
+                return
+            self._in_batch = True
+            try:
+                with self.db.conn:  # commits on the way out, rolls back on an exception
+                    self.db.execute("BEGIN")
+                    yield
+            finally:
+                self._in_batch = False
+
+    @contextmanager
+    def _write(self) -> Iterator[None]:
+        """One write: its own transaction, or a savepoint of the open batch (undone alone if it raises)."""
+        with self._lock:
+            if not self._in_batch:
+                with self.db.conn:
+                    yield
+                return
+            self.db.execute("SAVEPOINT one_write")
+            try:
+                yield
+            except BaseException:
+                self.db.execute("ROLLBACK TO one_write")
+                self.db.execute("RELEASE one_write")
+                raise
+            self.db.execute("RELEASE one_write")
+
     def record_status(self, status: NodeStatus) -> None:
         now = time.time()
         info = status.info
-        with self._lock, self.db.conn:
+        with self._write():
             row = self.db.execute("SELECT state FROM nodes WHERE node_id = ?", [status.node_id]).fetchone()
             if row is None or row[0] != status.state:
                 self.db.execute(
@@ -141,7 +179,7 @@ class Registry:
                 )
 
     def record_reported(self, rep: ReportedState) -> None:
-        with self._lock, self.db.conn:
+        with self._write():
             self.db.execute(
                 "INSERT INTO reported (node_id, doc, ts) VALUES (?, ?, ?) ON CONFLICT(node_id) DO UPDATE "
                 "SET doc = excluded.doc, ts = excluded.ts",
@@ -150,7 +188,7 @@ class Registry:
             self.db.execute("UPDATE nodes SET last_seen = ? WHERE node_id = ?", [time.time(), rep.node_id])
 
     def record_telemetry(self, t: Telemetry) -> None:
-        with self._lock, self.db.conn:
+        with self._write():
             self.db.execute(
                 "INSERT INTO telemetry (node_id, doc, ts) VALUES (?, ?, ?) ON CONFLICT(node_id) DO UPDATE "
                 "SET doc = excluded.doc, ts = excluded.ts",
@@ -160,7 +198,7 @@ class Registry:
 
     def record_desired(self, doc: DesiredState) -> bool:
         """Keep the newest generation per target; False when `doc` is older than what is stored."""
-        with self._lock, self.db.conn:
+        with self._write():
             row = self.db.execute("SELECT generation FROM desired WHERE target_key = ?", [doc.target.key]).fetchone()
             if row is not None and MAX_GENERATION >= row[0] > doc.generation:  # above the bound: from before it
                 return False
@@ -174,7 +212,7 @@ class Registry:
 
     def record_assignment(self, doc: GroupAssignment) -> bool:
         """Keep the newest assignment per node; False when `doc` is older than the one stored."""
-        with self._lock, self.db.conn:
+        with self._write():
             row = self.db.execute("SELECT generation FROM assignments WHERE node_id = ?", [doc.node_id]).fetchone()
             if row is not None and row[0] > doc.generation:
                 return False
@@ -306,3 +344,10 @@ class Registry:
                 )
             )
         return out
+
+    def node_page(
+        self, flt: NodeFilter, offset: int = 0, limit: int | None = None, budget: int = PAGE_BUDGET_BYTES
+    ) -> dict[str, Any]:
+        """One page of the nodes `flt` matches, ordered by id, with the site's summary: the data of a
+        `status` answer (proto/paging.py `node_page`)."""
+        return node_page([r.as_dict() for r in self.rows()], flt, offset, limit, budget)

@@ -21,6 +21,7 @@ from edgefleet.orchestrator.desired_edits import (
 from edgefleet.orchestrator.registry import Registry
 from edgefleet.proto.commands import PushRuleRequest, RemoveRuleRequest, RulesRequest
 from edgefleet.proto.input_limits import brief
+from edgefleet.proto.paging import page_of
 from edgefleet.proto.payloads import CommandResult, Target
 
 
@@ -42,14 +43,24 @@ class RuleCommands:
             keys += [f"group:{g}" for g in (row.groups if row else [])]
         return {name for k in keys if k in desired for name in desired[k].templates}
 
-    def rules(self, _: RulesRequest) -> CommandResult:
+    def rules(self, req: RulesRequest) -> CommandResult:
+        """One page of targets with their desired rules (`targets`: key → rule name → rule), by target
+        key; `total` targets, `next_offset` (None: the last page)."""
+        wanted = {req.target} if ":" in req.target else {f"group:{req.target}", f"node:{req.target}"}
         desired = self.registry.all_desired()
+        entries = [
+            (k, {n: json.loads(r.model_dump_json()) for n, r in d.rules.items()})
+            for k, d in sorted(desired.items())
+            if d.rules and (not req.target or k in wanted)
+        ]
+        page = page_of(entries, req.offset, req.limit)
         return CommandResult(
             ok=True,
             data={
-                k: {n: json.loads(r.model_dump_json()) for n, r in d.rules.items()}
-                for k, d in desired.items()
-                if d.rules
+                "targets": dict(page.items),
+                "total": page.total,
+                "offset": page.offset,
+                "next_offset": page.next_offset,
             },
         )
 

@@ -1,12 +1,14 @@
 """Assembles the orchestrator: registry, fleet view, MQTT link, ingest, command table, artifact parts.
 
 ```
-MQTT link ─> ingest ─> registry (SQLite) + fleet view (memory)
+MQTT link ─> ingest queue ─> ingest thread (batches) ─> registry (SQLite) + fleet view (memory)
          ─> command endpoint ─> worker thread ─> command table ─> handlers ─> desired state, manifests,
                                                                                 API keys
          ─> chunk requests ─> chunk sender ─> MQTT link
 ```
-The front door (gRPC and OpenAI HTTP for the whole site, see `front_door/`) runs on its own thread
+The MQTT session is persistent (`SESSION_EXPIRY_S`): while the orchestrator is busy or restarting,
+the broker keeps what nodes publish for it (up to its per-client queue limit, see `broker-config
+--nodes`). The front door (gRPC and OpenAI HTTP for the whole site, see `front_door/`) runs on its own thread
 and event loop, reading the fleet view; it starts after the MQTT link and stops first.
 `build_orchestrator` builds every part (nothing connects yet); `start` and `stop` run them.
 """
@@ -31,7 +33,8 @@ from edgefleet.orchestrator.fleet_view import FleetView
 from edgefleet.orchestrator.front_door.server import FrontDoor
 from edgefleet.orchestrator.group_commands import AssignmentIngest, GroupCommands
 from edgefleet.orchestrator.history_commands import HistoryCommands
-from edgefleet.orchestrator.ingest import Ingest
+from edgefleet.orchestrator.ingest import Ingest, StatusHealer
+from edgefleet.orchestrator.ingest_queue import IngestQueue
 from edgefleet.orchestrator.key_commands import KeyCommands
 from edgefleet.orchestrator.nonce_store import NonceStore
 from edgefleet.orchestrator.registry import Registry, open_registry
@@ -45,6 +48,8 @@ from edgefleet.proto.payloads import OrchestratorStatus
 from edgefleet.proto.topics import Topics
 
 log = logging.getLogger("edgefleet.orchestrator")
+
+SESSION_EXPIRY_S = 3600  # the broker keeps the orchestrator's session (and queues for it) this long after it left
 
 
 def node_groups(view: FleetView, registry: Registry) -> Callable[[str], set[str]]:
@@ -78,8 +83,11 @@ class Orchestrator:
     front_door: FrontDoor
     keys: KeyCommands | None = None  # the API-key commands (their database is opened at the first one)
     crl: CrlPublisher | None = None  # the site CRL, retained for the nodes
+    ingest: IngestQueue | None = None  # what nodes publish, applied in batches on its own thread
 
     def start(self) -> None:
+        if self.ingest is not None:
+            self.ingest.start()
         self.sender.start()
         self.link.start()
         self.front_door.start()
@@ -96,6 +104,8 @@ class Orchestrator:
         self.sender.stop()
         offline = (self.topics.orchestrator_status(), OrchestratorStatus(state="offline").dumps())
         self.link.stop(final=[offline])
+        if self.ingest is not None:
+            self.ingest.stop()  # what arrived before the link closed is applied
 
 
 def build_command_table(
@@ -134,8 +144,9 @@ def build_orchestrator(settings: OrchestratorSettings, registry: Registry | None
 
     link = MqttLink(
         settings.mqtt_url,
-        client_id=f"orchestrator-{settings.site}",
+        client_id=f"orchestrator-{settings.site}",  # fixed: a restart resumes its persistent session
         **settings.mqtt_link_options(),
+        session_expiry_s=SESSION_EXPIRY_S,
         will=LastWill(topics.orchestrator_status(), OrchestratorStatus(state="offline").dumps()),
         birth=birth,
     )
@@ -180,15 +191,20 @@ def build_orchestrator(settings: OrchestratorSettings, registry: Registry | None
     )
     orch.crl = CrlPublisher(None if settings.insecure else settings.tls_crl_file, topics.crl(), link)
 
-    ingest = Ingest(settings.site, topics, registry, view, errors, history, signer, publish_retained)
+    # ingest: the network thread only queues; the ingest thread applies batches (orchestrator/ingest_queue.py)
+    queue = IngestQueue(lambda batch: ingest.apply(batch), tick=lambda: ingest.tick())
+    on_status = queue.handler("status")  # one handler object: a healing subscription overlaps the wildcard one
+    healer = StatusHealer(topics, lambda topic: link.subscribe(topic, on_status), link.unsubscribe)
+    ingest = Ingest(settings.site, topics, registry, view, errors, history, signer, publish_retained, healer)
+    orch.ingest = queue
     chunk_requests = ChunkRequests(store, sender, errors, topics, registry, node_groups(view, registry))
-    link.subscribe(topics.all_node_status(), _on(ingest.node_status))
-    link.subscribe(topics.all_node_reported(), _on(ingest.reported))
-    link.subscribe(topics.all_node_telemetry(), _on(ingest.telemetry), qos=0)
-    link.subscribe(topics.all_desired(), _on(ingest.desired))
+    link.subscribe(topics.all_node_status(), on_status)
+    link.subscribe(topics.all_node_reported(), queue.handler("reported"))
+    link.subscribe(topics.all_node_telemetry(), queue.handler("telemetry"), qos=0)
+    link.subscribe(topics.all_desired(), queue.handler("desired"))
     assignments = AssignmentIngest(settings.site, topics, registry, errors, signer, publish_retained)
     link.subscribe(topics.all_node_assignments(), _on(assignments))
-    link.subscribe(topics.all_errors(), _on(ingest.node_error))
+    link.subscribe(topics.all_errors(), queue.handler("error"))
     link.subscribe(topics.orchestrator_commands(), endpoint.on_message)
     link.subscribe(topics.all_artifact_chunk_requests(), _on(chunk_requests.on_request))
     return orch

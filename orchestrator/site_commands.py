@@ -28,9 +28,11 @@ class SiteCommands:
         table.register(PushTemplateRequest, self.push_template)
         table.register(RemoveTemplateRequest, self.remove_template)
 
-    def status(self, _: StatusRequest) -> CommandResult:
-        """Every node: groups, profile, model, state, last seen, templates, and in sync or drifted (why)."""
-        return CommandResult(ok=True, data={"nodes": [r.as_dict() for r in self.registry.rows()]})
+    def status(self, req: StatusRequest) -> CommandResult:
+        """One page of the nodes the filters match (groups, profile, model, state, last seen, templates,
+        in sync or drifted and why), their total, the next page's offset, and the site's summary.
+        A page holds what fits one answer, however many nodes the site has (proto/paging.py)."""
+        return CommandResult(ok=True, data=self.registry.node_page(req.node_filter(), req.offset, req.limit))
 
     def push_template(self, req: PushTemplateRequest) -> CommandResult:
         try:

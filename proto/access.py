@@ -241,6 +241,7 @@ MQTT_GRANTS: dict[Kind, tuple[TopicGrant, ...]] = {
         TopicGrant("read", "group_requests", "groups"),
         TopicGrant("read", "artifacts_for", "artifact_groups"),  # manifests and chunks of its groups only
         TopicGrant("read", "crl"),  # the site's revocation list (signed by the CA)
+        TopicGrant("read", "orchestrator_status"),  # it announces itself again when the orchestrator comes online
         TopicGrant("read", "sensor_filters"),
     ),
     Kind.SENSOR: (TopicGrant("write", "sensor_filters"),),

@@ -19,6 +19,7 @@ from typing import Annotated, Any, ClassVar, Literal, get_args
 from pydantic import Field, RootModel, ValidationError, field_validator
 from pydantic_core import PydanticUndefined
 
+from edgefleet.proto.paging import MAX_PAGE_LIMIT, NodeFilter
 from edgefleet.proto.payload_base import _Payload
 from edgefleet.proto.payloads import (
     SHA256_FIELD,
@@ -33,6 +34,7 @@ from edgefleet.proto.versions import Version
 
 NonEmpty = Annotated[str, Field(min_length=1)]
 MAX_KEY_MODELS = 64
+FilterText = Annotated[str, Field(max_length=128)]
 
 
 class CommandRequest(_Payload):
@@ -47,11 +49,33 @@ class CommandRequest(_Payload):
     signature: str = ""  # base64, over `command_bytes` (every other field, and the site)
 
 
+class PagedRequest(CommandRequest):
+    """A listing answered one page at a time (proto/paging.py): the answer's `next_offset` is where
+    the next page starts (None: the last). No answer passes the payload limit: a page is cut short."""
+
+    offset: Annotated[int, Field(ge=0)] = 0
+    # at most this many entries; None: as many as fit one answer; 0: none, only the counts
+    limit: Annotated[int, Field(ge=0, le=MAX_PAGE_LIMIT)] | None = None
+
+
 # -- the site, and what is desired where -------------------------------------------------------------
-class StatusRequest(CommandRequest):
-    """Every node: groups, profile, model, state, last seen, templates, in sync or drifted (why)."""
+class StatusRequest(PagedRequest):
+    """The nodes (one page): groups, profile, model, state, last seen, templates, in sync or drifted
+    (why); with the site's summary (counts by state, out of sync, failed, with errors).
+
+    The filters narrow the page and its `total`, not the summary; every filter set must hold."""
 
     op: Literal["status"] = "status"
+    group: FilterText = ""  # in this group, or assigned to it
+    state: Literal["", "online", "offline", "failed"] = ""
+    profile: FilterText = ""
+    model: FilterText = ""
+    out_of_sync: bool = False  # only nodes whose reported state drifted from the desired one
+    errors: bool = False  # only nodes whose engine failed or a transfer to which failed
+    search: FilterText = ""  # part of the node id, any case
+
+    def node_filter(self) -> NodeFilter:
+        return NodeFilter(self.group, self.state, self.profile, self.model, self.out_of_sync, self.errors, self.search)
 
 
 class PushTemplateRequest(CommandRequest):
@@ -73,10 +97,11 @@ class RemoveTemplateRequest(RemoveEntryRequest):
     op: Literal["rm-template"] = "rm-template"
 
 
-class RulesRequest(CommandRequest):
-    """Every target's desired rules."""
+class RulesRequest(PagedRequest):
+    """The desired rules per target (one page of targets, by target key)."""
 
     op: Literal["rules"] = "rules"
+    target: FilterText = ""  # only this target: `group:<g>`, `node:<n>`, or a bare name (either)
 
 
 class PushRuleRequest(CommandRequest):
@@ -99,10 +124,12 @@ class UploadChunkRequest(CommandRequest):
     upload: UploadChunk
 
 
-class AdaptersRequest(CommandRequest):
-    """Which adapters and knowledge collections are where, in which version, and their transfers."""
+class AdaptersRequest(PagedRequest):
+    """Which adapters and knowledge collections are where, in which version, and their transfers
+    (one page of nodes; the manifests and the desired versions on every page)."""
 
     op: Literal["adapters"] = "adapters"
+    group: FilterText = ""  # only nodes in this group, or assigned to it
 
 
 class PushArtifactRequest(CommandRequest):
@@ -238,9 +265,7 @@ class Command(RootModel[AnyCommandRequest]):
             super().__init__(root, **data)
         except ValidationError as e:
             op = data.get("op", root.get("op") if isinstance(root, dict) else getattr(root, "op", ""))
-            raise PayloadError(
-                f"invalid {op or 'command'} command: {_problems(e, op)}", validation_field(e, op)
-            ) from e
+            raise PayloadError(f"invalid {op or 'command'} command: {_problems(e, op)}", validation_field(e, op)) from e
 
     # not a custom __init__ to pydantic: `model_validate` (the wire) validates as pydantic does, once
     __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]

@@ -1,19 +1,20 @@
 """What the console knows of the fleet, kept live from MQTT and the orchestrator's `status`.
 
-Two sources, both read-only: the orchestrator's `status` command, polled every
+Two sources, both read-only: the orchestrator's `status` command, polled (page after page) every
 `console_status_poll_s` (registry view: drift, transfers, outbox), and the node topics the
 console subscribes to itself (status, telemetry, reported, desired, errors, sensor results) for
 changes within milliseconds. The console never changes desired state here: pushes go through
 `commands.py`, the orchestrator's command table.
 
 MQTT handlers run on paho's network thread and only store facts and bump `version`; web
-handlers wait for a change with `changed()` and build their views from a consistent copy.
+handlers wait for a change with `changed()` and build their views from a consistent copy. The fleet
+page reads `table()`: every node's table row, built once per change however many browsers read it
+(fleet_table.py pages, filters and summarises it).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import threading
 import time
@@ -23,9 +24,12 @@ from typing import Any
 
 from edgefleet.fleet.console.balena_view import BalenaPoller
 from edgefleet.fleet.console.commands import CommandBridge
+from edgefleet.fleet.console.fleet_table import load_of, table_row
 from edgefleet.fleet.console.sensor_feed import SensorFeed
 from edgefleet.fleet.console.settings import ConsoleSettings
+from edgefleet.fleet.control import CommandRefused, pages
 from edgefleet.plumbing.mqtt_link import MqttLink
+from edgefleet.proto.commands import Command
 from edgefleet.proto.payloads import (
     DesiredState,
     ErrorReport,
@@ -106,6 +110,7 @@ class LiveFleet:
         self._nodes: dict[str, NodeFacts] = {}
         self._rows: dict[str, dict[str, Any]] = {}  # the orchestrator's `status` rows
         self._desired: dict[str, DesiredState] = {}
+        self._table: tuple[int, list[dict[str, Any]]] | None = None  # (version, table()) built last
         self.status_error = ""  # why the last `status` failed; "" when it answered
         self._stop = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="console-status-poll", daemon=True)
@@ -133,9 +138,6 @@ class LiveFleet:
         self._stop.set()
         if self.balena is not None:
             self.balena.stop()
-
-    def balena_view(self, rows: list[dict[str, Any]]) -> dict[str, Any] | None:
-        return self.balena.view(rows) if self.balena is not None else None
 
     # -- MQTT (network thread) -----------------------------------------------------------------------
     def _facts(self, node_id: str) -> NodeFacts:
@@ -215,84 +217,98 @@ class LiveFleet:
             return None
 
     # -- the orchestrator's view ------------------------------------------------------------------------
+    def _status(self) -> tuple[dict[str, dict[str, Any]] | None, str]:
+        """Every node of the orchestrator's `status`, page after page; (None, why) when it fails."""
+        rows: dict[str, dict[str, Any]] = {}
+        try:
+            for result in pages(lambda c: self.commands.call(c, timeout=3.0), Command(op="status")):
+                if not result.ok:
+                    return None, result.message
+                rows.update((r["node_id"], r) for r in result.data.get("nodes", []))
+        except CommandRefused as e:
+            return None, str(e)
+        return rows, ""
+
     def _poll(self) -> None:
         while not self._stop.is_set():
             started = time.monotonic()
-            result = self.commands.status()
+            rows, error = self._status()
             with self._lock:
-                if result.ok:
-                    rows = {r["node_id"]: r for r in result.data.get("nodes", [])}
+                if rows is not None:
                     changed = rows != self._rows or bool(self.status_error)
                     self._rows, self.status_error = rows, ""
                 else:
-                    changed = self.status_error != result.message
-                    self.status_error = result.message
+                    changed = self.status_error != error
+                    self.status_error = error
             if changed:
                 self.changes.bump()
             self._stop.wait(max(0.05, self.settings.console_status_poll_s - (time.monotonic() - started)))
 
     # -- views (any thread) ----------------------------------------------------------------------------
+    def _ids(self) -> list[str]:
+        return sorted(set(self._rows) | {k for k, f in self._nodes.items() if f.status is not None})
+
     def node_ids(self) -> list[str]:
         with self._lock:
-            return sorted(set(self._rows) | {k for k, f in self._nodes.items() if f.status is not None})
+            return self._ids()
 
     def fleet_rows(self) -> list[dict[str, Any]]:
         return [r for n in self.node_ids() if (r := self.node_row(n)) is not None]
 
+    def _merged(self, node_id: str) -> tuple[dict[str, Any], NodeFacts | None] | None:
+        """The orchestrator's row with the node's own newer word over it (the caller holds the lock)."""
+        row = self._rows.get(node_id, {})
+        f = self._nodes.get(node_id)
+        if not row and (f is None or f.status is None):
+            return None
+        out: dict[str, Any] = {
+            "node_id": node_id,
+            "state": row.get("state", "offline"),
+            "since": row.get("since", 0.0),
+            "reason": "",
+            "profile": row.get("profile", ""),
+            "model": row.get("model", ""),
+            "groups": list(row.get("groups", [])),
+            "address": row.get("address", ""),
+            "sync": row.get("sync", "unknown"),
+            "drift": list(row.get("drift", [])),
+            "outbox": row.get("outbox"),
+            "insecure": bool(row.get("insecure", False)),
+        }
+        if f is not None and f.status is not None:  # the node's own latest word wins: it is newer
+            s = f.status
+            out.update(state=s.state, since=f.since or s.ts, reason=s.reason)
+            out["insecure"] = out["insecure"] or runs_insecure(s)
+            if s.info is not None:
+                out.update(
+                    profile=s.info.profile,
+                    model=s.info.model.name,
+                    groups=list(s.info.groups),
+                    address=s.info.grpc_address,
+                )
+        if f is not None and f.telemetry is not None:
+            out["outbox"] = f.telemetry.outbox_depth
+        return out, f
+
     def node_row(self, node_id: str) -> dict[str, Any] | None:
         with self._lock:
-            row = dict(self._rows.get(node_id, {}))
-            f = self._nodes.get(node_id)
-            if not row and (f is None or f.status is None):
+            m = self._merged(node_id)
+            if m is None:
                 return None
-            out: dict[str, Any] = {
-                "node_id": node_id,
-                "state": row.get("state", "offline"),
-                "since": row.get("since", 0.0),
-                "reason": "",
-                "profile": row.get("profile", ""),
-                "model": row.get("model", ""),
-                "groups": row.get("groups", []),
-                "address": row.get("address", ""),
-                "sync": row.get("sync", "unknown"),
-                "drift": row.get("drift", []),
-                "outbox": row.get("outbox"),
-                "transfers": row.get("transfers", {}),
-                "errors": [],
-                "insecure": bool(row.get("insecure", False)),
-            }
-            if f is not None and f.status is not None:  # the node's own latest word wins: it is newer
-                s = f.status
-                out.update(state=s.state, since=f.since or s.ts, reason=s.reason)
-                out["insecure"] = out["insecure"] or runs_insecure(s)
-                if s.info is not None:
-                    out.update(
-                        profile=s.info.profile,
-                        model=s.info.model.name,
-                        groups=list(s.info.groups),
-                        address=s.info.grpc_address,
-                    )
+            out, f = m
+            out["transfers"] = dict(self._rows.get(node_id, {}).get("transfers", {}))
+            out["errors"] = []
             t = f.telemetry if f else None
             out["load"] = (
                 None
                 if t is None
                 else {
-                    "ts": t.ts,
-                    "slots_busy": t.slots_busy,
-                    "slots_total": t.slots_total,
-                    "queue": t.queue_depth,
-                    "tokens_per_second": t.tokens_per_second,
-                    "temperature_c": t.temperature_c,
-                    "throttled": t.throttled,
-                    "shedding": t.shedding,
-                    "rss_bytes": t.rss_bytes,
+                    **load_of(t),
                     "outbox": t.outbox_depth,
                     "inbox": t.inbox_depth,
                     "rules": {k: v.model_dump() for k, v in t.rules.items()},
                 }
             )
-            if t is not None:
-                out["outbox"] = t.outbox_depth
             rep = f.reported if f else None
             if rep is not None:
                 out["transfers"] = {k: v.model_dump() for k, v in rep.transfers.items()}
@@ -300,6 +316,22 @@ class LiveFleet:
             if f is not None:
                 out["errors"] += list(f.errors)
         return out
+
+    def table(self) -> list[dict[str, Any]]:
+        """Every node as a fleet-table row (fleet_table.py): what the table shows, no more; built once
+        per change of the fleet, however many pages and streams read it."""
+        version = self.changes.version  # read first: a change after it makes the next call build again
+        cached = self._table
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        rows = []
+        with self._lock:
+            for node_id in self._ids():
+                m = self._merged(node_id)
+                if m is not None:
+                    rows.append(table_row(*m))
+        self._table = (version, rows)
+        return rows
 
     def desired_for(self, node_id: str, groups: list[str]) -> dict[str, dict[str, str]]:
         """What the node should have: templates, adapters, knowledge, rules as name → version."""
@@ -365,7 +397,4 @@ class LiveFleet:
             return {k: {n: r.model_dump(mode="json") for n, r in d.rules.items()} for k, d in self._desired.items()}
 
     def groups(self) -> list[str]:
-        return sorted({g for r in self.fleet_rows() for g in r["groups"]})
-
-    def dumps_rows(self) -> str:
-        return json.dumps(self.fleet_rows(), sort_keys=True)
+        return sorted({g for r in self.table() for g in r["groups"]})

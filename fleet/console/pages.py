@@ -14,6 +14,7 @@ from aiohttp import web
 
 from edgefleet.fleet.console import login_limits
 from edgefleet.fleet.console import server as s
+from edgefleet.fleet.console.fleet_table import LIVE_GAP_S, FleetQuery, PageStream, QueryError, fleet_view
 
 log = logging.getLogger("edgefleet.console.pages")
 
@@ -30,6 +31,7 @@ KINDS = ("templates", "rules", "adapters", "knowledge")
 LOGIN_COOKIE = "edgefleet_login_csrf"
 KEEPALIVE_S = 15.0
 MIN_EVENT_GAP_S = 0.1
+STREAM_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-store", "X-Accel-Buffering": "no"}
 
 
 def render(request: web.Request, template: str, status: int = 200, **ctx: Any) -> web.Response:
@@ -117,10 +119,29 @@ async def logout(request: web.Request) -> web.StreamResponse:
 
 
 # -- pages ----------------------------------------------------------------------------------------------
+def fleet_query(request: web.Request) -> FleetQuery:
+    try:
+        return FleetQuery.parse(request.query)
+    except QueryError as e:
+        raise web.HTTPBadRequest(text=f"refused: {e}") from None
+
+
+def json_in_html(value: Any) -> str:
+    """JSON to put inside a <script type="application/json"> element: nothing in it can end the element."""
+    return json.dumps(value).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
 async def fleet_page(request: web.Request) -> web.Response:
+    """The summary and the first page of rows for the URL's query, in the page: no second request."""
     fleet = request.app[s.FLEET_KEY]
+    view = fleet_view(fleet, fleet_query(request))
     balena = fleet.balena.fleet if fleet.balena is not None else ""
-    return render(request, "fleet.html", rows_json=fleet.dumps_rows(), groups=fleet.groups(), balena=balena)
+    return render(request, "fleet.html", view_json=json_in_html(view), view=view, balena=balena)
+
+
+async def fleet_rows(request: web.Request) -> web.Response:
+    """GET /fleet/rows?q=&state=&group=&sort=&desc=&offset=&limit=: the summary and one page, as JSON."""
+    return web.json_response(fleet_view(request.app[s.FLEET_KEY], fleet_query(request)))
 
 
 async def node_page(request: web.Request) -> web.Response:
@@ -185,7 +206,7 @@ def desired_page(
 
 
 def transfers(request: web.Request) -> dict[str, Any]:
-    return {r["node_id"]: r["transfers"] for r in request.app[s.FLEET_KEY].fleet_rows()}
+    return {r["node_id"]: r["transfers"] for r in request.app[s.FLEET_KEY].fleet_rows() if r["transfers"]}
 
 
 async def sensors_page(request: web.Request) -> web.Response:
@@ -208,9 +229,7 @@ async def playground_page(request: web.Request) -> web.Response:
 # -- server-sent events -----------------------------------------------------------------------------------
 async def stream(request: web.Request, view: Callable[[], Any]) -> web.StreamResponse:
     """Send `view()` whenever the fleet changes (and it differs from what was sent), until the page goes."""
-    resp = web.StreamResponse(
-        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store", "X-Accel-Buffering": "no"}
-    )
+    resp = web.StreamResponse(headers=STREAM_HEADERS)
     await resp.prepare(request)
     changes = request.app[s.FLEET_KEY].changes
     seen, last = -1, ""
@@ -232,13 +251,32 @@ async def stream(request: web.Request, view: Callable[[], Any]) -> web.StreamRes
 
 
 async def fleet_events(request: web.Request) -> web.StreamResponse:
+    """The fleet page's stream for one query: first what the browser lacks (everything, unless `have` is
+    the digest of the page as it is now), then, at most every LIVE_GAP_S, what changed on it."""
     fleet = request.app[s.FLEET_KEY]
-
-    def view() -> dict[str, Any]:
-        rows = fleet.fleet_rows()
-        return {"rows": rows, "now": time.time(), "status_error": fleet.status_error, "balena": fleet.balena_view(rows)}
-
-    return await stream(request, view)
+    query = fleet_query(request)
+    resp = web.StreamResponse(headers=STREAM_HEADERS)
+    await resp.prepare(request)
+    page = PageStream()
+    seen = fleet.changes.version
+    view = fleet_view(fleet, query)
+    if request.query.get("have") == view["digest"]:
+        page.seed(view)
+    try:
+        while True:
+            event = page.update(view, time.time())
+            if event is not None:
+                await resp.write(f"data: {json.dumps(event, sort_keys=True)}\n\n".encode())
+            await asyncio.sleep(LIVE_GAP_S)
+            version = await fleet.changes.wait(seen, KEEPALIVE_S)
+            if version == seen:
+                await resp.write(b": keepalive\n\n")
+                continue
+            seen = version
+            view = fleet_view(fleet, query)
+    except (ConnectionResetError, asyncio.CancelledError):
+        pass
+    return resp
 
 
 async def node_events(request: web.Request) -> web.StreamResponse:
@@ -269,6 +307,7 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/login", login)
     r.add_post("/logout", logout)
     r.add_get("/", fleet_page)
+    r.add_get("/fleet/rows", fleet_rows)
     r.add_get("/node/{node_id}", node_page)
     for kind in KINDS:
         r.add_get(f"/{kind}", kind_page(kind))

@@ -49,6 +49,7 @@ from edgefleet.proto.payloads import (
     ModelRef,
     NodeInfoPayload,
     NodeStatus,
+    OrchestratorStatus,
     PayloadError,
     ReportedState,
     Telemetry,
@@ -147,6 +148,7 @@ class ControlAgent:
             artifact_sync.set_groups(self.groups)  # it reads artifacts of its own scope and its groups'
         self.link.subscribe(self.topics.desired_node(self.node_id), self._on_desired)
         self.link.subscribe(self.topics.node_assignment(self.node_id), self._on_assignment)
+        self.link.subscribe(self.topics.orchestrator_status(), self._on_orchestrator)
         self.crl = CrlSync.for_settings(settings)  # the site's revocations, checked against the site CA
         if self.crl is not None:
             self.link.subscribe(self.topics.crl(), self.crl.on_message)
@@ -211,6 +213,18 @@ class ControlAgent:
             (self.topics.node_status(self.node_id), online),
             (self.topics.node_reported(self.node_id), self._reported().dumps()),
         ]
+
+    def _on_orchestrator(self, msg: mqtt.MQTTMessage) -> None:
+        """The orchestrator just came (back) online (not its retained status, sent on every connect):
+        announce again, as Home Assistant discovery does on `homeassistant/status`, so one that lost
+        our birth (a restart, a broker that dropped it) has it."""
+        try:
+            online = not msg.retain and parse_bounded(OrchestratorStatus, msg.payload).state == "online"
+        except PayloadError:  # only the orchestrator may write there (ACL): nothing to answer
+            return
+        if online:
+            self.link.publish(self.topics.node_status(self.node_id), self._online(), qos=1, retain=True)
+            self._publish_reported()
 
     # -- groups at run time -------------------------------------------------------------------------
     def _on_assignment(self, msg: mqtt.MQTTMessage) -> None:

@@ -82,7 +82,8 @@ def test_dispatch_runs_the_op_s_handler_and_the_desired_state_grows_a_generation
     removed = orch.table.dispatch("rm-template", {"target": "group:grows", "name": "fault"})
     assert removed.ok and removed.data["generation"] == 3
     status = orch.table.dispatch("status", {})
-    assert status.ok and status.data == {"nodes": []}
+    assert status.ok and status.data["nodes"] == [] and status.data["total"] == 0
+    assert status.data["next_offset"] is None and status.data["summary"]["total"] == 0
 
 
 def test_an_unknown_op_is_answered_with_invalid_request(orch: Orchestrator) -> None:

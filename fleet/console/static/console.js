@@ -36,13 +36,19 @@ const EF = (() => {
 })();
 
 function fleetPage() {
+  // The console filters, sorts and pages on its side: this page holds one page of rows (`byId` in
+  // `order`) and the summary, asks /fleet/rows when the query changes, and applies the stream's changes.
   const table = document.getElementById("fleet-table");
   const body = table.querySelector("tbody");
   const group = document.getElementById("filter-group");
   const state = document.getElementById("filter-state");
-  let rows = EF.initial(table) || [];
-  let balena = null;  // {nodes: {node_id: {device, balena, flag}}, others: [...], error}: when a balena fleet is named
-  let now = Date.now() / 1000;
+  const search = document.getElementById("search");
+  const size = document.getElementById("page-size");
+  const info = document.getElementById("page-info");
+  const error = document.getElementById("fleet-error");
+  const mark = document.getElementById("live-mark");
+  let byId = new Map(), order = [], total = 0, offset = 0, summary = {}, balena = null, now = Date.now() / 1000;
+  let sortKey = "node_id", desc = false, es = null, asked = 0, leaving = false;
   const balenaCell = (r) => {
     const b = balena && balena.nodes[r.node_id];
     const td = EF.el("td", { class: "balena", title: b ? `device ${b.device}, release ${b.release}` : "" }, b ? b.balena : "–");
@@ -55,53 +61,111 @@ function fleetPage() {
     const parts = balena.others.map((o) => `${o.device} (${o.balena}, node ${o.node_id}: ${o.edgefleet})${o.flag ? " — " + o.flag : ""}`);
     p.textContent = balena.error ? `balena: ${balena.error}` : parts.length ? `balena devices without a node here: ${parts.join("; ")}` : "";
   };
-  let sortKey = "node_id", asc = true;
-  const key = (r) => {
-    const l = r.load || {};
-    return { node_id: r.node_id, state: r.state, profile: r.profile, model: r.model, groups: r.groups.join(","),
-      slots: l.slots_busy ?? -1, queue: l.queue ?? -1, tps: l.tokens_per_second ?? -1, temp: l.temperature_c ?? -1,
-      rss: l.rss_bytes ?? -1, outbox: r.outbox ?? -1, sync: r.sync }[sortKey];
+  const rowOf = (r) => {
+    const l = r.load;
+    const temp = EF.el("td", { class: "temp" }, l && l.temperature_c != null ? `${l.temperature_c.toFixed(1)} °C` : "–");
+    if (l && l.throttled) temp.append(EF.el("span", { class: "mark", text: "throttled" }));
+    if (l && l.shedding) temp.append(EF.el("span", { class: "mark bad", text: "shedding" }));
+    const sync = EF.el("td", { class: "sync", title: r.drift.join("; ") }, r.sync === "drifted" ? `drifted: ${r.drift.join("; ")}` : r.sync);
+    const errs = r.errors ? `${r.errors}: ${r.error}` : "";
+    return EF.el("tr", { "data-node": r.node_id, "data-state": r.state },
+      EF.el("td", {}, EF.el("a", { href: `/node/${encodeURIComponent(r.node_id)}`, text: r.node_id })),
+      EF.el("td", {}, EF.el("span", { class: `state ${r.state}`, text: r.state }), ` ${EF.ago(r.since, now)}`,
+        r.insecure ? EF.el("span", { class: "mark bad insecure", text: "insecure", title: "runs without TLS or certificates" }) : null),
+      EF.el("td", { text: r.profile }), EF.el("td", { text: r.model }), EF.el("td", { text: r.groups.join(", ") }),
+      EF.el("td", { class: "slots", text: l ? `${l.slots_busy}/${l.slots_total}` : "–" }),
+      EF.el("td", { class: "queue", text: l ? l.queue : "–" }),
+      EF.el("td", { class: "tps", text: l ? l.tokens_per_second.toFixed(1) : "–" }), temp,
+      EF.el("td", { class: "rss", text: EF.mib(l && l.rss_bytes) }),
+      EF.el("td", { class: "outbox", text: r.outbox ?? "–" }), sync,
+      EF.el("td", { class: "errors", title: errs, text: errs.slice(0, 60) }),
+      ...(table.dataset.balena ? [balenaCell(r)] : []));
   };
   const render = () => {
-    const shown = rows.filter((r) => (!group.value || r.groups.includes(group.value)) && (!state.value || r.state === state.value));
-    shown.sort((a, b) => { const x = key(a), y = key(b); return (x < y ? -1 : x > y ? 1 : 0) * (asc ? 1 : -1); });
-    body.replaceChildren(...shown.map((r) => {
-      const l = r.load;
-      const temp = EF.el("td", { class: "temp" }, l && l.temperature_c != null ? `${l.temperature_c.toFixed(1)} °C` : "–");
-      if (l && l.throttled) temp.append(EF.el("span", { class: "mark", text: "throttled" }));
-      if (l && l.shedding) temp.append(EF.el("span", { class: "mark bad", text: "shedding" }));
-      const sync = EF.el("td", { class: "sync", title: r.drift.join("; ") }, r.sync === "drifted" ? `drifted: ${r.drift.join("; ")}` : r.sync);
-      const errs = r.errors.length ? `${r.errors.length}: ${r.errors[0].message}` : "";
-      return EF.el("tr", { "data-node": r.node_id, "data-state": r.state },
-        EF.el("td", {}, EF.el("a", { href: `/node/${encodeURIComponent(r.node_id)}`, text: r.node_id })),
-        EF.el("td", {}, EF.el("span", { class: `state ${r.state}`, text: r.state }), ` ${EF.ago(r.since, now)}`,
-          r.insecure ? EF.el("span", { class: "mark bad insecure", text: "insecure", title: "runs without TLS or certificates" }) : null),
-        EF.el("td", { text: r.profile }), EF.el("td", { text: r.model }), EF.el("td", { text: r.groups.join(", ") }),
-        EF.el("td", { class: "slots", text: l ? `${l.slots_busy}/${l.slots_total}` : "–" }),
-        EF.el("td", { class: "queue", text: l ? l.queue : "–" }),
-        EF.el("td", { class: "tps", text: l ? l.tokens_per_second.toFixed(1) : "–" }), temp,
-        EF.el("td", { class: "rss", text: EF.mib(l && l.rss_bytes) }),
-        EF.el("td", { class: "outbox", text: r.outbox ?? "–" }), sync,
-        EF.el("td", { class: "errors", title: errs, text: errs.slice(0, 60) }),
-        ...(table.dataset.balena ? [balenaCell(r)] : []));
-    }));
+    body.replaceChildren(...order.map((id) => byId.get(id)).filter(Boolean).map(rowOf));
+    info.textContent = total ? `${offset + 1}–${offset + order.length} of ${total}` : "no node matches";
+    document.getElementById("page-prev").disabled = offset === 0;
+    document.getElementById("page-next").disabled = offset + order.length >= total;
+    for (const b of document.querySelectorAll("#summary [data-sum]")) {
+      const k = b.dataset.sum;
+      b.textContent = k === "slots" ? `${summary.slots_busy ?? 0}/${summary.slots_total ?? 0}` : summary[k] ?? "–";
+    }
+    for (const c of document.querySelectorAll("#summary [data-state]")) c.classList.toggle("here", c.dataset.state === state.value);
+    table.querySelectorAll("th[data-sort]").forEach((h) => {
+      h.classList.toggle("sorted", h.dataset.sort === sortKey); h.classList.toggle("asc", h.dataset.sort === sortKey && !desc);
+    });
     balenaOthers();
   };
+  const apply = (d) => {  // a whole view (from the page or /fleet/rows) or a change from the stream
+    if (d.now != null) now = d.now;
+    if (d.order) { order = d.order; const keep = new Set(order); for (const k of [...byId.keys()]) if (!keep.has(k)) byId.delete(k); }
+    for (const r of d.rows || []) byId.set(r.node_id, r);
+    if (d.total != null) total = d.total;
+    if (d.offset != null) offset = d.offset;
+    if (d.summary) summary = d.summary;
+    if ("balena" in d) balena = d.balena;
+    for (const g of d.groups || []) if (![...group.options].some((o) => o.value === g)) group.append(EF.el("option", { text: g, value: g }));
+    render();
+  };
+  const params = () => {
+    const p = new URLSearchParams();
+    for (const [k, v] of [["q", search.value.trim()], ["state", state.value], ["group", group.value], ["sort", sortKey === "node_id" ? "" : sortKey],
+      ["desc", desc ? "1" : ""], ["offset", offset ? String(offset) : ""], ["limit", size.value === "50" ? "" : size.value]]) if (v) p.set(k, v);
+    return p.toString();
+  };
+  const listen = (qs, have) => {  // one stream for the page's query; `have`: the digest of the rows it holds
+    if (es) es.close();
+    const mine = es = new EventSource(`/events/fleet?${qs}${qs ? "&" : ""}have=${encodeURIComponent(have)}`);
+    mine.onopen = () => { if (mark) mark.textContent = "live"; };
+    mine.onmessage = (ev) => { apply(JSON.parse(ev.data)); mark.textContent = `live · ${new Date().toLocaleTimeString()}`; };
+    mine.onerror = () => {  // start again from a whole page: what the browser holds may be older than `have`
+      mine.close(); if (leaving || es !== mine) return;
+      mark.textContent = "reconnecting…"; setTimeout(() => { if (es === mine) listen(params(), ""); }, 1000);
+    };
+  };
+  const narrow = () => {  // at once, before the console answers: drop the rows the new filter excludes
+    const words = search.value.trim().toLowerCase().split(/\s+/).filter(Boolean);
+    order = order.filter((id) => {
+      const r = byId.get(id), text = [r.node_id, r.profile, r.model, r.address, r.reason, ...r.groups].join(" ").toLowerCase();
+      return (!group.value || r.groups.includes(group.value)) && (!["online", "offline", "failed"].includes(state.value) || r.state === state.value)
+        && words.every((w) => text.includes(w));
+    });
+    render();
+  };
+  const whole = (d) => { byId = new Map(); apply({ ...d, order: d.rows.map((r) => r.node_id) }); };
+  const ask = async (first) => {
+    if (first) { offset = 0; narrow(); }
+    const mine = ++asked, qs = params();
+    history.replaceState(null, "", qs ? `/?${qs}` : "/");
+    try {
+      const r = await fetch(`/fleet/rows?${qs}`, { headers: { Accept: "application/json" } });
+      if (mine !== asked) return;
+      if (!r.ok) { error.textContent = await r.text(); return; }
+      const d = await r.json();
+      if (mine !== asked) return;
+      error.textContent = ""; whole(d); listen(qs, d.digest);
+    } catch (e) { if (mine === asked) error.textContent = `the console did not answer: ${e}`; }
+  };
+  const start = JSON.parse(document.getElementById("fleet-view").textContent);
+  const q = start.query;
+  if (q.group && ![...group.options].some((o) => o.value === q.group)) group.append(EF.el("option", { text: q.group, value: q.group }));
+  search.value = q.q || ""; state.value = q.state || ""; group.value = q.group || ""; size.value = String(start.limit);
+  sortKey = q.sort || "node_id"; desc = q.desc === "1";
+  whole(start);
+  listen(params(), start.digest);
+  window.addEventListener("pagehide", () => { leaving = true; if (es) es.close(); });
   table.querySelectorAll("th[data-sort]").forEach((th) => th.addEventListener("click", () => {
-    asc = sortKey === th.dataset.sort ? !asc : true; sortKey = th.dataset.sort;
-    table.querySelectorAll("th").forEach((h) => h.classList.remove("sorted", "asc"));
-    th.classList.add("sorted"); if (asc) th.classList.add("asc");
-    render();
+    desc = sortKey === th.dataset.sort ? !desc : false; sortKey = th.dataset.sort; ask(true);
   }));
-  group.addEventListener("change", render); state.addEventListener("change", render);
-  render();
-  EF.live("/events/fleet", (d) => {
-    rows = d.rows; now = d.now; balena = d.balena || null;
-    for (const g of new Set(rows.flatMap((r) => r.groups))) {
-      if (![...group.options].some((o) => o.value === g)) group.append(EF.el("option", { text: g, value: g }));
-    }
-    render();
-  });
+  let typing = 0;
+  search.addEventListener("input", () => { clearTimeout(typing); typing = setTimeout(() => ask(true), 150); });
+  group.addEventListener("change", () => ask(true)); state.addEventListener("change", () => ask(true));
+  size.addEventListener("change", () => ask(true));
+  for (const c of document.querySelectorAll("#summary [data-state]")) {
+    c.addEventListener("click", () => { state.value = state.value === c.dataset.state ? "" : c.dataset.state; ask(true); });
+  }
+  document.getElementById("page-prev").addEventListener("click", () => { offset = Math.max(0, offset - Number(size.value)); ask(false); });
+  document.getElementById("page-next").addEventListener("click", () => { offset += Number(size.value); ask(false); });
 }
 
 function transfersView(box, transfers) {
