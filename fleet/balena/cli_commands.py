@@ -109,14 +109,17 @@ def assign_groups(settings: FleetSettings, node_id: str, groups: list[str], out:
 
 def status(settings: FleetSettings, fleet: BalenaFleet, name: str, as_json: bool, timeout: float, out: TextIO) -> int:
     """Devices from balena, nodes from the orchestrator (the CLI's own settings: EDGEFLEET_*)."""
-    from edgefleet.fleet.control import refusal, request
+    from edgefleet.fleet.control import OrchestratorSession, pages, refusal
     from edgefleet.proto.commands import Command
 
     devices = fleet.devices(name)
-    result = request(settings, Command(op="status"), timeout)
-    if not result.ok:
-        raise BalenaSyncError(refusal(result))
-    rows = join(devices, list(result.data.get("nodes", [])))
+    nodes: list[dict[str, Any]] = []
+    with OrchestratorSession(settings, min(timeout, 10.0)) as session:  # every page of a large site
+        for result in pages(lambda c: session.call(c, timeout), Command(op="status")):
+            if not result.ok:
+                raise BalenaSyncError(refusal(result))
+            nodes += result.data.get("nodes", [])
+    rows = join(devices, nodes)
     if as_json:
         out.write(json.dumps([r.as_dict() for r in rows], indent=2) + "\n")
     else:
