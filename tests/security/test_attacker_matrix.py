@@ -12,14 +12,11 @@ that must not take the node out of rotation.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import ssl
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -36,7 +33,7 @@ from edgefleet.proto.v1 import inference_pb2 as pb
 from edgefleet.proto.v1 import inference_pb2_grpc as pb_grpc
 from tests.conftest import BIN, NodeProcess, free_port, wait_for
 from tests.mqtt_support import Orchestrator
-from tests.security.tls_support import Client, TlsBroker
+from tests.security.tls_support import Client, TlsBroker, https_json
 
 NODE = "matrix1"
 REVOKE_WITHIN_S = 5.0
@@ -71,20 +68,8 @@ class Site:
     def https(self, path: str, name: str | None, body: dict[str, Any] | None = None,
               token: str | None = None) -> tuple[int, Any]:  # fmt: skip
         """(status, JSON body) of a front-door request showing `name`'s certificate (None: none)."""
-        ctx = ssl.create_default_context(cafile=str(self.broker.pki.ca_cert_path))
-        if name is not None:
-            ctx.load_cert_chain(str(self.bundle(name) / "client.crt"), str(self.bundle(name) / "client.key"))
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.http + path, data=data, headers={"Content-Type": "application/json"})
-        if token:
-            req.add_header("Authorization", f"Bearer {token}")
-        try:
-            with urllib.request.urlopen(req, timeout=60, context=ctx) as r:
-                return int(r.status), json.loads(r.read() or b"{}")
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read() or b"{}")
-        except (ssl.SSLError, urllib.error.URLError, ConnectionError) as e:  # refused at the handshake
-            return 0, {"error": {"message": str(e)}}
+        bundle = self.bundle(name) if name is not None else None
+        return https_json(self.http + path, self.broker.pki.ca_cert_path, bundle, body, token)
 
     def chat(self, name: str | None, token: str | None = None, **extra: Any) -> tuple[int, Any]:
         body = {"model": self.model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2, **extra}

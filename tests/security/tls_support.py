@@ -173,3 +173,34 @@ class Client:
         self.client.loop_stop()
         if self.error is None:
             self.client.disconnect()
+
+
+def https_json(
+    url: str, ca: Path, bundle: Path | None = None, body: dict[str, Any] | None = None, token: str | None = None
+) -> tuple[int, Any]:
+    """(status, body) of an HTTPS request trusting `ca`, showing `bundle`'s certificate (None: none)
+    and/or a bearer key; a JSON body parsed, any other returned as text; 0 when the TLS handshake was
+    refused (a revoked certificate)."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    ctx = ssl.create_default_context(cafile=str(ca))
+    if bundle is not None:
+        ctx.load_cert_chain(str(bundle / "client.crt"), str(bundle / "client.key"))
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+
+    def parsed(raw: bytes) -> Any:
+        text = raw.decode()
+        return json.loads(text) if text.startswith("{") else text
+
+    try:
+        with urllib.request.urlopen(req, timeout=60, context=ctx) as r:
+            return int(r.status), parsed(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, parsed(e.read())
+    except (ssl.SSLError, urllib.error.URLError, ConnectionError) as e:
+        return 0, {"error": {"message": str(e)}}

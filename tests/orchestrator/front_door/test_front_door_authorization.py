@@ -9,9 +9,7 @@ with two collections ingested on fd-a. Certificates of every kind come from the 
 
 from __future__ import annotations
 
-import json
 import os
-import ssl
 import subprocess
 import urllib.error
 import urllib.request
@@ -35,6 +33,7 @@ from tests import site_identity
 from tests.conftest import BIN, free_port, wait_for
 from tests.mqtt_support import Orchestrator
 from tests.orchestrator.front_door.conftest import FRONT_DOOR_ENV, Site
+from tests.security.tls_support import https_json
 
 COLLECTION_A, COLLECTION_B, NO_SUCH = "authz-a", "authz-b", "authz-c"
 IDENTITY_RPM = 3
@@ -52,19 +51,7 @@ class Authz:
     def https(self, path: str, bundle: Path | None = None, token: str | None = None,
               body: dict[str, Any] | None = None) -> tuple[int, Any]:  # fmt: skip
         """(status, body) of a request showing `bundle`'s certificate (None: none) and/or a bearer key."""
-        ctx = ssl.create_default_context(cafile=str(site_identity.site().harness_dir / "ca.crt"))
-        if bundle is not None:
-            ctx.load_cert_chain(str(bundle / "client.crt"), str(bundle / "client.key"))
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.http + path, data=data, headers={"Content-Type": "application/json"})
-        if token:
-            req.add_header("Authorization", f"Bearer {token}")
-        try:
-            with urllib.request.urlopen(req, timeout=60, context=ctx) as r:
-                raw = r.read().decode()
-                return int(r.status), json.loads(raw) if raw.startswith("{") else raw
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read())
+        return https_json(self.http + path, site_identity.site().harness_dir / "ca.crt", bundle, body, token)
 
     def chat(self, bundle: Path | None = None, token: str | None = None, **extra: Any) -> tuple[int, Any]:
         body = {"model": self.model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2, **extra}
