@@ -21,6 +21,7 @@ from edgefleet.fleet.site.pki import KINDS, ORCHESTRATOR, ORCHESTRATOR_SITE_KEY,
 from edgefleet.fleet.site.pki_files import refresh, write_private, write_public
 from edgefleet.plumbing.site_settings import SiteSettings
 from edgefleet.proto.access import DEFAULT_OPERATOR_ROLE, Role
+from edgefleet.proto.actuators import DEFAULT_ACTUATOR_TOPICS
 from edgefleet.proto.artifacts import SiteKey
 from edgefleet.proto.paging import page_of
 from edgefleet.proto.payloads import describe_validation_error
@@ -105,6 +106,11 @@ def add_parsers(fsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     bc.add_argument("--bind", help="listen address (default: all)")
     bc.add_argument("--sensor-filter", action="append", help="where sensors publish, e.g. 'plant/#' (repeat)")
     bc.add_argument("--node-output", action="append", help="extra topic filter nodes may publish to (repeat)")
+    bc.add_argument(
+        "--actuator-topic",
+        action="append",
+        help="where actuators listen: agents' act tools publish there (repeat; default actions/#)",
+    )
     bc.add_argument("--persistence-dir", help="Mosquitto persistence_location")
     bc.add_argument("--run-as-user", help="Mosquitto `user` option")
     bc.add_argument(
@@ -144,6 +150,7 @@ def regenerate(pki: SitePki, topic_root: str, out: TextIO) -> tuple[Path, Path]:
         Topics.for_site(pki.site, topic_root),
         sensor_filters=tuple(s.get("sensor_filters") or ("sensors/#",)),  # type: ignore[arg-type]
         node_outputs=tuple(s.get("node_outputs") or ()),  # type: ignore[arg-type]
+        actuator_topics=tuple(s.get("actuator_topics") or DEFAULT_ACTUATOR_TOPICS),  # type: ignore[arg-type]
     )
     out_dir = Path(str(s["out"])) if s.get("out") else None
     conf, acl = write_broker_files(pki, policy, _listener(s), out_dir)
@@ -282,6 +289,7 @@ def run(args: argparse.Namespace, site: str, topic_root: str, out: TextIO) -> in
                 ("bind", args.bind),
                 ("sensor_filters", args.sensor_filter),
                 ("node_outputs", args.node_output),
+                ("actuator_topics", args.actuator_topic),
                 ("persistence_dir", args.persistence_dir),
                 ("run_as_user", args.run_as_user),
                 ("nodes", args.nodes),

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from edgefleet.fleet import (
     adapter_commands,
+    agent_commands,
     applied,
     group_commands,
     identity_commands,
@@ -95,6 +96,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     applied.add_wait_flags(rm)
     adapter_commands.add_parsers(fsub)
     rule_commands.add_parsers(fsub)
+    agent_commands.add_parsers(fsub)
     group_commands.add_parsers(fsub)
     register_operator(fsub)
     identity_commands.add_parsers(fsub)
@@ -318,6 +320,11 @@ def run(args: argparse.Namespace, settings: FleetSettings, out: TextIO) -> int:
         try:
             return group_commands.run(args, settings, out)
         except group_commands.GroupCommandError as e:
+            raise FleetCommandError(str(e)) from e
+    if args.fleet_command in agent_commands.VERBS:
+        try:
+            return agent_commands.run(args, settings, out)
+        except agent_commands.AgentCommandError as e:
             raise FleetCommandError(str(e)) from e
     if args.fleet_command in ("push-rule", "rm-rule", "rules"):
         try:

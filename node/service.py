@@ -13,9 +13,8 @@ import platform
 import secrets
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
-from typing import Any
 
 import psutil
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
@@ -31,6 +30,11 @@ from edgefleet.node.model_catalog import ModelFile
 from edgefleet.node.profiles import FirmwareProfile
 from edgefleet.node.settings import NodeSettings
 from edgefleet.node.thermal import ThermalGovernor, ThermalState
+from edgefleet.node.tool_calls import formats
+from edgefleet.node.tool_calls.plan import ToolPlan, plan
+from edgefleet.node.tool_calls.stream import ToolCallSink
+from edgefleet.node.tool_calls.types import ToolCall, ToolChoice, ToolDef
+from edgefleet.node.tool_calls.validate import check_messages, check_tools
 from edgefleet.proto.input_limits import brief
 from edgefleet.proto.templates import CompiledTemplate, TemplateError
 
@@ -42,6 +46,9 @@ MAX_STOP_CHARS = 64
 class ChatTurn:
     role: str
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()  # assistant: the calls it made
+    tool_call_id: str = ""  # tool: the call this message answers
+    name: str = ""  # tool: the function's name (optional)
 
 
 @dataclass(frozen=True)
@@ -63,6 +70,10 @@ class GenerateInput:
     variables: dict[str, str] = field(default_factory=dict)
     collection: str = ""  # retrieval: answer from this knowledge collection
     retrieval_top_k: int = 0
+    tools: tuple[ToolDef, ...] = ()  # functions the model may call (see node/tool_calls)
+    tool_choice: ToolChoice | None = None  # None: auto when tools are given
+    parallel_tool_calls: bool = True
+    tools_unconstrained: bool = False  # evaluation only: described and parsed, not enforced
 
 
 @dataclass(frozen=True)
@@ -140,6 +151,7 @@ class NodeService:
             if meta.chat_template
             else None
         )
+        self._native_tools = formats.is_native(meta.chat_template)
         self.versions = {
             "edgefleet": _version("edgefleet"),
             "llama_cpp_python": _version("llama-cpp-python"),
@@ -220,6 +232,37 @@ class NodeService:
             grammar=self._grammar(inp.json_schema),
         )
 
+    def _tool_plan(self, inp: GenerateInput) -> ToolPlan | None:
+        """Tools, tool_choice and tool messages checked; what the engine and parser need (None: no tools)."""
+        choice = check_tools(inp.tools, inp.tool_choice, inp.json_schema, inp.tools_unconstrained)
+        check_messages(inp.messages)
+        if not inp.tools:
+            return None
+        return plan(self.model, inp.tools, choice, inp.parallel_tool_calls, inp.tools_unconstrained)
+
+    @staticmethod
+    def _with_tools(params: SamplingParams, tools: ToolPlan | None) -> SamplingParams:
+        if tools is None:
+            return params
+        return replace(
+            params,
+            grammar=tools.grammar,
+            grammar_lazy=tools.lazy,
+            trigger_tokens=tools.trigger_tokens,
+            trigger_patterns=tools.trigger_patterns,
+            banned_tokens=tools.banned_tokens,
+            text_tokens=tools.text_tokens,
+        )
+
+    def _render(self, turns: list[ChatTurn], tools: ToolPlan | None) -> str:
+        """Chat turns through the model's template: tools and calls in its own format or the generic one."""
+        assert self._chat is not None
+        if self._native_tools:
+            listing = formats.openai_tools(tools.tools) if tools is not None else None
+            return self._chat(messages=formats.native_messages(turns), tools=listing).prompt  # type: ignore[arg-type]
+        system = formats.tools_text(tools.tools, tools.choice) if tools is not None else ""
+        return self._chat(messages=formats.generic_messages(turns, system)).prompt  # type: ignore[arg-type]
+
     def _grammar(self, json_schema: str) -> str | None:
         return self.grammars.grammar(json_schema) if json_schema else None
 
@@ -280,16 +323,18 @@ class NodeService:
             return raw, [ChatTurn("system", f"{context}\n\n{turns[0].content}"), *turns[1:]], ids
         return raw, [ChatTurn("system", context), *turns], ids
 
-    def _prompt_tokens(self, inp: GenerateInput, template: CompiledTemplate | None) -> tuple[list[int], list[str]]:
+    def _prompt_tokens(
+        self, inp: GenerateInput, template: CompiledTemplate | None, tools: ToolPlan | None = None
+    ) -> tuple[list[int], list[str]]:
         raw, turns = self._conversation(inp, template)
         sources: list[str] = []
         if inp.collection:
             raw, turns, sources = self._with_sources(inp, raw, turns)
         if raw:
+            if tools is not None:
+                raw = formats.raw_prompt(raw, tools.tools, tools.choice)
             return self.model.tokenize(raw, add_special=True, parse_special=False), sources
-        assert self._chat is not None
-        messages: list[Any] = [{"role": t.role, "content": t.content} for t in turns]
-        rendered = self._chat(messages=messages).prompt
+        rendered = self._render(turns, tools)
         tokens = self.model.tokenize(rendered, add_special=True, parse_special=True)
         if (
             len(tokens) > 1
@@ -317,15 +362,18 @@ class NodeService:
                 f"node is shedding load: {self.thermal.state.temperature_c:.1f} C is at or above the "
                 f"shed temperature {self.profile.thermal.shed_c:.1f} C; retry later or on another node"
             )
-        params = self._sampling(inp)
+        tools = self._tool_plan(inp)
+        params = self._with_tools(self._sampling(inp), tools)
         template = self._template(inp)
-        tokens, sources = self._prompt_tokens(inp, template)
+        tokens, sources = self._prompt_tokens(inp, template, tools)
         if not tokens:
             raise InvalidRequest("the prompt has no tokens for this model (only control characters?)")
         scale = 1.0 if inp.adapter_scale is None else inp.adapter_scale
         if not math.isfinite(scale) or not 0.0 < scale <= 4.0:
             raise InvalidRequest(f"adapter_scale must be in (0, 4], got {scale}")
         use = self.engine.adapters.acquire(inp.adapter, scale) if inp.adapter else None
+        if tools is not None and tools.parses:
+            sink = ToolCallSink(tools.parser(request_id), sink)
         req = GenerationRequest(request_id, tokens, params, sink, adapter=use, arrived=arrived)
         try:
             self.engine.submit(req)

@@ -14,6 +14,7 @@ from pydantic_settings import NoDecode
 from edgefleet.plumbing.listen_address import ANY_HOST, LOOPBACK_HOST, is_loopback, warn_exposed
 from edgefleet.plumbing.site_settings import SiteSettings
 from edgefleet.plumbing.transport_security import SecuritySettingsError
+from edgefleet.proto.rules import check_topic_filter
 from edgefleet.proto.topics import check_name
 
 
@@ -205,6 +206,20 @@ class NodeSettings(SiteSettings):
     retrieval_cache_rows: Annotated[int, Field(ge=1)] = Field(
         default=10000, description="Retrievals kept in the retrieval cache (EDGEFLEET_RETRIEVAL_CACHE_ROWS)"
     )
+    agents: bool = Field(
+        default=True,
+        description="Run the site agents (agent rules and tools) pushed in desired state (EDGEFLEET_AGENTS)",
+    )
+    actuator_topics: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["actions/#"],
+        description="MQTT filters an agent's publish tool may write to, comma separated; a call whose topic "
+        "is under none of them is refused (EDGEFLEET_ACTUATOR_TOPICS)",
+    )
+    agents_max_runs: Annotated[int, Field(ge=1, le=64)] = Field(
+        default=2,
+        description="Agent runs advancing at once; a run waiting for an operator holds none "
+        "(EDGEFLEET_AGENTS_MAX_RUNS)",
+    )
     update_lock_file: Path | None = Field(
         default=Path("/tmp/balena/updates.lock"),
         description="balena's update lock file, held while requests, sensor messages or artifact installs are "
@@ -235,11 +250,18 @@ class NodeSettings(SiteSettings):
     def _empty_lock_is_off(cls, v: object) -> object:
         return None if isinstance(v, str) and not v.strip() else v
 
-    @field_validator("groups", "adapters", mode="before")
+    @field_validator("groups", "adapters", "actuator_topics", mode="before")
     @classmethod
     def _split_groups(cls, v: object) -> object:
         if isinstance(v, str):
             return [g.strip() for g in v.split(",") if g.strip()]
+        return v
+
+    @field_validator("actuator_topics")
+    @classmethod
+    def _check_actuator_topics(cls, v: list[str]) -> list[str]:
+        for f in v:
+            check_topic_filter(f)
         return v
 
     @field_validator("groups")

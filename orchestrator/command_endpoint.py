@@ -63,7 +63,10 @@ class MqttCommandEndpoint:
                 log.warning("command refused", extra={"op": cmd.op, "operator": cmd.operator, "code": str(e.code)})
                 self._finish(msg.topic, target, failure(e.code, str(e)))
                 return
-        cmd = without_envelope(cmd)
+        # the operator's name reaches an op that records it (approve, deny) only when its signature was checked
+        auth, req = self.auth, cmd.request
+        verified = auth is not None and bool(req.signature) and (auth.required or req.always_signed)
+        cmd = without_envelope(cmd, verified=verified)
         try:
             self._worker.submit(self._run, cmd, msg.topic, target)
         except RuntimeError:  # shut down: the orchestrator is stopping

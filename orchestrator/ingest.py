@@ -2,7 +2,8 @@
 
 Node status, telemetry and reported state; desired-state documents as the broker hands them
 back (our own echoes, or retained ones from before a restart, which rebuild a lost registry);
-and the errors nodes report. Each arrives as (topic, payload): nothing here knows MQTT's client.
+the errors nodes report, and their agent runs' reports (orchestrator/agent_runs.py). Each
+arrives as (topic, payload): nothing here knows MQTT's client.
 A payload that does not validate, or a node speaking for another, is refused on the errors topic.
 
 Messages come in batches (orchestrator/ingest_queue.py): `apply` writes a batch in one registry
@@ -123,11 +124,13 @@ class Ingest:
         signer: DesiredSigner | None = None,
         publish_retained: PublishRetained | None = None,
         healer: StatusHealer | None = None,
+        agent_runs: Callable[[str, bytes], None] | None = None,
     ) -> None:
         self.site, self.topics, self.registry, self.view, self.errors = site, topics, registry, view, errors
         self.history = history
         self.signer, self.publish_retained = signer, publish_retained
         self.healer = healer
+        self.agent_runs = agent_runs  # agent run reports (orchestrator/agent_runs.py `AgentRunIngest`)
 
     def apply(self, batch: list[Message]) -> None:
         """A batch: one registry transaction and one fleet-view snapshot; each message on its own
@@ -138,6 +141,7 @@ class Ingest:
             "telemetry": lambda m: self.telemetry(m.topic, m.payload),
             "desired": lambda m: self.desired(m.topic, m.payload),
             "error": lambda m: self.node_error(m.topic, m.payload),
+            "agent_run": lambda m: self.agent_runs(m.topic, m.payload) if self.agent_runs else None,
         }
         with self.view.batch(), self.registry.batch():
             for m in batch:

@@ -38,7 +38,7 @@ TICK_S = 1.0  # `tick` runs after each batch, and this often while no message co
 
 @dataclass(frozen=True)
 class Message:
-    kind: str  # which Ingest method takes it: status, reported, telemetry, desired, error
+    kind: str  # which Ingest method takes it: status, reported, telemetry, desired, error, agent_run
     topic: str
     payload: bytes
     retained: bool  # sent because it was retained (a (re)subscription), not because it was just published

@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ import sqlite_utils
 from pydantic import ValidationError
 
 from edgefleet.orchestrator.drift import drift_reasons
-from edgefleet.plumbing.sqlite_db import open_database
+from edgefleet.plumbing.sqlite_db import Migration, open_database
 from edgefleet.proto.paging import PAGE_BUDGET_BYTES, NodeFilter, node_page
 from edgefleet.proto.payloads import (
     MAX_GENERATION,
@@ -39,7 +39,7 @@ from edgefleet.proto.payloads import (
 
 log = logging.getLogger("edgefleet.orchestrator.registry")
 
-MIGRATIONS: list[str] = [
+MIGRATIONS: list[Migration] = [
     """CREATE TABLE IF NOT EXISTS nodes (
         node_id TEXT PRIMARY KEY, state TEXT NOT NULL, since REAL NOT NULL, last_seen REAL NOT NULL,
         profile TEXT, groups TEXT NOT NULL DEFAULT '[]', model TEXT, info TEXT)""",
@@ -54,6 +54,17 @@ MIGRATIONS: list[str] = [
     # groups assigned at run time (`assign-groups`): the newest signed assignment per node
     """CREATE TABLE IF NOT EXISTS assignments (
         node_id TEXT PRIMARY KEY, generation INTEGER NOT NULL, doc TEXT NOT NULL, updated REAL NOT NULL)""",
+    # agent runs: the latest report per run and the decisions sent for it (orchestrator/agent_runs.py)
+    [
+        """CREATE TABLE IF NOT EXISTS agent_runs (
+            node_id TEXT NOT NULL, run_id TEXT NOT NULL, rule TEXT NOT NULL, state TEXT NOT NULL,
+            started REAL NOT NULL, ts REAL NOT NULL, ended REAL, pending_step INTEGER, pending_expires REAL,
+            summary TEXT NOT NULL, doc TEXT NOT NULL, decisions TEXT NOT NULL DEFAULT '{}',
+            PRIMARY KEY (node_id, run_id))""",
+        "CREATE INDEX IF NOT EXISTS agent_runs_by_start ON agent_runs (started, run_id)",
+        "CREATE INDEX IF NOT EXISTS agent_runs_by_run ON agent_runs (run_id)",
+        "CREATE INDEX IF NOT EXISTS agent_runs_by_ts ON agent_runs (ts)",
+    ],
 ]
 
 
@@ -149,6 +160,15 @@ class Registry:
                 self.db.execute("RELEASE one_write")
                 raise
             self.db.execute("RELEASE one_write")
+
+    def write(self) -> AbstractContextManager[None]:
+        """One write to a table another part keeps in this database (orchestrator/agent_runs.py), as the
+        registry's own: a transaction, or a savepoint of the ingest batch open on this thread."""
+        return self._write()
+
+    @property
+    def lock(self) -> threading.RLock:
+        return self._lock
 
     def record_status(self, status: NodeStatus) -> None:
         now = time.time()

@@ -20,7 +20,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from edgefleet.orchestrator.adapter_commands import AdapterCommands
+from edgefleet.orchestrator.agent_commands import AgentCommands
+from edgefleet.orchestrator.agent_runs import AgentRunIngest, AgentRunStore
 from edgefleet.orchestrator.artifact_store import ArtifactStore
+from edgefleet.orchestrator.catalogue_commands import CatalogueCommands
 from edgefleet.orchestrator.chunk_requests import ChunkRequests
 from edgefleet.orchestrator.chunk_sender import ChunkSender
 from edgefleet.orchestrator.command_auth import CommandAuth, OperatorKeys
@@ -115,11 +118,15 @@ def build_command_table(
     history: TelemetryHistory,
     groups: GroupCommands,
     keys: KeyCommands,
+    catalogue: CatalogueCommands,
+    agents: AgentCommands,
 ) -> CommandTable:
     """One handler per op of `Command` (proto/commands.py), checked complete."""
     table = CommandTable()
     SiteCommands(registry, publisher).register(table)
     RuleCommands(registry, publisher).register(table)
+    catalogue.register(table)
+    agents.register(table)
     adapters.register(table)
     HistoryCommands(history).register(table)
     groups.register(table)
@@ -173,7 +180,13 @@ def build_orchestrator(settings: OrchestratorSettings, registry: Registry | None
     history = TelemetryHistory(settings.registry_db.with_suffix(".history.db"))
     group_commands = GroupCommands(settings.site, topics, registry, publish_retained, signer)
     keys = KeyCommands(settings.api_keys_path())
-    table = build_command_table(registry, publisher, adapters, history, group_commands, keys)
+    # site tools and agent rules (desired state), and the agent runs nodes report (orchestrator/agent_runs.py)
+    catalogue = CatalogueCommands(registry, publisher, settings.actuator_filters())
+    agent_runs = AgentRunStore(
+        registry, on_forget=lambda node, run: publish_retained(topics.agent_decisions(node, run), b"")
+    )
+    agents = AgentCommands(settings.site, topics, agent_runs, publish_retained, signer)
+    table = build_command_table(registry, publisher, adapters, history, group_commands, keys, catalogue, agents)
     # nonces of accepted signed commands, beside the registry: a replay after a restart is still refused
     nonces = NonceStore(settings.registry_db.with_suffix(".nonces.db"))
     auth = CommandAuth(
@@ -195,7 +208,10 @@ def build_orchestrator(settings: OrchestratorSettings, registry: Registry | None
     queue = IngestQueue(lambda batch: ingest.apply(batch), tick=lambda: ingest.tick())
     on_status = queue.handler("status")  # one handler object: a healing subscription overlaps the wildcard one
     healer = StatusHealer(topics, lambda topic: link.subscribe(topic, on_status), link.unsubscribe)
-    ingest = Ingest(settings.site, topics, registry, view, errors, history, signer, publish_retained, healer)
+    runs_ingest = AgentRunIngest(topics, agent_runs, errors, publish_retained)
+    ingest = Ingest(
+        settings.site, topics, registry, view, errors, history, signer, publish_retained, healer, runs_ingest
+    )
     orch.ingest = queue
     chunk_requests = ChunkRequests(store, sender, errors, topics, registry, node_groups(view, registry))
     link.subscribe(topics.all_node_status(), on_status)
@@ -205,6 +221,7 @@ def build_orchestrator(settings: OrchestratorSettings, registry: Registry | None
     assignments = AssignmentIngest(settings.site, topics, registry, errors, signer, publish_retained)
     link.subscribe(topics.all_node_assignments(), _on(assignments))
     link.subscribe(topics.all_errors(), queue.handler("error"))
+    link.subscribe(topics.all_agent_runs(), queue.handler("agent_run"))
     link.subscribe(topics.orchestrator_commands(), endpoint.on_message)
     link.subscribe(topics.all_artifact_chunk_requests(), _on(chunk_requests.on_request))
     return orch

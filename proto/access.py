@@ -193,6 +193,11 @@ COMMAND_ROLE: dict[str, Role] = {
     "rules": Role.VIEWER,
     "adapters": Role.VIEWER,
     "telemetry-history": Role.VIEWER,
+    "tools": Role.VIEWER,
+    "agents": Role.VIEWER,
+    "agent-runs": Role.VIEWER,
+    "agent-run": Role.VIEWER,
+    "approvals": Role.VIEWER,
     "push-template": Role.OPERATOR,
     "rm-template": Role.OPERATOR,
     "push-rule": Role.OPERATOR,
@@ -203,6 +208,12 @@ COMMAND_ROLE: dict[str, Role] = {
     "push-knowledge": Role.OPERATOR,
     "rm-knowledge": Role.OPERATOR,
     "assign-groups": Role.OPERATOR,
+    "set-tool": Role.OPERATOR,
+    "rm-tool": Role.OPERATOR,
+    "set-agent": Role.OPERATOR,
+    "rm-agent": Role.OPERATOR,
+    "approve": Role.OPERATOR,  # an act call outside its rule's limits runs on an operator's word
+    "deny": Role.OPERATOR,
     "keys-create": Role.ADMIN,
     "keys-list": Role.ADMIN,
     "keys-revoke": Role.ADMIN,
@@ -215,12 +226,12 @@ def command_role(op: str) -> Role:
 
 # MQTT: the topics of each kind, by name of a proto/topics.py `Topics` method and whose name fills
 # it (`self`: the identity; `groups`: each of its groups; `any`: the `+` wildcard; `none`: no
-# argument). `sensor_filters` and `node_outputs` are the site's own choices (BrokerPolicy).
+# argument). `sensor_filters`, `node_outputs` and `actuator_topics` are the site's own choices (BrokerPolicy).
 # fleet/site/broker_config.py renders these into Mosquitto's ACL.
 @dataclass(frozen=True)
 class TopicGrant:
     access: str  # read | write | readwrite
-    topic: str  # a Topics method, or `sensor_filters` / `node_outputs` / `root#`
+    topic: str  # a Topics method, or `sensor_filters` / `node_outputs` / `actuator_topics` / `root#`
     arg: str = "none"  # none | self | groups | any | artifact_groups
 
 
@@ -234,6 +245,8 @@ MQTT_GRANTS: dict[Kind, tuple[TopicGrant, ...]] = {
         TopicGrant("write", "artifact_chunk_requests", "self"),  # its own: the orchestrator knows who asked
         TopicGrant("write", "cli_responses", "any"),  # answers to operators' requests (MQTT 5 response topic)
         TopicGrant("write", "node_outputs"),
+        TopicGrant("write", "agent_runs", "self"),  # its agent runs' reports (the orchestrator checks the node id)
+        TopicGrant("write", "actuator_topics"),  # act tools publish on the site's actuators (BrokerPolicy)
         TopicGrant("read", "desired_node", "self"),
         TopicGrant("read", "node_assignment", "self"),  # its group assignment (only the orchestrator writes it)
         TopicGrant("read", "desired_group", "groups"),
@@ -243,14 +256,22 @@ MQTT_GRANTS: dict[Kind, tuple[TopicGrant, ...]] = {
         TopicGrant("read", "crl"),  # the site's revocation list (signed by the CA)
         TopicGrant("read", "orchestrator_status"),  # it announces itself again when the orchestrator comes online
         TopicGrant("read", "sensor_filters"),
+        TopicGrant("read", "node_agent_decisions", "self"),  # operators' signed decisions on its own runs
     ),
-    Kind.SENSOR: (TopicGrant("write", "sensor_filters"),),
+    # site devices: sensors publish readings; actuators (a sensor identity too) listen for agents' actions
+    Kind.SENSOR: (TopicGrant("write", "sensor_filters"), TopicGrant("read", "actuator_topics")),
     Kind.OPERATOR: (
         TopicGrant("write", "orchestrator_commands"),
         TopicGrant("write", "node_requests", "any"),
         TopicGrant("write", "group_requests", "any"),
         TopicGrant("read", "root#"),
         TopicGrant("read", "sensor_filters"),
+        TopicGrant("read", "actuator_topics"),  # what agents did on the site
     ),
-    Kind.ORCHESTRATOR: (TopicGrant("readwrite", "root#"),),
+    # root# holds them all; the agent topics are named too, so the table says who reads and writes them
+    Kind.ORCHESTRATOR: (
+        TopicGrant("readwrite", "root#"),
+        TopicGrant("read", "all_agent_runs"),
+        TopicGrant("write", "node_agent_decisions", "any"),
+    ),
 }

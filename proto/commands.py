@@ -19,6 +19,7 @@ from typing import Annotated, Any, ClassVar, Literal, get_args
 from pydantic import Field, RootModel, ValidationError, field_validator
 from pydantic_core import PydanticUndefined
 
+from edgefleet.proto.agents import RUN_ID_RE, AgentRule, RunState, ToolSpec
 from edgefleet.proto.paging import MAX_PAGE_LIMIT, NodeFilter
 from edgefleet.proto.payload_base import _Payload
 from edgefleet.proto.payloads import (
@@ -41,6 +42,7 @@ class CommandRequest(_Payload):
     """What every command carries besides its op's fields: the signed envelope (empty: unsigned)."""
 
     always_signed: ClassVar[bool] = False  # refused unsigned even where the site takes unsigned commands
+    names_operator: ClassVar[bool] = False  # its handler sees the (verified) operator: it records who decided
 
     operator: str = ""  # the operator's enrolled name
     key_id: str = ""  # the fingerprint of the operator's public key
@@ -180,6 +182,95 @@ class AssignGroupsRequest(CommandRequest):
         return check_groups(v)
 
 
+# -- site tools and agent rules (proto/agents.py), and their runs ------------------------------------
+class SetToolRequest(CommandRequest):
+    """A site tool into `target`'s desired state (replacing one of the same name)."""
+
+    op: Literal["set-tool"] = "set-tool"
+    target: NonEmpty
+    tool: ToolSpec
+    force: bool = False  # accept a version older than the one desired now
+    new_group: bool = False
+
+
+class RemoveToolRequest(RemoveEntryRequest):
+    op: Literal["rm-tool"] = "rm-tool"
+
+
+class SetAgentRequest(CommandRequest):
+    """An agent rule into `target`'s desired state; every tool it names must be desired for the target."""
+
+    op: Literal["set-agent"] = "set-agent"
+    target: NonEmpty
+    agent: AgentRule
+    force: bool = False
+    new_group: bool = False
+
+
+class RemoveAgentRequest(RemoveEntryRequest):
+    op: Literal["rm-agent"] = "rm-agent"
+
+
+class ToolsRequest(PagedRequest):
+    """The desired tools per target (one page of targets, by target key)."""
+
+    op: Literal["tools"] = "tools"
+    target: FilterText = ""
+
+
+class AgentsRequest(PagedRequest):
+    """The desired agent rules per target (one page of targets, by target key)."""
+
+    op: Literal["agents"] = "agents"
+    target: FilterText = ""
+
+
+RunId = Annotated[str, Field(pattern=RUN_ID_RE.pattern)]
+
+
+class AgentRunsRequest(PagedRequest):
+    """The latest report of each agent run, newest first, without the steps' bodies."""
+
+    op: Literal["agent-runs"] = "agent-runs"
+    node: FilterText = ""
+    rule: FilterText = ""
+    state: RunState | Literal[""] = ""
+
+
+class AgentRunRequest(CommandRequest):
+    """One run's latest report, with its steps and the decisions sent for it."""
+
+    op: Literal["agent-run"] = "agent-run"
+    run_id: RunId
+    node: FilterText = ""  # only needed when two nodes reported runs of the same id
+
+
+class ApprovalsRequest(CommandRequest):
+    """The calls waiting for an operator's approval now (none expired, none answered yet)."""
+
+    op: Literal["approvals"] = "approvals"
+
+
+class DecisionRequest(CommandRequest):
+    """An operator's answer to the call run `run_id` of node `node` waits on at `step`."""
+
+    names_operator: ClassVar[bool] = True
+    node: NonEmpty
+    run_id: RunId
+    step: Annotated[int, Field(ge=0)]
+    reason: Annotated[str, Field(max_length=512)] = ""
+    # the web console signs as itself for its logged-in account: the decision names "<account> via <signer>"
+    on_behalf_of: Annotated[str, Field(max_length=64, pattern=r"^([A-Za-z0-9][A-Za-z0-9._-]*)?$")] = ""
+
+
+class ApproveRequest(DecisionRequest):
+    op: Literal["approve"] = "approve"
+
+
+class DenyRequest(DecisionRequest):
+    op: Literal["deny"] = "deny"
+
+
 # -- API keys of the front door (the orchestrator's key database) ------------------------------------
 class KeysRequest(CommandRequest):
     always_signed: ClassVar[bool] = True
@@ -229,7 +320,18 @@ AnyCommandRequest = Annotated[
     | AssignGroupsRequest
     | KeysCreateRequest
     | KeysListRequest
-    | KeysRevokeRequest,
+    | KeysRevokeRequest
+    | SetToolRequest
+    | RemoveToolRequest
+    | SetAgentRequest
+    | RemoveAgentRequest
+    | ToolsRequest
+    | AgentsRequest
+    | AgentRunsRequest
+    | AgentRunRequest
+    | ApprovalsRequest
+    | ApproveRequest
+    | DenyRequest,
     Field(discriminator="op"),
 ]
 

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, f
 
 from edgefleet.proto.input_limits import MAX_JSON_DEPTH, JsonLimitError, brief, loads_bounded
 from edgefleet.proto.payload_base import PAYLOAD_VERSION, _now, _Payload
+from edgefleet.proto.agents import AgentRule, ToolSpec
 from edgefleet.proto.rules import RuleSpec
 from edgefleet.proto.topics import check_name
 from edgefleet.proto.versions import Version
@@ -161,6 +162,8 @@ class DesiredState(_Payload):
     adapters: dict[str, ArtifactRef] = Field(default_factory=dict)
     knowledge: dict[str, ArtifactRef] = Field(default_factory=dict)  # collection → the version to install
     rules: dict[str, RuleSpec] = Field(default_factory=dict)
+    tools: dict[str, ToolSpec] = Field(default_factory=dict)  # site tools the node's agents may call
+    agents: dict[str, AgentRule] = Field(default_factory=dict)  # agent rules (see proto/agents.py)
     ts: float = Field(default_factory=_now)
     # signed by the orchestrator (see proto/signing.py): the signing key's fingerprint, and the
     # base64 Ed25519 signature over the document without `signature`; empty: unsigned

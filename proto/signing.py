@@ -6,6 +6,8 @@ over `canonical(doc)` — the document as JSON without its `signature` field, ke
 whitespace — in the document's `signature` field (base64), with `key_id`, the signing key's
 fingerprint, so a receiver that trusts several keys (a key rotation) knows which one to try.
 `key_id` is itself signed. A receiver verifies the parsed document, never the bytes it got.
+Group assignments and operators' approval decisions (proto/agents.py `ApprovalDecision`) are
+signed the same way, each behind a domain tag of its own.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from edgefleet.proto.agents import ApprovalDecision
 from edgefleet.proto.artifacts import ArtifactError
 from edgefleet.proto.commands import Command, CommandRequest
 from edgefleet.proto.error_codes import ErrorCode
@@ -39,15 +42,25 @@ class SignatureError(ValueError):
         self.code = code
 
 
-def canonical(doc: DesiredState | GroupAssignment) -> bytes:
+SiteSigned = DesiredState | GroupAssignment | ApprovalDecision
+"""The documents the orchestrator signs with the site key."""
+
+
+def canonical(doc: SiteSigned) -> bytes:
     """The signed bytes: every field but `signature`, as compact JSON with sorted keys (a group
-    assignment's behind a tag of its own: its signature is never one of a desired state)."""
+    assignment's and an approval decision's behind a tag of their own: neither signature is ever
+    one of a desired state, nor of each other)."""
     data = doc.model_dump(mode="json", exclude={"signature"})
     body = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-    return _ASSIGNMENT_TAG + body if isinstance(doc, GroupAssignment) else body
+    if isinstance(doc, GroupAssignment):
+        return _ASSIGNMENT_TAG + body
+    if isinstance(doc, ApprovalDecision):
+        return _DECISION_TAG + body
+    return body
 
 
 _ASSIGNMENT_TAG = b"edgefleet-assignment/1\n"
+_DECISION_TAG = b"edgefleet-approval/1\n"
 
 
 def key_id(key: Ed25519PublicKey) -> str:
@@ -70,6 +83,13 @@ def sign_assignment(doc: GroupAssignment, private: Ed25519PrivateKey) -> GroupAs
     return unsigned.model_copy(update={"signature": base64.b64encode(sig).decode()})
 
 
+def sign_decision(doc: ApprovalDecision, private: Ed25519PrivateKey) -> ApprovalDecision:
+    """An operator's approval decision signed with the site key, the way `sign_desired` signs desired state."""
+    unsigned = doc.model_copy(update={"key_id": key_id(private.public_key()), "signature": ""})
+    sig = private.sign(canonical(unsigned))
+    return unsigned.model_copy(update={"signature": base64.b64encode(sig).decode()})
+
+
 class KeyRing:
     """The public keys a receiver trusts (several during a rotation), by key id."""
 
@@ -86,10 +106,12 @@ class KeyRing:
     def ids(self) -> list[str]:
         return sorted(self.keys)
 
-    def verify(self, doc: DesiredState | GroupAssignment) -> None:
+    def verify(self, doc: SiteSigned) -> None:
         """Raise SignatureError (UNSIGNED or BAD_SIGNATURE) unless a trusted key signed `doc` as it is."""
         if isinstance(doc, GroupAssignment):
             label = f"group assignment of {doc.node_id} generation {doc.generation}"
+        elif isinstance(doc, ApprovalDecision):
+            label = f"approval decision for {doc.node_id} run {doc.run_id} step {doc.step}"
         else:
             label = f"desired state {doc.target.key} generation {doc.generation}"
         if not doc.signature:
@@ -155,10 +177,16 @@ def public_key_id(key: OperatorPublicKey) -> str:
 COMMAND_ENVELOPE = ("operator", "key_id", "signed_at", "nonce", "signature")  # the signature's own fields
 
 
-def without_envelope(cmd: Command) -> Command:
-    """`cmd` as its op sees it: the signed envelope back at its defaults (checked, and no argument)."""
+def without_envelope(cmd: Command, verified: bool = False) -> Command:
+    """`cmd` as its op sees it: the signed envelope back at its defaults (checked, and no argument).
+
+    An op that records who decided (`names_operator`: approve, deny) keeps `operator` when the
+    receiver `verified` its signature; otherwise it too goes back to "" (an unsigned claim names no one)."""
     fields = CommandRequest.model_fields
-    return Command(cmd.request.model_copy(update={f: fields[f].get_default() for f in COMMAND_ENVELOPE}))
+    update = {f: fields[f].get_default() for f in COMMAND_ENVELOPE}
+    if verified and cmd.request.names_operator:
+        del update["operator"]
+    return Command(cmd.request.model_copy(update=update))
 
 
 def command_bytes(cmd: Command, site: str) -> bytes:

@@ -136,6 +136,22 @@ class Topics:
         """Answers to sensor messages, published by the node that answered."""
         return f"{self.root}results/{node_id}"
 
+    # -- agents -------------------------------------------------------------------------------------
+    def agent_runs(self, node_id: str) -> str:
+        """AgentRunReport of node `node_id`'s agent runs, at every change of a run (QoS 1)."""
+        return f"{self.root}agents/runs/{node_id}"
+
+    def agent_decisions(self, node_id: str, run_id: str) -> str:
+        """Retained, signed ApprovalDecision for a pending call of run `run_id` on node `node_id`."""
+        return f"{self.root}agents/decisions/{node_id}/{run_id}"
+
+    def node_agent_decisions(self, node_id: str) -> str:
+        """What a node subscribes to: the decisions about its own runs."""
+        return f"{self.root}agents/decisions/{node_id}/+"
+
+    def all_agent_runs(self) -> str:
+        return f"{self.root}agents/runs/+"
+
     # -- errors, commands -----------------------------------------------------------------------
     def errors(self, source_id: str) -> str:
         """Rejected input, with the reason: from node `source_id` or the orchestrator."""
@@ -329,6 +345,13 @@ TOPIC_TABLE = [
         "InferenceRequest; InferenceResponse to the response topic",
     ),
     ("group/<group>/requests", "anyone", "QoS 1, MQTT 5 request", "the same, answered by one node of the group"),
+    ("agents/runs/<node>", "node", "QoS 1", "AgentRunReport: one agent run's state, steps and pending approval"),
+    (
+        "agents/decisions/<node>/<run>",
+        "orchestrator",
+        "retained, QoS 1",
+        "ApprovalDecision: an operator's approve/deny of a pending call, signed with the site key",
+    ),
     ("errors/<source>", "node, orchestrator", "QoS 1", "ErrorReport: rejected input and why"),
     ("orchestrator/status", "orchestrator", "retained, QoS 1", "OrchestratorStatus: online/offline"),
     ("orchestrator/commands", "CLI", "QoS 1, MQTT 5 request", "Command; the answer goes to the response topic"),

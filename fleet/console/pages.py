@@ -25,6 +25,7 @@ NAV = [
     ("/adapters", "Adapters"),
     ("/knowledge", "Knowledge"),
     ("/sensors", "Sensors"),
+    ("/agents", "Agents"),
     ("/playground", "Playground"),
 ]
 KINDS = ("templates", "rules", "adapters", "knowledge")

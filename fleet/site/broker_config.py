@@ -24,6 +24,7 @@ from pathlib import Path
 
 from edgefleet.fleet.site.pki import Identity, SitePki, write_public
 from edgefleet.proto.access import MQTT_GRANTS, Kind, TopicGrant
+from edgefleet.proto.actuators import DEFAULT_ACTUATOR_TOPICS
 from edgefleet.proto.topics import Topics
 
 log = logging.getLogger("edgefleet.broker_config")
@@ -36,11 +37,13 @@ class BrokerPolicy:
     `sensor_filters`: where sensors publish (site-defined topics, e.g. `plant/#`); nodes and
     operators may read them (a node's rules subscribe there). `node_outputs`: extra topics nodes
     may publish to (rule output topics outside `results/<node>`, inference response topics of
-    sensor-side requesters)."""
+    sensor-side requesters). `actuator_topics`: where the site's actuators listen, so where the act
+    tools of nodes' agents may publish (proto/agents.py publish bindings; nodes refuse any other)."""
 
     topics: Topics
     sensor_filters: tuple[str, ...] = ("sensors/#",)
     node_outputs: tuple[str, ...] = ()
+    actuator_topics: tuple[str, ...] = DEFAULT_ACTUATOR_TOPICS
 
 
 def _expand(t: Topics, g: TopicGrant, ident: Identity, policy: BrokerPolicy) -> list[str]:
@@ -50,6 +53,8 @@ def _expand(t: Topics, g: TopicGrant, ident: Identity, policy: BrokerPolicy) -> 
         return list(policy.sensor_filters)
     if g.topic == "node_outputs":
         return list(policy.node_outputs)
+    if g.topic == "actuator_topics":
+        return list(policy.actuator_topics)
     if g.topic == "root#":
         return [f"{t.root}#"]
     if g.topic == "artifacts_for":  # its own node scope and each of its groups'

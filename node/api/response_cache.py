@@ -2,7 +2,9 @@
 
 The key holds the model's sha256, the adapter's version and sha256, the template's version, the
 knowledge collection's content version and the whole request, so a change to any of them misses.
-A hit is one final chunk with `cached` set, the stored text and the stored source chunk ids.
+A hit is one final chunk with `cached` set, the stored text, tool calls and source chunk ids. The
+whole request is in the key, tools, tool_choice and parallel_tool_calls with it, so an answer made
+with one list of tools never answers a request with another.
 """
 
 from __future__ import annotations
@@ -53,6 +55,10 @@ def chunk(hit: CachedResponse, request_id: str, elapsed_ms: float) -> pb.Generat
         request_id=request_id,
         finish_reason=int(m.get("finish_reason", pb.FINISH_REASON_STOP)),  # type: ignore[arg-type]
         source_chunk_ids=list(m.get("sources", [])),
+        tool_calls=[
+            pb.ToolCallDelta(index=i, id=str(c["id"]), name=str(c["name"]), arguments=str(c["arguments"]))
+            for i, c in enumerate(m.get("tool_calls", []))
+        ],
         cached=True,
         usage=pb.Usage(
             prompt_tokens=int(m.get("prompt_tokens", 0)),
@@ -62,10 +68,18 @@ def chunk(hit: CachedResponse, request_id: str, elapsed_ms: float) -> pb.Generat
     )
 
 
-def remember(service: NodeService, key: str, text: str, final: pb.GenerateChunk, inp: GenerateInput) -> None:
+def remember(
+    service: NodeService,
+    key: str,
+    text: str,
+    final: pb.GenerateChunk,
+    inp: GenerateInput,
+    tool_calls: list[dict[str, str]] | None = None,
+) -> None:
     if service.knowledge is None:
         return
     metadata = {
+        "tool_calls": tool_calls or [],
         "finish_reason": int(final.finish_reason),
         "sources": list(final.source_chunk_ids),
         "prompt_tokens": final.usage.prompt_tokens,

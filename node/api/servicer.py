@@ -15,12 +15,14 @@ import grpc
 from edgefleet.node.api import knowledge_rpc, response_cache
 from edgefleet.node.api.event_channel import EventChannel
 from edgefleet.node.api.status import refuse
-from edgefleet.node.engine.types import EventSink, Failed, Finished, FinishReason, TextDelta
-from edgefleet.node.errors import EdgefleetError
+from edgefleet.node.engine.types import EventSink, Failed, Finished, FinishReason, TextDelta, ToolCallDelta
+from edgefleet.node.errors import EdgefleetError, InvalidRequest
 from edgefleet.node.knowledge.caches import CachedResponse
 from edgefleet.node.service import ChatTurn, GenerateInput, NodeService, Queued
+from edgefleet.node.tool_calls.types import ToolCall, ToolChoice, ToolDef
 from edgefleet.plumbing.grpc_malformed import refuse_malformed
 from edgefleet.plumbing.logs import request_id_var
+from edgefleet.proto.input_limits import JsonLimitError, loads_bounded
 from edgefleet.proto.v1 import inference_pb2 as pb
 from edgefleet.proto.v1 import inference_pb2_grpc as pb_grpc
 
@@ -35,7 +37,9 @@ _FINISH = {
     FinishReason.STOP: pb.FINISH_REASON_STOP,
     FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
     FinishReason.CANCELLED: pb.FINISH_REASON_CANCELLED,
+    FinishReason.TOOL_CALLS: pb.FINISH_REASON_TOOL_CALLS,
 }
+MAX_PARAMETERS_BYTES = 64 * 1024
 
 
 async def _request_id(context: grpc.aio.ServicerContext, send: bool = True) -> str:
@@ -51,10 +55,36 @@ async def _request_id(context: grpc.aio.ServicerContext, send: bool = True) -> s
     return rid
 
 
+def _tool(i: int, t: pb.Tool) -> ToolDef:
+    parameters = {}
+    if t.parameters_json.strip():
+        field = f"tools[{i}].function.parameters"
+        try:
+            parameters = loads_bounded(t.parameters_json, field, MAX_PARAMETERS_BYTES)
+        except JsonLimitError as e:
+            raise InvalidRequest(str(e)) from e
+        if not isinstance(parameters, dict):
+            raise InvalidRequest(f"{field} must be a JSON object schema")
+    return ToolDef(t.name, t.description, parameters)
+
+
+def _tool_choice(req: pb.GenerateRequest) -> ToolChoice | None:
+    if not req.HasField("tool_choice"):
+        return None
+    c = req.tool_choice
+    return ToolChoice(c.mode or ("function" if c.function else "auto"), c.function)
+
+
+def _turn(m: pb.ChatMessage) -> ChatTurn:
+    calls = tuple(ToolCall(c.id, c.name, c.arguments) for c in m.tool_calls)
+    return ChatTurn(m.role, m.content, tool_calls=calls, tool_call_id=m.tool_call_id, name=m.name)
+
+
 def _to_input(req: pb.GenerateRequest) -> GenerateInput:
+    """The request as the service takes it; InvalidRequest for a tool whose parameters are not a JSON object."""
     return GenerateInput(
         prompt=req.prompt,
-        messages=tuple(ChatTurn(m.role, m.content) for m in req.messages),
+        messages=tuple(_turn(m) for m in req.messages),
         max_tokens=req.max_tokens if req.HasField("max_tokens") else None,
         temperature=req.temperature if req.HasField("temperature") else None,
         top_p=req.top_p if req.HasField("top_p") else None,
@@ -68,7 +98,35 @@ def _to_input(req: pb.GenerateRequest) -> GenerateInput:
         variables=dict(req.variables),
         collection=req.retrieval.collection,
         retrieval_top_k=req.retrieval.top_k,
+        tools=tuple(_tool(i, t) for i, t in enumerate(req.tools)),
+        tool_choice=_tool_choice(req),
+        parallel_tool_calls=req.parallel_tool_calls if req.HasField("parallel_tool_calls") else True,
+        tools_unconstrained=req.tools_unconstrained,
     )
+
+
+def _merged(deltas: list[ToolCallDelta]) -> list[pb.ToolCallDelta]:
+    """A batch's call fragments, those of one call in a row joined (id and name from its opening one)."""
+    out: list[pb.ToolCallDelta] = []
+    for d in deltas:
+        if out and out[-1].index == d.index:
+            out[-1].arguments += d.arguments
+            out[-1].id = out[-1].id or d.id
+            out[-1].name = out[-1].name or d.name
+        else:
+            out.append(pb.ToolCallDelta(index=d.index, id=d.id, name=d.name, arguments=d.arguments))
+    return out
+
+
+def _whole_calls(deltas: list[pb.ToolCallDelta]) -> list[dict[str, str]]:
+    """The complete calls of an answer from its fragments (for the response cache)."""
+    calls: dict[int, dict[str, str]] = {}
+    for d in deltas:
+        c = calls.setdefault(d.index, {"id": "", "name": "", "arguments": ""})
+        c["id"] = c["id"] or d.id
+        c["name"] = c["name"] or d.name
+        c["arguments"] += d.arguments
+    return [calls[i] for i in sorted(calls)]
 
 
 T = TypeVar("T")
@@ -132,8 +190,8 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         await refuse_malformed(request, context)
         rid = await _request_id(context, send=False)  # sent with the prompt size once queued
         channel = EventChannel(asyncio.get_running_loop(), self.service.settings.stream_interval_ms / 1000.0)
-        inp = _to_input(request)
         try:
+            inp = _to_input(request)
             hit, cache_key, queued = await self._off_loop(rid, self._admit, request, inp, rid, channel.put, arrived)
         except EdgefleetError as e:
             await refuse(context, e)
@@ -148,16 +206,19 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             yield cached
             return
         texts: list[str] = []
+        calls: list[pb.ToolCallDelta] = []
         finished = False
         try:
             await context.send_initial_metadata(((REQUEST_ID_KEY, rid), (PROMPT_TOKENS_KEY, prompt_tokens)))
             while True:
                 batch = await channel.next_batch()
                 text = "".join(e.text for e in batch if isinstance(e, TextDelta))
+                deltas = _merged([e for e in batch if isinstance(e, ToolCallDelta)])
                 event = batch[-1]
                 texts.append(text)
-                if isinstance(event, TextDelta):
-                    yield pb.GenerateChunk(text=text, request_id=rid)
+                calls.extend(deltas)
+                if isinstance(event, TextDelta | ToolCallDelta):
+                    yield pb.GenerateChunk(text=text, request_id=rid, tool_calls=deltas)
                 elif isinstance(event, Finished):
                     finished = True
                     u = event.usage
@@ -174,6 +235,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                     )
                     final = pb.GenerateChunk(
                         text=text + event.text_tail,
+                        tool_calls=deltas,
                         request_id=rid,
                         node_id=self.service.settings.node_id,
                         finish_reason=_FINISH[event.reason],
@@ -190,13 +252,15 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                     )
                     if cache_key and self.service.knowledge and event.reason != FinishReason.CANCELLED:
                         whole = "".join(texts) + event.text_tail
-                        await asyncio.to_thread(response_cache.remember, self.service, cache_key, whole, final, inp)
+                        await asyncio.to_thread(
+                            response_cache.remember, self.service, cache_key, whole, final, inp, _whole_calls(calls)
+                        )
                     yield final
                     return
                 elif isinstance(event, Failed):
                     finished = True
-                    if text:
-                        yield pb.GenerateChunk(text=text, request_id=rid)
+                    if text or deltas:
+                        yield pb.GenerateChunk(text=text, request_id=rid, tool_calls=deltas)
                     await refuse(context, event.error)
                     return
         finally:

@@ -24,6 +24,8 @@ import threading
 import paho.mqtt.client as mqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from edgefleet.node.agents.catalogue import effective_agents, effective_tools
+from edgefleet.node.agents.runner import AgentRunner
 from edgefleet.node.control.artifact_sync import ArtifactSync
 from edgefleet.node.control.crl_sync import CrlSync
 from edgefleet.node.control.desired_store import (
@@ -71,6 +73,7 @@ class ControlAgent:
         sensors: SensorPlane | None = None,
         faults: NodeFaults | None = None,
         desired_keys: KeyRing | None = None,
+        agents: AgentRunner | None = None,
     ) -> None:
         assert settings.mqtt_url
         self.settings = settings
@@ -122,6 +125,7 @@ class ControlAgent:
         )
         self.faults.bind(lambda topic, payload: self.link.publish(topic, payload, qos=1))
         self.sensors = sensors
+        self.agents = agents
 
         def sync(installer: AdapterInstaller | KnowledgeInstaller) -> ArtifactSync:
             s = ArtifactSync(
@@ -164,6 +168,8 @@ class ControlAgent:
             self.knowledge.start()
         if self.sensors is not None:
             self.sensors.start()
+        if self.agents is not None:
+            self.agents.start()
         self.link.start()
         self.faults.start()
         self._telemetry = threading.Thread(target=self._telemetry_loop, name="edgefleet-telemetry", daemon=True)
@@ -179,6 +185,8 @@ class ControlAgent:
             self.knowledge.stop()
         if self.sensors is not None:
             self.sensors.stop()
+        if self.agents is not None:
+            self.agents.stop()
         if failure:
             bye = NodeStatus(node_id=self.node_id, state="failed", reason=failure).dumps()
         else:
@@ -410,3 +418,9 @@ class ControlAgent:
             self.knowledge.set_wanted(effective_knowledge(docs, self.node_id, self.groups))
         if self.sensors is not None:
             self.sensors.set_rules(effective_rules(docs, self.node_id, self.groups))
+        if self.agents is not None:
+            tools, agents = (
+                effective_tools(docs, self.node_id, self.groups),
+                effective_agents(docs, self.node_id, self.groups),
+            )
+            self.agents.set_catalogue(tools, agents)

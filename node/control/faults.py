@@ -188,3 +188,8 @@ def parse_bounded(model: type[P], raw: bytes | bytearray) -> P:
         if depth > MAX_JSON_DEPTH:
             raise PayloadError(f"payload nests {depth} levels deep; at most {MAX_JSON_DEPTH} are accepted")
     return parse_payload(model, raw)
+
+
+# Fail points of the node's MQTT side (plumbing/failpoints.py; off unless EDGEFLEET_FAILPOINTS names them).
+AGENT_BEFORE_PUBLISH = "agent.before_publish"
+"""An agent's `act` call: its effect row (and any approval) recorded, the publish not yet made."""

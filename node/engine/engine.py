@@ -259,7 +259,8 @@ class Engine(EngineInbox):
         token = active.sampler.sample(self._ctx, idx)
         self.tokens_generated += 1
         eog = self.model.is_eog(token)
-        text = "" if eog else active.text.feed(self.model.piece(token))
+        params = seq.req.params
+        text = "" if eog else active.text.feed(self.model.piece(token, token in params.text_tokens))
         if text and not self._emit(seq.req, TextDelta(text)):
             self._cancel(seq.request_id, EngineFailure("the answer could not be delivered; the request was stopped"))
             return

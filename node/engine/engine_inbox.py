@@ -91,14 +91,7 @@ class EngineInbox:
                 f"prompt is {len(req.prompt_tokens)} tokens; the context holds {limit} tokens per slot "
                 f"and at least one must be left for the answer"
             )
-        sampler = Sampler(
-            self.model,
-            req.params.temperature,
-            req.params.top_k,
-            req.params.top_p,
-            req.params.seed,
-            req.params.grammar,
-        )
+        sampler = Sampler.for_params(self.model, req.params)
         with self._lock:
             capacity = self.scheduler.capacity()
             if self._outstanding >= capacity:

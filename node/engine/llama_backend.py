@@ -15,6 +15,7 @@ from typing import Any
 
 import llama_cpp
 
+from edgefleet.node.engine.types import SamplingParams
 from edgefleet.node.errors import EngineFailure, ModelError
 
 log = logging.getLogger("edgefleet.llama")
@@ -128,12 +129,23 @@ class LoadedModel:
             n = llama_cpp.llama_tokenize(self.vocab, data, len(data), arr, n_max, add_special, parse_special)
         return list(arr[:n])
 
-    def piece(self, token: int) -> bytes:
-        """The bytes of a generated token (memoized: this runs once per token per step)."""
+    def piece(self, token: int, special: bool = False) -> bytes:
+        """The bytes of a generated token (memoized: this runs once per token per step).
+
+        `special`: a special token as its text (tool-call markup such as Qwen's `<tool_call>`);
+        otherwise special tokens have no text.
+        """
+        if special:
+            return self.token_to_piece(token, special=True)
         p = self._pieces.get(token)
         if p is None:
             p = self._pieces[token] = self.token_to_piece(token)
         return p
+
+    def single_token(self, text: str) -> int | None:
+        """The token id of `text` when the vocabulary has it as one (special) token, else None."""
+        ids = self.tokenize(text, add_special=False, parse_special=True)
+        return ids[0] if len(ids) == 1 else None
 
     def token_to_piece(self, token: int, special: bool = False) -> bytes:
         buf = ctypes.create_string_buffer(64)
@@ -269,7 +281,11 @@ class DecodeContext:
 
 
 class Sampler:
-    """llama.cpp's sampler chain for one sequence: grammar, top-k, top-p, temperature, seed."""
+    """llama.cpp's sampler chain for one sequence: banned tokens, grammar, top-k, top-p, temperature, seed.
+
+    A lazy grammar (tool calls with tool_choice auto) lets text through until a trigger token is
+    sampled or the text matches a trigger pattern, and constrains every token from there on.
+    """
 
     def __init__(
         self,
@@ -279,11 +295,24 @@ class Sampler:
         top_p: float,
         seed: int,
         grammar: str | None = None,
+        *,
+        lazy: bool = False,
+        trigger_tokens: tuple[int, ...] = (),
+        trigger_patterns: tuple[str, ...] = (),
+        banned_tokens: tuple[int, ...] = (),
     ) -> None:
         chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
         self.ptr: Any = chain
+        if banned_tokens:
+            bias = (llama_cpp.llama_logit_bias * len(banned_tokens))()
+            for i, token in enumerate(banned_tokens):
+                bias[i].token = token
+                bias[i].bias = float("-inf")
+            llama_cpp.llama_sampler_chain_add(
+                chain, llama_cpp.llama_sampler_init_logit_bias(model.n_vocab, len(banned_tokens), bias)
+            )
         if grammar:
-            g = llama_cpp.llama_sampler_init_grammar(model.vocab, grammar.encode(), b"root")
+            g = self._grammar(model, grammar, lazy, trigger_tokens, trigger_patterns)
             if not g:
                 llama_cpp.llama_sampler_free(chain)
                 self.ptr = None
@@ -298,6 +327,33 @@ class Sampler:
                 llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_p(top_p, 1))
             llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_temp(temperature))
             llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+
+    @classmethod
+    def for_params(cls, model: LoadedModel, params: SamplingParams) -> Sampler:
+        return cls(
+            model,
+            params.temperature,
+            params.top_k,
+            params.top_p,
+            params.seed,
+            params.grammar,
+            lazy=params.grammar_lazy,
+            trigger_tokens=params.trigger_tokens,
+            trigger_patterns=params.trigger_patterns,
+            banned_tokens=params.banned_tokens,
+        )
+
+    @staticmethod
+    def _grammar(
+        model: LoadedModel, grammar: str, lazy: bool, tokens: tuple[int, ...], patterns: tuple[str, ...]
+    ) -> Any:
+        if not lazy:
+            return llama_cpp.llama_sampler_init_grammar(model.vocab, grammar.encode(), b"root")
+        words = (ctypes.c_char_p * max(len(patterns), 1))(*[p.encode() for p in patterns])
+        ids = (llama_cpp.llama_token * max(len(tokens), 1))(*tokens)
+        return llama_cpp.llama_sampler_init_grammar_lazy_patterns(
+            model.vocab, grammar.encode(), b"root", words, len(patterns), ids, len(tokens)
+        )
 
     def sample(self, ctx: DecodeContext, batch_index: int) -> int:
         """Sample from the logits at batch_index; the chain accepts the token itself."""

@@ -15,6 +15,7 @@ class FinishReason(StrEnum):
     STOP = "stop"
     LENGTH = "length"
     CANCELLED = "cancelled"
+    TOOL_CALLS = "tool_calls"  # the answer is one or more tool calls (set by the tool-call parser)
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,13 @@ class SamplingParams:
     seed: int = 0
     stop: tuple[str, ...] = ()
     grammar: str | None = None  # GBNF, built from a JSON schema by the caller
+    # Lazy grammar (tool calls with tool_choice auto): free text until a trigger token is sampled or
+    # the text matches a trigger pattern (the grammar applies from the pattern's first group on).
+    grammar_lazy: bool = False
+    trigger_tokens: tuple[int, ...] = ()
+    trigger_patterns: tuple[str, ...] = ()
+    banned_tokens: tuple[int, ...] = ()  # never sampled (logit bias -inf)
+    text_tokens: tuple[int, ...] = ()  # special tokens that come out as their text (tool-call markup)
 
 
 @dataclass(frozen=True)
@@ -45,6 +53,16 @@ class TextDelta:
 
 
 @dataclass(frozen=True)
+class ToolCallDelta:
+    """A fragment of tool call `index`: the first carries its id and name, the next more arguments text."""
+
+    index: int
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True)
 class Finished:
     reason: FinishReason
     usage: Usage
@@ -56,7 +74,7 @@ class Failed:
     error: EdgefleetError
 
 
-Event = TextDelta | Finished | Failed
+Event = TextDelta | ToolCallDelta | Finished | Failed
 EventSink = Callable[[Event], None]
 
 

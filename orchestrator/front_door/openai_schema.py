@@ -2,9 +2,11 @@
 
 Supported: model (`<model>` or `<model>:<adapter>`), messages / prompt, max_tokens or
 max_completion_tokens, temperature, top_p, seed, stop (a string or a list), n (1 only), stream,
-stream_options.include_usage, response_format (text, json_object, json_schema), user (ignored).
-Edgefleet extras (the `extra_body` of the official client): template + variables, collection +
-top_k, adapter. Any other field is refused with a 400 naming it: nothing is silently ignored.
+stream_options.include_usage, response_format (text, json_object, json_schema), user (ignored);
+on chat: tools, tool_choice, parallel_tool_calls, assistant `tool_calls` and `tool` messages
+(openai_tools.py). Edgefleet extras (the `extra_body` of the official client): template + variables,
+collection + top_k, adapter, tools_unconstrained (evaluation only). Any other field is refused with
+a 400 naming it: nothing is silently ignored.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from edgefleet.orchestrator.front_door import openai_tools as tools
 from edgefleet.proto.v1 import inference_pb2 as pb
 
 MAX_STOP = 4
@@ -35,9 +38,14 @@ _COMMON = {
     "top_k",
     "adapter",
 }
-CHAT_FIELDS = _COMMON | {"messages", "max_completion_tokens", "response_format"}
+CHAT_FIELDS = _COMMON | {"messages", "max_completion_tokens", "response_format"} | tools.TOOL_FIELDS
 COMPLETION_FIELDS = _COMMON | {"prompt", "response_format"}
 EMBEDDING_FIELDS = {"model", "input", "encoding_format", "user"}
+MESSAGE_KEYS = {  # by role ("": any other)
+    "": {"role", "content", "name"},
+    "assistant": {"role", "content", "name", "tool_calls"} | tools.EMPTY_ASSISTANT_KEYS,
+    "tool": {"role", "content", "name", "tool_call_id"},
+}
 JSON_OBJECT_SCHEMA = {"type": "object"}
 
 
@@ -195,24 +203,39 @@ def _response_format(body: dict[str, Any]) -> str:
         raise BodyError("response_format.json_schema.schema", f"the schema cannot be used: {e}") from None
 
 
-def _messages(body: dict[str, Any]) -> list[tuple[str, str]]:
+def _messages(body: dict[str, Any]) -> list[pb.ChatMessage]:
     v = body.get("messages")
     if v is None:
         return []
     if not isinstance(v, list):
         raise BodyError("messages", "'messages' must be a list")
     out = []
+    calls: dict[str, str] = {}  # the assistant messages' call ids → names, for the tool messages
     for i, m in enumerate(v):
         where = f"messages[{i}]"
         if not isinstance(m, dict):
             raise BodyError(where, f"{where} must be an object with role and content")
-        for key in m:
-            if key not in ("role", "content", "name"):
-                raise BodyError(f"{where}.{key}", f"{where}.{key} is not supported by edgefleet")
         role = m.get("role")
+        if role == "function":
+            raise BodyError(f"{where}.role", f"{where}.role 'function' is deprecated: send a 'tool' message")
         if not isinstance(role, str) or role not in ROLES:  # a list or object is unhashable
             raise BodyError(f"{where}.role", f"{where}.role must be one of {', '.join(sorted(ROLES))}")
-        out.append(("system" if role == "developer" else role, _content(m.get("content"), f"{where}.content")))
+        allowed = MESSAGE_KEYS.get(role, MESSAGE_KEYS[""])
+        for key in m:
+            if key not in allowed:
+                raise BodyError(f"{where}.{key}", f"{where}.{key} is not supported by edgefleet on a {role} message")
+        msg = pb.ChatMessage(role="system" if role == "developer" else role)
+        if role == "assistant":
+            msg.tool_calls.extend(tools.assistant_calls(m, where, calls))
+        if role == "tool":
+            msg.tool_call_id, msg.name = tools.tool_reply(m, where, calls)
+        elif m.get("name") is not None:
+            if not isinstance(m["name"], str):
+                raise BodyError(f"{where}.name", f"{where}.name must be a string")
+            msg.name = m["name"]
+        if not (msg.tool_calls and m.get("content") is None):  # an assistant's calls: content may be null
+            msg.content = _content(m.get("content"), f"{where}.content")
+        out.append(msg)
     return out
 
 
@@ -294,22 +317,31 @@ def _stream(body: dict[str, Any]) -> tuple[bool, bool]:
 
 def parse_chat(raw: Any) -> CompletionCall:
     body = _object(raw)
-    _unsupported(body, CHAT_FIELDS)
-    model, adapter = split_model(body)
-    req = pb.GenerateRequest(adapter=adapter)
-    messages = _messages(body)
-    _generate_common(body, req)
+    try:
+        tools.refuse_legacy(body)
+        _unsupported(body, CHAT_FIELDS)
+        model, adapter = split_model(body)
+        req = pb.GenerateRequest(adapter=adapter)
+        messages = _messages(body)
+        _generate_common(body, req)
+        tools.parse_tools(body, req)
+    except tools.ToolError as e:
+        raise BodyError(e.param, e.message) from None
     if req.template and messages:
         raise BodyError("messages", "give 'messages' or a 'template', not both")
     if not req.template and not messages:
         raise BodyError("messages", "'messages' must not be empty (or give a 'template')")
-    req.messages.extend(pb.ChatMessage(role=r, content=c) for r, c in messages)
+    req.messages.extend(messages)
     stream, usage = _stream(body)
-    return CompletionCall(True, model, adapter, req, stream, usage, messages)
+    return CompletionCall(True, model, adapter, req, stream, usage, [(m.role, m.content) for m in messages])
 
 
 def parse_completion(raw: Any) -> CompletionCall:
     body = _object(raw)
+    try:
+        tools.refuse_on_completions(body)
+    except tools.ToolError as e:
+        raise BodyError(e.param, e.message) from None
     _unsupported(body, COMPLETION_FIELDS)
     model, adapter = split_model(body)
     req = pb.GenerateRequest(adapter=adapter)

@@ -1,4 +1,9 @@
-"""Generate chunks as OpenAI response bodies: one whole completion, or server-sent events."""
+"""Generate chunks as OpenAI response bodies: one whole completion, or server-sent events.
+
+Tool calls (chat only) come as OpenAI sends them: `message.tool_calls` with `content` null when the
+answer is only calls; streamed, `delta.tool_calls` entries whose first for a call carries its
+index, id, type and name, and later ones the same index and more `function.arguments`.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +14,16 @@ from typing import Any
 from aiohttp import web
 
 from edgefleet.orchestrator.front_door.openai_schema import CompletionCall
+from edgefleet.orchestrator.front_door.openai_tools import DeltaMapper, gather
 from edgefleet.proto.v1 import inference_pb2 as pb
 
 # CANCELLED (the node shut down or the deadline passed mid-answer): the answer is cut, as by a limit.
-FINISH = {pb.FINISH_REASON_STOP: "stop", pb.FINISH_REASON_LENGTH: "length", pb.FINISH_REASON_CANCELLED: "length"}
+FINISH = {
+    pb.FINISH_REASON_STOP: "stop",
+    pb.FINISH_REASON_LENGTH: "length",
+    pb.FINISH_REASON_CANCELLED: "length",
+    pb.FINISH_REASON_TOOL_CALLS: "tool_calls",
+}
 
 
 def usage_of(final: pb.GenerateChunk) -> dict[str, Any]:
@@ -53,7 +64,11 @@ def completion_body(call: CompletionCall, rid: str, node: str, chunks: list[pb.G
     text = "".join(c.text for c in chunks)
     finish = FINISH.get(final.finish_reason, "stop")
     if call.chat:
-        choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text}}
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        calls = gather(chunks)
+        if calls:
+            message.update(content=text or None, tool_calls=calls)
+        choice: dict[str, Any] = {"index": 0, "message": message}
     else:
         choice = {"index": 0, "text": text}
     choice.update(finish_reason=finish, logprobs=None)
@@ -73,6 +88,7 @@ class ChunkWriter:
         self.final: pb.GenerateChunk | None = None
         self._head = _envelope(call, rid, True)
         self._started = False
+        self._calls = DeltaMapper()
 
     def envelope(self) -> dict[str, Any]:
         return dict(self._head)
@@ -83,9 +99,14 @@ class ChunkWriter:
     async def chunk(self, c: pb.GenerateChunk) -> None:
         finish = FINISH.get(c.finish_reason) if c.finish_reason else None
         if self.call.chat:
-            delta: dict[str, Any] = {"content": c.text}
-            if not self._started:
-                delta = {"role": "assistant", **delta}
+            delta: dict[str, Any] = {"role": "assistant"} if not self._started else {}
+            calls = self._calls.entries(c.tool_calls)
+            if c.text or not (calls or self._calls.opened):
+                delta["content"] = c.text
+            elif not self._started:  # an answer that opens with a call: content null, as OpenAI
+                delta["content"] = None
+            if calls:
+                delta["tool_calls"] = calls
             choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
         else:
             choice = {"index": 0, "text": c.text, "finish_reason": finish, "logprobs": None}

@@ -73,3 +73,25 @@ def test_a_profile_names_its_device_class_s_embedder(tmp_path: Path) -> None:
     bad.write_text(builtin_profiles()["x86-dev"].read_text() + '\n[knowledge]\nembedder = "bert-huge"\n')
     with pytest.raises(ProfileError, match=r"knowledge\.embedder"):
         load_profile_file(bad)
+
+
+def test_profiles_name_the_catalog_models_their_device_has_the_memory_for(tmp_path: Path) -> None:
+    """[model] models: the 0.5B tool-calling model on the Jetsons and the 8 GB Pi; unknown names, a list
+    without the preferred model and a model larger than the budget are refused naming the field."""
+    shipped = {name: load_profile_file(path).model for name, path in builtin_profiles().items()}
+    for name in ("jetson-orin-nano-8gb", "jetson-agx-orin-64gb", "rpi5-8gb"):
+        assert "qwen2.5-coder-0.5b-instruct" in shipped[name].models, name
+    for name, model in shipped.items():
+        assert model.preferred in model.models, name
+    unknown = write_profile(tmp_path / "unknown.toml", models=["smollm2-135m-instruct", "llama-70b"])
+    with pytest.raises(ProfileError, match=r"unknown\.toml.*model\.models.*llama-70b not in the catalog"):
+        load_profile_file(unknown)
+    unlisted = write_profile(tmp_path / "unlisted.toml", models=["gemma-3-270m"])
+    with pytest.raises(ProfileError, match=r"models: does not list the preferred model 'smollm2-135m-instruct'"):
+        load_profile_file(unlisted)
+    small = write_profile(tmp_path / "small.toml", budget_mb=600, overhead_mb=150)
+    too_big = r"model\.models: qwen2\.5-coder-0\.5b-instruct does not fit memory\.budget_mb"
+    with pytest.raises(ProfileError, match=too_big):
+        load_profile_file(small)
+    fits = write_profile(tmp_path / "fits.toml", budget_mb=600, overhead_mb=150, models=["smollm2-135m-instruct"])
+    assert load_profile_file(fits).model.models == ["smollm2-135m-instruct"]

@@ -78,7 +78,7 @@ def test_certificate_ous_give_the_principal() -> None:
 
 def test_every_certificate_kind_has_mqtt_grants_naming_real_topics() -> None:
     t = Topics.for_site("lab")
-    special = {"sensor_filters", "node_outputs", "root#", "artifacts_for"}
+    special = {"sensor_filters", "node_outputs", "actuator_topics", "root#", "artifacts_for"}
     for kind in CERT_KINDS:
         assert MQTT_GRANTS[kind], kind
         for g in MQTT_GRANTS[kind]:

@@ -121,9 +121,10 @@ def test_acl_follows_the_topic_contract(pki: SitePki) -> None:
     assert f"topic read {t.group_requests('g1')}" in block
     assert "topic read plant/#" in block and "topic write answers/#" in block
     assert not any("desired" in line and "write" in line for line in block)
-    assert all(line.split()[-1].startswith(("factory/lab/", "plant/", "answers/")) for line in block)
+    assert "topic write actions/#" in block  # the site's actuator topics (BrokerPolicy default), for act tools
+    assert all(line.split()[-1].startswith(("factory/lab/", "plant/", "answers/", "actions/")) for line in block)
     sensor = acl.split("user s1\n")[1].split("\n\n")[0].splitlines()
-    assert sensor == ["topic write plant/#"]
+    assert sensor == ["topic write plant/#", "topic read actions/#"]  # actuators are sensor identities
     assert "topic readwrite factory/lab/#" in acl.split("user orchestrator\n")[1]
     assert "pattern" not in acl
 
