@@ -6,7 +6,8 @@
 Starts Mosquitto and one node (x86-dev profile) serving `--model`, applies signed desired state
 with the site tools and agent rules below (as the orchestrator signs it), then, one scenario at a
 time, publishes the sensor values the agent will read (retained) and the message that starts a run,
-and waits for the run's final report on `agents/runs/<node>`. Every rule needs two or three model
+and waits for the run's final report on `agents/runs/<node>` (every report goes to
+bench/results/agent-eval-<UTC>.json). Every rule needs two or three model
 turns: read a second sensor, decide on its value, act (publish on an actuator topic, within the
 rule's limits so no operator is asked) or not, then answer.
 
@@ -184,7 +185,7 @@ def run_scenario(
     ok = ok and all(all(published[t].get(k) == v for k, v in want.items()) for t, want in s.expect.items())
     steps = [f"{x['kind']}:{x.get('tool', '')}:{x.get('verdict', '')}" for x in final.get("steps", [])]
     return {"scenario": s, "ok": ok, "seconds": seconds, "state": final["state"], "actions": published,
-            "steps": steps, "why": final.get("reason", "")}  # fmt: skip
+            "steps": steps, "why": final.get("reason", ""), "report": final}  # fmt: skip
 
 
 def _actions(actions: Watcher, machine: str, run_id: str) -> dict[str, dict[str, Any]]:
@@ -204,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for one run's final report")
     p.add_argument("--only", action="append", choices=sorted(RULES))
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="where the runs' reports go (JSON)")
     add_insecure_flag(p)
     args = p.parse_args(argv)
     scenarios = [s for s in SCENARIOS if not args.only or s.rule in args.only]
@@ -238,6 +240,10 @@ def main(argv: list[str] | None = None) -> int:
             secs = [r["seconds"] for r in results]
             ok = sum(r["ok"] for r in results)
             mean, median = statistics.mean(secs), statistics.median(secs)
+            args.out.mkdir(parents=True, exist_ok=True)
+            path = args.out / f"agent-eval-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
+            path.write_text(json.dumps(results, indent=1, default=lambda o: getattr(o, "__dict__", str(o))))
+            print(f"reports: {path}")
             print(f"\nsuccess {ok}/{len(results)} = {ok / max(1, len(results)):.2f}; time per run: "
                   f"mean {mean:.1f} s, median {median:.1f} s, max {max(secs):.1f} s")  # fmt: skip
         finally:

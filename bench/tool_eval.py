@@ -12,7 +12,10 @@ temperature 0, the set's system message, its tools, `tool_choice` required or au
 its tool's schema; `free`: `extra_body={"tools_unconstrained": true}` (evaluation only), the model's
 own text parsed as it comes. Each answer is scored by bench/tool_scoring.py (call, valid, right
 tool, right arguments, OpenAI shape); the table gives the rates and the mean wall time per task as
-the client saw it. Every answer goes to bench/results/tool-eval-<UTC>.json (rewritten after each row).
+the client saw it. gemma-3-270m is not in the default set: a base model without a chat template,
+its chat requests (the only ones that carry tools) are refused with a 400 ("has no chat template;
+send a raw prompt"); `--models gemma-3-270m` shows it. Every answer goes to
+bench/results/tool-eval-<UTC>.json (rewritten after each row).
 """
 
 from __future__ import annotations

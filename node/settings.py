@@ -210,8 +210,8 @@ class NodeSettings(SiteSettings):
         default=True,
         description="Run the site agents (agent rules and tools) pushed in desired state (EDGEFLEET_AGENTS)",
     )
-    actuator_topics: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["actions/#"],
+    actuator_topics: str = Field(
+        default="actions/#",
         description="MQTT filters an agent's publish tool may write to, comma separated; a call whose topic "
         "is under none of them is refused (EDGEFLEET_ACTUATOR_TOPICS)",
     )
@@ -250,7 +250,7 @@ class NodeSettings(SiteSettings):
     def _empty_lock_is_off(cls, v: object) -> object:
         return None if isinstance(v, str) and not v.strip() else v
 
-    @field_validator("groups", "adapters", "actuator_topics", mode="before")
+    @field_validator("groups", "adapters", mode="before")
     @classmethod
     def _split_groups(cls, v: object) -> object:
         if isinstance(v, str):
@@ -259,10 +259,14 @@ class NodeSettings(SiteSettings):
 
     @field_validator("actuator_topics")
     @classmethod
-    def _check_actuator_topics(cls, v: list[str]) -> list[str]:
-        for f in v:
-            check_topic_filter(f)
+    def _check_actuator_topics(cls, v: str) -> str:
+        for f in v.split(","):
+            check_topic_filter(f.strip())
         return v
+
+    def actuator_filters(self) -> list[str]:
+        """EDGEFLEET_ACTUATOR_TOPICS as a list of MQTT filters."""
+        return [f.strip() for f in self.actuator_topics.split(",") if f.strip()]
 
     @field_validator("groups")
     @classmethod

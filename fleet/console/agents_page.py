@@ -234,7 +234,7 @@ def decision_command(op: str, form: MultiMapping[Any], account: str = "") -> Com
         raise FormError("node", f"node {node[:80]!r} is not a node name")
     if not RUN_ID_RE.match(run_id):
         raise FormError("run_id", f"run_id {run_id[:80]!r} is not a run id (8-64 letters, digits, '_' or '-')")
-    if not step.isdigit():
+    if not (step.isascii() and step.isdigit() and len(step) <= 9):
         raise FormError("step", f"step {step[:20]!r} must be a whole number (the step that waits)")
     if len(reason) > MAX_REASON_CHARS:
         raise FormError("reason", f"reason is {len(reason)} characters; at most {MAX_REASON_CHARS}")
@@ -253,7 +253,7 @@ def _wants_json(request: web.Request) -> bool:
 
 async def decide(request: web.Request, op: str) -> web.StreamResponse:
     form = await request.post()
-    key = f"{form.get('node', '')}/{form.get('run_id', '')}/{form.get('step', '')}"
+    key = "/".join(str(form.get(k, ""))[:80] for k in ("node", "run_id", "step"))  # the queue row it came from
     typed = {"key": key, "op": op, "reason": str(form.get("reason", ""))[:4096]}
     session = s.session_of(request)
     try:

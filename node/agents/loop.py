@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from edgefleet.node.agents import conversation as conv
-from edgefleet.node.agents.bindings import BindingError, Bindings
+from edgefleet.node.agents.bindings import NEXT, BindingError, Bindings, frame
 from edgefleet.node.agents.ledger import AgentLedger, RunRow
 from edgefleet.node.agents.policy import Call, Decision, ToolPolicy, Verdict, parse_arguments
 from edgefleet.node.control.faults import AGENT_BEFORE_PUBLISH
@@ -116,7 +116,7 @@ class AgentLoop:
         inp = GenerateInput(
             messages=conv.to_turns(run.messages),
             tools=conv.tool_defs(rule, tools),
-            tool_choice=ToolChoice("required"),  # TEMP-EXPERIMENT
+            tool_choice=ToolChoice("auto"),
             max_tokens=rule.limits.max_tokens,
             temperature=rule.temperature,
             adapter=rule.adapter or "",
@@ -185,6 +185,7 @@ class AgentLoop:
         fields: dict[str, Any] = {"tool": name, "call_id": str(call["id"]), "arguments": arguments}
         if verdict.action == "needs_approval":
             expires = time.time() + rule.limits.approval_timeout_s
+            run.reason = f"waits for an operator to approve {name}: {verdict.why}"
             self.ledger.request_approval(run, index, name, arguments, verdict.why, expires)
             waiting = conv.step(index, "tool", verdict="waiting", detail=verdict.why, **fields)
             self.ledger.save(run, [waiting])
@@ -197,13 +198,13 @@ class AgentLoop:
             if outcome != "failed":
                 ran.append(name)
         else:
-            text, outcome = f"refused: {verdict.why}", _refusal(decision)
+            text, outcome = f"refused by the site's policy: {verdict.why}{NEXT}", _refusal(decision)
         tick()
         ms = round((time.monotonic() - started) * 1000, 1)
         done = conv.step(index, "tool", verdict=outcome, detail=verdict.why, result=text, ms=ms, **fields)
         run.pending = run.pending[1:]
         run.tool_calls += 1
-        run.state = "running"
+        run.state, run.reason = "running", ""
         run.messages.append(conv.tool_result(str(call["id"]), name, text))
         if verdict.stop or decision == "expired":
             self._end(run, "stopped", _stop_reason(verdict), [done], ran)
@@ -226,15 +227,16 @@ class AgentLoop:
                 run.id, index, spec.name, topic, self.bindings.effect_payload(rule, run.id, index, args)
             )
             if effect.state == "done":
-                return f"published on {topic} (idempotency key {effect.key})", ok
+                return _published(spec.name, topic, effect.key), ok
             failpoints.hit(AGENT_BEFORE_PUBLISH)
             if self.bindings.publish(effect):
-                return f"published on {topic} (idempotency key {effect.key})", ok
-            return f"queued for {topic}: the broker has not acknowledged it yet (idempotency key {effect.key})", ok
+                return _published(spec.name, topic, effect.key), ok
+            waiting = f"queued for {topic}; the broker has not acknowledged it yet (idempotency key {effect.key})"
+            return frame(spec.name, waiting), ok
         except BindingError as e:
-            return f"failed: {e}", "failed"
+            return f"failed: {e}{NEXT}", "failed"
         except (EdgefleetError, OSError) as e:
-            return f"failed: {type(e).__name__}: {e}", "failed"
+            return f"failed: {type(e).__name__}: {e}{NEXT}", "failed"
 
     # -- ends and reports ---------------------------------------------------------------------------
     def _end(
@@ -257,6 +259,10 @@ class AgentLoop:
             self.report(conv.report(self.node_id, run, self.ledger.steps(run.id), pending), rule)
         except Exception:  # a report that cannot go out must not end the run: the ledger has it
             log.exception("agent run report not sent", extra={"run": run.id})
+
+
+def _published(tool: str, topic: str, key: str) -> str:
+    return frame(tool, f"published on {topic} (idempotency key {key})")
 
 
 def _refusal(decision: Decision | None) -> str:

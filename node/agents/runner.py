@@ -51,6 +51,7 @@ from edgefleet.proto.topics import Topics
 log = logging.getLogger("edgefleet.node.agents")
 
 EffectiveAgent = tuple[AgentRule, str | None]  # the rule and the group that shares its triggers (None: own)
+RESUME_WAIT_S = 30.0  # at start, runs wait this long for the broker before they go on without it
 HOUSEKEEPING_S = 1.0  # how often approvals are checked for expiry and unacknowledged effects sent again
 
 
@@ -87,9 +88,9 @@ class AgentRunner:
             self.ledger,
             self.readings,
             service.knowledge,
-            lambda topic, payload: self.link.publish_wait(topic, payload, timeout=10.0),
+            self._publish_wait,
             self.node_id,
-            settings.actuator_topics,
+            settings.actuator_filters(),
         )
         self.loop = AgentLoop(service, self.ledger, self.bindings, self.node_id, self._publish_report)
         self.pool = RunPool(self._advance, settings.agents_max_runs)
@@ -104,12 +105,25 @@ class AgentRunner:
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def start(self) -> None:
+        """Runs left by the last process go on once the broker is there (or RESUME_WAIT_S passed), after
+        the effects they wrote and never saw acknowledged went out once more."""
         self.pool.start()
         self.link.start()
         self._housekeeping.start()
+
+    def _resume(self) -> None:
+        deadline = time.monotonic() + RESUME_WAIT_S
+        while not self._stop.is_set() and not self.link.wait_connected(0.5) and time.monotonic() < deadline:
+            pass
+        self._resend_effects()
         for run in self.ledger.runs(["running", "waiting"]):
             log.info("agent run resumed", extra={"run": run.id, "rule": run.rule, "state": run.state})
             self.pool.put(run.id)
+
+    def _publish_wait(self, topic: str, payload: bytes) -> bool:
+        """QoS 1 and the PUBACK; nothing at all while the broker is away (the effect stays pending, and
+        goes out when it is back): a message paho queued offline would go out twice."""
+        return self.link.connected.is_set() and self.link.publish_wait(topic, payload, timeout=10.0)
 
     def stop(self) -> None:
         self._stop.set()
@@ -233,6 +247,10 @@ class AgentRunner:
             self.link.publish(rule.output_topic, payload, qos=1)
 
     def _housekeeping_loop(self) -> None:
+        try:
+            self._resume()
+        except Exception:
+            log.exception("resuming agent runs failed")
         while not self._stop.wait(HOUSEKEEPING_S):
             try:
                 self._expire()

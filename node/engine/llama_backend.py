@@ -304,10 +304,9 @@ class Sampler:
         chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
         self.ptr: Any = chain
         if banned_tokens:
-            bias = (llama_cpp.llama_logit_bias * len(banned_tokens))()
-            for i, token in enumerate(banned_tokens):
-                bias[i].token = token
-                bias[i].bias = float("-inf")
+            bias = (llama_cpp.llama_logit_bias * len(banned_tokens))(
+                *(llama_cpp.llama_logit_bias(token, float("-inf")) for token in banned_tokens)
+            )
             llama_cpp.llama_sampler_chain_add(
                 chain, llama_cpp.llama_sampler_init_logit_bias(model.n_vocab, len(banned_tokens), bias)
             )

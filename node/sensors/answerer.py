@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from edgefleet.node.engine.types import Failed, Finished, TextDelta
+from edgefleet.node.engine.types import Event, Failed, Finished, TextDelta
 from edgefleet.node.errors import TRANSIENT, EdgefleetError, StorageFull, code_of
 from edgefleet.node.sensors.ledger import InboxRow, SensorLedger
 from edgefleet.node.sensors.messages import MessageError, extract_variables, output_topic
@@ -164,10 +164,10 @@ class Answerer:
         )
         answer = Answer(row, rule, f"sensor-{secrets.token_hex(6)}")
 
-        def sink(event: TextDelta | Finished | Failed) -> None:  # engine thread: hand over only
+        def sink(event: Event) -> None:  # engine thread: hand over only (no tools: no ToolCallDelta)
             if isinstance(event, TextDelta):
                 answer.text.append(event.text)
-            else:
+            elif isinstance(event, Finished | Failed):
                 self.inbox.put(EngineDone(answer, event))
 
         try:

@@ -21,7 +21,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 
 from edgefleet.node.control.faults import NodeFaults, parse_bounded
-from edgefleet.node.engine.types import Failed, Finished, TextDelta
+from edgefleet.node.engine.types import Event, Failed, Finished, TextDelta
 from edgefleet.node.errors import EdgefleetError, code_of
 from edgefleet.node.sensors.answerer import Answerer
 from edgefleet.node.sensors.intake import SensorIntake
@@ -163,7 +163,7 @@ class SensorPlane:
             return
         text: list[str] = []
 
-        def sink(event: TextDelta | Finished | Failed) -> None:
+        def sink(event: Event) -> None:  # no tools here: no ToolCallDelta comes
             if isinstance(event, TextDelta):
                 text.append(event.text)
             elif isinstance(event, Finished):
@@ -178,7 +178,7 @@ class SensorPlane:
                         total_ms=round((time.monotonic() - started) * 1000, 2),
                     )
                 )
-            else:
+            elif isinstance(event, Failed):
                 answer(
                     InferenceResponse(
                         node_id=self.node_id, ok=False, error_code=code_of(event.error), error=str(event.error)

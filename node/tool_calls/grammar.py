@@ -13,8 +13,8 @@ grammar only (the tool's schema that validates the call is the caller's, unchang
 
 from __future__ import annotations
 
-import copy
 import json
+import re
 from functools import lru_cache
 from typing import Any
 
@@ -27,37 +27,57 @@ STRING_MAX_CHARS = 200
 MAX_ITEMS = 16
 MAX_PARALLEL_CALLS = 8
 
-# Between JSON tokens: nothing, a space, or a newline and up to 20 spaces or tabs (pretty-printed
-# JSON, as models write it in a code block), never an unbounded run.
-SPACE = r'| " " | "\n" [ \t]{0,20}'
-SPACE_REGEX = r"( |\n[ \t]{0,20})?"  # the same, as a regex (plan.py's triggers)
+# Between JSON tokens: never an unbounded run. A bare call (no markup) may be pretty-printed, as
+# models write JSON in a code block: a newline and up to 20 spaces or tabs.
+COMPACT_SPACE = '" "?'  # inside `<tool_call>`: at most one space (newlines there made SmolLM2 call again and again)
+WIDE_SPACE = r'| " " | "\n" [ \t]{0,20}'
+SPACE_REGEX = r"( |\n[ \t]{0,20})?"  # WIDE_SPACE as a regex (plan.py's bare trigger)
+COMPACT_REGEX = "( )?"  # COMPACT_SPACE as a regex
 STRICT_CHAR = r'[^"\\\x7F\x00-\x1F] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F]{4})'
 _FREE_STRING_KEYS = ("maxLength", "enum", "const", "pattern", "format")
 
 
 def bounded(schema: Any) -> Any:
-    """A copy of `schema` where every string has a maxLength and every array a maxItems."""
-    out = copy.deepcopy(schema)
-    pending: list[Any] = [out]
-    while pending:
-        node = pending.pop()
-        if isinstance(node, list):
-            pending.extend(node)
-            continue
-        if not isinstance(node, dict):
-            continue
-        types = node.get("type")
-        kinds = set(types) if isinstance(types, list) else {types}
-        if "string" in kinds and not any(k in node for k in _FREE_STRING_KEYS):
-            node["maxLength"] = max(STRING_MAX_CHARS, int(node.get("minLength", 0) or 0))
-        if "array" in kinds and "items" in node and "maxItems" not in node:
+    """A copy of `schema` for the grammar: every string with a maxLength, every array a maxItems.
+
+    Also what llama.cpp's converter reads wrongly: a list of types becomes an anyOf of one schema
+    per type (the converter drops every other keyword of a type list, maxLength with it), and an
+    empty `items` (any value) becomes a bounded scalar or any object (it fails on `items: {}`).
+    Each only narrows what the grammar lets through, so what it lets through still validates.
+    """
+    if isinstance(schema, list):
+        return [bounded(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    node = dict(schema)
+    types = node.get("type")
+    if isinstance(types, list):
+        rest = {k: v for k, v in node.items() if k != "type"}
+        return {"anyOf": [bounded({**rest, "type": t}) for t in types]}
+    if types == "string" and not any(k in node for k in _FREE_STRING_KEYS):
+        node["maxLength"] = max(STRING_MAX_CHARS, int(node.get("minLength", 0) or 0))
+    if types == "array" and "items" in node:
+        if node["items"] in ({}, True):
+            node["items"] = _ANY_ITEM
+        if "maxItems" not in node:
             node["maxItems"] = max(MAX_ITEMS, int(node.get("minItems", 0) or 0))
-        for key, value in node.items():
-            if key in ("properties", "$defs", "definitions", "patternProperties") and isinstance(value, dict):
-                pending.extend(value.values())  # names of properties are not schemas; their values are
-            elif key not in ("enum", "const", "default", "examples", "required") and isinstance(value, dict | list):
-                pending.append(value)
-    return out
+    for key, value in node.items():
+        if key in ("properties", "$defs", "definitions", "patternProperties") and isinstance(value, dict):
+            node[key] = {k: bounded(v) for k, v in value.items()}  # property names are not schemas
+        elif key not in ("enum", "const", "default", "examples", "required") and isinstance(value, dict | list):
+            node[key] = bounded(value)
+    return node
+
+
+_ANY_ITEM = {
+    "anyOf": [
+        {"type": "string", "maxLength": STRING_MAX_CHARS},
+        {"type": "number"},
+        {"type": "boolean"},
+        {"type": "null"},
+        {"type": "object"},
+    ]
+}
 
 
 def object_schema(parameters: dict[str, Any]) -> dict[str, Any]:
@@ -87,8 +107,22 @@ def call_grammar(tools: tuple[ToolDef, ...], only: str = "", max_calls: int = 1,
 @lru_cache(maxsize=64)
 def _compile(key: str, max_calls: int, bare: bool) -> str:
     entries: list[list[Any]] = json.loads(key)
+    rules = _call_object(entries, COMPACT_SPACE)
+    one = f"{literal(CALL_OPEN + chr(10))} call-object {literal(chr(10) + CALL_CLOSE)}"
+    rules["tool-call"] = one
+    more = f' ( "\\n" tool-call ){{0,{max_calls - 1}}}' if max_calls > 1 else ""
+    rules["root"] = f"tool-call{more}"
+    if bare:  # pretty-printed JSON, as a model writes it in a code block: wider whitespace
+        wide = _call_object(entries, WIDE_SPACE)
+        rules.update({f"w-{name}": _renamed(body, set(wide)) for name, body in wide.items()})
+        rules["root"] += " | w-call-object"
+    return "\n".join(f"{name} ::= {body}" for name, body in sorted(rules.items()))
+
+
+def _call_object(entries: list[list[Any]], space: str) -> dict[str, str]:
+    """The rules of one call object (`call-object`), one branch per tool, `space` between JSON tokens."""
     converter = _LocalRefs(prop_order={"name": 0, "arguments": 1}, allow_fetch=False, dotall=False, raw_pattern=False)
-    branches = []
+    branches: list[str] = []
     for i, name, parameters in entries:
         field = f"tools[{i}].function.parameters"
         try:
@@ -106,12 +140,17 @@ def _compile(key: str, max_calls: int, bare: bool) -> str:
             raise InvalidRequest(f"{field}: too deeply nested to turn into a grammar") from e
         except Exception as e:  # the converter raises plain exceptions for what it cannot express
             raise InvalidRequest(f"{field}: cannot be turned into a grammar: {brief(str(e), 200)}") from e
-    if "char" in converter._rules:  # JSON strings: no raw control characters (the stock rule lets them in)
-        converter._rules["char"] = STRICT_CHAR
-    converter._rules["space"] = SPACE
-    converter._add_rule("call-object", " | ".join(branches))
-    one = f"{literal(CALL_OPEN + chr(10))} call-object {literal(chr(10) + CALL_CLOSE)}"
-    converter._add_rule("tool-call", one)
-    more = f' ( "\\n" tool-call ){{0,{max_calls - 1}}}' if max_calls > 1 else ""
-    converter._add_rule("root", f"tool-call{more}" + (" | call-object" if bare else ""))
-    return str(converter.format_grammar())
+    rules: dict[str, str] = dict(converter._rules)
+    if "char" in rules:  # JSON strings: no raw control characters (the stock rule lets them in)
+        rules["char"] = STRICT_CHAR
+    rules["space"] = space
+    rules["call-object"] = " | ".join(branches)
+    return rules
+
+
+_GBNF_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|\[(?:[^\]\\]|\\.)*\]|\{[0-9,]*\}|[A-Za-z0-9-]+|\s+|.')
+
+
+def _renamed(body: str, names: set[str]) -> str:
+    """A rule body with its references to `names` prefixed `w-` (literals and classes left alone)."""
+    return "".join(f"w-{t}" if t in names else t for t in _GBNF_TOKEN.findall(body))

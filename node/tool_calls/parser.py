@@ -10,6 +10,10 @@ are the call's JSON text. Whitespace between text and a call, or between calls, 
 written without the markup (Qwen2.5-Coder does that); it is held back to the end, and is one call
 if it parses and validates as one, else it goes on as text.
 
+A call that repeats an earlier one of the same answer exactly (name and arguments) is left out:
+small models loop on a call (SmolLM2 writes the same call until max_tokens), and the same call
+twice asks for nothing more. It is listed in `rejected`.
+
 A call that is not valid JSON, names no tool, or whose arguments do not validate is not a call:
 unconstrained (tools_unconstrained) it is returned as the text the model wrote; enforced, where
 the grammar makes that impossible except for schema keywords a grammar cannot express (minimum,
@@ -145,7 +149,11 @@ class ToolCallParser:
     def _emit(self, name: str, args: dict[str, Any]) -> list[Out]:
         out: list[Out] = []
         index = len(self.calls)
-        call = ToolCall(call_id(self._request_id, index), name, json.dumps(args, ensure_ascii=False))
+        arguments = json.dumps(args, ensure_ascii=False)
+        if any(c.name == name and c.arguments == arguments for c in self.calls):
+            self.rejected.append(f"repeats an earlier call of {name} with the same arguments")
+            return out
+        call = ToolCall(call_id(self._request_id, index), name, arguments)
         self.calls.append(call)
         out.append(ToolCallDelta(index, call.id, name, ""))
         out.append(ToolCallDelta(index, "", "", call.arguments))

@@ -2,14 +2,15 @@
 
 - `required`: the grammar from the first token: one call, or up to MAX_PARALLEL_CALLS (parallel).
 - `function`: the same with only the named tool, one call.
-- `auto`: a lazy grammar: the model writes text or starts a call, and from `<tool_call>` on the call
-  is enforced. Triggers (as llama.cpp's server does for Qwen): the `<tool_call>` token where the
-  vocabulary has one (Qwen), and the text `<tool_call>` (any model): llama.cpp applies the grammar from the pattern's group on and replays
-  the token that completed it, so the pattern only fires when what that token carries after the
-  markup is something the grammar accepts (a newline, `{`, the start of `"name"`).
-  Qwen2.5-Coder often writes its call as bare JSON or in a ```json block instead: a second pattern
-  fires when the whole answer so far is such an object up to a tool's name, and the grammar then
-  takes one call object.
+- `auto`: a lazy grammar: the model writes text or starts a call, and from the call's start on the
+  call is enforced. Triggers (as llama.cpp's server does for Qwen): the `<tool_call>` token where
+  the vocabulary has one (Qwen), and the text `<tool_call>` (any model). llama.cpp applies the
+  grammar from the pattern's group on and replays the token that completed it (a replay the
+  grammar refuses aborts the process), so a pattern only fires when what that token carries after
+  the markup is something the grammar accepts (a newline, `{`, the start of `"name"`).
+  Qwen2.5-Coder often writes its call as bare JSON, or in a ```json block, instead: a second
+  pattern fires when the whole answer so far is such an object up to a tool's name, and the
+  grammar then takes one (pretty-printed) call object.
 - `none`: no grammar and no parsing; the call token is banned (Qwen) and the generic format does not
   describe the markup.
 - `tools_unconstrained` (evaluation): described and parsed, never enforced.
@@ -21,14 +22,14 @@ import re
 from dataclasses import dataclass
 from typing import Protocol
 
-from edgefleet.node.tool_calls.grammar import MAX_PARALLEL_CALLS, SPACE_REGEX, call_grammar
+from edgefleet.node.tool_calls.grammar import COMPACT_REGEX, MAX_PARALLEL_CALLS, SPACE_REGEX, call_grammar
 from edgefleet.node.tool_calls.parser import ToolCallParser
 from edgefleet.node.tool_calls.types import CALL_CLOSE, CALL_OPEN, ToolChoice, ToolDef
 
 # The text trigger: `<tool_call>` then at most a prefix of what the grammar takes next (`\n{ "name"`,
 # the space optional), to the end of the text: the token that completes the trigger is replayed
 # into the grammar, and a replay the grammar refuses would abort llama.cpp.
-_NEXT = (r"\n", r"\{", SPACE_REGEX, '"', "n", "a", "m", "e", '"')
+_NEXT = (r"\n", r"\{", COMPACT_REGEX, '"', "n", "a", "m", "e", '"')
 _AFTER_NAME = (",", SPACE_REGEX, '"', *"arguments", '"', SPACE_REGEX, ":", SPACE_REGEX, r"\{")
 
 
@@ -74,7 +75,7 @@ class ToolPlan:
         return self.choice.mode != "none"
 
     def parser(self, request_id: str) -> ToolCallParser:
-        bare = self.choice.mode == "auto"
+        bare = self.choice.mode == "auto" or not self.enforced  # unconstrained, any model may write one
         return ToolCallParser(self.tools, request_id, enforced=self.enforced, max_calls=self.max_calls, bare=bare)
 
 

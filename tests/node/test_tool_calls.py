@@ -92,7 +92,7 @@ def test_required_gives_calls_that_validate(stub: pb_grpc.InferenceStub) -> None
 
 def test_a_named_function_is_the_one_called(stub: pb_grpc.InferenceStub) -> None:
     rid = "req-named-1"
-    text, calls, final = run(stub, rid, tool_choice=pb.ToolChoice(mode="function", function="open_ticket"))
+    _text, calls, final = run(stub, rid, tool_choice=pb.ToolChoice(mode="function", function="open_ticket"))
     assert final.finish_reason == pb.FINISH_REASON_TOOL_CALLS
     assert [c["name"] for c in calls] == ["open_ticket"]
     args = assert_valid(calls[0], rid, 0)
@@ -102,7 +102,9 @@ def test_a_named_function_is_the_one_called(stub: pb_grpc.InferenceStub) -> None
 def test_parallel_false_gives_at_most_one_call(stub: pb_grpc.InferenceStub) -> None:
     rid = "req-single-1"
     two = [pb.ChatMessage(role="user", content="Weather in Paris and in Rome? Also open a ticket for the pump.")]
-    _, calls, final = run(stub, rid, messages=two, tool_choice=pb.ToolChoice(mode="required"), parallel_tool_calls=False)
+    _, calls, final = run(
+        stub, rid, messages=two, tool_choice=pb.ToolChoice(mode="required"), parallel_tool_calls=False
+    )
     assert final.finish_reason == pb.FINISH_REASON_TOOL_CALLS
     assert len(calls) == 1
     assert_valid(calls[0], rid, 0)

@@ -68,7 +68,7 @@
         node: EF.el("td"), rule: EF.el("td"), tool: EF.el("td"), args: EF.el("td", { class: "args wrap" }),
         why: EF.el("td", { class: "wrap" }), expires: EF.el("td", { class: "expires" }), decision: EF.el("p", { class: "decided-by" }),
       };
-      const tr = EF.el("tr", { "data-key": key, "data-run": a.run_id },
+      const tr = EF.el("tr", { "data-key": key, "data-run": a.run_id, "data-step": String(a.step) },
         cells.node, cells.rule, cells.tool, cells.args, cells.why, cells.expires,
         EF.el("td", {}, cells.decision, form, outcome));
       if (!canWrite) form.title = "viewers cannot approve or deny; the console will refuse";

@@ -105,6 +105,19 @@ def rule(name: str, level: str, goal: str, tools: list[str], **limits: Any) -> A
     )
 
 
+def urgent(name: str, level: str) -> AgentRule:
+    """A rule whose call (priority 5) is outside its act limits (priority 1-3): it waits for an operator."""
+    return rule(
+        name,
+        level,
+        'Machine {{ machine }} raised an alarm. Call open_ticket with machine "{{ machine }}" and priority 5. '
+        "Then answer in one sentence.",
+        ["open_ticket"],
+        max_steps=2,
+        act=TICKETS_WITHIN,
+    )
+
+
 RULES = {
     r.name: r
     for r in (
@@ -114,18 +127,10 @@ RULES = {
             'Machine {{ machine }} vibrates too much. First call read_temperature with machine "{{ machine }}". '
             'Then call open_ticket with machine "{{ machine }}" and priority 2. Then answer in one sentence.',
             ["read_temperature", "open_ticket"],
-            max_steps=4,
+            max_steps=2,
             act=TICKETS_WITHIN,
         ),
-        rule(
-            "urgent",
-            "alarm",
-            'Machine {{ machine }} raised an alarm. Call open_ticket with machine "{{ machine }}" and priority 5. '
-            "Then answer in one sentence.",
-            ["open_ticket"],
-            max_steps=3,
-            act=TICKETS_WITHIN,
-        ),
+        urgent("urgent", "alarm"),
         rule(
             "manual",
             "noise",
@@ -235,6 +240,33 @@ def approve(w: Watcher, node_id: str, run_id: str, step: int) -> None:
     w.publish(TOPICS.agent_decisions(node_id, run_id), signed.dumps(), retain=True)
 
 
+def deny(w: Watcher, node_id: str, run_id: str, step: int) -> None:
+    decision = ApprovalDecision(
+        site="lab", node_id=node_id, run_id=run_id, step=step, approve=False, operator="harness", reason="no"
+    )
+    signed = sign_decision(decision, SiteKey.load(site_identity.site().site_key).private)
+    w.publish(TOPICS.agent_decisions(node_id, run_id), signed.dumps(), retain=True)
+
+
+def after_approval(w: Watcher, node_id: str, rule_name: str, step: int) -> dict[str, Any]:
+    """The run's report once its approved call ran: ended, or waiting for the next call it made."""
+
+    def found() -> dict[str, Any] | None:
+        for r in reports(w, node_id, rule_name).values():
+            if any(s["index"] == step and s["verdict"] == "approved" for s in r["steps"]) and (
+                r["state"] in ENDED or (r["state"] == "waiting" and r["pending"]["step"] != step)
+            ):
+                return r
+        return None
+
+    assert wait_for(lambda: found() is not None, timeout=RUN_S), reports(w, node_id, rule_name)
+    got = found()
+    assert got is not None
+    approved = [s for s in got["steps"] if s["index"] == step]
+    assert "approved by harness" in approved[0]["detail"] and "published on" in approved[0]["result"], got
+    return got
+
+
 def sensor(w: Watcher, topic: str, payload: dict[str, Any], retain: bool = False) -> None:
     w.publish(topic, json.dumps(payload).encode(), retain=retain)
 
@@ -252,16 +284,14 @@ def test_a_sensor_message_reads_a_second_sensor_and_opens_a_ticket_within_limits
     run = one_run(watcher, "agents1", "ticket", ENDED)
     reads = tool_steps(run, "read_temperature")
     assert reads and reads[0]["verdict"] == "ran" and "91.5" in reads[0]["result"], json.dumps(run)
-    tickets = tool_steps(run, "open_ticket")
-    assert [s["verdict"] for s in tickets] == ["ran"], run["steps"]
-    assert "within limits.act.open_ticket" in tickets[0]["detail"]
+    tickets = [s for s in tool_steps(run, "open_ticket") if s["verdict"] == "ran"]
+    assert tickets and all("within limits.act.open_ticket" in s["detail"] for s in tickets), run["steps"]
     published = actions.on("actions/tickets/m1")
-    assert len(published) == 1, published
+    # each call that ran is one message, with its own key: none lost, none twice
+    assert sorted(m["idempotency_key"] for m in published) == sorted(f"{run['run_id']}:{s['index']}" for s in tickets)
     msg = published[0]
     assert msg["arguments"] == {"machine": "m1", "priority": 2}
     assert (msg["rule"], msg["run_id"], msg["node_id"]) == ("ticket", run["run_id"], "agents1")
-    assert msg["idempotency_key"] == f"{run['run_id']}:{tickets[0]['index']}"
-    assert run["state"] == "done" and run["answer"], run
 
 
 def test_an_act_call_outside_its_limits_waits_and_runs_once_when_approved(
@@ -275,13 +305,17 @@ def test_an_act_call_outside_its_limits_waits_and_runs_once_when_approved(
     assert actions.on("actions/tickets/m2") == []  # nothing happens before an operator says so
 
     approve(watcher, "agents1", waiting["run_id"], pending["step"])
-    run = one_run(watcher, "agents1", "urgent", ENDED)
-    approved = [s for s in tool_steps(run, "open_ticket") if s["index"] == pending["step"]]
-    assert [s["verdict"] for s in approved] == ["approved"] and "harness" in approved[0]["detail"], run["steps"]
+    run = after_approval(watcher, "agents1", "urgent", pending["step"])
     published = actions.on("actions/tickets/m2")
     assert len(published) == 1, published
     assert published[0]["idempotency_key"] == f"{waiting['run_id']}:{pending['step']}"
-    watcher.publish(TOPICS.agent_decisions("agents1", waiting["run_id"]), b"", retain=True)
+    assert published[0]["arguments"] == {"machine": "m2", "priority": 5}
+    if run["state"] == "waiting":  # the model asked for a second ticket: the operator says no
+        deny(watcher, "agents1", run["run_id"], run["pending"]["step"])
+        run = one_run(watcher, "agents1", "urgent", ENDED)
+        denied = [s for s in tool_steps(run, "open_ticket") if s["verdict"] == "denied"]
+        assert denied and "denied by harness" in denied[0]["detail"], run["steps"]
+    assert len(actions.on("actions/tickets/m2")) == 1  # the denied call published nothing
 
 
 def test_a_document_that_says_stop_the_machine_does_not_give_the_model_that_tool(
@@ -321,9 +355,9 @@ def test_an_approved_action_is_published_exactly_once_across_a_kill_before_its_p
     node = start(tmp_path, broker, node_id, model_path, **env)
     again: NodeProcess | None = None
     try:
-        apply(watcher, desired(node_id, {"urgent": RULES["urgent"]}))
-        sensor(watcher, "sensors/m3/alarm", {"id": "a-3"})
-        waiting = one_run(watcher, node_id, "urgent", ("waiting",))
+        apply(watcher, desired(node_id, {"siren": urgent("siren", "siren")}))
+        sensor(watcher, "sensors/m3/siren", {"id": "s-3"})
+        waiting = one_run(watcher, node_id, "siren", ("waiting",))
         step = waiting["pending"]["step"]
         approve(watcher, node_id, waiting["run_id"], step)
         assert wait_for(lambda: announced(node, "agent.before_publish") == 1, timeout=60), node.log()[-3000:]
@@ -332,12 +366,12 @@ def test_an_approved_action_is_published_exactly_once_across_a_kill_before_its_p
 
         again = NodeProcess(tmp_path, node_id=node_id, env=node_env(broker, EDGEFLEET_MODEL=model_path), port=node.port)
         again.wait_serving(timeout=120)
-        run = one_run(watcher, node_id, "urgent", ENDED)
+        after_approval(watcher, node_id, "siren", step)
         published = actions.on("actions/tickets/m3")
         assert len(published) == 1, published
         assert published[0]["idempotency_key"] == f"{waiting['run_id']}:{step}"
         assert published[0]["arguments"] == {"machine": "m3", "priority": 5}
-        assert [s["verdict"] for s in tool_steps(run, "open_ticket") if s["index"] == step] == ["approved"]
+        assert "resumed" in again.log() and "agent run resumed" in again.log()
     finally:
         node.stop()
         if again is not None:

@@ -8,12 +8,13 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 from edgefleet.proto.v1 import inference_pb2 as pb
 from edgefleet.proto.v1 import inference_pb2_grpc as pb_grpc
 from tests.conftest import NodeProcess
-from tests.node.test_tool_calls import SCHEMAS, TOOLS, assert_valid, run
+from tests.node.test_tool_calls import SCHEMAS, TOOLS, ask, assert_valid, calls_of, run
 
 QWEN = "qwen2.5-coder-0.5b-instruct"
 
@@ -57,7 +58,7 @@ def test_required_with_two_questions_gives_parallel_calls(qwen: pb_grpc.Inferenc
 
 
 def test_none_answers_in_text_and_the_call_token_is_never_sampled(qwen: pb_grpc.InferenceStub) -> None:
-    text, calls, final = run(qwen, "qwen-none-1", tool_choice=pb.ToolChoice(mode="none"), max_tokens=40)
+    text, calls, _final = run(qwen, "qwen-none-1", tool_choice=pb.ToolChoice(mode="none"), max_tokens=40)
     assert calls == [] and text.strip()
 
 
@@ -67,8 +68,39 @@ def test_a_tool_result_in_the_native_format_gets_an_answer_from_it(qwen: pb_grpc
         pb.ChatMessage(role="user", content="What is the weather in Paris right now?"),
         pb.ChatMessage(role="assistant", tool_calls=[call]),
         pb.ChatMessage(role="tool", tool_call_id="call_abc_0", content=json.dumps({"temperature_c": 21})),
+        # Without this, Qwen2.5-Coder-0.5B calls get_weather again (measured: the same with no tools
+        # at all); a client or agent that wants the answer says so.
+        pb.ChatMessage(role="system", content="Answer the user's question from the tool result, in words."),
     ]
     text, calls, final = run(qwen, "qwen-result-1", messages=messages, max_tokens=60)
     assert calls == [] and "21" in text
     assert final.finish_reason == pb.FINISH_REASON_STOP
     assert set(SCHEMAS) == {t.name for t in TOOLS}
+
+
+STRICT_TICKET = {
+    "type": "object",
+    "properties": {
+        "title": {"type": "string", "maxLength": 8},
+        "priority": {"type": "string", "enum": ["low", "high"]},
+    },
+    "required": ["title", "priority"],
+}
+STRICT = [
+    pb.Tool(name="open_ticket", description="Open a maintenance ticket", parameters_json=json.dumps(STRICT_TICKET))
+]
+LEAK = [pb.ChatMessage(role="user", content="Open a high priority ticket: pump 3 is leaking.")]
+
+
+def test_auto_enforces_the_call_once_it_starts_and_unconstrained_returns_an_invalid_one_as_text(
+    qwen: pb_grpc.InferenceStub,
+) -> None:
+    chunks = list(ask(qwen, "qwen-strict-1", messages=LEAK, tools=STRICT, max_tokens=80))
+    calls = calls_of(chunks)
+    assert chunks[-1].finish_reason == pb.FINISH_REASON_TOOL_CALLS
+    assert len(calls) == 1
+    jsonschema.validate(json.loads(calls[0]["arguments"]), STRICT_TICKET)
+    loose = list(ask(qwen, "qwen-strict-2", messages=LEAK, tools=STRICT, max_tokens=80, tools_unconstrained=True))
+    assert calls_of(loose) == [], "the model's own call has a title longer than the schema allows"
+    assert '"name": "open_ticket"' in "".join(c.text for c in loose)
+    assert loose[-1].finish_reason == pb.FINISH_REASON_STOP

@@ -27,7 +27,7 @@ from tests.orchestrator.front_door.conftest import Site
 from tests.orchestrator.front_door.test_openai_front_door import curl
 
 MAX_TOKENS = 128
-VALVE = {
+VALVE: dict[str, Any] = {
     "type": "object",
     "properties": {"valve": {"type": "integer", "enum": [1, 2, 3, 4, 5, 6, 7, 8]}, "open": {"type": "boolean"}},
     "required": ["valve", "open"],
@@ -46,7 +46,7 @@ TOOLS: list[Any] = [
                                       "parameters": READING, "strict": True}},
 ]  # fmt: skip
 SCHEMAS = {"set_valve": VALVE, "read_sensor": READING}
-ASK = [
+ASK: list[Any] = [
     {"role": "system", "content": "You operate a plant through tools."},
     {"role": "user", "content": "Close valve 3."},
 ]
@@ -111,7 +111,7 @@ def test_a_required_or_named_call_validates(model: str, client: openai.OpenAI, c
     choice0 = resp.choices[0]
     assert choice0.finish_reason == "tool_calls", raw.http_response.text
     names = {"read_sensor"} if isinstance(choice, dict) else set(SCHEMAS)
-    check_calls(choice0.message.tool_calls, rid, names)  # type: ignore[arg-type]
+    check_calls(choice0.message.tool_calls, rid, names)
     assert choice0.message.content is None or not MARKUP.search(choice0.message.content)
     sent = json.loads(raw.http_response.text)["choices"][0]["message"]
     assert sent["role"] == "assistant" and set(sent) <= {"role", "content", "tool_calls"}
@@ -131,16 +131,19 @@ def test_a_repeated_request_gets_its_own_calls_again(model: str, client: openai.
         )
         resp = raw.parse()
         assert resp.choices[0].finish_reason == "tool_calls"
-        check_calls(resp.choices[0].message.tool_calls, rid, set(SCHEMAS))  # type: ignore[arg-type]
+        check_calls(resp.choices[0].message.tool_calls, rid, set(SCHEMAS))
 
 
 def test_bounded_integers_are_enforced_or_refused(model: str, client: openai.OpenAI) -> None:
     """A schema the node may not be able to enforce (integer bounds): valid calls, or a 400 naming the
     parameters, never a call outside the bounds or an empty answer."""
-    bounded = {**VALVE, "properties": {**VALVE["properties"], "valve": {"type": "integer", "minimum": 1, "maximum": 8}}}
-    tool = {"type": "function", "function": {"name": "set_valve", "parameters": bounded}}
-    choice = {"type": "function", "function": {"name": "set_valve"}}
-    messages = [ASK[0], {"role": "user", "content": "Close valve 10, then valve 3."}]
+    bounded: dict[str, Any] = {
+        **VALVE,
+        "properties": {**VALVE["properties"], "valve": {"type": "integer", "minimum": 1, "maximum": 8}},
+    }
+    tool: Any = {"type": "function", "function": {"name": "set_valve", "parameters": bounded}}
+    choice: Any = {"type": "function", "function": {"name": "set_valve"}}
+    messages: list[Any] = [ASK[0], {"role": "user", "content": "Close valve 10, then valve 3."}]
     try:
         resp = client.chat.completions.create(
             model=model,
@@ -155,6 +158,7 @@ def test_bounded_integers_are_enforced_or_refused(model: str, client: openai.Ope
         return
     assert resp.choices[0].finish_reason == "tool_calls", resp.model_dump()
     for c in resp.choices[0].message.tool_calls or []:
+        assert c.type == "function"
         jsonschema.validate(json.loads(c.function.arguments), bounded)
 
 
@@ -170,7 +174,7 @@ def test_auto_gives_a_valid_call_or_clean_text(model: str, client: openai.OpenAI
     resp, rid = raw.parse(), raw.headers["x-request-id"]
     c = resp.choices[0]
     if c.finish_reason == "tool_calls":
-        check_calls(c.message.tool_calls, rid, set(SCHEMAS))  # type: ignore[arg-type]
+        check_calls(c.message.tool_calls, rid, set(SCHEMAS))
     else:
         assert c.message.tool_calls is None and c.message.content
     assert c.message.content is None or not MARKUP.search(c.message.content)

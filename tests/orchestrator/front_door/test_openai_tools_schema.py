@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edgefleet.orchestrator.front_door import openai_schema as schema
 from edgefleet.orchestrator.front_door.openai_tools import MAX_TOOLS, DeltaMapper, gather
@@ -268,3 +271,59 @@ def test_gather_and_deltas_follow_openai() -> None:
         [{"index": 1, "function": {"arguments": "{}"}}],
     ]
     assert m.entries([pb.ToolCallDelta(index=1, id="call_x_1", name="b", arguments="")]) == []  # id, name: once
+
+
+# -- property: any one change to a valid tools body is accepted, or refused naming a field ---------------------
+def _paths(v: Any, at: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    items = v.items() if isinstance(v, dict) else enumerate(v) if isinstance(v, list) else ()
+    out = [at] if at else []
+    for k, item in items:
+        out.extend(_paths(item, (*at, k)))
+    return out
+
+
+_scalars = st.none() | st.booleans() | st.integers(-3, 40) | st.floats() | st.text(max_size=8) | st.sampled_from(
+    ["function", "auto", "none", "required", "get_weather", "object", "string", "{}", '{"a": 1}', "call_abc_0"]
+)  # fmt: skip
+_json = st.recursive(_scalars, lambda i: st.lists(i, max_size=3) | st.dictionaries(st.text(max_size=6), i, max_size=3),
+                     max_leaves=8)  # fmt: skip
+VALID = chat(
+    tools=[WEATHER, VALVE],
+    tool_choice={"type": "function", "function": {"name": "get_weather"}},
+    parallel_tool_calls=True,
+    messages=[USER, {"role": "assistant", "content": None, "tool_calls": [CALL]},
+              {"role": "tool", "tool_call_id": "call_abc_0", "content": "3"}],
+)  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None, derandomize=True)
+@given(data=st.data())
+def test_one_change_anywhere_is_accepted_or_named(data: st.DataObject) -> None:
+    body = copy.deepcopy(VALID)
+    path = data.draw(st.sampled_from(_paths(body)))
+    parent = body
+    for k in path[:-1]:
+        parent = parent[k]
+    how = data.draw(st.sampled_from(["set", "drop", "add"]))
+    if how == "set":
+        parent[path[-1]] = data.draw(_json)
+    elif how == "drop":
+        del parent[path[-1]]
+    elif isinstance(parent, dict):
+        parent[data.draw(st.text(max_size=8))] = data.draw(_json)
+    try:
+        call = schema.parse_chat(body)
+    except schema.BodyError as e:
+        assert e.param is not None and e.message, (e.param, body)
+        keys = {*body, "messages", "model"}  # a required one may be the one dropped
+        assert any(e.param == k or e.param.startswith((k + ".", k + "[")) for k in keys), (e.param, body)
+        return
+    pb.GenerateRequest.FromString(call.request.SerializeToString())
+    req = call.request
+    names = [t.name for t in req.tools]
+    assert len(set(names)) == len(names) and all(names)
+    assert all(not t.parameters_json or isinstance(json.loads(t.parameters_json), dict) for t in req.tools)
+    assert req.tool_choice.mode != "function" or req.tool_choice.function in names
+    assert req.tools or not (req.HasField("tool_choice") or req.HasField("parallel_tool_calls"))
+    ids = {c.id for m in req.messages for c in m.tool_calls}
+    assert all(m.tool_call_id in ids for m in req.messages if m.role == "tool")
