@@ -255,13 +255,19 @@ class NodeService:
         )
 
     def _render(self, turns: list[ChatTurn], tools: ToolPlan | None) -> str:
-        """Chat turns through the model's template: tools and calls in its own format or the generic one."""
+        """Chat turns through the model's template: tools and calls in its own format or the generic one.
+
+        With tool_choice none the tools are described without the markup, native template or not
+        (formats.py says why)."""
         assert self._chat is not None
-        if self._native_tools:
-            listing = formats.openai_tools(tools.tools) if tools is not None else None
-            return self._chat(messages=formats.native_messages(turns), tools=listing).prompt  # type: ignore[arg-type]
         system = formats.tools_text(tools.tools, tools.choice) if tools is not None else ""
-        return self._chat(messages=formats.generic_messages(turns, system)).prompt  # type: ignore[arg-type]
+        if not self._native_tools:
+            return self._chat(messages=formats.generic_messages(turns, system)).prompt  # type: ignore[arg-type]
+        messages = formats.native_messages(turns)
+        if tools is not None and tools.choice.mode == "none":
+            return self._chat(messages=formats.with_system(messages, system)).prompt  # type: ignore[arg-type]
+        listing = formats.openai_tools(tools.tools) if tools is not None else None
+        return self._chat(messages=messages, tools=listing).prompt  # type: ignore[arg-type]
 
     def _grammar(self, json_schema: str) -> str | None:
         return self.grammars.grammar(json_schema) if json_schema else None

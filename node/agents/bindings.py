@@ -121,13 +121,16 @@ class Bindings:
             payload, received = found
             text = payload.decode("utf-8", "replace")[:MAX_READING_CHARS]
             age = max(0.0, time.time() - received)
-            return frame(spec.name, json.dumps({"topic": topic, "age_s": round(age, 1), "payload": text}))
+            # plain text, not a JSON document around the payload: small models echo JSON results back
+            return frame(spec.name, f"latest message on {topic}, {age:.1f} s old: {text}")
         if isinstance(b, KnowledgeSearchBinding):
             if self.knowledge is None:
                 raise BindingError("this node keeps no knowledge store (EDGEFLEET_KNOWLEDGE is off)")
             hits = self.knowledge.retrieve(str(args["query"]), b.collection, b.top_k, "hybrid")
-            found_hits = [{"id": h.chunk_id, "text": h.text[:MAX_HIT_CHARS]} for h in hits]
-            return frame(spec.name, json.dumps({"collection": b.collection, "hits": found_hits}))
+            if not hits:
+                return frame(spec.name, f"nothing in {b.collection} matches")
+            lines = [f"[{h.chunk_id}] {' '.join(h.text.split())[:MAX_HIT_CHARS]}" for h in hits]
+            return frame(spec.name, f"{len(hits)} passage(s) from {b.collection}:\n" + "\n".join(lines))
         raise BindingError(f"tool {spec.name} is not a read tool")
 
     # -- act tools --------------------------------------------------------------------------------

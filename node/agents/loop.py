@@ -31,7 +31,7 @@ from edgefleet.node.service import GenerateInput, NodeService
 from edgefleet.node.tool_calls.turn import run_turn
 from edgefleet.node.tool_calls.types import ToolChoice
 from edgefleet.plumbing import failpoints
-from edgefleet.proto.agents import AgentRule, AgentRunReport, AgentStep, RunState, ToolSpec
+from edgefleet.proto.agents import MAX_RESULT_CHARS, AgentRule, AgentRunReport, AgentStep, RunState, ToolSpec
 from edgefleet.proto.templates import TemplateError
 
 log = logging.getLogger("edgefleet.node.agents")
@@ -199,6 +199,8 @@ class AgentLoop:
                 ran.append(name)
         else:
             text, outcome = f"refused by the site's policy: {verdict.why}{NEXT}", _refusal(decision)
+        if len(text) > MAX_RESULT_CHARS:  # a refusal or failure naming long arguments
+            text = text[: MAX_RESULT_CHARS - len(NEXT) - 2] + " …" + NEXT
         tick()
         ms = round((time.monotonic() - started) * 1000, 1)
         done = conv.step(index, "tool", verdict=outcome, detail=verdict.why, result=text, ms=ms, **fields)

@@ -1,15 +1,17 @@
 """The node's agents, wired: desired tools and agent rules in, triggers and decisions from MQTT, runs out.
 
-One MQTT session of its own (persistent, manual acks, like the sensor plane's), subscribed to:
+An MQTT session of its own (persistent, manual acks, like the sensor plane's), subscribed to:
 - each sensor-triggered rule's filter (`$share/<group>/…` for a rule pushed to a group, so one
   node of the group runs it): a message is recorded as a run (its trigger message id makes a
   redelivery start nothing new) before it is acknowledged;
-- each `sensor_latest` tool's subscription, whose messages are the latest readings;
 - `agents/decisions/<node>/+`: signed ApprovalDecisions (retained), verified with the site keys
   that verify desired state.
+A second, clean session follows each `sensor_latest` tool's subscription: the latest readings
+(retained ones arrive on subscribe). It is separate so that a copy delivered for a reading never
+counts as a trigger.
 Runs advance on a pool of EDGEFLEET_AGENTS_MAX_RUNS workers; a run waiting for an operator holds
-none. At start, effects written and not acknowledged are published once more (same key), then
-runs left `running` or `waiting` go on. Approvals past their time expire (the run ends).
+none. At start, once the broker is there, effects written and not acknowledged are published once
+more (same key), then runs left `running` or `waiting` go on. Approvals past their time expire.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from edgefleet.node.sensors.messages import MessageError, extract_variables, mes
 from edgefleet.node.sensors.subscriptions import covers
 from edgefleet.node.service import NodeService
 from edgefleet.node.settings import NodeSettings
-from edgefleet.plumbing.mqtt_link import MqttLink
+from edgefleet.plumbing.mqtt_link import Handler, MqttLink
 from edgefleet.plumbing.mqtt_rpc import BadProperties, check_user_properties
 from edgefleet.proto.agents import (
     AgentRule,
@@ -83,6 +85,15 @@ class AgentRunner:
             manual_ack=True,
             on_handler_error=faults.hook(per_message=True),
         )
+        # The latest readings come on a session of their own (clean, retained values on subscribe): a copy
+        # of a message delivered for a reading must never count as a trigger (a group's shared trigger
+        # would then run on every node of the group).
+        self.readings_link = MqttLink(
+            settings.mqtt_url,
+            client_id=f"node-{settings.site}-{self.node_id}-readings",
+            **settings.mqtt_link_options(),
+            on_handler_error=faults.hook(per_message=False),
+        )
         self.readings = SensorReadings(self.ledger)
         self.bindings = Bindings(
             self.ledger,
@@ -97,8 +108,8 @@ class AgentRunner:
         self._lock = threading.Lock()
         self._agents: dict[str, EffectiveAgent] = {}
         self._tools: dict[str, ToolSpec] = {}
-        self._read_filters: set[str] = set()
-        self._subscriptions: set[str] = set()
+        self._reads: set[str] = set()
+        self._triggers: set[str] = set()
         self._stop = threading.Event()
         self._housekeeping = threading.Thread(target=self._housekeeping_loop, name="edgefleet-agents", daemon=True)
         self.link.subscribe(topics.node_agent_decisions(self.node_id), self._on_decision)
@@ -108,6 +119,7 @@ class AgentRunner:
         """Runs left by the last process go on once the broker is there (or RESUME_WAIT_S passed), after
         the effects they wrote and never saw acknowledged went out once more."""
         self.pool.start()
+        self.readings_link.start()
         self.link.start()
         self._housekeeping.start()
 
@@ -130,6 +142,7 @@ class AgentRunner:
         self._housekeeping.join(5)
         self.pool.stop()
         self.link.stop()
+        self.readings_link.stop()
         self.ledger.close()
 
     # -- desired state ------------------------------------------------------------------------------
@@ -139,44 +152,56 @@ class AgentRunner:
         problems = check_catalogue(tools, {n: r for n, (r, _) in agents.items()})
         bad = {p.split(":")[0].removeprefix("agent rule ") for p in problems}
         for p in problems:
-            self.faults.report(ErrorCode.INVALID_PAYLOAD, f"agent rule left out: {p}", self.topics.errors(self.node_id))
+            self.faults.report(ErrorCode.INVALID_PAYLOAD, f"agent rule left out: {p}")
         usable = {n: a for n, a in agents.items() if n not in bad}
         reads = {
             t.binding.subscription
-            for n, (r, _) in usable.items()
+            for r, _ in usable.values()
             for t in (tools.get(name) for name in r.tools)
             if t is not None and isinstance(t.binding, SensorReadBinding)
         }
-        wanted = set(reads)
-        for rule, group in usable.values():
-            if isinstance(rule.trigger, SensorTrigger):
-                flt = rule.trigger.topic_filter
-                wanted.add(shared_filter(group, flt) if group else flt)
-        wanted = {f for f in wanted if f.startswith("$share/") or not any(o != f and covers(o, f) for o in wanted)}
+        reads = {f for f in reads if not any(o != f and covers(o, f) for o in reads)}
+        triggers = {
+            shared_filter(group, r.trigger.topic_filter) if group else r.trigger.topic_filter
+            for r, group in usable.values()
+            if isinstance(r.trigger, SensorTrigger)
+        }
+        triggers = {
+            f for f in triggers if f.startswith("$share/") or not any(o != f and covers(o, f) for o in triggers)
+        }
         with self._lock:
-            self._agents, self._tools, self._read_filters = usable, dict(tools), reads
-            gone, new = self._subscriptions - wanted, wanted - self._subscriptions
-            self._subscriptions = wanted
-        for f in gone:
-            self.link.unsubscribe(f)
-        for f in sorted(new):
-            self.link.subscribe_wait(f, self._on_message, timeout=5.0)
-        if gone or new:
-            log.info("agent subscriptions", extra={"subscribed": sorted(wanted), "agents": sorted(usable)})
+            self._agents, self._tools = usable, dict(tools)
+            old_reads, old_triggers = self._reads, self._triggers
+            self._reads, self._triggers = reads, triggers
+        self._resubscribe(self.readings_link, old_reads, reads, self._on_reading)
+        self._resubscribe(self.link, old_triggers, triggers, self._on_trigger)
+        if old_reads != reads or old_triggers != triggers:
+            log.info(
+                "agent subscriptions",
+                extra={"triggers": sorted(triggers), "readings": sorted(reads), "agents": sorted(usable)},
+            )
         return problems
 
-    # -- messages in (network thread) ---------------------------------------------------------------
-    def _on_message(self, msg: mqtt.MQTTMessage) -> None:
+    @staticmethod
+    def _resubscribe(link: MqttLink, old: set[str], new: set[str], handler: Handler) -> None:
+        for f in old - new:
+            link.unsubscribe(f)
+        for f in sorted(new - old):
+            link.subscribe_wait(f, handler, timeout=5.0)
+
+    # -- messages in (network threads) --------------------------------------------------------------
+    def _on_reading(self, msg: mqtt.MQTTMessage) -> None:
+        if msg.payload:  # an empty retained message clears a topic: the last reading stays the latest
+            self.readings.put(msg.topic, bytes(msg.payload))
+
+    def _on_trigger(self, msg: mqtt.MQTTMessage) -> None:
         payload, topic = bytes(msg.payload), msg.topic
         with self._lock:
-            reads = any(topic_matches(f, topic) for f in self._read_filters)
             agents = [
                 (r, self._tools)
                 for r, _ in self._agents.values()
                 if isinstance(r.trigger, SensorTrigger) and topic_matches(r.trigger.topic_filter, topic)
             ]
-        if reads:
-            self.readings.put(topic, payload)
         if agents:
             try:
                 props = check_user_properties(msg)

@@ -14,7 +14,9 @@ result becomes a user turn "Result of <name> (<id>): …", which any template ac
 are not written as markup: measured with SmolLM2-135M (greedy), a conversation whose history shows
 the markup gets the same call again instead of an answer, with tool_choice auto and none alike,
 and with the call told in words it answers from the result. With tool_choice none the generic
-text describes the tools but not the markup.
+text describes the tools but not the markup, for a native template too: given the tools, Qwen's
+template asks for calls, and with its call token banned Qwen2.5-Coder writes the call as a ```json
+block in the content instead (measured); told of the tools without the markup, it answers.
 """
 
 from __future__ import annotations
@@ -46,11 +48,6 @@ _EMPTY: dict[str, Any] = {"type": "object", "properties": {}}
 
 def _args(call: ToolCall) -> Any:
     return json.loads(call.arguments) if call.arguments.strip() else {}
-
-
-def call_markup(call: ToolCall) -> str:
-    body = json.dumps({"name": call.name, "arguments": _args(call)}, ensure_ascii=False)
-    return f"{CALL_OPEN}\n{body}\n{CALL_CLOSE}"
 
 
 def call_words(call: ToolCall) -> str:
@@ -113,12 +110,16 @@ def generic_messages(turns: Sequence[Turn], system: str) -> list[dict[str, Any]]
             out.append({"role": "assistant", "content": "\n".join(parts)})
         else:
             out.append({"role": t.role, "content": t.content})
-    if system:
-        if out and out[0]["role"] == "system":
-            out[0] = {"role": "system", "content": f"{out[0]['content']}\n\n{system}"}
-        else:
-            out.insert(0, {"role": "system", "content": system})
-    return out
+    return with_system(out, system)
+
+
+def with_system(messages: list[dict[str, Any]], system: str) -> list[dict[str, Any]]:
+    """`system` added to the first system message, or as one before the others."""
+    if not system:
+        return messages
+    if messages and messages[0]["role"] == "system":
+        return [{**messages[0], "content": f"{messages[0]['content']}\n\n{system}"}, *messages[1:]]
+    return [{"role": "system", "content": system}, *messages]
 
 
 def raw_prompt(prompt: str, tools: Sequence[ToolDef], choice: ToolChoice) -> str:

@@ -61,7 +61,8 @@ class ToolCallParser:
         self._ws = ""  # whitespace after the last content, emitted only if more content follows
         self._in_call = False
         self._bare = bare  # still at the start of the answer, where a bare call may begin
-        self._held_bare = False  # the answer so far may be a bare call: all of it is held
+        self._held_bare = False
+        self._text_after_call = False  # the answer so far may be a bare call: all of it is held
         self.calls: list[ToolCall] = []
         self.rejected: list[str] = []  # why each call that was not one was refused
 
@@ -104,7 +105,11 @@ class ToolCallParser:
         return False
 
     def finish(self, tail: str, reason: FinishReason) -> tuple[list[Out], FinishReason]:
-        """The end of generation: what is left, and the finish reason (TOOL_CALLS when calls were made)."""
+        """The end of generation: what is left, and the finish reason.
+
+        TOOL_CALLS when calls were made and the answer ended (STOP), or, enforced, when max_tokens
+        ended an answer of calls only: a call cut short is left out and the answer is the calls
+        before it, complete (a small model that keeps calling runs into max_tokens that way)."""
         out = self.feed(tail)
         if self._bare:
             self._bare = False
@@ -117,6 +122,8 @@ class ToolCallParser:
                 out.extend(self.feed(""))
         if self._in_call:
             self._refuse(CALL_OPEN + self._buf, "the call was not closed (cut short?)", out)
+        elif self._enforced and self.calls and self._buf.strip() and CALL_OPEN.startswith(self._buf.strip()):
+            self.rejected.append("a further call was cut short in its markup")  # markup, not content
         elif self._buf:
             self._content(self._buf, out)
         self._buf = ""
@@ -124,7 +131,8 @@ class ToolCallParser:
         if self._ws and not self.calls:
             out.append(TextDelta(self._ws))
         self._ws = ""
-        if self.calls and reason is FinishReason.STOP:
+        only_calls = self._enforced and not self._text_after_call
+        if self.calls and (reason is FinishReason.STOP or (reason is FinishReason.LENGTH and only_calls)):
             reason = FinishReason.TOOL_CALLS
         return out, reason
 
@@ -136,6 +144,7 @@ class ToolCallParser:
             self._ws += text
             return
         out.append(TextDelta(self._ws + stripped))
+        self._text_after_call = self._text_after_call or bool(self.calls)
         self._ws = text[len(stripped) :]
 
     def _call(self, body: str) -> list[Out]:

@@ -79,7 +79,7 @@ def test_an_approval_is_decided_once_and_the_decision_survives_a_reopen(tmp_path
     run = a_run()
     ledger.create_run(run)
     ledger.request_approval(run, 1, "open_ticket", '{"priority": 5}', "priority above 3", time.time() + 60)
-    assert run.state == "waiting" and ledger.run(run.id).state == "waiting"  # type: ignore[union-attr]
+    assert run.state == "waiting" and ledger.run(run.id).state == "waiting"
     assert [(a.run_id, a.step) for a in ledger.pending_approvals()] == [(run.id, 1)]
     assert ledger.decide(run.id, 1, "approved", "alice", "ok")
     assert not ledger.decide(run.id, 1, "denied", "bob")  # decided already: the first decision stands

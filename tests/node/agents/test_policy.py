@@ -17,7 +17,7 @@ def read_tool(name: str = "read_temp") -> ToolSpec:
         version="1",
         kind="read",
         parameters={"type": "object", "properties": {"machine": {"type": "string"}}, "required": ["machine"]},
-        binding={"type": "sensor_latest", "topic": "sensors/{machine}/temperature"},  # type: ignore[arg-type]
+        binding={"type": "sensor_latest", "topic": "sensors/{machine}/temperature"},
     )
 
 
@@ -31,7 +31,7 @@ def act_tool(name: str = "open_ticket") -> ToolSpec:
             "properties": {"machine": {"type": "string"}, "priority": {"type": "integer"}},
             "required": ["machine", "priority"],
         },
-        binding={"type": "publish", "topic": "actions/tickets/{machine}"},  # type: ignore[arg-type]
+        binding={"type": "publish", "topic": "actions/tickets/{machine}"},
     )
 
 
@@ -122,7 +122,7 @@ def test_a_hard_cap_refuses_and_no_approval_overrides_it() -> None:
     r = rule(calls_per_hour={"open_ticket": 3}, **WITHIN)
     counters = Counters(node={"open_ticket": 3}, rule={"open_ticket": 0})
     for decision in (None, "approved"):
-        v = ToolPolicy(r, TOOLS).decide(call("open_ticket", machine="m1", priority=1), counters, 0, decision)  # type: ignore[arg-type]
+        v = ToolPolicy(r, TOOLS).decide(call("open_ticket", machine="m1", priority=1), counters, 0, decision)
         assert v.action == "refused" and "hard cap" in v.why
 
 
@@ -155,12 +155,12 @@ def test_a_boolean_is_not_a_number_within_a_range() -> None:
         version="1",
         kind="act",
         parameters={"type": "object", "properties": {"rpm": {}}},
-        binding={"type": "publish", "topic": "actions/speed"},  # type: ignore[arg-type]
+        binding={"type": "publish", "topic": "actions/speed"},
     )
     r = AgentRule(
         name="speed",
         version="1",
-        trigger={"type": "request"},  # type: ignore[arg-type]
+        trigger={"type": "request"},
         goal="g",
         tools=["set_speed"],
         limits=AgentLimits(act={"set_speed": ActLimit(calls_per_hour=5, args={"rpm": ArgLimit(maximum=100)})}),

@@ -125,8 +125,21 @@ def test_bare_anything_else_is_content_unchanged(answer: str) -> None:
     assert text == answer and deltas == [] and reason is FinishReason.STOP
 
 
-def test_a_length_finish_stays_length() -> None:
+def test_a_length_finish_of_an_answer_of_calls_only_is_tool_calls() -> None:
+    for tail in ("", "\n", "\n<tool_ca"):
+        parser = ToolCallParser([WEATHER], "r")
+        parser.feed(CALL)
+        out, reason = parser.finish(tail, FinishReason.LENGTH)
+        assert reason is FinishReason.TOOL_CALLS and out == [], "an answer of calls only"
     parser = ToolCallParser([WEATHER], "r")
-    parser.feed(CALL)
-    _, reason = parser.finish("", FinishReason.LENGTH)
+    parser.feed(CALL + "\n")
+    _, reason = parser.finish('<tool_call>\n{"name": "get_w', FinishReason.LENGTH)
+    assert reason is FinishReason.TOOL_CALLS and len(parser.calls) == 1
+    loose = ToolCallParser([WEATHER], "r", enforced=False)
+    loose.feed(CALL + "\n")
+    _, reason = loose.finish('<tool_call>\n{"name": "get_w', FinishReason.LENGTH)
+    assert reason is FinishReason.LENGTH, "unconstrained, the cut call is text: the answer was cut"
+    plain = ToolCallParser([WEATHER], "r")
+    plain.feed("Some text")
+    _, reason = plain.finish("", FinishReason.LENGTH)
     assert reason is FinishReason.LENGTH

@@ -57,9 +57,10 @@ def test_required_with_two_questions_gives_parallel_calls(qwen: pb_grpc.Inferenc
         assert_valid(call, rid, i)
 
 
-def test_none_answers_in_text_and_the_call_token_is_never_sampled(qwen: pb_grpc.InferenceStub) -> None:
+def test_none_answers_in_text_not_with_a_call_in_the_content(qwen: pb_grpc.InferenceStub) -> None:
     text, calls, _final = run(qwen, "qwen-none-1", tool_choice=pb.ToolChoice(mode="none"), max_tokens=40)
     assert calls == [] and text.strip()
+    assert '"name"' not in text and "get_weather" not in text, f"a call written into the content: {text!r}"
 
 
 def test_a_tool_result_in_the_native_format_gets_an_answer_from_it(qwen: pb_grpc.InferenceStub) -> None:
