@@ -5,6 +5,7 @@ Pure: the loop calls these to turn ledger rows into model input and AgentRunRepo
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -41,6 +42,25 @@ def assistant(content: str, calls: list[ToolCall]) -> dict[str, Any]:
         "content": content,
         "tool_calls": [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in calls],
     }
+
+
+def _canonical(arguments: str) -> str:
+    try:
+        return json.dumps(json.loads(arguments), sort_keys=True, separators=(",", ":"))
+    except ValueError:
+        return arguments
+
+
+def repeats(messages: list[dict[str, Any]], calls: list[ToolCall]) -> bool:
+    """Every call of this turn was already made in the run with the same arguments: a small model
+    that loops on its last call instead of answering (its results are already in the conversation)."""
+    made = {
+        (c["name"], _canonical(c["arguments"]))
+        for m in messages
+        if m["role"] == "assistant"
+        for c in m.get("tool_calls", ())
+    }
+    return bool(calls) and all((c.name, _canonical(c.arguments)) in made for c in calls)
 
 
 def tool_result(call_id: str, name: str, text: str) -> dict[str, Any]:

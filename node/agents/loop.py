@@ -51,6 +51,7 @@ class AgentLoop:
         self.service, self.ledger, self.bindings = service, ledger, bindings
         self.node_id = node_id
         self.report = report
+        self._answer_now: set[str] = set()  # runs whose next turn must answer (their last turn only repeated calls)
 
     # -- a new run ----------------------------------------------------------------------------------
     def create(
@@ -113,10 +114,14 @@ class AgentLoop:
             self._turn(run, rule, tools, tick)
 
     def _turn(self, run: RunRow, rule: AgentRule, tools: dict[str, ToolSpec], tick: Callable[[], None]) -> None:
+        # After a turn that only repeated earlier calls, the model is asked for its answer (tool_choice
+        # none): the results it needs are in the conversation already.
+        answer_now = run.id in self._answer_now
+        self._answer_now.discard(run.id)
         inp = GenerateInput(
             messages=conv.to_turns(run.messages),
             tools=conv.tool_defs(rule, tools),
-            tool_choice=ToolChoice("auto"),
+            tool_choice=ToolChoice("none" if answer_now else "auto"),
             max_tokens=rule.limits.max_tokens,
             temperature=rule.temperature,
             adapter=rule.adapter or "",
@@ -144,6 +149,18 @@ class AgentLoop:
             detail=result.content or f"{len(calls)} tool call(s)",
             ms=round(ms, 1),
         )
+        if calls and conv.repeats(run.messages, calls):
+            names = ", ".join(c.name for c in calls)
+            repeated = conv.step(
+                model_step.index,
+                "model",
+                detail=f"repeated {names} with the same arguments; asked for the answer",
+                ms=round(ms, 1),
+            )
+            self._answer_now.add(run.id)
+            self.ledger.save(run, [repeated])
+            self._report(run)
+            return
         run.messages.append(conv.assistant(result.content, calls))
         if not calls:
             run.answer = result.content.strip()
