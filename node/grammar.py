@@ -14,9 +14,10 @@ from collections import OrderedDict
 from typing import Any
 
 import jsonschema
-from llama_cpp.llama_grammar import SchemaConverter
+from llama_cpp.llama_grammar import RESERVED_NAMES, SchemaConverter
 
 from edgefleet.node.errors import InvalidRequest
+from edgefleet.node.numeric_ranges import has_bounds, numeric_rule
 from edgefleet.proto.input_limits import JsonLimitError, brief, loads_bounded
 
 MAX_SCHEMA_BYTES = 64 * 1024
@@ -51,7 +52,19 @@ def compile_schema(json_schema: str) -> str:
 class _LocalRefs(SchemaConverter):
     """llama.cpp's converter with a resolver for local `$ref`s (`#`, `#/$defs/…`) that also
     follows references inside a schema whose root is a reference (the stock resolver stops there),
-    and names what is wrong: a reference to nothing, a remote reference, or a loop of references."""
+    and names what is wrong: a reference to nothing, a remote reference, or a loop of references.
+    Bounded integers and numbers are held to their bounds (node/numeric_ranges.py): the stock
+    converter ignores minimum and maximum."""
+
+    def visit(self, schema: dict[str, Any], name: str) -> str:
+        if isinstance(schema, dict) and has_bounds(schema) and not any(k in schema for k in ("enum", "const", "$ref")):
+            try:
+                body = numeric_rule(schema)
+            except ValueError as e:
+                raise InvalidRequest(f"json_schema: {e}") from e
+            rule_name = name + "-" if name in RESERVED_NAMES else name or "root"
+            return str(self._add_rule(rule_name, f"{body} space"))
+        return str(super().visit(schema, name))
 
     def resolve_refs(self, schema: dict[str, Any], url: str) -> dict[str, Any]:
         def target_of(ref: str) -> dict[str, Any]:
