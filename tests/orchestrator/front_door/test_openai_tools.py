@@ -53,7 +53,9 @@ ASK: list[Any] = [
 MARKUP = re.compile(r"<tool_call>|</tool_call>|\"arguments\"\s*:|<\|")
 
 
-EXTRA_MODELS = {"qwen2.5-coder-0.5b-instruct": "fd-qwen", "gemma-3-270m": "fd-gemma"}  # model → its node here
+# model → its node here. gemma-3-270m is a base model without a chat template: tools ride on chat, and
+# its chat requests are refused (test_a_base_model_refuses_chat_with_tools_clearly).
+EXTRA_MODELS = {"qwen2.5-coder-0.5b-instruct": "fd-qwen"}
 
 
 @pytest.fixture(scope="module")
@@ -290,3 +292,16 @@ def test_the_grpc_front_door_passes_tools_through(site: Site) -> None:
     assert deltas[0].name == "read_sensor" and all(not d.id for d in deltas[1:])
     valid_call("read_sensor", "".join(d.arguments for d in deltas))
     assert not MARKUP.search("".join(c.text for c in chunks))
+
+
+def test_a_base_model_refuses_chat_with_tools_clearly(site: Site, client: openai.OpenAI) -> None:
+    node = site.start_node("fd-gemma", EDGEFLEET_MODEL="gemma-3-270m")
+    try:
+        site.wait_routable("fd-gemma", timeout=60)
+        with pytest.raises(openai.BadRequestError) as e:
+            client.chat.completions.create(model="gemma-3-270m", **ask(tool_choice="required"))
+        assert "has no chat template" in str(e.value) and "raw prompt" in str(e.value)
+    finally:
+        node.stop()
+        del site.nodes["fd-gemma"]
+        assert wait_for(lambda: "gemma-3-270m" not in site.serving(), timeout=30), site.serving()
