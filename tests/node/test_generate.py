@@ -10,6 +10,7 @@ import jsonschema
 import pytest
 
 from edgefleet.proto.v1 import inference_pb2 as pb
+from edgefleet.proto.v1 import inference_pb2_grpc as pb_grpc
 from tests.conftest import NodeProcess, collect, wait_for
 
 COUNTING = pb.GenerateRequest(prompt="Count: 1, 2, 3, 4, 5, 6, 7,", max_tokens=1500, temperature=0)
@@ -92,7 +93,12 @@ def test_stop_string_ends_generation_and_is_not_returned(stub) -> None:
     assert last.finish_reason == pb.FINISH_REASON_STOP
 
 
-def test_four_concurrent_greedy_requests_equal_their_solo_outputs(stub) -> None:
+def test_four_concurrent_greedy_requests_equal_their_solo_outputs(start_node) -> None:
+    """Batching does not change greedy output. On a node of its own with the prefix cache off: a
+    prefix reused from a slot was computed in another batch, and (as llama-server's docs say of its
+    cache_prompt) logits are not bit-identical across batch sizes, so which earlier request left
+    which prefix in which slot could flip a near-tie token and hide what this test is about."""
+    stub = pb_grpc.InferenceStub(start_node(env={"EDGEFLEET_PREFIX_CACHE": "0"}).open_channel())
     prompts = [
         "Sensor boiler-1 reads 97 C. Is it overheating?",
         "List three causes of motor vibration.",
