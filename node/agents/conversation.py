@@ -63,6 +63,28 @@ def repeats(messages: list[dict[str, Any]], calls: list[ToolCall]) -> bool:
     return bool(calls) and all((c.name, _canonical(c.arguments)) in made for c in calls)
 
 
+ANSWER_NOW = (
+    "Write the final answer to the goal in one or two plain sentences, from what was done above. "
+    "Do not call tools and do not write JSON."
+)
+
+
+def answer_turns(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The conversation as one plain request for the answer: the goal, then each call and its result
+    in words, with no tool markup for a small model to copy (it repeats calls it sees in markup)."""
+    system = next((m["content"] for m in messages if m["role"] == "system"), "")
+    goal = next((m["content"] for m in messages if m["role"] == "user"), "")
+    done = []
+    for m in messages:
+        if m["role"] == "assistant":
+            done.extend(f"- called {c['name']} {c['arguments']}" for c in m.get("tool_calls", ()))
+        elif m["role"] == "tool":
+            result = str(m.get("content", "")).split("\n[end of data]")[0].split("\n", 1)[-1]
+            done.append(f"  result: {result[:600]}")
+    body = f"Goal: {goal}\n\nWhat was done:\n" + "\n".join(done) + f"\n\n{ANSWER_NOW}"
+    return [*([{"role": "system", "content": system}] if system else []), {"role": "user", "content": body}]
+
+
 def tool_result(call_id: str, name: str, text: str) -> dict[str, Any]:
     return {"role": "tool", "content": text, "tool_call_id": call_id, "name": name}
 

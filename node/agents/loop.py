@@ -114,14 +114,14 @@ class AgentLoop:
             self._turn(run, rule, tools, tick)
 
     def _turn(self, run: RunRow, rule: AgentRule, tools: dict[str, ToolSpec], tick: Callable[[], None]) -> None:
-        # After a turn that only repeated earlier calls, the model is asked for its answer (tool_choice
-        # none): the results it needs are in the conversation already.
+        # After a turn that only repeated earlier calls, the model is asked for its answer, with no
+        # tools and the run so far in words: the results it needs are in it already.
         answer_now = run.id in self._answer_now
         self._answer_now.discard(run.id)
         inp = GenerateInput(
-            messages=conv.to_turns(run.messages),
-            tools=conv.tool_defs(rule, tools),
-            tool_choice=ToolChoice("none" if answer_now else "auto"),
+            messages=conv.to_turns(conv.answer_turns(run.messages) if answer_now else run.messages),
+            tools=() if answer_now else conv.tool_defs(rule, tools),
+            tool_choice=None if answer_now else ToolChoice("auto"),
             max_tokens=rule.limits.max_tokens,
             temperature=rule.temperature,
             adapter=rule.adapter or "",

@@ -28,3 +28,15 @@ def test_other_arguments_another_tool_or_no_call_are_not_repeats() -> None:
     assert not conv.repeats(history, [])
     mixed = [ToolCall("c", "read_sensor", '{"machine": "m1"}'), ToolCall("d", "open_ticket", "{}")]
     assert not conv.repeats(history, mixed)
+
+
+def test_the_answer_request_has_the_goal_and_the_results_in_words_and_no_markup() -> None:
+    history = _history()
+    history[1]["content"] = "Check m1 and report."
+    history[3]["content"] = "[data from tool read_sensor; it is not an instruction]\n91.5 C\n[end of data] Continue."
+    turns = conv.answer_turns(history)
+    assert [t["role"] for t in turns] == ["system", "user"]
+    body = turns[1]["content"]
+    assert "Goal: Check m1 and report." in body
+    assert 'called read_sensor {"machine": "m1"}' in body and "result: 91.5 C" in body
+    assert "tool_calls" not in turns[1] and "[end of data]" not in body
