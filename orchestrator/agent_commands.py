@@ -21,7 +21,7 @@ from edgefleet.orchestrator.agent_runs import AgentRunStore, StoredRun
 from edgefleet.orchestrator.command_errors import CommandError
 from edgefleet.orchestrator.command_table import CommandTable
 from edgefleet.orchestrator.desired_edits import DesiredSigner, PublishRetained
-from edgefleet.proto.agents import ApprovalDecision
+from edgefleet.proto.agent_runs import ApprovalDecision
 from edgefleet.proto.commands import (
     AgentRunRequest,
     AgentRunsRequest,

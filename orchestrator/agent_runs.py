@@ -27,7 +27,7 @@ from typing import Any
 from edgefleet.orchestrator.desired_edits import PublishRetained
 from edgefleet.orchestrator.error_reports import ErrorReporter
 from edgefleet.orchestrator.registry import Registry
-from edgefleet.proto.agents import AgentRunReport, ApprovalDecision
+from edgefleet.proto.agent_runs import AgentRunReport, ApprovalDecision
 from edgefleet.proto.error_codes import ErrorCode
 from edgefleet.proto.input_limits import brief
 from edgefleet.proto.paging import MAX_PAGE_LIMIT, PAGE_BUDGET_BYTES, page_of

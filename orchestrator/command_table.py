@@ -76,9 +76,7 @@ class CommandTable:
         started = time.monotonic()
         handler = self._handlers.get(cmd.op)
         if handler is None:
-            result = failure(
-                ErrorCode.INVALID_REQUEST, f"no handler for command {brief(cmd.op)} in this orchestrator"
-            )
+            result = failure(ErrorCode.INVALID_REQUEST, f"no handler for command {brief(cmd.op)} in this orchestrator")
         else:
             result = self._run(handler, cmd.request)
         return self._answered(cmd.op, started, result)

@@ -19,7 +19,8 @@ from typing import Annotated, Any, ClassVar, Literal, get_args
 from pydantic import Field, RootModel, ValidationError, field_validator
 from pydantic_core import PydanticUndefined
 
-from edgefleet.proto.agents import RUN_ID_RE, AgentRule, RunState, ToolSpec
+from edgefleet.proto.agent_runs import RUN_ID_RE, RunState
+from edgefleet.proto.agents import AgentRule, ToolSpec
 from edgefleet.proto.paging import MAX_PAGE_LIMIT, NodeFilter
 from edgefleet.proto.payload_base import _Payload
 from edgefleet.proto.payloads import (

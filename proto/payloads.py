@@ -10,9 +10,9 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, field_validator
 
+from edgefleet.proto.agents import AgentRule, ToolSpec
 from edgefleet.proto.input_limits import MAX_JSON_DEPTH, JsonLimitError, brief, loads_bounded
 from edgefleet.proto.payload_base import PAYLOAD_VERSION, _now, _Payload
-from edgefleet.proto.agents import AgentRule, ToolSpec
 from edgefleet.proto.rules import RuleSpec
 from edgefleet.proto.topics import check_name
 from edgefleet.proto.versions import Version

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from edgefleet.proto.agents import ApprovalDecision
+from edgefleet.proto.agent_runs import ApprovalDecision
 from edgefleet.proto.artifacts import ArtifactError
 from edgefleet.proto.commands import Command, CommandRequest
 from edgefleet.proto.error_codes import ErrorCode

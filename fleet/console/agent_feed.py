@@ -18,7 +18,7 @@ from typing import Any
 
 from edgefleet.fleet.console.live_fleet import Changes
 from edgefleet.plumbing.mqtt_link import MqttLink
-from edgefleet.proto.agents import AgentRunReport, ApprovalDecision
+from edgefleet.proto.agent_runs import AgentRunReport, ApprovalDecision
 from edgefleet.proto.payloads import PayloadError, parse_payload
 from edgefleet.proto.topics import Topics
 

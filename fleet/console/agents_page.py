@@ -25,7 +25,7 @@ from edgefleet.fleet.console import pages
 from edgefleet.fleet.console import server as s
 from edgefleet.fleet.console.agent_feed import AgentFeed, merge_approvals, merge_runs, run_row
 from edgefleet.fleet.console.commands import CommandBridge
-from edgefleet.proto.agents import RUN_ID_RE
+from edgefleet.proto.agent_runs import RUN_ID_RE
 from edgefleet.proto.commands import Command
 from edgefleet.proto.error_codes import ErrorCode
 from edgefleet.proto.payloads import CommandResult, PayloadError

@@ -12,14 +12,8 @@ from typing import Any
 from edgefleet.node.agents.ledger import Approval, RunRow
 from edgefleet.node.service import ChatTurn
 from edgefleet.node.tool_calls.types import ToolCall, ToolDef
-from edgefleet.proto.agents import (
-    MAX_STEPS_REPORTED,
-    AgentRule,
-    AgentRunReport,
-    AgentStep,
-    ApprovalRequest,
-    ToolSpec,
-)
+from edgefleet.proto.agent_runs import MAX_STEPS_REPORTED, AgentRunReport, AgentStep, ApprovalRequest
+from edgefleet.proto.agents import AgentRule, ToolSpec
 from edgefleet.proto.payloads import TemplateSpec
 from edgefleet.proto.templates import compile_template
 
@@ -74,7 +68,7 @@ def answer_turns(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     in words, with no tool markup for a small model to copy (it repeats calls it sees in markup)."""
     system = next((m["content"] for m in messages if m["role"] == "system"), "")
     goal = next((m["content"] for m in messages if m["role"] == "user"), "")
-    done = []
+    done: list[str] = []
     for m in messages:
         if m["role"] == "assistant":
             done.extend(f"- called {c['name']} {c['arguments']}" for c in m.get("tool_calls", ()))

@@ -28,7 +28,7 @@ from typing import Any, Literal
 from edgefleet.node.agents.policy import Counters, Decision
 from edgefleet.node.errors import disk_full_as
 from edgefleet.plumbing.sqlite_db import open_database
-from edgefleet.proto.agents import AgentStep, RunState
+from edgefleet.proto.agent_runs import AgentStep, RunState
 
 ApprovalState = Literal["pending", "approved", "denied", "expired"]
 CALLS_KEPT_S = 2 * 3600.0

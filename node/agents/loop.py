@@ -31,7 +31,8 @@ from edgefleet.node.service import GenerateInput, NodeService
 from edgefleet.node.tool_calls.turn import run_turn
 from edgefleet.node.tool_calls.types import ToolChoice
 from edgefleet.plumbing import failpoints
-from edgefleet.proto.agents import MAX_RESULT_CHARS, AgentRule, AgentRunReport, AgentStep, RunState, ToolSpec
+from edgefleet.proto.agent_runs import AgentRunReport, AgentStep, RunState
+from edgefleet.proto.agents import MAX_RESULT_CHARS, AgentRule, ToolSpec
 from edgefleet.proto.templates import TemplateError
 
 log = logging.getLogger("edgefleet.node.agents")

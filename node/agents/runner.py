@@ -35,15 +35,8 @@ from edgefleet.node.service import NodeService
 from edgefleet.node.settings import NodeSettings
 from edgefleet.plumbing.mqtt_link import Handler, MqttLink
 from edgefleet.plumbing.mqtt_rpc import BadProperties, check_user_properties
-from edgefleet.proto.agents import (
-    AgentRule,
-    AgentRunReport,
-    ApprovalDecision,
-    SensorReadBinding,
-    SensorTrigger,
-    ToolSpec,
-    check_catalogue,
-)
+from edgefleet.proto.agent_runs import AgentRunReport, ApprovalDecision
+from edgefleet.proto.agents import AgentRule, SensorReadBinding, SensorTrigger, ToolSpec, check_catalogue
 from edgefleet.proto.error_codes import ErrorCode
 from edgefleet.proto.payloads import PayloadError
 from edgefleet.proto.rules import RuleSpec, shared_filter, topic_matches

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from edgefleet.proto.agents import ApprovalDecision
+from edgefleet.proto.agent_runs import ApprovalDecision
 from edgefleet.proto.signing import KeyRing, load_public_keys
 from edgefleet.proto.topics import Topics
 from tests import site_identity

@@ -25,7 +25,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from edgefleet.fleet.site.pki import SitePki
 from edgefleet.plumbing.site_tls import client_ssl_context
 from edgefleet.plumbing.transport_security import TlsFiles
-from edgefleet.proto.agents import AgentRunReport, AgentStep, ApprovalDecision, ApprovalRequest
+from edgefleet.proto.agent_runs import AgentRunReport, AgentStep, ApprovalDecision, ApprovalRequest
 from edgefleet.proto.commands import Command
 from edgefleet.proto.payloads import CommandResult, DesiredState
 from edgefleet.proto.signing import KeyRing, load_public_keys, sign_command

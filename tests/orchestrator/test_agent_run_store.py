@@ -8,7 +8,7 @@ from pathlib import Path
 
 from edgefleet.orchestrator.agent_runs import AgentRunStore
 from edgefleet.orchestrator.registry import Registry, open_registry
-from edgefleet.proto.agents import AgentRunReport, ApprovalDecision, ApprovalRequest
+from edgefleet.proto.agent_runs import AgentRunReport, ApprovalDecision, ApprovalRequest
 
 
 def report(run_id: str, ts: float, state: str = "running", node: str = "n1", **kw: object) -> AgentRunReport:

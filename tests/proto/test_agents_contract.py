@@ -12,16 +12,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import ValidationError
 
 from edgefleet.proto.actuators import filter_covers, outside_actuators, publish_filter
-from edgefleet.proto.agents import (
-    AgentRule,
-    AgentRunReport,
-    ApprovalDecision,
-    ApprovalRequest,
-    PublishBinding,
-    SensorReadBinding,
-    ToolSpec,
-    check_catalogue,
-)
+from edgefleet.proto.agent_runs import AgentRunReport, ApprovalDecision, ApprovalRequest
+from edgefleet.proto.agents import AgentRule, PublishBinding, SensorReadBinding, ToolSpec, check_catalogue
 from edgefleet.proto.commands import Command
 from edgefleet.proto.error_codes import ErrorCode
 from edgefleet.proto.payloads import DesiredState, GroupAssignment, PayloadError, describe_validation_error

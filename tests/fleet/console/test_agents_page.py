@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 import pytest
 from selenium.webdriver.support.ui import Select
 
-from edgefleet.proto.agents import ApprovalDecision
+from edgefleet.proto.agent_runs import ApprovalDecision
 from edgefleet.proto.payloads import parse_payload
 from edgefleet.proto.signing import SignatureError
 from tests.conftest import NodeProcess, wait_for

@@ -16,15 +16,8 @@ from typing import Any
 import pytest
 
 from edgefleet.node.model_catalog import resolve_model
-from edgefleet.proto.agents import (
-    ActLimit,
-    AgentLimits,
-    AgentRule,
-    ApprovalDecision,
-    ArgLimit,
-    SensorTrigger,
-    ToolSpec,
-)
+from edgefleet.proto.agent_runs import ApprovalDecision
+from edgefleet.proto.agents import ActLimit, AgentLimits, AgentRule, ArgLimit, SensorTrigger, ToolSpec
 from edgefleet.proto.artifacts import SiteKey
 from edgefleet.proto.payloads import DesiredState, Target
 from edgefleet.proto.signing import sign_decision

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from edgefleet.node.agents.ledger import AgentLedger, RunRow
-from edgefleet.proto.agents import AgentStep
+from edgefleet.proto.agent_runs import AgentStep
 
 
 def a_run(run_id: str = "run-0123456789abcdef") -> RunRow:
