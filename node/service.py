@@ -151,7 +151,7 @@ class NodeService:
             if meta.chat_template
             else None
         )
-        self._native_tools = formats.is_native(meta.chat_template)
+        self._native_tools = settings.tool_format == "native" and formats.is_native(meta.chat_template)
         self.versions = {
             "edgefleet": _version("edgefleet"),
             "llama_cpp_python": _version("llama-cpp-python"),

@@ -102,6 +102,11 @@ class NodeSettings(SiteSettings):
     prefix_cache: bool = Field(
         default=True, description="Reuse a slot's KV cells for a shared prompt prefix (EDGEFLEET_PREFIX_CACHE)"
     )
+    tool_format: Literal["native", "generic"] = Field(
+        default="native",
+        description="Tool calls in the model family's own format where its chat template has one (native), "
+        "or always in edgefleet's generic one (EDGEFLEET_TOOL_FORMAT)",
+    )
     adapter_quantum: Annotated[int, Field(ge=1, le=64)] = Field(
         default=4,
         description="Decode steps one adapter group may take in a row while another group waits "

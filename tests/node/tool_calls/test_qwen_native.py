@@ -105,3 +105,18 @@ def test_auto_enforces_the_call_once_it_starts_and_unconstrained_returns_an_inva
     assert calls_of(loose) == [], "the model's own call has a title longer than the schema allows"
     assert '"name": "open_ticket"' in "".join(c.text for c in loose)
     assert loose[-1].finish_reason == pb.FINISH_REASON_STOP
+
+
+def test_the_generic_format_can_be_chosen_for_a_native_model(tmp_path: Path) -> None:
+    """EDGEFLEET_TOOL_FORMAT=generic: Qwen gets edgefleet's own tool description and markup (no tools in
+    its template), and its calls are still held to their schemas and parsed out of the text."""
+    node = NodeProcess(tmp_path, env={"EDGEFLEET_MODEL": QWEN, "EDGEFLEET_TOOL_FORMAT": "generic"})
+    try:
+        node.wait_serving(timeout=180)
+        rid = "qwen-generic-1"
+        text, calls, final = run(node.stub, rid, tool_choice=pb.ToolChoice(mode="required"), max_tokens=80)
+        assert final.finish_reason == pb.FINISH_REASON_TOOL_CALLS and text == ""
+        assert [c["name"] for c in calls] == ["get_weather"]
+        assert assert_valid(calls[0], rid, 0)["city"] == "Paris"
+    finally:
+        node.stop()
