@@ -11,10 +11,10 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode
 
+from edgefleet.plumbing.actuator_settings import ActuatorSettings
 from edgefleet.plumbing.listen_address import ANY_HOST, LOOPBACK_HOST, is_loopback, warn_exposed
 from edgefleet.plumbing.site_settings import SiteSettings
 from edgefleet.plumbing.transport_security import SecuritySettingsError
-from edgefleet.proto.rules import check_topic_filter
 from edgefleet.proto.topics import check_name
 
 
@@ -22,7 +22,7 @@ def _default_data_dir() -> Path:
     return Path.home() / ".local" / "share" / "edgefleet"
 
 
-class NodeSettings(SiteSettings):
+class NodeSettings(SiteSettings, ActuatorSettings):
     """Settings of one node process. Command-line flags override these."""
 
     default_mqtt_url: ClassVar[str] = ""  # no EDGEFLEET_MQTT_URL: no control plane, gRPC only
@@ -215,11 +215,6 @@ class NodeSettings(SiteSettings):
         default=True,
         description="Run the site agents (agent rules and tools) pushed in desired state (EDGEFLEET_AGENTS)",
     )
-    actuator_topics: str = Field(
-        default="actions/#",
-        description="MQTT filters an agent's publish tool may write to, comma separated; a call whose topic "
-        "is under none of them is refused (EDGEFLEET_ACTUATOR_TOPICS)",
-    )
     agents_max_runs: Annotated[int, Field(ge=1, le=64)] = Field(
         default=2,
         description="Agent runs advancing at once; a run waiting for an operator holds none "
@@ -261,17 +256,6 @@ class NodeSettings(SiteSettings):
         if isinstance(v, str):
             return [g.strip() for g in v.split(",") if g.strip()]
         return v
-
-    @field_validator("actuator_topics")
-    @classmethod
-    def _check_actuator_topics(cls, v: str) -> str:
-        for f in v.split(","):
-            check_topic_filter(f.strip())
-        return v
-
-    def actuator_filters(self) -> list[str]:
-        """EDGEFLEET_ACTUATOR_TOPICS as a list of MQTT filters."""
-        return [f.strip() for f in self.actuator_topics.split(",") if f.strip()]
 
     @field_validator("groups")
     @classmethod

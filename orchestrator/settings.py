@@ -9,10 +9,10 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from edgefleet.plumbing.actuator_settings import ActuatorSettings
 from edgefleet.plumbing.listen_address import is_loopback, loopback_address, warn_exposed
 from edgefleet.plumbing.site_settings import SiteSettings
 from edgefleet.plumbing.transport_security import SecuritySettingsError
-from edgefleet.proto.rules import check_topic_filter
 
 
 def _host_port(v: str) -> bool:
@@ -33,7 +33,7 @@ def _default_db() -> Path:
     return Path.home() / ".local" / "share" / "edgefleet" / "orchestrator.db"
 
 
-class OrchestratorSettings(SiteSettings):
+class OrchestratorSettings(SiteSettings, ActuatorSettings):
     registry_db: Path = Field(
         default_factory=_default_db, description="The fleet registry, SQLite (EDGEFLEET_REGISTRY_DB)"
     )
@@ -160,23 +160,6 @@ class OrchestratorSettings(SiteSettings):
         default=300.0,
         description="Deadline of an HTTP request, and of a gRPC one that sets none (EDGEFLEET_REQUEST_TIMEOUT_S)",
     )
-    actuator_topics: str = Field(
-        default="actions/#",
-        description="MQTT filters where the site's actuators listen, comma-separated, as the broker's ACL lets "
-        "nodes write them (`broker-config --actuator-topic`): a publish tool outside them is refused at push "
-        "(EDGEFLEET_ACTUATOR_TOPICS)",
-    )
-
-    @field_validator("actuator_topics")
-    @classmethod
-    def _actuators(cls, v: str) -> str:
-        for flt in v.split(","):
-            if flt.strip():
-                check_topic_filter(flt.strip())
-        return v
-
-    def actuator_filters(self) -> tuple[str, ...]:
-        return tuple(f.strip() for f in self.actuator_topics.split(",") if f.strip())
 
     @field_validator("front_door_address", "openai_address", "metrics_address")
     @classmethod

@@ -106,7 +106,7 @@ def test_node_drops_to_one_thread_while_other_processes_hold_the_cores(start_nod
 
 
 def test_profile_over_budget_refuses_to_start_naming_the_numbers(tmp_path: Path) -> None:
-    profile = write_profile(tmp_path / "small.toml", name="small", budget_mb=200, slots=4, n_ctx=2048)
+    profile = write_profile(tmp_path / "small.toml", name="small", budget_mb=200, slots=4, n_ctx=2048, models=[])
     result = _serve(profile, tmp_path)
     assert result.returncode == 2
     err = result.stderr
