@@ -27,7 +27,7 @@ from bench.servers import node_profile  # noqa: E402
 from bench.settings import THREADS  # noqa: E402
 from edgefleet.node.engine.types import Failed, Finished, TextDelta  # noqa: E402
 from edgefleet.node.runtime import build_node  # noqa: E402
-from edgefleet.node.service import ChatTurn, GenerateInput  # noqa: E402
+from edgefleet.node.service_types import ChatTurn, GenerateInput  # noqa: E402
 from edgefleet.node.settings import NodeSettings  # noqa: E402
 
 

@@ -20,7 +20,8 @@ from edgefleet.node.knowledge.service import EmbedderChoice, KnowledgeService
 from edgefleet.node.model_catalog import resolve_model
 from edgefleet.node.profiles import FirmwareProfile, MiB, estimate_memory_bytes, resolve_profile
 from edgefleet.node.sensors.plane import SensorPlane
-from edgefleet.node.service import Embed, NodeService
+from edgefleet.node.service import NodeService
+from edgefleet.node.service_types import Embed
 from edgefleet.node.settings import NodeSettings
 from edgefleet.node.thermal import ThermalGovernor
 from edgefleet.proto.artifacts import load_public_key

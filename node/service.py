@@ -13,7 +13,7 @@ import platform
 import secrets
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from importlib import metadata
 
 import psutil
@@ -28,88 +28,18 @@ from edgefleet.node.grammar import GrammarCache
 from edgefleet.node.knowledge.service import KnowledgeService
 from edgefleet.node.model_catalog import ModelFile
 from edgefleet.node.profiles import FirmwareProfile
+from edgefleet.node.service_types import ChatTurn, Embed, GenerateInput, Queued, ServingState
 from edgefleet.node.settings import NodeSettings
 from edgefleet.node.thermal import ThermalGovernor, ThermalState
 from edgefleet.node.tool_calls import formats
 from edgefleet.node.tool_calls.plan import ToolPlan, plan
 from edgefleet.node.tool_calls.stream import ToolCallSink
-from edgefleet.node.tool_calls.types import ToolCall, ToolChoice, ToolDef
 from edgefleet.node.tool_calls.validate import check_messages, check_tools
 from edgefleet.proto.input_limits import brief
 from edgefleet.proto.templates import CompiledTemplate, TemplateError
 
 ROLES = frozenset({"system", "user", "assistant", "tool"})
 MAX_STOP_CHARS = 64
-
-
-@dataclass(frozen=True)
-class ChatTurn:
-    role: str
-    content: str
-    tool_calls: tuple[ToolCall, ...] = ()  # assistant: the calls it made
-    tool_call_id: str = ""  # tool: the call this message answers
-    name: str = ""  # tool: the function's name (optional)
-
-
-@dataclass(frozen=True)
-class GenerateInput:
-    """A generation request as any edge (gRPC, MQTT, CLI) hands it over, not yet validated."""
-
-    prompt: str = ""
-    messages: tuple[ChatTurn, ...] = ()
-    max_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    json_schema: str = ""
-    adapter: str = ""
-    adapter_scale: float | None = None
-    template: str = ""
-    variables: dict[str, str] = field(default_factory=dict)
-    collection: str = ""  # retrieval: answer from this knowledge collection
-    retrieval_top_k: int = 0
-    tools: tuple[ToolDef, ...] = ()  # functions the model may call (see node/tool_calls)
-    tool_choice: ToolChoice | None = None  # None: auto when tools are given
-    parallel_tool_calls: bool = True
-    tools_unconstrained: bool = False  # evaluation only: described and parsed, not enforced
-
-
-@dataclass(frozen=True)
-class Queued:
-    """A generation the engine has taken: its retrieval sources and the prompt it reads first."""
-
-    sources: list[str]
-    prompt_tokens: int
-    template: str = ""  # `name@version` of the template rendered into the prompt, "" without one
-    adapter: str = ""  # `name@version` of the adapter pinned for the request, "" without one
-
-
-@dataclass(frozen=True)
-class ServingState:
-    """What this node is serving and how loaded it is right now (not the MQTT status payload, proto's NodeStatus)."""
-
-    node_id: str
-    profile: str
-    model: ModelFile
-    model_meta: dict[str, object]
-    n_ctx: int
-    slots_total: int
-    slots_busy: int
-    slots_available: int
-    queue_depth: int
-    queue_limit: int
-    thermal: ThermalState
-    memory_budget_bytes: int
-    memory_estimate_bytes: int
-    rss_bytes: int
-    status: str
-    versions: dict[str, str] = field(default_factory=dict)
-
-
-Embed = Callable[[list[str]], list[list[float]]]
-"""Texts in, their normalized vectors out (blocking): how the knowledge store embeds through the node."""
 
 
 def _version(dist: str) -> str:

@@ -23,9 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from edgefleet.proto.rules import (
     DEFAULT_RULE_PAYLOAD_BYTES,
     MAX_RULE_PAYLOAD_BYTES,
-    MAX_VARIABLES,
-    SOURCE_RE,
     check_topic_filter,
+    check_variables,
 )
 from edgefleet.proto.topics import check_name
 from edgefleet.proto.versions import Version
@@ -225,16 +224,7 @@ class SensorTrigger(BaseModel):
     @field_validator("variables")
     @classmethod
     def _variables(cls, v: dict[str, str]) -> dict[str, str]:
-        if len(v) > MAX_VARIABLES:
-            raise ValueError(f"{len(v)} variables; the limit is {MAX_VARIABLES}")
-        for name, source in v.items():
-            if not name.isidentifier():
-                raise ValueError(f"variable {name!r} is not an identifier")
-            if not SOURCE_RE.match(source):
-                raise ValueError(
-                    f"variable {name}: source {source!r} is not payload, payload.<field>…, topic or topic[<i>]"
-                )
-        return v
+        return check_variables(v)
 
 
 class RequestTrigger(BaseModel):

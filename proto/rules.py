@@ -78,6 +78,21 @@ def topic_matches(flt: str, topic: str) -> bool:
     return len(f_levels) == len(t_levels)
 
 
+def check_variables(v: dict[str, str]) -> dict[str, str]:
+    """Template variables and their sources in a message (sensor rules, agent triggers); ValueError names a bad one."""
+    if len(v) > MAX_VARIABLES:
+        raise ValueError(f"{len(v)} variables; the limit is {MAX_VARIABLES}")
+    for name, source in v.items():
+        if not name.isidentifier():
+            raise ValueError(f"variable {name!r} is not an identifier")
+        if not SOURCE_RE.match(source):
+            raise ValueError(
+                f"variable {name}: source {source!r} is not one of payload, payload.<field>[.<field>…], "
+                f"topic, topic[<i>]"
+            )
+    return v
+
+
 def shared_filter(group: str, flt: str) -> str:
     """`$share/<group>/<filter>`: the broker hands each message to one subscriber of the group."""
     check_name("share group", group)
@@ -167,17 +182,7 @@ class RuleSpec(BaseModel):
     @field_validator("variables")
     @classmethod
     def _variables(cls, v: dict[str, str]) -> dict[str, str]:
-        if len(v) > MAX_VARIABLES:
-            raise ValueError(f"{len(v)} variables; the limit is {MAX_VARIABLES}")
-        for name, source in v.items():
-            if not name.isidentifier():
-                raise ValueError(f"variable {name!r} is not an identifier")
-            if not SOURCE_RE.match(source):
-                raise ValueError(
-                    f"variable {name}: source {source!r} is not one of payload, payload.<field>[.<field>…], "
-                    f"topic, topic[<i>]"
-                )
-        return v
+        return check_variables(v)
 
     @field_validator("json_schema")
     @classmethod

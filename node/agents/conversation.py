@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from edgefleet.node.agents.ledger import Approval, RunRow
-from edgefleet.node.service import ChatTurn
+from edgefleet.node.service_types import ChatTurn
 from edgefleet.node.tool_calls.types import ToolCall, ToolDef
 from edgefleet.proto.agent_runs import MAX_STEPS_REPORTED, AgentRunReport, AgentStep, ApprovalRequest
 from edgefleet.proto.agents import AgentRule, ToolSpec

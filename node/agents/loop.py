@@ -27,7 +27,8 @@ from edgefleet.node.agents.ledger import AgentLedger, RunRow
 from edgefleet.node.agents.policy import Call, Decision, ToolPolicy, Verdict, parse_arguments
 from edgefleet.node.control.faults import AGENT_BEFORE_PUBLISH
 from edgefleet.node.errors import TRANSIENT, EdgefleetError
-from edgefleet.node.service import GenerateInput, NodeService
+from edgefleet.node.service import NodeService
+from edgefleet.node.service_types import GenerateInput
 from edgefleet.node.tool_calls.turn import run_turn
 from edgefleet.node.tool_calls.types import ToolChoice
 from edgefleet.plumbing import failpoints

@@ -12,7 +12,8 @@ from __future__ import annotations
 from google.protobuf import json_format
 
 from edgefleet.node.knowledge.caches import CachedResponse
-from edgefleet.node.service import GenerateInput, NodeService
+from edgefleet.node.service import NodeService
+from edgefleet.node.service_types import GenerateInput
 from edgefleet.proto.v1 import inference_pb2 as pb
 
 

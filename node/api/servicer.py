@@ -18,7 +18,8 @@ from edgefleet.node.api.status import refuse
 from edgefleet.node.engine.types import EventSink, Failed, Finished, FinishReason, TextDelta, ToolCallDelta
 from edgefleet.node.errors import EdgefleetError, InvalidRequest
 from edgefleet.node.knowledge.caches import CachedResponse
-from edgefleet.node.service import ChatTurn, GenerateInput, NodeService, Queued
+from edgefleet.node.service import NodeService
+from edgefleet.node.service_types import ChatTurn, GenerateInput, Queued
 from edgefleet.node.tool_calls.types import ToolCall, ToolChoice, ToolDef
 from edgefleet.plumbing.grpc_malformed import refuse_malformed
 from edgefleet.plumbing.logs import request_id_var

@@ -33,7 +33,8 @@ from edgefleet.node.sensors.messages import MessageError, extract_variables, out
 from edgefleet.node.sensors.reports import Report, no_report
 from edgefleet.node.sensors.stages import Answer, AnswererQueue, EngineDone, OutboxAdded, PublisherQueue, Stop
 from edgefleet.node.sensors.stats import SensorStats
-from edgefleet.node.service import GenerateInput, NodeService
+from edgefleet.node.service import NodeService
+from edgefleet.node.service_types import GenerateInput
 from edgefleet.plumbing import failpoints
 from edgefleet.proto.error_codes import ErrorCode
 from edgefleet.proto.rules import RuleSpec, SensorResult

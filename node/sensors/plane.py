@@ -30,7 +30,8 @@ from edgefleet.node.sensors.publisher import Publisher
 from edgefleet.node.sensors.stages import AnswererQueue, PublisherQueue, Reply
 from edgefleet.node.sensors.stats import SensorStats
 from edgefleet.node.sensors.subscriptions import EffectiveRule
-from edgefleet.node.service import GenerateInput, NodeService
+from edgefleet.node.service import NodeService
+from edgefleet.node.service_types import GenerateInput
 from edgefleet.node.settings import NodeSettings
 from edgefleet.plumbing import failpoints
 from edgefleet.plumbing.mqtt_link import MqttLink

@@ -18,7 +18,8 @@ from edgefleet.node.tool_calls.types import ToolCall
 from edgefleet.proto.error_codes import ErrorCode
 
 if TYPE_CHECKING:
-    from edgefleet.node.service import GenerateInput, NodeService
+    from edgefleet.node.service import NodeService
+    from edgefleet.node.service_types import GenerateInput
 
 
 class DeadlineExceeded(EdgefleetError):

@@ -8,7 +8,7 @@ import pytest
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from edgefleet.node.errors import InvalidRequest
-from edgefleet.node.service import ChatTurn
+from edgefleet.node.service_types import ChatTurn
 from edgefleet.node.tool_calls import formats
 from edgefleet.node.tool_calls.types import ToolCall, ToolChoice, ToolDef, call_id
 from edgefleet.node.tool_calls.validate import check_messages, check_tools

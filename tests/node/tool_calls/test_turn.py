@@ -11,7 +11,7 @@ import pytest
 from edgefleet.node.engine.types import FinishReason
 from edgefleet.node.errors import InvalidRequest
 from edgefleet.node.runtime import Node, build_node
-from edgefleet.node.service import ChatTurn, GenerateInput
+from edgefleet.node.service_types import ChatTurn, GenerateInput
 from edgefleet.node.settings import NodeSettings
 from edgefleet.node.tool_calls.turn import DeadlineExceeded, run_turn
 from edgefleet.node.tool_calls.types import ToolChoice, ToolDef
