@@ -118,6 +118,10 @@ def test_after_retained_state_is_lost_and_the_registry_rebuilt_generations_conti
         orch.start()
     finally:
         w.close()
+    # The rebuilt registry learns of cli-a (and the generation it reports) from its retained status and
+    # report; a push before that would start again at generation 1 (seen on a busy machine).
+    listed = wait_for(lambda: '"cli-a"' in cli("fleet", "status", "--json", env=lab(broker)).stdout, timeout=60)
+    assert listed, "the restarted orchestrator never listed cli-a again"
     f = tmp_path / "own.j2"
     f.write_text(TEMPLATE)
     r = cli("--timeout", "30", "fleet", "push-template", str(f), "--name", "own", "--version", "1",
