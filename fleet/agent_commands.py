@@ -27,7 +27,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from edgefleet.fleet import applied
-from edgefleet.fleet.control import OrchestratorSession, pages, refusal
+from edgefleet.fleet.control import OrchestratorSession, refusal, target_listing
 from edgefleet.fleet.settings import FleetSettings
 from edgefleet.proto.agents import AgentRule, ToolSpec
 from edgefleet.proto.commands import Command
@@ -118,22 +118,13 @@ def _call(settings: FleetSettings, cmd: Command, timeout: float) -> CommandResul
 
 def _list(args: argparse.Namespace, settings: FleetSettings, section: str, timeout: float, out: TextIO) -> int:
     cmd = _command(section, target=args.target, offset=args.offset, limit=args.limit)
-    data: dict[str, Any] = {}
-    following = None
     with OrchestratorSession(settings, min(timeout, 10.0)) as s:
-        for r in pages(lambda c: s.call(c, timeout), cmd):
-            if not r.ok:
-                raise AgentCommandError(refusal(r))
-            if args.limit is not None:
-                if args.json:
-                    out.write(json.dumps(r.data, indent=2) + "\n")
-                    return 0
-                following = r.data.get("next_offset")
-                data = r.data.get("targets", {})
-                break
-            data.update(r.data.get("targets", {}))
+        listing = target_listing(
+            lambda c: s.call(c, timeout), cmd, args.limit is not None, lambda r: AgentCommandError(refusal(r))
+        )
+    data, following = listing.targets, listing.next_offset
     if args.json:
-        out.write(json.dumps(data, indent=2) + "\n")
+        out.write(json.dumps(listing.page if args.limit is not None else data, indent=2) + "\n")
         return 0
     for target, specs in sorted(data.items()):
         for name, spec in sorted(specs.items()):

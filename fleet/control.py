@@ -15,8 +15,10 @@ import socket
 import threading
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from cryptography import x509
@@ -199,6 +201,36 @@ def pages(call: Callable[[Command], CommandResult], command: Command) -> Iterato
             )
         offset = following
         command = Command(command.request.model_copy(update={"offset": offset}))
+
+
+@dataclass(frozen=True)
+class TargetListing:
+    """A per-target listing (`rules`, `tools`, `agents`): targets → name → spec, merged over the pages
+    fetched; `page` is the last answer's data and `next_offset` where the next page starts (one page)."""
+
+    targets: dict[str, Any]
+    page: dict[str, Any]
+    next_offset: Any
+
+
+def target_listing(
+    call: Callable[[Command], CommandResult],
+    command: Command,
+    one_page: bool,
+    refused: Callable[[CommandResult], Exception],
+) -> TargetListing:
+    """Every page of a per-target listing, or only the first (`one_page`, as `--limit` asks); a refusal
+    raises what `refused` makes of it."""
+    targets: dict[str, Any] = {}
+    page: dict[str, Any] = {}
+    for r in pages(call, command):
+        if not r.ok:
+            raise refused(r)
+        page = r.data
+        if one_page:
+            return TargetListing(dict(r.data.get("targets", {})), page, r.data.get("next_offset"))
+        targets.update(r.data.get("targets", {}))
+    return TargetListing(targets, page, None)
 
 
 def refusal(result: CommandResult) -> str:

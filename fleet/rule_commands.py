@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 import yaml
 from pydantic import ValidationError
 
 from edgefleet.fleet import applied
-from edgefleet.fleet.control import OrchestratorSession, pages, refusal
+from edgefleet.fleet.control import OrchestratorSession, refusal, target_listing
 from edgefleet.fleet.settings import FleetSettings
 from edgefleet.proto.commands import Command
 from edgefleet.proto.payloads import PayloadError, describe_validation_error
@@ -59,22 +59,13 @@ def _list(args: argparse.Namespace, settings: FleetSettings, timeout: float, out
         cmd = Command(op="rules", target=args.target, offset=args.offset, limit=args.limit)
     except PayloadError as e:
         raise RuleCommandError(str(e).replace("invalid rules command: ", "fleet rules: --")) from e
-    data: dict[str, Any] = {}
-    following = None
     with OrchestratorSession(settings, min(timeout, 10.0)) as s:
-        for r in pages(lambda c: s.call(c, timeout), cmd):
-            if not r.ok:
-                raise RuleCommandError(refusal(r))
-            if args.limit is not None:
-                if args.json:
-                    out.write(json.dumps(r.data, indent=2) + "\n")
-                    return 0
-                following = r.data.get("next_offset")
-                data = r.data.get("targets", {})
-                break
-            data.update(r.data.get("targets", {}))
+        listing = target_listing(
+            lambda c: s.call(c, timeout), cmd, args.limit is not None, lambda r: RuleCommandError(refusal(r))
+        )
+    data, following = listing.targets, listing.next_offset
     if args.json:
-        out.write(json.dumps(data, indent=2) + "\n")
+        out.write(json.dumps(listing.page if args.limit is not None else data, indent=2) + "\n")
         return 0
     for target, rules in sorted(data.items()):
         for name, rule in sorted(rules.items()):
