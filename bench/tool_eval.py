@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 import openai  # noqa: E402
 
 from bench.site_security import BenchSecurity, add_insecure_flag  # noqa: E402
-from bench.tool_scoring import Call, Score, Task, TaskSet, load_tasks, score  # noqa: E402
+from bench.tool_scoring import TASKS_FILE, Call, Score, Task, TaskSet, load_tasks, score  # noqa: E402
 from bench.tool_site import ToolSite  # noqa: E402
 
 MODELS = ("smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct", "gemma-3-270m")
@@ -161,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=180.0, help="seconds per request")
     p.add_argument("--stream", action="store_true", help="stream every answer (delta.tool_calls)")
     p.add_argument("--parallel", action="store_true", help="parallel_tool_calls true (default false: one call)")
+    p.add_argument("--tasks", type=Path, default=TASKS_FILE, help="the task set (tool_tasks_heldout.json: held out)")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     add_insecure_flag(p)
     args = p.parse_args(argv)
@@ -172,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--models: {m!r} is not a bundled model ({', '.join(MODELS)})")
     if not set(choices) <= {"required", "auto"} or not set(modes) <= {"enforced", "free"}:
         p.error("--choices takes required,auto and --modes enforced,free")
-    ts = load_tasks()
+    ts = load_tasks(args.tasks)
     tasks = ts.tasks[: args.limit] if args.limit else ts.tasks
     command = shlex.join([".venv/bin/python", "-m", "bench.tool_eval", *(sys.argv[1:] if argv is None else argv)])
     print(f"command: {command}")

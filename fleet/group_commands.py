@@ -1,4 +1,6 @@
-"""`edgefleet fleet assign-groups NODE --groups a,b`: a node's groups at run time, through the orchestrator.
+"""`edgefleet fleet assign-groups NODE --groups a,b`: a node's groups at run time, through the orchestrator;
+`edgefleet fleet group require-rollouts GROUP on|off`: whether a group takes direct pushes, or only
+releases (`edgefleet fleet rollout start`).
 
 On a site with the broker ACL a node reads only its groups' topics. Where the site PKI directory
 is (`--dir`, $EDGEFLEET_PKI_DIR, ~/.config/edgefleet/pki) and the node is enrolled there, the
@@ -15,12 +17,13 @@ from pathlib import Path
 from typing import TextIO
 
 from edgefleet.fleet import applied, identity_commands
+from edgefleet.fleet.control import CommandRefused, OrchestratorSession, refusal
 from edgefleet.fleet.settings import FleetSettings
 from edgefleet.fleet.site.pki import PkiError, SitePki
 from edgefleet.proto.commands import Command
 from edgefleet.proto.topics import check_name
 
-VERBS = ("assign-groups",)
+VERBS = ("assign-groups", "group")
 
 
 class GroupCommandError(Exception):
@@ -38,6 +41,14 @@ def add_parsers(fsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--broker-pid", type=int, help="send SIGHUP to this Mosquitto process to reload the ACL")
     p.add_argument("--broker-pid-file", type=Path, help="read the Mosquitto pid from this file")
     applied.add_wait_flags(p)
+    g = fsub.add_parser("group", help="a group's policy: require rollouts (no direct push to it or its nodes)")
+    gsub = g.add_subparsers(dest="group_command", required=True)
+    rr = gsub.add_parser(
+        "require-rollouts",
+        help="on: direct pushes to the group (or its nodes) are refused, changes go out with `fleet rollout start`",
+    )
+    rr.add_argument("group", help="the group (NAME or group:NAME)")
+    rr.add_argument("state", choices=("on", "off"))
 
 
 def parse_groups(text: str) -> list[str]:
@@ -71,7 +82,26 @@ def update_acl(args: argparse.Namespace, settings: FleetSettings, groups: list[s
     return list(ident.assigned_groups)
 
 
+def group_policy(args: argparse.Namespace, settings: FleetSettings, out: TextIO) -> int:
+    """`group require-rollouts GROUP on|off`: the orchestrator's answer printed; a refusal raised."""
+    group = args.group.removeprefix("group:")
+    try:
+        check_name("group", group)
+    except ValueError as e:
+        raise GroupCommandError(str(e)) from e
+    cmd = Command(op="group-policy", group=group, require_rollouts=args.state == "on")
+    timeout = min(args.timeout, 30.0)
+    with OrchestratorSession(settings, min(timeout, 10.0)) as s:
+        result = s.call(cmd, timeout)
+    if not result.ok:
+        raise CommandRefused(refusal(result))
+    out.write(result.message + "\n")
+    return 0
+
+
 def run(args: argparse.Namespace, settings: FleetSettings, out: TextIO) -> int:
+    if args.fleet_command == "group":
+        return group_policy(args, settings, out)
     try:
         groups = parse_groups(args.groups)
     except ValueError as e:

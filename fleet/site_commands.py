@@ -20,6 +20,8 @@ from edgefleet.fleet import (
     group_commands,
     identity_commands,
     keys_commands,
+    model_commands,
+    rollout_commands,
     rule_commands,
     uplink_commands,
 )
@@ -95,6 +97,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     rm.add_argument("--target", required=True)
     applied.add_wait_flags(rm)
     adapter_commands.add_parsers(fsub)
+    model_commands.add_parsers(fsub)
+    rollout_commands.add_parsers(fsub)
     rule_commands.add_parsers(fsub)
     agent_commands.add_parsers(fsub)
     group_commands.add_parsers(fsub)
@@ -159,6 +163,14 @@ def _groups(n: dict[str, Any]) -> str:
     return text + (f" (+{','.join(pending)} assigned)" if pending else "")
 
 
+def model_cell(n: dict[str, Any]) -> str:
+    """The model a node serves (what it reports, else its status's), and the one desired for it when
+    that differs (a model on its way: `qwen@1 -> tiny@2`)."""
+    serving = n.get("reported_model") or n["model"] or "-"
+    desired = n.get("desired_model", "")
+    return f"{serving} -> {desired}" if desired and desired != serving else serving
+
+
 def print_status(nodes: list[dict[str, Any]], out: TextIO) -> None:
     header = ["NODE", "GROUPS", "PROFILE", "MODEL", "STATUS", "LAST SEEN", "OUTBOX", "TEMPLATES / ADAPTERS"]
     rows = []
@@ -179,7 +191,7 @@ def print_status(nodes: list[dict[str, Any]], out: TextIO) -> None:
                 n["node_id"],
                 _groups(n),
                 n["profile"],
-                n["model"],
+                model_cell(n),
                 n["state"],
                 _age(n["last_seen"]),
                 "-" if n.get("outbox") is None else str(n["outbox"]),
@@ -325,6 +337,16 @@ def run(args: argparse.Namespace, settings: FleetSettings, out: TextIO) -> int:
         try:
             return agent_commands.run(args, settings, out)
         except agent_commands.AgentCommandError as e:
+            raise FleetCommandError(str(e)) from e
+    if args.fleet_command in rollout_commands.VERBS:
+        try:
+            return rollout_commands.run(args, settings, out)
+        except rollout_commands.RolloutCommandError as e:
+            raise FleetCommandError(str(e)) from e
+    if args.fleet_command in model_commands.VERBS:
+        try:
+            return model_commands.run(args, settings, out)
+        except model_commands.ModelCommandError as e:
             raise FleetCommandError(str(e)) from e
     if args.fleet_command in ("push-rule", "rm-rule", "rules"):
         try:

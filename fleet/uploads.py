@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 from edgefleet.proto.commands import Command, UploadChunkRequest
 from edgefleet.proto.payloads import MAX_UPLOAD_CHUNK_BYTES, CommandResult, UploadChunk
@@ -25,17 +26,42 @@ def piece_count(size: int, step: int = MAX_UPLOAD_CHUNK_BYTES) -> int:
 
 def upload(send: SendCommand, data: bytes, progress: Progress | None = None) -> tuple[str, CommandResult]:
     """Send `data` piece by piece; (its sha256, the last answer): a refusal ends the upload at once."""
-    sha = hashlib.sha256(data).hexdigest()
     step = MAX_UPLOAD_CHUNK_BYTES
-    count = piece_count(len(data), step)
+    pieces = (data[i * step : (i + 1) * step] for i in range(piece_count(len(data), step)))
+    return _send(send, hashlib.sha256(data).hexdigest(), len(data), pieces, progress)
+
+
+def upload_file(send: SendCommand, path: Path, progress: Progress | None = None) -> tuple[str, CommandResult]:
+    """`upload` of a file read a piece at a time (a model of hundreds of megabytes is never in memory
+    whole): hashed in one pass, then sent in another."""
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as f:
+        while block := f.read(4 * 1024 * 1024):
+            digest.update(block)
+            size += len(block)
+
+    def pieces() -> Iterator[bytes]:
+        with path.open("rb") as f:
+            while piece := f.read(MAX_UPLOAD_CHUNK_BYTES):
+                yield piece
+
+    return _send(send, digest.hexdigest(), size, pieces(), progress)
+
+
+def _send(
+    send: SendCommand, sha: str, size: int, pieces: Iterator[bytes], progress: Progress | None
+) -> tuple[str, CommandResult]:
+    step = MAX_UPLOAD_CHUNK_BYTES
+    count = piece_count(size, step)
     result = CommandResult(ok=True)
-    for i in range(count):
+    for i, data in enumerate(pieces):
         piece = UploadChunk(
             sha256=sha,
-            size=len(data),
+            size=size,
             chunk_bytes=step,
             index=i,
-            data=base64.b64encode(data[i * step : (i + 1) * step]).decode(),
+            data=base64.b64encode(data).decode(),
         )
         result = send(Command(UploadChunkRequest(upload=piece)))
         if not result.ok:

@@ -17,6 +17,7 @@ from edgefleet.plumbing import failpoints
 from edgefleet.plumbing.logs import configure_logging
 
 log = logging.getLogger("edgefleet.node")
+EXIT_RESTART = 75  # EX_TEMPFAIL: a model switch could not execute the node again; start it again
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -122,11 +123,21 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"edgefleet-node: cannot start: {e}\n")
         return 2
     try:
-        return asyncio.run(serve(node, settings))
+        code = asyncio.run(serve(node, settings))
     except OSError as e:
         node.close()
         sys.stderr.write(f"edgefleet-node: {e}\n")
         return 2
+    if code == 0 and node.restart_reason and not node.signalled:  # a model switch: the same process, again
+        from edgefleet.node.model_switch import reexec
+
+        log.info("executing again", extra={"reason": node.restart_reason})
+        try:
+            reexec()
+        except OSError as e:
+            sys.stderr.write(f"edgefleet-node: cannot execute again ({e}); exiting for the supervisor\n")
+            return EXIT_RESTART
+    return code
 
 
 if __name__ == "__main__":

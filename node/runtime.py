@@ -1,15 +1,23 @@
-"""Assembles a node: settings → profile → model → memory check → engine → services."""
+"""Assembles a node: settings → profile → model → memory check → engine → services.
+
+The model: the one node.db says to switch to or has committed (node/model_switch.py), else the
+node's own (EDGEFLEET_MODEL, else the profile's)."""
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import sqlite_utils
 
 from edgefleet.node.adapter_manager import AdapterManager
 from edgefleet.node.agents.runner import AgentRunner
 from edgefleet.node.control.agent import ControlAgent
+from edgefleet.node.control.base_models import BaseModels, ModelSlot
 from edgefleet.node.control.desired_store import DesiredStateStore, open_node_db
 from edgefleet.node.control.faults import NodeFaults
 from edgefleet.node.engine.engine import Engine, EngineConfig
@@ -17,7 +25,8 @@ from edgefleet.node.engine.llama_backend import LoadedModel
 from edgefleet.node.errors import EdgefleetError, InvalidRequest, ModelError, OverBudget
 from edgefleet.node.knowledge.errors import KnowledgeError
 from edgefleet.node.knowledge.service import EmbedderChoice, KnowledgeService
-from edgefleet.node.model_catalog import resolve_model
+from edgefleet.node.model_catalog import ModelFile, resolve_model
+from edgefleet.node.model_switch import check_generation, choose_and_build
 from edgefleet.node.profiles import FirmwareProfile, MiB, estimate_memory_bytes, resolve_profile
 from edgefleet.node.sensors.plane import SensorPlane
 from edgefleet.node.service import NodeService
@@ -37,15 +46,38 @@ class Node:
     engine: Engine
     model: LoadedModel
     agent: ControlAgent | None = None
+    models: BaseModels | None = None  # the base-model slots in node.db (a node on a site)
+    switching: ModelSlot | None = None  # loaded and checked; committed once the node serves
+    restart_reason: str = ""  # set: stop, drain and execute again (a model switch)
+    signalled: bool = False  # SIGTERM/SIGINT: the supervisor stops the node; no restart then
+    on_restart: list[Callable[[], None]] = field(default_factory=list)
+    _restart_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def start_control_plane(self) -> None:
         if self.agent is not None:
             self.agent.start()
 
+    def commit_model(self) -> None:
+        """The switched-to model serves and is healthy: record it, before anything reports it."""
+        if self.models is not None and self.switching is not None:
+            self.models.commit(self.switching)
+            log.info("model switch committed", extra={"model": self.switching.label})
+            self.switching = None
+
+    def request_restart(self, reason: str) -> None:
+        """From any thread: drain and execute the node again (`serve` does it); the first reason wins."""
+        with self._restart_lock:
+            if self.restart_reason:
+                return
+            self.restart_reason = reason
+        log.info("restart requested", extra={"reason": reason})
+        for callback in self.on_restart:
+            callback()
+
     def close(self, failure: str = "") -> None:
         """Stop every part; `failure` (the engine's reason) makes the last status `failed`, not `offline`."""
         if self.agent is not None:
-            self.agent.stop(failure)  # the last status before the engine goes away
+            self.agent.stop(failure, self.restart_reason)  # the last status before the engine goes away
         self.engine.stop()
         if self.service.knowledge is not None:
             self.service.knowledge.close()
@@ -82,7 +114,30 @@ def _mib(n: int) -> str:
 def build_node(settings: NodeSettings) -> Node:
     """Load everything a node serves with; raises typed errors naming what is wrong."""
     profile = resolve_profile(settings.profile)
-    model_file = resolve_model(settings.model or profile.model.preferred, settings.data_dir)
+    db = open_node_db(settings.data_dir / "node.db") if settings.mqtt_url else None
+    models = BaseModels(db) if db is not None else None
+
+    def own() -> ModelFile:
+        return resolve_model(settings.model or profile.model.preferred, settings.data_dir)
+
+    def build(model_file: ModelFile, check: bool) -> Node:
+        return _build(settings, profile, model_file, check, db, models)
+
+    node, switching = choose_and_build(models, own, build)
+    node.models, node.switching = models, switching
+    if node.agent is not None:
+        node.agent.request_switch = node.request_restart
+    return node
+
+
+def _build(
+    settings: NodeSettings,
+    profile: FirmwareProfile,
+    model_file: ModelFile,
+    check: bool,
+    db: sqlite_utils.Database | None,
+    models: BaseModels | None,
+) -> Node:
     model = LoadedModel(model_file.path, profile.compute.gpu_layers)
     try:
         memory = estimate_memory_bytes(profile, model_file.size, model.meta.kv_bytes_per_token())
@@ -137,6 +192,13 @@ def build_node(settings: NodeSettings) -> Node:
             ),
         )
         engine.start()
+        if check:
+            try:
+                answer = check_generation(engine, model, settings.model_check_timeout_s)
+            except BaseException:
+                engine.stop()
+                raise
+            log.info("model check passed", extra={"model": model_file.name, "answer": answer})
     except BaseException:
         model.close()
         raise
@@ -188,7 +250,8 @@ def build_node(settings: NodeSettings) -> Node:
             raise ModelError(f"site public key {key_path} cannot be read: {e}") from e
         if site_key is None:
             log.warning("no site public key pinned: artifacts (adapters, knowledge) will be refused")
-        store = DesiredStateStore(open_node_db(settings.data_dir / "node.db"))
+        assert db is not None
+        store = DesiredStateStore(db)
         topics = Topics.for_site(settings.site, settings.topic_root)
         faults = NodeFaults(
             settings.node_id,
@@ -200,5 +263,5 @@ def build_node(settings: NodeSettings) -> Node:
         sensors = SensorPlane(settings, service, topics, faults)
         keys = KeyRing(load_public_keys(settings.site_key_paths()))
         agents = AgentRunner(settings, service, topics, faults, keys) if settings.agents else None
-        agent = ControlAgent(settings, service, store, site_key, sensors, faults, keys, agents)
+        agent = ControlAgent(settings, service, store, site_key, sensors, faults, keys, agents, models)
     return Node(service, engine, model, agent)

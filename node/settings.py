@@ -150,6 +150,11 @@ class NodeSettings(SiteSettings, ActuatorSettings):
         default=10.0,
         description="Ask again for missing chunks when none came for this long (EDGEFLEET_ARTIFACT_RETRY_S)",
     )
+    model_check_timeout_s: Annotated[float, Field(gt=0, le=600)] = Field(
+        default=60.0,
+        description="A model switch: how long the new model's check generation may take before the switch "
+        "fails and the previous model serves again (EDGEFLEET_MODEL_CHECK_TIMEOUT_S)",
+    )
     sensor_session_expiry_s: Annotated[int, Field(ge=60, le=2**32 - 1)] = Field(
         default=7 * 24 * 3600,
         description="How long the broker keeps this node's sensor messages while it is away "

@@ -127,7 +127,7 @@ def node_activity(node: Any) -> Activity:
         sensors = getattr(agent, "sensors", None)
         if sensors is not None:
             inbox = sensors.ledger.depths()[0]
-        for sync in (getattr(agent, "adapters", None), getattr(agent, "knowledge", None)):
+        for sync in (getattr(agent, n, None) for n in ("adapters", "knowledge", "model")):
             if sync is not None:
                 installing |= any(t.state in ("fetching", "verifying") for t in sync.report()[1].values())
     return Activity(node.engine.outstanding, inbox, installing)

@@ -7,6 +7,10 @@ site key, published as a retained manifest under the target's scope (`artifact/g
 the target's desired state. An artifact pushed to two targets is published under both; removing it
 from one clears that scope's retained manifest. Nodes then ask for chunks on the requests topic
 (`chunk_requests.py`), naming the scope, and the chunk sender answers on that scope's topics.
+
+`upload_only` (push-adapter, push-knowledge): the manifest is made, signed and kept (per version)
+and its `ArtifactRef` answered, but nothing is published and no desired state changes: a rollout
+then moves it node by node (orchestrator/rollouts/manifests.py publishes each node's manifest).
 """
 
 from __future__ import annotations
@@ -100,6 +104,10 @@ class AdapterCommands:
         table.register(PushKnowledgeRequest, partial(self.push, kind="knowledge"))
         table.register(RemoveKnowledgeRequest, partial(self.remove, kind="knowledge"))
 
+    def site_key(self) -> SiteKey:
+        """The site's signing key (read when used), or CommandError NO_SITE_KEY."""
+        return self._key()
+
     def _key(self) -> SiteKey:
         try:
             return SiteKey.load(self.site_key_path)
@@ -133,16 +141,37 @@ class AdapterCommands:
 
     def manifest_messages(self) -> list[tuple[str, bytes]]:
         """Every stored manifest as its retained messages, one per target whose desired state names
-        it (that version): what the orchestrator publishes on each connect."""
-        manifests = {(m.kind, m.name): m for m in self.current_manifests()}
+        it (that version, however old: a group keeps v1 while a rollout moves v2 node by node): what
+        the orchestrator publishes on each connect."""
+        self.current_manifests()  # the newest signed again after a key rotation
         out = []
         for doc in self.registry.all_desired().values():
             for kind in ARTIFACT_KINDS:
                 for name, ref in getattr(doc, _section(kind)).items():
-                    m = manifests.get((kind, name))
-                    if m is not None and m.sha256 == ref.sha256 and m.version == ref.version:
+                    m = self.kept_manifest(kind, ref)
+                    if m is not None:
                         out.append((self._manifest_topic(doc.target, kind, name), m.model_dump_json().encode()))
         return out
+
+    def kept_manifest(self, kind: ArtifactKind, ref: ArtifactRef) -> Manifest | None:
+        """The kept manifest of `ref`'s version (None when none is kept with its content), signed with
+        the current site key (signed again and kept when an older key signed it)."""
+        m = self.store.manifest(kind, ref.name, ref.version)
+        if m is None or m.sha256 != ref.sha256:
+            return None
+        try:
+            key = self._key()
+        except CommandError as e:
+            log.error("cannot sign manifests", extra={"reason": str(e)})
+            return m
+        try:
+            verify(m, key.private.public_key())
+        except ArtifactError:
+            newest = self.store.manifest(kind, ref.name)
+            m = key.sign(m)
+            self.store.save_manifest(m, newest=newest is None or newest.version == m.version)
+            log.info("manifest signed again with the current site key", extra={"artifact": m.label})
+        return m
 
     def _manifest_topic(self, target: Target, kind: str, name: str) -> str:
         return self.topics.artifact_manifest(self.topics.artifact_scope(target.kind, target.name), kind, name)
@@ -178,14 +207,21 @@ class AdapterCommands:
         current = self.registry.desired(t.key)
         refs = dict(getattr(current, _section(kind))) if current else {}
         manifest = self._manifest(req, kind)
+        ref = ArtifactRef(name=manifest.name, version=manifest.version, sha256=manifest.sha256, size=manifest.size)
+        if req.upload_only:
+            log.info("manifest kept for a rollout", extra={"artifact": manifest.label, "target": t.key})
+            return CommandResult(
+                ok=True,
+                message=f"{manifest.label} ({manifest.size} bytes, {manifest.chunk_count} chunks) signed and kept; "
+                "no target changed",
+                data={"ref": ref.model_dump(), "kind": kind, "target": t.key, "chunks": manifest.chunk_count},
+            )
         self.publish_retained(self._manifest_topic(t, kind, req.name), manifest.model_dump_json().encode())
         log.info(
             "manifest published",
             extra={"artifact": manifest.label, "chunks": manifest.chunk_count, "target": t.key},
         )
-        refs[req.name] = ArtifactRef(
-            name=manifest.name, version=manifest.version, sha256=manifest.sha256, size=manifest.size
-        )
+        refs[req.name] = ref
         doc = self.publish_desired(t, current, {_section(kind): refs})
         return CommandResult(
             ok=True,

@@ -4,6 +4,7 @@ Layout under the store's directory:
   uploads/<sha256>/<index>     pieces the CLI has sent so far (an upload resumes from them)
   blobs/<sha256>               complete, verified files
   manifests/<kind>/<name>.json the newest signed manifest per artifact name
+  versions/<kind>/<name>/<v>.json every version's signed manifest (a rollback's chunks are still served)
 Every file is written to a temporary name, fsynced and renamed, so a crash leaves no half file.
 """
 
@@ -13,9 +14,12 @@ import base64
 import binascii
 import hashlib
 import logging
+import os
 import shutil
+import tempfile
 import threading
 from pathlib import Path
+from urllib.parse import quote
 
 from edgefleet.plumbing.atomic_files import write_atomic
 from edgefleet.proto.artifacts import ArtifactError, Manifest
@@ -57,18 +61,27 @@ class ArtifactStore:
             missing = count - len({str(i) for i in range(count)} & have)
             if missing:
                 return missing
+            # joined piece by piece into a temporary file beside the blob: a model of hundreds of
+            # megabytes is never in memory whole
             digest = hashlib.sha256()
-            parts = []
-            for i in range(count):
-                part = (d / str(i)).read_bytes()
-                digest.update(part)
-                parts.append(part)
-            if digest.hexdigest() != up.sha256:
-                shutil.rmtree(d)
-                raise ArtifactError(
-                    f"the uploaded file's sha256 is {digest.hexdigest()}, not {up.sha256}; upload again"
-                )
-            write_atomic(self.blob_path(up.sha256), b"".join(parts))
+            blob = self.blob_path(up.sha256)
+            fd, tmp = tempfile.mkstemp(dir=blob.parent, prefix=f".{blob.name}.")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    for i in range(count):
+                        part = (d / str(i)).read_bytes()
+                        digest.update(part)
+                        f.write(part)
+                    f.flush()
+                    os.fsync(f.fileno())
+                if digest.hexdigest() != up.sha256:
+                    shutil.rmtree(d)
+                    raise ArtifactError(
+                        f"the uploaded file's sha256 is {digest.hexdigest()}, not {up.sha256}; upload again"
+                    )
+                os.replace(tmp, blob)
+            finally:
+                Path(tmp).unlink(missing_ok=True)
             shutil.rmtree(d)
             log.info("upload complete", extra={"sha256": up.sha256, "size_bytes": up.size})
             return 0
@@ -92,14 +105,28 @@ class ArtifactStore:
             f.seek(index * manifest.chunk_bytes)
             return f.read(manifest.chunk_bytes)
 
-    def save_manifest(self, manifest: Manifest) -> None:
-        d = self.root / "manifests" / manifest.kind
-        d.mkdir(exist_ok=True)
-        write_atomic(d / f"{manifest.name}.json", manifest.model_dump_json().encode())
+    def save_manifest(self, manifest: Manifest, newest: bool = True) -> None:
+        """Keep `manifest` as its version's, and (`newest`) as the newest of its name."""
+        payload = manifest.model_dump_json().encode()
+        write_atomic(self._version_path(manifest.kind, manifest.name, manifest.version), payload)
+        if newest:
+            d = self.root / "manifests" / manifest.kind
+            d.mkdir(exist_ok=True)
+            write_atomic(d / f"{manifest.name}.json", payload)
 
-    def manifest(self, kind: str, name: str) -> Manifest | None:
-        p = self.root / "manifests" / kind / f"{name}.json"
+    def manifest(self, kind: str, name: str, version: str | None = None) -> Manifest | None:
+        """The newest manifest of `name`, or (`version`) that version's, however old (a rollback
+        to it still finds its chunks)."""
+        newest = self.root / "manifests" / kind / f"{name}.json"
+        found = Manifest.model_validate_json(newest.read_bytes()) if newest.exists() else None
+        if version is None or (found is not None and found.version == version):
+            return found
+        p = self._version_path(kind, name, version)
         return Manifest.model_validate_json(p.read_bytes()) if p.exists() else None
+
+    def _version_path(self, kind: str, name: str, version: str) -> Path:
+        """versions/<kind>/<name>/<version>.json (outside manifests/: `manifests()` lists the newest only)."""
+        return self.root / "versions" / kind / name / f"{quote(version, safe='')}.json"
 
     def manifests(self) -> list[Manifest]:
         out = []

@@ -52,12 +52,15 @@ class ChunkRequests:
             return
         if not self._from_named_node(topic, req) or not self._allowed(topic, req):
             return
-        manifest = self.store.manifest(req.kind, req.name) if valid_name(req.name) else None
+        # that version's manifest, not only the newest: a target rolled back to an older version
+        # (a rollout's rollback, a forced push) still gets its chunks
+        manifest = self.store.manifest(req.kind, req.name, req.version) if valid_name(req.name) else None
         if manifest is None or manifest.version != req.version or manifest.sha256 != req.sha256:
             self.errors.report(
                 topic,
                 ErrorCode.UNKNOWN_ARTIFACT,
-                f"node {req.node_id} asked for {req.kind} {req.name}@{req.version}, which is not the current version",
+                f"node {req.node_id} asked for {req.kind} {req.name}@{req.version}, which was never pushed "
+                f"with that content",
             )
             return
         bad = [i for i in req.chunks if i >= manifest.chunk_count]
@@ -126,6 +129,8 @@ def _names(doc: DesiredState | None, req: ChunkRequest) -> bool:
     """`doc` (a target's desired state) names the requested artifact at the requested content."""
     if doc is None:
         return False
-    refs = doc.knowledge if req.kind == "knowledge" else doc.adapters
-    ref = refs.get(req.name)
+    if req.kind == "model":
+        ref = doc.model if doc.model is not None and doc.model.name == req.name else None
+    else:
+        ref = (doc.knowledge if req.kind == "knowledge" else doc.adapters).get(req.name)
     return ref is not None and ref.sha256 == req.sha256 and ref.version == req.version

@@ -54,6 +54,11 @@ class CommandTable:
             raise ValueError(f"command {op!r} has a handler already")
         self._handlers[op] = CommandHandler(op, request, handle)
 
+    def wrap(self, op: str, around: Callable[[Any, Callable[[Any], CommandResult]], CommandResult]) -> None:
+        """Run `op`'s handler through `around(request, handler)` (a check before it, a lock around it)."""
+        inner = self._handlers[op]
+        self._handlers[op] = CommandHandler(op, inner.request, lambda req: around(req, inner.handle))
+
     @property
     def ops(self) -> frozenset[str]:
         return frozenset(self._handlers)

@@ -6,7 +6,7 @@ describe drift with these, so the two never disagree.
 
 from __future__ import annotations
 
-from edgefleet.proto.payloads import ArtifactRef, DesiredState, ReportedState, TemplateSpec, merged
+from edgefleet.proto.payloads import ArtifactRef, DesiredState, ReportedState, TemplateSpec, effective_model, merged
 
 
 def target_keys(node_id: str, groups: list[str] | tuple[str, ...]) -> list[str]:
@@ -69,5 +69,10 @@ def drift_reasons(
                 else (f"at {rep.knowledge[name]}" if name in rep.knowledge else "missing")
             )
             reasons.append(f"knowledge {name} {where}, desired {ref.version}")
+    model = effective_model(desired, node_id, groups)
+    if model is not None and rep.model != f"{model.name}@{model.version}":
+        t = rep.transfers.get(f"model/{model.name}")
+        where = f"{t.state} {t.have}/{t.total}" if t and t.version == model.version else "not fetched"
+        reasons.append(f"model {model.name}@{model.version} {where}, serving {rep.model or 'unknown'}")
     reasons.extend(f"error: {e}" for e in rep.errors)
     return reasons

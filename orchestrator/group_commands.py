@@ -5,6 +5,9 @@ generation, signed with the site key (proto/signing.py `sign_assignment`), recor
 registry, then published retained. A node merges the assigned groups with its own
 (EDGEFLEET_GROUPS) and reports the result; `status` shows both.
 
+`group-policy`: whether a group requires rollouts (orchestrator/group_policies.py); while it does,
+direct pushes to it or its nodes are refused (orchestrator/rollouts/push_guard.py).
+
 Retained assignments that come back (our echoes, or from before the registry was lost) rebuild
 the registry; a forged one is reported and the last genuine one is put back over it.
 """
@@ -17,8 +20,9 @@ from edgefleet.orchestrator.command_errors import CommandError
 from edgefleet.orchestrator.command_table import CommandTable
 from edgefleet.orchestrator.desired_edits import DesiredSigner, PublishRetained
 from edgefleet.orchestrator.error_reports import ErrorReporter
+from edgefleet.orchestrator.group_policies import GroupPolicies
 from edgefleet.orchestrator.registry import Registry
-from edgefleet.proto.commands import AssignGroupsRequest
+from edgefleet.proto.commands import AssignGroupsRequest, GroupPolicyRequest
 from edgefleet.proto.error_codes import ErrorCode
 from edgefleet.proto.input_limits import brief
 from edgefleet.proto.payloads import (
@@ -43,12 +47,41 @@ class GroupCommands:
         registry: Registry,
         publish_retained: PublishRetained,
         signer: DesiredSigner | None = None,
+        policies: GroupPolicies | None = None,
     ) -> None:
         self.site, self.topics, self.registry = site, topics, registry
         self.publish_retained, self.signer = publish_retained, signer
+        self.policies = policies or GroupPolicies(registry)
 
     def register(self, table: CommandTable) -> None:
         table.register(AssignGroupsRequest, self.assign_groups)
+        table.register(GroupPolicyRequest, self.group_policy)
+
+    def group_policy(self, req: GroupPolicyRequest) -> CommandResult:
+        group = req.group.removeprefix("group:")
+        if not valid_name(group):
+            raise CommandError(f"group {brief(group)} is not a valid group name", field="group")
+        known = self.registry.groups()
+        if req.require_rollouts and group not in known and self.registry.desired(f"group:{group}") is None:
+            raise CommandError(
+                f"no group {brief(group)} on this site (groups: {', '.join(sorted(known)[:20]) or 'none'})",
+                ErrorCode.NOT_FOUND,
+                field="group",
+            )
+        self.policies.set(group, req.require_rollouts, req.operator)
+        if req.require_rollouts:
+            message = (
+                f"group {group} requires rollouts now: a direct push to it or to its nodes is refused; "
+                f"release changes with `edgefleet fleet rollout start NAME --target group:{group} ...`"
+            )
+        else:
+            message = f"group {group} no longer requires rollouts: pushes to it go at once again"
+        return CommandResult(
+            ok=True,
+            message=message,
+            data={"group": group, "require_rollouts": req.require_rollouts,
+                  "requiring_rollouts": self.policies.requiring_rollouts()},
+        )  # fmt: skip
 
     def assign_groups(self, req: AssignGroupsRequest) -> CommandResult:
         node = req.target.removeprefix("node:")

@@ -29,12 +29,14 @@ from edgefleet.plumbing.sqlite_db import Migration, open_database
 from edgefleet.proto.paging import PAGE_BUDGET_BYTES, NodeFilter, node_page
 from edgefleet.proto.payloads import (
     MAX_GENERATION,
+    ArtifactRef,
     DesiredState,
     GroupAssignment,
     NodeInfoPayload,
     NodeStatus,
     ReportedState,
     Telemetry,
+    effective_model,
 )
 
 log = logging.getLogger("edgefleet.orchestrator.registry")
@@ -65,6 +67,9 @@ MIGRATIONS: list[Migration] = [
         "CREATE INDEX IF NOT EXISTS agent_runs_by_run ON agent_runs (run_id)",
         "CREATE INDEX IF NOT EXISTS agent_runs_by_ts ON agent_runs (ts)",
     ],
+    # per-group policies: a group that requires rollouts (orchestrator/group_policies.py)
+    """CREATE TABLE IF NOT EXISTS group_policies (
+        grp TEXT PRIMARY KEY, require_rollouts INTEGER NOT NULL, operator TEXT NOT NULL, updated REAL NOT NULL)""",
 ]
 
 
@@ -92,6 +97,8 @@ class NodeRow:
     address: str = ""  # gRPC host:port the node advertises
     assigned_groups: list[str] = field(default_factory=list)  # what `assign-groups` asked for (`groups`: applied)
     insecure: bool = False  # the node said it runs with EDGEFLEET_INSECURE (its status info)
+    reported_model: str = ""  # the model it reports serving (ReportedState.model: `<name>@<version>` or catalog name)
+    desired_model: str = ""  # `<name>@<version>` its desired state names (DesiredState.model); empty: its own
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -109,6 +116,10 @@ class NodeRecord:
     info: NodeInfoPayload | None
     reported: ReportedState | None
     telemetry: Telemetry | None
+
+
+def _model_label(ref: ArtifactRef | None) -> str:
+    return f"{ref.name}@{ref.version}" if ref is not None else ""
 
 
 def _desired_doc(key: str, text: str) -> DesiredState | None:
@@ -361,6 +372,8 @@ class Registry:
                     node_info.grpc_address if node_info else "",
                     list(assigned[node_id].groups) if node_id in assigned else [],
                     node_info.insecure if node_info else False,
+                    rep.model if rep else "",
+                    _model_label(effective_model(desired, node_id, groups)),
                 )
             )
         return out

@@ -35,12 +35,20 @@ from edgefleet.orchestrator.error_reports import ErrorReporter
 from edgefleet.orchestrator.fleet_view import FleetView
 from edgefleet.orchestrator.front_door.server import FrontDoor
 from edgefleet.orchestrator.group_commands import AssignmentIngest, GroupCommands
+from edgefleet.orchestrator.group_policies import GroupPolicies
 from edgefleet.orchestrator.history_commands import HistoryCommands
 from edgefleet.orchestrator.ingest import Ingest, StatusHealer
 from edgefleet.orchestrator.ingest_queue import IngestQueue
 from edgefleet.orchestrator.key_commands import KeyCommands
+from edgefleet.orchestrator.model_commands import ModelCommands
 from edgefleet.orchestrator.nonce_store import NonceStore
 from edgefleet.orchestrator.registry import Registry, open_registry
+from edgefleet.orchestrator.rollout_commands import RolloutCommands
+from edgefleet.orchestrator.rollouts.driver import RolloutDriver
+from edgefleet.orchestrator.rollouts.evaluation import EvaluationRunner
+from edgefleet.orchestrator.rollouts.manifests import manifest_publisher
+from edgefleet.orchestrator.rollouts.push_guard import PushGuard
+from edgefleet.orchestrator.rollouts.store import RolloutStore, rollouts_path
 from edgefleet.orchestrator.rule_commands import RuleCommands
 from edgefleet.orchestrator.settings import OrchestratorSettings
 from edgefleet.orchestrator.site_commands import SiteCommands
@@ -87,6 +95,8 @@ class Orchestrator:
     keys: KeyCommands | None = None  # the API-key commands (their database is opened at the first one)
     crl: CrlPublisher | None = None  # the site CRL, retained for the nodes
     ingest: IngestQueue | None = None  # what nodes publish, applied in batches on its own thread
+    models: ModelCommands | None = None  # base models: push-model, rm-model, and their manifests per scope
+    rollouts: RolloutDriver | None = None  # releases in waves (orchestrator/rollouts/), driven on their own thread
 
     def start(self) -> None:
         if self.ingest is not None:
@@ -96,8 +106,12 @@ class Orchestrator:
         self.front_door.start()
         if self.crl is not None:
             self.crl.start()
+        if self.rollouts is not None:
+            self.rollouts.start()  # after the front door: its evaluations go through it
 
     def stop(self) -> None:
+        if self.rollouts is not None:
+            self.rollouts.stop()
         if self.crl is not None:
             self.crl.stop()
         self.front_door.stop()
@@ -120,6 +134,8 @@ def build_command_table(
     keys: KeyCommands,
     catalogue: CatalogueCommands,
     agents: AgentCommands,
+    models: ModelCommands | None = None,
+    rollouts: RolloutCommands | None = None,
 ) -> CommandTable:
     """One handler per op of `Command` (proto/commands.py), checked complete."""
     table = CommandTable()
@@ -128,6 +144,10 @@ def build_command_table(
     catalogue.register(table)
     agents.register(table)
     adapters.register(table)
+    if models is not None:
+        models.register(table)
+    if rollouts is not None:
+        rollouts.register(table)
     HistoryCommands(history).register(table)
     groups.register(table)
     keys.register(table)
@@ -147,7 +167,7 @@ def build_orchestrator(settings: OrchestratorSettings, registry: Registry | None
         """Published (retained) on every connect: `online`, and every manifest under each target it was
         pushed to, so a broker that lost them heals."""
         online = (topics.orchestrator_status(), OrchestratorStatus(state="online").dumps())
-        return [online, *adapters.manifest_messages()]
+        return [online, *adapters.manifest_messages(), *models.manifest_messages()]
 
     link = MqttLink(
         settings.mqtt_url,
@@ -176,9 +196,20 @@ def build_orchestrator(settings: OrchestratorSettings, registry: Registry | None
         lambda sha256: sender.sent.get(sha256, 0),
         topics,
     )
+    models = ModelCommands(
+        store,
+        registry,
+        adapters.site_key,
+        settings.artifact_chunk_bytes,
+        settings.max_model_bytes,
+        publisher,
+        publish_retained,
+        topics,
+    )
     # the console's plots: telemetry folded into per-minute buckets, in a file beside the registry
     history = TelemetryHistory(settings.registry_db.with_suffix(".history.db"))
-    group_commands = GroupCommands(settings.site, topics, registry, publish_retained, signer)
+    policies = GroupPolicies(registry)  # a group that requires rollouts takes no direct push
+    group_commands = GroupCommands(settings.site, topics, registry, publish_retained, signer, policies)
     keys = KeyCommands(settings.api_keys_path())
     # site tools and agent rules (desired state), and the agent runs nodes report (orchestrator/agent_runs.py)
     catalogue = CatalogueCommands(registry, publisher, settings.actuator_filters())
@@ -186,7 +217,23 @@ def build_orchestrator(settings: OrchestratorSettings, registry: Registry | None
         registry, on_forget=lambda node, run: publish_retained(topics.agent_decisions(node, run), b"")
     )
     agents = AgentCommands(settings.site, topics, agent_runs, publish_retained, signer)
-    table = build_command_table(registry, publisher, adapters, history, group_commands, keys, catalogue, agents)
+    # releases: waves of node overrides, gated by evaluations sent through the front door (built below)
+    rollouts = RolloutDriver(
+        RolloutStore(rollouts_path(settings.registry_db)),
+        registry,
+        view,
+        publisher,
+        lambda nodes, cases: EvaluationRunner(front_door, settings.rollout_case_timeout_s).run(nodes, cases),
+        tick_s=settings.rollout_tick_s,
+        on_published=manifest_publisher(adapters, models, topics, publish_retained),
+    )
+    rollout_commands = RolloutCommands(rollouts)
+    table = build_command_table(
+        registry, publisher, adapters, history, group_commands, keys, catalogue, agents, models, rollout_commands
+    )
+    # direct pushes refused to a group that requires rollouts and to a node a rollout is moving; the
+    # others run under the driver's lock (orchestrator/rollouts/push_guard.py)
+    PushGuard(policies, rollouts).install(table)
     # nonces of accepted signed commands, beside the registry: a replay after a restart is still refused
     nonces = NonceStore(settings.registry_db.with_suffix(".nonces.db"))
     auth = CommandAuth(
@@ -202,6 +249,8 @@ def build_orchestrator(settings: OrchestratorSettings, registry: Registry | None
     orch = Orchestrator(
         settings, topics, registry, view, link, store, sender, table, endpoint, adapters, front_door, keys
     )
+    orch.models = models
+    orch.rollouts = rollouts
     orch.crl = CrlPublisher(None if settings.insecure else settings.tls_crl_file, topics.crl(), link)
 
     # ingest: the network thread only queues; the ingest thread applies batches (orchestrator/ingest_queue.py)

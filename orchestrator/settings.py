@@ -65,6 +65,11 @@ class OrchestratorSettings(SiteSettings, ActuatorSettings):
         description="Pause between two chunks, to leave room on a weak site link; 0: none "
         "(EDGEFLEET_ARTIFACT_CHUNK_INTERVAL_MS)",
     )
+    max_model_bytes: Annotated[int, Field(ge=1024, le=2 * 1024**3)] = Field(
+        default=2 * 1024**3,
+        description="The largest base model (GGUF) `push-model` takes, in bytes; a larger one is refused "
+        "(EDGEFLEET_MAX_MODEL_BYTES)",
+    )
     front_door_address: str = Field(
         default="0.0.0.0:50050",
         description="gRPC front door (edgefleet.v1.Inference for the whole site), host:port; empty: off; unset "
@@ -159,6 +164,17 @@ class OrchestratorSettings(SiteSettings, ActuatorSettings):
     request_timeout_s: Annotated[float, Field(gt=0, le=3600)] = Field(
         default=300.0,
         description="Deadline of an HTTP request, and of a gRPC one that sets none (EDGEFLEET_REQUEST_TIMEOUT_S)",
+    )
+
+    rollout_tick_s: Annotated[float, Field(gt=0, le=60)] = Field(
+        default=1.0,
+        description="Seconds between two looks of the rollout driver at the fleet (nodes moved, soak over, "
+        "health); an operator's verb wakes it at once (EDGEFLEET_ROLLOUT_TICK_S)",
+    )
+    rollout_case_timeout_s: Annotated[float, Field(gt=0, le=600)] = Field(
+        default=60.0,
+        description="Longest wait for one evaluation case's answer from one node; a case past it is scored "
+        "failed (EDGEFLEET_ROLLOUT_CASE_TIMEOUT_S)",
     )
 
     @field_validator("front_door_address", "openai_address", "metrics_address")

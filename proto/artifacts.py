@@ -1,4 +1,4 @@
-"""Signed artifact manifests: the contract for moving large files (adapters, knowledge) over MQTT.
+"""Signed artifact manifests: the contract for moving large files (adapters, knowledge, models) over MQTT.
 
 The orchestrator stores a file by sha256 and publishes a manifest signed with the site's Ed25519
 key; nodes pin the site's public key and refuse a manifest that is unsigned, signed by another
@@ -35,7 +35,7 @@ class Manifest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     v: Literal[1] = 1
-    kind: Literal["adapter", "knowledge"]
+    kind: Literal["adapter", "knowledge", "model"]
     name: str
     version: Version
     size: Annotated[int, Field(gt=0, le=MAX_ARTIFACT_BYTES)]
@@ -44,6 +44,9 @@ class Manifest(BaseModel):
     chunk_sha256: list[str]
     base_architecture: str = ""
     base_tensors: dict[str, list[int]] = Field(default_factory=dict)  # tensor → shape it fits
+    # models: what a node needs to check its memory budget before it downloads a byte
+    model_architecture: str = ""  # GGUF general.architecture ("qwen2", "llama", …)
+    kv_bytes_per_token: Annotated[int, Field(ge=0)] = 0  # f16 K and V of one token in every layer
     signature: str = ""  # base64 Ed25519 over the canonical manifest without this field
 
     @field_validator("name")
@@ -75,22 +78,30 @@ class Manifest(BaseModel):
 
 def build_manifest(
     path: Path,
-    kind: Literal["adapter", "knowledge"],
+    kind: Literal["adapter", "knowledge", "model"],
     name: str,
     version: str,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     **extra: object,
 ) -> Manifest:
-    data = path.read_bytes()
-    chunks = [data[i : i + chunk_bytes] for i in range(0, len(data), chunk_bytes)]
+    """The unsigned manifest of the file at `path`, read one chunk at a time (a model of hundreds of
+    megabytes is never in memory whole)."""
+    whole = hashlib.sha256()
+    chunk_sha256: list[str] = []
+    size = 0
+    with path.open("rb") as f:
+        while chunk := f.read(chunk_bytes):
+            whole.update(chunk)
+            chunk_sha256.append(hashlib.sha256(chunk).hexdigest())
+            size += len(chunk)
     return Manifest(
         kind=kind,
         name=name,
         version=version,
-        size=len(data),
-        sha256=hashlib.sha256(data).hexdigest(),
+        size=size,
+        sha256=whole.hexdigest(),
         chunk_bytes=chunk_bytes,
-        chunk_sha256=[hashlib.sha256(c).hexdigest() for c in chunks],
+        chunk_sha256=chunk_sha256,
         **extra,  # type: ignore[arg-type]
     )
 

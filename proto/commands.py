@@ -31,10 +31,13 @@ from edgefleet.proto.payloads import (
     check_groups,
     validation_field,
 )
+from edgefleet.proto.rollouts import RolloutPlan
 from edgefleet.proto.rules import RuleSpec
 from edgefleet.proto.versions import Version
 
 NonEmpty = Annotated[str, Field(min_length=1)]
+# the web console signs as itself for its logged-in account: the op records "<account> via <signer>"
+OnBehalfOf = Annotated[str, Field(max_length=64, pattern=r"^([A-Za-z0-9][A-Za-z0-9._-]*)?$")]
 MAX_KEY_MODELS = 64
 FilterText = Annotated[str, Field(max_length=128)]
 
@@ -136,13 +139,16 @@ class AdaptersRequest(PagedRequest):
 
 
 class PushArtifactRequest(CommandRequest):
-    """An uploaded file (by sha256), named and versioned, for `target`."""
+    """An uploaded file (by sha256), named and versioned, for `target`. `upload_only`: sign and keep
+    its manifest (per version) and answer its `ArtifactRef` (`data.ref`), but publish nothing and
+    leave every desired state alone: a rollout (`rollout-start`) then moves it node by node."""
 
     target: NonEmpty
     name: NonEmpty
     version: Version
     sha256: Annotated[str, SHA256_FIELD]
     new_group: bool = False
+    upload_only: bool = False
 
 
 class PushAdapterRequest(PushArtifactRequest):
@@ -161,6 +167,23 @@ class RemoveKnowledgeRequest(RemoveEntryRequest):
     op: Literal["rm-knowledge"] = "rm-knowledge"
 
 
+class PushModelRequest(PushArtifactRequest):
+    """An uploaded GGUF base model as `target`'s model (`DesiredState.model`): the orchestrator reads
+    its header (architecture, KV bytes per token: proto/model_gguf.py), signs its manifest and
+    publishes it under the target's scope. `upload_only`: sign and store the manifest and answer its
+    `ArtifactRef`, but publish nothing and leave the desired state alone (a rollout moves it)."""
+
+    op: Literal["push-model"] = "push-model"
+    force: bool = False  # accept a version older than the one desired (or pushed) now
+
+
+class RemoveModelRequest(CommandRequest):
+    """`target` back to the nodes' own model: `DesiredState.model` cleared."""
+
+    op: Literal["rm-model"] = "rm-model"
+    target: NonEmpty
+
+
 # -- nodes -------------------------------------------------------------------------------------------
 class TelemetryHistoryRequest(CommandRequest):
     """The last hour of one node's telemetry, in one-minute means (the console's plots)."""
@@ -168,6 +191,17 @@ class TelemetryHistoryRequest(CommandRequest):
     op: Literal["telemetry-history"] = "telemetry-history"
     target: NonEmpty  # node id, or node:<id>
     name: str = ""  # one metric; empty: all
+
+
+class GroupPolicyRequest(CommandRequest):
+    """A group's policy: `require_rollouts` on, a direct push (template, rule, agent, tool, adapter,
+    knowledge, model) to the group or to one of its nodes is refused: its changes go out as releases
+    (`rollout-start`). Off (the default): pushes go at once, as before."""
+
+    names_operator: ClassVar[bool] = True
+    op: Literal["group-policy"] = "group-policy"
+    group: NonEmpty  # a group name, or group:<name>
+    require_rollouts: bool
 
 
 class AssignGroupsRequest(CommandRequest):
@@ -260,8 +294,7 @@ class DecisionRequest(CommandRequest):
     run_id: RunId
     step: Annotated[int, Field(ge=0)]
     reason: Annotated[str, Field(max_length=512)] = ""
-    # the web console signs as itself for its logged-in account: the decision names "<account> via <signer>"
-    on_behalf_of: Annotated[str, Field(max_length=64, pattern=r"^([A-Za-z0-9][A-Za-z0-9._-]*)?$")] = ""
+    on_behalf_of: OnBehalfOf = ""  # the decision names "<account> via <signer>"
 
 
 class ApproveRequest(DecisionRequest):
@@ -304,6 +337,56 @@ class KeysRevokeRequest(KeysRequest):
     name: NonEmpty
 
 
+# -- releases in waves (proto/rollouts.py; orchestrator/rollouts/) -------------------------------------
+class RolloutStartRequest(CommandRequest):
+    """Start a release: the plan's change moved to its target wave by wave, each wave gated; the
+    answer is the rollout's status (its waves planned). The plan's `operator` is the signer's."""
+
+    names_operator: ClassVar[bool] = True
+    op: Literal["rollout-start"] = "rollout-start"
+    plan: RolloutPlan
+
+
+class RolloutStatusRequest(CommandRequest):
+    """One rollout's whole status (`name`), or every rollout's summary, newest first (empty)."""
+
+    op: Literal["rollout-status"] = "rollout-status"
+    name: FilterText = ""
+
+
+class RolloutVerbRequest(CommandRequest):
+    """An operator's word on a running rollout, recorded in its events with the signer's name (and the
+    console's account it was given for: "<account> via <signer>")."""
+
+    names_operator: ClassVar[bool] = True
+    name: NonEmpty
+    on_behalf_of: OnBehalfOf = ""
+
+
+class RolloutPauseRequest(RolloutVerbRequest):
+    """Stop where it is: no wave starts, no soak ends, no gate is judged until resumed."""
+
+    op: Literal["rollout-pause"] = "rollout-pause"
+
+
+class RolloutResumeRequest(RolloutVerbRequest):
+    """Go on after a pause, or after a hold (an evaluation that could not run is run again)."""
+
+    op: Literal["rollout-resume"] = "rollout-resume"
+
+
+class RolloutPromoteRequest(RolloutVerbRequest):
+    """Cut the current wave's soak short; its gates still run (a gate is never skipped)."""
+
+    op: Literal["rollout-promote"] = "rollout-promote"
+
+
+class RolloutAbortRequest(RolloutVerbRequest):
+    """Stop, and return every node that moved to its previous generation."""
+
+    op: Literal["rollout-abort"] = "rollout-abort"
+
+
 AnyCommandRequest = Annotated[
     StatusRequest
     | PushTemplateRequest
@@ -317,8 +400,11 @@ AnyCommandRequest = Annotated[
     | RulesRequest
     | PushKnowledgeRequest
     | RemoveKnowledgeRequest
+    | PushModelRequest
+    | RemoveModelRequest
     | TelemetryHistoryRequest
     | AssignGroupsRequest
+    | GroupPolicyRequest
     | KeysCreateRequest
     | KeysListRequest
     | KeysRevokeRequest
@@ -332,7 +418,13 @@ AnyCommandRequest = Annotated[
     | AgentRunRequest
     | ApprovalsRequest
     | ApproveRequest
-    | DenyRequest,
+    | DenyRequest
+    | RolloutStartRequest
+    | RolloutStatusRequest
+    | RolloutPauseRequest
+    | RolloutResumeRequest
+    | RolloutPromoteRequest
+    | RolloutAbortRequest,
     Field(discriminator="op"),
 ]
 

@@ -63,6 +63,7 @@ class ErrorCode(StrEnum):
     OLDER_VERSION = "older_version"
     ADAPTER_REFUSED = "adapter_refused"
     KNOWLEDGE_REFUSED = "knowledge_refused"
+    MODEL_REFUSED = "model_refused"  # not a GGUF base model, or one too large for the site or a node
     UNKNOWN_ARTIFACT = "unknown_artifact"
     CHUNK_OUT_OF_RANGE = "chunk_out_of_range"
     # -- desired state ------------------------------------------------------------------------------

@@ -108,6 +108,7 @@ ERROR_TABLE: dict[ErrorCode, ErrorRow] = {
     C.OLDER_VERSION: _conflict(),
     C.ADAPTER_REFUSED: _bad(),
     C.KNOWLEDGE_REFUSED: _bad(),
+    C.MODEL_REFUSED: _bad(),
     C.UNKNOWN_ARTIFACT: _missing(),
     C.CHUNK_OUT_OF_RANGE: ErrorRow("OUT_OF_RANGE", 400, INVALID_REQUEST_ERROR),
     # desired state

@@ -102,8 +102,8 @@ class NodeFilter:
             return False
         if self.profile and node.get("profile") != self.profile:
             return False
-        if self.model and node.get("model") != self.model:
-            return False
+        if self.model and self.model not in (node.get("model"), node.get("reported_model")):
+            return False  # its status's model name, or the `<name>@<version>` of a model pushed to it
         if self.out_of_sync and not out_of_sync(node):
             return False
         if self.errors and not has_errors(node):

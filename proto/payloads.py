@@ -164,6 +164,8 @@ class DesiredState(_Payload):
     rules: dict[str, RuleSpec] = Field(default_factory=dict)
     tools: dict[str, ToolSpec] = Field(default_factory=dict)  # site tools the node's agents may call
     agents: dict[str, AgentRule] = Field(default_factory=dict)  # agent rules (see proto/agents.py)
+    # the base model (a signed GGUF artifact); None: the node's own (EDGEFLEET_MODEL, else its profile's)
+    model: ArtifactRef | None = None
     ts: float = Field(default_factory=_now)
     # signed by the orchestrator (see proto/signing.py): the signing key's fingerprint, and the
     # base64 Ed25519 signature over the document without `signature`; empty: unsigned
@@ -229,11 +231,22 @@ def merged(docs: dict[str, DesiredState], node_id: str, groups: list[str], field
     return out
 
 
+def effective_model(docs: dict[str, DesiredState], node_id: str, groups: list[str]) -> ArtifactRef | None:
+    """The base model one node should run: its own document's, else the last of its groups' (in the
+    node's group order) that names one; None: the node's own model."""
+    chosen: ArtifactRef | None = None
+    for key in [*(f"group:{g}" for g in groups), f"node:{node_id}"]:
+        doc = docs.get(key)
+        if doc is not None and doc.model is not None:
+            chosen = doc.model
+    return chosen
+
+
 class TransferProgress(BaseModel):
     """Where a node is with one artifact: chunks held of the total, and the outcome."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    kind: Literal["adapter", "knowledge"]
+    kind: Literal["adapter", "knowledge", "model"]
     name: str
     version: str
     have: int
@@ -253,6 +266,7 @@ class ReportedState(_Payload):
     transfers: dict[str, TransferProgress] = Field(default_factory=dict)  # `<kind>/<name>` → progress
     errors: list[str] = Field(default_factory=list)  # why something desired is not applied
     groups: list[str] = Field(default_factory=list)  # effective groups: its own, then the assigned ones
+    model: str = ""  # the base model serving: `<name>@<version>` when it came as an artifact, else its catalog name
 
 
 class InferenceRequest(_Payload):
@@ -300,7 +314,7 @@ class ChunkRequest(_Payload):
 
     node_id: str
     scope: str
-    kind: Literal["adapter", "knowledge"]
+    kind: Literal["adapter", "knowledge", "model"]
     name: str
     version: Version
     sha256: Annotated[str, SHA256_FIELD]

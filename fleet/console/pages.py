@@ -26,6 +26,7 @@ NAV = [
     ("/knowledge", "Knowledge"),
     ("/sensors", "Sensors"),
     ("/agents", "Agents"),
+    ("/releases", "Releases"),
     ("/playground", "Playground"),
 ]
 KINDS = ("templates", "rules", "adapters", "knowledge")

@@ -18,7 +18,7 @@ from pathlib import Path
 import jinja2
 from aiohttp import web
 
-from edgefleet.fleet.console import agents_page, pages, playground, writes
+from edgefleet.fleet.console import agents_page, pages, playground, releases_page, writes
 from edgefleet.fleet.console.accounts import Accounts, Session
 from edgefleet.fleet.console.commands import CommandBridge
 from edgefleet.fleet.console.live_fleet import LiveFleet
@@ -119,6 +119,7 @@ def build_app(settings: ConsoleSettings, link: MqttLink | None = None) -> web.Ap
     writes.add_routes(app)
     playground.add_routes(app)
     agents_page.add_routes(app)
+    releases_page.add_routes(app)
     app.router.add_static("/static/", STATIC, follow_symlinks=False)
     return app
 

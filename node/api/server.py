@@ -3,6 +3,10 @@
 If the engine fails, the node stops serving at once (health NOT_SERVING, MQTT status `failed`
 with the reason), gives the failed streams a moment to reach their clients, and `serve` returns
 EXIT_ENGINE_FAILED so the process exits non-zero and its supervisor restarts it.
+
+A model switch (`Node.request_restart`) stops it the way SIGTERM does (drain, then stop); the CLI
+then executes the node again (node/model_switch.py). A switched-to model is committed once the
+server is up and healthy, before the control plane reports anything.
 """
 
 from __future__ import annotations
@@ -113,15 +117,26 @@ async def serve(node: Node, settings: NodeSettings, ready: asyncio.Event | None 
         loop.call_soon_threadsafe(stop.set)
 
     node.engine.on_failure.append(engine_failed)
+
+    def restart() -> None:  # a model switch, from the sync thread: stop as on SIGTERM
+        loop.call_soon_threadsafe(stop.set)
+
+    node.on_restart.append(restart)
     await _set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING)
     if node.engine.failure:  # it failed before the callback was in place
         failure.append(node.engine.failure)
         stop.set()
+    else:
+        await asyncio.to_thread(node.commit_model)
     log.info("listening", extra={"address": f"{settings.host}:{port}", "port": port})
     node.start_control_plane()
 
+    def signalled() -> None:
+        node.signalled = True  # a switch draining now stops here: the supervisor wants the node gone
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, signalled)
     poller = asyncio.create_task(_poll_thermal(node))
     locker = asyncio.create_task(hold_update_lock(node, settings.update_lock_file, settings.update_lock_max_s))
     if ready is not None:
@@ -148,7 +163,7 @@ async def serve(node: Node, settings: NodeSettings, ready: asyncio.Event | None 
         log.info("stopped", extra={"exit_code": EXIT_ENGINE_FAILED})
         return EXIT_ENGINE_FAILED
 
-    log.info("draining", extra={"in_flight": node.engine.outstanding})
+    log.info("draining", extra={"in_flight": node.engine.outstanding, "why": node.restart_reason or "signal"})
     node.service.start_draining()
     deadline = loop.time() + settings.drain_timeout_s
     while node.engine.outstanding > 0 and loop.time() < deadline and not failure:

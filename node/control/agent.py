@@ -12,6 +12,9 @@ site signed (proto/signing.py): unsigned (UNSIGNED), signed by another key or al
 are refused, and the node stays on the last good generation. Without a pinned key it takes
 desired state unverified, as before, and says so once, loudly.
 
+The base model (`DesiredState.model`) comes like an artifact and is switched to by a restart
+(control/model_sync.py, node/model_switch.py); the reported state says which model serves.
+
 Groups at run time: a signed assignment on `assign/node/<id>` (checked by `group_assignment.py`)
 adds groups to the node's own; the agent then follows the new set of groups without a restart.
 """
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -27,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from edgefleet.node.agents.catalogue import effective_agents, effective_tools
 from edgefleet.node.agents.runner import AgentRunner
 from edgefleet.node.control.artifact_sync import ArtifactSync
+from edgefleet.node.control.base_models import BaseModels
 from edgefleet.node.control.crl_sync import CrlSync
 from edgefleet.node.control.desired_store import (
     DesiredStateStore,
@@ -40,6 +45,7 @@ from edgefleet.node.control.desired_store import (
 from edgefleet.node.control.faults import NodeFaults, parse_bounded
 from edgefleet.node.control.group_assignment import AssignmentStore, GroupMembership
 from edgefleet.node.control.installers import AdapterInstaller, KnowledgeInstaller
+from edgefleet.node.control.model_sync import ModelInstaller, ModelSync
 from edgefleet.node.sensors.plane import SensorPlane
 from edgefleet.node.service import NodeService
 from edgefleet.node.settings import NodeSettings
@@ -55,6 +61,7 @@ from edgefleet.proto.payloads import (
     PayloadError,
     ReportedState,
     Telemetry,
+    effective_model,
 )
 from edgefleet.proto.signing import KeyRing, SignatureError, load_public_keys
 from edgefleet.proto.templates import TemplateError, compile_template
@@ -74,6 +81,7 @@ class ControlAgent:
         faults: NodeFaults | None = None,
         desired_keys: KeyRing | None = None,
         agents: AgentRunner | None = None,
+        models: BaseModels | None = None,
     ) -> None:
         assert settings.mqtt_url
         self.settings = settings
@@ -127,28 +135,41 @@ class ControlAgent:
         self.sensors = sensors
         self.agents = agents
 
+        common = {
+            "node_id": self.node_id,
+            "link": self.link,
+            "topics": self.topics,
+            "installed": InstalledArtifacts(store.db),
+            "data_dir": settings.data_dir,
+            "site_key": site_key,
+            "report_error": self._report_error,
+            "changed": self._publish_reported,
+            "window": settings.artifact_window,
+            "retry_s": settings.artifact_retry_s,
+        }
+
         def sync(installer: AdapterInstaller | KnowledgeInstaller) -> ArtifactSync:
-            s = ArtifactSync(
-                node_id=self.node_id,
-                link=self.link,
-                topics=self.topics,
-                installer=installer,
-                installed=InstalledArtifacts(store.db),
-                data_dir=settings.data_dir,
-                site_key=site_key,
-                report_error=self._report_error,
-                changed=self._publish_reported,
-                window=settings.artifact_window,
-                retry_s=settings.artifact_retry_s,
-            )
+            s = ArtifactSync(installer=installer, **common)  # type: ignore[arg-type]
             s.load_installed()
             return s
 
         self.adapters = sync(AdapterInstaller(service.adapter_manager)) if service.adapter_manager else None
         self.knowledge = sync(KnowledgeInstaller(service.knowledge)) if service.knowledge else None
+        # set by the runtime: drain and execute again (a model switch)
+        self.request_switch: Callable[[str], None] = lambda reason: log.error("no restart hook", extra={"why": reason})
+        self.model = (
+            ModelSync(
+                models=models,
+                switch=lambda reason: self.request_switch(reason),
+                installer=ModelInstaller(service.profile),
+                **common,
+            )
+            if models is not None
+            else None
+        )
         if sensors is not None:
             sensors.set_groups(self.groups)
-        for artifact_sync in filter(None, (self.adapters, self.knowledge)):
+        for artifact_sync in self._syncs:
             artifact_sync.set_groups(self.groups)  # it reads artifacts of its own scope and its groups'
         self.link.subscribe(self.topics.desired_node(self.node_id), self._on_desired)
         self.link.subscribe(self.topics.node_assignment(self.node_id), self._on_assignment)
@@ -160,12 +181,14 @@ class ControlAgent:
             self.link.subscribe(self.topics.desired_group(g), self._on_desired)
         self._install(self.store.docs())
 
+    @property
+    def _syncs(self) -> list[ArtifactSync]:
+        return [s for s in (self.adapters, self.knowledge, self.model) if s is not None]
+
     # -- lifecycle ----------------------------------------------------------------------------------
     def start(self) -> None:
-        if self.adapters is not None:
-            self.adapters.start()
-        if self.knowledge is not None:
-            self.knowledge.start()
+        for artifact_sync in self._syncs:
+            artifact_sync.start()
         if self.sensors is not None:
             self.sensors.start()
         if self.agents is not None:
@@ -175,14 +198,13 @@ class ControlAgent:
         self._telemetry = threading.Thread(target=self._telemetry_loop, name="edgefleet-telemetry", daemon=True)
         self._telemetry.start()
 
-    def stop(self, failure: str = "") -> None:
-        """Leave the site: the last retained status says `offline`, or `failed` with the engine's reason."""
+    def stop(self, failure: str = "", reason: str = "") -> None:
+        """Leave the site: the last retained status says `offline` (with `reason`, default "shutdown"),
+        or `failed` with the engine's reason."""
         self._stop.set()
         self.faults.stop()
-        if self.adapters is not None:
-            self.adapters.stop()
-        if self.knowledge is not None:
-            self.knowledge.stop()
+        for artifact_sync in self._syncs:
+            artifact_sync.stop()
         if self.sensors is not None:
             self.sensors.stop()
         if self.agents is not None:
@@ -190,7 +212,7 @@ class ControlAgent:
         if failure:
             bye = NodeStatus(node_id=self.node_id, state="failed", reason=failure).dumps()
         else:
-            bye = NodeStatus(node_id=self.node_id, state="offline", reason="shutdown").dumps()
+            bye = NodeStatus(node_id=self.node_id, state="offline", reason=reason or "shutdown").dumps()
         self.link.stop(final=[(self.topics.node_status(self.node_id), bye)])
 
     def report_failure(self, reason: str) -> None:
@@ -214,9 +236,8 @@ class ControlAgent:
 
     def _birth(self) -> list[tuple[str, bytes]]:
         online = self._online()
-        for sync in (self.adapters, self.knowledge):
-            if sync is not None:
-                sync.on_connect()
+        for sync in self._syncs:
+            sync.on_connect()
         return [
             (self.topics.node_status(self.node_id), online),
             (self.topics.node_reported(self.node_id), self._reported().dumps()),
@@ -250,7 +271,7 @@ class ControlAgent:
                     self.link.subscribe(self.topics.desired_group(g), self._on_desired)
             self.groups = after
             self.service.set_groups(after)  # one assignment: readers see the old list or the new
-            for sync in filter(None, (self.adapters, self.knowledge)):
+            for sync in self._syncs:
                 sync.set_groups(after)
             if self.sensors is not None:
                 self.sensors.set_groups(after)
@@ -299,6 +320,7 @@ class ControlAgent:
         docs = self.store.docs()
         adapters, transfers = self.adapters.report() if self.adapters is not None else ({}, {})
         knowledge, knowledge_transfers = self.knowledge.report() if self.knowledge is not None else ({}, {})
+        model_transfers = self.model.report()[1] if self.model is not None else {}
         generations = {k: d.generation for k, d in docs.items()}
         if self.membership.applied is not None:
             generations[self.membership.applied.key] = self.membership.generation
@@ -309,8 +331,9 @@ class ControlAgent:
             templates={name: t.spec.version for name, t in self.service.templates.items()},
             adapters=adapters,
             knowledge=knowledge,
-            transfers={**transfers, **knowledge_transfers},
-            errors=list(self._errors),
+            transfers={**transfers, **knowledge_transfers, **model_transfers},
+            errors=[*self._errors, *(self.model.errors() if self.model is not None else [])],
+            model=self.service.model_file.name,
         )
 
     def _publish_reported(self) -> None:
@@ -416,6 +439,8 @@ class ControlAgent:
             self.adapters.set_wanted(effective_adapters(docs, self.node_id, self.groups))
         if self.knowledge is not None:
             self.knowledge.set_wanted(effective_knowledge(docs, self.node_id, self.groups))
+        if self.model is not None:
+            self.model.set_wanted_model(effective_model(docs, self.node_id, self.groups))
         if self.sensors is not None:
             self.sensors.set_rules(effective_rules(docs, self.node_id, self.groups))
         if self.agents is not None:

@@ -1,7 +1,8 @@
 """Brings the artifacts named in desired state onto this node: signed manifest → chunks → verify → install.
 
 One instance per kind (adapters, knowledge collections); an `Installer` says how a verified file
-of that kind is checked, put into service and taken out of it.
+of that kind is checked, put into service and taken out of it. Base models use the same transfer
+with their own switch (node/control/model_sync.py).
 
 Network thread (paho): manifests are verified against the pinned site key; chunks are checked
 against the manifest (index, size, sha256) and kept on disk. Worker thread: starts transfers,
@@ -46,6 +47,11 @@ from edgefleet.proto.versions import is_older
 log = logging.getLogger("edgefleet.node.artifacts")
 __all__ = ["ArtifactSync", "Installer", "Kind", "Transfer"]
 Reporter = Callable[[str, str, str], None]  # (topic, code, message) → errors topic
+REFUSED = {
+    "adapter": ErrorCode.ADAPTER_REFUSED,
+    "knowledge": ErrorCode.KNOWLEDGE_REFUSED,
+    "model": ErrorCode.MODEL_REFUSED,
+}
 
 
 class ArtifactSync:
@@ -80,6 +86,7 @@ class ArtifactSync:
         self._manifests: dict[str, dict[str, Manifest]] = {}  # name → scope → verified manifest
         self._transfers: dict[str, Transfer] = {}
         self._failed: dict[str, str] = {}  # sha256 → why; not retried until another version is desired
+        self._deferred: list[tuple[str, str, str]] = []  # error reports found before the link was up
         self._last_report = 0.0
         self._thread = threading.Thread(target=self._run, name=f"edgefleet-{installer.kind}-sync", daemon=True)
 
@@ -95,10 +102,20 @@ class ArtifactSync:
                 self.installer.load(a.name, a.version, a.path, a.sha256)
             except (EdgefleetError, ArtifactError, OSError) as e:
                 log.error(
-                    "installed artifact cannot be loaded; fetching it again",
+                    "installed artifact cannot be loaded; unloaded",
                     extra={"kind": self.kind, "artifact": a.name, "reason": str(e)},
                 )
                 self.installed.forget(self.kind, a.name)
+                a.path.unlink(missing_ok=True)
+                self._deferred.append(  # reported once connected (e.g. an adapter built for another base model)
+                    (
+                        self.topics.artifact_manifest(
+                            self.topics.artifact_scope("node", self.node_id), self.kind, a.name
+                        ),
+                        REFUSED[self.kind],
+                        f"{self.kind} {a.name}@{a.version} unloaded: it cannot be loaded on this node now: {e}",
+                    )
+                )
 
     def start(self) -> None:
         self._thread.start()
@@ -238,11 +255,19 @@ class ArtifactSync:
             except Exception:  # keep syncing whatever one step did
                 log.exception("artifact sync step failed", extra={"kind": self.kind})
 
-    def _tick(self) -> None:
+    def _snapshot(self) -> tuple[dict[str, ArtifactRef], dict[str, dict[str, Manifest]], list[str]]:
         with self._lock:
             wanted = dict(self._wanted)
             manifests = {name: dict(by_scope) for name, by_scope in self._manifests.items()}
-            scopes = list(self._scopes)
+            return wanted, manifests, list(self._scopes)
+
+    def _flush_deferred(self) -> None:
+        while self._deferred and self.link.connected.is_set():
+            self.report_error(*self._deferred.pop(0))
+
+    def _tick(self) -> None:
+        self._flush_deferred()
+        wanted, manifests, scopes = self._snapshot()
         installed = self.installed.all(self.kind)
         for name in set(installed) - set(wanted):
             self._remove(installed[name])
@@ -250,21 +275,24 @@ class ArtifactSync:
             have = installed.get(name)
             if (have is not None and have.sha256 == ref.sha256) or ref.sha256 in self._failed:
                 continue
-            held = manifests.get(name, {})
-            fits = [s for s in scopes if s in held and (held[s].sha256, held[s].version) == (ref.sha256, ref.version)]
-            if not fits:
-                continue  # its manifest has not arrived yet
-            with self._lock:
-                going = self._transfers.get(name)
-            scope = going.scope if going is not None and going.scope in fits else fits[0]
-            t = self._transfer(held[scope], scope)
-            if t is None:
-                continue
-            if t.store.complete():
-                self._install(t)
-            else:
-                self._request(t)
+            self._fetch(ref, manifests.get(name, {}), scopes)
         self._publish_progress()
+
+    def _fetch(self, ref: ArtifactRef, held: dict[str, Manifest], scopes: list[str]) -> None:
+        """One step of bringing `ref` here: start its transfer, ask for chunks, or install it when whole."""
+        fits = [s for s in scopes if s in held and (held[s].sha256, held[s].version) == (ref.sha256, ref.version)]
+        if not fits:
+            return  # its manifest has not arrived yet
+        with self._lock:
+            going = self._transfers.get(ref.name)
+        scope = going.scope if going is not None and going.scope in fits else fits[0]
+        t = self._transfer(held[scope], scope)
+        if t is None:
+            return
+        if t.store.complete():
+            self._install(t)
+        else:
+            self._request(t)
 
     def _transfer(self, m: Manifest, scope: str) -> Transfer | None:
         with self._lock:
@@ -357,7 +385,7 @@ class ArtifactSync:
         log.error("artifact refused; the previous version stays", extra={"artifact": m.label, "reason": reason})
         self.report_error(
             self.topics.artifact_manifest(t.scope, m.kind, m.name),
-            ErrorCode.ADAPTER_REFUSED if m.kind == "adapter" else ErrorCode.KNOWLEDGE_REFUSED,
+            REFUSED[m.kind],
             f"{m.label} refused: {reason}",
         )
         self.changed()

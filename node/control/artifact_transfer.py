@@ -12,7 +12,7 @@ from edgefleet.node.control.chunk_store import ChunkStore
 from edgefleet.proto.artifacts import Manifest
 from edgefleet.proto.payloads import TransferProgress
 
-Kind = Literal["adapter", "knowledge"]
+Kind = Literal["adapter", "knowledge", "model"]
 
 
 class Installer(Protocol):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import sqlite_utils
 
+from edgefleet.node.control import base_models
 from edgefleet.node.errors import disk_full_as
 from edgefleet.plumbing.sqlite_db import open_database
 from edgefleet.proto.payloads import ArtifactRef, DesiredState, RuleSpec, TemplateSpec, merged
@@ -42,6 +43,7 @@ MIGRATIONS: list[str] = [
         doc TEXT NOT NULL,
         applied_at REAL NOT NULL
     )""",
+    *base_models.MIGRATIONS,  # the base model committed, pending, previous, refused (node/control/base_models.py)
 ]
 
 

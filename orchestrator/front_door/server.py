@@ -60,10 +60,17 @@ class FrontDoor:
         self.metrics.watch_fleet(view.snapshot, self.router.cooling_nodes)
         self.ports: dict[str, int] = {}  # listener → bound port
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.dispatcher: Dispatcher | None = None  # set once running: in-process callers (rollout evaluations)
         self._stop: asyncio.Event | None = None
         self._ready = threading.Event()
         self._tls: TlsFiles | None = None  # set on start: None in insecure mode
         self._thread = threading.Thread(target=self._run, name="edgefleet-front-door", daemon=True)
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The front door's event loop while it runs (`dispatcher` is used on it only)."""
+        loop = self._loop
+        return loop if loop is not None and loop.is_running() and self._thread.is_alive() else None
 
     @property
     def enabled(self) -> bool:
@@ -102,6 +109,7 @@ class FrontDoor:
         slots = SlotQueue(self.router, self.view.snapshot, self.metrics, s.route_buffer_size, s.route_buffer_wait_s)
         policy = DispatchPolicy(s.route_first_token_timeout_s, s.route_max_attempts)
         dispatcher = Dispatcher(self.view, self.router, slots, channels, self.metrics, policy)
+        self.dispatcher = dispatcher
         auth = FrontDoorAuth.from_settings(
             s.front_door_auth_mode(),
             s.api_keys_path(),

@@ -61,7 +61,10 @@ PUB = KEY.private.public_key()
 SHA = r"[0-9a-f]{64}"
 NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
 VERSION = r"[A-Za-z0-9][A-Za-z0-9._+-]{0,31}"
-STORE_LAYOUT = re.compile(rf"(uploads/{SHA}/\d+|blobs/{SHA}|manifests/(adapter|knowledge)/{NAME}\.json)")
+STORE_LAYOUT = re.compile(
+    rf"(uploads/{SHA}/\d+|blobs/{SHA}|manifests/(adapter|knowledge|model)/{NAME}\.json"
+    rf"|versions/(adapter|knowledge|model)/{NAME}/[A-Za-z0-9._%-]{{1,96}}\.json)"  # every version's manifest
+)
 NODE_LAYOUT = re.compile(rf"(artifacts/{SHA}/\d+|adapters/{NAME}@{VERSION}\.gguf|node\.db(-wal|-shm)?)")
 _cases = itertools.count()
 
