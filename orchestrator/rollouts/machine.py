@@ -12,7 +12,9 @@ pending ─> baseline ─> applying ─> soaking ─> evaluating ─> passed ─
                                                  health ok)     └─> failed ─> rolled_back
 ```
 Any gate that fails (health while applying or soaking, service or quality after the evaluation)
-fails the wave: its nodes go back to their previous documents and the rollout stops, `failed`.
+fails the wave and the rollout stops, `failed`: the wave's nodes and those of the waves that passed
+before it go back to their previous documents (as Argo Rollouts returns to the stable version), so
+no node stays on a failed release.
 """
 
 from __future__ import annotations
@@ -293,8 +295,10 @@ def _pass(s: RolloutStatus, w: WaveState, now: float) -> None:
 def _fail(s: RolloutStatus, w: WaveState, now: float, message: str) -> None:
     w.state, w.finished_at = "failed", now
     s.state, s.reason = "failed", f"wave {w.index + 1} ({', '.join(w.nodes)}): {message}"
-    s.rollback_pending = list(dict.fromkeys([*s.rollback_pending, *w.nodes]))
-    _event(s, now, f"failed: {s.reason}; rolling back {', '.join(w.nodes)}")
+    # every node on the release goes back, the earlier waves' too: a failed release leaves none on it
+    moved = s.moved_nodes()
+    s.rollback_pending = list(dict.fromkeys([*s.rollback_pending, *moved]))
+    _event(s, now, f"failed: {s.reason}; rolling back {', '.join(moved)}")
 
 
 def _operator(s: RolloutStatus, op: Operator, now: float) -> None:

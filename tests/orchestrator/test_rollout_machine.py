@@ -153,6 +153,21 @@ def test_a_failing_quality_gate_rolls_back_the_canary_and_stops() -> None:
     assert all(w.state == "pending" for w in s.waves[1:]), "the other nodes never see it"
 
 
+def test_a_gate_failing_in_a_later_wave_rolls_back_the_earlier_waves_too() -> None:
+    """A failed release leaves no node on it: the canary passed, wave 2 failed, both go back (as
+    Argo Rollouts returns every pod to the stable version), never a fleet half on a failed release."""
+    s = new_status(plan(), plan_waves(NODES, plan().waves), 0.0)
+    s, t = run_wave(s, 1.0)
+    assert s.waves[0].state == "passed" and s.current == 1
+    s, _ = run_wave(s, t + 1, after=fig(score=0.0))
+    assert s.state == "failed" and s.waves[1].state == "failed"
+    assert due_actions(s) == [Rollback(["n1", "n2"])]
+    assert "rolling back n1, n2" in s.events[-1].message
+    s, acts = advance(s, RolledBack(["n1", "n2"]), 60.0)
+    assert acts == [] and s.terminal
+    assert [w.state for w in s.waves] == ["rolled_back", "rolled_back", "pending"]
+
+
 def test_nodes_that_do_not_move_fail_the_health_gate_after_the_apply_timeout() -> None:
     s = new_status(plan(None, apply_timeout_s=5), [["n1"], ["n2"]], 0.0)
     s, acts = advance(s, Tick(), 1.0)

@@ -78,7 +78,7 @@ class TlsBroker:
     def reloads(self) -> int:
         return self.log_path.read_text().count("Reloading config")
 
-    def settle(self, timeout: float = 5) -> None:
+    def settle(self, timeout: float = 30) -> None:
         """Wait until the broker has applied the files as they are now: SIGHUPs sent close together
         are coalesced, so send one more and wait for a reload that starts after it was sent (the
         broker logs "Reloading config" as it starts one, and reads the files after that line)."""

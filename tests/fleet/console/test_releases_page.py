@@ -153,14 +153,17 @@ def test_an_operator_follows_a_release_and_pauses_resumes_and_aborts_it(site: Si
     click(browser, "verb-pause")
     wait(browser, lambda d: text(d, "release-state") == "paused")
     assert "paused" in text(browser, "done") and browser.find_elements(By.ID, "verb-resume")
-    assert rollout(site, "slow")["state"] == "paused"
+    paused = rollout(site, "slow")
+    assert paused["state"] == "paused"
+    # the verb names the console's account it was given for ("<account> via <the console's signer>")
+    assert any(e["message"].startswith("paused by olivia") for e in paused["events"]), paused["events"]
     click(browser, "verb-resume")
     wait(browser, lambda d: text(d, "release-state") == "running")
     click(browser, "verb-abort")
     wait(browser, lambda d: text(d, "release-state") == "aborted")
     assert not browser.find_elements(By.ID, "verb-pause")  # nothing left to do to it
     wait(browser, lambda d: versions(d) == {"previous": "rc-1,rc-2"}, timeout=60)  # rc-1 rolled back
-    assert "aborted by" in browser.find_element(By.ID, "events").text
+    assert "aborted by olivia" in browser.find_element(By.ID, "events").text
     browser.save_screenshot(str(SCREENSHOTS / "release-aborted.png"))
     assert finished(site, "slow")["state"] == "aborted"
     assert not page_problems(browser, site.console.url)
