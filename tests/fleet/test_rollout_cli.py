@@ -5,6 +5,7 @@ and pauses, resumes and aborts another."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import re
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from edgefleet.fleet.adapter_commands import knowledge_bundle
 from edgefleet.fleet.cli import main
 from edgefleet.fleet.rollout_view import text_lines, view
 from edgefleet.node.model_catalog import resolve_model
@@ -20,6 +22,7 @@ from edgefleet.proto.evaluation_sets import Figures
 from edgefleet.proto.rollouts import GateVerdict, RolloutEvent, RolloutPlan, RolloutStatus, WaveState
 from tests.conftest import NodeProcess, free_port, wait_for
 from tests.mqtt_support import Mosquitto, Orchestrator, fleet, fleet_status, node_env
+from tools.make_lora import write_lora
 
 pytestmark = pytest.mark.timeout(600)
 GROUP = "line"
@@ -81,6 +84,25 @@ def test_start_builds_the_whole_plan_from_flags_and_files(files: dict[str, str],
     ref = RolloutPlan.model_validate_json(out).change.entries["model"]
     assert rc == 0 and (ref.name, ref.version, ref.sha256, ref.size) == ("smol", "2", model.sha256, model.size), err
 
+    lora = write_lora(model.path, tmp_path / "fix.gguf", rank=2)  # an adapter release: its reference from the file
+    rc, out, err = run("fleet", "rollout", "start", "r", "--target", "group:line", "--adapter", "fix@3", "--file",
+                       str(lora), "--canary", "ro-1", "--dry-run")  # fmt: skip
+    plan = RolloutPlan.model_validate_json(out)
+    ref = plan.change.entries["fix"]
+    assert rc == 0 and plan.change.section == "adapters", err
+    assert (ref.version, ref.sha256) == ("3", hashlib.sha256(lora.read_bytes()).hexdigest())
+    assert ref.size == lora.stat().st_size
+
+    docs = tmp_path / "manuals"  # a knowledge release: the folder bundled as push-knowledge bundles it
+    docs.mkdir()
+    (docs / "pump.md").write_text("Pump P-7 runs at 1450 rpm.")
+    rc, out, err = run("fleet", "rollout", "start", "r", "--target", "group:line", "--knowledge", "manuals@2",
+                       "--file", str(docs), "--dry-run")  # fmt: skip
+    plan = RolloutPlan.model_validate_json(out)
+    bundle = knowledge_bundle(docs, io.StringIO())
+    assert rc == 0 and plan.change.section == "knowledge", err
+    assert plan.change.entries["manuals"].sha256 == hashlib.sha256(bundle).hexdigest()
+
 
 def test_bad_flags_and_files_are_refused_naming_them_before_anything_is_sent(files: dict[str, str]) -> None:
     tpl = ("--template", "greet@2", "--file", files["tpl"])
@@ -102,6 +124,10 @@ def test_bad_flags_and_files_are_refused_naming_them_before_anything_is_sent(fil
         (("--target", "group:line", *tpl, "--eval", files["bad_eval"]), "not a valid regular expression"),
         (("--target", "group:line", *tpl, "--remove", "rule:x"), "one section per release"),
         (("--target", "group:line", "--remove", "gadget:x"), "--remove 'gadget:x': give SECTION:NAME"),
+        (("--target", "group:line", "--adapter", "fix@1"), "--adapter needs --file"),
+        (("--target", "group:line", "--adapter", "fix@1", "--file", files["tpl"]), "is not a GGUF file"),
+        (("--target", "group:line", "--knowledge", "manuals", "--file", files["tpl"]), "give NAME@VERSION"),
+        (("--target", "group:line", "--knowledge", "m@1", "--file", "/nonexistent/d"), "cannot read /nonexistent/d"),
     ]
     for flags, expected in cases:
         rc, out, err = run("fleet", "rollout", "start", "r1", *flags, "--dry-run")
@@ -220,3 +246,19 @@ def test_a_model_release_uploads_the_model_first_and_a_refusal_exits_with_its_co
     # uploaded, then signed and kept without changing a target; the release itself names a node never seen
     assert "smol@2" in err and "signed and kept; no target changed" in err, (out, err)
     assert rc == 1 and "refused (not_found)" in err and "no node ghost has registered" in err, (out, err)
+
+
+def test_a_group_can_require_rollouts_from_the_cli(site: Mosquitto, tmp_path: Path) -> None:
+    tpl = _write(tmp_path, "greet.j2", "Greet the {{ who }} kindly: say hello.")
+    r = fleet(site, "--timeout", "20", "fleet", "group", "require-rollouts", GROUP, "on")
+    assert r.returncode == 0 and f"group {GROUP} requires rollouts now" in r.stdout, (r.stdout, r.stderr)
+    try:
+        r = fleet(site, "--timeout", "20", "fleet", "push-template", tpl, "--name", "greet", "--version", "9",
+                  "--target", f"group:{GROUP}", "--no-wait")  # fmt: skip
+        assert r.returncode != 0 and "refused (command_refused)" in r.stderr, (r.stdout, r.stderr)
+        assert f"group {GROUP} requires rollouts" in r.stderr and "fleet rollout start" in r.stderr, r.stderr
+    finally:
+        r = fleet(site, "--timeout", "20", "fleet", "group", "require-rollouts", GROUP, "off")
+        assert r.returncode == 0 and "no longer requires rollouts" in r.stdout, (r.stdout, r.stderr)
+    r = fleet(site, "--timeout", "20", "fleet", "group", "require-rollouts", "nosuch", "on")
+    assert r.returncode != 0 and "no group 'nosuch' on this site" in r.stderr, (r.stdout, r.stderr)
