@@ -39,7 +39,7 @@ import openai  # noqa: E402
 
 from bench.site_security import BenchSecurity, add_insecure_flag  # noqa: E402
 from bench.tool_scoring import TASKS_FILE, Call, Score, Task, TaskSet, load_tasks, score  # noqa: E402
-from bench.tool_site import ToolSite  # noqa: E402
+from bench.tool_site import ToolSite, model_label  # noqa: E402
 
 MODELS = ("smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct", "gemma-3-270m")
 DEFAULT_MODELS = "smollm2-135m-instruct,qwen2.5-coder-0.5b-instruct"
@@ -152,7 +152,7 @@ def row(model: str, choice: str, mode: str, outcomes: list[Outcome]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", default=DEFAULT_MODELS, help=f"comma-separated, of {', '.join(MODELS)}")
+    p.add_argument("--models", default=DEFAULT_MODELS, help=f"comma-separated, of {', '.join(MODELS)} or GGUF paths")
     p.add_argument("--choices", default="required,auto", help="tool_choice values: required, auto")
     p.add_argument("--modes", default="enforced,free", help="enforced (grammar) and/or free (tools_unconstrained)")
     p.add_argument("--limit", type=int, default=0, help="only the first N tasks (0: all)")
@@ -169,8 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     choices = [c for c in args.choices.split(",") if c]
     modes = [m for m in args.modes.split(",") if m]
     for m in models:
-        if m not in MODELS:
-            p.error(f"--models: {m!r} is not a bundled model ({', '.join(MODELS)})")
+        if m not in MODELS and not (m.endswith(".gguf") and Path(m).is_file()):
+            p.error(f"--models: {m!r} is neither a bundled model ({', '.join(MODELS)}) nor a GGUF file")
     if not set(choices) <= {"required", "auto"} or not set(modes) <= {"enforced", "free"}:
         p.error("--choices takes required,auto and --modes enforced,free")
     ts = load_tasks(args.tasks)
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"site up in {time.monotonic() - started:.1f} s ({security.mode}): {site.nodes}", flush=True)
             client = site.client(args.timeout)
             print(HEADER, flush=True)
-            for model in models:
+            for model in map(model_label, models):
                 ask(client, ts, model, tasks[0], "required", True, args)  # warm the prefix (system + tools)
                 for choice in choices:
                     for mode in modes:

@@ -28,6 +28,11 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / ".venv" / "bin"
 
 
+def model_label(model: str) -> str:
+    """The name the front door serves a model by: a catalog name as it is, a GGUF path by its stem."""
+    return Path(model).stem if model.endswith(".gguf") else model
+
+
 class ToolSite:
     """Started by the constructor, stopped by `close()`; logs stay in `tmp` until then."""
 
@@ -66,7 +71,7 @@ class ToolSite:
             raise RuntimeError(f"node {node_id} ({model}) did not start:\n{self.log(node_id)}") from e
         finally:
             channel.close()
-        self.nodes[model] = node_id
+        self.nodes[model_label(model)] = node_id
 
     def _start_orchestrator(self) -> None:
         env = {

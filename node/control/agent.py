@@ -7,10 +7,8 @@ transaction. The node then publishes its reported state (retained). Bad input is
 a reason on the errors topic and changes nothing.
 
 A node that pins the site's public key(s) (EDGEFLEET_SITE_PUBLIC_KEY) takes only documents the
-site signed (proto/signing.py): unsigned (UNSIGNED), signed by another key or altered
-(BAD_SIGNATURE), an older generation or another document at the generation applied (REPLAYED)
-are refused, and the node stays on the last good generation. Without a pinned key it takes
-desired state unverified, as before, and says so once, loudly.
+site signed; what is checked, and how the effective state reaches the node's parts, is in
+desired_apply.py. Without a pinned key it takes desired state unverified, and says so once, loudly.
 
 The base model (`DesiredState.model`) comes like an artifact and is switched to by a restart
 (control/model_sync.py, node/model_switch.py); the reported state says which model serves.
@@ -28,20 +26,12 @@ from collections.abc import Callable
 import paho.mqtt.client as mqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from edgefleet.node.agents.catalogue import effective_agents, effective_tools
 from edgefleet.node.agents.runner import AgentRunner
 from edgefleet.node.control.artifact_sync import ArtifactSync
 from edgefleet.node.control.base_models import BaseModels
 from edgefleet.node.control.crl_sync import CrlSync
-from edgefleet.node.control.desired_store import (
-    DesiredStateStore,
-    InstalledArtifacts,
-    effective_adapters,
-    effective_knowledge,
-    effective_rules,
-    effective_templates,
-    same_document,
-)
+from edgefleet.node.control.desired_apply import DesiredIntake, Refusal, apply_effective
+from edgefleet.node.control.desired_store import DesiredStateStore, InstalledArtifacts
 from edgefleet.node.control.faults import NodeFaults, parse_bounded
 from edgefleet.node.control.group_assignment import AssignmentStore, GroupMembership
 from edgefleet.node.control.installers import AdapterInstaller, KnowledgeInstaller
@@ -50,7 +40,6 @@ from edgefleet.node.sensors.plane import SensorPlane
 from edgefleet.node.service import NodeService
 from edgefleet.node.settings import NodeSettings
 from edgefleet.plumbing.mqtt_link import LastWill, MqttLink
-from edgefleet.proto.error_codes import ErrorCode
 from edgefleet.proto.payloads import (
     DesiredState,
     ErrorReport,
@@ -61,10 +50,8 @@ from edgefleet.proto.payloads import (
     PayloadError,
     ReportedState,
     Telemetry,
-    effective_model,
 )
-from edgefleet.proto.signing import KeyRing, SignatureError, load_public_keys
-from edgefleet.proto.templates import TemplateError, compile_template
+from edgefleet.proto.signing import KeyRing, load_public_keys
 from edgefleet.proto.topics import Topics
 
 log = logging.getLogger("edgefleet.node.control")
@@ -99,6 +86,7 @@ class ControlAgent:
         self.store = store
         self.node_id = settings.node_id
         self.topics = Topics.for_site(settings.site, settings.topic_root)
+        self.intake = DesiredIntake(settings.site, self.topics, self.keys, store)
         self._lock = threading.RLock()  # _reject runs inside _on_desired's critical section
         self._errors: list[str] = []
         # its own groups (profile, EDGEFLEET_GROUPS), then those the orchestrator assigned (kept in node.db)
@@ -356,50 +344,18 @@ class ControlAgent:
     def _on_desired(self, msg: mqtt.MQTTMessage) -> None:
         if not msg.payload:  # a cleared retained message: the orchestrator removed this target
             return
-        try:
-            doc = parse_bounded(DesiredState, msg.payload)
-        except PayloadError as e:
-            self._reject(msg.topic, ErrorCode.INVALID_PAYLOAD, f"desired state on {msg.topic} refused: {e}")
-            return
-        if self.keys:
-            try:
-                self.keys.verify(doc)
-            except SignatureError as e:
-                self._reject(msg.topic, e.code, f"desired state on {msg.topic} refused: {e}")
-                return
-        if doc.site != self.settings.site:
-            self._reject(
-                msg.topic,
-                ErrorCode.WRONG_SITE,
-                f"desired state for site {doc.site!r} refused on site {self.settings.site!r}",
-            )
-            return
-        if self.topics.desired_target(msg.topic) != (doc.target.kind, doc.target.name):
-            self._reject(
-                msg.topic, ErrorCode.WRONG_TARGET, f"desired state for {doc.target.key} arrived on {msg.topic}"
-            )
+        doc = self.intake.arrived(msg.topic, msg.payload)
+        if isinstance(doc, Refusal):
+            self._reject(msg.topic, doc.code, doc.message)
             return
         with self._lock:
-            applied = self.store.generation(doc.target.key)
-            if self.keys and self._replayed(msg.topic, doc, applied):
+            verdict = self.intake.verdict(doc)
+            if isinstance(verdict, Refusal):
+                self._reject(msg.topic, verdict.code, verdict.message)
                 return
-            if doc.generation < applied:
-                log.info(
-                    "older desired state ignored",
-                    extra={"target": doc.target.key, "generation": doc.generation, "applied": applied},
-                )
+            if verdict == "older":
                 return
-            if doc.generation > applied:
-                try:
-                    for spec in doc.templates.values():
-                        compile_template(spec)
-                except TemplateError as e:
-                    self._reject(
-                        msg.topic,
-                        ErrorCode.TEMPLATE_ERROR,
-                        f"generation {doc.generation} of {doc.target.key} refused: {e}",
-                    )
-                    return
+            if verdict == "apply":
                 self.store.save(doc)
                 self._install(self.store.docs())
                 self._errors = []
@@ -409,43 +365,15 @@ class ControlAgent:
                 )
         self.link.publish(self.topics.node_reported(self.node_id), self._reported().dumps(), qos=1, retain=True)
 
-    def _replayed(self, topic: str, doc: DesiredState, applied: int) -> bool:
-        """A signed document that must not be taken again: older than the one applied, or another
-        document at its generation (the same one, sent again on a reconnect, is not a replay)."""
-        if doc.generation > applied:
-            return False
-        if doc.generation == applied:
-            held = self.store.doc(doc.target.key)
-            if held is None or same_document(held, doc):
-                return False
-        self._reject(
-            topic,
-            ErrorCode.REPLAYED,
-            f"generation {doc.generation} of {doc.target.key} refused: generation {applied} is applied "
-            f"(a replayed or reused generation)",
-        )
-        return True
-
     def _install(self, docs: dict[str, DesiredState]) -> None:
-        specs = effective_templates(docs, self.node_id, self.groups)
-        compiled = {}
-        for name, spec in specs.items():
-            try:
-                compiled[name] = compile_template(spec)
-            except TemplateError as e:  # stored earlier by another version of edgefleet
-                log.error("stored template does not compile", extra={"template": name, "reason": str(e)})
-        self.service.set_templates(compiled)  # one assignment: requests see the old set or the new
-        if self.adapters is not None:
-            self.adapters.set_wanted(effective_adapters(docs, self.node_id, self.groups))
-        if self.knowledge is not None:
-            self.knowledge.set_wanted(effective_knowledge(docs, self.node_id, self.groups))
-        if self.model is not None:
-            self.model.set_wanted_model(effective_model(docs, self.node_id, self.groups))
-        if self.sensors is not None:
-            self.sensors.set_rules(effective_rules(docs, self.node_id, self.groups))
-        if self.agents is not None:
-            tools, agents = (
-                effective_tools(docs, self.node_id, self.groups),
-                effective_agents(docs, self.node_id, self.groups),
-            )
-            self.agents.set_catalogue(tools, agents)
+        apply_effective(
+            docs,
+            self.node_id,
+            self.groups,
+            service=self.service,
+            adapters=self.adapters,
+            knowledge=self.knowledge,
+            model=self.model,
+            sensors=self.sensors,
+            agents=self.agents,
+        )

@@ -4,11 +4,12 @@ One instance per kind (adapters, knowledge collections); an `Installer` says how
 of that kind is checked, put into service and taken out of it. Base models use the same transfer
 with their own switch (node/control/model_sync.py).
 
-Network thread (paho): manifests are verified against the pinned site key; chunks are checked
-against the manifest (index, size, sha256) and kept on disk. Worker thread: starts transfers,
-asks for missing chunks a window at a time (again after a reconnect or when nothing came for
-`retry_s`), assembles and installs a complete file, removes artifacts no longer desired. The
-previous version serves until the new one is loaded; a failure leaves it and is reported.
+Network thread (paho): manifests are checked and verified against the pinned site key
+(manifest_check.py); chunks are checked against the manifest (index, size, sha256) and kept on
+disk. Worker thread: starts transfers, asks for missing chunks a window at a time (again after a
+reconnect or when nothing came for `retry_s`), assembles and installs a complete file, removes
+artifacts no longer desired. The previous version serves until the new one is loaded; a failure
+leaves it and is reported.
 
 Scopes: an artifact is published under the target it was pushed to (`group/<g>`, `node/<n>`); the
 node reads the manifests of its own scope and of each of its groups' (`set_groups`, followed when
@@ -25,24 +26,17 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from pydantic import ValidationError
 
 from edgefleet.node.control.artifact_transfer import Installer, Kind, Transfer
 from edgefleet.node.control.chunk_store import ChunkStore
 from edgefleet.node.control.desired_store import InstalledArtifact, InstalledArtifacts
+from edgefleet.node.control.manifest_check import ManifestRefused, check_manifest
 from edgefleet.node.errors import EdgefleetError
 from edgefleet.plumbing.mqtt_link import MqttLink
-from edgefleet.proto.artifacts import ArtifactError, Manifest, verify
+from edgefleet.proto.artifacts import ArtifactError, Manifest
 from edgefleet.proto.error_codes import ErrorCode
-from edgefleet.proto.payloads import (
-    MAX_PAYLOAD_BYTES,
-    ArtifactRef,
-    ChunkRequest,
-    TransferProgress,
-    describe_validation_error,
-)
+from edgefleet.proto.payloads import ArtifactRef, ChunkRequest, TransferProgress
 from edgefleet.proto.topics import Topics
-from edgefleet.proto.versions import is_older
 
 log = logging.getLogger("edgefleet.node.artifacts")
 __all__ = ["ArtifactSync", "Installer", "Kind", "Transfer"]
@@ -173,44 +167,18 @@ class ArtifactSync:
                 self._manifests.get(where.name, {}).pop(where.scope, None)
             return
         try:
-            if len(msg.payload) > MAX_PAYLOAD_BYTES:
-                raise ArtifactError(f"manifest is {len(msg.payload)} bytes; the limit is {MAX_PAYLOAD_BYTES}")
-            m = Manifest.model_validate_json(msg.payload)
-        except ValidationError as e:
-            self.report_error(
-                msg.topic, ErrorCode.MANIFEST_REFUSED, f"manifest refused: {describe_validation_error(e)}"
-            )
-            return
-        except ArtifactError as e:
-            self.report_error(msg.topic, ErrorCode.MANIFEST_REFUSED, str(e))
-            return
-        if (where.kind, where.name) != (m.kind, m.name):
-            self.report_error(msg.topic, ErrorCode.MANIFEST_REFUSED, f"manifest of {m.label} arrived on {msg.topic}")
-            return
-        if self.site_key is None:
-            self.report_error(
-                msg.topic,
-                ErrorCode.NO_SITE_KEY,
-                f"{m.label} refused: no site public key pinned (EDGEFLEET_SITE_PUBLIC_KEY)",
-            )
-            return
-        try:
-            verify(m, self.site_key)
-        except ArtifactError as e:
-            self.report_error(msg.topic, ErrorCode.BAD_SIGNATURE, str(e))
-            return
-        current = self.installed.all(self.kind).get(m.name)
-        if current is not None and is_older(m.version, current.version):
-            self.report_error(
-                msg.topic,
-                ErrorCode.OLDER_VERSION,
-                f"{m.label} refused: older than the installed version {current.version} (a replayed manifest?)",
-            )
+            m = check_manifest(msg.topic, msg.payload, where, self.site_key, self._installed_version)
+        except ManifestRefused as e:
+            self.report_error(msg.topic, e.code, str(e))
             return
         with self._lock:
             self._manifests.setdefault(m.name, {})[where.scope] = m
         log.info("manifest verified", extra={"artifact": m.label, "chunks": m.chunk_count, "scope": where.scope})
         self._wake.set()
+
+    def _installed_version(self, name: str) -> str | None:
+        current = self.installed.all(self.kind).get(name)
+        return current.version if current is not None else None
 
     def on_chunk(self, msg: mqtt.MQTTMessage) -> None:
         parsed = self.topics.chunk_of(msg.topic)
