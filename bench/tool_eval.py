@@ -41,7 +41,8 @@ from bench.site_security import BenchSecurity, add_insecure_flag  # noqa: E402
 from bench.tool_scoring import TASKS_FILE, Call, Score, Task, TaskSet, load_tasks, score  # noqa: E402
 from bench.tool_site import ToolSite, model_label  # noqa: E402
 
-MODELS = ("smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct", "gemma-3-270m")
+# qwen2.5-coder-1.5b-instruct is optional (EDGEFLEET_SETUP_LARGE_MODELS=1 scripts/setup), so not a default
+MODELS = ("smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct", "gemma-3-270m", "qwen2.5-coder-1.5b-instruct")
 DEFAULT_MODELS = "smollm2-135m-instruct,qwen2.5-coder-0.5b-instruct"
 
 

@@ -44,6 +44,8 @@ class ChunkedModel:
     version: str  # the packages' pinned version, for the reinstall hint
     chunks: tuple[Chunk, ...]
     sha256: str
+    # how to get the packages when none are installed; an optional model names its setup opt-in here
+    install_hint: str = "run scripts/setup"
 
     @property
     def size(self) -> int:
@@ -83,7 +85,7 @@ def locate_chunks(model: ChunkedModel, search_path: Sequence[Path] | None = None
     if missing:
         raise ModelError(
             f"model {model.filename} needs the packages {', '.join(c.distribution for c in missing)} "
-            f"(not installed or without their data file); run scripts/setup or {model.reinstall_hint(missing)}"
+            f"(not installed or without their data file); {model.install_hint} or {model.reinstall_hint(missing)}"
         )
     if wrong:
         sizes = "; ".join(f"{p} from {c.distribution} is {n} bytes, expected {c.size}" for c, p, n in wrong)

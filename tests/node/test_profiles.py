@@ -90,7 +90,7 @@ def test_profiles_name_the_catalog_models_their_device_has_the_memory_for(tmp_pa
     with pytest.raises(ProfileError, match=r"models: does not list the preferred model 'smollm2-135m-instruct'"):
         load_profile_file(unlisted)
     small = write_profile(tmp_path / "small.toml", budget_mb=600, overhead_mb=150)
-    too_big = r"model\.models: qwen2\.5-coder-0\.5b-instruct does not fit memory\.budget_mb"
+    too_big = r"model\.models: qwen2\.5-coder-0\.5b-instruct, qwen2\.5-coder-1\.5b-instruct does not fit memory\.budget"
     with pytest.raises(ProfileError, match=too_big):
         load_profile_file(small)
     fits = write_profile(tmp_path / "fits.toml", budget_mb=600, overhead_mb=150, models=["smollm2-135m-instruct"])
