@@ -111,16 +111,22 @@ def watch(
     """A line per target node when its state changes, until all serve it (0), one refused it or time ran out (1)."""
     deadline = time.monotonic() + wait
     shown: dict[str, str] = {}
+    seen_online: set[str] = set()  # offline after that: restarting to switch (it comes back), not done
     while True:
         states = {n["node_id"]: node_state(n, name, version) for n in nodes_of(target, _status_nodes(s, timeout))}
         for node_id, st in sorted(states.items()):
             if shown.get(node_id) != st:
                 err.write(f"{node_id:<20} {st}\n")
+            if not st.startswith("offline"):
+                seen_online.add(node_id)
         shown = states
         if not states:
             err.write("no node of the target has reported yet; each fetches the model when it connects\n")
             return 0
-        if all(st == "serving" or st.startswith(("refused", "offline")) for st in states.values()):
+        if all(
+            st == "serving" or st.startswith("refused") or (st.startswith("offline") and node_id not in seen_online)
+            for node_id, st in states.items()
+        ):
             return 1 if any(st.startswith("refused") for st in states.values()) else 0
         if time.monotonic() > deadline:
             err.write(f"not every node serves it after {wait:.0f} s; `edgefleet fleet status` shows progress\n")

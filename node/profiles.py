@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from edgefleet.node.engine.kv_type import DEFAULT_KV_TYPE, KvType, kv_bytes_per_token
 from edgefleet.node.errors import ProfileError
 from edgefleet.node.model_catalog import CATALOG
 from edgefleet.proto.payloads import describe_validation_error
@@ -50,6 +51,11 @@ class ContextSection(_Strict):
     n_batch: Annotated[int, Field(ge=32, le=8192, description="Tokens per decode step")]
     slots: Annotated[int, Field(ge=1, le=64, description="Sequences decoded together")]
     queue_length: Annotated[int, Field(ge=0, le=10000, description="Requests waiting for a slot")]
+    kv_type: KvType = Field(
+        default=DEFAULT_KV_TYPE,
+        description="KV cache cells: f16, or q8_0 (47 % less KV memory, flash attention on; f16 where the "
+        "model cannot) where measured safe (bench/kv_type.py); EDGEFLEET_KV_TYPE overrides it",
+    )
 
 
 class ModelSection(_Strict):
@@ -164,6 +170,15 @@ def detect_profile_name(device_tree_model: Path = DEVICE_TREE_MODEL) -> str:
     return DEFAULT_PROFILE
 
 
+def with_kv_type(profile: FirmwareProfile, kv_type: str | None) -> FirmwareProfile:
+    """The profile with its context.kv_type replaced (EDGEFLEET_KV_TYPE, a fallback to f16); None: as is."""
+    if not kv_type or kv_type == profile.context.kv_type:
+        return profile
+    data = profile.model_dump()
+    data["context"]["kv_type"] = kv_type
+    return FirmwareProfile.model_validate({**data, "source": profile.source})
+
+
 def resolve_profile(choice: str | None, device_tree_model: Path = DEVICE_TREE_MODEL) -> FirmwareProfile:
     """A profile by name or path; None means auto-detect."""
     if not choice:
@@ -177,9 +192,13 @@ def resolve_profile(choice: str | None, device_tree_model: Path = DEVICE_TREE_MO
     raise ProfileError(f"unknown profile {choice!r}; shipped profiles: {', '.join(builtin)}, or give a path")
 
 
-def estimate_memory_bytes(profile: FirmwareProfile, model_file_bytes: int, kv_bytes_per_token: int) -> dict[str, int]:
-    """Model file + KV cache for n_ctx x slots + the profile's overhead, in bytes."""
-    kv = kv_bytes_per_token * profile.context.n_ctx * profile.context.slots
+def estimate_memory_bytes(
+    profile: FirmwareProfile, model_file_bytes: int, kv_bytes_per_token_f16: int
+) -> dict[str, int]:
+    """Model file + KV cache for n_ctx x slots + the profile's overhead, in bytes. The KV figure is the
+    f16 one (a GGUF header's, a manifest's), scaled to the profile's context.kv_type."""
+    per_token = kv_bytes_per_token(kv_bytes_per_token_f16, profile.context.kv_type)
+    kv = per_token * profile.context.n_ctx * profile.context.slots
     overhead = profile.memory.overhead_mb * MiB
     return {
         "model": model_file_bytes,

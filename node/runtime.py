@@ -27,7 +27,7 @@ from edgefleet.node.knowledge.errors import KnowledgeError
 from edgefleet.node.knowledge.service import EmbedderChoice, KnowledgeService
 from edgefleet.node.model_catalog import ModelFile, resolve_model
 from edgefleet.node.model_switch import check_generation, choose_and_build
-from edgefleet.node.profiles import FirmwareProfile, MiB, estimate_memory_bytes, resolve_profile
+from edgefleet.node.profiles import FirmwareProfile, MiB, estimate_memory_bytes, resolve_profile, with_kv_type
 from edgefleet.node.sensors.plane import SensorPlane
 from edgefleet.node.service import NodeService
 from edgefleet.node.service_types import Embed
@@ -113,7 +113,7 @@ def _mib(n: int) -> str:
 
 def build_node(settings: NodeSettings) -> Node:
     """Load everything a node serves with; raises typed errors naming what is wrong."""
-    profile = resolve_profile(settings.profile)
+    profile = with_kv_type(resolve_profile(settings.profile), settings.kv_type)  # EDGEFLEET_KV_TYPE, else its own
     db = open_node_db(settings.data_dir / "node.db") if settings.mqtt_url else None
     models = BaseModels(db) if db is not None else None
 
@@ -158,6 +158,7 @@ def _build(
                 "profile": profile.name,
                 "model": _mib(memory["model"]),
                 "kv_cache": _mib(memory["kv_cache"]),
+                "kv_type": profile.context.kv_type,
                 "overhead": _mib(memory["overhead"]),
                 "total": _mib(memory["total"]),
                 "budget": _mib(memory["budget"]),
@@ -189,9 +190,27 @@ def _build(
                 prefix_cache=settings.prefix_cache,
                 adapter_quantum=settings.adapter_quantum,
                 adapt_threads=settings.adapt_threads,
+                kv_type=ctx.kv_type,
+                prefix_store_dir=settings.data_dir / "prefix_kv" if settings.prefix_store_mb else None,
+                prefix_store_bytes=settings.prefix_store_mb * MiB,
+                model_sha256=model_file.sha256,
             ),
         )
         engine.start()
+        if engine.kv_type != ctx.kv_type:  # llama.cpp refused q8_0: the estimate and status say f16
+            profile = with_kv_type(profile, engine.kv_type)
+            memory = estimate_memory_bytes(profile, model_file.size, model.meta.kv_bytes_per_token())
+            log.warning(
+                "KV cache type not available for this model: serving with f16",
+                extra={"asked": ctx.kv_type, "kv_type": engine.kv_type, "kv_cache": _mib(memory["kv_cache"])},
+            )
+            if memory["total"] > memory["budget"]:
+                engine.stop()
+                raise OverBudget(
+                    f"profile {profile.name} allows {_mib(memory['budget'])} but with an f16 KV cache (q8_0 "
+                    f"is not available for this model) this node needs {_mib(memory['total'])}; use fewer "
+                    "slots, a shorter context or a smaller model"
+                )
         if check:
             try:
                 answer = check_generation(engine, model, settings.model_check_timeout_s)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import platform
 import secrets
+import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import replace
@@ -22,6 +23,7 @@ from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 from edgefleet.node.adapter_manager import AdapterManager
 from edgefleet.node.engine.engine import Engine
 from edgefleet.node.engine.llama_backend import LoadedModel
+from edgefleet.node.engine.scheduler import common_prefix
 from edgefleet.node.engine.types import EventSink, GenerationRequest, SamplingParams
 from edgefleet.node.errors import Draining, InvalidRequest, NotFound, Unavailable
 from edgefleet.node.grammar import GrammarCache
@@ -35,10 +37,12 @@ from edgefleet.node.tool_calls import formats
 from edgefleet.node.tool_calls.plan import ToolPlan, plan
 from edgefleet.node.tool_calls.stream import ToolCallSink
 from edgefleet.node.tool_calls.validate import check_messages, check_tools
+from edgefleet.plumbing import failpoints
 from edgefleet.proto.input_limits import brief
 from edgefleet.proto.templates import CompiledTemplate, TemplateError
 
 ROLES = frozenset({"system", "user", "assistant", "tool"})
+PREPARE_FAILPOINT = "service.prepare"  # a request admitted, not yet in the engine (tests hold it here)
 MAX_STOP_CHARS = 64
 
 
@@ -71,6 +75,8 @@ class NodeService:
         self.thermal = thermal
         self.memory = memory
         self._draining = False
+        self._admit = threading.Lock()
+        self._preparing = 0  # admitted (past the draining check), not yet in the engine: a drain waits for them
         self.grammars = GrammarCache()
         self._templates: dict[str, CompiledTemplate] = {}
         self._groups = list(dict.fromkeys([profile.name, *settings.groups]))
@@ -105,7 +111,13 @@ class NodeService:
 
     def start_draining(self) -> None:
         """Refuse new work from now on (shutdown); work in flight finishes."""
-        self._draining = True
+        with self._admit:
+            self._draining = True
+
+    @property
+    def preparing(self) -> int:
+        """Requests admitted before a drain and not yet handed to the engine (engine.outstanding counts those)."""
+        return self._preparing
 
     @property
     def templates(self) -> dict[str, CompiledTemplate]:
@@ -114,6 +126,8 @@ class NodeService:
 
     def set_templates(self, templates: dict[str, CompiledTemplate]) -> None:
         self._templates = dict(templates)
+        if self.engine.prefixes is not None:  # saved prefixes of templates changed or gone: off the disk
+            self.engine.prefixes.store.retain_templates({f"{t.spec.name}@{t.spec.version}" for t in templates.values()})
 
     @property
     def groups(self) -> list[str]:
@@ -261,7 +275,8 @@ class NodeService:
 
     def _prompt_tokens(
         self, inp: GenerateInput, template: CompiledTemplate | None, tools: ToolPlan | None = None
-    ) -> tuple[list[int], list[str]]:
+    ) -> tuple[list[int], list[str], int]:
+        """The prompt's tokens, the knowledge chunks in it, and how many leading tokens are fixed."""
         raw, turns = self._conversation(inp, template)
         sources: list[str] = []
         if inp.collection:
@@ -269,7 +284,13 @@ class NodeService:
         if raw:
             if tools is not None:
                 raw = formats.raw_prompt(raw, tools.tools, tools.choice)
-            return self.model.tokenize(raw, add_special=True, parse_special=False), sources
+            return self.model.tokenize(raw, add_special=True, parse_special=False), sources, 0
+        tokens = self._chat_tokens(turns, tools)
+        if inp.collection or not self.settings.prefix_store_mb:  # retrieved context: no fixed prefix worth keeping
+            return tokens, sources, 0
+        return tokens, sources, self._fixed_prefix(tokens, self._probe(inp, template, turns), tools)
+
+    def _chat_tokens(self, turns: list[ChatTurn], tools: ToolPlan | None) -> list[int]:
         rendered = self._render(turns, tools)
         tokens = self.model.tokenize(rendered, add_special=True, parse_special=True)
         if (
@@ -279,7 +300,27 @@ class NodeService:
             and rendered.startswith(self.model.meta.bos_text)
         ):
             tokens = tokens[1:]  # the template wrote BOS itself
-        return tokens, sources
+        return tokens
+
+    def _probe(self, inp: GenerateInput, template: CompiledTemplate | None, turns: list[ChatTurn]) -> list[ChatTurn]:
+        """The same conversation with what changes from request to request changed: a template's
+        variables (so its system prompt and text up to the first variable stay), else everything after
+        the system messages (a chat history is not a fixed prefix: only the preamble and system prompt)."""
+        if template is not None:
+            other = {k: "~" if v != "~" else "^" for k, v in inp.variables.items()}
+            try:
+                return self._from_template(replace(inp, variables=other), template)
+            except InvalidRequest:
+                pass  # the template refuses the probe values: fall back to the last message
+        n = next((i for i, t in enumerate(turns) if t.role != "system"), len(turns))
+        after = turns[n] if n < len(turns) else None
+        return [*turns[:n], ChatTurn("user", "," if after is not None and after.content == "." else ".")]
+
+    def _fixed_prefix(self, tokens: list[int], probe: list[ChatTurn], tools: ToolPlan | None) -> int:
+        """Leading tokens that stay the same from request to request (chat preamble, system prompt, a
+        template's head, earlier turns): those shared with the `probe` conversation. Their KV cells are
+        worth keeping (engine/prefix_store.py)."""
+        return min(common_prefix(tokens, self._chat_tokens(probe, tools)), len(tokens) - 1)
 
     def generate(self, inp: GenerateInput, request_id: str, sink: EventSink, arrived: float) -> list[str]:
         """Validate and queue; events reach `sink` on the engine thread. Raises typed errors.
@@ -291,8 +332,18 @@ class NodeService:
     def generate_queued(self, inp: GenerateInput, request_id: str, sink: EventSink, arrived: float) -> Queued:
         """`generate`, also telling how many prompt tokens the engine has to read first."""
         self.engine.check_alive()
-        if self.draining:
-            raise Draining("node is draining for shutdown; send the request to another node")
+        with self._admit:
+            if self._draining:
+                raise Draining("node is draining for shutdown; send the request to another node")
+            self._preparing += 1
+        try:
+            return self._prepare_and_submit(inp, request_id, sink, arrived)
+        finally:  # in the engine by now (counted there), or refused
+            with self._admit:
+                self._preparing -= 1
+
+    def _prepare_and_submit(self, inp: GenerateInput, request_id: str, sink: EventSink, arrived: float) -> Queued:
+        failpoints.hit(PREPARE_FAILPOINT)
         if self.thermal.state.shedding:
             raise Unavailable(
                 f"node is shedding load: {self.thermal.state.temperature_c:.1f} C is at or above the "
@@ -301,7 +352,7 @@ class NodeService:
         tools = self._tool_plan(inp)
         params = self._with_tools(self._sampling(inp), tools)
         template = self._template(inp)
-        tokens, sources = self._prompt_tokens(inp, template, tools)
+        tokens, sources, prefix_len = self._prompt_tokens(inp, template, tools)
         if not tokens:
             raise InvalidRequest("the prompt has no tokens for this model (only control characters?)")
         scale = 1.0 if inp.adapter_scale is None else inp.adapter_scale
@@ -310,7 +361,10 @@ class NodeService:
         use = self.engine.adapters.acquire(inp.adapter, scale) if inp.adapter else None
         if tools is not None and tools.parses:
             sink = ToolCallSink(tools.parser(request_id), sink)
-        req = GenerationRequest(request_id, tokens, params, sink, adapter=use, arrived=arrived)
+        source = f"template:{template.spec.name}@{template.spec.version}" if template is not None else ""
+        req = GenerationRequest(
+            request_id, tokens, params, sink, adapter=use, arrived=arrived, prefix_len=prefix_len, prefix_source=source
+        )
         try:
             self.engine.submit(req)
         except BaseException:
@@ -384,6 +438,7 @@ class NodeService:
             rss_bytes=psutil.Process().memory_info().rss,
             status=state,
             versions=self.versions,
+            kv_type=self.engine.kv_type,
         )
 
     def apply_thermal(self, state: ThermalState) -> None:

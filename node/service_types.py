@@ -76,6 +76,7 @@ class ServingState:
     rss_bytes: int
     status: str
     versions: dict[str, str] = field(default_factory=dict)
+    kv_type: str = "f16"  # the KV cache cells the engine got (node/engine/kv_type.py)
 
 
 Embed = Callable[[list[str]], list[list[float]]]

@@ -99,8 +99,18 @@ class NodeSettings(SiteSettings, ActuatorSettings):
         description="Least time between two streamed chunks (tokens in between go together; the first "
         "and the last are never held); 0: as they come (EDGEFLEET_STREAM_INTERVAL_MS)",
     )
+    kv_type: Literal["f16", "q8_0"] | None = Field(
+        default=None,
+        description="KV cache cells, f16 or q8_0 (flash attention on; f16 with a warning where the model "
+        "cannot); empty: the profile's context.kv_type (EDGEFLEET_KV_TYPE)",
+    )
     prefix_cache: bool = Field(
         default=True, description="Reuse a slot's KV cells for a shared prompt prefix (EDGEFLEET_PREFIX_CACHE)"
+    )
+    prefix_store_mb: Annotated[int, Field(ge=0, le=1024 * 1024)] = Field(
+        default=256,
+        description="Disk space for the KV cells of fixed prompt prefixes (chat preamble, template heads), "
+        "kept across restarts in <data_dir>/prefix_kv, least recently used out; 0: off (EDGEFLEET_PREFIX_STORE_MB)",
     )
     tool_format: Literal["native", "generic"] = Field(
         default="native",
@@ -249,6 +259,11 @@ class NodeSettings(SiteSettings, ActuatorSettings):
         if isinstance(v, str):
             return [Path(p.strip()) for p in v.split(",") if p.strip()]
         return v
+
+    @field_validator("kv_type", mode="before")
+    @classmethod
+    def _empty_kv_type_is_the_profiles(cls, v: object) -> object:
+        return None if isinstance(v, str) and not v.strip() else v
 
     @field_validator("update_lock_file", mode="before")
     @classmethod

@@ -17,7 +17,9 @@ from typing import Any
 MAX_JSON_DEPTH = 64  # deeper than any schema, payload or document edgefleet defines
 BRIEF_CHARS = 64
 
-_STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
+# a JSON string: runs of plain characters between escapes (one alternation per character was ~8 ms
+# for a 175 KB upload piece; this form matches the same, ten times faster)
+_STRINGS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
 _NOT_BRACKETS = re.compile(r"[^\[\]{}]+")
 _STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
 

@@ -166,7 +166,7 @@ async def serve(node: Node, settings: NodeSettings, ready: asyncio.Event | None 
     log.info("draining", extra={"in_flight": node.engine.outstanding, "why": node.restart_reason or "signal"})
     node.service.start_draining()
     deadline = loop.time() + settings.drain_timeout_s
-    while node.engine.outstanding > 0 and loop.time() < deadline and not failure:
+    while (node.engine.outstanding > 0 or node.service.preparing > 0) and loop.time() < deadline and not failure:
         await asyncio.sleep(0.05)
     await server.stop(grace=1.0)
     servicer.close()

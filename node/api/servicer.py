@@ -359,4 +359,5 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             disk_free_bytes=free,
             disk_total_bytes=total,
             disk_low=total > 0 and free < self.service.settings.disk_warn_mb * 1024 * 1024,
+            kv_type=s.kv_type,
         )

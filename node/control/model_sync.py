@@ -114,7 +114,18 @@ class ModelSync(ArtifactSync):
         key = ref.sha256 if ref is not None else OWN
         self._forget_others(ref, key)
         committed = self.models.committed()
-        if key in self._failed or (committed.sha256 if committed is not None else OWN) == key:
+        if key in self._failed:
+            return
+        if (committed.sha256 if committed is not None else OWN) == key:
+            if (
+                ref is not None
+                and committed is not None
+                and (committed.name, committed.version) != (ref.name, ref.version)
+            ):
+                # the very bytes serving, desired under another name or version: switch to that name (the
+                # node reports what is desired) from the file it holds, no download
+                renamed = replace(committed, name=ref.name, version=ref.version)
+                self._begin(renamed, f"the file serving is desired as {ref.name}@{ref.version}: no download")
             return
         if ref is None:
             self._begin(ModelSlot(), "no model is desired: back to the node's own")

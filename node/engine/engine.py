@@ -37,6 +37,8 @@ from edgefleet.node.engine.decode_step import StepDecoder
 from edgefleet.node.engine.embedding import Embedder
 from edgefleet.node.engine.engine_inbox import EngineConfig, EngineInbox
 from edgefleet.node.engine.llama_backend import DecodeContext, LoadedModel, Sampler
+from edgefleet.node.engine.prefix_kv import PrefixKV
+from edgefleet.node.engine.prefix_store import PrefixStore
 from edgefleet.node.engine.scheduler import Sequence
 from edgefleet.node.engine.text_stream import TextStream
 from edgefleet.node.engine.thread_governor import ThreadGovernor
@@ -76,7 +78,9 @@ class Engine(EngineInbox):
         self.on_failure: list[Callable[[str], None]] = []  # called once, on the engine thread
         self.observer: EngineObserver | None = None  # metrics, when the node exports them
         self._decoder: StepDecoder | None = None
+        self.prefixes: PrefixKV | None = None  # the prefix store, once the context exists
         self.tokens_generated = 0
+        self.kv_type = config.kv_type  # the KV cells the decode context got (set when it is created)
         self.governor = ThreadGovernor(config.threads) if config.adapt_threads and config.threads > 1 else None
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -98,9 +102,13 @@ class Engine(EngineInbox):
     def _run(self) -> None:
         cfg = self.config
         try:
-            self._ctx = DecodeContext(self.model, cfg.n_ctx_slot * cfg.slots, cfg.n_batch, cfg.slots, cfg.threads)
+            self._ctx = DecodeContext(
+                self.model, cfg.n_ctx_slot * cfg.slots, cfg.n_batch, cfg.slots, cfg.threads, kv_type=cfg.kv_type
+            )
+            self.kv_type = self._ctx.kv_type  # f16 where llama.cpp refused q8_0
             self._decoder = StepDecoder(self._ctx, cfg.threads, self.governor)
             self._decoder.warm_up()
+            self._open_prefix_store(self._ctx)
         except BaseException as e:  # surfaced to start()
             self._start_error = e
             self._ready.set()
@@ -126,6 +134,21 @@ class Engine(EngineInbox):
                     self._step()
                 except EdgefleetError as e:
                     self._fail_all(e)
+
+    def _open_prefix_store(self, ctx: DecodeContext) -> None:
+        """Fixed prefixes saved before (this model, this KV type) into the slots, and the hooks."""
+        cfg = self.config
+        if cfg.prefix_store_dir is None or cfg.prefix_store_bytes <= 0 or not cfg.prefix_cache:
+            return
+        kv_type = str(getattr(ctx, "kv_type", None) or "f16")
+        try:
+            store = PrefixStore(cfg.prefix_store_dir, cfg.prefix_store_bytes, cfg.model_sha256, kv_type)
+        except OSError as e:  # a node without its prefix store still serves, each prefix read again
+            log.warning("prefix store not available", extra={"directory": str(cfg.prefix_store_dir), "error": str(e)})
+            return
+        self.prefixes = PrefixKV(store, ctx, self.adapters)
+        self.scheduler.restore = self.prefixes.restore
+        self.prefixes.preload(self.scheduler)
 
     def _threads_now(self) -> int:
         return self.governor.current if self.governor is not None else self.config.threads
@@ -249,6 +272,8 @@ class Engine(EngineInbox):
             return
         sample_at = self._decoder.decode(plan, now)
         self.scheduler.decoded(plan)
+        if self.prefixes is not None:
+            self.prefixes.after_step([item.seq for item in plan.items])
         now = time.monotonic()
         for seq, idx in sample_at:
             self._sample(seq, idx, now)
@@ -326,6 +351,8 @@ class Engine(EngineInbox):
         self._close_contexts()
 
     def _close_contexts(self) -> None:
+        if self.prefixes is not None:
+            self.prefixes.close()  # the writes under way finish
         if self._ctx is not None:
             self._ctx.close()
             self._ctx = None

@@ -41,6 +41,11 @@ class EngineConfig:
     prefix_cache: bool = True
     adapter_quantum: int = 1
     adapt_threads: bool = True  # see thread_governor.py
+    kv_type: str = "f16"  # the decode context's KV cells (node/engine/kv_type.py)
+    # Fixed prompt prefixes' KV kept on disk across restarts (prefix_store.py); None: not kept.
+    prefix_store_dir: Path | None = None
+    prefix_store_bytes: int = 0
+    model_sha256: str = ""  # part of every prefix store key
 
 
 class EngineInbox:

@@ -57,11 +57,17 @@ class ModelMeta:
     chat_template: str | None
     bos_text: str
     eos_text: str
+    key_length: int = 0  # per-head K width from the GGUF header (`<arch>.attention.key_length`); 0: not given
+    value_length: int = 0  # per-head V width (`<arch>.attention.value_length`); 0: not given
 
     def kv_bytes_per_token(self, bytes_per_value: int = 2) -> int:
-        """K and V cells of one token in every layer (f16 cache)."""
+        """K and V cells of one token in every layer (f16 cache). The head widths are the header's
+        key_length / value_length where it gives them (Gemma 3: 256 per head, while n_embd/n_head is
+        160), else n_embd/n_head, as the orchestrator computes it for a manifest (proto/model_gguf.py)."""
         head_dim = self.n_embd // max(self.n_head, 1)
-        return self.n_layer * 2 * head_dim * self.n_head_kv * bytes_per_value
+        k = self.key_length or head_dim
+        v = self.value_length or head_dim
+        return self.n_layer * (k + v) * self.n_head_kv * bytes_per_value
 
 
 class LoadedModel:
@@ -113,7 +119,17 @@ class LoadedModel:
             chat_template=self._meta_str("tokenizer.chat_template"),
             bos_text=self.token_text(bos) if bos >= 0 else "",
             eos_text=self.token_text(eos) if eos >= 0 else "",
+            key_length=self._meta_int(f"{arch}.attention.key_length"),
+            value_length=self._meta_int(f"{arch}.attention.value_length"),
         )
+
+    def _meta_int(self, key: str) -> int:
+        """A positive integer of the GGUF header, else 0 (absent or not a number)."""
+        raw = self._meta_str(key)
+        try:
+            return max(int(raw), 0) if raw is not None else 0
+        except ValueError:
+            return 0
 
     def token_text(self, token: int) -> str:
         return self.token_to_piece(token, special=True).decode("utf-8", "replace")
@@ -217,7 +233,14 @@ class DecodeContext:
     """
 
     def __init__(
-        self, model: LoadedModel, n_ctx: int, n_batch: int, n_seq: int, threads: int, embeddings: bool = False
+        self,
+        model: LoadedModel,
+        n_ctx: int,
+        n_batch: int,
+        n_seq: int,
+        threads: int,
+        embeddings: bool = False,
+        kv_type: str = "f16",
     ) -> None:
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = n_ctx
@@ -231,7 +254,21 @@ class DecodeContext:
         if embeddings:
             params.embeddings = True
             params.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_MEAN
+        self.kv_type = kv_type  # node/engine/kv_type.py; what the context got, after any fallback
+        default_flash_attn = params.flash_attn_type
+        if kv_type == "q8_0":  # llama.cpp quantizes the V cache only with flash attention on
+            params.type_k = params.type_v = llama_cpp.GGML_TYPE_Q8_0
+            params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
         ptr = llama_cpp.llama_init_from_model(model.ptr, params)
+        if not ptr and kv_type != "f16":
+            log.warning(
+                "llama.cpp refused a q8_0 KV cache (no flash attention for this model or backend?): f16 instead",
+                extra={"kv_type": kv_type, "model": model.meta.description},
+            )
+            params.type_k = params.type_v = llama_cpp.GGML_TYPE_F16
+            params.flash_attn_type = default_flash_attn
+            self.kv_type = "f16"
+            ptr = llama_cpp.llama_init_from_model(model.ptr, params)
         if not ptr:
             raise ModelError(f"llama.cpp could not create a context of {n_ctx} tokens for {n_seq} sequences")
         self.ptr = ptr

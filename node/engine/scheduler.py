@@ -8,7 +8,10 @@ stalling the others for more than a step.
 
 Slots are llama.cpp sequence ids. A finished slot keeps its KV cells and the tokens they
 hold; a new request takes the free slot that shares its longest prefix (same adapter), and
-only the rest of its prompt is prefilled.
+only the rest of its prompt is prefilled. A request's fixed prefix (`prefix_len`: chat preamble,
+template head) that no slot holds may be restored from the prefix store (`restore`, set by the
+engine); if it is not there, the prefill stops once at the prefix's end (`save_at`) so the engine
+can save exactly the prefix's cells.
 
 llama.cpp applies LoRA adapters per context, so one decode step serves one adapter group
 (adapter, version and scale; the base model is the group ""). Steps alternate between the
@@ -19,6 +22,7 @@ adapter for its whole life, since its KV cells were computed with it.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from edgefleet.node.engine.types import FinishReason, GenerationRequest, Usage
@@ -34,6 +38,7 @@ class Sequence:
     n_prompt_left: int = 0  # prompt tokens not yet decoded
     n_generated: int = 0
     cached_tokens: int = 0  # prompt tokens reused from the slot's cache
+    save_at: int = 0  # the fixed prefix ends here and is not stored yet: the engine saves it then
     admitted_at: float = 0.0
     first_token_at: float = 0.0
     last_token_at: float = 0.0
@@ -137,6 +142,9 @@ class Scheduler:
         self._steps = 0
         self._current: str | None = None  # the group of the last step, and how many steps in a row
         self._run_length = 0
+        # (sequence, slot id) -> prefix tokens restored into the slot from the store; 0: none (the slot
+        # is untouched), < 0: none and the slot's cells are gone
+        self.restore: Callable[[Sequence, int], int] | None = None
 
     # -- state -------------------------------------------------------------------------
     @property
@@ -235,11 +243,27 @@ class Scheduler:
         # At least the last prompt token must be decoded to get logits to sample from.
         return best, min(best_keep, len(seq.req.prompt_tokens) - 1)
 
+    def _stored_prefix(self, seq: Sequence, slot: Slot, keep: int) -> int:
+        """Cached tokens after restoring `seq`'s fixed prefix into `slot` where the slot lacks it."""
+        prefix = seq.req.prefix_len
+        prompt = seq.req.prompt_tokens
+        if self.restore is None or not self.prefix_cache or not MIN_PREFIX_REUSE <= prefix < len(prompt):
+            return keep
+        if keep >= prefix:
+            return keep
+        got = self.restore(seq, slot.id)
+        if got > 0:
+            slot.tokens = list(prompt[:got])
+            return got
+        seq.save_at = prefix
+        return 0 if got < 0 else keep  # < 0: the slot's cells were cleared and the restore failed
+
     def schedule(self, now: float) -> StepPlan:
         admissions: list[Admission] = []
         while self.waiting and self.n_busy < self.slot_limit:
             seq = self.waiting.popleft()
             slot, keep = self._pick_slot(seq)
+            keep = self._stored_prefix(seq, slot, keep)
             slot.seq, slot.adapter = seq, seq.group
             slot.tokens = slot.tokens[:keep]
             seq.slot, seq.n_past, seq.cached_tokens, seq.admitted_at = slot.id, keep, keep, now
@@ -270,6 +294,8 @@ class Scheduler:
             if budget <= 0:
                 break
             chunk = seq.pending[:budget]
+            if seq.save_at > seq.n_past:  # stop at the prefix's end once, so its cells alone are saved
+                chunk = chunk[: seq.save_at - seq.n_past]
             last = len(chunk) == len(seq.pending)
             items.append(BatchItem(seq, chunk, seq.n_past, last))
             budget -= len(chunk)

@@ -103,6 +103,10 @@ class GenerationRequest:
     sink: EventSink
     adapter: AdapterUse | None = None
     arrived: float = field(default_factory=time.monotonic)
+    # Leading prompt tokens that stay the same from request to request (chat preamble, a template's
+    # system prompt and head): their KV cells are worth keeping in the prefix store. 0: none.
+    prefix_len: int = 0
+    prefix_source: str = ""  # `template:name@version` when a template made the prefix (pruned when it changes)
 
 
 class EngineObserver(Protocol):

@@ -94,7 +94,7 @@ def service_verdict(before: Mapping[str, Figures], after: Mapping[str, Figures],
 def quality_verdict(before: Mapping[str, Figures], after: Mapping[str, Figures], plan: GatePlan) -> GateVerdict:
     """Each node's score after ≥ its score before - max_quality_drop, and ≥ min_quality; a case
     that errored counts as failed (the runner's score)."""
-    worst_node, worst_drop = "", -1.0
+    worst_node, worst_drop = "", float("-inf")  # the node whose score fell most, or rose least
     lowest_node, lowest = "", 2.0
     for node, a in sorted(after.items()):
         b = before.get(node)

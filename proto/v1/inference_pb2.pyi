@@ -256,7 +256,7 @@ class ThermalState(_message.Message):
     def __init__(self, available: _Optional[bool] = ..., temperature_c: _Optional[float] = ..., throttled: _Optional[bool] = ..., shedding: _Optional[bool] = ...) -> None: ...
 
 class NodeInfo(_message.Message):
-    __slots__ = ("node_id", "profile", "model", "n_ctx", "slots_total", "slots_busy", "slots_available", "queue_depth", "queue_limit", "adapters", "versions", "thermal", "memory_budget_bytes", "memory_estimate_bytes", "rss_bytes", "status", "search_backend", "embedder", "disk_free_bytes", "disk_total_bytes", "disk_low")
+    __slots__ = ("node_id", "profile", "model", "n_ctx", "slots_total", "slots_busy", "slots_available", "queue_depth", "queue_limit", "adapters", "versions", "thermal", "memory_budget_bytes", "memory_estimate_bytes", "rss_bytes", "status", "search_backend", "embedder", "disk_free_bytes", "disk_total_bytes", "disk_low", "kv_type")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     PROFILE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -278,6 +278,7 @@ class NodeInfo(_message.Message):
     DISK_FREE_BYTES_FIELD_NUMBER: _ClassVar[int]
     DISK_TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
     DISK_LOW_FIELD_NUMBER: _ClassVar[int]
+    KV_TYPE_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     profile: str
     model: ModelInfo
@@ -299,7 +300,8 @@ class NodeInfo(_message.Message):
     disk_free_bytes: int
     disk_total_bytes: int
     disk_low: bool
-    def __init__(self, node_id: _Optional[str] = ..., profile: _Optional[str] = ..., model: _Optional[_Union[ModelInfo, _Mapping]] = ..., n_ctx: _Optional[int] = ..., slots_total: _Optional[int] = ..., slots_busy: _Optional[int] = ..., slots_available: _Optional[int] = ..., queue_depth: _Optional[int] = ..., queue_limit: _Optional[int] = ..., adapters: _Optional[_Iterable[_Union[AdapterInfo, _Mapping]]] = ..., versions: _Optional[_Union[Versions, _Mapping]] = ..., thermal: _Optional[_Union[ThermalState, _Mapping]] = ..., memory_budget_bytes: _Optional[int] = ..., memory_estimate_bytes: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., status: _Optional[str] = ..., search_backend: _Optional[str] = ..., embedder: _Optional[str] = ..., disk_free_bytes: _Optional[int] = ..., disk_total_bytes: _Optional[int] = ..., disk_low: _Optional[bool] = ...) -> None: ...
+    kv_type: str
+    def __init__(self, node_id: _Optional[str] = ..., profile: _Optional[str] = ..., model: _Optional[_Union[ModelInfo, _Mapping]] = ..., n_ctx: _Optional[int] = ..., slots_total: _Optional[int] = ..., slots_busy: _Optional[int] = ..., slots_available: _Optional[int] = ..., queue_depth: _Optional[int] = ..., queue_limit: _Optional[int] = ..., adapters: _Optional[_Iterable[_Union[AdapterInfo, _Mapping]]] = ..., versions: _Optional[_Union[Versions, _Mapping]] = ..., thermal: _Optional[_Union[ThermalState, _Mapping]] = ..., memory_budget_bytes: _Optional[int] = ..., memory_estimate_bytes: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., status: _Optional[str] = ..., search_backend: _Optional[str] = ..., embedder: _Optional[str] = ..., disk_free_bytes: _Optional[int] = ..., disk_total_bytes: _Optional[int] = ..., disk_low: _Optional[bool] = ..., kv_type: _Optional[str] = ...) -> None: ...
 
 class Document(_message.Message):
     __slots__ = ("id", "text", "metadata", "format", "data")
