@@ -65,14 +65,9 @@ def run_mix(stub: pb_grpc.InferenceStub, adapters: list[str], max_tokens: int, r
     return sum(tokens) / (time.perf_counter() - t0)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    p.add_argument("--rounds", type=int, default=3, help="requests per client (default 3)")
-    p.add_argument("--max-tokens", type=int, default=64, help="completion tokens per request (default 64)")
-    p.add_argument("--repeats", type=int, default=2, help="runs of each mix; the best is kept (default 2)")
-    add_insecure_flag(p)
-    args = p.parse_args(argv)
-    with BenchSecurity(args.insecure) as security, tempfile.TemporaryDirectory() as tmp_s:
+def measure(rounds: int, max_tokens: int, repeats: int, security: BenchSecurity) -> dict[str, float]:
+    """tokens/s of each mix (the best of `repeats`) and the ratios one/base and two/one."""
+    with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
         base = resolve_model(None, tmp / "data").path
         a = write_lora(base, tmp / "a.gguf", rank=16, seed=1)
@@ -80,12 +75,26 @@ def main(argv: list[str] | None = None) -> int:
         with serving_node(ROOT, tmp / "data", {"EDGEFLEET_ADAPTERS": f"a={a},b={b}"}, security) as channel:
             stub = pb_grpc.InferenceStub(channel)
             run_mix(stub, MIXES["two"], 8, 1)  # warm up both adapters
-            results = {}
+            results: dict[str, float] = {}
             for name, mix in MIXES.items():
-                results[name] = max(run_mix(stub, mix, args.max_tokens, args.rounds) for _ in range(args.repeats))
-                print(f"{name:<5} c=4  {results[name]:6.1f} tokens/s  ({' '.join(x or '-' for x in mix)})")
-            print(f"one adapter / base        {results['one'] / results['base']:.2f}")
-            print(f"two adapters / one adapter {results['two'] / results['one']:.2f}")
+                results[name] = max(run_mix(stub, mix, max_tokens, rounds) for _ in range(repeats))
+                print(f"{name:<5} c=4  {results[name]:6.1f} tokens/s  ({' '.join(x or '-' for x in mix)})", flush=True)
+    results["one_over_base"] = results["one"] / results["base"]
+    results["two_over_one"] = results["two"] / results["one"]
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    p.add_argument("--rounds", type=int, default=3, help="requests per client (default 3)")
+    p.add_argument("--max-tokens", type=int, default=64, help="completion tokens per request (default 64)")
+    p.add_argument("--repeats", type=int, default=2, help="runs of each mix; the best is kept (default 2)")
+    add_insecure_flag(p)
+    args = p.parse_args(argv)
+    with BenchSecurity(args.insecure) as security:
+        results = measure(args.rounds, args.max_tokens, args.repeats, security)
+    print(f"one adapter / base        {results['one_over_base']:.2f}")
+    print(f"two adapters / one adapter {results['two_over_one']:.2f}")
     return 0
 
 

@@ -120,9 +120,14 @@ def worker_inprocess() -> int:
 
 class InProcessBackend(Backend):
     name = "inprocess"
+    worker = "inprocess"  # run_bench.py --worker <this>
+    note = (
+        "one context; the requests of a level run back to back on one thread, in the "
+        "order of a FIFO server; TTFT includes the wait behind the other clients"
+    )
 
     def start(self) -> None:
-        cmd = [sys.executable, str(WORKER_SCRIPT), "--worker", "inprocess"]
+        cmd = [sys.executable, str(WORKER_SCRIPT), "--worker", self.worker]
         t_start = time.perf_counter()
         proc = self._spawn(cmd, BENCH_DIR, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
         assert proc.stdin is not None
@@ -138,11 +143,8 @@ class InProcessBackend(Backend):
         )
         self._reply(START_TIMEOUT_S)
         self.info["start_s"] = round(time.perf_counter() - t_start, 3)
-        self.info["note"] = (
-            "one context; the requests of a level run back to back on one thread, in the "
-            "order of a FIFO server; TTFT includes the wait behind the other clients"
-        )
-        print(f"  in-process worker ready in {self.info['start_s']:.2f} s", flush=True)
+        self.info["note"] = self.note
+        print(f"  {self.worker} worker ready in {self.info['start_s']:.2f} s", flush=True)
 
     def _reply(self, timeout: float) -> dict[str, Any]:
         import selectors

@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         cmp = compare(runs["f16"], runs["q8_0"], ts)
         mem = memory_rows(model, args.data_dir)
         result["models"][model] = {"runs": {k: asdict(r) for k, r in runs.items()}, "compare": cmp, "memory": mem}
-        lines.append(_table(model, runs, cmp, mem))
+        lines.append(table(model, runs, cmp, mem))
         print(lines[-1], flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out / f"kv-type-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
@@ -326,7 +326,7 @@ def _mib(n: float) -> str:
     return f"{n / MiB:.1f} MiB"
 
 
-def _table(model: str, runs: dict[str, Run], cmp: dict[str, Any], mem: list[dict[str, Any]]) -> str:
+def table(model: str, runs: dict[str, Run], cmp: dict[str, Any], mem: list[dict[str, Any]]) -> str:
     f16, q8 = runs["f16"], runs["q8_0"]
     tb, to = cmp["tools_base"], cmp["tools_other"]
     out = [f"\n## {model}", "| | f16 | q8_0 | q8_0 / f16 |", "|---|---|---|---|"]

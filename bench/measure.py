@@ -8,6 +8,7 @@ from typing import Any
 from bench.backend import Backend, BenchContext
 from bench.cpu_load import FOREIGN_SHARE_WARN, wait_quiet
 from bench.inprocess import InProcessBackend
+from bench.raw_batched import RawBatchedBackend
 from bench.records import LevelResult, combine, summarize
 from bench.servers import LlamaCppServerBackend, LlamaServerBackend, NodeBackend
 from bench.settings import LABELS
@@ -17,6 +18,7 @@ BACKEND_CLASSES: dict[str, type[Backend]] = {
     "inprocess": InProcessBackend,
     "llama_cpp.server": LlamaCppServerBackend,
     "llama-server": LlamaServerBackend,
+    "raw": RawBatchedBackend,
 }
 
 

@@ -15,7 +15,7 @@ def plot(results: dict[str, Any], levels: list[int], path: Path, title: str) -> 
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
-    markers = {"node": "o", "inprocess": "s", "llama_cpp.server": "^", "llama-server": "D"}
+    markers = {"node": "o", "inprocess": "s", "llama_cpp.server": "^", "llama-server": "D", "raw": "x"}
     for b in BACKENDS:
         if b not in results or "levels" not in results[b]:
             continue

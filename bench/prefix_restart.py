@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -94,6 +95,30 @@ def run(store_mb: int, args: argparse.Namespace, security: BenchSecurity, tmp: P
     return out
 
 
+def measure(args: argparse.Namespace, security: BenchSecurity) -> dict[str, Any]:
+    """Median TTFTs (client and node) of the first answers after restarts, with and without the
+    prefix store, and of warm answers; `args` as this script's options (restarts, warm,
+    max_tokens, threads, store_mb)."""
+    med = statistics.median
+    with tempfile.TemporaryDirectory() as tmp_s:
+        tmp = Path(tmp_s)
+        without = run(0, args, security, tmp)
+        with_store = run(args.store_mb, args, security, tmp)
+    cold, restored = med(without["first"]), med(with_store["first"])
+    warm = med(without["warm"] + with_store["warm"])
+    return {
+        "cold_ms": cold,
+        "restored_ms": restored,
+        "warm_ms": warm,
+        "cold_node_ms": med(without["first_node"]),
+        "restored_node_ms": med(with_store["first_node"]),
+        "warm_node_ms": med(without["warm_node"] + with_store["warm_node"]),
+        "restored_over_warm": restored / warm,
+        "cold_over_warm": cold / warm,
+        "first_cached_tokens": with_store["first_cached"],
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--restarts", type=int, default=3)
@@ -103,25 +128,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--store-mb", type=int, default=256, help="EDGEFLEET_PREFIX_STORE_MB of the run with the store")
     add_insecure_flag(p)
     args = p.parse_args(argv)
-    med = statistics.median
-    with BenchSecurity(args.insecure) as security, tempfile.TemporaryDirectory() as tmp_s:
-        tmp = Path(tmp_s)
-        without = run(0, args, security, tmp)
-        with_store = run(args.store_mb, args, security, tmp)
-    cold, restored = med(without["first"]), med(with_store["first"])
-    warm = med(without["warm"] + with_store["warm"])
-    cold_n, restored_n = med(without["first_node"]), med(with_store["first_node"])
-    warm_n = med(without["warm_node"] + with_store["warm_node"])
+    with BenchSecurity(args.insecure) as security:
+        m = measure(args, security)
+    cold, restored, warm = m["cold_ms"], m["restored_ms"], m["warm_ms"]
     print()
     print("command: .venv/bin/python bench/prefix_restart.py " + shlex.join(argv if argv is not None else sys.argv[1:]))
     print(f"median TTFT over {args.restarts} restarts, {args.max_tokens} tokens, system prompt as in the script")
     print("| first token after a restart | client ms | node ms | / warm (client) |")
     print("|---|---|---|---|")
-    print(f"| cold, no prefix store | {cold:.0f} | {cold_n:.0f} | {cold / warm:.2f} |")
-    print(f"| prefix store restored | {restored:.0f} | {restored_n:.0f} | {restored / warm:.2f} |")
-    print(f"| warm (prefix in a slot) | {warm:.0f} | {warm_n:.0f} | 1.00 |")
+    print(f"| cold, no prefix store | {cold:.0f} | {m['cold_node_ms']:.0f} | {cold / warm:.2f} |")
+    print(f"| prefix store restored | {restored:.0f} | {m['restored_node_ms']:.0f} | {restored / warm:.2f} |")
+    print(f"| warm (prefix in a slot) | {warm:.0f} | {m['warm_node_ms']:.0f} | 1.00 |")
     print(f"restored / warm = {restored / warm:.2f} (goal <= 1.10); cold / restored = {cold / restored:.1f}x")
-    print(f"cached prompt tokens of the first answers with the store: {with_store['first_cached']}")
+    print(f"cached prompt tokens of the first answers with the store: {m['first_cached_tokens']}")
     return 0
 
 

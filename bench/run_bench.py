@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
-"""edgefleet throughput benchmark: the node against three llama.cpp baselines.
+"""edgefleet throughput benchmark: the node against three llama.cpp baselines and the raw ceiling.
 
 One run, one model (the node's default, SmolLM2-135M-Instruct Q4_1), one llama.cpp build
-(the llama.cpp that llama-cpp-python 0.3.36 vendors, built with the same CPU flags), four
+(the llama.cpp that llama-cpp-python 0.3.36 vendors, built with the same CPU flags), five
 backends:
 
   node             edgefleet-node over gRPC (continuous batching, 8 slots x 2048 ctx)
   inprocess        llama_cpp.Llama.create_completion in a worker process (one context)
   llama_cpp.server llama-cpp-python's OpenAI-style server over HTTP (/v1/completions)
   llama-server     llama.cpp's own C++ server over HTTP (/completion), -np 8 --kv-unified
+  raw              the raw batched-decode ceiling (bench/raw_batched.py): llama_decode over one batch
+                   of the level's N sequences, greedy argmax, nothing else, in a worker process
 
 The node is started first, alone, for its cold start; then the others. All stay up, and
 only one generates at a time: each concurrency level is measured --repeats times, the
@@ -47,7 +49,12 @@ and its peak RSS (psutil polling of the node process during the whole run, and t
 kernel's VmHWM), compared with model file + KV cache (n_layer * 2 * head_dim * n_head_kv *
 2 bytes per token, times n_ctx per slot, times slots) + 150 MiB.
 
-Results: tables, ratio and PASS/FAIL lines on stdout; bench/results/bench-<UTC time>.json,
+Optional sections (--sections adapters,prefix,kv or all; bench/sections.py) run the separate
+benches after the backends have stopped: mixed adapters (bench/adapter_mix.py), the first answer
+after a restart (bench/prefix_restart.py) and the KV type (bench/kv_type.py).
+
+Results: tables, ratio and PASS/FAIL lines on stdout, then the summary of issue 26's figures (every
+ratio against its target, met or missed by how much; bench/summary.py); bench/results/bench-<UTC time>.json,
 bench/results/latest.json and bench/results/throughput.png.
 
 Run:  bench/setup_llama_server.sh && .venv/bin/python bench/run_bench.py [--insecure]
@@ -79,7 +86,9 @@ from bench.inprocess import worker_inprocess
 from bench.measure import run_all
 from bench.plot import plot
 from bench.prompts import Prompt, model_path, plan_level, render_prompts, sensor_prompt, vocab_model
+from bench.raw_batched import worker_raw
 from bench.report import fmt_mib, report
+from bench.sections import add_section_flags, parse_sections, run_sections
 from bench.settings import (
     BACKENDS,
     BENCH_DIR,
@@ -98,6 +107,7 @@ from bench.settings import (
     TOP_P,
 )
 from bench.site_security import BenchSecurity, add_insecure_flag
+from bench.summary import summary
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -126,7 +136,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="re-measure a level up to this many times when other processes used over 10%% of the "
         "CPUs meanwhile (default 2)",
     )
-    p.add_argument("--only", default=",".join(BACKENDS), help=f"backends to run (default all: {','.join(BACKENDS)})")
+    p.add_argument(
+        "--only",
+        default=",".join(BACKENDS),
+        help=f"backends to run (default all: {','.join(BACKENDS)}; 'none': only the --sections)",
+    )
     p.add_argument("--out", default=str(BENCH_DIR / "results"), help="results folder (default bench/results)")
     p.add_argument(
         "--flash-attn",
@@ -151,6 +165,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="seconds the whole run may spend waiting for a quiet machine (default 150)",
     )
     add_insecure_flag(p)
+    add_section_flags(p)
     p.add_argument("--worker", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -187,12 +202,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker == "inprocess":
         return worker_inprocess()
+    if args.worker == "raw":
+        return worker_raw()
     # SIGTERM (timeout, kill) unwinds like Ctrl-C, so the servers this run started are stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     levels = sorted({int(x) for x in args.concurrency.split(",") if x.strip()})
     if not levels or min(levels) < 1 or max(levels) > SLOTS + QUEUE_LENGTH:
         raise SystemExit(f"--concurrency must be between 1 and {SLOTS + QUEUE_LENGTH}")
-    only = [b.strip() for b in args.only.split(",") if b.strip()]
+    only = [b.strip() for b in args.only.split(",") if b.strip() and b.strip() != "none"]
+    section_names = parse_sections(args.sections)
     unknown = set(only) - set(BACKENDS)
     if unknown:
         raise SystemExit(f"unknown backend(s) {', '.join(sorted(unknown))}; choose from {', '.join(BACKENDS)}")
@@ -244,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"node: {security.mode}")
 
     results: dict[str, Any] = {}
+    sections: dict[str, Any] = {}
     names = []
     for b in BACKENDS:
         if b not in only:
@@ -256,12 +275,14 @@ def main(argv: list[str] | None = None) -> int:
         names.append(b)
     t_run = time.perf_counter()
     try:
-        run_all(ctx, names, results)
+        run_all(ctx, names, results)  # every backend is stopped when it returns
+        sections = run_sections(section_names, args, security)
     finally:
         vocab.close()
         security.close()  # the run's site PKI
 
     checks = report(results, levels, facts, args.max_tokens)
+    summary_checks = summary(results, sections)
     doc = {
         "timestamp": stamp,
         "duration_s": round(time.perf_counter() - t_run, 1),
@@ -287,13 +308,16 @@ def main(argv: list[str] | None = None) -> int:
             "threads": THREADS,
             "queue_length": QUEUE_LENGTH,
             "backends": only,
+            "sections": section_names,
             "node_security": security.mode,
         },
         "model": asdict(facts),
         "environment": environment(),
         "prompts": [asdict(p) for p in prompts],
         "results": results,
+        "sections": sections,
         "checks": checks,
+        "summary": summary_checks,
     }
     stamped = out_dir / f"bench-{stamp}.json"
     stamped.write_text(json.dumps(doc, indent=1))
@@ -313,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         f"\nwrote {stamped}, {out_dir / 'latest.json'} and {png}  (run took {doc['duration_s']:.0f} s, "
         f"{doc['waited_for_quiet_s']:.0f} s of it waiting for other processes)"
     )
-    if args.check and any(c["result"] == "FAIL" for c in checks):
+    if args.check and any(c["result"] == "FAIL" for c in checks + summary_checks):
         return 1
     return 0
 

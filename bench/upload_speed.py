@@ -5,7 +5,7 @@ Starts the test harness's broker and orchestrator (tests/mqtt_support.py), then 
   2. the upload alone: fleet/uploads.upload_file through an OrchestratorSession (signed commands),
 each to a fresh orchestrator store, and prints MB/s (10**6 bytes per second of the file's size).
 
-    .venv/bin/python -m bench.upload_speed [--model PATH] [--runs N]
+    .venv/bin/python -m bench.upload_speed [--model PATH] [--runs N] [--window N]
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from edgefleet.fleet.control import OrchestratorSession
 from edgefleet.fleet.settings import FleetSettings
-from edgefleet.fleet.uploads import upload_file
+from edgefleet.fleet.uploads import UPLOAD_WINDOW, upload_file
 from edgefleet.node.model_catalog import resolve_model
 from tests.mqtt_support import Mosquitto, Orchestrator, Watcher, fleet, init_site_keys
 from tests.orchestrator.test_model_push import TOPICS
@@ -42,6 +42,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", type=Path, default=None, help="a GGUF file (default: the smollm2 catalog model)")
     ap.add_argument("--runs", type=int, default=1)
+    ap.add_argument("--window", type=int, default=UPLOAD_WINDOW, help="pieces in flight for the upload alone")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="edgefleet-upload-bench-"))
     path = args.model or resolve_model(None, tmp / "models").path
@@ -68,11 +69,11 @@ def main() -> None:
             os.environ.update({"EDGEFLEET_MQTT_URL": broker.url, "EDGEFLEET_SITE": "lab"})
             with OrchestratorSession(FleetSettings()) as s:
                 t0 = time.monotonic()
-                _, res = upload_file(lambda c: s.call(c, 60), path)
+                _, res = upload_file(lambda c: s.call(c, 60), path, window=args.window)
                 dt = time.monotonic() - t0
             o.stop()
             assert res.ok, res
-            print(f"upload_file: {dt:.1f} s, {size / 1e6 / dt:.1f} MB/s")
+            print(f"upload_file (window {args.window}): {dt:.1f} s, {size / 1e6 / dt:.1f} MB/s")
     finally:
         broker.stop()
         shutil.rmtree(tmp, ignore_errors=True)
