@@ -29,6 +29,25 @@ BIN = Path(sys.executable).parent
 
 def pytest_configure(config: pytest.Config) -> None:
     site_identity.site()  # the suite runs secure: every process inherits the harness identity
+    config.addinivalue_line(
+        "markers",
+        "in_file_order: the module's tests are one story on one site, each starting where the one "
+        "before left it (a model pushed, then switched back): they run in file order, whatever the shuffle",
+    )
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """After pytest-randomly's shuffle: the tests of an `in_file_order` module back in file order, in
+    the places the shuffle gave the module's tests (the other modules keep their shuffled order)."""
+    places: dict[str, list[int]] = {}
+    for i, item in enumerate(items):
+        if item.get_closest_marker("in_file_order") is not None:
+            places.setdefault(item.nodeid.split("::")[0], []).append(i)
+    for idx in places.values():
+        story = sorted((items[i] for i in idx), key=lambda it: it.location[1] or 0)
+        for i, item in zip(idx, story, strict=True):
+            items[i] = item
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

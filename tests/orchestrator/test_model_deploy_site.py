@@ -35,6 +35,8 @@ from tests.mqtt_support import fleet_status
 from tests.orchestrator.command_client import CommandClient
 from tests.orchestrator.model_deploy_support import GROUP, OWN, DeploySite, Streamer, T
 
+pytestmark = pytest.mark.in_file_order  # one site, each test starts where the one before left it
+
 A, B = "md-a", "md-b"
 GEMMA = "gemma-3-270m"
 LABEL = f"{GEMMA}@1.0"

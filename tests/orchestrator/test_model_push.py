@@ -36,6 +36,8 @@ from tests.mqtt_support import Mosquitto, Orchestrator, Watcher, fleet, init_sit
 from tests.orchestrator.command_client import CommandClient
 from tools.make_lora import write_lora
 
+pytestmark = pytest.mark.in_file_order  # one site, each test starts where the one before left it
+
 TOPICS = Topics.for_site("lab")
 LINE = TOPICS.artifact_scope("group", "line")
 CHUNK = 1024 * 1024

@@ -38,6 +38,8 @@ from tests.conftest import NodeProcess, free_port, wait_for
 from tests.mqtt_support import Mosquitto, Orchestrator, Watcher, node_env
 from tools.make_lora import write_lora
 
+pytestmark = pytest.mark.in_file_order  # one site, each test starts where the one before left it
+
 T = Topics.for_site("lab")
 A, B = "ms-a", "ms-b"
 SCOPE = T.artifact_scope("node", A)
