@@ -16,6 +16,7 @@ from bench.prompts import Prompt
 from bench.records import RequestRecord
 from bench.settings import (
     BENCH_DIR,
+    GPU_LAYERS,
     N_BATCH,
     N_CTX_SLOT,
     REPEAT_PENALTY,
@@ -49,6 +50,7 @@ def worker_inprocess() -> int:
         n_ubatch=N_BATCH,
         n_threads=THREADS,
         n_threads_batch=THREADS,
+        n_gpu_layers=GPU_LAYERS,
         flash_attn=cfg["flash_attn"],
         seed=SEED,
         verbose=False,

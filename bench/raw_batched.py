@@ -27,7 +27,7 @@ import time
 from typing import Any
 
 from bench.inprocess import InProcessBackend
-from bench.settings import N_BATCH, N_CTX_SLOT, SLOTS, THREADS
+from bench.settings import GPU_LAYERS, N_BATCH, N_CTX_SLOT, SLOTS, THREADS
 
 
 class RawBatchedBackend(InProcessBackend):
@@ -66,6 +66,7 @@ def worker_raw() -> int:
     max_tokens = int(cfg["max_tokens"])
     llama_cpp.llama_backend_init()
     mparams = llama_cpp.llama_model_default_params()
+    mparams.n_gpu_layers = GPU_LAYERS
     model = llama_cpp.llama_model_load_from_file(cfg["model"].encode(), mparams)
     if not model:
         raise SystemExit(f"llama.cpp could not load {cfg['model']}")

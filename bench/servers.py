@@ -17,6 +17,7 @@ from bench.clients import Client, LlamaServerClient, NodeClient, OpenAICompletio
 from bench.processes import free_port, log_tail
 from bench.settings import (
     BENCH_DIR,
+    GPU_LAYERS,
     LLAMA_SERVER_BIN,
     N_BATCH,
     N_CTX_SLOT,
@@ -44,6 +45,7 @@ def node_profile(tmp: Path) -> Path:
         ("context", "n_ctx"),
         ("context", "n_batch"),
         ("compute", "threads"),
+        ("compute", "gpu_layers"),
     ):
         if key not in data.get(section, {}):
             raise SystemExit(f"{PROFILE_TEMPLATE} has no [{section}] {key}")
@@ -60,6 +62,7 @@ def node_profile(tmp: Path) -> Path:
             ("context", "n_ctx"): f"n_ctx = {N_CTX_SLOT}",
             ("context", "n_batch"): f"n_batch = {N_BATCH}",
             ("compute", "threads"): f"threads = {THREADS}",
+            ("compute", "gpu_layers"): f"gpu_layers = {GPU_LAYERS}",
         }.get((section, key))
         out.append(repl if repl is not None else line)
     path = tmp / "x86-dev-bench8.toml"
@@ -233,6 +236,8 @@ class LlamaCppServerBackend(HttpBackend):
             str(THREADS),
             "--n_threads_batch",
             str(THREADS),
+            "--n_gpu_layers",
+            str(GPU_LAYERS),
             "--flash_attn",
             str(self.ctx.args.flash_attn == "on"),
             # Its default (True) cancels a running stream when the next request arrives.
@@ -267,6 +272,8 @@ class LlamaServerBackend(HttpBackend):
             str(THREADS),
             "-tb",
             str(THREADS),
+            "-ngl",
+            str(GPU_LAYERS),
             "-b",
             str(N_BATCH),
             "-ub",

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
 BUILD_DIR = BENCH_DIR / ".build"
-LLAMA_SERVER_BIN = BUILD_DIR / "llama-server"
+# bench/cuda_bench.sh builds a CUDA llama-server elsewhere and names it here.
+LLAMA_SERVER_BIN = Path(os.environ.get("EDGEFLEET_BENCH_LLAMA_SERVER", str(BUILD_DIR / "llama-server")))
 LOG_DIR = BUILD_DIR / "logs"
 PROFILE_TEMPLATE = REPO_DIR / "firmware_profiles" / "x86-dev.toml"
 
@@ -25,6 +27,9 @@ SLOTS = 8
 N_CTX_SLOT = 2048
 N_BATCH = 512
 THREADS = 2
+# Layers offloaded to a GPU by every backend (the node's profile, in-process, raw, both servers):
+# 0 on CPU machines; bench/cuda_bench.sh sets 99 (everything), as the Jetson profiles do.
+GPU_LAYERS = int(os.environ.get("EDGEFLEET_BENCH_GPU_LAYERS", "0"))
 QUEUE_LENGTH = 16
 OVERHEAD_BYTES = 150 * 1024 * 1024  # the profile's overhead_mb (150 MiB)
 

@@ -14,11 +14,14 @@
 #   PYTHON   python with pip (default: .venv/bin/python in the repo root)
 #   JOBS     parallel build jobs (default: 2)
 #   LLAMA_CPP_PYTHON_VERSION  sdist version (default: 0.3.36, the installed one)
+#   LLAMA_SERVER_BUILD_DIR    where to build (default: bench/.build)
+#   LLAMA_SERVER_CMAKE_ARGS   the ggml flags (default: the explicit x86 CPU flags below;
+#                             bench/cuda_bench.sh passes "-DGGML_NATIVE=OFF -DGGML_OPENMP=OFF -DGGML_CUDA=ON")
 set -euo pipefail
 
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_DIR="$(cd "$BENCH_DIR/.." && pwd)"
-BUILD_DIR="$BENCH_DIR/.build"
+BUILD_DIR="${LLAMA_SERVER_BUILD_DIR:-$BENCH_DIR/.build}"
 BIN="$BUILD_DIR/llama-server"
 PYTHON="${PYTHON:-$REPO_DIR/.venv/bin/python}"
 JOBS="${JOBS:-2}"
@@ -62,19 +65,16 @@ fi
 #  * LLAMA_BUILD_UI=OFF + LLAMA_USE_PREBUILT_UI=OFF: no web UI, no download.
 #  * GGML_NATIVE=OFF: -march=native crashes on this machine; the explicit ISA
 #    flags below are the ones the project's llama-cpp-python build uses.
-echo "==> configuring $LLAMA_SRC"
+GGML_FLAGS=(-DGGML_NATIVE=OFF -DGGML_OPENMP=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+    -DGGML_BMI2=ON -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON)
+if [[ -n "${LLAMA_SERVER_CMAKE_ARGS:-}" ]]; then
+    read -r -a GGML_FLAGS <<< "$LLAMA_SERVER_CMAKE_ARGS"
+fi
+echo "==> configuring $LLAMA_SRC (${GGML_FLAGS[*]})"
 cmake -S "$LLAMA_SRC" -B "$BUILD_DIR/cmake" "${GENERATOR[@]}" \
     -DCMAKE_BUILD_TYPE=Release \
     -DBUILD_SHARED_LIBS=OFF \
-    -DGGML_NATIVE=OFF \
-    -DGGML_OPENMP=OFF \
-    -DGGML_AVX=ON \
-    -DGGML_AVX2=ON \
-    -DGGML_FMA=ON \
-    -DGGML_F16C=ON \
-    -DGGML_BMI2=ON \
-    -DGGML_AVX512=ON \
-    -DGGML_AVX512_VNNI=ON \
+    "${GGML_FLAGS[@]}" \
     -DLLAMA_BUILD_SERVER=ON \
     -DLLAMA_BUILD_TOOLS=ON \
     -DLLAMA_BUILD_UI=OFF \
