@@ -21,8 +21,16 @@ from pydantic_core import PydanticUndefined
 
 from edgefleet.proto.agent_runs import RUN_ID_RE, RunState
 from edgefleet.proto.agents import AgentRule, ToolSpec
-from edgefleet.proto.paging import MAX_PAGE_LIMIT, NodeFilter
-from edgefleet.proto.payload_base import _Payload
+from edgefleet.proto.command_base import (
+    MAX_KEY_MODELS,
+    CommandRequest,
+    FilterText,
+    NonEmpty,
+    OnBehalfOf,
+    PagedRequest,
+    RemoveEntryRequest,
+)
+from edgefleet.proto.paging import NodeFilter
 from edgefleet.proto.payloads import (
     SHA256_FIELD,
     PayloadError,
@@ -31,37 +39,16 @@ from edgefleet.proto.payloads import (
     check_groups,
     validation_field,
 )
-from edgefleet.proto.rollouts import RolloutPlan
+from edgefleet.proto.release_commands import (
+    RolloutAbortRequest,
+    RolloutPauseRequest,
+    RolloutPromoteRequest,
+    RolloutResumeRequest,
+    RolloutStartRequest,
+    RolloutStatusRequest,
+)
 from edgefleet.proto.rules import RuleSpec
 from edgefleet.proto.versions import Version
-
-NonEmpty = Annotated[str, Field(min_length=1)]
-# the web console signs as itself for its logged-in account: the op records "<account> via <signer>"
-OnBehalfOf = Annotated[str, Field(max_length=64, pattern=r"^([A-Za-z0-9][A-Za-z0-9._-]*)?$")]
-MAX_KEY_MODELS = 64
-FilterText = Annotated[str, Field(max_length=128)]
-
-
-class CommandRequest(_Payload):
-    """What every command carries besides its op's fields: the signed envelope (empty: unsigned)."""
-
-    always_signed: ClassVar[bool] = False  # refused unsigned even where the site takes unsigned commands
-    names_operator: ClassVar[bool] = False  # its handler sees the (verified) operator: it records who decided
-
-    operator: str = ""  # the operator's enrolled name
-    key_id: str = ""  # the fingerprint of the operator's public key
-    signed_at: int = 0  # unix seconds when signed; the orchestrator accepts ±120 s
-    nonce: str = ""  # random, once per command: a replay within the window is refused
-    signature: str = ""  # base64, over `command_bytes` (every other field, and the site)
-
-
-class PagedRequest(CommandRequest):
-    """A listing answered one page at a time (proto/paging.py): the answer's `next_offset` is where
-    the next page starts (None: the last). No answer passes the payload limit: a page is cut short."""
-
-    offset: Annotated[int, Field(ge=0)] = 0
-    # at most this many entries; None: as many as fit one answer; 0: none, only the counts
-    limit: Annotated[int, Field(ge=0, le=MAX_PAGE_LIMIT)] | None = None
 
 
 # -- the site, and what is desired where -------------------------------------------------------------
@@ -90,13 +77,6 @@ class PushTemplateRequest(CommandRequest):
     template: TemplateSpec
     force: bool = False  # accept a version older than the one desired now
     new_group: bool = False  # a bare target naming no node and no known group becomes a new group
-
-
-class RemoveEntryRequest(CommandRequest):
-    """`name` out of `target`'s desired state (one op per section, below)."""
-
-    target: NonEmpty
-    name: NonEmpty
 
 
 class RemoveTemplateRequest(RemoveEntryRequest):
@@ -335,56 +315,6 @@ class KeysRevokeRequest(KeysRequest):
 
     op: Literal["keys-revoke"] = "keys-revoke"
     name: NonEmpty
-
-
-# -- releases in waves (proto/rollouts.py; orchestrator/rollouts/) -------------------------------------
-class RolloutStartRequest(CommandRequest):
-    """Start a release: the plan's change moved to its target wave by wave, each wave gated; the
-    answer is the rollout's status (its waves planned). The plan's `operator` is the signer's."""
-
-    names_operator: ClassVar[bool] = True
-    op: Literal["rollout-start"] = "rollout-start"
-    plan: RolloutPlan
-
-
-class RolloutStatusRequest(CommandRequest):
-    """One rollout's whole status (`name`), or every rollout's summary, newest first (empty)."""
-
-    op: Literal["rollout-status"] = "rollout-status"
-    name: FilterText = ""
-
-
-class RolloutVerbRequest(CommandRequest):
-    """An operator's word on a running rollout, recorded in its events with the signer's name (and the
-    console's account it was given for: "<account> via <signer>")."""
-
-    names_operator: ClassVar[bool] = True
-    name: NonEmpty
-    on_behalf_of: OnBehalfOf = ""
-
-
-class RolloutPauseRequest(RolloutVerbRequest):
-    """Stop where it is: no wave starts, no soak ends, no gate is judged until resumed."""
-
-    op: Literal["rollout-pause"] = "rollout-pause"
-
-
-class RolloutResumeRequest(RolloutVerbRequest):
-    """Go on after a pause, or after a hold (an evaluation that could not run is run again)."""
-
-    op: Literal["rollout-resume"] = "rollout-resume"
-
-
-class RolloutPromoteRequest(RolloutVerbRequest):
-    """Cut the current wave's soak short; its gates still run (a gate is never skipped)."""
-
-    op: Literal["rollout-promote"] = "rollout-promote"
-
-
-class RolloutAbortRequest(RolloutVerbRequest):
-    """Stop, and return every node that moved to its previous generation."""
-
-    op: Literal["rollout-abort"] = "rollout-abort"
 
 
 AnyCommandRequest = Annotated[

@@ -23,9 +23,10 @@ from edgefleet.fleet.console import pages
 from edgefleet.fleet.console import server as s
 from edgefleet.fleet.console.commands import CommandBridge
 from edgefleet.fleet.rollout_view import summary_row, view
-from edgefleet.proto.commands import Command, RolloutVerbRequest
+from edgefleet.proto.commands import Command
 from edgefleet.proto.error_codes import ErrorCode
 from edgefleet.proto.payloads import CommandResult, PayloadError
+from edgefleet.proto.release_commands import RolloutVerbRequest
 from edgefleet.proto.rollouts import RolloutStatus
 from edgefleet.proto.topics import valid_name
 
