@@ -33,6 +33,7 @@ from typing import Any
 
 from edgefleet.node.knowledge import sqlite
 from edgefleet.node.knowledge.errors import CorruptDatabase, InvalidInput
+from edgefleet.node.knowledge.search import RANKING_VERSION
 
 log = logging.getLogger("edgefleet.node.knowledge")
 
@@ -179,12 +180,12 @@ class _Cache:
 class RetrievalCache(_Cache):
     """Retrieval results by (collection, version, embedder, query, top_k, mode); see the module doc."""
 
-    def __init__(self, path: Path, max_rows: int = 10_000) -> None:
+    def __init__(self, path: Path, max_rows: int = 10_000, ranking: int = RANKING_VERSION) -> None:
         super().__init__(path, "retrieval_cache", max_rows)
+        self.ranking = ranking  # the ranking's version (search.py): results of another are never returned
 
-    @staticmethod
-    def key(collection: str, collection_version: str, embedder: str, query: str, top_k: int, mode: str) -> str:
-        parts = [collection, collection_version, embedder, query, top_k, mode]
+    def key(self, collection: str, collection_version: str, embedder: str, query: str, top_k: int, mode: str) -> str:
+        parts = [collection, collection_version, embedder, query, top_k, mode, self.ranking]
         return hashlib.sha256(canonical_json(parts).encode("utf-8")).hexdigest()
 
     def get(

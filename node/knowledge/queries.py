@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from edgefleet.node.knowledge.documents import PreparedDocument
+from edgefleet.node.knowledge.identifiers import Identifier
 from edgefleet.node.knowledge.schema import CollectionInfo, Hit, chunk_id, parse_chunk_id
 from edgefleet.node.knowledge.search import FTS_COLUMN_WEIGHTS, fts_query
 from edgefleet.node.knowledge.sqlite import Connection
@@ -142,6 +143,39 @@ def keyword_ranking(conn: Connection, collection: str, query: str, n: int) -> li
         (expr, collection, n),
     ).fetchall()
     return [(int(rid), -float(s)) for rid, s in rows]
+
+
+def identifier_matches(
+    conn: Connection, collection: str, identifiers: Sequence[Identifier], max_chunks: int
+) -> dict[int, tuple[int, int]]:
+    """Chunk rowid → (selective identifiers it holds, those of them in its heading path).
+
+    An identifier is selective when at most `max_chunks` chunks of the collection hold it (A03 in an
+    alarm list, not TC-5 on every page of the controller's manual); the others are left out.
+    """
+    found: dict[int, tuple[int, int]] = {}
+    for ident in identifiers:
+        phrase = ident.fts_phrase()
+        rows = conn.execute(
+            "WITH m AS MATERIALIZED (SELECT rowid AS id FROM chunks_fts WHERE chunks_fts MATCH ?) "
+            "SELECT m.id FROM m JOIN chunks c ON c.id = m.id WHERE c.collection = ? LIMIT ?",
+            (phrase, collection, max_chunks + 1),
+        ).fetchall()
+        if not rows or len(rows) > max_chunks:
+            continue
+        ids = [int(r[0]) for r in rows]
+        marks = ",".join("?" * len(ids))
+        in_heading = {
+            int(r[0])
+            for r in conn.execute(
+                f"SELECT rowid FROM chunks_fts WHERE chunks_fts MATCH ? AND rowid IN ({marks})",
+                ("{heading} : " + phrase, *ids),
+            ).fetchall()
+        }
+        for rid in ids:
+            n, h = found.get(rid, (0, 0))
+            found[rid] = (n + 1, h + (rid in in_heading))
+    return found
 
 
 def hits_by_rowid(conn: Connection, ranked: Sequence[tuple[int, float]]) -> list[Hit]:

@@ -43,14 +43,17 @@ from edgefleet.node.knowledge.documents import (
 )
 from edgefleet.node.knowledge.embedders import Embedder
 from edgefleet.node.knowledge.errors import CorruptDatabase, EmbedderMismatch, InvalidInput, NotFoundError
+from edgefleet.node.knowledge.identifiers import extract_identifiers
 from edgefleet.node.knowledge.reembed import reembed_collection
 from edgefleet.node.knowledge.schema import MIGRATIONS, CollectionInfo, Hit, IngestResult, check_writable
 from edgefleet.node.knowledge.search import (
+    IDENTIFIER_MAX_CHUNKS,
     Mode,
     check_mode,
     check_top_k,
     fusion_for,
     normalise_query,
+    place_identifier_matches,
     reciprocal_rank_fusion,
 )
 from edgefleet.node.knowledge.space import SpaceReserve
@@ -346,8 +349,10 @@ class KnowledgeStore:
         """The `top_k` (1..50) chunks of `collection` best matching `query`, best first.
 
         Scores: keyword = -BM25 (higher is better), vector = cosine similarity, hybrid =
-        weighted reciprocal rank fusion (search.py) of the keyword and vector rankings. Any text is a valid
-        query: FTS5 syntax in it is neutralised (see search.py).
+        weighted reciprocal rank fusion (search.py) of the keyword and vector rankings, with the chunks holding
+        the query's selective identifiers (alarm codes, part numbers, option names: identifiers.py) first,
+        scored above the rest; keyword and vector modes are the two parts as fusion takes them. Any text is a
+        valid query: FTS5 syntax in it is neutralised (see search.py).
         """
         failpoints.hit("knowledge.retrieve")  # a slow search, in the worker thread
         check_collection(collection)
@@ -382,8 +387,13 @@ class KnowledgeStore:
                 vec = self._vectors.search(conn, collection, info.revision, qvec, depth)
                 rankings = [[r for r, _ in kw], [r for r, _ in vec]]
                 k, weights = fusion_for(used)
-                ranked = reciprocal_rank_fusion(rankings, k=k, weights=weights)[:top_k]
-            hits = q.hits_by_rowid(conn, ranked)
+                ranked = reciprocal_rank_fusion(rankings, k=k, weights=weights)
+            if mode == "hybrid":  # the chunks holding the question's identifiers first (search.py)
+                identifiers = extract_identifiers(query)
+                if identifiers:
+                    matches = q.identifier_matches(conn, collection, identifiers, IDENTIFIER_MAX_CHUNKS)
+                    ranked = place_identifier_matches(ranked, matches)
+            hits = q.hits_by_rowid(conn, ranked[:top_k])
         if cache is not None:
             cache.put(*key, [(h.chunk_id, h.score) for h in hits])
         return hits

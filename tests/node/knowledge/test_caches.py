@@ -18,6 +18,7 @@ from edgefleet.node.knowledge import (
     response_cache_key,
 )
 from edgefleet.node.knowledge.caches import default_cache_path
+from edgefleet.node.knowledge.search import RANKING_VERSION
 
 from .conftest import DOCS
 
@@ -146,3 +147,16 @@ def test_store_uses_and_invalidates_retrieval_cache(tmp_path: Path, embedder: Wo
     assert store.retrieve("how do I clean the condenser fins", "manual", 3) == after
     assert len(reopened) == 1
     store.close()
+
+
+def test_retrieval_cached_by_an_older_ranking_is_not_returned(tmp_path: Path) -> None:
+    """A node upgraded to a new ranking (e.g. identifiers placed first) must not keep answering a
+    cached question with the order the old code computed, although the collection did not change."""
+    path = tmp_path / "cache.sqlite"
+    hits = [("tc5#intro", 0.5), ("tc5#a03", 0.25)]
+    old = RetrievalCache(path, ranking=RANKING_VERSION - 1)
+    old.put("manual", "v1#r1", "wordllama:l2_supercat:256", "alarm A03", 5, "hybrid", hits)
+    assert old.get("manual", "v1#r1", "wordllama:l2_supercat:256", "alarm A03", 5, "hybrid") == hits
+    old.close()
+    current = RetrievalCache(path)
+    assert current.get("manual", "v1#r1", "wordllama:l2_supercat:256", "alarm A03", 5, "hybrid") is None
