@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
-from html.parser import HTMLParser
+import os
 from pathlib import Path
 from typing import TextIO
 
 from google.protobuf.json_format import MessageToDict
 
+from edgefleet.plumbing.document_text import DocumentTextError, document_text, format_for_name
 from edgefleet.proto.v1 import inference_pb2 as pb
 from edgefleet.proto.v1 import inference_pb2_grpc as pb_grpc
 
@@ -35,6 +35,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     ing.add_argument("paths", nargs="+", type=Path, metavar="DIR|FILE")
     ing.add_argument("--collection", required=True)
     ing.add_argument("--version", default="", help="a version label for the collection")
+    ing.add_argument(
+        "--root",
+        type=Path,
+        default=None,
+        help="ids are paths relative to this folder (default: a folder's files relative to it; a file: as given)",
+    )
     ret = ksub.add_parser("retrieve", help="the chunks of a collection that best match a query")
     ret.add_argument("query")
     ret.add_argument("--collection", required=True)
@@ -45,93 +51,57 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     ls.add_argument("--json", action="store_true")
 
 
-class _HtmlText(HTMLParser):
-    """HTML as Markdown-ish text: <h1>-<h6> become `#` headings, blocks become paragraphs, scripts dropped."""
-
-    _BLOCKS = frozenset(("p", "div", "li", "tr", "br", "pre", "table", "ul", "ol", "section", "article", "dd", "dt"))
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.parts: list[str] = []
-        self._skip = 0
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in ("script", "style", "head"):
-            self._skip += 1
-        elif re.fullmatch(r"h[1-6]", tag):
-            self.parts.append("\n\n" + "#" * int(tag[1]) + " ")
-        elif tag in self._BLOCKS:
-            self.parts.append("\n\n")
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in ("script", "style", "head"):
-            self._skip = max(0, self._skip - 1)
-        elif re.fullmatch(r"h[1-6]", tag) or tag in self._BLOCKS:
-            self.parts.append("\n\n")
-
-    def handle_data(self, data: str) -> None:
-        if not self._skip:
-            self.parts.append(re.sub(r"\s+", " ", data))
-
-    def text(self) -> str:
-        lines = [" ".join(line.split()) for line in "".join(self.parts).split("\n")]
-        return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
-
-
-def pdf_pages(path: Path) -> str:
-    """A PDF's text layer, pages separated by form feeds (the store's "pages" format); an error when it has none."""
-    try:
-        from pypdf import PdfReader
-        from pypdf.errors import PdfReadError
-    except ImportError as e:  # pragma: no cover - a dependency of the package
-        raise KnowledgeCommandError("reading PDF needs pypdf (pip install pypdf)") from e
-    try:
-        pages = [(page.extract_text() or "").replace("\f", " ") for page in PdfReader(path).pages]
-    except (PdfReadError, OSError, ValueError) as e:
-        raise KnowledgeCommandError(f"{path} is not a readable PDF: {e}") from e
-    if not any(p.strip() for p in pages):
-        raise KnowledgeCommandError(
-            f"{path} has no text layer ({len(pages)} page(s) of images, e.g. a scan): run OCR on it first "
-            "(e.g. ocrmypdf) or give its text as .txt/.md"
-        )
-    return "\f".join(pages)
-
-
 def read_document(path: Path) -> tuple[str, str]:
-    """(text, format) of one file: PDF pages, HTML as Markdown, Markdown, or text; UTF-8 strictly."""
-    suffix = path.suffix.lower()
+    """(text, format) of one file, read the node's way (plumbing/document_text.py): PDF pages, HTML as
+    Markdown, Markdown, or UTF-8 text; the suffix names the kind, else the first bytes do."""
     try:
-        if suffix == ".pdf":
-            return pdf_pages(path), "pages"
         raw = path.read_bytes()
     except OSError as e:
         raise KnowledgeCommandError(f"cannot read {path}: {e.strerror}") from e
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise KnowledgeCommandError(f"{path} is not UTF-8 text (byte {e.start}); convert it first") from e
-    if suffix in (".html", ".htm"):
-        parser = _HtmlText()
-        parser.feed(text)
-        parser.close()
-        return parser.text(), "markdown"
-    return text, "markdown" if suffix in (".md", ".markdown") else "auto"
+        got = document_text(raw, format_for_name(path.name), name=str(path))
+    except DocumentTextError as e:
+        raise KnowledgeCommandError(str(e)) from None
+    return got.text, got.format
 
 
-def document_files(paths: list[Path]) -> list[tuple[Path, str]]:
-    """(file, document id) for each file given and each document file under a folder: the id is the path
-    relative to the folder (a file given alone: its name), exactly, e.g. `manuals/pump 3.pdf`."""
+def _under(path: Path, base: Path) -> str | None:
+    """`path` relative to `base` (both made absolute), in POSIX form; None when it is not under it."""
+    try:
+        return path.absolute().relative_to(base.absolute()).as_posix()
+    except ValueError:
+        return None
+
+
+def document_id(path: Path, base: Path | None = None) -> str:
+    """The id of a file: its path relative to `base` when given; else the path as the user gave it
+    (`manuals/pump 3.pdf` stays that; `./` dropped; an absolute path under the working folder from there)."""
+    if base is not None:
+        rel = _under(path, base)
+        if rel is None:
+            raise KnowledgeCommandError(f"{path} is not under {base} (--root)")
+        return rel
+    if path.is_absolute():
+        return _under(path, Path.cwd()) or path.as_posix()
+    return Path(os.path.normpath(path)).as_posix()
+
+
+def document_files(paths: list[Path], root: Path | None = None) -> list[tuple[Path, str]]:
+    """(file, document id) for each file given and each document file under a folder. The id is the path
+    relative to `root` when given; else, under a folder, the path relative to that folder, and for a file
+    given alone, the path as given (see document_id), exactly, e.g. `manuals/pump 3.pdf`."""
     found: list[tuple[Path, str]] = []
     for path in paths:
         if path.is_dir():
             files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in DOC_SUFFIXES)
-            found += [(p, p.relative_to(path).as_posix()) for p in files]
+            found += [(p, document_id(p, root or path)) for p in files]
         elif path.is_file():
-            found.append((path, path.name))
+            found.append((path, document_id(path, root)))
         else:
             raise KnowledgeCommandError(f"{path} is neither a file nor a folder")
     if not found:
         raise KnowledgeCommandError(f"no .md, .txt, .html or .pdf documents in {', '.join(map(str, paths))}")
+    seen: dict[str, Path] = {}
     for p, rel in found:
         try:
             rel.encode("utf-8")
@@ -139,13 +109,16 @@ def document_files(paths: list[Path]) -> list[tuple[Path, str]]:
             raise KnowledgeCommandError(f"{p}: the file name is not UTF-8; rename it") from None
         if len(rel.encode("utf-8")) > MAX_DOC_ID_BYTES:
             raise KnowledgeCommandError(f"{p}: its path is over {MAX_DOC_ID_BYTES} bytes, too long for a document id")
-    return found
+        if rel in seen and seen[rel] != p:
+            raise KnowledgeCommandError(f"{seen[rel]} and {p} would both be document {rel!r}: give one, or use --root")
+        seen[rel] = p
+    return list(dict.fromkeys(found))
 
 
-def documents(paths: list[Path]) -> list[pb.Document]:
+def documents(paths: list[Path], root: Path | None = None) -> list[pb.Document]:
     """Each file (or each document file under a folder) as a Document: id its path, metadata source."""
     docs = []
-    for p, rel in document_files(paths):
+    for p, rel in document_files(paths, root):
         text, fmt = read_document(p)
         docs.append(pb.Document(id=rel, text=text, format=fmt, metadata={"source": rel}))
     return docs
@@ -153,7 +126,7 @@ def documents(paths: list[Path]) -> list[pb.Document]:
 
 def run(stub: pb_grpc.InferenceStub, args: argparse.Namespace, out: TextIO) -> int:
     if args.knowledge_command == "ingest":
-        docs = documents(args.paths)
+        docs = documents(args.paths, args.root)
         req = pb.IngestRequest(collection=args.collection, documents=docs, version=args.version)
         r = stub.Ingest(req, timeout=args.timeout)
         out.write(

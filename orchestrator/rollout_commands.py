@@ -17,10 +17,10 @@ from edgefleet.proto.commands import (
     RolloutResumeRequest,
     RolloutStartRequest,
     RolloutStatusRequest,
-    RolloutVerbRequest,
 )
 from edgefleet.proto.paging import PAGE_BUDGET_BYTES, json_size
 from edgefleet.proto.payloads import CommandResult
+from edgefleet.proto.release_commands import RolloutVerbRequest
 from edgefleet.proto.rollouts import RolloutStatus
 
 MAX_LISTED = 50

@@ -126,6 +126,7 @@ FRONT_DOOR_GRANTS: dict[Kind, tuple[Grant, ...]] = {
         Grant(Permission.GENERATE),
         Grant(Permission.NODE_INFO),
         Grant(Permission.KNOWLEDGE_READ),
+        Grant(Permission.KNOWLEDGE_WRITE, Role.OPERATOR),  # Ingest, to the nodes holding the collection
         Grant(Permission.METRICS),
     ),
     Kind.ORCHESTRATOR: (Grant(Permission.GENERATE), Grant(Permission.NODE_INFO), Grant(Permission.METRICS)),

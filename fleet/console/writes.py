@@ -11,7 +11,6 @@ names (`CommandResult.field`, `PayloadError.field`) or the loader's (`FleetComma
 from __future__ import annotations
 
 import asyncio
-import re
 import tempfile
 import urllib.parse
 from collections.abc import Awaitable, Callable
@@ -27,6 +26,7 @@ from edgefleet.fleet.console import server as s
 from edgefleet.fleet.group_commands import parse_groups
 from edgefleet.fleet.rule_commands import RuleCommandError, load_rule
 from edgefleet.fleet.site_commands import FleetCommandError, load_template
+from edgefleet.plumbing.document_text import DocumentTextError, document_text, format_for_name
 from edgefleet.proto.commands import Command
 from edgefleet.proto.knowledge_bundle import BundleDocument, write_bundle
 from edgefleet.proto.payloads import PayloadError
@@ -48,7 +48,7 @@ FORM_FIELDS = {
     "knowledge": ("target", "name", "version"),
 }
 SPEC_FIELD = {"templates": "template", "rules": "rule"}  # the request field whose name and version the form has
-DOC_SUFFIXES = (".md", ".markdown", ".txt")
+DOC_SUFFIXES = (".md", ".markdown", ".txt", ".html", ".htm", ".pdf")
 
 
 class FieldError(Exception):
@@ -129,21 +129,25 @@ def adapter_file(form: MultiDictProxy[Any]) -> bytes:
 
 
 def knowledge_bundle(form: MultiDictProxy[Any]) -> bytes:
+    """The chosen files as a knowledge bundle, each read as the CLI and the node read it
+    (plumbing/document_text.py: PDF pages, HTML as Markdown, Markdown, text); its id is the file name as
+    chosen (`pump 3.pdf`), as `push-knowledge` names a folder's files."""
     files = [f for f in form.getall("files", []) if not isinstance(f, str) and f.filename]
-    docs = []
-    for i, f in enumerate(sorted(files, key=lambda f: f.filename), start=1):
-        if not f.filename.lower().endswith(DOC_SUFFIXES):
+    docs: dict[str, BundleDocument] = {}
+    for f in sorted(files, key=lambda f: f.filename):
+        name = Path(f.filename).name
+        if not name.lower().endswith(DOC_SUFFIXES):
             continue
-        rel = Path(f.filename).name
-        doc_id = re.sub(r"[^A-Za-z0-9._-]+", "-", rel.rsplit(".", 1)[0]).strip("-.")[:128] or f"doc-{i}"
+        if name in docs:
+            raise FieldError("files", f"{name} is chosen twice")
         try:
-            text = f.file.read().decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise FieldError("files", f"{rel} is not UTF-8 text") from e
-        docs.append(BundleDocument(doc_id, text, {"source": rel}))
+            got = document_text(f.file.read(), format_for_name(name), name=name)
+        except DocumentTextError as e:
+            raise FieldError("files", str(e)) from e
+        docs[name] = BundleDocument(name, got.text, {"source": name}, "" if got.format == "auto" else got.format)
     if not docs:
-        raise FieldError("files", "choose .md or .txt documents")
-    return write_bundle(docs)
+        raise FieldError("files", f"choose documents ({', '.join(DOC_SUFFIXES)})")
+    return write_bundle(docs.values())
 
 
 async def push(request: web.Request, kind: str) -> web.StreamResponse:
@@ -168,7 +172,8 @@ async def push(request: web.Request, kind: str) -> web.StreamResponse:
                 )
             if not version:
                 raise FieldError("version", "give a version")
-            data = adapter_file(form) if kind == "adapters" else knowledge_bundle(form)
+            # reading PDFs is CPU work: off the event loop that serves the other pages
+            data = adapter_file(form) if kind == "adapters" else await asyncio.to_thread(knowledge_bundle, form)
             result = await asyncio.to_thread(commands.push_artifact, OPS[kind][0], name, version, target, data)
     except FieldError as e:
         return pages.desired_page(request, kind, 422, {e.field: e.message}, values)

@@ -1,7 +1,9 @@
 """Knowledge RPCs (Ingest, DeleteDocuments, ListCollections, Retrieve): protobuf ↔ KnowledgeService.
 
-Store work (chunking, embedding, SQLite) runs in a worker thread so the event loop keeps
-streaming other requests' tokens.
+Store work (reading a PDF's text layer, chunking, embedding, SQLite) runs in a worker thread so the
+event loop keeps streaming other requests' tokens. A document's `data` is a file's bytes (PDF, HTML,
+UTF-8 text), read by plumbing/document_text.py as the CLI reads files; one document it cannot read
+refuses the whole batch (INVALID_ARGUMENT naming it), before anything is written.
 """
 
 from __future__ import annotations

@@ -14,24 +14,30 @@ from dataclasses import dataclass, field
 
 from edgefleet.node.knowledge.chunking import Chunk, ChunkingConfig, Format, chunk_text
 from edgefleet.node.knowledge.errors import InvalidInput
+from edgefleet.plumbing.document_text import INPUT_FORMATS, DocumentTextError, InputFormat, document_text
 from edgefleet.proto.input_limits import brief
 from edgefleet.proto.topics import valid_name
 
 MAX_DOC_ID_BYTES = 512
-DEFAULT_MAX_DOCUMENT_BYTES = 1024 * 1024
+DEFAULT_MAX_DOCUMENT_BYTES = 4 * 1024 * 1024  # a 500-page manual's text is about 1 MiB
 MAX_METADATA_BYTES = 16 * 1024
 MAX_VERSION_CHARS = 64
+SOURCE_BYTES_FACTOR = 16
+"""A PDF's or HTML page's own bytes may be this many times the text limit (fonts, images, markup);
+the text taken from it is held to the limit itself."""
 
 
 @dataclass(frozen=True)
 class Document:
     id: str
     text: str | bytes
-    """UTF-8 text; bytes are decoded strictly."""
+    """UTF-8 text, or a file's bytes: a PDF, an HTML page, or UTF-8 text (decoded strictly)."""
     metadata: dict[str, str] = field(default_factory=dict)
-    format: Format = "auto"
-    """"markdown", "text", "auto" (markdown when the text has headings or code fences), or "pages": pages of
-    plain text separated by form feeds (`\\f`), as a PDF's text layer; each chunk then records its page."""
+    format: Format | InputFormat = "auto"
+    """"markdown", "text", "auto" (markdown when the text has headings or code fences; bytes are sniffed:
+    `%PDF-` a PDF, `<html` HTML), "pages": pages of plain text separated by form feeds (`\\f`), as a PDF's
+    text layer, each chunk then records its page; "pdf" (bytes: their text layer as pages) or "html"
+    (as Markdown). See plumbing/document_text.py, which the CLI and the console read files with too."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +86,25 @@ def check_version(version: object) -> str:
     if any(ord(c) < 32 for c in version):
         raise InvalidInput(f"version {brief(version)} contains control characters")
     return version
+
+
+def document_input(doc_id: str, data: object, fmt: str, max_bytes: int) -> tuple[str, Format]:
+    """(text, store format) of a document as given: PDF bytes as pages, HTML as Markdown, UTF-8 text as is."""
+    if isinstance(data, bytearray | memoryview):
+        data = bytes(data)
+    if not isinstance(data, str | bytes):
+        raise InvalidInput(f"document {brief(doc_id)}: text must be str or bytes, got {type(data).__name__}")
+    try:
+        got = document_text(
+            data,
+            fmt,
+            name=f"document {brief(doc_id)}",
+            max_text_bytes=max_bytes,
+            max_source_bytes=SOURCE_BYTES_FACTOR * max_bytes,
+        )
+    except DocumentTextError as e:
+        raise InvalidInput(str(e)) from None
+    return decode_text(doc_id, got.text, max_bytes), got.format
 
 
 def decode_text(doc_id: str, text: object, max_bytes: int) -> str:
@@ -164,16 +189,16 @@ def prepare_documents(
         if doc_id in seen:
             raise InvalidInput(f"document id {brief(doc_id)} appears twice in one batch")
         seen.add(doc_id)
-        if doc.format not in ("markdown", "text", "auto", "pages"):
+        if doc.format not in INPUT_FORMATS:
             raise InvalidInput(
-                f"document {brief(doc_id)}: format {brief(doc.format)} is not markdown, text, pages or auto"
+                f"document {brief(doc_id)}: format {brief(doc.format)} is not one of {', '.join(INPUT_FORMATS)}"
             )
-        text = decode_text(doc_id, doc.text, max_bytes)
         metadata_json = check_metadata(doc_id, doc.metadata)
-        chunks = chunk_text(text, doc.format, config)
+        text, fmt = document_input(doc_id, doc.text, doc.format, max_bytes)
+        chunks = chunk_text(text, fmt, config)
         if not chunks:
             raise InvalidInput(f"document {brief(doc_id)} has no text to index (only headings or blank lines)")
         sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
-        chunker = signature + (":pages" if doc.format == "pages" else "")
+        chunker = signature + (":pages" if fmt == "pages" else "")
         out.append(PreparedDocument(doc_id, text, metadata_json, sha, chunker, chunks))
     return out

@@ -1,7 +1,8 @@
 """The front door's gRPC face: `edgefleet.v1.Inference` for the whole site, plus health and reflection.
 
 A client changes only the address. Generate is proxied chunk by chunk; Embed and Retrieve go to
-one eligible node; the node-local methods (GetNodeInfo, Ingest, DeleteDocuments, ListCollections)
+one eligible node; Ingest, for operators only, goes to every node holding the collection
+(knowledge_writes.py); the other node-local methods (GetNodeInfo, DeleteDocuments, ListCollections)
 answer UNIMPLEMENTED: they belong to one node, so ask it directly. The node that served is named
 in the initial metadata and in the trailing metadata (`x-edgefleet-node`); a caller may pin a node
 or a group with the same key or `x-edgefleet-group`; `x-request-id` passes through to the node.
@@ -30,6 +31,7 @@ from edgefleet.orchestrator.front_door.dispatch import (
     Dispatcher,
     FrontDoorError,
 )
+from edgefleet.orchestrator.front_door.knowledge_writes import ingest_everywhere
 from edgefleet.orchestrator.front_door.router import RouteRequest
 from edgefleet.plumbing.grpc_errors import abort
 from edgefleet.plumbing.grpc_malformed import refuse_malformed
@@ -131,7 +133,24 @@ class FrontDoorServicer(pb_grpc.InferenceServicer):
         return await _node_local(context, "GetNodeInfo")
 
     async def Ingest(self, request: pb.IngestRequest, context: grpc.aio.ServicerContext) -> pb.IngestResponse:
-        return await _node_local(context, "Ingest")
+        """Operators only (KNOWLEDGE_WRITE, role operator or admin; needs authentication on): the same request
+        to every online node that holds the collection (or the pinned node, which may not hold it yet)."""
+        await refuse_malformed(request, context)
+        if not self.auth.enabled:
+            await abort(
+                context,
+                ErrorCode.PERMISSION_DENIED,
+                "Ingest at the front door needs EDGEFLEET_FRONT_DOOR_AUTH=keys and an operator's certificate; "
+                "or call Ingest on the node's own address",
+            )
+        await grpc_check(self.auth, context, "Ingest", collection=request.collection)
+        md, rid, deadline, _ = self._start(context)
+        try:
+            nodes, resp = await ingest_everywhere(self.dispatcher, request, md, rid, deadline)
+        except FrontDoorError as e:
+            await _abort(context, rid, e)
+        await _name_node(context, rid, ",".join(nodes))
+        return resp
 
     async def DeleteDocuments(
         self, request: pb.DeleteDocumentsRequest, context: grpc.aio.ServicerContext

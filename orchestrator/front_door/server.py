@@ -151,7 +151,9 @@ class FrontDoor:
         interceptor = MalformedRequestInterceptor(
             request_types(inference_pb2.DESCRIPTOR.services_by_name["Inference"], inference_pb2)
         )
-        server = grpc.aio.server(interceptors=[interceptor], options=[("grpc.so_reuseport", 0)])
+        # 16 MiB as the nodes: an operator's Ingest of a manual's PDF bytes passes through whole
+        options = [("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 16 * 1024 * 1024)]
+        server = grpc.aio.server(interceptors=[interceptor], options=options)
         inference_pb2_grpc.add_InferenceServicer_to_server(
             FrontDoorServicer(dispatcher, self.settings.request_timeout_s, auth), server
         )

@@ -63,7 +63,7 @@ def test_unknown_adapter_is_not_found(stub) -> None:
 
 
 def test_request_over_the_message_limit_is_refused_by_grpc(stub) -> None:
-    huge = "a" * (5 * 1024 * 1024)  # default limit 4 MiB
+    huge = "a" * (17 * 1024 * 1024)  # default limit 16 MiB
     with pytest.raises(grpc.RpcError) as err:
         list(stub.Generate(pb.GenerateRequest(prompt=huge), timeout=10))
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED

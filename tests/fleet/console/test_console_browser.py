@@ -13,6 +13,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -352,3 +353,38 @@ def test_a_refusal_is_shown_next_to_the_field_it_names(site: Site) -> None:
     assert status == 303, status
     field, text = refused_at("rules", {"target": "group:fields", "rule": rule.format(1)})
     assert field == "rule" and "older_version" in text, (field, text)
+
+
+@pytest.mark.usefixtures("operator")
+def test_a_pdf_pushed_from_the_knowledge_form_is_searchable_on_the_node_by_page(
+    site: Site, browser: Any, tmp_path: Path
+) -> None:
+    """The knowledge form takes PDFs (read as the CLI and the node read them): a scan is refused next to
+    the files field; a PDF and a Markdown file reach the node, the PDF's chunks keeping their pages."""
+    from edgefleet.proto.v1 import inference_pb2 as pb
+    from tests.node.knowledge.test_documents_ids import write_pdf
+
+    def push(*files: Path) -> None:
+        browser.get(site.console.url + "/knowledge")
+        browser.find_element(By.ID, "target").send_keys("node:edge-1")
+        browser.find_element(By.ID, "name").send_keys("pumps")
+        browser.find_element(By.ID, "version").send_keys("1")
+        browser.find_element(By.ID, "files").send_keys("\n".join(str(f) for f in files))
+        browser.find_element(By.ID, "push-submit").click()
+
+    scan = write_pdf(tmp_path / "scan.pdf", [""])
+    push(scan)  # refused by the console itself, before anything is sent
+    error = wait(browser, lambda d: d.find_elements(By.ID, "error-files"))[0]
+    assert "scan.pdf has no text layer" in error.text and "OCR" in error.text, error.text
+    pdf = write_pdf(tmp_path / "pump 3.pdf", ["Pump 3 manual, cover.", "Replace the shaft seal every 8000 hours."])
+    notes = tmp_path / "notes.md"
+    notes.write_text("# Notes\n\nThe strainer is cleaned weekly.\n", encoding="utf-8")
+    ready = wait_for(lambda: "edge-1" in fleet_status(site.broker), 60)  # the orchestrator is up and knows it
+    assert ready, site.orchestrator.log_path.read_text(errors="replace")[-3000:]
+    push(pdf, notes)
+    done = wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#done, .field-error"), timeout=60)[0]
+    assert "pumps@1" in done.text, done.text
+    assert wait_for(lambda: fleet_status(site.broker).get("edge-1", {}).get("knowledge", {}).get("pumps") == "1", 60)
+    hits = site.nodes[0].stub.Retrieve(pb.RetrieveRequest(query="shaft seal hours", collection="pumps", top_k=1))
+    hit = hits.chunks[0]
+    assert (hit.doc_id, dict(hit.metadata)) == ("pump 3.pdf", {"source": "pump 3.pdf", "page": "2"})

@@ -71,3 +71,39 @@ def test_an_unreadable_template_file_is_the_file_s_fault(tmp_path: Path) -> None
     with pytest.raises(FleetCommandError) as e:
         load_template(path, "greet", "1", None)
     assert e.value.field == "file" and form_field("templates", f"template.{e.value.field}") == "template"
+
+
+def test_the_knowledge_form_reads_pdfs_as_the_cli_does(tmp_path: Path) -> None:
+    """The console's knowledge upload: PDFs as pages (the CLI's text exactly), ids the file names; a scan
+    refused at the files field, saying to run OCR."""
+    import io
+
+    from aiohttp.web_request import FileField
+    from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
+
+    from edgefleet.fleet.console.writes import FieldError, knowledge_bundle
+    from edgefleet.fleet.knowledge_commands import read_document
+    from edgefleet.proto.knowledge_bundle import read_bundle
+    from tests.node.knowledge.test_documents_ids import write_pdf
+
+    def form(*paths: Path) -> MultiDictProxy[object]:
+        fields = [
+            ("files", FileField("files", p.name, io.BytesIO(p.read_bytes()), "application/octet-stream", headers))
+            for p in paths
+        ]
+        return MultiDictProxy(MultiDict([("csrf_token", "x"), *fields]))
+
+    headers: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
+    pdf = write_pdf(tmp_path / "pump 3.pdf", ["Cover.", "Replace the shaft seal every 8000 hours."])
+    notes = tmp_path / "notes.md"
+    notes.write_text("# Notes\n\nClean the strainer weekly.\n", encoding="utf-8")
+    (tmp_path / "skip.bin").write_bytes(b"\x00\x01")
+    bundle = read_bundle(io.BytesIO(knowledge_bundle(form(pdf, notes, tmp_path / "skip.bin"))))
+    assert [(d.id, d.format, dict(d.metadata)) for d in bundle] == [
+        ("notes.md", "markdown", {"source": "notes.md"}),
+        ("pump 3.pdf", "pages", {"source": "pump 3.pdf"}),
+    ]
+    assert bundle[1].text == read_document(pdf)[0]
+    with pytest.raises(FieldError) as e:
+        knowledge_bundle(form(write_pdf(tmp_path / "scan.pdf", [""])))
+    assert e.value.field == "files" and "scan.pdf has no text layer" in e.value.message and "OCR" in e.value.message

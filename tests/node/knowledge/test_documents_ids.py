@@ -123,7 +123,7 @@ def test_cli_documents_use_paths_as_ids(tmp_path: Path) -> None:
     assert docs["manuals/pump 3.pdf"].format == "pages"
     assert docs["Ölwechsel.md"].metadata["source"] == "Ölwechsel.md"
     (tmp_path / "latin1.txt").write_bytes(b"caf\xe9")
-    with pytest.raises(KnowledgeCommandError, match="not UTF-8"):
+    with pytest.raises(KnowledgeCommandError, match="not valid UTF-8"):
         documents([tmp_path])
 
 
@@ -158,3 +158,20 @@ def test_existing_store_gains_the_page_column(tmp_path: Path, embedder) -> None:
     with KnowledgeStore(path, embedder) as s:
         s.ingest("kb", [Document("a b.pdf", "one\ftwo", {}, "pages")])
         assert s.retrieve("two", "kb", top_k=1, mode="keyword")[0].metadata == {"page": "2"}
+
+
+def test_a_file_given_alone_keeps_the_path_the_user_gave(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`edgefleet knowledge ingest "manuals/pump 3.pdf"` stores `manuals/pump 3.pdf`, not `pump 3.pdf`."""
+    (tmp_path / "manuals").mkdir()
+    write_pdf(tmp_path / "manuals" / "pump 3.pdf", ["Pump page one."])
+    (tmp_path / "notes.txt").write_text("plain notes\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    given = [Path("manuals/pump 3.pdf"), Path("./notes.txt")]
+    assert [d.id for d in documents(given)] == ["manuals/pump 3.pdf", "notes.txt"]
+    assert documents(given)[0].metadata["source"] == "manuals/pump 3.pdf"
+    # an absolute path under the working folder: the path from there; a folder: paths inside it
+    assert [d.id for d in documents([tmp_path / "manuals" / "pump 3.pdf"])] == ["manuals/pump 3.pdf"]
+    assert [d.id for d in documents([Path("manuals")])] == ["pump 3.pdf"]
+    # --root: ids from another folder, so one file re-ingested matches its folder's ingest
+    assert [d.id for d in documents([Path("manuals/pump 3.pdf")], root=Path("manuals"))] == ["pump 3.pdf"]
+    assert next(d.id for d in documents([tmp_path], root=tmp_path.parent)).startswith(f"{tmp_path.name}/")

@@ -14,6 +14,7 @@ import grpc
 import pytest
 
 from edgefleet.proto.v1 import inference_pb2 as pb
+from edgefleet.proto.v1 import inference_pb2_grpc as pb_grpc
 from tests.conftest import BIN, NodeProcess, collect, wait_for
 from tests.mqtt_support import Mosquitto
 
@@ -207,3 +208,83 @@ def test_document_ids_and_pdf_pages_round_trip_over_grpc(rag_node: NodeProcess, 
     assert deleted.deleted == 2
     left = s.Retrieve(pb.RetrieveRequest(query="driver Ölwechsel seal", collection="ids", top_k=10), timeout=30)
     assert {c.doc_id for c in left.chunks} == {"manuals/pump 3.pdf"}
+
+
+REAL_PDF = Path("/usr/share/doc/shared-mime-info/shared-mime-info-spec.pdf")  # Debian's shared-mime-info
+
+
+def all_chunks(s: pb_grpc.InferenceStub, collection: str) -> list[tuple[str, str, str, str, dict[str, str]]]:
+    """(document id, chunk number, text, heading, metadata) of what a few queries find, in the order found."""
+    out = []
+    for query, mode in (("magic", "keyword"), ("MIME type glob pattern", "hybrid"), ("the", "vector")):
+        r = s.Retrieve(pb.RetrieveRequest(query=query, collection=collection, top_k=50, mode=mode), timeout=30)
+        out += [(c.doc_id, c.chunk_id.rsplit("#", 1)[1], c.text, c.heading, dict(c.metadata)) for c in r.chunks]
+    return out
+
+
+def test_the_same_pdf_through_the_cli_and_as_bytes_over_grpc_gives_the_same_chunks(
+    rag_node: NodeProcess, tmp_path: Path
+) -> None:
+    """A real PDF: `edgefleet knowledge ingest "manuals/… .pdf"` (the CLI reads it) and Ingest with the
+    file's bytes as `data` (the node reads it): the same id, pages and chunks."""
+    from tests.fleet.site_support import operator_env
+    from tests.node.knowledge.test_documents_ids import write_pdf
+
+    (tmp_path / "manuals").mkdir()
+    pdf = tmp_path / "manuals" / "shared-mime-info spec.pdf"
+    if REAL_PDF.is_file():
+        pdf.write_bytes(REAL_PDF.read_bytes())
+    else:  # pragma: no cover - a machine without Debian's shared-mime-info
+        write_pdf(pdf, [f"Page {i}: the magic rules of MIME type {i} and their glob pattern." for i in range(17)])
+    name = "manuals/shared-mime-info spec.pdf"
+    argv = [str(BIN / "edgefleet"), "--node", rag_node.address, "knowledge", "ingest", name, "--collection", "via-cli"]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=tmp_path, env=operator_env())
+    assert r.returncode == 0 and "ingested 1 document(s) into via-cli" in r.stdout, r.stdout + r.stderr
+    s = rag_node.stub
+    doc = pb.Document(id=name, data=pdf.read_bytes(), metadata={"source": name})
+    got = s.Ingest(pb.IngestRequest(collection="via-grpc", documents=[doc]), timeout=120)
+    cols = {c.name: c for c in s.ListCollections(pb.ListCollectionsRequest(), timeout=10).collections}
+    assert got.documents == 1 and got.chunks == cols["via-cli"].chunks == cols["via-grpc"].chunks > 10
+    cli_chunks, grpc_chunks = all_chunks(s, "via-cli"), all_chunks(s, "via-grpc")
+    assert cli_chunks == grpc_chunks and len(cli_chunks) > 50
+    hit = s.Retrieve(pb.RetrieveRequest(query="magic", collection="via-grpc", top_k=1, mode="keyword"), timeout=30)
+    assert hit.chunks[0].doc_id == "manuals/shared-mime-info spec.pdf"
+    assert hit.chunks[0].chunk_id.startswith("via-grpc/manuals/shared-mime-info%20spec.pdf#")
+    assert {c[0] for c in cli_chunks} == {name}
+    assert {int(c[4]["page"]) for c in grpc_chunks} >= {1, 2, 3} and max(int(c[4]["page"]) for c in grpc_chunks) > 3
+    # named rather than sniffed: the same document, so nothing changes
+    doc.format = "pdf"
+    again = s.Ingest(pb.IngestRequest(collection="via-grpc", documents=[doc]), timeout=120)
+    assert (again.documents, again.unchanged) == (0, 1)
+
+
+def test_a_pdf_the_node_cannot_read_refuses_its_batch_and_says_why(rag_node: NodeProcess, tmp_path: Path) -> None:
+    """A scan (no text layer), an encrypted PDF, a cut one: the batch is refused naming the document and what to
+    do, nothing of it written (as for any bad document); HTML bytes become headed Markdown."""
+    from tests.plumbing.test_document_text import pdf_bytes
+
+    s = rag_node.stub
+    good = pb.Document(id="notes/ok.md", text="# Seal\n\nThe shaft seal of pump 7 weeps after a week.")
+    whole = pdf_bytes(["Cover.", "Torque the impeller nut to 40 Nm."])
+    for bad, words in (
+        (pb.Document(id="scans/pump 7.pdf", data=pdf_bytes(["", ""])), "'scans/pump 7.pdf' has no text layer"),
+        (pb.Document(id="locked.pdf", data=pdf_bytes(["Secret."], user_password="pw")), "encrypted"),
+        (pb.Document(id="cut.pdf", data=whole[: len(whole) // 3], format="pdf"), "not a readable PDF"),
+        (pb.Document(id="big.pdf", data=whole + b" " * 200000 * 16), "limit is 3200000 bytes for PDF"),
+    ):
+        with pytest.raises(grpc.RpcError) as e:
+            s.Ingest(pb.IngestRequest(collection="refused", documents=[good, bad]), timeout=60)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and words in e.value.details(), e.value.details()
+    assert "OCR" in _details(s, pb.Document(id="scan.pdf", data=pdf_bytes([""])))
+    assert "refused" not in {c.name for c in s.ListCollections(pb.ListCollectionsRequest(), timeout=10).collections}
+    html = b"<!DOCTYPE html><html><body><h1>Pump 7</h1><h2>Seal</h2><p>Weeps for a week.</p></body></html>"
+    r = s.Ingest(pb.IngestRequest(collection="refused", documents=[good, pb.Document(id="p7.html", data=html)]))
+    assert (r.documents, r.unchanged) == (2, 0)
+    hit = s.Retrieve(pb.RetrieveRequest(query="weeps week", collection="refused", top_k=5, mode="keyword"), timeout=30)
+    assert ("Pump 7 > Seal", "Weeps for a week.") in {(c.heading, c.text) for c in hit.chunks if c.doc_id == "p7.html"}
+
+
+def _details(s: pb_grpc.InferenceStub, doc: pb.Document) -> str:
+    with pytest.raises(grpc.RpcError) as e:
+        s.Ingest(pb.IngestRequest(collection="refused", documents=[doc]), timeout=60)
+    return e.value.details() or ""

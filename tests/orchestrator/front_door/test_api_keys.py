@@ -360,3 +360,61 @@ def test_keys_made_before_collections_read_none_and_one_live_key_per_identity(tm
         assert store.create("again", identity="alice")[0].identity == "alice"
     finally:
         store.close()
+
+
+def test_operators_ingest_pdfs_through_the_front_door_to_the_nodes_holding_the_collection(
+    site: Site, certified: tuple[Orchestrator, str]
+) -> None:
+    """Ingest at the front door: an operator's PDF bytes go to every node holding the collection (each
+    reads it itself: same id and pages); a viewer, an API key and a collection no node holds are refused;
+    a scan refuses the request on every node, nothing written."""
+    from tests.plumbing.test_document_text import pdf_bytes
+
+    _, address = certified
+    seed = pb.Document(id="seed", text="The coolant pump is checked monthly.")
+    for n in ("fd-a", "fd-b"):
+        site.nodes[n].stub.Ingest(pb.IngestRequest(collection="fd-manuals", documents=[seed]), timeout=60)
+    channel = site_identity.site().grpc_channel(address)  # the harness: an operator of role admin
+    stub = pb_grpc.InferenceStub(channel)
+    doc = pb.Document(id="manuals/pump 7.pdf", data=pdf_bytes(["Cover.", "Torque the impeller nut to 40 Nm."]))
+    request = pb.IngestRequest(collection="fd-manuals", documents=[doc])
+
+    def ingest(req: pb.IngestRequest = request, s: pb_grpc.InferenceStub = stub) -> tuple[str, Any]:
+        try:
+            resp, call = s.Ingest.with_call(req, timeout=60)
+        except grpc.RpcError as e:
+            return e.code().name, e.details()
+        return dict(call.initial_metadata()).get("x-edgefleet-node", ""), resp
+
+    # the front door's probe learns the collections ingested on the nodes within its interval
+    assert wait_for(lambda: ingest()[0] == "fd-a,fd-b", timeout=20, interval=0.3), ingest()
+    for n in ("fd-a", "fd-b"):
+        hit = (
+            site.nodes[n]
+            .stub.Retrieve(
+                pb.RetrieveRequest(query="impeller nut torque", collection="fd-manuals", top_k=1), timeout=30
+            )
+            .chunks[0]
+        )
+        assert (hit.doc_id, hit.metadata["page"]) == ("manuals/pump 7.pdf", "2")
+    scan = pb.IngestRequest(collection="fd-manuals", documents=[pb.Document(id="scan.pdf", data=pdf_bytes([""]))])
+    code, details = ingest(scan)
+    assert code == "INVALID_ARGUMENT" and "refused by fd-a" in details and "no text layer" in details, details
+    code, details = ingest(pb.IngestRequest(collection="nowhere", documents=[seed]))
+    assert "no online node holds collection 'nowhere'" in details, (code, details)
+
+    viewer = site_identity.site().pki
+    viewer.issue("fd-viewer", "operator", force=True, role="viewer")
+    bundle = viewer.bundle_dir("fd-viewer")
+    creds = grpc.ssl_channel_credentials(
+        (bundle / "ca.crt").read_bytes(), (bundle / "client.key").read_bytes(), (bundle / "client.crt").read_bytes()
+    )
+    viewer_channel = grpc.secure_channel(address, creds)
+    code, details = ingest(s=pb_grpc.InferenceStub(viewer_channel))
+    assert code == "PERMISSION_DENIED" and "write knowledge" in details, details
+    viewer_channel.close()
+    channel.close()
+    # API keys (for generation) get no knowledge-write grant at the front door
+    from edgefleet.proto.access import FRONT_DOOR_GRANTS, Kind, Permission, Principal, allowed
+
+    assert not allowed(FRONT_DOOR_GRANTS, Principal("k", Kind.API_KEY), Permission.KNOWLEDGE_WRITE)
