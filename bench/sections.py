@@ -7,6 +7,7 @@ section is reported, the rest of the run goes on):
   adapters  bench/adapter_mix.py: two adapters / one adapter, 4 streams (a node over gRPC)
   prefix    bench/prefix_restart.py: first answer after a restart / warm, TTFT (nodes over gRPC)
   kv        bench/kv_type.py: f16 against q8_0 KV, one model, in-process nodes (memory, agreement)
+  speculation  bench/speculation.py: draftless speculation on / off, grounded answers, in-process engine
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 
 from bench.site_security import BenchSecurity
 
-SECTIONS = ("adapters", "prefix", "kv")
+SECTIONS = ("adapters", "prefix", "kv", "speculation")
 
 
 def add_section_flags(p: argparse.ArgumentParser) -> None:
@@ -37,6 +38,7 @@ def add_section_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--prefix-warm", type=int, default=3, help="prefix: warm requests per start (default 3)")
     g.add_argument("--kv-model", default="smollm2-135m-instruct", help="kv: catalog model (default smollm2)")
     g.add_argument("--kv-prompts", type=int, default=20, help="kv: greedy prompts (default 20)")
+    g.add_argument("--spec-repeats", type=int, default=2, help="speculation: runs per setting, best kept (default 2)")
     g.add_argument("--kv-tool-tasks", type=int, default=0, help="kv: first N tool tasks; 0: all (default 0)")
 
 
@@ -117,4 +119,11 @@ def _kv(args: argparse.Namespace, security: BenchSecurity) -> dict[str, Any]:
     }
 
 
-_RUNNERS = {"adapters": _adapters, "prefix": _prefix, "kv": _kv}
+def _speculation(args: argparse.Namespace, security: BenchSecurity) -> dict[str, Any]:
+    from bench import speculation
+    from edgefleet.node.engine.speculation import SpeculationPolicy
+
+    return speculation.measure([1, 8], 96, args.spec_repeats, SpeculationPolicy(), "smollm2-135m-instruct")
+
+
+_RUNNERS = {"adapters": _adapters, "prefix": _prefix, "kv": _kv, "speculation": _speculation}

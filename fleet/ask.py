@@ -173,6 +173,8 @@ def ask(stub: pb_grpc.InferenceStub, args: argparse.Namespace, out: TextIO, err:
     )
     if last.source_chunk_ids:
         err.write(f"sources: {', '.join(last.source_chunk_ids)}\n")
+    for c in last.citations:  # what the answer rests on (node/knowledge/grounding.py)
+        err.write(f"cited [{c.n}]: {c.chunk_id}{f' (page {c.page})' if c.page else ''}\n")
     if last.cached:
         err.write("(from the response cache)\n")
     return 0

@@ -22,6 +22,7 @@ from edgefleet.node.control.desired_store import DesiredStateStore, open_node_db
 from edgefleet.node.control.faults import NodeFaults
 from edgefleet.node.engine.engine import Engine, EngineConfig
 from edgefleet.node.engine.llama_backend import LoadedModel
+from edgefleet.node.engine.speculation import SpeculationPolicy
 from edgefleet.node.errors import EdgefleetError, InvalidRequest, ModelError, OverBudget
 from edgefleet.node.knowledge.errors import KnowledgeError
 from edgefleet.node.knowledge.service import EmbedderChoice, KnowledgeService
@@ -195,6 +196,13 @@ def _build(
                 prefix_store_bytes=settings.prefix_store_mb * MiB,
                 model_sha256=model_file.sha256,
             ),
+            speculation=SpeculationPolicy(
+                k=settings.speculation_draft,
+                max_active=settings.speculation_max_active,
+                step_cost=settings.speculation_step_cost,
+            )
+            if settings.speculation
+            else None,
         )
         engine.start()
         if engine.kv_type != ctx.kv_type:  # llama.cpp refused q8_0: the estimate and status say f16

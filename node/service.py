@@ -27,6 +27,7 @@ from edgefleet.node.engine.scheduler import common_prefix
 from edgefleet.node.engine.types import EventSink, GenerationRequest, SamplingParams
 from edgefleet.node.errors import Draining, InvalidRequest, NotFound, Unavailable
 from edgefleet.node.grammar import GrammarCache
+from edgefleet.node.knowledge.grounded_sink import GroundedSink, Grounding, abstain_now
 from edgefleet.node.knowledge.service import KnowledgeService
 from edgefleet.node.model_catalog import ModelFile
 from edgefleet.node.profiles import FirmwareProfile
@@ -261,34 +262,42 @@ class NodeService:
 
     def _with_sources(
         self, inp: GenerateInput, raw: str, turns: list[ChatTurn]
-    ) -> tuple[str, list[ChatTurn], list[str]]:
+    ) -> tuple[str, list[ChatTurn], Grounding]:
         """Retrieval: the collection's best chunks for the question go in as (part of) the system message."""
         if self.knowledge is None:
             raise Unavailable("this node has no knowledge store (EDGEFLEET_KNOWLEDGE is off)")
         question = raw or next((t.content for t in reversed(turns) if t.role == "user"), "")
-        context, ids, _ = self.knowledge.context(question, inp.collection, inp.retrieval_top_k)
+        ctx = self.knowledge.context(question, inp.collection, inp.retrieval_top_k)
+        grounding = Grounding(question, ctx.sources, ctx.relevance.score)
+        context = ctx.text
         if raw:
-            return f"{context}\n\n{raw}", turns, ids
+            return f"{context}\n\n{raw}", turns, grounding
         if turns and turns[0].role == "system":
-            return raw, [ChatTurn("system", f"{context}\n\n{turns[0].content}"), *turns[1:]], ids
-        return raw, [ChatTurn("system", context), *turns], ids
+            return raw, [ChatTurn("system", f"{context}\n\n{turns[0].content}"), *turns[1:]], grounding
+        return raw, [ChatTurn("system", context), *turns], grounding
 
     def _prompt_tokens(
         self, inp: GenerateInput, template: CompiledTemplate | None, tools: ToolPlan | None = None
-    ) -> tuple[list[int], list[str], int]:
-        """The prompt's tokens, the knowledge chunks in it, and how many leading tokens are fixed."""
+    ) -> tuple[list[int], Grounding | None, int]:
+        """The prompt's tokens, the knowledge sources in it, and how many leading tokens are fixed."""
         raw, turns = self._conversation(inp, template)
-        sources: list[str] = []
+        grounding: Grounding | None = None
         if inp.collection:
-            raw, turns, sources = self._with_sources(inp, raw, turns)
+            raw, turns, grounding = self._with_sources(inp, raw, turns)
         if raw:
             if tools is not None:
                 raw = formats.raw_prompt(raw, tools.tools, tools.choice)
-            return self.model.tokenize(raw, add_special=True, parse_special=False), sources, 0
+            return self.model.tokenize(raw, add_special=True, parse_special=False), grounding, 0
         tokens = self._chat_tokens(turns, tools)
         if inp.collection or not self.settings.prefix_store_mb:  # retrieved context: no fixed prefix worth keeping
-            return tokens, sources, 0
-        return tokens, sources, self._fixed_prefix(tokens, self._probe(inp, template, turns), tools)
+            return tokens, grounding, 0
+        return tokens, grounding, self._fixed_prefix(tokens, self._probe(inp, template, turns), tools)
+
+    def _grounded(self, inp: GenerateInput, tools: ToolPlan | None, grounding: Grounding | None) -> Grounding | None:
+        """The grounding to check a knowledge answer with: free text only (JSON and tool calls are not prose)."""
+        if grounding is None or not self.settings.grounding or tools is not None or inp.json_schema:
+            return None
+        return grounding
 
     def _chat_tokens(self, turns: list[ChatTurn], tools: ToolPlan | None) -> list[int]:
         rendered = self._render(turns, tools)
@@ -352,15 +361,22 @@ class NodeService:
         tools = self._tool_plan(inp)
         params = self._with_tools(self._sampling(inp), tools)
         template = self._template(inp)
-        tokens, sources, prefix_len = self._prompt_tokens(inp, template, tools)
+        tokens, retrieved, prefix_len = self._prompt_tokens(inp, template, tools)
         if not tokens:
             raise InvalidRequest("the prompt has no tokens for this model (only control characters?)")
+        sources = [s.chunk_id for s in retrieved.sources] if retrieved is not None else []
+        grounding = self._grounded(inp, tools, retrieved)
+        if grounding is not None and grounding.relevance < self.settings.grounding_min_relevance:
+            abstain_now(grounding, sink, arrived, "below_threshold")
+            return Queued(sources, len(tokens), grounding=grounding)
         scale = 1.0 if inp.adapter_scale is None else inp.adapter_scale
         if not math.isfinite(scale) or not 0.0 < scale <= 4.0:
             raise InvalidRequest(f"adapter_scale must be in (0, 4], got {scale}")
         use = self.engine.adapters.acquire(inp.adapter, scale) if inp.adapter else None
         if tools is not None and tools.parses:
             sink = ToolCallSink(tools.parser(request_id), sink)
+        if grounding is not None:
+            sink = GroundedSink(grounding, sink, self.settings.grounding_extractive)
         source = f"template:{template.spec.name}@{template.spec.version}" if template is not None else ""
         req = GenerationRequest(
             request_id, tokens, params, sink, adapter=use, arrived=arrived, prefix_len=prefix_len, prefix_source=source
@@ -375,6 +391,7 @@ class NodeService:
             len(tokens),
             template=f"{template.spec.name}@{template.spec.version}" if template is not None else "",
             adapter=f"{use.name}@{use.version}" if use is not None else "",
+            grounding=grounding,
         )
 
     def cancel(self, request_id: str) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from edgefleet.node.knowledge.grounded_sink import Grounding
 from edgefleet.node.model_catalog import ModelFile
 from edgefleet.node.thermal import ThermalState
 from edgefleet.node.tool_calls.types import ToolCall, ToolChoice, ToolDef
@@ -54,6 +55,9 @@ class Queued:
     prompt_tokens: int
     template: str = ""  # `name@version` of the template rendered into the prompt, "" without one
     adapter: str = ""  # `name@version` of the adapter pinned for the request, "" without one
+    # A knowledge answer (retrieval, free text): its sources and, once Finished is sent, the verdict of the
+    # support check (citations, abstained); None without retrieval or for JSON / tool-call answers.
+    grounding: Grounding | None = None
 
 
 @dataclass(frozen=True)

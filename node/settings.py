@@ -65,7 +65,9 @@ class NodeSettings(SiteSettings, ActuatorSettings):
         "empty: <data_dir>/crl.pem (EDGEFLEET_CRL_CACHE_FILE)",
     )
     max_message_bytes: Annotated[int, Field(ge=1024, le=256 * 1024 * 1024)] = Field(
-        default=4 * 1024 * 1024, description="Largest gRPC message accepted (EDGEFLEET_MAX_MESSAGE_BYTES)"
+        default=16 * 1024 * 1024,
+        description="Largest gRPC message accepted: an Ingest of a manual's PDF bytes must fit "
+        "(EDGEFLEET_MAX_MESSAGE_BYTES)",
     )
     default_max_tokens: Annotated[int, Field(ge=1)] = Field(
         default=128, description="max_tokens when a request names none (EDGEFLEET_DEFAULT_MAX_TOKENS)"
@@ -111,6 +113,26 @@ class NodeSettings(SiteSettings, ActuatorSettings):
         default=256,
         description="Disk space for the KV cells of fixed prompt prefixes (chat preamble, template heads), "
         "kept across restarts in <data_dir>/prefix_kv, least recently used out; 0: off (EDGEFLEET_PREFIX_STORE_MB)",
+    )
+    speculation: bool = Field(
+        default=False,
+        description="Draftless speculative decoding: greedy answers that copy their prompt (RAG, extraction) "
+        "verify prompt-lookup drafts in the batched step; same text, fewer steps. Off by default: on a CPU "
+        "a drafted token costs nearly a step (measured 0.5-0.95), it pays where steps are cheap to widen "
+        "(GPU) (EDGEFLEET_SPECULATION)",
+    )
+    speculation_draft: Annotated[int, Field(ge=1, le=32)] = Field(
+        default=6, description="Draft tokens at most per sequence and step (EDGEFLEET_SPECULATION_DRAFT)"
+    )
+    speculation_max_active: Annotated[int, Field(ge=0, le=256)] = Field(
+        default=2,
+        description="Speculate only while at most this many sequences run; more fill the step by batching "
+        "(EDGEFLEET_SPECULATION_MAX_ACTIVE)",
+    )
+    speculation_step_cost: Annotated[float, Field(ge=0.0, le=4.0)] = Field(
+        default=0.5,
+        description="Cost of one more token in a decode step, in single-token steps: a draft is as long as "
+        "pays at the sequence's acceptance (EDGEFLEET_SPECULATION_STEP_COST)",
     )
     tool_format: Literal["native", "generic"] = Field(
         default="native",
@@ -212,7 +234,9 @@ class NodeSettings(SiteSettings, ActuatorSettings):
         default=None, description="GGUF embedding model for EDGEFLEET_EMBEDDER=gguf (EDGEFLEET_EMBEDDER_MODEL)"
     )
     max_document_bytes: Annotated[int, Field(ge=1, le=64 * 1024 * 1024)] = Field(
-        default=1024 * 1024, description="Largest document accepted by Ingest (EDGEFLEET_MAX_DOCUMENT_BYTES)"
+        default=4 * 1024 * 1024,
+        description="Largest document text accepted by Ingest, after a PDF's or HTML page's text is taken "
+        "out (a 500-page manual has about 1 MiB; EDGEFLEET_MAX_DOCUMENT_BYTES)",
     )
     response_cache: bool = Field(
         default=True,
@@ -225,6 +249,23 @@ class NodeSettings(SiteSettings, ActuatorSettings):
     )
     retrieval_cache_rows: Annotated[int, Field(ge=1)] = Field(
         default=10000, description="Retrievals kept in the retrieval cache (EDGEFLEET_RETRIEVAL_CACHE_ROWS)"
+    )
+    grounding: bool = Field(
+        default=True,
+        description="Cite or abstain: a knowledge answer (a request with a collection, free text) is asked to quote "
+        "and cite its numbered sources, checked against them after generation, and answered 'The documents do not "
+        "cover this.' when they do not (EDGEFLEET_GROUNDING; off: sources only, no check)",
+    )
+    grounding_min_relevance: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
+        default=0.4,
+        description="Below this share of the question's words found in the best source (or with an alarm code or "
+        "part number of the question in no source) a knowledge answer abstains without asking the model "
+        "(EDGEFLEET_GROUNDING_MIN_RELEVANCE)",
+    )
+    grounding_extractive: bool = Field(
+        default=True,
+        description="When the model's answer is not supported by its sources, add the sources' own best sentence, "
+        "quoted with its citation (off: abstain instead) (EDGEFLEET_GROUNDING_EXTRACTIVE)",
     )
     agents: bool = Field(
         default=True,

@@ -262,4 +262,9 @@ class SensorResult(_Payload):
     total_ms: float = 0.0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # A rule with a `collection`: the chunks the prompt was given, the sources the answer cites
+    # ({n, chunk_id, document_id, page, quote}) and whether it says the documents do not cover the question.
+    sources: list[str] = Field(default_factory=list)
+    citations: list[dict[str, Any]] = Field(default_factory=list)
+    abstained: bool = False
     ts: float = Field(default_factory=_now)

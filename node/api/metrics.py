@@ -2,7 +2,7 @@
 
 Counted where things happen: requests by method and status (a gRPC interceptor, installed only
 when metrics are on, so a device without them pays nothing), time to first token, inter-token
-latency, tokens and prefix-cache hits (the engine's observer). Read at scrape time: slots, queue,
+latency, tokens, prefix-cache hits and speculative drafts (the engine's observer). Read at scrape time: slots, queue,
 thermal state, compute threads, sensor inbox/outbox and artifact transfers.
 """
 
@@ -63,6 +63,16 @@ class NodeMetrics:
         self.finished_by = Counter(
             "edgefleet_node_generations", "Finished generations by finish reason", ["reason"], registry=r
         )
+        self.drafted_tokens = Counter(
+            "edgefleet_node_speculative_draft_tokens",
+            "Prompt-lookup draft tokens verified (draftless speculation)",
+            registry=r,
+        )
+        self.accepted_tokens = Counter(
+            "edgefleet_node_speculative_accepted_tokens",
+            "Draft tokens the sampler confirmed; accepted / draft is the acceptance rate",
+            registry=r,
+        )
         r.register(_NodeState(node))
 
     # -- EngineObserver (engine thread) ---------------------------------------------------------
@@ -78,6 +88,10 @@ class NodeMetrics:
         if usage.cached_prompt_tokens > 0:
             self.prefix_hits.inc()
             self.cached_tokens.inc(usage.cached_prompt_tokens)
+
+    def speculated(self, drafted: int, accepted: int) -> None:
+        self.drafted_tokens.inc(drafted)
+        self.accepted_tokens.inc(accepted)
 
     def serve(self, host: str, port: int) -> None:
         """Expose /metrics over HTTP on a daemon thread."""
@@ -108,6 +122,12 @@ class _NodeState(Collector):
         threads = engine.governor.current if engine.governor is not None else engine.config.threads
         yield gauge("edgefleet_node_compute_threads", "llama.cpp compute threads in use", threads)
         yield gauge("edgefleet_node_rss_bytes", "Resident memory of the node process", s.rss_bytes)
+        drafted = engine.drafted_tokens
+        yield gauge(
+            "edgefleet_node_speculative_acceptance",
+            "Draft tokens confirmed / verified since the start (0 before any draft)",
+            engine.accepted_tokens / drafted if drafted else 0.0,
+        )
         yield gauge("edgefleet_node_engine_failed", "1 once the engine has failed", float(bool(engine.failure)))
         agent = self.node.agent
         sensors = agent.sensors if agent is not None else None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from google.protobuf import json_format
 
+from edgefleet.node.api import citations
 from edgefleet.node.knowledge.caches import CachedResponse
 from edgefleet.node.service import NodeService
 from edgefleet.node.service_types import GenerateInput
@@ -51,7 +52,7 @@ def key_for(service: NodeService, request: pb.GenerateRequest, inp: GenerateInpu
 
 def chunk(hit: CachedResponse, request_id: str, elapsed_ms: float) -> pb.GenerateChunk:
     m = hit.metadata
-    return pb.GenerateChunk(
+    out = pb.GenerateChunk(
         text=hit.text,
         request_id=request_id,
         finish_reason=int(m.get("finish_reason", pb.FINISH_REASON_STOP)),  # type: ignore[arg-type]
@@ -67,6 +68,8 @@ def chunk(hit: CachedResponse, request_id: str, elapsed_ms: float) -> pb.Generat
             total_ms=elapsed_ms,
         ),
     )
+    citations.from_metadata(out, m)
+    return out
 
 
 def remember(
@@ -85,5 +88,6 @@ def remember(
         "sources": list(final.source_chunk_ids),
         "prompt_tokens": final.usage.prompt_tokens,
         "completion_tokens": final.usage.completion_tokens,
+        **citations.to_metadata(final),
     }
     service.knowledge.remember(key, text, metadata, inp.collection or None)

@@ -12,10 +12,10 @@ from typing import Any, TypeVar
 
 import grpc
 
-from edgefleet.node.api import knowledge_rpc, response_cache
+from edgefleet.node.api import citations, knowledge_rpc, response_cache
 from edgefleet.node.api.event_channel import EventChannel
 from edgefleet.node.api.status import refuse
-from edgefleet.node.engine.types import EventSink, Failed, Finished, FinishReason, TextDelta, ToolCallDelta
+from edgefleet.node.engine.types import Event, EventSink, Failed, Finished, FinishReason, TextDelta, ToolCallDelta
 from edgefleet.node.errors import EdgefleetError, InvalidRequest
 from edgefleet.node.knowledge.caches import CachedResponse
 from edgefleet.node.service import NodeService
@@ -119,6 +119,14 @@ def _merged(deltas: list[ToolCallDelta]) -> list[pb.ToolCallDelta]:
     return out
 
 
+def _joined(batch: list[Event]) -> tuple[str, list[pb.ToolCallDelta]]:
+    """A batch's text and its tool-call fragments, merged (most batches: text alone)."""
+    parts = [e.text for e in batch if isinstance(e, TextDelta)]
+    if len(parts) == len(batch):
+        return "".join(parts), []
+    return "".join(parts), _merged([e for e in batch if isinstance(e, ToolCallDelta)])
+
+
 def _whole_calls(deltas: list[pb.ToolCallDelta]) -> list[dict[str, str]]:
     """The complete calls of an answer from its fragments (for the response cache)."""
     calls: dict[int, dict[str, str]] = {}
@@ -213,11 +221,11 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             await context.send_initial_metadata(((REQUEST_ID_KEY, rid), (PROMPT_TOKENS_KEY, prompt_tokens)))
             while True:
                 batch = await channel.next_batch()
-                text = "".join(e.text for e in batch if isinstance(e, TextDelta))
-                deltas = _merged([e for e in batch if isinstance(e, ToolCallDelta)])
+                text, deltas = _joined(batch)
                 event = batch[-1]
-                texts.append(text)
-                calls.extend(deltas)
+                if cache_key:  # the whole answer is kept for the response cache
+                    texts.append(text)
+                    calls.extend(deltas)
                 if isinstance(event, TextDelta | ToolCallDelta):
                     yield pb.GenerateChunk(text=text, request_id=rid, tool_calls=deltas)
                 elif isinstance(event, Finished):
@@ -251,6 +259,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                             cached_prompt_tokens=u.cached_prompt_tokens,
                         ),
                     )
+                    citations.fill(final, queued.grounding if queued is not None else None)
                     if cache_key and self.service.knowledge and event.reason != FinishReason.CANCELLED:
                         whole = "".join(texts) + event.text_tail
                         await asyncio.to_thread(

@@ -2,6 +2,8 @@
 
 Loop (as llama.cpp's server): take new commands → let the scheduler pick the step → one
 llama_decode over every active sequence → sample each → emit text → repeat; block when idle.
+A greedy sequence may add prompt-lookup drafts to its step (speculation.py); the engine samples along
+the draft while the sampler confirms it, each token on the same path as any other (_verify).
 Other threads only enqueue commands (submit, cancel, embed) and read counters.
 
 If anything unexpected happens on the engine thread, the engine fails loudly: every request in
@@ -39,7 +41,8 @@ from edgefleet.node.engine.engine_inbox import EngineConfig, EngineInbox
 from edgefleet.node.engine.llama_backend import DecodeContext, LoadedModel, Sampler
 from edgefleet.node.engine.prefix_kv import PrefixKV
 from edgefleet.node.engine.prefix_store import PrefixStore
-from edgefleet.node.engine.scheduler import Sequence
+from edgefleet.node.engine.scheduler import BatchItem, Sequence
+from edgefleet.node.engine.speculation import SpeculationPolicy
 from edgefleet.node.engine.text_stream import TextStream
 from edgefleet.node.engine.thread_governor import ThreadGovernor
 from edgefleet.node.engine.types import (
@@ -66,8 +69,11 @@ class _Active:
 
 
 class Engine(EngineInbox):
-    def __init__(self, model: LoadedModel, config: EngineConfig) -> None:
+    def __init__(self, model: LoadedModel, config: EngineConfig, speculation: SpeculationPolicy | None = None) -> None:
         super().__init__(model, config)
+        self.scheduler.speculation = speculation  # draftless speculation (speculation.py); None: off
+        self.drafted_tokens = 0  # draft tokens verified, and those the sampler confirmed
+        self.accepted_tokens = 0
         self._active: dict[str, _Active] = {}
         self._samplers: dict[str, Sampler] = {}
         self._thread: threading.Thread | None = None
@@ -271,14 +277,50 @@ class Engine(EngineInbox):
         if not plan.items:
             return
         sample_at = self._decoder.decode(plan, now)
+        policy = self.scheduler.speculation
+        if policy is not None and self._decoder.last_decode is not None:
+            policy.timed(*self._decoder.last_decode)
         self.scheduler.decoded(plan)
         if self.prefixes is not None:
             self.prefixes.after_step([item.seq for item in plan.items])
         now = time.monotonic()
-        for seq, idx in sample_at:
-            self._sample(seq, idx, now)
+        for item, idx in sample_at:
+            if item.draft:
+                self._verify(item, idx, now)
+            else:
+                self._sample(item.seq, idx, now)
 
-    def _sample(self, seq: Sequence, idx: int, now: float) -> None:
+    def _verify(self, item: BatchItem, idx: int, now: float) -> None:
+        """Sample along a draft while the sampler confirms it; drop the KV cells of the rest.
+
+        Each sampled token takes the one path every token takes (_sample); a confirmed draft token's
+        cell becomes the slot's (scheduler.accepted) and the next position is sampled. The first
+        token that differs from the draft, or that ends the sequence, ends the step for it.
+        """
+        assert self._ctx is not None
+        seq = item.seq
+        accepted = 0
+        for j, proposed in enumerate(item.draft):
+            token = self._sample(seq, idx + j, now)
+            if token != proposed:
+                break
+            self.scheduler.accepted(seq, proposed)
+            accepted += 1
+        else:
+            self._sample(seq, idx + len(item.draft), now)
+        if accepted < len(item.draft):
+            self._ctx.seq_rm(seq.slot, seq.n_past, -1)  # the cells of unconfirmed drafts
+        drafted = len(item.draft)
+        self.drafted_tokens += drafted
+        self.accepted_tokens += accepted
+        policy = self.scheduler.speculation
+        if policy is not None:
+            policy.verified(seq.draft_state, drafted, accepted)
+        if self.observer is not None:
+            self.observer.speculated(drafted, accepted)
+
+    def _sample(self, seq: Sequence, idx: int, now: float) -> int | None:
+        """Sample `seq` at logits `idx`; the token when the sequence goes on, None when it ended here."""
         assert self._ctx is not None
         active = self._active[seq.request_id]
         token = active.sampler.sample(self._ctx, idx)
@@ -288,13 +330,15 @@ class Engine(EngineInbox):
         text = "" if eog else active.text.feed(self.model.piece(token, token in params.text_tokens))
         if text and not self._emit(seq.req, TextDelta(text)):
             self._cancel(seq.request_id, EngineFailure("the answer could not be delivered; the request was stopped"))
-            return
+            return None
         previous = seq.last_token_at
         reason = self.scheduler.sampled(seq, token, now, end_of_generation=eog, stop_matched=active.text.stopped)
         if self.observer is not None and previous:
             self.observer.token_gap(now - previous)
         if reason is not None:
             self._finish(seq, reason, now)
+            return None
+        return token
 
     def _finish(self, seq: Sequence, reason: FinishReason, now: float) -> None:
         """The scheduler has let go of `seq`: free its sampler, send the usage."""

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import llama_cpp
+import numpy as np
 
 from edgefleet.node.engine.types import SamplingParams
 from edgefleet.node.errors import EngineFailure, ModelError
@@ -89,6 +90,7 @@ class LoadedModel:
         self.vocab = vocab
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
         self._pieces: dict[int, bytes] = {}  # token → bytes, filled as tokens are first seen
+        self._special_pieces: dict[int, bytes] = {}  # the same with special tokens as their text
         self._eog: dict[int, bool] = {}
         self.meta = self._read_meta()
 
@@ -151,11 +153,10 @@ class LoadedModel:
         `special`: a special token as its text (tool-call markup such as Qwen's `<tool_call>`);
         otherwise special tokens have no text.
         """
-        if special:
-            return self.token_to_piece(token, special=True)
-        p = self._pieces.get(token)
+        pieces = self._special_pieces if special else self._pieces
+        p = pieces.get(token)
         if p is None:
-            p = self._pieces[token] = self.token_to_piece(token)
+            p = pieces[token] = self.token_to_piece(token, special=special)
         return p
 
     def single_token(self, text: str) -> int | None:
@@ -340,6 +341,10 @@ class Sampler:
     ) -> None:
         chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
         self.ptr: Any = chain
+        # Plain greedy (no grammar, no banned tokens): the argmax of the logits, read in place. llama.cpp's
+        # sampler copies all n_vocab logits into a candidate array first, which costs more than the argmax
+        # (bench/c1_profile.py); it is the same token (the first of equal maxima, as llama.cpp's greedy).
+        self._argmax_of = model.n_vocab if temperature <= 0.0 and not grammar and not banned_tokens else 0
         if banned_tokens:
             bias = (llama_cpp.llama_logit_bias * len(banned_tokens))(
                 *(llama_cpp.llama_logit_bias(token, float("-inf")) for token in banned_tokens)
@@ -393,6 +398,10 @@ class Sampler:
 
     def sample(self, ctx: DecodeContext, batch_index: int) -> int:
         """Sample from the logits at batch_index; the chain accepts the token itself."""
+        if self._argmax_of:
+            logits = llama_cpp.llama_get_logits_ith(ctx.ptr, batch_index)
+            if logits:
+                return int(np.ctypeslib.as_array(logits, shape=(self._argmax_of,)).argmax())
         return int(llama_cpp.llama_sampler_sample(self.ptr, ctx.ptr, batch_index))
 
     def free(self) -> None:

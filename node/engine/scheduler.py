@@ -25,6 +25,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from edgefleet.node.engine.speculation import DraftState, SpeculationPolicy
 from edgefleet.node.engine.types import FinishReason, GenerationRequest, Usage
 from edgefleet.node.errors import QueueFull
 
@@ -42,6 +43,7 @@ class Sequence:
     admitted_at: float = 0.0
     first_token_at: float = 0.0
     last_token_at: float = 0.0
+    draft_state: DraftState = field(default_factory=DraftState)  # speculation.py: its drafts and back-off
 
     @property
     def request_id(self) -> str:
@@ -94,6 +96,9 @@ class BatchItem:
     tokens: list[int]
     start_pos: int
     logits: bool  # sample after this chunk (its last token)
+    # Speculation: `tokens` is [pending, *draft], with logits at every position from the pending
+    # token on; the engine keeps the drafts the sampler confirms (`accepted`) and drops the rest.
+    draft: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -127,6 +132,7 @@ class Scheduler:
         n_ctx_slot: int,
         prefix_cache: bool = True,
         group_quantum: int = 1,
+        speculation: SpeculationPolicy | None = None,
     ) -> None:
         if n_batch < n_slots:
             raise ValueError(f"n_batch ({n_batch}) must be at least the number of slots ({n_slots})")
@@ -136,6 +142,7 @@ class Scheduler:
         self.n_ctx_slot = n_ctx_slot
         self.prefix_cache = prefix_cache
         self.group_quantum = group_quantum  # steps one adapter group may run in a row while others wait
+        self.speculation = speculation  # None: no drafts
         self.slot_limit = n_slots
         self.waiting: deque[Sequence] = deque()
         self._served: dict[str, int] = {}  # adapter group → step it was last served
@@ -285,11 +292,14 @@ class Scheduler:
         self._current = group
         self._steps += 1
         self._served[group] = self._steps
+        n_active = len(self.running)
         running = [s for s in running if s.group == group]
-        for seq in running:  # decoding sequences first: one token each
-            if not seq.prefilling and seq.pending:
-                items.append(BatchItem(seq, seq.pending, seq.n_past, True))
-                budget -= len(seq.pending)
+        decoding = [s for s in running if not s.prefilling and s.pending]
+        budget -= sum(len(s.pending) for s in decoding)
+        for seq in decoding:  # decoding sequences first: one token each, and a draft where it pays
+            draft = self._draft(seq, n_active, budget)
+            budget -= len(draft)
+            items.append(BatchItem(seq, [*seq.pending, *draft], seq.n_past, True, tuple(draft)))
         for seq in sorted((s for s in running if s.prefilling), key=lambda s: s.admitted_at):
             if budget <= 0:
                 break
@@ -301,13 +311,35 @@ class Scheduler:
             budget -= len(chunk)
         return StepPlan(admissions, items, group)
 
+    def _draft(self, seq: Sequence, n_active: int, budget: int) -> list[int]:
+        """Draft tokens to verify after `seq`'s pending token this step ([]: none)."""
+        policy = self.speculation
+        if policy is None or len(seq.pending) != 1:
+            return []
+        room = min(
+            seq.req.params.max_tokens - seq.n_generated - 1,  # the pending token's successor is sampled anyway
+            self.n_ctx_slot - seq.n_past - 1,  # the last draft's position stays inside the slot
+            budget,
+        )
+        return policy.draft(seq.draft_state, seq.req.params, n_active, self.slots[seq.slot].tokens, seq.pending, room)
+
     def decoded(self, plan: StepPlan) -> None:
-        """The step's batch was decoded: advance positions, record the cached tokens."""
+        """The step's batch was decoded: advance positions, record the cached tokens.
+
+        A draft counts only once confirmed (`accepted`): until then its cells are not the slot's.
+        """
         for item in plan.items:
             seq = item.seq
             slot = self.slots[seq.slot]
-            seq.n_past += len(item.tokens)
-            slot.tokens.extend(item.tokens)
-            seq.pending = seq.pending[len(item.tokens) :]
+            tokens = item.tokens[: len(item.tokens) - len(item.draft)] if item.draft else item.tokens
+            seq.n_past += len(tokens)
+            slot.tokens.extend(tokens)
+            seq.pending = seq.pending[len(tokens) :]
             if seq.n_prompt_left:
-                seq.n_prompt_left -= len(item.tokens)
+                seq.n_prompt_left -= len(tokens)
+
+    def accepted(self, seq: Sequence, token: int) -> None:
+        """A draft token was confirmed (the sampler picked it): its decoded cell is the slot's now."""
+        seq.n_past += 1
+        self.slots[seq.slot].tokens.append(token)
+        seq.pending = []

@@ -115,3 +115,6 @@ class EngineObserver(Protocol):
     def token_gap(self, seconds: float) -> None: ...
 
     def finished(self, reason: FinishReason, usage: Usage) -> None: ...
+
+    def speculated(self, drafted: int, accepted: int) -> None:
+        """One sequence's draft was verified: `accepted` of `drafted` draft tokens were kept."""

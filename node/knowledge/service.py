@@ -1,7 +1,8 @@
 """The node's knowledge service: the store, its caches and embedder, as gRPC and generation use them.
 
 Retrieval in generation: the top chunks of a collection go into the conversation as a system
-message that numbers them by chunk id, and the answer's final chunk lists those ids. The
+message that numbers them [1]..[n] under the cite-or-abstain instruction (grounding.py), and the
+answer's final chunk lists their chunk ids and the citations the support check found. The
 response cache answers a deterministic request (temperature 0) seen before: its key holds the
 model's sha256, the adapter and template versions, the collection's content version and the
 whole request, so any change to one of them misses.
@@ -24,6 +25,7 @@ from edgefleet.node.knowledge.caches import (
 )
 from edgefleet.node.knowledge.documents import Document
 from edgefleet.node.knowledge.embedders import Embedder, embedder_for_identity, make_embedder
+from edgefleet.node.knowledge.grounding import Relevance, Source, relevance, source_block
 from edgefleet.node.knowledge.reembed import ReembedWorker
 from edgefleet.node.knowledge.schema import CollectionInfo, Hit, IngestResult
 from edgefleet.node.knowledge.store import KnowledgeStore
@@ -34,10 +36,19 @@ MAX_CONTEXT_CHARS_PER_CHUNK = 1200
 EMBEDDERS_DIR = "embedders"
 """Beside knowledge.db: embedding models written once from the wheels that ship them (minilm's GGUF)."""
 
-CONTEXT_INTRO = (
-    "Answer from the sources below. They come from this site's own documents. "
-    "If they do not contain the answer, say so.\n\n"
-)
+
+@dataclass(frozen=True)
+class Context:
+    """What retrieval gives a generation: the system text, its numbered sources and how relevant they are."""
+
+    text: str
+    sources: list[Source]
+    version: str  # the collection's cache version
+    relevance: Relevance
+
+    @property
+    def ids(self) -> list[str]:
+        return [s.chunk_id for s in self.sources]
 
 
 @dataclass(frozen=True)
@@ -121,14 +132,14 @@ class KnowledgeService:
         return self.store.retrieve(query, collection, top_k, mode)  # type: ignore[arg-type]
 
     # -- generation -----------------------------------------------------------------------------------------
-    def context(self, question: str, collection: str, top_k: int) -> tuple[str, list[str], str]:
-        """(system text with the sources, their chunk ids, the collection's cache version)."""
+    def context(self, question: str, collection: str, top_k: int) -> Context:
+        """The collection's best chunks for `question`, numbered as sources in the cite-or-abstain prompt."""
         hits = self.store.retrieve(question, collection, top_k or DEFAULT_GENERATION_TOP_K)
         version = self.store.collection_info(collection).cache_version
-        parts = [CONTEXT_INTRO]
-        for h in hits:
-            parts.append(f"[{h.chunk_id}] {h.text[:MAX_CONTEXT_CHARS_PER_CHUNK]}\n\n")
-        return "".join(parts).rstrip(), [h.chunk_id for h in hits], version
+        sources = [source_of(i, h) for i, h in enumerate(hits, 1)]
+        return Context(
+            source_block(sources, MAX_CONTEXT_CHARS_PER_CHUNK), sources, version, relevance(question, sources)
+        )
 
     def cache_key(self, request: dict[str, Any], adapter: str, template: str, collection_version: str) -> str:
         return response_cache_key(
@@ -151,3 +162,8 @@ class KnowledgeService:
             self.responses.put(key, text, metadata, collection)
         except Exception:
             log.exception("response cache write failed")
+
+
+def source_of(n: int, h: Hit) -> Source:
+    page = h.metadata.get("page", "")
+    return Source(n, h.chunk_id, h.doc_id, h.text, h.heading, int(page) if page.isdigit() else 0)

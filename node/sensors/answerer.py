@@ -162,6 +162,8 @@ class Answerer:
             seed=rule.seed,
             json_schema=json.dumps(rule.json_schema) if rule.json_schema else "",
             adapter=rule.adapter or "",
+            collection=rule.collection or "",
+            retrieval_top_k=rule.top_k or 0,
         )
         answer = Answer(row, rule, f"sensor-{secrets.token_hex(6)}")
 
@@ -182,6 +184,7 @@ class Answerer:
             return
         # The versions this answer is made with, fixed now: the engine may finish it after a swap.
         answer.template, answer.adapter = queued.template, queued.adapter
+        answer.sources, answer.grounding = queued.sources, queued.grounding
         self._in_flight[answer.request_id] = answer
 
     def _finish(self, done: EngineDone) -> None:
@@ -216,6 +219,7 @@ class Answerer:
             total_ms=round(u.total_ms, 2),
             prompt_tokens=u.prompt_tokens,
             completion_tokens=u.completion_tokens,
+            **_grounding(answer),
         )
         self._write(row, rule, result)
         self.stats.answered(rule.name, (time.time() - row.received_at) * 1000)
@@ -277,3 +281,13 @@ class Answerer:
         )
         self.ledger.complete(row.seq, topic, result.dumps(), source_id=row.id)
         self.publisher.put(OutboxAdded())
+
+
+def _grounding(answer: Answer) -> dict[str, object]:
+    """A knowledge answer's sources, citations and abstention, as the result carries them."""
+    v = answer.grounding.verdict if answer.grounding is not None else None
+    cites = [
+        {"n": c.n, "chunk_id": c.chunk_id, "document_id": c.doc_id, "page": c.page, "quote": c.quote}
+        for c in (v.citations if v is not None else ())
+    ]
+    return {"sources": list(answer.sources), "citations": cites, "abstained": bool(v and v.abstained)}

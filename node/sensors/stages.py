@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 
 from edgefleet.node.engine.types import Failed, Finished
+from edgefleet.node.knowledge.grounded_sink import Grounding
 from edgefleet.node.sensors.ledger import InboxRow
 from edgefleet.plumbing.mqtt_rpc import ResponseTarget
 from edgefleet.proto.rules import RuleSpec
@@ -48,6 +49,8 @@ class Answer:
     adapter: str = ""
     started: float = field(default_factory=time.monotonic)
     text: list[str] = field(default_factory=list)  # filled on the engine thread, read after EngineDone
+    sources: list[str] = field(default_factory=list)  # a rule with a collection: the chunks in the prompt
+    grounding: Grounding | None = None  # its verdict is set before the engine's Finished is handed over
 
 
 @dataclass(frozen=True)

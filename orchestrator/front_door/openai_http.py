@@ -7,8 +7,11 @@ scrapes the plaintext metrics listener instead), a chat naming a `collection` on
 allowed to read it. Errors are OpenAI's error object: `error.code` is the ErrorCode, `error.type` and the
 HTTP status come from proto/error_table.py (400 for a bad field, named in `error.param`; 404 for
 what no node serves, the field named; 429 with Retry-After; 503; 504). The node that answered is
-in the `x-edgefleet-node` header and in the body's `edgefleet.node`. Embeddings come as floats or,
-with `encoding_format: base64` (the official client's default), as little-endian float32 bytes.
+in the `x-edgefleet-node` header and in the body's `edgefleet.node`. A knowledge answer (a `collection`)
+carries its grounding there too, in the body and in the final stream event: `edgefleet.citations` (n,
+chunk_id, document_id, page or null, quote), `edgefleet.abstained` and `edgefleet.unsupported`.
+Embeddings come as floats or, with `encoding_format: base64` (the official client's default), as
+little-endian float32 bytes.
 """
 
 from __future__ import annotations

@@ -44,8 +44,15 @@ def extras(rid: str, node: str, final: pb.GenerateChunk | None) -> dict[str, Any
             cached=final.cached,
             time_to_first_token_ms=round(final.usage.time_to_first_token_ms, 1),
             cached_prompt_tokens=final.usage.cached_prompt_tokens,
+            citations=[_citation(c) for c in final.citations],
+            abstained=final.abstained,
+            unsupported=final.unsupported,
         )
     return out
+
+
+def _citation(c: pb.Citation) -> dict[str, Any]:
+    return {"n": c.n, "chunk_id": c.chunk_id, "document_id": c.document_id, "page": c.page or None, "quote": c.quote}
 
 
 def _envelope(call: CompletionCall, rid: str, stream: bool) -> dict[str, Any]:

@@ -47,3 +47,6 @@ def test_metrics_count_requests_tokens_latency_and_cache_hits(start_node) -> Non
     assert m[("edgefleet_node_compute_threads", ())] == 1
     assert m[("edgefleet_node_engine_failed", ())] == 0
     assert m[("edgefleet_node_request_duration_seconds_count", (("method", "Generate"),))] == 3
+    drafted = m[("edgefleet_node_speculative_draft_tokens_total", ())]  # 0 unless EDGEFLEET_SPECULATION
+    assert 0 <= m[("edgefleet_node_speculative_accepted_tokens_total", ())] <= drafted
+    assert 0 <= m[("edgefleet_node_speculative_acceptance", ())] <= 1

@@ -22,6 +22,7 @@ import yaml
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from edgefleet.proto.v1 import inference_pb2 as pb
 from tests.conftest import NodeProcess, wait_for
 from tests.mqtt_support import Mosquitto, Orchestrator, fleet, node_env
 
@@ -226,6 +227,36 @@ def test_rule_with_a_json_schema_answers_valid_json_on_its_output_topic(
             assert r["_topic"] == f"edgefleet/lab/results/alerts/oven{source.split('-')[1]}"
             assert r["template"] == "vibe@1" and r["rule_version"] == "1" and r["completion_tokens"] > 0
             assert {"queue_ms", "ttft_ms", "total_ms"} <= set(r)
+    finally:
+        sensor.close()
+        reader.close()
+
+
+def test_rule_with_a_collection_cites_its_source_or_abstains(
+    broker: Mosquitto, site: dict[str, NodeProcess], tmp_path: Path
+) -> None:
+    """A rule with `collection` gets the same grounding as Generate: citations, or the abstain text."""
+    alarms = (Path(__file__).resolve().parents[3] / "bench" / "rag_corpus" / "tc5-alarm-codes.md").read_text()
+    for n in site.values():
+        docs = [pb.Document(id="tc5-alarm-codes", text=alarms)]
+        n.stub.Ingest(pb.IngestRequest(collection="manual", documents=docs), timeout=60)
+    t = tmp_path / "alarm.j2"
+    t.write_text("What does alarm {{ code }} on the TC-5 mean?")
+    r = fleet(broker, "fleet", "push-template", str(t), "--name", "alarm", "--version", "1", "--target", "vib")
+    assert r.returncode == 0, r.stderr
+    push_rule(broker, tmp_path, name="alarm-help", topic_filter="plant/+/alarm", template="alarm",
+              variables={"code": "payload.code"}, collection="manual", max_tokens=24)  # fmt: skip
+    reader = Client(broker, RESULTS)
+    sensor = Client(broker)
+    try:
+        for i, code in enumerate(("A03", "A12")):
+            sensor.publish_acked(f"plant/chiller{i}/alarm", json.dumps({"id": f"al-{i}", "code": code}).encode())
+        got = assert_exactly_once(reader, "alarm-help", {"al-0", "al-1"}, timeout=60)
+        (a03,), (a12,) = got["al-0"], got["al-1"]
+        assert "no glycol flow" in a03["answer_text"].lower(), a03
+        assert "manual/tc5-alarm-codes#3" in [c["chunk_id"] for c in a03["citations"]] and not a03["abstained"]
+        assert a12["abstained"] and a12["citations"] == [] and a12["answer_text"] == "The documents do not cover this."
+        assert a12["sources"] and a12["completion_tokens"] == 0
     finally:
         sensor.close()
         reader.close()

@@ -37,6 +37,7 @@ from tests.security.tls_support import https_json
 
 COLLECTION_A, COLLECTION_B, NO_SUCH = "authz-a", "authz-b", "authz-c"
 IDENTITY_RPM = 3
+ABSTAIN_TEXT = "The documents do not cover this."  # a node's answer when its documents do not cover a question
 
 
 @dataclass
@@ -230,6 +231,23 @@ def test_a_key_reads_only_its_collections_and_cannot_probe_for_others(authz: Aut
     assert authz.routed_requests() == routed, "a refused request reached a node"
     status, body = authz.chat(token=authz.tokens["scoped"], collection=COLLECTION_A)
     assert status == 200 and body["choices"], body
+
+
+def test_a_knowledge_answer_carries_its_citations_in_the_edgefleet_object(authz: Authz) -> None:
+    """Cite or abstain through the front door: the citations (chunk, document, page, quote) and `abstained`."""
+    token = authz.tokens["everything"]
+    oil = [{"role": "user", "content": "How often does the pump need fresh oil?"}]
+    status, body = authz.chat(token=token, collection=COLLECTION_A, messages=oil, max_tokens=16, temperature=0)
+    assert status == 200, body
+    e = body["edgefleet"]
+    assert not e["abstained"] and e["source_chunk_ids"] == [f"{COLLECTION_A}/pump#0"], e
+    quote = "The pump needs fresh oil every 200 hours."
+    cite = {"n": 1, "chunk_id": f"{COLLECTION_A}/pump#0", "document_id": "pump", "page": None, "quote": quote}
+    assert e["citations"] == [cite], body
+    a12 = [{"role": "user", "content": "What does alarm A12 on the TC-5 mean?"}]
+    status, body = authz.chat(token=token, collection=COLLECTION_A, messages=a12, temperature=0)
+    assert status == 200 and body["choices"][0]["message"]["content"] == ABSTAIN_TEXT, body
+    assert body["edgefleet"]["abstained"] and body["edgefleet"]["citations"] == []
 
 
 def _without_crl() -> dict[str, str]:
