@@ -148,14 +148,18 @@ def summary(results: dict[str, Any], sections: dict[str, Any]) -> list[dict[str,
             why_na=_section_na(pr, "prefix"),
         )
 
-    _line(
-        checks,
-        "speculation on / off, c=1, grounded answers",
-        None,
-        None,
-        TARGET_SPECULATION_C1,
-        why_na="(no speculation benchmark in bench/ yet)",
-    )
+    sp = sections.get("speculation")
+    name = "speculation on / off, c=1, grounded answers"
+    if sp and "error" not in sp and "c1" in sp:
+        c1 = sp["c1"]
+        _line(checks, name, c1["tokens_per_s_on"], c1["tokens_per_s_off"], TARGET_SPECULATION_C1)
+        checks[-1]["detail"] = (
+            f"greedy text identical {c1['same_text']}, acceptance {c1['acceptance']}, "
+            f"tokens/step {c1['tokens_per_step_off']} -> {c1['tokens_per_step_on']}"
+        )
+        print(f"  ({checks[-1]['detail']}" + (f"; c=8: {sp['c8']['ratio']}x)" if "c8" in sp else ")"))
+    else:
+        _line(checks, name, None, None, TARGET_SPECULATION_C1, why_na=_section_na(sp, "speculation"))
 
     kv = sections.get("kv")
     name = "q8_0 KV against f16 (figures, no target)"
