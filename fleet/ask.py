@@ -175,6 +175,10 @@ def ask(stub: pb_grpc.InferenceStub, args: argparse.Namespace, out: TextIO, err:
         err.write(f"sources: {', '.join(last.source_chunk_ids)}\n")
     for c in last.citations:  # what the answer rests on (node/knowledge/grounding.py)
         err.write(f"cited [{c.n}]: {c.chunk_id}{f' (page {c.page})' if c.page else ''}\n")
+    if last.abstained:
+        err.write("abstained: the sources do not answer this question\n")
+    elif last.unsupported:
+        err.write("unsupported: the model's own words are not in its sources; the quote is what they say\n")
     if last.cached:
         err.write("(from the response cache)\n")
     return 0

@@ -86,3 +86,25 @@ def test_init_site_writes_a_key_pair_and_refuses_to_overwrite(tmp_path: Path) ->
     r = edgefleet("fleet", "init-site", "--dir", str(tmp_path))
     assert r.returncode == 2 and "--force" in r.stderr
     assert edgefleet("fleet", "init-site", "--dir", str(tmp_path), "--force").returncode == 0
+
+
+def test_ask_from_a_collection_names_its_citations_and_says_when_the_sources_do_not_answer(
+    node: NodeProcess, tmp_path: Path
+) -> None:
+    doc = tmp_path / "alarms.md"
+    doc.write_text(
+        "# TC-5 alarm codes\n\n## A03 No glycol flow\n\nThe flow switch opened while the pump was commanded on.\n\n"
+        "## A08 High discharge pressure\n\nThe discharge pressure passed 25 bar.\n"
+    )
+    r = edgefleet("--node", node.address, "knowledge", "ingest", str(doc), "--collection", "cli-ask")
+    assert r.returncode == 0, r.stderr
+    ask = ("--collection", "cli-ask", "--max-tokens", "24", "--temperature", "0")
+    r = edgefleet("--node", node.address, "ask", "What does alarm A03 mean?", *ask)
+    assert r.returncode == 0, r.stderr
+    cited = [line for line in r.stderr.splitlines() if line.startswith("cited [")]
+    assert cited and "alarms.md#" in cited[0], r.stderr
+    assert "abstained:" not in r.stderr
+    r = edgefleet("--node", node.address, "ask", "What does alarm A12 mean?", *ask)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "The documents do not cover this.", r.stdout
+    assert "abstained: the sources do not answer this question" in r.stderr and "cited [" not in r.stderr
