@@ -126,13 +126,20 @@ def pdf_pages(data: bytes, *, name: str = "the PDF", max_text_bytes: int | None 
     """(text layer with pages separated by form feeds, page count); refused when encrypted, unreadable,
     without a text layer, or (with `max_text_bytes`) more text than that."""
     from pypdf import PdfReader
+    from pypdf.errors import FileNotDecryptedError, WrongPasswordError
 
+    encrypted = DocumentTextError(
+        f"{name} is encrypted (password-protected): remove the password first (e.g. `qpdf --decrypt`)"
+    )
     try:
         reader = PdfReader(io.BytesIO(data))
-        if reader.is_encrypted and not reader.decrypt(""):
-            raise DocumentTextError(
-                f"{name} is encrypted (password-protected): remove the password first (e.g. `qpdf --decrypt`)"
-            )
+        if reader.is_encrypted:
+            try:
+                opened = bool(reader.decrypt(""))  # an owner-only password opens with the empty user password
+            except Exception:  # AES without `cryptography`, a broken encryption dictionary: not opened either way
+                opened = False
+            if not opened:
+                raise encrypted
         pages: list[str] = []
         size = 0
         for page in reader.pages:
@@ -147,11 +154,9 @@ def pdf_pages(data: bytes, *, name: str = "the PDF", max_text_bytes: int | None 
             pages.append(text)
     except DocumentTextError:
         raise
+    except (FileNotDecryptedError, WrongPasswordError):
+        raise encrypted from None
     except Exception as e:  # pypdf raises many kinds (PdfReadError, ValueError, KeyError…) for a broken file
-        if "decrypt" in str(e).lower() or "encrypt" in type(e).__name__.lower():
-            raise DocumentTextError(
-                f"{name} is encrypted and cannot be read: remove the password first (e.g. `qpdf --decrypt`)"
-            ) from None
         raise DocumentTextError(f"{name} is not a readable PDF ({type(e).__name__}: {brief(str(e), 120)})") from None
     if not any(p.strip() for p in pages):
         raise DocumentTextError(f"{name} has no text layer ({len(pages)} page(s) of images, e.g. a scan): {OCR_HINT}")
