@@ -21,8 +21,7 @@ from edgefleet.orchestrator.agent_runs import AgentRunStore, StoredRun
 from edgefleet.orchestrator.command_errors import CommandError
 from edgefleet.orchestrator.command_table import CommandTable
 from edgefleet.orchestrator.desired_edits import DesiredSigner, PublishRetained
-from edgefleet.proto.agent_runs import ApprovalDecision
-from edgefleet.proto.commands import (
+from edgefleet.proto.agent_commands import (
     AgentRunRequest,
     AgentRunsRequest,
     ApprovalsRequest,
@@ -30,6 +29,7 @@ from edgefleet.proto.commands import (
     DecisionRequest,
     DenyRequest,
 )
+from edgefleet.proto.agent_runs import ApprovalDecision
 from edgefleet.proto.error_codes import ErrorCode
 from edgefleet.proto.input_limits import brief
 from edgefleet.proto.payloads import CommandResult

@@ -27,8 +27,7 @@ from edgefleet.orchestrator.desired_edits import (
 )
 from edgefleet.orchestrator.registry import Registry
 from edgefleet.proto.actuators import DEFAULT_ACTUATOR_TOPICS, outside_actuators
-from edgefleet.proto.agents import AgentRule, ToolSpec, check_catalogue
-from edgefleet.proto.commands import (
+from edgefleet.proto.agent_commands import (
     AgentsRequest,
     RemoveAgentRequest,
     RemoveToolRequest,
@@ -36,6 +35,7 @@ from edgefleet.proto.commands import (
     SetToolRequest,
     ToolsRequest,
 )
+from edgefleet.proto.agents import AgentRule, ToolSpec, check_catalogue
 from edgefleet.proto.input_limits import brief
 from edgefleet.proto.paging import page_of
 from edgefleet.proto.payloads import CommandResult, DesiredState, Target, merged

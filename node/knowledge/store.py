@@ -43,19 +43,10 @@ from edgefleet.node.knowledge.documents import (
 )
 from edgefleet.node.knowledge.embedders import Embedder
 from edgefleet.node.knowledge.errors import CorruptDatabase, EmbedderMismatch, InvalidInput, NotFoundError
-from edgefleet.node.knowledge.identifiers import extract_identifiers
+from edgefleet.node.knowledge.ranking import rank_chunks
 from edgefleet.node.knowledge.reembed import reembed_collection
 from edgefleet.node.knowledge.schema import MIGRATIONS, CollectionInfo, Hit, IngestResult, check_writable
-from edgefleet.node.knowledge.search import (
-    IDENTIFIER_MAX_CHUNKS,
-    Mode,
-    check_mode,
-    check_top_k,
-    fusion_for,
-    normalise_query,
-    place_identifier_matches,
-    reciprocal_rank_fusion,
-)
+from edgefleet.node.knowledge.search import Mode, check_mode, check_top_k, normalise_query
 from edgefleet.node.knowledge.space import SpaceReserve
 from edgefleet.node.knowledge.vectors import Backend, VectorIndex
 from edgefleet.plumbing import failpoints
@@ -377,22 +368,7 @@ class KnowledgeStore:
                 if all(h is not None for h in found):  # else a stale entry: search again
                     return [h for h in found if h is not None]
             qvec = embedder.embed([query])[0] if embedder is not None else None
-            if qvec is None:
-                ranked = q.keyword_ranking(conn, collection, query, top_k)
-            elif mode == "vector":
-                ranked = self._vectors.search(conn, collection, info.revision, qvec, top_k)
-            else:
-                depth = min(max(top_k * 4, 40), 200)
-                kw = q.keyword_ranking(conn, collection, query, depth)
-                vec = self._vectors.search(conn, collection, info.revision, qvec, depth)
-                rankings = [[r for r, _ in kw], [r for r, _ in vec]]
-                k, weights = fusion_for(used)
-                ranked = reciprocal_rank_fusion(rankings, k=k, weights=weights)
-            if mode == "hybrid":  # the chunks holding the question's identifiers first (search.py)
-                identifiers = extract_identifiers(query)
-                if identifiers:
-                    matches = q.identifier_matches(conn, collection, identifiers, IDENTIFIER_MAX_CHUNKS)
-                    ranked = place_identifier_matches(ranked, matches)
+            ranked = rank_chunks(conn, self._vectors, info, query, qvec, used, top_k, mode)
             hits = q.hits_by_rowid(conn, ranked[:top_k])
         if cache is not None:
             cache.put(*key, [(h.chunk_id, h.score) for h in hits])
