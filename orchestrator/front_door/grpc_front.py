@@ -1,15 +1,15 @@
 """The front door's gRPC face: `edgefleet.v1.Inference` for the whole site, plus health and reflection.
 
 A client changes only the address. Generate is proxied chunk by chunk; Embed and Retrieve go to
-one eligible node; Ingest, for operators only, goes to every node holding the collection
-(knowledge_writes.py); the other node-local methods (GetNodeInfo, DeleteDocuments, ListCollections)
-answer UNIMPLEMENTED: they belong to one node, so ask it directly. The node that served is named
-in the initial metadata and in the trailing metadata (`x-edgefleet-node`); a caller may pin a node
-or a group with the same key or `x-edgefleet-group`; `x-request-id` passes through to the node.
+one eligible node; Ingest and DeleteDocuments, for operators only, go to every node holding the collection
+(knowledge_writes.py); the other node-local methods (GetNodeInfo, ListCollections) answer UNIMPLEMENTED:
+they belong to one node, so ask it directly. The node that served is named in the initial metadata
+and in the trailing metadata (`x-edgefleet-node`); a caller may pin a node or a group with the same key
+or `x-edgefleet-group`; `x-request-id` passes through to the node.
 Every error carries its ErrorCode in the trailing metadata (`x-edgefleet-error-code`, as a node's
 do), its status from proto/error_table.py. With authentication on, each proxied call is checked by
 auth.py for its method's permission (`METHOD_PERMISSION`) and, for Retrieve and a Generate with a
-collection, the caller's collections, before any node is asked.
+collection, Ingest and DeleteDocuments, the caller's collections, before any node is asked.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from edgefleet.orchestrator.front_door.dispatch import (
     Dispatcher,
     FrontDoorError,
 )
-from edgefleet.orchestrator.front_door.knowledge_writes import ingest_everywhere
+from edgefleet.orchestrator.front_door.knowledge_writes import delete_everywhere, ingest_everywhere
 from edgefleet.orchestrator.front_door.router import RouteRequest
 from edgefleet.plumbing.grpc_errors import abort
 from edgefleet.plumbing.grpc_malformed import refuse_malformed
@@ -135,16 +135,7 @@ class FrontDoorServicer(pb_grpc.InferenceServicer):
     async def Ingest(self, request: pb.IngestRequest, context: grpc.aio.ServicerContext) -> pb.IngestResponse:
         """Operators only (KNOWLEDGE_WRITE, role operator or admin; needs authentication on): the same request
         to every online node that holds the collection (or the pinned node, which may not hold it yet)."""
-        await refuse_malformed(request, context)
-        if not self.auth.enabled:
-            await abort(
-                context,
-                ErrorCode.PERMISSION_DENIED,
-                "Ingest at the front door needs EDGEFLEET_FRONT_DOOR_AUTH=keys and an operator's certificate; "
-                "or call Ingest on the node's own address",
-            )
-        await grpc_check(self.auth, context, "Ingest", collection=request.collection)
-        md, rid, deadline, _ = self._start(context)
+        md, rid, deadline = await self._knowledge_write(request, context, "Ingest")
         try:
             nodes, resp = await ingest_everywhere(self.dispatcher, request, md, rid, deadline)
         except FrontDoorError as e:
@@ -155,7 +146,30 @@ class FrontDoorServicer(pb_grpc.InferenceServicer):
     async def DeleteDocuments(
         self, request: pb.DeleteDocumentsRequest, context: grpc.aio.ServicerContext
     ) -> pb.DeleteDocumentsResponse:
-        return await _node_local(context, "DeleteDocuments")
+        """Operators only, as Ingest: the same deletion on every online node that holds the collection."""
+        md, rid, deadline = await self._knowledge_write(request, context, "DeleteDocuments")
+        try:
+            nodes, resp = await delete_everywhere(self.dispatcher, request, md, rid, deadline)
+        except FrontDoorError as e:
+            await _abort(context, rid, e)
+        await _name_node(context, rid, ",".join(nodes))
+        return resp
+
+    async def _knowledge_write(
+        self, request: Any, context: grpc.aio.ServicerContext, method: str
+    ) -> tuple[dict[str, str], str, float]:
+        """Checks a knowledge write (well formed, authentication on, the caller's grant): (metadata, rid, deadline)."""
+        await refuse_malformed(request, context)
+        if not self.auth.enabled:
+            await abort(
+                context,
+                ErrorCode.PERMISSION_DENIED,
+                f"{method} at the front door needs EDGEFLEET_FRONT_DOOR_AUTH=keys and an operator's certificate; "
+                f"or call {method} on the node's own address",
+            )
+        await grpc_check(self.auth, context, method, collection=request.collection)
+        md, rid, deadline, _ = self._start(context)
+        return md, rid, deadline
 
     async def ListCollections(
         self, request: pb.ListCollectionsRequest, context: grpc.aio.ServicerContext

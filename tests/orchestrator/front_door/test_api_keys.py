@@ -367,7 +367,7 @@ def test_operators_ingest_pdfs_through_the_front_door_to_the_nodes_holding_the_c
 ) -> None:
     """Ingest at the front door: an operator's PDF bytes go to every node holding the collection (each
     reads it itself: same id and pages); a viewer, an API key and a collection no node holds are refused;
-    a scan refuses the request on every node, nothing written."""
+    a scan refuses the request on every node, nothing written. DeleteDocuments goes to the same nodes."""
     from tests.plumbing.test_document_text import pdf_bytes
 
     _, address = certified
@@ -412,7 +412,24 @@ def test_operators_ingest_pdfs_through_the_front_door_to_the_nodes_holding_the_c
     viewer_channel = grpc.secure_channel(address, creds)
     code, details = ingest(s=pb_grpc.InferenceStub(viewer_channel))
     assert code == "PERMISSION_DENIED" and "write knowledge" in details, details
+    delete = pb.DeleteDocumentsRequest(collection="fd-manuals", ids=["manuals/pump 7.pdf"])
+    with pytest.raises(grpc.RpcError) as refused:
+        pb_grpc.InferenceStub(viewer_channel).DeleteDocuments(delete, timeout=30)
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED, refused.value.details()
     viewer_channel.close()
+
+    # DeleteDocuments goes the same way: every node holding the collection deletes it, named in the answer
+    deleted, call = stub.DeleteDocuments.with_call(delete, timeout=60)
+    assert deleted.deleted == 1 and dict(call.initial_metadata()).get("x-edgefleet-node") == "fd-a,fd-b"
+    for n in ("fd-a", "fd-b"):
+        left = site.nodes[n].stub.Retrieve(
+            pb.RetrieveRequest(query="impeller nut torque", collection="fd-manuals", top_k=5), timeout=30
+        )
+        assert [c.doc_id for c in left.chunks] == ["seed"], (n, left)
+    with pytest.raises(grpc.RpcError) as nowhere:
+        stub.DeleteDocuments(pb.DeleteDocumentsRequest(collection="nowhere", ids=["x"]), timeout=30)
+    assert nowhere.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "no online node holds collection 'nowhere'" in nowhere.value.details()
     channel.close()
     # API keys (for generation) get no knowledge-write grant at the front door
     from edgefleet.proto.access import FRONT_DOOR_GRANTS, Kind, Permission, Principal, allowed
