@@ -259,8 +259,8 @@ class NodeSettings(SiteSettings, ActuatorSettings):
     grounding_min_relevance: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
         default=0.4,
         description="Below this share of the question's words found in the best source (or with an alarm code or "
-        "part number of the question in no source) a knowledge answer abstains without asking the model "
-        "(EDGEFLEET_GROUNDING_MIN_RELEVANCE)",
+        "part number of the question in no source) a knowledge answer abstains without asking the model, and "
+        "an agent's knowledge_search answers that the documents do not cover it (EDGEFLEET_GROUNDING_MIN_RELEVANCE)",
     )
     grounding_extractive: bool = Field(
         default=True,

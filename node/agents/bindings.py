@@ -5,7 +5,11 @@ Every result is text for the model, framed as data (`frame`), bounded to MAX_RES
 - `sensor_latest`: the node follows each read tool's subscription filter (placeholders as `+`) and
   keeps the latest payload per topic, in memory and in the ledger (so it answers after a restart);
   a call fills the topic from its arguments and gets that payload and its age, or "no reading yet".
-- `knowledge_search`: the node's KnowledgeService, the binding's collection and top_k.
+- `knowledge_search`: the node's KnowledgeService, the binding's collection and top_k, grounded as knowledge
+  answers are (knowledge/grounding.py): each passage labelled with its chunk id, document, heading and
+  page, so the model can cite it; when the best passage covers less of the query than the node's
+  EDGEFLEET_GROUNDING_MIN_RELEVANCE (or lacks an identifier the query names), the result says the
+  documents do not cover it and shows no passage, so an agent does not act on an unrelated one.
 - `publish`: the topic filled from the arguments (each a single level: no '/', '+', '#', NUL, not
   empty, not starting with '$'), under one of EDGEFLEET_ACTUATOR_TOPICS; the payload is JSON
   {arguments, rule, run_id, idempotency_key, node_id, ts}, QoS 1, and it is done on the broker's PUBACK.
@@ -18,10 +22,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from edgefleet.node.agents.ledger import AgentLedger, Effect, effect_key
-from edgefleet.node.knowledge.service import KnowledgeService
+from edgefleet.node.knowledge.grounding import ABSTAIN_TEXT, relevance
+from edgefleet.node.knowledge.schema import Hit
+from edgefleet.node.knowledge.service import source_of
 from edgefleet.proto.agents import (
     ARG_PLACEHOLDER_RE,
     MAX_RESULT_CHARS,
@@ -39,6 +45,12 @@ MAX_HIT_CHARS = 400
 PublishWait = Callable[[str, bytes], bool]  # topic, payload → acknowledged by the broker (QoS 1)
 
 
+class Retriever(Protocol):
+    """What knowledge_search reads: the node's KnowledgeService (or a KnowledgeStore)."""
+
+    def retrieve(self, query: str, collection: str, top_k: int, mode: Any) -> list[Hit]: ...
+
+
 class BindingError(ValueError):
     """A call that cannot run as asked (a bad topic argument, a topic outside the actuator topics)."""
 
@@ -54,6 +66,11 @@ def frame(tool: str, data: str) -> str:
     room = MAX_RESULT_CHARS - len(head) - len(NEXT)
     body = data if len(data) <= room else data[: room - 14] + " …(truncated)"
     return head + body + NEXT
+
+
+def _label(doc_id: str, heading: str, page: int) -> str:
+    where = f"{doc_id} — {heading}" if heading else doc_id
+    return f"{where} (page {page})" if page else where
 
 
 def fill_topic(template: str, args: dict[str, Any]) -> str:
@@ -99,12 +116,14 @@ class Bindings:
         self,
         ledger: AgentLedger,
         readings: SensorReadings,
-        knowledge: KnowledgeService | None,
+        knowledge: Retriever | None,
         publish_wait: PublishWait,
         node_id: str,
         actuator_topics: Sequence[str],
+        min_relevance: float = 0.0,
     ) -> None:
         self.ledger, self.readings, self.knowledge = ledger, readings, knowledge
+        self.min_relevance = min_relevance  # knowledge_search: below it, "the documents do not cover this"
         self.publish_wait = publish_wait
         self.node_id = node_id
         self.actuator_topics = list(actuator_topics)
@@ -126,10 +145,23 @@ class Bindings:
         if isinstance(b, KnowledgeSearchBinding):
             if self.knowledge is None:
                 raise BindingError("this node keeps no knowledge store (EDGEFLEET_KNOWLEDGE is off)")
-            hits = self.knowledge.retrieve(str(args["query"]), b.collection, b.top_k, "hybrid")
+            query = str(args["query"])
+            hits = self.knowledge.retrieve(query, b.collection, b.top_k, "hybrid")
             if not hits:
                 return frame(spec.name, f"nothing in {b.collection} matches")
-            lines = [f"[{h.chunk_id}] {' '.join(h.text.split())[:MAX_HIT_CHARS]}" for h in hits]
+            sources = [source_of(n, h) for n, h in enumerate(hits, 1)]
+            fit = relevance(query, sources)
+            if fit.score < self.min_relevance:
+                lacking = f"; no passage names {', '.join(fit.missing)}" if fit.missing else ""
+                return frame(
+                    spec.name,
+                    f"{ABSTAIN_TEXT} ({b.collection}: the best passage covers {fit.score:.2f} of the query, "
+                    f"less than {self.min_relevance:.2f}{lacking})",
+                )
+            lines = [
+                f"[{s.chunk_id}] {_label(s.doc_id, s.heading, s.page)}: {' '.join(s.text.split())[:MAX_HIT_CHARS]}"
+                for s in sources
+            ]
             return frame(spec.name, f"{len(hits)} passage(s) from {b.collection}:\n" + "\n".join(lines))
         raise BindingError(f"tool {spec.name} is not a read tool")
 

@@ -95,6 +95,7 @@ class AgentRunner:
             self._publish_wait,
             self.node_id,
             settings.actuator_filters(),
+            settings.grounding_min_relevance,
         )
         self.loop = AgentLoop(service, self.ledger, self.bindings, self.node_id, self._publish_report)
         self.pool = RunPool(self._advance, settings.agents_max_runs)

@@ -10,6 +10,8 @@ import pytest
 
 from edgefleet.node.agents.bindings import BindingError, Bindings, SensorReadings, fill_topic, frame
 from edgefleet.node.agents.ledger import AgentLedger
+from edgefleet.node.knowledge import Document, KnowledgeStore, WordLlamaEmbedder
+from edgefleet.node.knowledge.grounding import ABSTAIN_TEXT
 from edgefleet.proto.agents import MAX_RESULT_CHARS, ToolSpec
 
 
@@ -84,3 +86,38 @@ def test_sensor_latest_answers_the_latest_reading_or_says_there_is_none(bindings
 
 def test_a_result_is_bounded() -> None:
     assert len(frame("t", "x" * 10_000)) <= MAX_RESULT_CHARS
+
+
+def search_tool() -> ToolSpec:
+    return ToolSpec.model_validate(
+        {
+            "name": "search_manual",
+            "version": "1",
+            "kind": "read",
+            "parameters": {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]},
+            "binding": {"type": "knowledge_search", "collection": "manual", "top_k": 2},
+        }
+    )
+
+
+def test_knowledge_search_labels_its_passages_or_says_the_documents_do_not_cover_the_query(tmp_path: Path) -> None:
+    """Grounded as knowledge answers are: passages carry chunk id, document, heading and page; a query the best
+    passage hardly covers, or naming an alarm code no passage holds, gets no passage to act on."""
+    ledger = AgentLedger(tmp_path / "agents.db")
+    store = KnowledgeStore(tmp_path / "knowledge.db", WordLlamaEmbedder())
+    alarms = "# Alarm codes\n\n## A03 No flow\n\nThe flow switch opened while the pump ran. Clean the strainer.\n"
+    store.ingest("manual", [Document("manuals/alarms.md", alarms)])
+    b = Bindings(ledger, SensorReadings(ledger), store, lambda t, p: False, "n1", ["actions/#"], min_relevance=0.4)
+    try:
+        found = b.read(search_tool(), {"query": "what does alarm A03 mean"})
+        assert "[manual/manuals/alarms.md#" in found and "manuals/alarms.md — Alarm codes > A03 No flow:" in found
+        assert "flow switch opened" in found and ABSTAIN_TEXT not in found
+        unrelated = b.read(search_tool(), {"query": "how many vacation days do new hires get each year"})
+        assert ABSTAIN_TEXT in unrelated and "less than 0.40" in unrelated and "flow switch" not in unrelated
+        missing = b.read(search_tool(), {"query": "what does alarm A09 mean"})
+        assert ABSTAIN_TEXT in missing and "no passage names a09" in missing.lower() and "strainer" not in missing
+        everything = Bindings(ledger, SensorReadings(ledger), store, lambda t, p: False, "n1", ["actions/#"])
+        assert "flow switch" in everything.read(search_tool(), {"query": "how many vacation days"})  # threshold 0
+    finally:
+        store.close()
+        ledger.close()
