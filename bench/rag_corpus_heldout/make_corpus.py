@@ -2,6 +2,7 @@
 """Rebuild this corpus from the manual pages installed on a Debian machine (see README.md).
 
     .venv/bin/python bench/rag_corpus_heldout/make_corpus.py PAGE...   # e.g. login.defs mke2fs
+    .venv/bin/python bench/rag_corpus_heldout/make_corpus.py --out bench/rag_corpus_heldout2 PAGE...
 
 Rendered exactly as `bench/rag_corpus_manuals/make_corpus.py` renders its pages (it is loaded from there).
 """
@@ -20,9 +21,13 @@ _spec.loader.exec_module(manuals_corpus)
 
 
 def main() -> int:
-    for page in sys.argv[1:]:
+    args = sys.argv[1:]
+    out = HERE
+    if args[:1] == ["--out"] and len(args) >= 2:
+        out, args = Path(args[1]), args[2:]
+    for page in args:
         text = manuals_corpus.to_markdown(page, manuals_corpus.debian_corpus.render(page))
-        (HERE / f"{page}.md").write_text(text, encoding="utf-8")
+        (out / f"{page}.md").write_text(text, encoding="utf-8")
     return 0
 
 
