@@ -135,30 +135,21 @@ class FrontDoorServicer(pb_grpc.InferenceServicer):
     async def Ingest(self, request: pb.IngestRequest, context: grpc.aio.ServicerContext) -> pb.IngestResponse:
         """Operators only (KNOWLEDGE_WRITE, role operator or admin; needs authentication on): the same request
         to every online node that holds the collection (or the pinned node, which may not hold it yet)."""
-        md, rid, deadline = await self._knowledge_write(request, context, "Ingest")
-        try:
-            nodes, resp = await ingest_everywhere(self.dispatcher, request, md, rid, deadline)
-        except FrontDoorError as e:
-            await _abort(context, rid, e)
-        await _name_node(context, rid, ",".join(nodes))
+        resp: pb.IngestResponse = await self._knowledge_write(request, context, "Ingest", ingest_everywhere)
         return resp
 
     async def DeleteDocuments(
         self, request: pb.DeleteDocumentsRequest, context: grpc.aio.ServicerContext
     ) -> pb.DeleteDocumentsResponse:
         """Operators only, as Ingest: the same deletion on every online node that holds the collection."""
-        md, rid, deadline = await self._knowledge_write(request, context, "DeleteDocuments")
-        try:
-            nodes, resp = await delete_everywhere(self.dispatcher, request, md, rid, deadline)
-        except FrontDoorError as e:
-            await _abort(context, rid, e)
-        await _name_node(context, rid, ",".join(nodes))
+        resp: pb.DeleteDocumentsResponse = await self._knowledge_write(
+            request, context, "DeleteDocuments", delete_everywhere
+        )
         return resp
 
-    async def _knowledge_write(
-        self, request: Any, context: grpc.aio.ServicerContext, method: str
-    ) -> tuple[dict[str, str], str, float]:
-        """Checks a knowledge write (well formed, authentication on, the caller's grant): (metadata, rid, deadline)."""
+    async def _knowledge_write(self, request: Any, context: grpc.aio.ServicerContext, method: str, write: Any) -> Any:
+        """A knowledge write (well formed, authentication on, the caller's grant checked) through `write`
+        (knowledge_writes.py) to the nodes holding the collection, named in the metadata; their answer."""
         await refuse_malformed(request, context)
         if not self.auth.enabled:
             await abort(
@@ -169,7 +160,12 @@ class FrontDoorServicer(pb_grpc.InferenceServicer):
             )
         await grpc_check(self.auth, context, method, collection=request.collection)
         md, rid, deadline, _ = self._start(context)
-        return md, rid, deadline
+        try:
+            nodes, resp = await write(self.dispatcher, request, md, rid, deadline)
+        except FrontDoorError as e:
+            await _abort(context, rid, e)
+        await _name_node(context, rid, ",".join(nodes))
+        return resp
 
     async def ListCollections(
         self, request: pb.ListCollectionsRequest, context: grpc.aio.ServicerContext
