@@ -8,8 +8,11 @@ steps for the thread governor.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any
+
+import psutil
 
 from edgefleet.node.engine.llama_backend import DecodeContext
 from edgefleet.node.engine.scheduler import BatchItem, StepPlan
@@ -77,7 +80,16 @@ class StepDecoder:
         # other processes held the core (speculation.py's StepCosts)
         self.last_decode = (batch.n, time.thread_time() - cpu) if decode_only else None
         if self.governor is not None and timed:
-            reason = self.governor.observe(threads, batch.n, took, time.monotonic())
+            now = time.monotonic()
+            idle = machine_idle_s() if self.governor.idle_wanted(now) else None
+            reason = self.governor.observe(threads, batch.n, took, now, idle)
             if reason:
                 log.info("compute threads changed", extra={"threads": self.governor.current, "reason": reason})
         return sample_at
+
+
+def machine_idle_s() -> float:
+    """Idle CPU seconds so far of the cores this process may run on (`observe`'s `idle_total_s`)."""
+    cpus = psutil.cpu_times(percpu=True)
+    mine = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(len(cpus))
+    return float(sum(c.idle + getattr(c, "iowait", 0.0) for i, c in enumerate(cpus) if i in mine))

@@ -13,8 +13,21 @@ now and then it probes one more (or, with all threads in use, one fewer). A prob
 steps and is kept when it is clearly faster, so a 4-core device with one busy core should settle
 on 3 threads, with two on 2, and climb back when they are free.
 A probe step that is far slower than the reference ends the probe at once, so a probe into a
-contended setting costs one step. Probes that lose come less and less often (the interval
-doubles up to a ceiling); a switch resets it.
+contended setting costs one step: seconds, when the threads collapse. Probes that lose therefore
+come less and less often (the interval doubles up to a ceiling, minutes); a switch resets it.
+
+The end of the contention must not wait for that ceiling (issue 26: about 3 minutes at half the
+throughput after a transient load). Below every thread, two signs that the cores may be free
+again ask for a probe of one more thread before the interval is up:
+- the idle CPU time of the cores the node may run on (decode_step.py's `machine_idle_s`, fed to `observe` every
+  `idle_window_s`, when `idle_wanted`): at least `free_core` of a core idle while the node
+  decoded, the time between its steps counted as its own;
+- the current setting's own steps clearly faster (`margin`) than when it was taken, for a busy
+  process that also slowed the threads the node kept.
+Either may be wrong (a process that wakes often leaves idle time and still breaks the barriers),
+so asked-for probes that lose come less and less often too: at once, then after the first
+interval, doubling to the ceiling, on a schedule of their own that a switch resets. Under steady
+contention probes stay rare: at most one of each schedule per ceiling.
 """
 
 from __future__ import annotations
@@ -29,6 +42,7 @@ class _Probe:
     probe_s: float = 0.0  # summed over the steps that have a reference
     reference_s: float = 0.0  # what the current setting took lately for the same batch sizes
     seen: dict[int, list[float]] = field(default_factory=dict)  # step times by tokens in the step
+    asked: bool = False  # asked for by a sign that the cores are free (`_freed`), before its time
 
 
 @dataclass
@@ -41,17 +55,28 @@ class ThreadGovernor:
     slow_factor: float = 4.0  # a step this many times its usual time is "slow"
     slow_run: int = 3  # this many slow steps in a row start a probe at once
     extreme_factor: float = 20.0  # one step this many times its usual time starts a probe at once
+    idle_window_s: float = 1.0  # the machine's idle time is read this often, below every thread
+    free_core: float = 0.5  # this share of a core idle while the node decoded asks for a probe
     current: int = 0
     switches: int = 0
     # Per (threads, tokens in the step): `usual` learns from steps that were not slow, `recent`
     # from every step (what the setting does now: the reference a probe must beat).
     _usual: dict[tuple[int, int], float] = field(default_factory=dict)
     _recent: dict[tuple[int, int], float] = field(default_factory=dict)
+    # Below every thread: the current setting's step times when it was taken (steps clearly faster
+    # say the cores may be free again), and the idle-time window: (start, idle total then, step
+    # seconds since).
+    _taken_at: dict[tuple[int, int], float] = field(default_factory=dict)
+    _idle_from: tuple[float, float] | None = None
+    _idle_busy_s: float = 0.0
     _probe: _Probe | None = None
     _interval_s: float = 0.0
     _next_probe_at: float | None = None
     _slow: int = 0
     _direction: int = 0  # -1 / +1 after a kept probe: try the next count that way at once
+    _asked: bool = False  # the next probe is one `_freed` asked for
+    _ask_interval_s: float = 0.0  # asked-for probes that lose: their own doubling interval
+    _ask_after: float = 0.0
 
     def __post_init__(self) -> None:
         if self.max_threads < 1:
@@ -65,9 +90,16 @@ class ThreadGovernor:
             return 1
         if self._next_probe_at is None:
             self._next_probe_at = now + self._interval_s
-        if self._probe is None and now >= self._next_probe_at:
-            self._probe = _Probe(self._candidate())
+        if self._probe is None and (self._asked or now >= self._next_probe_at):
+            asked = self._asked and now < self._next_probe_at
+            self._probe = _Probe(self.current + 1 if asked else self._candidate(), asked=asked)
+            self._asked, self._idle_from = False, None  # the probe's steps use other cores
         return self._probe.threads if self._probe is not None else self.current
+
+    def idle_wanted(self, now: float) -> bool:
+        """Whether `observe` wants `idle_total_s` (`machine_idle_s`) with a step ending `now`."""
+        below = self.current < self.max_threads and self._probe is None
+        return below and (self._idle_from is None or now - self._idle_from[0] >= self.idle_window_s)
 
     def _candidate(self) -> int:
         """The count to probe: on in the direction that last paid off; one fewer when steps turned
@@ -80,8 +112,12 @@ class ThreadGovernor:
             return self.current - 1
         return self.current + 1
 
-    def observe(self, threads: int, n_tokens: int, seconds: float, now: float) -> str | None:
-        """Record a decode-only step of `n_tokens` tokens; returns a reason when `current` changed."""
+    def observe(
+        self, threads: int, n_tokens: int, seconds: float, now: float, idle_total_s: float | None = None
+    ) -> str | None:
+        """Record a decode-only step of `n_tokens` tokens; returns a reason when `current` changed.
+
+        `idle_total_s`: `machine_idle_s()` where `idle_wanted`, else None."""
         if self.max_threads == 1 or seconds <= 0:
             return None
         key = (threads, n_tokens)
@@ -89,6 +125,9 @@ class ThreadGovernor:
         if probe is not None and threads == probe.threads:
             return self._observe_probe(probe, n_tokens, seconds, now)
         _mix(self._recent, key, seconds, 0.3)
+        below = probe is None and threads == self.current < self.max_threads
+        if below and self._freed(key, seconds, now, idle_total_s) and now >= self._ask_after:
+            self._asked = True
         usual = self._usual.get(key)
         if usual is not None and seconds > self.slow_factor * usual:
             self._slow += 1
@@ -99,6 +138,26 @@ class ThreadGovernor:
         self._slow = 0
         _mix(self._usual, key, seconds, 0.1)
         return None
+
+    def _freed(self, key: tuple[int, int], seconds: float, now: float, idle_total_s: float | None) -> bool:
+        """Whether a sign says that the cores the current setting left may be free again."""
+        taken_at = self._taken_at.setdefault(key, self._recent[key])  # a batch size new since the switch
+        faster = self._usual.get(key, taken_at) < (1.0 - self.margin) * taken_at  # the slower mean
+        if self._idle_from is not None:
+            self._idle_busy_s += seconds
+        if idle_total_s is None:
+            return faster
+        start = self._idle_from
+        if start is not None and now - start[0] < self.idle_window_s:
+            return faster
+        self._idle_from, busy = (now, idle_total_s), self._idle_busy_s
+        self._idle_busy_s = 0.0
+        if start is None:
+            return faster
+        wall = now - start[0]
+        # The node's own core may idle between its steps (no requests, Python): not a free core.
+        free = (idle_total_s - start[1] - (wall - busy)) / wall
+        return faster or (busy >= 0.5 * wall and free >= self.free_core)
 
     def _observe_probe(self, probe: _Probe, n_tokens: int, seconds: float, now: float) -> str | None:
         probe.steps += 1
@@ -123,11 +182,13 @@ class ThreadGovernor:
         direction = 1 if probe.threads > self.current else -1
         for n, times in probe.seen.items():  # what this count does now, not what it did long ago
             self._recent[(probe.threads, n)] = self._usual[(probe.threads, n)] = sum(times) / len(times)
+        self._taken_at = {(probe.threads, n): self._recent[(probe.threads, n)] for n in probe.seen}
         self.current = probe.threads
         self.switches += 1
         self._end_probe(now, kept=True)
-        self._direction = direction
-        self._next_probe_at = now  # the next count that way may be better still
+        if 1 <= self.current + direction <= self.max_threads:
+            self._direction = direction
+            self._next_probe_at = now  # the next count that way may be better still
         return reason
 
     def _end_probe(self, now: float, kept: bool) -> None:
@@ -136,10 +197,18 @@ class ThreadGovernor:
             for key, value in self._recent.items():
                 if key[0] == self.current:
                     self._usual[key] = value
+        asked = self._probe is not None and self._probe.asked
         self._probe = None
         self._slow = 0
         self._direction = 0
-        self._interval_s = self.first_interval_s if kept else min(self._interval_s * 2, self.max_interval_s)
+        if kept:
+            self._interval_s, self._ask_interval_s, self._ask_after = self.first_interval_s, 0.0, now
+        elif asked:  # the sign was wrong, or came while the load was still ending: ask again later
+            self._ask_interval_s = min(max(self._ask_interval_s * 2, self.first_interval_s), self.max_interval_s)
+            self._ask_after = now + self._ask_interval_s
+            return  # the regular probes keep their time
+        else:
+            self._interval_s = min(self._interval_s * 2, self.max_interval_s)
         self._next_probe_at = now + self._interval_s
 
 
