@@ -8,14 +8,13 @@ store's own switch: documents ingested while a collection is being re-embedded a
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 from edgefleet.node.knowledge import Document, KnowledgeStore, LlamaEmbedder, WordLlamaEmbedder
 from edgefleet.node.knowledge.reembed import IN_LOCK_LIMIT, reembed_collection
 from edgefleet.proto.v1 import inference_pb2 as pb
-from tests.conftest import NodeProcess
+from tests.conftest import NodeProcess, wait_for
 from tests.node.knowledge.conftest import DOCS
 
 CORPUS = Path(__file__).resolve().parents[3] / "bench" / "rag_corpus"
@@ -50,9 +49,12 @@ def test_new_embedder_reembeds_in_the_background_while_retrieve_answers(
     )
     assert node.info().embedder.startswith("minilm:")
     seen: list[str] = []  # the collection's embedder at each round of questions
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
+    cols: list[pb.CollectionInfo] = []
+
+    def a_round_of_questions() -> bool:
+        """Every question answered right (whichever vectors the node has now); True once the new ones are in."""
         (col,) = node.stub.ListCollections(pb.ListCollectionsRequest(), timeout=10).collections
+        cols.append(col)
         seen.append(col.embedder)
         for question, answer in QUESTIONS:
             for mode in ("hybrid", "vector"):
@@ -60,9 +62,10 @@ def test_new_embedder_reembeds_in_the_background_while_retrieve_answers(
                     pb.RetrieveRequest(query=question, collection="manual", top_k=3, mode=mode), timeout=30
                 )
                 assert r.chunks[0].chunk_id.startswith(f"manual/{answer}#"), (col.embedder, mode, question)
-        if col.embedder.startswith("minilm:"):
-            break
-        time.sleep(0.2)
+        return col.embedder.startswith("minilm:")
+
+    assert wait_for(a_round_of_questions, timeout=120, interval=0.2), seen
+    col = cols[-1]
     assert seen[0] == embedder.identity, seen  # answered from the old vectors first...
     assert seen[-1].startswith("minilm:"), seen  # ...and from the new ones once they were complete
     assert (col.chunks, col.version) == (chunks, "1")

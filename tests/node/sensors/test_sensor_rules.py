@@ -7,6 +7,7 @@ with a persistent session, so nothing published while it reconnects is lost to t
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
 import time
 import uuid
@@ -94,13 +95,14 @@ def site(broker: Mosquitto, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             n.wait_serving()
         t = tmp / "vibe.j2"
         t.write_text(TEMPLATE)
-        deadline = time.monotonic() + 20
-        while True:  # the orchestrator learns of the group when the nodes register
-            r = fleet(broker, "fleet", "push-template", str(t), "--name", "vibe", "--version", "1", "--target", "vib")
-            if r.returncode == 0 or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
-        assert r.returncode == 0, r.stderr
+        pushed: list[subprocess.CompletedProcess[str]] = []
+
+        def push() -> bool:  # the orchestrator learns of the group when the nodes register
+            pushed.append(fleet(broker, "fleet", "push-template", str(t), "--name", "vibe", "--version", "1",
+                                "--target", "vib"))  # fmt: skip
+            return pushed[-1].returncode == 0
+
+        assert wait_for(push, timeout=20, interval=0.5), pushed[-1].stderr
         push_rule(broker, tmp, name="vibration", topic_filter="sensors/+/vibration", max_tokens=3)
         yield nodes
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from typing import Any
 
 import grpc
 import pytest
@@ -14,7 +15,7 @@ from edgefleet.plumbing.grpc_errors import sent_code
 from edgefleet.proto.error_codes import ErrorCode
 from edgefleet.proto.v1 import inference_pb2 as pb
 from tests import site_identity
-from tests.conftest import collect
+from tests.conftest import collect, wait_for
 from tests.orchestrator.front_door.conftest import Site
 
 NODE = "x-edgefleet-node"
@@ -158,14 +159,8 @@ def test_template_goes_only_to_the_node_that_has_it(site: Site) -> None:
     r = fleet(site.broker, "fleet", "push-template", str(f), "--name", "greet", "--version", "1",
               "--target", "node:fd-a", "--system", "You are terse.")  # fmt: skip
     assert r.returncode == 0, r.stderr
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            generate(site, template="greet", variables={"who": "Ada"})
-            break
-        except grpc.RpcError as e:
-            assert e.code() == grpc.StatusCode.NOT_FOUND and time.monotonic() < deadline, e
-            time.sleep(0.2)
+    assert wait_for(lambda: _unless_not_found(lambda: generate(site, template="greet", variables={"who": "Ada"})),
+                    timeout=20, interval=0.2)  # fmt: skip
     served = _concurrently(4, lambda i: generate(site, max_tokens=4, template="greet", variables={"who": f"n{i}"})[1])
     assert set(served) == {"fd-a"}
 
@@ -173,15 +168,12 @@ def test_template_goes_only_to_the_node_that_has_it(site: Site) -> None:
 def test_collection_ingested_on_one_node_routes_there(site: Site) -> None:
     doc = pb.Document(id="pump", text="# Pump P-3\nThe pump P-3 needs fresh oil every 200 hours of running.")
     site.nodes["fd-b"].stub.Ingest(pb.IngestRequest(collection="manuals", documents=[doc]), timeout=60)
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            call = site.stub.Retrieve.with_call(pb.RetrieveRequest(query="pump oil", collection="manuals"), timeout=30)
-            break
-        except grpc.RpcError as e:
-            assert e.code() == grpc.StatusCode.NOT_FOUND and time.monotonic() < deadline, e
-            time.sleep(0.2)
-    resp, rpc = call
+    retrieve = lambda: site.stub.Retrieve.with_call(  # noqa: E731
+        pb.RetrieveRequest(query="pump oil", collection="manuals"), timeout=30
+    )
+    calls: list[Any] = []
+    assert wait_for(lambda: calls.append(_unless_not_found(retrieve)) or calls[-1], timeout=20, interval=0.2)
+    resp, rpc = calls[-1]
     assert resp.chunks and dict(rpc.initial_metadata())[NODE] == "fd-b"
     for _ in range(2):
         req = pb.GenerateRequest(
@@ -190,3 +182,14 @@ def test_collection_ingested_on_one_node_routes_there(site: Site) -> None:
         stream = site.stub.Generate(req, timeout=60)
         last = collect(stream)[1]
         assert dict(stream.initial_metadata())[NODE] == "fd-b" and list(last.source_chunk_ids)
+
+
+def _unless_not_found(call: Any) -> Any:
+    """`call()`'s answer, or None while the front door answers NOT_FOUND (it has not learnt the route yet);
+    any other error is raised."""
+    try:
+        return call() or True
+    except grpc.RpcError as e:
+        if e.code() != grpc.StatusCode.NOT_FOUND:
+            raise
+        return None
