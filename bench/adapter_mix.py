@@ -6,7 +6,10 @@ decode step: the scheduler alternates steps between adapter groups. This starts 
   base   4 requests, no adapter
   one    4 requests, adapter A
   two    2 requests with adapter A, 2 with adapter B
-and prints total completion tokens/s per mix and the ratio two/one.
+and prints total completion tokens/s per mix and the ratio two/one, both per wall second and per
+second of the node process's CPU time (user + system, all its threads): on a host other processes
+load, the CPU figure moves less (run with EDGEFLEET_THREADS=1 then, so no compute thread spins
+waiting for one the host has parked).
 
     .venv/bin/python bench/adapter_mix.py [--rounds 3] [--max-tokens 64]
 """
@@ -14,6 +17,7 @@ and prints total completion tokens/s per mix and the ratio two/one.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import threading
@@ -39,8 +43,35 @@ PROMPTS = [
 MIXES = {"base": ["", "", "", ""], "one": ["a", "a", "a", "a"], "two": ["a", "b", "a", "b"]}
 
 
-def run_mix(stub: pb_grpc.InferenceStub, adapters: list[str], max_tokens: int, rounds: int) -> float:
-    """Total completion tokens/s of len(adapters) closed-loop clients, `rounds` requests each."""
+def node_pid(data_dir: Path) -> int | None:
+    """The pid of the node serving `data_dir` (its command line names it), or None."""
+    want = f"--data-dir\0{data_dir}\0".encode()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if want in (entry / "cmdline").read_bytes():
+                    return int(entry.name)
+            except OSError:
+                continue
+    return None
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds of process `pid` (all its threads) so far; 0 where unknown."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_mix(
+    stub: pb_grpc.InferenceStub, adapters: list[str], max_tokens: int, rounds: int, pid: int | None = None
+) -> tuple[float, float]:
+    """Total completion tokens/s of len(adapters) closed-loop clients, `rounds` requests each: per wall
+    second, and per CPU second of process `pid` (0 without one)."""
     tokens = [0] * len(adapters)
 
     def client(i: int) -> None:
@@ -57,16 +88,18 @@ def run_mix(stub: pb_grpc.InferenceStub, adapters: list[str], max_tokens: int, r
                     tokens[i] += chunk.usage.completion_tokens
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(len(adapters))]
-    t0 = time.perf_counter()
+    cpu0, t0 = cpu_seconds(pid), time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return sum(tokens) / (time.perf_counter() - t0)
+    wall, cpu = time.perf_counter() - t0, cpu_seconds(pid) - cpu0
+    return sum(tokens) / wall, sum(tokens) / cpu if cpu > 0 else 0.0
 
 
 def measure(rounds: int, max_tokens: int, repeats: int, security: BenchSecurity) -> dict[str, float]:
-    """tokens/s of each mix (the best of `repeats`) and the ratios one/base and two/one."""
+    """tokens/s of each mix (the best of `repeats`) and the ratios one/base and two/one; the same per CPU
+    second of the node under `<mix>_cpu`, `one_over_base_cpu`, `two_over_one_cpu` (0 where not known)."""
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
         base = resolve_model(None, tmp / "data").path
@@ -74,13 +107,26 @@ def measure(rounds: int, max_tokens: int, repeats: int, security: BenchSecurity)
         b = write_lora(base, tmp / "b.gguf", rank=16, seed=2)
         with serving_node(ROOT, tmp / "data", {"EDGEFLEET_ADAPTERS": f"a={a},b={b}"}, security) as channel:
             stub = pb_grpc.InferenceStub(channel)
+            pid = node_pid(tmp / "data")
             run_mix(stub, MIXES["two"], 8, 1)  # warm up both adapters
             results: dict[str, float] = {}
+            runs: dict[str, list[tuple[float, float]]] = {name: [] for name in MIXES}
+            for _ in range(repeats):  # the mixes take turns, so a busy spell of the host hits them alike
+                for name, mix in MIXES.items():
+                    runs[name].append(run_mix(stub, mix, max_tokens, rounds, pid))
             for name, mix in MIXES.items():
-                results[name] = max(run_mix(stub, mix, max_tokens, rounds) for _ in range(repeats))
-                print(f"{name:<5} c=4  {results[name]:6.1f} tokens/s  ({' '.join(x or '-' for x in mix)})", flush=True)
+                results[name] = max(wall for wall, _ in runs[name])
+                results[f"{name}_cpu"] = max(cpu for _, cpu in runs[name])
+                print(
+                    f"{name:<5} c=4  {results[name]:6.1f} tokens/s  {results[f'{name}_cpu']:6.1f} tokens/CPU-s  "
+                    f"({' '.join(x or '-' for x in mix)})",
+                    flush=True,
+                )
     results["one_over_base"] = results["one"] / results["base"]
     results["two_over_one"] = results["two"] / results["one"]
+    cpu_known = results["base_cpu"] > 0 and results["one_cpu"] > 0
+    results["one_over_base_cpu"] = results["one_cpu"] / results["base_cpu"] if cpu_known else 0.0
+    results["two_over_one_cpu"] = results["two_cpu"] / results["one_cpu"] if cpu_known else 0.0
     return results
 
 
@@ -93,8 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     with BenchSecurity(args.insecure) as security:
         results = measure(args.rounds, args.max_tokens, args.repeats, security)
-    print(f"one adapter / base        {results['one_over_base']:.2f}")
-    print(f"two adapters / one adapter {results['two_over_one']:.2f}")
+    print(f"one adapter / base        {results['one_over_base']:.2f}  (per CPU-s {results['one_over_base_cpu']:.2f})")
+    print(f"two adapters / one adapter {results['two_over_one']:.2f}  (per CPU-s {results['two_over_one_cpu']:.2f})")
     return 0
 
 

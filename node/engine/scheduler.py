@@ -8,10 +8,12 @@ stalling the others for more than a step.
 
 Slots are llama.cpp sequence ids. A finished slot keeps its KV cells and the tokens they
 hold; a new request takes the free slot that shares its longest prefix (same adapter), and
-only the rest of its prompt is prefilled. A request's fixed prefix (`prefix_len`: chat preamble,
-template head) that no slot holds may be restored from the prefix store (`restore`, set by the
-engine); if it is not there, the prefill stops once at the prefix's end (`save_at`) so the engine
-can save exactly the prefix's cells.
+only the rest of its prompt is prefilled, unless another slot keeps its adapter group in
+consecutive slots (llama.cpp decodes a run of consecutive sequence ids as one micro-batch).
+A request's fixed prefix (`prefix_len`: chat preamble, template head) that no slot holds may
+be restored from the prefix store (`restore`, set by the engine); if it is not there, the
+prefill stops once at the prefix's end (`save_at`) so the engine can save exactly the
+prefix's cells.
 
 llama.cpp applies LoRA adapters per context, so one decode step serves one adapter group
 (adapter, version and scale; the base model is the group ""). Steps alternate between the
@@ -121,6 +123,12 @@ def common_prefix(a: list[int], b: list[int]) -> int:
     while i < n and a[i] == b[i]:
         i += 1
     return i
+
+
+def consecutive_runs(slot_ids: list[int]) -> int:
+    """How many runs of consecutive ids `slot_ids` form: the micro-batches llama.cpp decodes them in."""
+    ids = sorted(slot_ids)
+    return sum(1 for i, x in enumerate(ids) if i == 0 or x != ids[i - 1] + 1)
 
 
 class Scheduler:
@@ -233,20 +241,36 @@ class Scheduler:
     def _pick_slot(self, seq: Sequence) -> tuple[Slot, int]:
         """The free slot to run `seq` in, and how many of its cached tokens it reuses.
 
-        Prefer the longest reusable prefix, then the slot with the least cached. A shared prefix
-        shorter than `MIN_PREFIX_REUSE` (a chat template's preamble) does not count as a reason to
-        take a slot: otherwise every new prompt would overwrite another prompt's long cached
-        prefix (a template's system prompt) for the sake of a few tokens.
+        First keep each adapter group in one run of consecutive slots: with a KV stream per
+        sequence, llama.cpp splits a batch into micro-batches of consecutive sequence ids, so a
+        group in slots 0 and 2 decodes as two micro-batches, each paying a step's fixed cost
+        (bench/adapter_switch_profile.py: two groups taking turns reach 0.62x of one group's
+        tokens/s interleaved, 0.89x in consecutive slots). So: the slot that leaves `seq`'s group
+        in the fewest runs, then the one farthest from other groups' slots (room for each group to
+        grow); then the longest reusable prefix, then the slot with the least cached. A shared
+        prefix shorter than `MIN_PREFIX_REUSE` (a chat template's preamble) does not count as a
+        reason to take a slot: otherwise every new prompt would overwrite another prompt's long
+        cached prefix (a template's system prompt) for the sake of a few tokens. With one group
+        running, every slot is as far from other groups as another.
         """
-        free = [s for s in self.slots if s.seq is None]
-        best, best_score, best_keep = free[0], -1, 0
-        for slot in free:
+        group = seq.group
+        own = [s.id for s in self.slots if s.seq is not None and s.seq.group == group]
+        others = [s.id for s in self.slots if s.seq is not None and s.seq.group != group]
+        best: Slot | None = None
+        best_key: tuple[int, int, int, int] = (0, 0, 0, 0)
+        best_keep = 0
+        for slot in self.slots:
+            if slot.seq is not None:
+                continue
             keep = 0
-            if self.prefix_cache and slot.adapter == seq.group:
+            if self.prefix_cache and slot.adapter == group:
                 keep = common_prefix(slot.tokens, seq.req.prompt_tokens)
             score = keep if keep >= MIN_PREFIX_REUSE else 0
-            if score > best_score or (score == best_score and len(slot.tokens) < len(best.tokens)):
-                best, best_score, best_keep = slot, score, keep
+            distance = min((abs(slot.id - i) for i in others), default=len(self.slots))
+            key = (-consecutive_runs([*own, slot.id]), distance, score, -len(slot.tokens))
+            if best is None or key > best_key:
+                best, best_key, best_keep = slot, key, keep
+        assert best is not None, "a free slot is picked only while one is free"
         # At least the last prompt token must be decoded to get logits to sample from.
         return best, min(best_keep, len(seq.req.prompt_tokens) - 1)
 
@@ -285,7 +309,9 @@ class Scheduler:
         if not groups:
             return StepPlan(admissions, items)
         if self._current in groups and self._run_length < self.group_quantum:
-            group = self._current  # a few steps in a row: switching adapters costs llama.cpp a graph rebuild
+            # a few steps in a row: a switch makes llama.cpp reserve its compute graphs again (the step
+            # after one costs about 11 ms more on the x86-dev host, bench/adapter_switch_profile.py)
+            group = self._current
         else:
             group = min(groups, key=lambda g: (self._served.get(g, -1), g))
         self._run_length = self._run_length + 1 if group == self._current else 1
