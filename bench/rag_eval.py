@@ -51,8 +51,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from edgefleet.node.knowledge import Document, Hit, KnowledgeStore, LlamaEmbedder, WordLlamaEmbedder
+from edgefleet.node.knowledge import Document, Hit, KnowledgeStore, LlamaEmbedder, WordLlamaEmbedder, queries
 from edgefleet.node.knowledge.embedders import DEFAULT_EMBEDDER_KIND, Embedder, MiniLMEmbedder
 from edgefleet.node.knowledge.search import Mode
 
@@ -62,13 +63,15 @@ CORPORA = (
     BENCH / "rag_corpus_debian",
     BENCH / "rag_corpus_manuals",
     BENCH / "rag_corpus_heldout",
+    BENCH / "rag_corpus_heldout2",
 )
-HELDOUT = "rag_corpus_heldout"
+HELDOUT = ("rag_corpus_heldout", "rag_corpus_heldout2")
 TARGET_RECALL = 0.95
 TARGET_MRR = 0.85
 COLLECTION = "eval"
 TOP_K = 5
 MRR_DEPTH = 10
+KEYWORD_RANKING = queries.keyword_ranking
 
 
 @dataclass(frozen=True)
@@ -134,6 +137,55 @@ def evaluate(store: KnowledgeStore, questions: list[Question], mode: Mode, corpu
         rank = next((i for i, h in enumerate(hits, 1) if any(relevant(h, a) for a in q.answers)), None)
         rrs.append(1.0 / rank if rank else 0.0)
     return Score(corpus, mode, embedder, statistics.fmean(recalls), statistics.fmean(rrs), statistics.median(times))
+
+
+def add_expansions(store: KnowledgeStore, corpus: Path, spec: str) -> str:
+    """Index each chunk's doc2query questions (`<corpus>/expansions.<model>.json`, bench/doc2query.py) into the
+    keyword side only: the FTS table is rebuilt with a third column, `expansions`, weighted WEIGHT (spec
+    `MODEL[:WEIGHT]`, 1 by default) in BM25. Vectors, identifier placement and fusion are untouched, except that
+    identifier phrases now also match a chunk's questions. Returns a line saying how many chunks had some."""
+    sys.path.insert(0, str(BENCH.parent))
+    from bench.doc2query import chunk_key, load_expansions
+
+    model, _, weight_text = spec.partition(":")
+    weight = float(weight_text or 1.0)
+    expansions = load_expansions(corpus, model)
+    with store._db.write() as conn:
+        rows = conn.execute(
+            "SELECT id, heading, text, search_text FROM chunks WHERE collection = ?", (COLLECTION,)
+        ).fetchall()
+        for trigger in ("insert", "delete", "update"):
+            conn.execute(f"DROP TRIGGER chunks_fts_{trigger}")
+        conn.execute("DROP TABLE chunks_fts")
+        conn.execute(
+            "CREATE VIRTUAL TABLE chunks_fts USING fts5(heading, text, expansions, "
+            "tokenize='porter unicode61 remove_diacritics 2')"
+        )
+        found = [expansions.get(chunk_key(search_text)) for _, _, _, search_text in rows]
+        conn.executemany(
+            "INSERT INTO chunks_fts(rowid, heading, text, expansions) VALUES (?, ?, ?, ?)",
+            [(r[0], r[1], r[2], "\n".join(qs or [])) for r, qs in zip(rows, found, strict=True)],
+        )
+    heading_w, text_w = queries.FTS_COLUMN_WEIGHTS
+
+    def keyword_ranking(conn: Any, collection: str, query: str, n: int) -> list[tuple[int, float]]:
+        expr = queries.fts_query(query)  # as queries.keyword_ranking, with the third column's weight
+        if expr is None:
+            return []
+        sql = (
+            f"WITH m AS MATERIALIZED (SELECT rowid AS id, bm25(chunks_fts, {heading_w!r}, {text_w!r}, {weight!r}) "
+            "AS s FROM chunks_fts WHERE chunks_fts MATCH ?) SELECT m.id, m.s FROM m JOIN chunks c ON c.id = m.id "
+            "WHERE c.collection = ? ORDER BY m.s, m.id LIMIT ?"
+        )
+        return [(int(rid), -float(s)) for rid, s in conn.execute(sql, (expr, collection, n)).fetchall()]
+
+    queries.keyword_ranking = keyword_ranking  # type: ignore[assignment]  # bench only; the table is rebuilt too
+    with_qs = [qs for qs in found if qs]
+    words = statistics.fmean(len(" ".join(qs).split()) for qs in with_qs) if with_qs else 0.0
+    return (
+        f"expansions[{model}, weight {weight:g}]: {len(with_qs)} of {len(rows)} chunks, "
+        f"{statistics.fmean(len(qs) for qs in with_qs) if with_qs else 0:.1f} questions, {words:.0f} words per chunk"
+    )
 
 
 def node_model_embedder(n_threads: int) -> tuple[LlamaEmbedder, Path]:
@@ -229,12 +281,19 @@ def main() -> int:
     )
     ap.add_argument("--threads", type=int, default=2, help="llama.cpp threads for the node/gguf embedders")
     ap.add_argument("--corpus", type=Path, action="append", help="a corpus folder (repeatable; default all four)")
-    ap.add_argument("--no-heldout", action="store_true", help=f"leave out {HELDOUT} (use this while tuning)")
+    ap.add_argument("--no-heldout", action="store_true", help=f"leave out {', '.join(HELDOUT)} (use this while tuning)")
     ap.add_argument("--backend", default="auto", choices=["auto", "sqlite-vec", "numpy"])
+    ap.add_argument(
+        "--expansions",
+        metavar="MODEL[:WEIGHT]",
+        help="also score each corpus (as <corpus>+d2q) with the doc2query questions of bench/doc2query.py "
+        "indexed into the keyword side, a BM25 column of weight WEIGHT (default 1)",
+    )
     args = ap.parse_args()
 
-    paths = [p for p in (args.corpus or CORPORA) if not (args.no_heldout and p.name == HELDOUT)]
+    paths = [p for p in (args.corpus or CORPORA) if not (args.no_heldout and p.name in HELDOUT)]
     corpora = {path.name: load_corpus(path) for path in paths}
+    paths_by_name = {path.name: path for path in paths}
     for name, (docs, questions) in corpora.items():
         print(f"corpus {name}: {len(docs)} documents, {len(questions)} questions, top_k={TOP_K}")
     scores: list[Score] = []
@@ -242,12 +301,18 @@ def main() -> int:
         t0 = time.perf_counter()
         embedder = make(emb, args.threads)()
         load_s = time.perf_counter() - t0
-        for corpus, (docs, questions) in corpora.items():
+        runs = [(corpus, corpus) for corpus in corpora]
+        if args.expansions:
+            runs += [(corpus, f"{corpus}+d2q") for corpus in corpora]
+        for source, corpus in runs:
+            docs, questions = corpora[source]
             with tempfile.TemporaryDirectory() as tmp:
                 store = KnowledgeStore(Path(tmp) / "knowledge.sqlite", embedder, vector_backend=args.backend)
                 t0 = time.perf_counter()
                 result = store.install_collection(COLLECTION, "eval", docs)
                 ingest_s = time.perf_counter() - t0
+                if corpus != source:
+                    print(add_expansions(store, paths_by_name[source], args.expansions))
                 print(
                     f"{corpus:<18} ingest[{emb}] {result.chunks} chunks in {ingest_s:.2f} s: "
                     f"{result.chunks / ingest_s:.0f} chunks/s ({embedder.identity}, {embedder.dimensions} dims, "
@@ -260,6 +325,7 @@ def main() -> int:
                     scores.append(evaluate(store, questions, mode, corpus, emb))
                     print(scores[-1].line())
                 store.close()
+                queries.keyword_ranking = KEYWORD_RANKING  # add_expansions' ranking served that store only
     if not scores:
         return 1
     print("\nsummary (recall@5 / MRR@10 / median ms per corpus):")
