@@ -68,11 +68,6 @@ def frame(tool: str, data: str) -> str:
     return head + body + NEXT
 
 
-def _label(doc_id: str, heading: str, page: int) -> str:
-    where = f"{doc_id} — {heading}" if heading else doc_id
-    return f"{where} (page {page})" if page else where
-
-
 def fill_topic(template: str, args: dict[str, Any]) -> str:
     """The binding's topic with each `{argument}` replaced by one topic level; BindingError naming a bad one."""
 
@@ -158,10 +153,7 @@ class Bindings:
                     f"{ABSTAIN_TEXT} ({b.collection}: the best passage covers {fit.score:.2f} of the query, "
                     f"less than {self.min_relevance:.2f}{lacking})",
                 )
-            lines = [
-                f"[{s.chunk_id}] {_label(s.doc_id, s.heading, s.page)}: {' '.join(s.text.split())[:MAX_HIT_CHARS]}"
-                for s in sources
-            ]
+            lines = [f"[{s.chunk_id}] {s.label}: {' '.join(s.text.split())[:MAX_HIT_CHARS]}" for s in sources]
             return frame(spec.name, f"{len(hits)} passage(s) from {b.collection}:\n" + "\n".join(lines))
         raise BindingError(f"tool {spec.name} is not a read tool")
 

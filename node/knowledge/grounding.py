@@ -71,6 +71,13 @@ class Source:
     heading: str = ""
     page: int = 0  # 0: the chunk has no page (not from a paged document)
 
+    @property
+    def label(self) -> str:
+        """`document — heading (page p)`, as the prompt and an agent's knowledge_search show a source."""
+        return (
+            self.doc_id + (f" — {self.heading}" if self.heading else "") + (f" (page {self.page})" if self.page else "")
+        )
+
 
 @dataclass(frozen=True)
 class Citation:
@@ -160,8 +167,7 @@ def source_block(sources: list[Source], max_chars: int = 1200) -> str:
     """The system text: the instruction, then each source as `[n] document — heading (page p)` and its text."""
     parts = [CITE_INTRO]
     for s in sources:
-        label = s.doc_id + (f" — {s.heading}" if s.heading else "") + (f" (page {s.page})" if s.page else "")
-        parts.append(f"[{s.n}] {label}\n{s.text[:max_chars].strip()}\n\n")
+        parts.append(f"[{s.n}] {s.label}\n{s.text[:max_chars].strip()}\n\n")
     return "".join(parts).rstrip()
 
 
