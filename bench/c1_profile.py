@@ -114,7 +114,7 @@ BASELINE = [False]  # the config measured now is the baseline (the path as it wa
 
 def instrument(node: Any, timers: Timers) -> None:
     from edgefleet.node.engine import engine as engine_mod
-    from edgefleet.node.engine import llama_backend, text_stream
+    from edgefleet.node.engine import llama_backend, sampler, text_stream
 
     eng = node.engine
     eng._step = timers.wrap("step (all)", eng._step)
@@ -124,14 +124,14 @@ def instrument(node: Any, timers: Timers) -> None:
         setattr(sched, name, timers.wrap("scheduler", getattr(sched, name)))
     eng.model.piece = timers.wrap("piece (token bytes)", eng.model.piece)
     eng.model.is_eog = timers.wrap("is_eog", eng.model.is_eog)
-    fast_sample = llama_backend.Sampler.sample
+    fast_sample = sampler.Sampler.sample
 
     def sample(self: Any, ctx: Any, idx: int) -> int:
         if BASELINE[0]:  # llama.cpp's sampler chain for every request, greedy too (as before)
             return int(llama_backend.llama_cpp.llama_sampler_sample(self.ptr, ctx.ptr, idx))
         return fast_sample(self, ctx, idx)
 
-    llama_backend.Sampler.sample = timers.wrap("sample", sample)
+    sampler.Sampler.sample = timers.wrap("sample", sample)
     llama_backend.DecodeContext.decode = timers.wrap("llama_decode", llama_backend.DecodeContext.decode)
     text_stream.TextStream.feed = timers.wrap("text stream (utf-8, stops)", text_stream.TextStream.feed)
     engine_mod.TextStream = text_stream.TextStream  # the engine's own name for it

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgefleet.node.engine.adapters import LoadedAdapter
-from edgefleet.node.engine.llama_backend import Sampler
+from edgefleet.node.engine.sampler import Sampler
 from edgefleet.node.engine.types import AdapterUse, GenerationRequest
 
 

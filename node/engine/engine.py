@@ -38,9 +38,10 @@ from edgefleet.node.engine.commands import (
 from edgefleet.node.engine.decode_step import StepDecoder
 from edgefleet.node.engine.embedding import Embedder
 from edgefleet.node.engine.engine_inbox import EngineConfig, EngineInbox
-from edgefleet.node.engine.llama_backend import DecodeContext, LoadedModel, Sampler
+from edgefleet.node.engine.llama_backend import DecodeContext, LoadedModel
 from edgefleet.node.engine.prefix_kv import PrefixKV
 from edgefleet.node.engine.prefix_store import PrefixStore
+from edgefleet.node.engine.sampler import Sampler
 from edgefleet.node.engine.scheduler import BatchItem, Sequence
 from edgefleet.node.engine.speculation import SpeculationPolicy
 from edgefleet.node.engine.text_stream import TextStream

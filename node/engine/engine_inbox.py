@@ -24,7 +24,8 @@ from edgefleet.node.engine.commands import (
     Submit,
     UnloadAdapter,
 )
-from edgefleet.node.engine.llama_backend import LoadedModel, Sampler
+from edgefleet.node.engine.llama_backend import LoadedModel
+from edgefleet.node.engine.sampler import Sampler
 from edgefleet.node.engine.scheduler import Scheduler
 from edgefleet.node.engine.types import GenerationRequest
 from edgefleet.node.errors import ContextOverflow, QueueFull, Unavailable

@@ -9,7 +9,8 @@ from __future__ import annotations
 import llama_cpp
 import pytest
 
-from edgefleet.node.engine.llama_backend import DecodeContext, LoadedModel, Sampler
+from edgefleet.node.engine.llama_backend import DecodeContext, LoadedModel
+from edgefleet.node.engine.sampler import Sampler
 from edgefleet.node.model_catalog import resolve_model
 
 

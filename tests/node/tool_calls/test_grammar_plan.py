@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from edgefleet.node.engine.llama_backend import LoadedModel, Sampler
+from edgefleet.node.engine.llama_backend import LoadedModel
+from edgefleet.node.engine.sampler import Sampler
 from edgefleet.node.errors import InvalidRequest
 from edgefleet.node.model_catalog import resolve_model
 from edgefleet.node.tool_calls.grammar import STRING_MAX_CHARS, bounded, call_grammar
