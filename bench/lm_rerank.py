@@ -34,13 +34,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.rag_eval import COLLECTION, HELDOUT, MRR_DEPTH, TOP_K, load_corpus, relevant  # noqa: E402
+from bench.rag_eval import COLLECTION, HELDOUT, MRR_DEPTH, TOP_K, Answer, load_corpus, relevant  # noqa: E402
 from edgefleet.node.knowledge import Hit, KnowledgeStore, WordLlamaEmbedder  # noqa: E402
 
 FUSION_K = 10
 
 
-def metrics(order: list[Hit], answers: list) -> tuple[float, float]:  # type: ignore[type-arg]
+def metrics(order: list[Hit], answers: list[Answer]) -> tuple[float, float]:
     found = sum(any(relevant(h, a) for h in order[:TOP_K]) for a in answers)
     rank = next((i for i, h in enumerate(order[:MRR_DEPTH], 1) if any(relevant(h, a) for a in answers)), None)
     return found / len(answers), 1.0 / rank if rank else 0.0
@@ -98,6 +98,10 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--limit", type=int, default=0, help="only the first N questions of each corpus (a cost check)")
     args = ap.parse_args()
+    corpora = args.corpus or [ROOT / "bench" / "rag_corpus_debian"]
+    for path in corpora:
+        if path.name in HELDOUT:
+            raise SystemExit(f"{path.name} is held out: it reports retrieval once, it does not tune it")
 
     from edgefleet.node.model_catalog import resolve_model
 
@@ -105,9 +109,7 @@ def main() -> int:
         model = resolve_model(args.model, Path(data_dir))
         ql = QueryLikelihood(model.path, args.threads, args.passage_tokens)
     embedder = WordLlamaEmbedder()
-    for path in args.corpus or [ROOT / "bench" / "rag_corpus_debian"]:
-        if path.name in HELDOUT:
-            raise SystemExit(f"{path.name} is held out: it reports retrieval once, it does not tune it")
+    for path in corpora:
         docs, questions = load_corpus(path)
         questions = questions[: args.limit] if args.limit else questions
         before, lm_only, fused, seconds = [], [], [], []
