@@ -34,16 +34,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.rag_eval import COLLECTION, HELDOUT, MRR_DEPTH, TOP_K, Answer, load_corpus, relevant  # noqa: E402
+from bench.rag_eval import COLLECTION, HELDOUT, MRR_DEPTH, load_corpus, score_hits  # noqa: E402
 from edgefleet.node.knowledge import Hit, KnowledgeStore, WordLlamaEmbedder  # noqa: E402
 
 FUSION_K = 10
-
-
-def metrics(order: list[Hit], answers: list[Answer]) -> tuple[float, float]:
-    found = sum(any(relevant(h, a) for h in order[:TOP_K]) for a in answers)
-    rank = next((i for i, h in enumerate(order[:MRR_DEPTH], 1) if any(relevant(h, a) for a in answers)), None)
-    return found / len(answers), 1.0 / rank if rank else 0.0
 
 
 class QueryLikelihood:
@@ -123,9 +117,9 @@ def main() -> int:
                 scores = [ql.score(f"{h.heading}\n{h.text}", question.text) for h in hits[: args.depth]]
                 seconds.append(time.perf_counter() - t0)
                 by_lm, by_fusion = rerank(hits, scores)
-                before.append(metrics(hits, question.answers))
-                lm_only.append(metrics(by_lm, question.answers))
-                fused.append(metrics(by_fusion, question.answers))
+                before.append(score_hits(hits, question.answers))
+                lm_only.append(score_hits(by_lm, question.answers))
+                fused.append(score_hits(by_fusion, question.answers))
             store.close()
         print(
             f"{path.name}: {len(questions)} questions, {model.name}, top {args.depth}, "

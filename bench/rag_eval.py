@@ -126,16 +126,22 @@ def relevant(hit: Hit, answer: Answer) -> bool:
     return answer.section is None or answer.section in hit.heading.split(" > ")
 
 
+def score_hits(hits: list[Hit], answers: list[Answer]) -> tuple[float, float]:
+    """One question's (recall@5, reciprocal rank within the top 10) for a ranking (the module doc)."""
+    found = sum(any(relevant(h, a) for h in hits[:TOP_K]) for a in answers)
+    rank = next((i for i, h in enumerate(hits[:MRR_DEPTH], 1) if any(relevant(h, a) for a in answers)), None)
+    return found / len(answers), 1.0 / rank if rank else 0.0
+
+
 def evaluate(store: KnowledgeStore, questions: list[Question], mode: Mode, corpus: str, embedder: str) -> Score:
     recalls, rrs, times = [], [], []
     for q in questions:
         t0 = time.perf_counter()
         hits = store.retrieve(q.text, COLLECTION, MRR_DEPTH, mode)
         times.append((time.perf_counter() - t0) * 1000)
-        found = sum(any(relevant(h, a) for h in hits[:TOP_K]) for a in q.answers)
-        recalls.append(found / len(q.answers))
-        rank = next((i for i, h in enumerate(hits, 1) if any(relevant(h, a) for a in q.answers)), None)
-        rrs.append(1.0 / rank if rank else 0.0)
+        recall, rr = score_hits(hits, q.answers)
+        recalls.append(recall)
+        rrs.append(rr)
     return Score(corpus, mode, embedder, statistics.fmean(recalls), statistics.fmean(rrs), statistics.median(times))
 
 
